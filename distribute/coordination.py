@@ -1,0 +1,575 @@
+"""The protocol on the remote, step by step, over any :class:`Transport`.
+
+Theory of operation
+-------------------
+A :class:`Coordinator` is one worker's side of protocol v1.  It knows no
+working tree: the next-job function's file edits arrive as a commit, and a
+job's results as the tip of its branch.  Each method is one short step --
+observe, acquire, claim, release, renew, finish, fail -- so a test can
+interleave the steps of several workers in any order.
+
+* ``observe`` fetches the main branch, the lock and the liveness refs in one
+  fetch, reads the ledgers and feeds every value to the :class:`LeaseWatch`.
+* ``try_acquire`` asks :func:`decide_acquire` and CASes the lock ref from the
+  exact value observed (a takeover is never a plain force).
+* ``claim`` pushes, atomically: the main branch (ledger line plus the
+  function's edits), the lock's release, the new job branch, this worker's
+  liveness ref, and -- when it takes over a dead worker's job -- a revoked
+  beat on that worker's ref.  If the main branch moved meanwhile (a finish
+  landed), the claim is replayed on the new main branch: the function's edits
+  by a three-way merge, the ledger by re-applying the core's decision.  The
+  function is never run twice for one holding.
+* ``finish`` merges the job branch into the main branch with a tree-only
+  merge and CASes the main branch; the ledger transition checks the fencing
+  token, so a holder whose job was taken over is refused.
+
+The clock and sleep are passed in; the caller decides how long to wait.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from distribute.core.errors import (
+    LeaseLost,
+    MergeConflict,
+    NoRunningJob,
+    OutcomeUnknown,
+    RemoteStateError,
+)
+from distribute.core.lease import LeaseWatch
+from distribute.core.ledger import LEDGER_FILES, Ledger
+from distribute.core.lock import (
+    Acquire,
+    Beat,
+    LockState,
+    beat_message,
+    decide_acquire,
+    holder_verdict,
+    lock_message,
+    parse_beat_message,
+    parse_lock_message,
+)
+from distribute.core.names import LOCK_REF, WORKERS_PREFIX, job_branch, worker_ref
+from distribute.core.plan import CallNextJobFunction, ClaimPlan, GiveUp, Retry, plan_claim
+from distribute.transport.base import Oid, RefUpdate, Transport
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What one ``observe`` saw on the remote."""
+
+    main: Oid
+    ledger: Ledger
+    lock_oid: Oid | None
+    lock: LockState
+    refs: dict[str, Oid]
+    at: float
+
+
+@dataclass(slots=True)
+class Holding:
+    """This worker's holding of the lock."""
+
+    state: LockState
+    oid: Oid
+    sent_at: float
+
+
+@dataclass(slots=True)
+class JobHolding:
+    """The job this worker runs."""
+
+    job: str
+    token: int
+    attempt: int
+    branch: str
+    tip: Oid
+
+    @property
+    def branch_ref(self) -> str:
+        return "refs/heads/" + self.branch
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters the benchmark and the simulator report."""
+
+    pushes: int = 0
+    lost_races: int = 0
+    unknown_outcomes: int = 0
+    replays: int = 0
+    takeovers: int = 0
+    renewals: int = 0
+    fetches: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class LostHolding(Exception):
+    """Internal: the lock holding was taken over while we worked under it."""
+
+
+class Coordinator:
+    """One worker's steps of the protocol.
+
+    Args:
+        transport: the remote and the local object store.
+        worker: this worker's name; session: unique per process.
+        branch: the main branch's short name.
+        lease: lease period in seconds; margin: the observer's extra wait.
+        max_attempts: attempts per job before it moves to ``failed.txt``.
+        clock: a monotonic clock.
+        journal: optional callback receiving protocol events (for the simulator).
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        worker: str,
+        session: str,
+        branch: str,
+        lease: float,
+        margin: float,
+        max_attempts: int,
+        clock: Callable[[], float],
+        journal: Callable[..., None] | None = None,
+    ) -> None:
+        self.transport = transport
+        self.worker = worker
+        self.session = session
+        self.branch = branch
+        self.main_ref = "refs/heads/" + branch
+        self.own_ref = worker_ref(worker)
+        self.lease = lease
+        self.max_attempts = max_attempts
+        self.clock = clock
+        self.watch = LeaseWatch(lease, margin)
+        self.holding: Holding | None = None
+        self.job: JobHolding | None = None
+        self.beat = Beat(worker=worker, session=session)
+        self.beat_oid: Oid | None = None
+        self.beat_sent_at = float("-inf")
+        self.revoked = False
+        self.stats = Stats()
+        self.mutex = threading.RLock()
+        self._journal = journal
+
+    # ---- small helpers -----------------------------------------------------
+    def journal(self, event: str, **fields: object) -> None:
+        if self._journal is not None:
+            self._journal(event, **fields)
+
+    def read_ledger(self, commit: Oid) -> Ledger:
+        files = {name: self.transport.read_file(commit, name) for name in LEDGER_FILES}
+        return Ledger.from_files(files, self.branch)
+
+    def push(self, updates: Sequence[RefUpdate]) -> bool:
+        """Atomic CAS push; an unknown outcome is resolved by reading the refs."""
+        self.stats.pushes += 1
+        try:
+            ok = self.transport.push(updates)
+        except OutcomeUnknown:
+            self.stats.unknown_outcomes += 1
+            ok = self.resolve_unknown(updates)
+        if not ok:
+            self.stats.lost_races += 1
+        return ok
+
+    def resolve_unknown(self, updates: Sequence[RefUpdate]) -> bool:
+        """Learn whether a push whose answer was lost landed, by reading the refs."""
+        current = self.transport.list_refs(updates[0].ref)
+        return current.get(updates[0].ref) == updates[0].new
+
+    def _empty_commit(self, message: str, parents: Sequence[Oid] = ()) -> Oid:
+        return self.transport.write_commit(parents=list(parents), message=message, changes={})
+
+    # ---- observe -----------------------------------------------------------
+    def observe(self) -> Snapshot:
+        """Fetch the main branch, the lock and the liveness refs; feed the lease watch."""
+        with self.mutex:
+            values = self.transport.fetch([self.main_ref, LOCK_REF, WORKERS_PREFIX + "*"])
+            self.stats.fetches += 1
+            now = self.clock()
+            main = values.get(self.main_ref)
+            if main is None:
+                raise RemoteStateError(
+                    f"the remote has no branch {self.branch!r}; prepare it with "
+                    "`distribute init REMOTE` or pass branch=... naming its main branch",
+                    branch=self.branch,
+                )
+            ledger = self.read_ledger(main)
+            lock_oid = values.get(LOCK_REF)
+            lock = (
+                parse_lock_message(self.transport.commit_message(lock_oid))
+                if lock_oid
+                else LockState()
+            )
+            self.watch.observe(LOCK_REF, lock_oid, now)
+            holders = {worker_ref(w) for w in ledger.holders()}
+            listed = {r for r in values if r.startswith(WORKERS_PREFIX)}
+            self.watch.observe_all(values, holders | listed, now)
+            return Snapshot(main, ledger, lock_oid, lock, values, now)
+
+    def expired_workers(self, snap: Snapshot) -> set[str]:
+        now = self.clock()
+        return {
+            w for w in snap.ledger.holders()
+            if w != self.worker and self.watch.expired(worker_ref(w), now)
+        }
+
+    # ---- the lock ----------------------------------------------------------
+    def try_acquire(self, snap: Snapshot) -> bool:
+        """Try to take the lock from the value observed in ``snap``."""
+        with self.mutex:
+            expired = self.watch.expired(LOCK_REF, self.clock())
+            decision = decide_acquire(snap.lock, self.worker, self.session, expired)
+            if not isinstance(decision, Acquire):
+                return False
+            parents = [snap.lock_oid] if snap.lock_oid else []
+            new_oid = self._empty_commit(lock_message(decision.new), parents)
+            sent = self.clock()
+            if not self.push([RefUpdate(LOCK_REF, snap.lock_oid, new_oid)]):
+                return False
+            if decision.takeover:
+                self.stats.takeovers += 1
+            self.holding = Holding(decision.new, new_oid, sent)
+            self.journal(
+                "lock-acquire",
+                token=decision.new.token,
+                takeover=decision.takeover,
+                previous=snap.lock.holder,
+            )
+            return True
+
+    def holding_valid(self) -> bool:
+        h = self.holding
+        return h is not None and holder_verdict(h.sent_at, self.clock(), self.lease) != "lost"
+
+    def release(self) -> None:
+        """Release the lock without claiming (the next-job function had no job)."""
+        with self.mutex:
+            h = self.holding
+            if h is None:
+                return
+            self.holding = None
+            new_oid = self._empty_commit(lock_message(h.state.released()), [h.oid])
+            ok = self.push([RefUpdate(LOCK_REF, h.oid, new_oid)])
+            self.journal("lock-release", token=h.state.token, ok=ok)
+
+    def renew(self) -> None:
+        """Heartbeat: renew the lock and the liveness ref when due.  Thread-safe."""
+        with self.mutex:
+            now = self.clock()
+            h = self.holding
+            if h is not None and holder_verdict(h.sent_at, now, self.lease) == "renew":
+                state = h.state.renewed()
+                new_oid = self._empty_commit(lock_message(state), [h.oid])
+                sent = self.clock()
+                if self.push([RefUpdate(LOCK_REF, h.oid, new_oid)]):
+                    self.holding = Holding(state, new_oid, sent)
+                    self.stats.renewals += 1
+                    self.journal("lock-renew", token=state.token)
+                else:
+                    self.holding = None
+                    self.journal("lock-lost", token=h.state.token)
+            if self.job is not None and now - self.beat_sent_at >= self.lease / 3:
+                self.renew_beat()
+
+    def renew_beat(self) -> bool:
+        """CAS this worker's liveness ref from its last value; learn of a revocation."""
+        with self.mutex:
+            jobs = (self.job.job,) if self.job else ()
+            beat = self.beat.next(jobs)
+            new_oid = self._empty_commit(beat_message(beat))
+            sent = self.clock()
+            if self.push([RefUpdate(self.own_ref, self.beat_oid, new_oid)]):
+                self.beat, self.beat_oid, self.beat_sent_at = beat, new_oid, sent
+                self.stats.renewals += 1
+                return True
+            current = self.transport.fetch([self.own_ref]).get(self.own_ref)
+            if current is not None:
+                seen = parse_beat_message(self.transport.commit_message(current))
+                if seen.revoked and seen.session == self.session:
+                    self.revoked = True
+                    self.journal("revoked", by=seen.revoked_by, token=seen.token)
+                    return False
+            # our own earlier life wrote it: adopt its value and go on
+            self.beat_oid = current
+            return False
+
+    # ---- claiming ----------------------------------------------------------
+    def plan(self, snap: Snapshot) -> ClaimPlan:
+        return plan_claim(snap.ledger, self.worker, self.expired_workers(snap), self.max_attempts)
+
+    def give_up(self, snap: Snapshot, plan: GiveUp) -> Snapshot:
+        """Move a job with no attempts left to ``failed.txt`` (under the lock)."""
+        with self.mutex:
+            new_ledger = snap.ledger.expire(plan.entry.job, plan.reason, max_attempts=0)
+            new_main = self.transport.write_commit(
+                parents=[snap.main],
+                base=snap.main,
+                changes=new_ledger.changed_files(snap.ledger),
+                message=f"distribute: job {plan.entry.job} failed: {plan.reason}",
+            )
+            h = self.holding
+            if h is None:
+                raise LostHolding()
+            # renewing the lock in the same atomic push fences it on our holding
+            state = h.state.renewed()
+            lock_oid = self._empty_commit(lock_message(state), [h.oid])
+            updates = [
+                RefUpdate(self.main_ref, snap.main, new_main),
+                RefUpdate(LOCK_REF, h.oid, lock_oid),
+                *self._revoke_updates(snap, plan.revoke, h.state.token),
+            ]
+            sent = self.clock()
+            if self.push(updates):
+                self.holding = Holding(state, lock_oid, sent)
+                self.journal("give-up", job=plan.entry.job, reason=plan.reason)
+            snap = self.observe()
+            if self.holding is not None and snap.lock_oid != self.holding.oid:
+                self.holding = None
+            return snap
+
+    def _revoke_updates(self, snap: Snapshot, dead: str, token: int) -> list[RefUpdate]:
+        if not dead:
+            return []
+        ref = worker_ref(dead)
+        old = snap.refs.get(ref)
+        previous = (
+            parse_beat_message(self.transport.commit_message(old))
+            if old
+            else Beat(worker=dead, session="")
+        )
+        revoked = previous.revoke(by=self.worker, token=token)
+        return [RefUpdate(ref, old, self._empty_commit(beat_message(revoked)))]
+
+    def claim(
+        self,
+        snap: Snapshot,
+        plan: Retry | CallNextJobFunction,
+        job: str | None,
+        edits: Oid | None = None,
+    ) -> JobHolding | None:
+        """Claim a job and release the lock in one atomic push.
+
+        Args:
+            snap: the observation the holder decided on.
+            plan: a :class:`Retry` of an orphaned job, or a new job.
+            job: the new job's name (with :class:`CallNextJobFunction`).
+            edits: a commit whose parent is ``snap.main`` holding the
+                next-job function's file edits, or ``None``.
+
+        Returns:
+            The new :class:`JobHolding`, or ``None`` when the lock was taken
+            over meanwhile (nothing was written; start again).
+        """
+        with self.mutex:
+            first_main = snap.main
+            while True:
+                if self.holding is None or not self.holding_valid():
+                    self.holding = None
+                    return None
+                h = self.holding
+                token = h.state.token
+                if isinstance(plan, Retry):
+                    entry = snap.ledger.running_entry(plan.entry.job)
+                    if entry is None or entry != plan.entry:
+                        return self._replan(snap)
+                    name, attempt = entry.job, entry.attempt + 1
+                    ledger = snap.ledger.retry(name, self.worker, token)
+                else:
+                    assert job is not None
+                    name, attempt = job, 1
+                    ledger = snap.ledger.claim(job, self.worker, token)
+                tree = self.transport.commit_tree(edits) if edits else None
+                if edits and snap.main != first_main:
+                    merged = self.transport.merge(snap.main, edits)
+                    if not merged.clean:
+                        self.release()
+                        raise MergeConflict(
+                            "the next-job function's file edits conflict with the main branch "
+                            f"in {', '.join(merged.conflicts)}; nothing was claimed",
+                            paths=list(merged.conflicts),
+                        )
+                    tree = merged.tree
+                new_main = self.transport.write_commit(
+                    parents=[snap.main],
+                    base=None if tree else snap.main,
+                    tree=tree,
+                    changes=ledger.changed_files(snap.ledger),
+                    message=(
+                        f"distribute: claim {name} by {self.worker} "
+                        f"(token {token}, attempt {attempt})"
+                    ),
+                )
+                branch = job_branch(self.worker, name, token)
+                beat = self.beat.next((name,))
+                beat_oid = self._empty_commit(beat_message(beat))
+                released = self._empty_commit(lock_message(h.state.released()), [h.oid])
+                own_old = snap.refs.get(self.own_ref) if self.beat_oid is None else self.beat_oid
+                updates = [
+                    RefUpdate(self.main_ref, snap.main, new_main),
+                    RefUpdate(LOCK_REF, h.oid, released),
+                    RefUpdate("refs/heads/" + branch, None, new_main),
+                    RefUpdate(self.own_ref, own_old, beat_oid),
+                ]
+                revoke = plan.revoke if isinstance(plan, Retry) else ""
+                updates += self._revoke_updates(snap, revoke, token)
+                sent = self.clock()
+                if self.push(updates):
+                    self.holding = None
+                    self.beat, self.beat_oid, self.beat_sent_at = beat, beat_oid, sent
+                    self.revoked = False
+                    self.job = JobHolding(name, token, attempt, branch, new_main)
+                    self.journal(
+                        "claim", job=name, token=token, attempt=attempt, branch=branch,
+                        revoked=revoke,
+                    )
+                    return self.job
+                # lost: learn why and replay on what is there now
+                self.stats.replays += 1
+                snap = self.observe()
+                if snap.lock_oid != h.oid:
+                    self.holding = None
+                    self.journal("lock-lost", token=token)
+                    return None
+                if snap.refs.get(self.own_ref) != own_old:
+                    self.beat_oid = snap.refs.get(self.own_ref)
+                if isinstance(plan, Retry):
+                    return self._replan(snap)
+
+    def _replan(self, snap: Snapshot) -> JobHolding | None:
+        """The orphan we meant to retry changed; release and let the caller start over."""
+        self.release()
+        return None
+
+    # ---- while running -------------------------------------------------------
+    def update(self, tip: Oid) -> None:
+        """Push a new tip of the job branch (fast-forward of our own branch)."""
+        with self.mutex:
+            job = self._job()
+            if not self.push([RefUpdate(job.branch_ref, job.tip, tip)]):
+                current = self.transport.list_refs(job.branch_ref).get(job.branch_ref)
+                if current != tip:
+                    raise LeaseLost(
+                        f"the branch {job.branch} of job {job.job!r} was changed by someone else; "
+                        "this update was not pushed",
+                        job=job.job,
+                    )
+            job.tip = tip
+            self.journal("update", job=job.job, token=job.token, tip=tip)
+            if self.revoked:
+                raise LeaseLost(
+                    f"job {job.job!r} was taken over by another worker after this worker's lease "
+                    f"expired; the update is kept on branch {job.branch}",
+                    job=job.job,
+                )
+
+    def _job(self) -> JobHolding:
+        if self.job is None:
+            raise NoRunningJob("this worker runs no job; call get_next_job first")
+        return self.job
+
+    def finish(self, sleep: Callable[[float], None], delays: Callable[[], float]) -> Oid:
+        """Merge the job branch into the main branch and move the job to ``done.txt``.
+
+        Returns:
+            The new main branch commit.
+
+        Raises:
+            LeaseLost: the job was taken over; nothing changed, the branch stays.
+            MergeConflict: the job is recorded in ``failed.txt``; the branch stays.
+        """
+        job = self._job()
+        while True:
+            with self.mutex:
+                main = self.transport.fetch([self.main_ref]).get(self.main_ref)
+                self.stats.fetches += 1
+                if main is None:
+                    raise RemoteStateError(f"the remote lost its branch {self.branch!r}")
+                ledger = self.read_ledger(main)
+                try:
+                    done = ledger.finish(job.job, self.worker, job.token)
+                except LeaseLost:
+                    self.journal("finish-refused", job=job.job, token=job.token)
+                    self.job = None
+                    raise
+                merged = self.transport.merge(main, job.tip)
+                if not merged.clean:
+                    self._record_conflict(main, ledger, job, merged.conflicts)
+                    continue
+                new_main = self.transport.write_commit(
+                    parents=[main, job.tip],
+                    tree=merged.tree,
+                    changes=done.to_files(),
+                    message=(
+                        f"distribute: finish {job.job} by {self.worker} "
+                        f"(token {job.token}, attempt {job.attempt})"
+                    ),
+                )
+                if self.push([RefUpdate(self.main_ref, main, new_main)]):
+                    self.journal("finish", job=job.job, token=job.token, tip=job.tip)
+                    self.job = None
+                    return new_main
+            sleep(delays())
+
+    def _record_conflict(
+        self, main: Oid, ledger: Ledger, job: JobHolding, conflicts: Sequence[str]
+    ) -> None:
+        reason = f"merge conflict in {', '.join(conflicts)}; results kept on branch {job.branch}"
+        failed = ledger.fail(job.job, self.worker, job.token, reason, max_attempts=0)
+        new_main = self.transport.write_commit(
+            parents=[main], base=main, changes=failed.changed_files(ledger),
+            message=f"distribute: job {job.job} failed: {reason}",
+        )
+        if self.push([RefUpdate(self.main_ref, main, new_main)]):
+            self.journal("fail", job=job.job, token=job.token, reason=reason)
+            self.job = None
+            raise MergeConflict(
+                f"job {job.job!r} conflicts with the main branch in {', '.join(conflicts)}; it is "
+                f"recorded in failed.txt and its results stay on branch {job.branch} -- merge "
+                "it by hand, then `distribute requeue` it if it should run again",
+                job=job.job,
+                paths=list(conflicts),
+                branch=job.branch,
+            )
+
+    def fail(self, reason: str, sleep: Callable[[float], None], delays: Callable[[], float]) -> str:
+        """Record a failed attempt; return ``"retry"`` or ``"failed"``."""
+        job = self._job()
+        while True:
+            with self.mutex:
+                main = self.transport.fetch([self.main_ref]).get(self.main_ref)
+                if main is None:
+                    raise RemoteStateError(f"the remote lost its branch {self.branch!r}")
+                ledger = self.read_ledger(main)
+                try:
+                    after = ledger.fail(job.job, self.worker, job.token, reason, self.max_attempts)
+                except LeaseLost:
+                    self.job = None
+                    raise
+                outcome = "retry" if after.running_entry(job.job) else "failed"
+                new_main = self.transport.write_commit(
+                    parents=[main], base=main, changes=after.changed_files(ledger),
+                    message=f"distribute: job {job.job} attempt {job.attempt} failed ({outcome})",
+                )
+                if self.push([RefUpdate(self.main_ref, main, new_main)]):
+                    self.journal("fail", job=job.job, token=job.token, reason=reason,
+                                 outcome=outcome)
+                    self.job = None
+                    return outcome
+            sleep(delays())
+
+
+__all__ = [
+    "Coordinator",
+    "Holding",
+    "JobHolding",
+    "LostHolding",
+    "Snapshot",
+    "Stats",
+]

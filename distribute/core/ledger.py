@@ -1,0 +1,274 @@
+"""The ledgers: ``running.txt``, ``done.txt`` and ``failed.txt`` on the main branch.
+
+Theory of operation
+-------------------
+Each ledger holds one job per line, the job name first, then tab-separated
+``key=value`` fields.  A line with only a name (the original project's
+format) reads as a job with no fields.  A :class:`Ledger` is an immutable
+value: every transition (claim, finish, fail, release, retry) returns a new
+one or raises, and every transition checks the fencing token so that a
+holder whose lease was taken over cannot move its job.
+
+States of a job in the ledgers::
+
+    (absent) --claim--> running[worker, token, attempt]
+    running  --finish (same worker+token)--> done
+    running  --fail / lease expired, attempts left--> running[worker="" (released)]
+    running[released] or running[expired] --retry--> running[new worker, new token, attempt+1]
+    running  --fail, no attempts left--> failed
+    failed   --requeue--> (absent; the queue gets it back)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+
+from distribute.core.errors import LeaseLost, RemoteStateError, UsageError
+from distribute.core.names import check_name
+
+RUNNING = "running.txt"
+DONE = "done.txt"
+FAILED = "failed.txt"
+LEDGER_FILES = (RUNNING, DONE, FAILED)
+REQUIRED_FILES = (RUNNING, DONE)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One ledger line.
+
+    Attributes:
+        job: the job name.
+        worker: the holder (``""`` in ``running.txt`` means released, waiting
+            for another attempt).
+        token: the fencing token of the holding under which it was claimed.
+        attempt: 1 for the first run, +1 for every retry.
+        reason: why the last attempt failed, if it did.
+    """
+
+    job: str
+    worker: str = ""
+    token: int = 0
+    attempt: int = 1
+    reason: str = ""
+
+    @property
+    def released(self) -> bool:
+        return self.worker == ""
+
+
+def _clean_reason(reason: str) -> str:
+    """Fold a free-text reason onto one tab-free line."""
+    return " ".join(reason.split())[:300]
+
+
+def format_line(entry: Entry) -> str:
+    fields = [entry.job, f"worker={entry.worker}", f"token={entry.token}", f"attempt={entry.attempt}"]
+    if entry.reason:
+        fields.append(f"reason={_clean_reason(entry.reason)}")
+    return "\t".join(fields)
+
+
+def parse_line(line: str, source: str = "ledger") -> Entry:
+    """Parse one ledger line; raise :class:`RemoteStateError` if it is damaged."""
+    job, *fields = line.split("\t")
+    values: dict[str, str] = {}
+    for f in fields:
+        key, sep, value = f.partition("=")
+        if not sep:
+            raise RemoteStateError(f"{source}: cannot read field {f!r} in line {line!r}")
+        values[key] = value
+    try:
+        return Entry(
+            job=job,
+            worker=values.get("worker", ""),
+            token=int(values.get("token", "0")),
+            attempt=int(values.get("attempt", "1")),
+            reason=values.get("reason", ""),
+        )
+    except ValueError as exc:
+        raise RemoteStateError(f"{source}: bad number in line {line!r}") from exc
+
+
+def parse_ledger_text(data: bytes, source: str) -> tuple[Entry, ...]:
+    text = data.decode("utf-8")
+    return tuple(parse_line(line, source) for line in text.split("\n") if line.strip())
+
+
+def format_ledger_text(entries: Iterable[Entry]) -> bytes:
+    return "".join(format_line(e) + "\n" for e in entries).encode("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class Ledger:
+    """The three ledgers at one commit of the main branch."""
+
+    running: tuple[Entry, ...] = ()
+    done: tuple[Entry, ...] = ()
+    failed: tuple[Entry, ...] = ()
+    has_failed_file: bool = field(default=False, compare=False)
+
+    # ---- reading and writing -----------------------------------------------
+    @classmethod
+    def from_files(cls, files: Mapping[str, bytes | None], branch: str = "main") -> Ledger:
+        """Build a ledger from the files of a commit.
+
+        Raises:
+            RemoteStateError: ``running.txt`` or ``done.txt`` is missing.
+        """
+        missing = [name for name in REQUIRED_FILES if files.get(name) is None]
+        if missing:
+            raise RemoteStateError(
+                f"the remote's {branch!r} branch has no {' or '.join(missing)}; prepare the remote "
+                "with `distribute init REMOTE` (or distribute.init_remote(url)) first",
+                missing=missing,
+            )
+        failed_data = files.get(FAILED)
+        return cls(
+            running=parse_ledger_text(files[RUNNING] or b"", RUNNING),
+            done=parse_ledger_text(files[DONE] or b"", DONE),
+            failed=parse_ledger_text(failed_data or b"", FAILED),
+            has_failed_file=failed_data is not None,
+        )
+
+    def to_files(self) -> dict[str, bytes | None]:
+        files: dict[str, bytes | None] = {
+            RUNNING: format_ledger_text(self.running),
+            DONE: format_ledger_text(self.done),
+        }
+        if self.failed or self.has_failed_file:
+            files[FAILED] = format_ledger_text(self.failed)
+        return files
+
+    def changed_files(self, before: Ledger) -> dict[str, bytes | None]:
+        """Only the ledger files whose contents differ from ``before``."""
+        old = before.to_files()
+        return {k: v for k, v in self.to_files().items() if old.get(k) != v}
+
+    # ---- queries -------------------------------------------------------------
+    def running_entry(self, job: str) -> Entry | None:
+        return next((e for e in self.running if e.job == job), None)
+
+    def is_done(self, job: str) -> bool:
+        return any(e.job == job for e in self.done)
+
+    def state_of(self, job: str) -> str | None:
+        if self.running_entry(job) is not None:
+            return "running"
+        if self.is_done(job):
+            return "done"
+        if any(e.job == job for e in self.failed):
+            return "failed"
+        return None
+
+    def held_by(self, worker: str) -> tuple[Entry, ...]:
+        return tuple(e for e in self.running if e.worker == worker)
+
+    def holders(self) -> frozenset[str]:
+        return frozenset(e.worker for e in self.running if e.worker)
+
+    # ---- transitions -------------------------------------------------------
+    def claim(self, job: str, worker: str, token: int) -> Ledger:
+        """Record a new job as running under ``token``.
+
+        Raises:
+            UsageError: the job is already running, done or failed.
+        """
+        check_name(job, "job")
+        check_name(worker, "worker")
+        state = self.state_of(job)
+        if state is not None:
+            raise UsageError(
+                f"the next-job function returned {job!r}, which is already {state}; "
+                "a job runs once -- return a new name, or requeue it first",
+                job=job,
+                state=state,
+            )
+        entry = Entry(job=job, worker=worker, token=token, attempt=1)
+        return replace(self, running=(*self.running, entry))
+
+    def retry(self, job: str, worker: str, token: int) -> Ledger:
+        """Give a released or expired running job to ``worker`` as its next attempt."""
+        old = self._running_or_raise(job)
+        new = Entry(job=job, worker=worker, token=token, attempt=old.attempt + 1)
+        return replace(self, running=tuple(new if e.job == job else e for e in self.running))
+
+    def finish(self, job: str, worker: str, token: int) -> Ledger:
+        """Move the job to ``done.txt``.
+
+        Raises:
+            LeaseLost: the job is not running under this worker and token.
+        """
+        entry = self._fenced(job, worker, token, "finish")
+        done = Entry(job=job, worker=worker, token=token, attempt=entry.attempt)
+        return replace(
+            self,
+            running=tuple(e for e in self.running if e.job != job),
+            done=(*self.done, done),
+        )
+
+    def fail(self, job: str, worker: str, token: int, reason: str, max_attempts: int) -> Ledger:
+        """Record a failed attempt: release the job for a retry, or move it to ``failed.txt``."""
+        entry = self._fenced(job, worker, token, "fail")
+        return self._fail_entry(entry, reason, max_attempts)
+
+    def expire(self, job: str, reason: str, max_attempts: int) -> Ledger:
+        """A holder's lease expired: release the job, or fail it when attempts are used up."""
+        return self._fail_entry(self._running_or_raise(job), reason, max_attempts)
+
+    def _fail_entry(self, entry: Entry, reason: str, max_attempts: int) -> Ledger:
+        if entry.attempt >= max_attempts:
+            final = replace(entry, reason=_clean_reason(reason))
+            return replace(
+                self,
+                running=tuple(e for e in self.running if e.job != entry.job),
+                failed=(*(e for e in self.failed if e.job != entry.job), final),
+            )
+        released = replace(entry, worker="", reason=_clean_reason(reason))
+        return replace(
+            self, running=tuple(released if e.job == entry.job else e for e in self.running)
+        )
+
+    def requeue(self, job: str) -> Ledger:
+        """Forget a failed (or running) job so that it can be claimed again from attempt 1."""
+        if self.state_of(job) not in ("failed", "running"):
+            raise UsageError(f"job {job!r} is not failed or running; nothing to requeue", job=job)
+        return replace(
+            self,
+            running=tuple(e for e in self.running if e.job != job),
+            failed=tuple(e for e in self.failed if e.job != job),
+        )
+
+    def _running_or_raise(self, job: str) -> Entry:
+        entry = self.running_entry(job)
+        if entry is None:
+            raise UsageError(f"job {job!r} is not running", job=job)
+        return entry
+
+    def _fenced(self, job: str, worker: str, token: int, action: str) -> Entry:
+        entry = self.running_entry(job)
+        if entry is None or entry.worker != worker or entry.token != token:
+            now = "not running" if entry is None else (
+                "released for a retry" if entry.released
+                else f"held by {entry.worker!r} under token {entry.token}"
+            )
+            if self.is_done(job):
+                now = "already done"
+            raise LeaseLost(
+                f"cannot {action} job {job!r}: this worker ({worker!r}, token {token}) lost it; "
+                f"it is {now}. The job branch is kept on the remote.",
+                job=job,
+                worker=worker,
+                token=token,
+            )
+        return entry
+
+    def validate(self) -> None:
+        """Check cross-ledger invariants; raise ``AssertionError`` naming the first broken one."""
+        running = [e.job for e in self.running]
+        done = [e.job for e in self.done]
+        assert len(running) == len(set(running)), f"a job runs twice: {running}"
+        assert len(done) == len(set(done)), f"a job is done twice: {done}"
+        both = set(running) & set(done)
+        assert not both, f"jobs both running and done: {sorted(both)}"

@@ -1,0 +1,210 @@
+"""The remote lock and the workers' liveness records, and every decision about them.
+
+Theory of operation
+-------------------
+The lock lives in its own ref, ``refs/distribute/lock``.  Each acquire,
+renewal and release is a commit whose message carries a :class:`LockState`;
+the ref's history is an audit log of every holding.  Each acquire (or
+takeover) increments the fencing ``token``; the token is copied into the
+ledger line of every job claimed under it.
+
+A worker's liveness lives in ``refs/distribute/workers/<name>``, written only
+by that worker (a :class:`Beat`), except for one move: a worker that takes
+over a dead worker's job writes a *revoked* beat there, by compare-and-swap
+from the exact stale value it observed.  The dead worker's next renewal then
+fails, and it learns it lost its jobs.
+
+Expiry is never judged from timestamps written by another machine: see
+:mod:`distribute.core.lease`.  :func:`decide_acquire` takes the observation's
+verdict as an argument.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal
+
+from distribute.core.errors import RemoteStateError
+
+
+@dataclass(frozen=True, slots=True)
+class LockState:
+    """What one commit of the lock ref says.
+
+    Attributes:
+        token: fencing token of the latest holding (0 before the first).
+        holder: the holding worker, ``""`` when free.
+        session: the holder's process session (tells a restarted worker
+            apart from its previous life).
+        renewal: counts renewals within one holding.
+    """
+
+    token: int = 0
+    holder: str = ""
+    session: str = ""
+    renewal: int = 0
+
+    @property
+    def free(self) -> bool:
+        return self.holder == ""
+
+    def acquired_by(self, worker: str, session: str) -> LockState:
+        return LockState(token=self.token + 1, holder=worker, session=session, renewal=0)
+
+    def renewed(self) -> LockState:
+        return replace(self, renewal=self.renewal + 1)
+
+    def released(self) -> LockState:
+        return LockState(token=self.token, holder="", session="", renewal=0)
+
+
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """What one commit of a worker's liveness ref says.
+
+    Attributes:
+        worker: whose ref this is.
+        session: the process session that wrote it.
+        seq: increases with every renewal by that session.
+        jobs: the jobs the worker holds, for people reading the remote.
+        revoked_by: set on a revoked beat: the worker that took over.
+        token: for a revoked beat, the token of the takeover.
+    """
+
+    worker: str
+    session: str
+    seq: int = 0
+    jobs: tuple[str, ...] = ()
+    revoked_by: str = ""
+    token: int = 0
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_by != ""
+
+    def next(self, jobs: tuple[str, ...]) -> Beat:
+        return Beat(worker=self.worker, session=self.session, seq=self.seq + 1, jobs=jobs)
+
+    def revoke(self, by: str, token: int) -> Beat:
+        return replace(self, revoked_by=by, token=token, seq=self.seq + 1)
+
+
+def _encode(kind: str, summary: str, payload: dict[str, Any]) -> str:
+    body = json.dumps({"kind": kind, "v": 1, **payload}, sort_keys=True, ensure_ascii=True)
+    return f"{summary}\n\n{body}\n"
+
+
+def _decode(message: str, kind: str) -> dict[str, Any]:
+    body = message.strip().rsplit("\n\n", 1)[-1]
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise RemoteStateError(f"cannot read the {kind} record: {message[:200]!r}") from exc
+    if not isinstance(data, dict) or data.get("kind") != kind:
+        raise RemoteStateError(f"not a {kind} record: {message[:200]!r}")
+    data.pop("kind")
+    data.pop("v", None)
+    return data
+
+
+def lock_message(state: LockState) -> str:
+    if state.free:
+        summary = f"distribute lock: free (last token {state.token})"
+    else:
+        summary = f"distribute lock: held by {state.holder} (token {state.token})"
+    return _encode("lock", summary, asdict(state))
+
+
+def parse_lock_message(message: str) -> LockState:
+    data = _decode(message, "lock")
+    return LockState(
+        token=int(data["token"]),
+        holder=str(data["holder"]),
+        session=str(data["session"]),
+        renewal=int(data.get("renewal", 0)),
+    )
+
+
+def beat_message(beat: Beat) -> str:
+    if beat.revoked:
+        summary = f"distribute worker {beat.worker}: revoked by {beat.revoked_by}"
+    else:
+        summary = f"distribute worker {beat.worker}: alive (seq {beat.seq})"
+    payload = asdict(beat)
+    payload["jobs"] = list(beat.jobs)
+    return _encode("worker", summary, payload)
+
+
+def parse_beat_message(message: str) -> Beat:
+    data = _decode(message, "worker")
+    return Beat(
+        worker=str(data["worker"]),
+        session=str(data["session"]),
+        seq=int(data.get("seq", 0)),
+        jobs=tuple(str(j) for j in data.get("jobs", ())),
+        revoked_by=str(data.get("revoked_by", "")),
+        token=int(data.get("token", 0)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Acquire:
+    """Decision: CAS the lock ref from its observed value to ``new``."""
+
+    new: LockState
+    takeover: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Decision: someone else validly holds the lock; poll again later."""
+
+    holder: str
+
+
+AcquireDecision = Acquire | Wait
+
+
+def decide_acquire(
+    observed: LockState, me: str, session: str, holder_expired: bool
+) -> AcquireDecision:
+    """Decide how to get the lock from what was observed.
+
+    Args:
+        observed: the lock state read from the remote.
+        me: this worker's name; session: this process's session.
+        holder_expired: the observer has seen the lock ref unchanged for the
+            lease period plus the margin on its own monotonic clock.
+
+    Returns:
+        :class:`Acquire` (a fresh acquire, or a takeover of an expired or
+        stale holding -- a restarted worker takes its own old holding at
+        once), or :class:`Wait`.
+    """
+    if observed.free:
+        return Acquire(observed.acquired_by(me, session))
+    if observed.holder == me and observed.session != session:
+        return Acquire(observed.acquired_by(me, session), takeover=True)
+    if holder_expired:
+        return Acquire(observed.acquired_by(me, session), takeover=True)
+    return Wait(observed.holder)
+
+
+LeaseVerdict = Literal["valid", "renew", "lost"]
+
+
+def holder_verdict(sent_at: float, now: float, lease: float) -> LeaseVerdict:
+    """How the holder itself sees its lease, on its own monotonic clock.
+
+    ``sent_at`` is when the latest successful renewal (or acquire) was *sent*,
+    which is no later than when the remote applied it, so the holder's view
+    errs on the safe side.  It renews after a third of the lease and stops
+    acting for the lease once a full period has passed without a renewal.
+    """
+    age = now - sent_at
+    if age >= lease:
+        return "lost"
+    if age >= lease / 3:
+        return "renew"
+    return "valid"

@@ -1,0 +1,81 @@
+"""What a lock holder does next: retry an orphaned job, or ask the next-job function.
+
+Theory of operation
+-------------------
+Once a worker holds the lock it looks at the ledger before calling the
+next-job function.  Jobs released for a retry, jobs whose holder's lease
+expired, and jobs held by this worker's own earlier life (a restart) are
+offered first, one at a time, as attempt + 1 -- or, when their attempts are
+used up, moved to ``failed.txt``.  Only when none is left is the next-job
+function called.  Pure: the caller says which holders it judged expired.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Set
+from dataclasses import dataclass
+
+from distribute.core.ledger import Entry, Ledger
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Claim ``entry.job`` again as attempt ``entry.attempt + 1``.
+
+    ``revoke`` names the previous holder whose liveness ref must be revoked
+    (by CAS from its observed value) in the same atomic push; ``""`` when the
+    job was released cleanly or belonged to this worker's earlier life.
+    """
+
+    entry: Entry
+    revoke: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """Move ``entry.job`` to ``failed.txt``: its attempts are used up."""
+
+    entry: Entry
+    reason: str
+    revoke: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CallNextJobFunction:
+    """No orphaned job: ask the next-job function for a new one."""
+
+
+ClaimPlan = Retry | GiveUp | CallNextJobFunction
+
+
+def plan_claim(ledger: Ledger, me: str, expired: Set[str], max_attempts: int) -> ClaimPlan:
+    """Choose the holder's next move.
+
+    Args:
+        ledger: the ledger at the main branch the holder observed.
+        me: this worker.  Its own running entries are from an earlier life
+            (a worker runs one job at a time and has none when it asks for
+            the next), so they are retried at once without waiting a lease.
+        expired: workers whose liveness the caller judged expired.
+        max_attempts: attempts allowed per job.
+    """
+    for entry in ledger.running:
+        if entry.released:
+            if entry.attempt >= max_attempts:
+                return GiveUp(entry, entry.reason or "attempts used up")
+            return Retry(entry)
+        if entry.worker == me:
+            revoke = ""
+        elif entry.worker in expired:
+            revoke = entry.worker
+        else:
+            continue
+        if entry.attempt >= max_attempts:
+            return GiveUp(entry, f"lease of worker {entry.worker!r} expired", revoke=revoke)
+        return Retry(entry, revoke=revoke)
+    return CallNextJobFunction()
+
+
+def others_running(ledger: Ledger, me: str) -> tuple[Entry, ...]:
+    """Jobs still held by other workers: the reason to wait instead of returning ``None``."""
+    return tuple(e for e in ledger.running if e.worker != me)

@@ -1,0 +1,425 @@
+"""The worker: the seed's API on top of the coordinator and a local git copy.
+
+Theory of operation
+-------------------
+A :class:`Worker` owns one local copy (a clone with a working tree that the
+user's code writes into) and one :class:`~distribute.coordination.Coordinator`.
+``get_next_job`` polls the lock with backoff and jitter, takes it, offers an
+orphaned job first or runs the next-job function with the working tree at the
+freshly fetched main branch, claims, and checks out the job branch.
+``commit_update`` snapshots the working tree onto the job branch and pushes
+it.  ``finish_job`` merges the job branch into the main branch without a
+checkout.  A background heartbeat renews the lock while the next-job function
+runs and the worker's liveness ref while a job runs.
+
+A file lock on the local copy refuses a second worker there.  Transport
+errors are retried with backoff for ``retry_seconds``, then raised with the
+URL's credentials removed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import platform
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import filelock
+
+from distribute.backoff import Backoff
+from distribute.coordination import Coordinator, JobHolding, Snapshot
+from distribute.core.errors import (
+    DirtyWorkingTree,
+    JobAlreadyRunning,
+    LocalCopyBusy,
+    NoRunningJob,
+    OutcomeUnknown,
+    TransportError,
+    UsageError,
+)
+from distribute.core.names import check_name, job_dir, scrub_url
+from distribute.core.plan import CallNextJobFunction, GiveUp, Retry, others_running
+from distribute.transport.git import GitLocalCopy
+
+NextJobFunction = Callable[..., Any]
+T = TypeVar("T")
+
+_LOCK_FILE = "distribute.lock"
+_OWNER_FILE = "distribute-owner.json"
+
+
+def default_worker_name() -> str:
+    """``<host>-<pid>-<random>``: unique per process, even across hosts with one name."""
+    host = platform.node() or "host"
+    return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+
+
+class Worker:
+    """One worker on one local copy of the remote.
+
+    Args:
+        path: the local copy (an existing clone).
+        name: unique worker name; default :func:`default_worker_name`.
+        branch: the main branch; default the remote's default branch.
+        lease_seconds: lease period of the lock and of running jobs.
+        poll_seconds: first delay while waiting for the lock (doubles, with jitter).
+        max_poll_seconds: longest delay between polls.
+        max_attempts: attempts per job before it moves to ``failed.txt``.
+        wait_for_running: ``get_next_job`` waits while other workers still run
+            jobs (they may fail or die and be offered to this one) instead of
+            returning ``None`` at once.
+        retry_seconds: how long transport errors are retried before raising.
+        heartbeat: run the background heartbeat thread.
+        journal: optional ``callback(event, **fields)`` for every protocol step.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        name: str | None = None,
+        *,
+        branch: str | None = None,
+        lease_seconds: float = 120.0,
+        poll_seconds: float = 0.1,
+        max_poll_seconds: float | None = None,
+        max_attempts: int = 3,
+        wait_for_running: bool = True,
+        retry_seconds: float = 60.0,
+        heartbeat: bool = True,
+        margin_seconds: float | None = None,
+        journal: Callable[..., None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.name = check_name(name if name is not None else default_worker_name(), "worker")
+        if lease_seconds <= 0 or poll_seconds <= 0 or max_attempts < 1:
+            raise UsageError("lease_seconds and poll_seconds must be > 0, max_attempts >= 1")
+        self.path = str(Path(path).resolve())
+        self._filelock = self._lock_local_copy()
+        try:
+            self.copy = GitLocalCopy.open(self.path)
+            self.transport = self.copy.transport()
+            self.branch = branch or self.copy.default_branch() or "main"
+            check_name(self.branch, "branch")
+        except BaseException:
+            self._filelock.release()
+            raise
+        self.lease_seconds = lease_seconds
+        self.poll_seconds = poll_seconds
+        self.max_poll_seconds = max_poll_seconds or max(poll_seconds, min(5.0, lease_seconds / 4))
+        self.max_attempts = max_attempts
+        self.wait_for_running = wait_for_running
+        self.retry_seconds = retry_seconds
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self.session = uuid.uuid4().hex
+        self.coord = Coordinator(
+            self.transport,
+            worker=self.name,
+            session=self.session,
+            branch=self.branch,
+            lease=lease_seconds,
+            margin=margin_seconds if margin_seconds is not None else max(0.5, lease_seconds / 10),
+            max_attempts=max_attempts,
+            clock=clock,
+            journal=journal,
+        )
+        self._stop = threading.Event()
+        self._beat_thread: threading.Thread | None = None
+        self.heartbeat_errors = 0
+        if heartbeat:
+            self._beat_thread = threading.Thread(
+                target=self._heartbeat, name=f"distribute-heartbeat-{self.name}", daemon=True
+            )
+            self._beat_thread.start()
+
+    # ---- local copy ownership ------------------------------------------------
+    def _lock_local_copy(self) -> filelock.BaseFileLock:
+        git_dir = Path(self.path) / ".git"
+        if not git_dir.is_dir():
+            raise UsageError(
+                f"{self.path} is not a local copy made by Distribute (no .git folder); "
+                "use worker_from_url(url, path=...) to clone one"
+            )
+        lock = filelock.FileLock(str(git_dir / _LOCK_FILE))
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            owner = "unknown"
+            try:
+                owner = (git_dir / _OWNER_FILE).read_text(encoding="utf-8").strip()
+            except OSError:
+                pass
+            raise LocalCopyBusy(
+                f"another worker already uses the local copy {self.path} ({owner}); give each "
+                "worker its own path",
+                path=self.path,
+            ) from None
+        info = {"worker": self.name, "pid": os.getpid(), "host": platform.node()}
+        (git_dir / _OWNER_FILE).write_text(json.dumps(info), encoding="utf-8")
+        return lock
+
+    def close(self) -> None:
+        """Stop the heartbeat, release the lock if held, free the local copy."""
+        self._stop.set()
+        if self._beat_thread is not None:
+            self._beat_thread.join(timeout=5)
+        try:
+            if self.coord.holding is not None:
+                self.coord.release()
+        except TransportError:
+            pass
+        finally:
+            if self._filelock.is_locked:
+                self._filelock.release()
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _heartbeat(self) -> None:
+        interval = max(0.05, min(1.0, self.lease_seconds / 6))
+        while not self._stop.wait(interval):
+            try:
+                self.coord.renew()
+            except Exception:  # noqa: BLE001 - a failed renewal is retried next tick
+                self.heartbeat_errors += 1
+
+    # ---- the seed's API ----------------------------------------------------
+    @property
+    def running_job(self) -> str | None:
+        """The job this worker runs, or ``None``."""
+        return self.coord.job.job if self.coord.job else None
+
+    @property
+    def attempt(self) -> int | None:
+        return self.coord.job.attempt if self.coord.job else None
+
+    @property
+    def job_branch(self) -> str | None:
+        return self.coord.job.branch if self.coord.job else None
+
+    @property
+    def job_dir(self) -> str:
+        """Absolute folder for the running job's updates (``updates/<encoded job>``)."""
+        job = self.running_job
+        if job is None:
+            raise NoRunningJob("this worker runs no job; call get_next_job first")
+        return os.path.join(self.path, *job_dir(job).split("/"))
+
+    def get_running(self) -> list[str]:
+        """Jobs in the remote's ``running.txt`` right now."""
+        snap = self._retrying(self.coord.observe)
+        return [e.job for e in snap.ledger.running]
+
+    def get_next_job(self, next_job_func: NextJobFunction) -> str | None:
+        """Claim the next job and check out its branch.
+
+        Orphaned jobs (released for a retry, or whose holder's lease expired)
+        are offered first; otherwise ``next_job_func`` runs, alone among all
+        workers, with the working tree at the freshly fetched main branch.
+        Its file edits (say, a shortened ``jobs.txt``) are committed with the
+        claim.
+
+        Returns:
+            The job name, or ``None`` when the function has no job and no
+            other worker still runs one (with ``wait_for_running=False``: as
+            soon as the function has none).
+
+        Raises:
+            JobAlreadyRunning: finish or fail the running job first.
+            DirtyWorkingTree: the local copy has uncommitted changes.
+            InvalidName: the function returned a name a ledger cannot hold.
+        """
+        if self.coord.job is not None:
+            raise JobAlreadyRunning(
+                f"this worker still runs {self.coord.job.job!r}; call finish_job() or "
+                "fail_job(reason) first"
+            )
+        changed = self.copy.changed_paths()
+        if changed:
+            raise DirtyWorkingTree(
+                f"the local copy {self.path} has uncommitted changes ({', '.join(changed[:5])}"
+                f"{' ...' if len(changed) > 5 else ''}); commit, move or delete them before "
+                "asking for a job",
+                paths=changed,
+            )
+        backoff = Backoff(self.poll_seconds, self.max_poll_seconds, self._rng)
+        while True:
+            snap = self._retrying(self.coord.observe)
+            if not self._retrying(lambda s=snap: self.coord.try_acquire(s)):
+                self._sleep(backoff.next())
+                continue
+            outcome = self._under_lock(snap, next_job_func)
+            if isinstance(outcome, JobHolding):
+                self._retrying(lambda: self.copy.checkout(outcome.tip, outcome.branch))
+                return outcome.job
+            if outcome == "none":
+                return None
+            if outcome == "wait":
+                self._sleep(backoff.next())
+            # "again": the holding was lost; start over at once
+
+    def _under_lock(self, snap: Snapshot, func: NextJobFunction) -> JobHolding | str:
+        coord = self.coord
+        try:
+            while True:
+                if coord.holding is None:
+                    return "again"
+                plan = coord.plan(snap)
+                if isinstance(plan, GiveUp):
+                    snap = self._retrying(lambda s=snap, p=plan: coord.give_up(s, p))
+                    continue
+                if isinstance(plan, Retry):
+                    got = self._retrying(lambda s=snap, p=plan: coord.claim(s, p, None))
+                    return got if got is not None else "again"
+                job, edits = self._run_next_job_function(snap, func)
+                if job is None:
+                    waiting = self.wait_for_running and others_running(snap.ledger, self.name)
+                    self._retrying(coord.release)
+                    return "wait" if waiting else "none"
+                got = self._retrying(
+                    lambda s=snap, j=job, e=edits: coord.claim(s, CallNextJobFunction(), j, e)
+                )
+                return got if got is not None else "again"
+        except BaseException:
+            if coord.holding is not None:
+                try:
+                    coord.release()
+                except TransportError:
+                    pass  # the lease will expire
+            raise
+
+    def _run_next_job_function(
+        self, snap: Snapshot, func: NextJobFunction
+    ) -> tuple[str | None, str | None]:
+        self.copy.checkout(snap.main, None)
+        try:
+            job = _call_next_job_function(func, self)
+            if job is not None:
+                job = check_name(str(job) if not isinstance(job, str) else job, "job")
+            edits = None
+            if job is not None and self.copy.changed_paths():
+                edits = self.copy.snapshot(snap.main, "distribute: next-job function edits")
+            return job, edits
+        finally:
+            self.copy.checkout(snap.main, None)
+
+    def commit_update(self, message: str | None = None) -> bool:
+        """Commit the working tree's changes to the job branch and push them.
+
+        Returns:
+            ``False`` when there was nothing to commit.
+
+        Raises:
+            NoRunningJob: call get_next_job first.
+            LeaseLost: the job was taken over (the update is still pushed to
+                this worker's branch, where it stays).
+        """
+        job = self._job()
+        if not self.copy.changed_paths():
+            if self.coord.revoked:
+                self.coord.update(job.tip)  # raises LeaseLost
+            return False
+        tip = self.copy.snapshot(job.tip, message or f"update {job.job}")
+        self.copy.checkout(tip, job.branch)
+        self._retrying(lambda: self.coord.update(tip))
+        return True
+
+    def finish_job(self) -> None:
+        """Merge the job branch into the main branch; move the job to ``done.txt``.
+
+        Uncommitted changes are committed first.
+
+        Raises:
+            LeaseLost: the job was taken over; the main branch is unchanged.
+            MergeConflict: the job is recorded in ``failed.txt``; its branch stays.
+        """
+        self._job()
+        self.commit_update(f"final results of {self.running_job}")
+        backoff = Backoff(self.poll_seconds / 4, self.max_poll_seconds, self._rng)
+        self._retrying(lambda: self.coord.finish(self._sleep, backoff.next))
+
+    def fail_job(self, reason: str = "failed") -> str:
+        """Record that the job failed; it is retried while attempts are left.
+
+        Uncommitted changes are committed to the job branch first.
+
+        Returns:
+            ``"retry"`` or ``"failed"`` (no attempts left; see ``failed.txt``).
+        """
+        self._job()
+        self.commit_update(f"partial results of {self.running_job}")
+        backoff = Backoff(self.poll_seconds / 4, self.max_poll_seconds, self._rng)
+        return self._retrying(lambda: self.coord.fail(reason, self._sleep, backoff.next))
+
+    # ---- plumbing --------------------------------------------------------------
+    def _job(self) -> JobHolding:
+        if self.coord.job is None:
+            raise NoRunningJob("this worker runs no job; call get_next_job first")
+        return self.coord.job
+
+    def _retrying(self, step: Callable[[], T]) -> T:
+        """Run ``step``, retrying transport errors with backoff for ``retry_seconds``."""
+        backoff = Backoff(max(0.05, self.poll_seconds), max(1.0, self.max_poll_seconds), self._rng)
+        deadline = self._clock() + self.retry_seconds
+        while True:
+            try:
+                return step()
+            except OutcomeUnknown:
+                raise
+            except TransportError as exc:
+                if self._clock() >= deadline:
+                    raise TransportError(
+                        f"the remote stayed unreachable for {self.retry_seconds:.0f} s: "
+                        f"{scrub_url(str(exc))}"
+                    ) from None
+                self._sleep(backoff.next())
+
+
+def _call_next_job_function(func: NextJobFunction, worker: Worker) -> Any:
+    """Call ``func()`` (the seed's style) or ``func(worker)`` if it takes one argument."""
+    try:
+        params = [
+            p for p in inspect.signature(func).parameters.values()
+            if p.default is inspect.Parameter.empty
+            and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+    except (TypeError, ValueError):
+        params = []
+    return func(worker) if params else func()
+
+
+def worker_from_url(
+    url: str, path: str | os.PathLike[str], name: str | None = None, **options: Any
+) -> Worker:
+    """A worker on ``path``, cloning ``url`` there first if the path does not exist.
+
+    An existing local copy is reused; it must be a clone of the same remote.
+    Options are those of :class:`Worker`.
+    """
+    target = Path(path)
+    if not target.exists() or (target.is_dir() and not any(target.iterdir())):
+        GitLocalCopy.clone(url, target)
+    else:
+        copy = GitLocalCopy.open(target)
+        if copy.remote_url() != url:
+            raise UsageError(
+                f"{target} is a clone of {scrub_url(copy.remote_url())}, not of {scrub_url(url)}; "
+                "choose another path"
+            )
+    return Worker(target, name, **options)
+
+
+__all__ = ["Worker", "default_worker_name", "worker_from_url"]

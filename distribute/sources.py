@@ -1,0 +1,115 @@
+"""Next-job functions that ship with Distribute.
+
+A next-job function runs while its worker holds the remote lock, with the
+working tree at the freshly fetched main branch.  It returns the next job's
+name, or ``None`` when it has none.  File edits it makes are committed with
+the claim, atomically.  It may take no argument (the original project's
+style, reading a global worker) or the worker as its one argument.
+
+Effects outside the repository (a call to a suggestion service) cannot be
+fenced by the lock: a holder that loses its lease mid-call may have made the
+call anyway.  Make such effects idempotent; they are at-least-once.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import TYPE_CHECKING, Any
+
+from distribute.core.names import check_name
+
+if TYPE_CHECKING:
+    from distribute.dist import Worker
+
+JOBS_FILE = "jobs.txt"
+
+
+def read_queue(text: str) -> list[str]:
+    """Jobs listed in a queue file: one per line, blank lines skipped."""
+    return [line.strip() for line in text.split("\n") if line.strip()]
+
+
+def format_queue(jobs: list[str]) -> str:
+    return "".join(job + "\n" for job in jobs)
+
+
+class QueueJobs:
+    """Take jobs in order from a queue file (default ``jobs.txt``) on the main branch.
+
+    The first line is removed and returned; the shortened file is committed
+    with the claim.  Returns ``None`` when the queue is empty or missing.
+    """
+
+    def __init__(self, filename: str = JOBS_FILE) -> None:
+        if os.path.isabs(filename) or ".." in filename.replace("\\", "/").split("/"):
+            raise ValueError(f"queue file must be a relative path inside the repo: {filename!r}")
+        self.filename = filename
+
+    def __call__(self, worker: Worker) -> str | None:
+        path = os.path.join(worker.path, self.filename)
+        try:
+            with open(path, encoding="utf-8") as f:
+                jobs = read_queue(f.read())
+        except FileNotFoundError:
+            return None
+        if not jobs:
+            return None
+        job = check_name(jobs[0], "job")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(format_queue(jobs[1:]))
+        return job
+
+
+class RandomJobs:
+    """Return a new random job name each call: ``<prefix><integer>``.
+
+    ``limit`` stops after that many jobs from this worker (``None``: never).
+    """
+
+    def __init__(self, prefix: str = "job-", seed: int | None = None, limit: int | None = None):
+        self.prefix = prefix
+        self.rng = random.Random(seed)
+        self.limit = limit
+        self.given = 0
+
+    def __call__(self) -> str | None:
+        if self.limit is not None and self.given >= self.limit:
+            return None
+        self.given += 1
+        return f"{self.prefix}{self.rng.getrandbits(63)}"
+
+
+def queue_jobs_func(worker: Worker) -> str | None:
+    """The ``jobs.txt`` queue as a plain function."""
+    return QueueJobs()(worker)
+
+
+def whetlab_make_next_jobs_func(worker: Worker, experiment: Any) -> Any:
+    """A next-job function that asks a Whetlab-style experiment for suggestions.
+
+    Before each suggestion it cancels the experiment's pending results that no
+    worker runs (left by dead workers), then returns ``experiment.suggest()``'s
+    result id as the job.  ``experiment`` needs ``suggest()`` (a result with a
+    ``_result_id``), ``pending()`` (such results) and
+    ``cancel_by_result_id(id)``; report outcomes yourself with
+    ``update_by_result_id(id, value)``.  Calls to the service are
+    at-least-once: a holder that loses its lease mid-call may still have made
+    them.
+    """
+
+    def next_jobs_func() -> str:
+        running = set(worker.get_running())
+        for result in list(experiment.pending()):
+            result_id = str(_result_id(result))
+            if result_id not in running:
+                experiment.cancel_by_result_id(_result_id(result))
+        return str(_result_id(experiment.suggest()))
+
+    return next_jobs_func
+
+
+def _result_id(result: Any) -> Any:
+    if isinstance(result, dict):
+        return result["_result_id"]
+    return result._result_id

@@ -1,0 +1,130 @@
+"""The transport contract: everything Distribute asks of a git remote.
+
+Theory of operation
+-------------------
+A transport is one worker's view of one remote. It has two halves:
+
+* remote refs: ``fetch`` brings named refs (and the objects they reach) into
+  the worker's object store and reports their values; ``list_refs`` reads ref
+  values only; ``push`` is an atomic compare-and-swap of one or several refs.
+  A push whose expectations do not hold is a lost race and returns ``False``;
+  it never raises for that.  A push whose outcome is unknown (the connection
+  died after sending) raises :class:`~distribute.core.errors.OutcomeUnknown`;
+  the caller resolves it by reading the refs again.
+* a local object store: read files at a commit, write commits from a parent
+  tree plus edits, three-way merge two commits without touching any working
+  tree.
+
+Object ids are hex strings.  ``None`` for a ref value means "does not exist".
+Two implementations keep this contract: :mod:`distribute.transport.git`
+(real git through GitPython) and :mod:`distribute.transport.memory` (an
+in-memory remote with latency and fault hooks).  One contract test suite runs
+against both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+Oid = str
+
+
+@dataclass(frozen=True, slots=True)
+class RefUpdate:
+    """One ref of an atomic compare-and-swap push.
+
+    Attributes:
+        ref: full ref name (``refs/heads/main``, ``refs/distribute/lock``).
+        old: the value the remote must hold now; ``None`` means the ref must
+            not exist.
+        new: the value to set; ``None`` deletes the ref.
+    """
+
+    ref: str
+    old: Oid | None
+    new: Oid | None
+
+
+@dataclass(frozen=True, slots=True)
+class MergeResult:
+    """Outcome of a three-way merge of two commits.
+
+    ``tree`` is the merged tree's id when the merge is clean, else ``None``
+    and ``conflicts`` names the conflicting paths.
+    """
+
+    tree: Oid | None
+    conflicts: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def clean(self) -> bool:
+        return self.tree is not None
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """One worker's connection to one remote plus its local object store."""
+
+    # ---- remote refs -------------------------------------------------------
+    def fetch(self, refs: Sequence[str]) -> dict[str, Oid]:
+        """Fetch exactly these refs; return the values of those that exist.
+
+        Refs may end in ``/*`` to fetch every ref under a prefix.  Objects
+        reachable from the returned values are readable afterwards.
+        """
+        ...
+
+    def list_refs(self, prefix: str) -> dict[str, Oid]:
+        """Values of the remote refs under ``prefix``, without objects."""
+        ...
+
+    def push(self, updates: Sequence[RefUpdate]) -> bool:
+        """Apply all updates atomically if every ``old`` holds.
+
+        Returns ``True`` when applied, ``False`` when any expectation failed
+        (nothing changed).  Raises ``OutcomeUnknown`` when the result could
+        not be learned and ``TransportError`` when the remote is unreachable.
+        """
+        ...
+
+    # ---- local object store ------------------------------------------------
+    def read_file(self, commit: Oid, path: str) -> bytes | None:
+        """Contents of ``path`` in ``commit``, ``None`` when absent."""
+        ...
+
+    def commit_message(self, commit: Oid) -> str:
+        ...
+
+    def commit_tree(self, commit: Oid) -> Oid:
+        """The tree id of ``commit``."""
+        ...
+
+    def write_commit(
+        self,
+        *,
+        parents: Sequence[Oid],
+        message: str,
+        base: Oid | None = None,
+        tree: Oid | None = None,
+        changes: Mapping[str, bytes | None] | None = None,
+    ) -> Oid:
+        """Write a commit and return its id.
+
+        The tree is ``tree`` if given, else the tree of commit ``base`` (or
+        the empty tree when ``base`` is ``None``), with ``changes`` applied:
+        path -> new contents, or ``None`` to delete.  No working tree or
+        index of the user's is touched.
+        """
+        ...
+
+    def merge(self, ours: Oid, theirs: Oid) -> MergeResult:
+        """Three-way merge of two commits (git merge-tree semantics)."""
+        ...
+
+    def is_ancestor(self, ancestor: Oid, descendant: Oid) -> bool:
+        ...
+
+    def close(self) -> None:
+        ...
