@@ -1,0 +1,123 @@
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from distribute.core.errors import LeaseLost, RemoteStateError, UsageError
+from distribute.core.ledger import (
+    DONE,
+    FAILED,
+    RUNNING,
+    Entry,
+    Ledger,
+    format_line,
+    parse_line,
+)
+from distribute.core.names import _FORBIDDEN_CATEGORIES
+
+names = st.text(min_size=1, max_size=30).filter(
+    lambda s: s == s.strip()
+    and not any(__import__("unicodedata").category(c) in _FORBIDDEN_CATEGORIES for c in s)
+)
+entries = st.builds(
+    Entry,
+    job=names,
+    worker=names | st.just(""),
+    token=st.integers(0, 10**9),
+    attempt=st.integers(1, 50),
+    reason=st.text(max_size=40).map(lambda s: " ".join(s.split())),
+)
+
+
+@given(entries)
+def test_line_round_trip(entry):
+    assert parse_line(format_line(entry)) == entry
+
+
+@given(st.lists(entries, max_size=8), st.lists(entries, max_size=8))
+def test_ledger_round_trip(running, done):
+    ledger = Ledger(running=tuple(running), done=tuple(done))
+    again = Ledger.from_files(ledger.to_files())
+    assert again == ledger
+
+
+def test_seed_format_plain_names():
+    ledger = Ledger.from_files({RUNNING: b"", DONE: b"a\nb c\n\n"})
+    assert [e.job for e in ledger.done] == ["a", "b c"]
+
+
+def test_missing_ledgers_name_the_fix():
+    with pytest.raises(RemoteStateError, match="distribute init"):
+        Ledger.from_files({RUNNING: b""}, "main")
+
+
+def test_damaged_line_is_reported():
+    with pytest.raises(RemoteStateError, match="running.txt"):
+        Ledger.from_files({RUNNING: b"job\tnonsense\n", DONE: b""})
+
+
+def fresh():
+    return Ledger.from_files({RUNNING: b"", DONE: b""})
+
+
+def test_claim_finish():
+    led = fresh().claim("j", "w", 3)
+    assert led.running_entry("j") == Entry("j", "w", 3, 1)
+    done = led.finish("j", "w", 3)
+    assert done.state_of("j") == "done" and not done.running
+    done.validate()
+
+
+def test_finish_with_stale_token_is_refused():
+    led = fresh().claim("j", "w", 3).retry("j", "v", 4)
+    with pytest.raises(LeaseLost, match="held by 'v'"):
+        led.finish("j", "w", 3)
+    with pytest.raises(LeaseLost):
+        led.finish("j", "v", 3)
+    assert led.finish("j", "v", 4).is_done("j")
+
+
+def test_finish_twice_is_refused():
+    led = fresh().claim("j", "w", 1).finish("j", "w", 1)
+    with pytest.raises(LeaseLost, match="already done"):
+        led.finish("j", "w", 1)
+
+
+def test_claiming_a_known_job_is_refused():
+    led = fresh().claim("j", "w", 1)
+    with pytest.raises(UsageError, match="already running"):
+        led.claim("j", "v", 2)
+    with pytest.raises(UsageError, match="already done"):
+        led.finish("j", "w", 1).claim("j", "v", 2)
+
+
+def test_fail_releases_then_fails_for_good():
+    led = fresh().claim("j", "w", 1)
+    led = led.fail("j", "w", 1, "boom\nline two", max_attempts=2)
+    e = led.running_entry("j")
+    assert e.released and e.reason == "boom line two" and e.attempt == 1
+    led = led.retry("j", "v", 2)
+    assert led.running_entry("j").attempt == 2
+    led = led.fail("j", "v", 2, "again", max_attempts=2)
+    assert led.state_of("j") == "failed" and led.failed[0].attempt == 2
+    assert FAILED in led.to_files()
+
+
+def test_requeue_forgets_a_failed_job():
+    led = fresh().claim("j", "w", 1).fail("j", "w", 1, "x", max_attempts=1)
+    assert led.requeue("j").state_of("j") is None
+    with pytest.raises(UsageError):
+        fresh().requeue("nope")
+
+
+def test_changed_files_only_lists_changes():
+    before = fresh()
+    after = before.claim("j", "w", 1)
+    assert set(after.changed_files(before)) == {RUNNING}
+
+
+def test_validate_catches_double_done():
+    bad = Ledger(done=(Entry("j"), Entry("j")))
+    with pytest.raises(AssertionError, match="done twice"):
+        bad.validate()
+    with pytest.raises(AssertionError, match="both running and done"):
+        Ledger(running=(Entry("j", "w"),), done=(Entry("j"),)).validate()

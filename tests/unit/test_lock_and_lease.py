@@ -1,0 +1,122 @@
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from distribute.core.errors import RemoteStateError
+from distribute.core.lease import LeaseWatch
+from distribute.core.lock import (
+    Acquire,
+    Beat,
+    LockState,
+    Wait,
+    beat_message,
+    decide_acquire,
+    holder_verdict,
+    lock_message,
+    parse_beat_message,
+    parse_lock_message,
+)
+
+
+@given(st.integers(0, 10**6), st.text(max_size=20), st.text(max_size=8), st.integers(0, 99))
+def test_lock_message_round_trip(token, holder, session, renewal):
+    state = LockState(token, holder, session, renewal)
+    assert parse_lock_message(lock_message(state)) == state
+
+
+def test_beat_message_round_trip():
+    beat = Beat("w 1", "s", 4, ("a/b", "c")).revoke("v", 9)
+    assert parse_beat_message(beat_message(beat)) == beat
+    assert "revoked by v" in beat_message(beat)
+
+
+def test_garbage_records_are_reported():
+    with pytest.raises(RemoteStateError):
+        parse_lock_message("hello")
+    with pytest.raises(RemoteStateError):
+        parse_lock_message(beat_message(Beat("w", "s")))
+
+
+def test_free_lock_is_acquired_with_next_token():
+    d = decide_acquire(LockState(token=4), "w", "s", holder_expired=False)
+    assert d == Acquire(LockState(5, "w", "s"), takeover=False)
+
+
+def test_held_lock_means_wait_until_expired():
+    held = LockState(4, "v", "sv")
+    assert decide_acquire(held, "w", "s", holder_expired=False) == Wait("v")
+    d = decide_acquire(held, "w", "s", holder_expired=True)
+    assert isinstance(d, Acquire) and d.takeover and d.new.token == 5
+
+
+def test_restarted_worker_takes_its_old_holding_at_once():
+    d = decide_acquire(LockState(4, "w", "old"), "w", "new", holder_expired=False)
+    assert isinstance(d, Acquire) and d.takeover
+
+
+def test_release_keeps_the_token():
+    assert LockState(7, "w", "s", 3).released() == LockState(7)
+
+
+def test_holder_verdict():
+    assert holder_verdict(0, 1, 30) == "valid"
+    assert holder_verdict(0, 10, 30) == "renew"
+    assert holder_verdict(0, 30, 30) == "lost"
+
+
+def test_expiry_is_judged_by_observation_only():
+    w = LeaseWatch(lease=10, margin=1)
+    w.observe("r", "a", now=1000)
+    assert not w.expired("r", 1010.9)
+    assert w.expired("r", 1011)
+    w.observe("r", "b", now=1011)  # any change restarts the wait
+    assert not w.expired("r", 1015) and w.remaining("r", 1015) == 7
+
+
+def test_unseen_ref_is_never_expired():
+    w = LeaseWatch(lease=10, margin=1)
+    assert not w.expired("r", 10**9)
+
+
+def test_absent_ref_can_expire_and_then_appear():
+    w = LeaseWatch(lease=1, margin=0)
+    w.observe("r", None, 0)
+    assert w.expired("r", 1) and w.value("r") is None
+    assert w.observe("r", "x", 2) and not w.expired("r", 2.5)
+
+
+@given(
+    skew=st.floats(-1e6, 1e6, allow_nan=False),
+    rate=st.floats(0.9, 1.1),
+    holder_period=st.floats(0.5, 3.0),
+)
+def test_a_renewing_holder_is_never_judged_expired(skew, rate, holder_period):
+    """Whatever the observer's clock offset (hours apart) or rate (within 10 %),
+    a holder that renews every lease/3 of real time never looks expired."""
+    lease, margin = 10.0, 1.0
+    w = LeaseWatch(lease, margin)
+    renew_every = lease / 3
+    real = 0.0
+    value = 0
+    w.observe("r", str(value), skew + rate * real)
+    while real < 200:
+        real += holder_period
+        if real // renew_every != (real - holder_period) // renew_every:
+            value += 1
+        now = skew + rate * real
+        w.observe("r", str(value), now)
+        assert not w.expired("r", now)
+
+
+@given(skew=st.floats(-1e6, 1e6, allow_nan=False), rate=st.floats(0.9, 1.1))
+def test_a_dead_holder_is_judged_expired_within_a_bounded_time(skew, rate):
+    lease, margin = 10.0, 1.5
+    w = LeaseWatch(lease, margin)
+    w.observe("r", "last", skew)
+    real = 0.0
+    while not w.expired("r", skew + rate * real):
+        real += 0.25
+    # expiry comes no sooner than the lease (the observer clock runs <= 10 % fast)
+    # and no later than (lease + margin) / slowest rate
+    assert real >= (lease + margin) / 1.1 - 0.25 >= lease * 1.0
+    assert real <= (lease + margin) / 0.9 + 0.25
