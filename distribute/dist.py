@@ -46,6 +46,7 @@ from distribute.core.errors import (
 )
 from distribute.core.names import check_name, job_dir, scrub_url
 from distribute.core.plan import CallNextJobFunction, GiveUp, Retry, others_running
+from distribute.transport.base import Transport
 from distribute.transport.git import GitLocalCopy
 
 NextJobFunction = Callable[..., Any]
@@ -78,6 +79,8 @@ class Worker:
         retry_seconds: how long transport errors are retried before raising.
         heartbeat: run the background heartbeat thread.
         journal: optional ``callback(event, **fields)`` for every protocol step.
+        wrap_transport: optional function that wraps the git transport (the
+            simulator injects latency and failed pushes this way).
     """
 
     def __init__(
@@ -95,6 +98,7 @@ class Worker:
         heartbeat: bool = True,
         margin_seconds: float | None = None,
         journal: Callable[..., None] | None = None,
+        wrap_transport: Callable[[Transport], Transport] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
@@ -106,7 +110,9 @@ class Worker:
         self._filelock = self._lock_local_copy()
         try:
             self.copy = GitLocalCopy.open(self.path)
-            self.transport = self.copy.transport()
+            self.transport: Transport = self.copy.transport()
+            if wrap_transport is not None:
+                self.transport = wrap_transport(self.transport)
             self.branch = branch or self.copy.default_branch() or "main"
             check_name(self.branch, "branch")
         except BaseException:
