@@ -477,6 +477,8 @@ class Coordinator:
     def finish(self, sleep: Callable[[float], None], delays: Callable[[], float]) -> Oid:
         """Merge the job branch into the main branch and move the job to ``done.txt``.
 
+        Retries lost races, sleeping ``delays()`` between tries.
+
         Returns:
             The new main branch commit.
 
@@ -484,38 +486,45 @@ class Coordinator:
             LeaseLost: the job was taken over; nothing changed, the branch stays.
             MergeConflict: the job is recorded in ``failed.txt``; the branch stays.
         """
-        job = self._job()
         while True:
-            with self.mutex:
-                main = self.transport.fetch([self.main_ref]).get(self.main_ref)
-                self.stats.fetches += 1
-                if main is None:
-                    raise RemoteStateError(f"the remote lost its branch {self.branch!r}")
-                ledger = self.read_ledger(main)
-                try:
-                    done = ledger.finish(job.job, self.worker, job.token)
-                except LeaseLost:
-                    self.journal("finish-refused", job=job.job, token=job.token)
-                    self.job = None
-                    raise
-                merged = self.transport.merge(main, job.tip)
-                if not merged.clean:
-                    self._record_conflict(main, ledger, job, merged.conflicts)
-                    continue
-                new_main = self.transport.write_commit(
-                    parents=[main, job.tip],
-                    tree=merged.tree,
-                    changes=done.to_files(),
-                    message=(
-                        f"distribute: finish {job.job} by {self.worker} "
-                        f"(token {job.token}, attempt {job.attempt})"
-                    ),
-                )
-                if self.push([RefUpdate(self.main_ref, main, new_main)]):
-                    self.journal("finish", job=job.job, token=job.token, tip=job.tip)
-                    self.job = None
-                    return new_main
+            new_main = self.finish_step()
+            if new_main is not None:
+                return new_main
             sleep(delays())
+
+    def finish_step(self) -> Oid | None:
+        """One try of :meth:`finish`: ``None`` when the push lost a race."""
+        job = self._job()
+        with self.mutex:
+            main = self.transport.fetch([self.main_ref]).get(self.main_ref)
+            self.stats.fetches += 1
+            if main is None:
+                raise RemoteStateError(f"the remote lost its branch {self.branch!r}")
+            ledger = self.read_ledger(main)
+            try:
+                done = ledger.finish(job.job, self.worker, job.token)
+            except LeaseLost:
+                self.journal("finish-refused", job=job.job, token=job.token)
+                self.job = None
+                raise
+            merged = self.transport.merge(main, job.tip)
+            if not merged.clean:
+                self._record_conflict(main, ledger, job, merged.conflicts)
+                return None
+            new_main = self.transport.write_commit(
+                parents=[main, job.tip],
+                tree=merged.tree,
+                changes=done.to_files(),
+                message=(
+                    f"distribute: finish {job.job} by {self.worker} "
+                    f"(token {job.token}, attempt {job.attempt})"
+                ),
+            )
+            if not self.push([RefUpdate(self.main_ref, main, new_main)]):
+                return None
+            self.journal("finish", job=job.job, token=job.token, tip=job.tip)
+            self.job = None
+            return new_main
 
     def _record_conflict(
         self, main: Oid, ledger: Ledger, job: JobHolding, conflicts: Sequence[str]
@@ -539,30 +548,36 @@ class Coordinator:
             )
 
     def fail(self, reason: str, sleep: Callable[[float], None], delays: Callable[[], float]) -> str:
-        """Record a failed attempt; return ``"retry"`` or ``"failed"``."""
-        job = self._job()
+        """Record a failed attempt; return ``"retry"`` or ``"failed"``.  Retries lost races."""
         while True:
-            with self.mutex:
-                main = self.transport.fetch([self.main_ref]).get(self.main_ref)
-                if main is None:
-                    raise RemoteStateError(f"the remote lost its branch {self.branch!r}")
-                ledger = self.read_ledger(main)
-                try:
-                    after = ledger.fail(job.job, self.worker, job.token, reason, self.max_attempts)
-                except LeaseLost:
-                    self.job = None
-                    raise
-                outcome = "retry" if after.running_entry(job.job) else "failed"
-                new_main = self.transport.write_commit(
-                    parents=[main], base=main, changes=after.changed_files(ledger),
-                    message=f"distribute: job {job.job} attempt {job.attempt} failed ({outcome})",
-                )
-                if self.push([RefUpdate(self.main_ref, main, new_main)]):
-                    self.journal("fail", job=job.job, token=job.token, reason=reason,
-                                 outcome=outcome)
-                    self.job = None
-                    return outcome
+            outcome = self.fail_step(reason)
+            if outcome is not None:
+                return outcome
             sleep(delays())
+
+    def fail_step(self, reason: str) -> str | None:
+        """One try of :meth:`fail`: ``None`` when the push lost a race."""
+        job = self._job()
+        with self.mutex:
+            main = self.transport.fetch([self.main_ref]).get(self.main_ref)
+            if main is None:
+                raise RemoteStateError(f"the remote lost its branch {self.branch!r}")
+            ledger = self.read_ledger(main)
+            try:
+                after = ledger.fail(job.job, self.worker, job.token, reason, self.max_attempts)
+            except LeaseLost:
+                self.job = None
+                raise
+            outcome = "retry" if after.running_entry(job.job) else "failed"
+            new_main = self.transport.write_commit(
+                parents=[main], base=main, changes=after.changed_files(ledger),
+                message=f"distribute: job {job.job} attempt {job.attempt} failed ({outcome})",
+            )
+            if not self.push([RefUpdate(self.main_ref, main, new_main)]):
+                return None
+            self.journal("fail", job=job.job, token=job.token, reason=reason, outcome=outcome)
+            self.job = None
+            return outcome
 
 
 __all__ = [

@@ -1,0 +1,184 @@
+"""Benchmark: Distribute's cost per job against raw git on the same machine, in one run.
+
+Prints:
+  * the raw git compare-and-swap cycle (fetch + write objects + push with a lease),
+    median of --raw-samples runs, done with plain git commands;
+  * the per-job cost of get_next_job + finish_job for one worker with no-op jobs,
+    as a multiple of that cycle;
+  * jobs/s for several worker processes (default 4 and 16), as jobs per raw cycle,
+    and the jobs done by the busiest and the least busy worker.
+
+Usage:
+    python bench/bench.py                 # the full run (about a minute on 2 cores)
+    python bench/bench.py --workers 4 --jobs 60 --single-jobs 20
+    python bench/bench.py --remote daemon # the same over git daemon on 127.0.0.1
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from distribute.dist import worker_from_url  # noqa: E402
+from distribute.remote import init_remote  # noqa: E402
+from distribute.sources import QueueJobs  # noqa: E402
+
+
+def git(*args: str, cwd: Path | None = None, inp: str | None = None) -> str:
+    out = subprocess.run(
+        ["git", *args], cwd=cwd, input=inp, capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip()
+
+
+def raw_cas_cycle(url: str, work: Path, samples: int) -> list[float]:
+    """Fetch, write a commit with plumbing, push it with --force-with-lease: plain git."""
+    clone = work / "raw"
+    git("init", "-q", str(clone))
+    git("remote", "add", "origin", url, cwd=clone)
+    ref = "refs/bench/raw"
+    times = []
+    old = ""
+    for i in range(samples):
+        t0 = time.perf_counter()
+        git("fetch", "-q", "origin", "+refs/heads/main:refs/remotes/origin/main", cwd=clone)
+        parent = git("rev-parse", "refs/remotes/origin/main", cwd=clone)
+        blob = git("hash-object", "-w", "--stdin", cwd=clone, inp=f"sample {i}\n")
+        tree = git("mktree", cwd=clone, inp=f"100644 blob {blob}\tsample.txt\n")
+        commit = git("commit-tree", tree, "-p", parent, "-m", f"raw {i}", cwd=clone)
+        git("push", "-q", "--atomic", f"--force-with-lease={ref}:{old}", "origin",
+            f"{commit}:{ref}", cwd=clone)
+        times.append(time.perf_counter() - t0)
+        old = commit
+    return times
+
+
+def worker_loop(url: str, path: str, name: str, start: float, out: mp.Queue) -> None:
+    while time.time() < start:
+        time.sleep(0.005)
+    done = 0
+    with worker_from_url(url, path=path, name=name, lease_seconds=30, poll_seconds=0.02,
+                         max_poll_seconds=0.3) as worker:
+        source = QueueJobs()
+        while worker.get_next_job(source) is not None:
+            worker.finish_job()
+            done += 1
+    out.put((name, done, time.time()))
+
+
+def run_workers(url: str, work: Path, n: int) -> tuple[float, Counter[str]]:
+    ctx = mp.get_context("spawn")
+    out: mp.Queue = ctx.Queue()
+    start = time.time() + 2.0 + 0.1 * n
+    procs = [
+        ctx.Process(target=worker_loop, args=(url, str(work / f"w{i}"), f"w{i}", start, out))
+        for i in range(n)
+    ]
+    for p in procs:
+        p.start()
+    counts: Counter[str] = Counter()
+    end = start
+    for _ in procs:
+        name, done, finished = out.get(timeout=600)
+        counts[name] = done
+        end = max(end, finished)
+    for p in procs:
+        p.join(timeout=30)
+    return end - start, counts
+
+
+def serve_daemon(base: Path) -> tuple[subprocess.Popen[bytes], int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        ["git", "daemon", "--reuseaddr", "--listen=127.0.0.1", f"--port={port}",
+         f"--base-path={base}", "--export-all", "--enable=receive-pack", str(base)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("git daemon did not start")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--raw-samples", type=int, default=25)
+    ap.add_argument("--single-jobs", type=int, default=40)
+    ap.add_argument("--workers", type=int, nargs="*", default=[4, 16])
+    ap.add_argument("--jobs", type=int, default=160, help="jobs per multi-worker run")
+    ap.add_argument("--remote", choices=["file", "daemon"], default="file")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="distribute-bench-"))
+    daemon = None
+    try:
+        def new_remote(name: str, jobs: int) -> str:
+            path = work / "remotes" / f"{name}.git"
+            init_remote(path, jobs=[f"job-{i:05d}" for i in range(jobs)])
+            if daemon is None:
+                return str(path)
+            return f"git://127.0.0.1:{port}/{name}.git"
+
+        if args.remote == "daemon":
+            (work / "remotes").mkdir(parents=True)
+            daemon, port = serve_daemon(work / "remotes")
+
+        raw = raw_cas_cycle(new_remote("raw", 0), work, args.raw_samples)
+        cycle = statistics.median(raw)
+        print(f"raw git CAS cycle (fetch + write + push), median of {len(raw)}: "
+              f"{cycle * 1000:.1f} ms")
+
+        url = new_remote("single", args.single_jobs)
+        per_job = []
+        with worker_from_url(url, path=work / "single", name="solo", lease_seconds=30) as w:
+            source = QueueJobs()
+            while True:
+                t0 = time.perf_counter()
+                if w.get_next_job(source) is None:
+                    break
+                w.finish_job()
+                per_job.append(time.perf_counter() - t0)
+        med = statistics.median(per_job)
+        print(f"1 worker: get_next_job + finish_job, median of {len(per_job)}: "
+              f"{med * 1000:.1f} ms = {med / cycle:.2f} raw cycles "
+              f"({1 / med:.1f} jobs/s)")
+
+        for n in args.workers:
+            url = new_remote(f"many{n}", args.jobs)
+            elapsed, counts = run_workers(url, work / f"many{n}", n)
+            total = sum(counts.values())
+            rate = total / elapsed
+            busiest, least = max(counts.values()), min(counts.values())
+            print(f"{n} workers: {total} jobs in {elapsed:.1f} s = {rate:.1f} jobs/s "
+                  f"= {rate * cycle:.2f} jobs per raw cycle; busiest {busiest}, least busy "
+                  f"{least} (ratio {busiest / max(least, 1):.1f})")
+    finally:
+        if daemon is not None:
+            daemon.kill()
+            daemon.wait()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("GIT_TERMINAL_PROMPT", "0")
+    raise SystemExit(main())

@@ -1,0 +1,186 @@
+"""Bad input and awkward states: clear errors, nothing lost, nothing written outside."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from distribute.core.errors import (
+    DirtyWorkingTree,
+    InvalidName,
+    JobAlreadyRunning,
+    LeaseLost,
+    LocalCopyBusy,
+    MergeConflict,
+    NoRunningJob,
+    RemoteStateError,
+)
+from distribute.dist import worker_from_url
+from distribute.remote import init_remote
+from distribute.sources import QueueJobs
+
+
+def git(*args, cwd):
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout
+
+
+def show(bare, path, rev="main"):
+    return git("show", f"{rev}:{path}", cwd=bare)
+
+
+@pytest.fixture
+def remote(tmp_path):
+    bare = tmp_path / "remote.git"
+    init_remote(bare)
+    return bare
+
+
+def make(remote, tmp_path, name="w", **kw):
+    kw.setdefault("lease_seconds", 5)
+    kw.setdefault("poll_seconds", 0.05)
+    return worker_from_url(str(remote), path=tmp_path / f"copy-{name}", name=name, **kw)
+
+
+def constant(job):
+    return lambda: job
+
+
+def test_newline_or_tab_is_refused_before_anything_is_written(remote, tmp_path):
+    before = git("rev-parse", "main", "refs/distribute/lock", cwd=remote)
+    with make(remote, tmp_path) as w:
+        for bad in ["a\nb", "a\tb"]:
+            with pytest.raises(InvalidName, match="newline|tab"):
+                w.get_next_job(constant(bad))
+            assert w.running_job is None
+    after_main = git("rev-parse", "main", cwd=remote)
+    assert after_main.split()[0] == before.split()[0]
+    lock = git("log", "-1", "--format=%B", "refs/distribute/lock", cwd=remote)
+    assert "free" in lock  # released, not left held
+
+
+NASTY = ["with space", "a/b/../c", "..", "ünïcødé ジョブ", "-leading-dash", "x@{1}",
+         "name.lock", "y" * 300, "--upload-pack=touch pwned"]
+
+
+@pytest.mark.parametrize("job", NASTY)
+def test_nasty_names_run_end_to_end(remote, tmp_path, job):
+    with make(remote, tmp_path) as w:
+        assert w.get_next_job(constant(job)) == job
+        out = Path(w.job_dir)
+        assert Path(w.path) in out.parents
+        out.mkdir(parents=True)
+        (out / "result.txt").write_text(job)
+        w.commit_update()
+        w.finish_job()
+    done = show(remote, "done.txt")
+    assert done.split("\t")[0] == job
+    assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
+    files = git("ls-tree", "-r", "--name-only", "main", cwd=remote).splitlines()
+    assert len([f for f in files if f.startswith("updates/")]) == 1
+
+
+def test_second_worker_on_one_local_copy_is_refused(remote, tmp_path):
+    with make(remote, tmp_path, name="first"):
+        with pytest.raises(LocalCopyBusy, match="first"):
+            make(remote, tmp_path, name="first")
+
+
+def test_dirty_working_tree_is_refused_and_kept(remote, tmp_path):
+    with make(remote, tmp_path) as w:
+        Path(w.path, "stray.txt").write_text("precious")
+        with pytest.raises(DirtyWorkingTree, match="stray.txt"):
+            w.get_next_job(constant("j"))
+        assert Path(w.path, "stray.txt").read_text() == "precious"
+
+
+def test_api_misuse_errors(remote, tmp_path):
+    with make(remote, tmp_path) as w:
+        with pytest.raises(NoRunningJob):
+            w.finish_job()
+        w.get_next_job(constant("j"))
+        with pytest.raises(JobAlreadyRunning):
+            w.get_next_job(constant("k"))
+
+
+def test_merge_conflict_keeps_branch_and_records_failure(remote, tmp_path):
+    with make(remote, tmp_path, name="a") as a, make(remote, tmp_path, name="b") as b:
+        a.get_next_job(constant("ja"))
+        b.get_next_job(constant("jb"))
+        for w, text in ((a, "from a"), (b, "from b")):
+            Path(w.path, "shared.txt").write_text(text)
+            w.commit_update()
+        a.finish_job()
+        branch = b.job_branch
+        with pytest.raises(MergeConflict, match="shared.txt"):
+            b.finish_job()
+    assert show(remote, "shared.txt") == "from a"
+    assert "jb\t" in show(remote, "failed.txt") and "merge conflict" in show(remote, "failed.txt")
+    assert show(remote, "shared.txt", rev=branch) == "from b"  # nothing lost
+    assert "jb" not in show(remote, "running.txt")
+
+
+def test_remote_without_ledgers_names_the_fix(tmp_path):
+    bare = tmp_path / "plain.git"
+    git("init", "-q", "--bare", "-b", "main", str(bare), cwd=tmp_path)
+    seedrepo = tmp_path / "seed"
+    git("init", "-q", "-b", "main", str(seedrepo), cwd=tmp_path)
+    (seedrepo / "README").write_text("hi")
+    git("add", "README", cwd=seedrepo)
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x", cwd=seedrepo)
+    git("push", "-q", str(bare), "main", cwd=seedrepo)
+    with make(bare, tmp_path) as w:
+        with pytest.raises(RemoteStateError, match="distribute init"):
+            w.get_next_job(constant("j"))
+
+
+def test_queue_source_and_fail_then_retry(remote, tmp_path):
+    init_remote(remote, jobs=["q1", "q2"])
+    with make(remote, tmp_path, max_attempts=2) as w:
+        assert w.get_next_job(QueueJobs()) == "q1"
+        assert w.fail_job("boom") == "retry"
+        # the released job is offered before the queue
+        assert w.get_next_job(QueueJobs()) == "q1" and w.attempt == 2
+        assert w.fail_job("boom again") == "failed"
+        assert w.get_next_job(QueueJobs()) == "q2"
+        w.finish_job()
+        assert w.get_next_job(QueueJobs()) is None
+    assert "q1\t" in show(remote, "failed.txt") and "boom again" in show(remote, "failed.txt")
+    assert show(remote, "jobs.txt").strip() == ""
+
+
+def test_late_finish_after_takeover_is_refused(remote, tmp_path):
+    clock = [0.0]
+    slow = make(remote, tmp_path, name="slow", heartbeat=False, lease_seconds=1)
+    fast = make(remote, tmp_path, name="fast", lease_seconds=1, margin_seconds=0.1,
+                clock=lambda: clock[0], sleep=lambda s: clock.__setitem__(0, clock[0] + s))
+    try:
+        assert slow.get_next_job(constant("j")) == "j"
+        Path(slow.job_dir).mkdir(parents=True)
+        Path(slow.job_dir, "late.txt").write_text("late")
+        slow.commit_update()
+        branch = slow.job_branch
+        # fast waits (fake clock) until slow's liveness expires, then takes j over
+        assert fast.get_next_job(lambda: None) == "j" and fast.attempt == 2
+        main_before = git("rev-parse", "main", cwd=remote)
+        with pytest.raises(LeaseLost, match="lost it"):
+            slow.finish_job()
+        assert git("rev-parse", "main", cwd=remote) == main_before
+        assert show(remote, "updates/j/late.txt", rev=branch) == "late"
+        fast.finish_job()
+        assert show(remote, "done.txt").count("j\t") == 1
+    finally:
+        slow.close()
+        fast.close()
+
+
+def test_nothing_written_outside_the_local_copy(remote, tmp_path):
+    before = set(os.listdir(tmp_path))
+    with make(remote, tmp_path) as w:
+        w.get_next_job(constant("../../escape"))
+        Path(w.job_dir).mkdir(parents=True)
+        Path(w.job_dir, "x").write_text("x")
+        w.finish_job()
+    assert set(os.listdir(tmp_path)) - before == {"copy-w"}
