@@ -1,0 +1,579 @@
+"""Running a command per job: the loop behind ``distribute work``.
+
+Theory of operation
+-------------------
+:class:`JobRunner` takes jobs from a :class:`~distribute.dist.Worker` one at
+a time and runs one child process per job.  The job reaches the child as one
+argument (every ``{job}`` in the command is replaced; with ``shell=True`` the
+command is one ``/bin/sh -c`` script and the job is shell-quoted) and through
+the environment (``DISTRIBUTE_JOB``, ``DISTRIBUTE_WORKER``,
+``DISTRIBUTE_ATTEMPT``, ``DISTRIBUTE_JOB_DIR``).
+
+The child's stdout and stderr go through a pipe to a pump thread that appends
+them to ``<job dir>/log.txt``.  Every ``commit_every`` seconds the runner
+commits the working tree to the job branch (``commit_update``); the pump
+pauses meanwhile, so a commit never races a half-written chunk, and it
+reopens the log for every chunk, so whatever the checkout does to the file is
+harmless.  Exit status 0 finishes the job, anything else fails the attempt
+(the protocol retries it while attempts are left); ``timeout`` kills the
+child's process group and fails the attempt.
+
+Signals: SIGINT and SIGTERM are forwarded to the child's process group (it
+runs in a session of its own, so a terminal's Ctrl-C reaches it once).  Once
+the child is gone the attempt is failed with reason ``interrupted`` -- it
+stays runnable while attempts are left -- the worker is closed and the loop
+reports the signal, so that the command exits with 128 + signum.  A signal
+while waiting for a job interrupts the wait; afterwards the runner releases
+whatever this process still holds on the remote (the lock, if the signal came
+between a push and its bookkeeping, and the jobs its liveness record names).
+A second signal kills the child at once; a third ends the process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from distribute.core.errors import (
+    DistributeError,
+    LeaseLost,
+    MergeConflict,
+    TransportError,
+    UsageError,
+)
+from distribute.core.lock import lock_message, parse_beat_message, parse_lock_message
+from distribute.core.names import LOCK_REF
+from distribute.transport.base import RefUpdate
+
+if TYPE_CHECKING:
+    from distribute.dist import Worker
+
+JOB_PLACEHOLDER = "{job}"
+LOG_FILE = "log.txt"
+
+#: Outcomes of one job: finished, attempt failed and queued again, failed for good,
+#: taken over by another worker, or stopped by a signal.
+DONE, RETRY, FAILED, LOST, INTERRUPTED = "done", "retry", "failed", "lost", "interrupted"
+
+
+class Interrupted(BaseException):
+    """A signal ended the wait for a job (a ``BaseException``, like ``KeyboardInterrupt``)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def command_for_job(command: Sequence[str], job: str, *, shell: bool = False) -> list[str]:
+    """The argument list that runs ``command`` for ``job``.
+
+    Without ``shell`` every ``{job}`` inside an argument is replaced by the job
+    name (an argument stays one argument whatever the name holds); nothing is
+    parsed by a shell.  With ``shell`` the arguments are joined with spaces
+    into one ``/bin/sh -c`` script and ``{job}`` becomes ``shlex.quote(job)``.
+
+    Raises:
+        UsageError: ``command`` is empty.
+    """
+    if not command:
+        raise UsageError("no command given: put the command to run after `--`")
+    if shell:
+        script = " ".join(command).replace(JOB_PLACEHOLDER, shlex.quote(job))
+        return ["/bin/sh", "-c", script]
+    return [arg.replace(JOB_PLACEHOLDER, job) for arg in command]
+
+
+def job_environment(
+    base: Mapping[str, str], *, job: str, worker: str, attempt: int, job_dir: str
+) -> dict[str, str]:
+    """``base`` plus the ``DISTRIBUTE_*`` variables a job's command receives."""
+    env = dict(base)
+    env.update(
+        DISTRIBUTE_JOB=job,
+        DISTRIBUTE_WORKER=worker,
+        DISTRIBUTE_ATTEMPT=str(attempt),
+        DISTRIBUTE_JOB_DIR=job_dir,
+    )
+    return env
+
+
+def describe_exit(returncode: int) -> str:
+    """``exit code 3`` or ``killed by SIGKILL`` (a negative code from ``subprocess``)."""
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+def last_line(path: str, limit: int = 4096) -> str:
+    """The last non-empty line of a text file (reads only its tail), or ``""``."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - limit))
+            tail = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    lines = [ln.strip() for ln in tail.splitlines() if ln.strip() and not ln.startswith("[distribute]")]
+    return lines[-1] if lines else ""
+
+
+class LogSink:
+    """Appends output to a log file; :meth:`paused` holds writers off during a commit."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+        self.bytes = 0
+
+    def write(self, data: bytes) -> None:
+        with self.lock, open(self.path, "ab") as f:
+            f.write(data)
+            self.bytes += len(data)
+
+    def note(self, text: str) -> None:
+        self.write(f"[distribute] {text}\n".encode())
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        with self.lock:
+            yield
+
+
+def _pump(stream: int, sink: LogSink) -> None:
+    while True:
+        try:
+            chunk = os.read(stream, 65536)
+        except OSError:
+            return
+        if not chunk:
+            return
+        sink.write(chunk)
+
+
+def _signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
+    """Send ``signum`` to the child's process group (to the child alone where groups are absent)."""
+    if proc.poll() is not None:
+        return
+    try:
+        if hasattr(os, "killpg"):
+            os.killpg(proc.pid, signum)
+        else:  # pragma: no cover - not POSIX
+            proc.send_signal(signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+@dataclass
+class JobOutcome:
+    """What became of one job this worker ran."""
+
+    job: str
+    attempt: int
+    status: str
+    reason: str = ""
+    returncode: int | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class WorkSummary:
+    """What a :meth:`JobRunner.run` did; ``signum`` is set when a signal stopped it."""
+
+    outcomes: list[JobOutcome] = field(default_factory=list)
+    signum: int | None = None
+
+    def count(self, status: str) -> int:
+        return sum(1 for o in self.outcomes if o.status == status)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum if self.signum else 0
+
+
+Reporter = Callable[[str], None]
+
+
+class JobRunner:
+    """Run ``command`` for every job the worker gets from ``next_job_func``.
+
+    Args:
+        worker: the worker; it is not closed here.
+        command: the command and its arguments (``{job}`` is replaced).
+        next_job_func: the next-job function (e.g. :class:`~distribute.sources.QueueJobs`).
+        shell: run the command through ``/bin/sh -c``.
+        timeout: seconds a job may run before it is killed and failed (``None``: no limit).
+        commit_every: seconds between commits of the log while a job runs.
+        max_jobs: stop after this many jobs (``None``: until there are none).
+        grace: seconds the child has to exit after SIGTERM before SIGKILL.
+        report: receives one line per event for the person watching.
+        cwd: the child's working folder (default: this process's).
+    """
+
+    def __init__(
+        self,
+        worker: Worker,
+        command: Sequence[str],
+        next_job_func: Callable[..., str | None],
+        *,
+        shell: bool = False,
+        timeout: float | None = None,
+        commit_every: float = 10.0,
+        max_jobs: int | None = None,
+        grace: float = 10.0,
+        report: Reporter | None = None,
+        cwd: str | None = None,
+    ) -> None:
+        if not command:
+            raise UsageError("no command given: put the command to run after `--`")
+        if timeout is not None and timeout <= 0:
+            raise UsageError("timeout must be > 0 seconds")
+        if commit_every <= 0:
+            raise UsageError("commit_every must be > 0 seconds")
+        self.worker = worker
+        self.command = list(command)
+        self.next_job_func = next_job_func
+        self.shell = shell
+        self.timeout = timeout
+        self.commit_every = commit_every
+        self.max_jobs = max_jobs
+        self.grace = grace
+        self.report: Reporter = report or (lambda line: None)
+        self.cwd = cwd
+        self._child: subprocess.Popen[bytes] | None = None
+        self._signum: int | None = None
+        self._signals = 0
+        self._may_raise = False
+        self._previous: dict[int, object] = {}
+
+    # ---- signals -------------------------------------------------------------
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signum is None:
+            self._signum = signum
+        if self._signals >= 3:
+            os._exit(128 + signum)
+        child = self._child
+        if child is not None:
+            _signal_group(child, signal.SIGKILL if self._signals > 1 else signum)
+            return
+        if self._may_raise:
+            self._may_raise = False
+            raise Interrupted(signum)
+
+    def _install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._on_signal)
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        self._previous.clear()
+
+    # ---- the loop ------------------------------------------------------------
+    def run(self) -> WorkSummary:
+        """Take and run jobs until there are none, ``max_jobs`` were run, or a signal came."""
+        summary = WorkSummary()
+        self._install()
+        try:
+            while self.max_jobs is None or len(summary.outcomes) < self.max_jobs:
+                if self._signum is not None:
+                    break
+                try:
+                    self._may_raise = True
+                    if self._signum is not None:
+                        break
+                    job = self.worker.get_next_job(self.next_job_func)
+                except Interrupted:
+                    self._release_leftovers()
+                    break
+                finally:
+                    self._may_raise = False
+                if job is None:
+                    self.report("no more jobs")
+                    break
+                summary.outcomes.append(self._run_one(job))
+        finally:
+            self._restore()
+            summary.signum = self._signum
+        return summary
+
+    def _run_one(self, job: str) -> JobOutcome:
+        worker = self.worker
+        attempt = worker.attempt or 1
+        started = time.monotonic()
+        outcome = JobOutcome(job, attempt, INTERRUPTED)
+        if self._signum is not None:
+            outcome.reason = "interrupted before it started"
+            return self._fail(outcome, "interrupted")
+        job_dir = worker.job_dir
+        os.makedirs(job_dir, exist_ok=True)
+        sink = LogSink(os.path.join(job_dir, LOG_FILE))
+        argv = command_for_job(self.command, job, shell=self.shell)
+        env = job_environment(
+            os.environ, job=job, worker=worker.name, attempt=attempt, job_dir=job_dir
+        )
+        self.report(f"job {job!r} (attempt {attempt}): running {shlex.join(argv)}")
+        sink.note(f"job {job!r} attempt {attempt} on worker {worker.name}: {shlex.join(argv)}")
+        read_end, write_end = os.pipe()
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=write_end,
+                stderr=write_end,
+                env=env,
+                cwd=self.cwd,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            os.close(read_end)
+            os.close(write_end)
+            sink.note(f"could not start the command: {exc}")
+            outcome.reason = f"could not start the command: {exc}"
+            return self._fail(outcome, outcome.reason)
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(write_end)
+        self._child = proc
+        if self._signum is not None:  # a signal came just before the child existed
+            _signal_group(proc, self._signum)
+        pump = threading.Thread(target=_pump, args=(read_end, sink), daemon=True)
+        pump.start()
+        timed_out = lost = False
+        try:
+            timed_out, lost = self._supervise(proc, sink, started)
+        finally:
+            self._child = None
+            pump.join(timeout=5)
+            with contextlib.suppress(OSError):
+                os.close(read_end)
+        outcome.returncode = proc.returncode
+        outcome.seconds = time.monotonic() - started
+        sink.note(f"{describe_exit(proc.returncode)} after {outcome.seconds:.1f} s")
+        if lost:
+            outcome.status = LOST
+            outcome.reason = "taken over by another worker"
+            self.report(f"job {job!r}: lost -- another worker took it over; its updates stay "
+                        f"on branch {worker.job_branch or '?'}")
+            return outcome
+        if self._signum is not None:
+            name = signal.Signals(self._signum).name
+            outcome.reason = f"interrupted ({name})"
+            return self._fail(outcome, "interrupted")
+        if timed_out:
+            return self._fail(outcome, f"timed out after {self.timeout:g} s")
+        if proc.returncode == 0:
+            return self._finish(outcome)
+        tail = last_line(sink.path)
+        reason = describe_exit(proc.returncode) + (f": {tail}" if tail else "")
+        return self._fail(outcome, reason)
+
+    def _supervise(
+        self, proc: subprocess.Popen[bytes], sink: LogSink, started: float
+    ) -> tuple[bool, bool]:
+        """Wait for the child, committing its log; return (timed_out, lost)."""
+        deadline = started + self.timeout if self.timeout else None
+        next_commit = started + self.commit_every
+        stop_sent: float | None = None
+        timed_out = False
+        while True:
+            try:
+                proc.wait(timeout=0.1)
+                return timed_out, False
+            except subprocess.TimeoutExpired:
+                pass
+            now = time.monotonic()
+            if self._signum is not None and stop_sent is None:
+                stop_sent = now  # forwarded by the handler; start the grace period
+            if deadline is not None and now >= deadline and stop_sent is None:
+                timed_out = True
+                stop_sent = now
+                sink.note(f"timeout of {self.timeout:g} s reached: stopping the command")
+                _signal_group(proc, signal.SIGTERM)
+            if stop_sent is not None and now - stop_sent >= self.grace:
+                _signal_group(proc, signal.SIGKILL)
+                stop_sent = float("inf")
+            if now >= next_commit and stop_sent is None:
+                next_commit = now + self.commit_every
+                try:
+                    with sink.paused():
+                        self.worker.commit_update(f"log of {self.worker.running_job}")
+                except LeaseLost:
+                    _signal_group(proc, signal.SIGKILL)
+                    proc.wait()
+                    return timed_out, True
+                except TransportError as exc:
+                    # the remote is away; the heartbeat decides about the lease
+                    self.report(f"could not push the log ({exc}); will try again")
+
+    def _finish(self, outcome: JobOutcome) -> JobOutcome:
+        try:
+            self.worker.finish_job()
+        except LeaseLost as exc:
+            outcome.status, outcome.reason = LOST, str(exc)
+            self.report(f"job {outcome.job!r}: {exc}")
+            return outcome
+        except MergeConflict as exc:
+            outcome.status, outcome.reason = FAILED, str(exc)
+            self.report(f"job {outcome.job!r}: {exc}")
+            return outcome
+        outcome.status = DONE
+        self.report(f"job {outcome.job!r}: done in {outcome.seconds:.1f} s")
+        return outcome
+
+    def _fail(self, outcome: JobOutcome, reason: str) -> JobOutcome:
+        try:
+            result = self.worker.fail_job(reason)
+        except LeaseLost as exc:
+            outcome.status, outcome.reason = LOST, str(exc)
+            self.report(f"job {outcome.job!r}: {exc}")
+            return outcome
+        if outcome.status != INTERRUPTED:
+            outcome.status = RETRY if result == "retry" else FAILED
+        outcome.reason = outcome.reason or reason
+        then = "queued for another attempt" if result == "retry" else "no attempts left (failed)"
+        self.report(f"job {outcome.job!r} attempt {outcome.attempt}: {reason}; {then}")
+        return outcome
+
+    # ---- cleaning up after a signal ------------------------------------------------
+    def _release_leftovers(self) -> None:
+        """Give back what a signal may have left half-recorded: the lock and claimed jobs.
+
+        A signal can land between a push and the bookkeeping that remembers it.
+        The lock is released when the remote says this process (worker name and
+        session) holds it; jobs are failed as ``interrupted`` when this
+        session's liveness record names them.
+        """
+        worker = self.worker
+        if worker.running_job is not None:
+            with contextlib.suppress(DistributeError):
+                worker.fail_job("interrupted")
+            return
+        with contextlib.suppress(DistributeError):
+            release_own_leftovers(worker, "interrupted")
+
+
+def release_own_leftovers(worker: Worker, reason: str) -> None:
+    """Release the lock and fail the jobs that this worker process holds on the remote.
+
+    Only what carries this process's session is touched: the lock when its
+    holder and session are ours, and the jobs named by our liveness record
+    when that record carries our session (each failed under its own token, so
+    a job taken over meanwhile is left alone).
+    """
+    transport = worker.transport
+    coord = worker.coord
+    own_ref = coord.own_ref
+    values = transport.fetch([coord.main_ref, LOCK_REF, own_ref])
+    lock_oid = values.get(LOCK_REF)
+    if lock_oid is not None:
+        state = parse_lock_message(transport.commit_message(lock_oid))
+        if state.holder == worker.name and state.session == worker.session:
+            released = transport.write_commit(
+                parents=[lock_oid], message=lock_message(state.released()), changes={}
+            )
+            transport.push([RefUpdate(LOCK_REF, lock_oid, released)])
+    beat_oid = values.get(own_ref)
+    main = values.get(coord.main_ref)
+    if beat_oid is None or main is None:
+        return
+    beat = parse_beat_message(transport.commit_message(beat_oid))
+    if beat.session != worker.session or not beat.jobs:
+        return
+    for _ in range(20):
+        ledger = coord.read_ledger(main)
+        after = ledger
+        for job in beat.jobs:
+            entry = after.running_entry(job)
+            if entry is not None and entry.worker == worker.name:
+                after = after.fail(job, worker.name, entry.token, reason, worker.max_attempts)
+        changes = after.changed_files(ledger)
+        if not changes:
+            return
+        new = transport.write_commit(
+            parents=[main], base=main, changes=changes,
+            message=f"distribute: {worker.name} {reason}; releasing {', '.join(beat.jobs)}",
+        )
+        if transport.push([RefUpdate(coord.main_ref, main, new)]):
+            return
+        main = transport.fetch([coord.main_ref]).get(coord.main_ref)
+        if main is None:
+            return
+
+
+# ---- the README's loop, for the demo ------------------------------------------------
+def fake_training(job: str, folder: str, epochs: int, seconds: float, start: int = 0) -> float:
+    """A stand-in for an expensive function: writes a training curve into ``folder``.
+
+    Returns the last (made-up) loss.
+    """
+    os.makedirs(folder, exist_ok=True)
+    seed = sum(job.encode("utf-8")) % 97
+    loss = 1.0
+    with open(os.path.join(folder, "curve.csv"), "a", encoding="utf-8") as f:
+        if start == 0:
+            f.write("epoch,loss\n")
+        for epoch in range(start, start + epochs):
+            loss = round(1.0 / (1 + epoch + seed / 50), 4)
+            f.write(f"{epoch},{loss}\n")
+            time.sleep(seconds / max(1, epochs))
+    return loss
+
+
+def seed_loop(worker: Worker, work_seconds: float = 0.2, report: Reporter | None = None) -> int:
+    """The seed README's worker loop over the ``jobs.txt`` queue; returns the jobs finished."""
+    from distribute.sources import QueueJobs
+
+    say = report or (lambda line: None)
+    next_job_func = QueueJobs()
+    finished = 0
+    while True:
+        job = worker.get_next_job(next_job_func)
+        if job is None:
+            return finished
+        updates_path = worker.job_dir
+        fake_training(job, updates_path, epochs=3, seconds=work_seconds / 2)
+        worker.commit_update()
+        loss = fake_training(job, updates_path, epochs=3, seconds=work_seconds / 2, start=3)
+        Path(updates_path, "final.txt").write_text(f"{job}\tloss={loss}\n", encoding="utf-8")
+        worker.commit_update()
+        worker.finish_job()
+        finished += 1
+        say(f"{worker.name} finished {job}")
+
+
+__all__ = [
+    "DONE",
+    "FAILED",
+    "INTERRUPTED",
+    "LOST",
+    "RETRY",
+    "Interrupted",
+    "JobOutcome",
+    "JobRunner",
+    "LogSink",
+    "WorkSummary",
+    "command_for_job",
+    "describe_exit",
+    "fake_training",
+    "job_environment",
+    "last_line",
+    "release_own_leftovers",
+    "seed_loop",
+]

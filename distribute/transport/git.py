@@ -1,0 +1,839 @@
+"""Real git through GitPython: the transport workers use, and the local copy they own.
+
+Theory of operation
+-------------------
+Every git process this module starts goes through :meth:`_Repository.run`:
+an explicit argument list (never a shell), ``-c core.hooksPath=/dev/null
+-c core.fsmonitor=false`` in front, no terminal or askpass prompts,
+``LC_ALL=C`` so messages can be parsed, and a fixed identity
+(``distribute <distribute@localhost>``) so commits work on machines without
+one.  ``GIT_DIR``, ``GIT_WORK_TREE`` and ``GIT_INDEX_FILE`` are set
+explicitly, so a stray value in the caller's environment cannot redirect a
+command.  User-supplied values never sit where git reads options: ref names
+and object ids are validated (full ``refs/...`` names, hex ids) before they
+are used, refspecs are built only from them, remote names and URLs follow
+``--end-of-options``, and paths and messages travel on standard input.
+Messages of every error are passed through :func:`scrub_url`.
+
+Remote refs
+    ``fetch`` is one ``git fetch`` of exactly the requested refs into a
+    private namespace (``refs/distribute-mirror/<remote>/...``) with
+    ``--prune``, then one ``for-each-ref`` to read the values.  A requested
+    ref missing on the remote makes git fail the whole fetch; then an
+    ``ls-remote`` tells which exist and those are fetched.  ``list_refs`` is
+    one ``ls-remote``.  ``push`` is one ``git push --atomic --porcelain
+    --no-verify`` with a ``--force-with-lease`` per ref: a compare-and-swap
+    the server checks under its ref locks.
+
+Local objects
+    Reads go through GitPython's persistent ``cat-file --batch`` (one process
+    per transport, guarded by a lock); trees are walked here.  Commits are
+    written with plumbing only -- ``hash-object -w``, one ``mktree`` per
+    changed directory, ``commit-tree`` -- so no index or working tree is
+    touched.  ``merge`` is ``git merge-tree --write-tree`` (git >= 2.38).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import git
+from git.exc import GitCommandNotFound, InvalidGitRepositoryError, NoSuchPathError
+
+from distribute.core.errors import OutcomeUnknown, RemoteStateError, TransportError, UsageError
+from distribute.core.names import is_valid_ref_component, scrub_url
+from distribute.transport.base import MergeResult, Oid, RefUpdate
+from distribute.transport.memory import (
+    check_message,
+    check_oid,
+    check_ref_name,
+    check_ref_pattern,
+    check_ref_prefix,
+    check_tree_path,
+    check_updates,
+)
+
+__all__ = ["IDENTITY", "MIRROR_PREFIX", "GitLocalCopy", "GitTransport", "init_bare_repo"]
+
+#: Author and committer of every commit this module writes.
+IDENTITY = ("distribute", "distribute@localhost")
+#: Where fetched remote refs are kept in the local repository.
+MIRROR_PREFIX = "refs/distribute-mirror/"
+
+_CONFIG = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false")
+_PROTOCOL_V2 = ("-c", "protocol.version=2")
+_ENV = {
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_ASKPASS": "",
+    "GCM_INTERACTIVE": "never",
+    "LC_ALL": "C",
+    "LANGUAGE": "C",
+    "GIT_AUTHOR_NAME": IDENTITY[0],
+    "GIT_AUTHOR_EMAIL": IDENTITY[1],
+    "GIT_COMMITTER_NAME": IDENTITY[0],
+    "GIT_COMMITTER_EMAIL": IDENTITY[1],
+}
+_EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+
+#: Reasons in a rejected push that mean another writer got there first.
+_RACE_REASONS = (
+    "stale info",
+    "fetch first",
+    "non-fast-forward",
+    "failed to update ref",
+    "cannot lock ref",
+    "atomic push failed",
+    "atomic transaction failed",
+)
+#: git's words for "never got through to the remote", so nothing was sent.
+_UNREACHABLE = (
+    "could not read from remote repository",
+    "unable to access",
+    "unable to connect",
+    "could not resolve host",
+    "connection refused",
+    "no route to host",
+    "network is unreachable",
+    "does not appear to be a git repository",
+    "repository not found",
+    "authentication failed",
+    "terminal prompts disabled",
+    "could not read username",
+)
+_ATOMIC_UNSUPPORTED = "does not support --atomic"
+_PORCELAIN_REASON = re.compile(r"\((.*)\)\s*$")
+
+_MODE_TREE = 0o040000
+_MODE_FILE = 0o100644
+_MODE_EXECUTABLE = 0o100755
+_MODE_SYMLINK = 0o120000
+_MODE_GITLINK = 0o160000
+
+
+@dataclass(frozen=True, slots=True)
+class _Result:
+    status: int
+    stdout: bytes
+    stderr: str
+
+    @property
+    def killed(self) -> bool:
+        """Ended by a signal: our timeout's SIGKILL, or someone else's."""
+        return self.status < 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    mode: int
+    oid: Oid
+
+    @property
+    def is_tree(self) -> bool:
+        return self.mode == _MODE_TREE
+
+    @property
+    def kind(self) -> str:
+        if self.mode == _MODE_TREE:
+            return "tree"
+        return "commit" if self.mode == _MODE_GITLINK else "blob"
+
+
+def _tail(text: str, lines: int = 12) -> str:
+    return scrub_url("\n".join(text.strip().splitlines()[-lines:]))
+
+
+def _git_executable() -> str:
+    return git.Git.GIT_PYTHON_GIT_EXECUTABLE or "git"
+
+
+def _execute(
+    runner: git.Git,
+    args: Sequence[str],
+    *,
+    stdin: bytes | None,
+    env: Mapping[str, str] | None,
+    timeout: float,
+) -> _Result:
+    """Run one git command (the only place this module starts a process)."""
+    command = [_git_executable(), *_CONFIG, *args]
+    with contextlib.ExitStack() as stack:
+        istream = None
+        if stdin is not None:
+            istream = stack.enter_context(tempfile.TemporaryFile())
+            istream.write(stdin)
+            istream.seek(0)
+        try:
+            status, stdout, stderr = runner.execute(
+                command,
+                istream=istream,
+                with_extended_output=True,
+                with_exceptions=False,
+                stdout_as_string=False,
+                strip_newline_in_stdout=False,
+                kill_after_timeout=timeout,
+                env=env,
+            )
+        except GitCommandNotFound as err:
+            raise TransportError("git is not installed or not on PATH") from err
+    return _Result(status, stdout, stderr)
+
+
+def _failure(what: str, result: _Result, timeout: float, **context: object) -> TransportError:
+    if result.killed:
+        return TransportError(f"{what} timed out after {timeout:g} s", **context)
+    return TransportError(
+        f"{what} failed (exit {result.status}): {_tail(result.stderr)}",
+        status=result.status,
+        stderr=_tail(result.stderr),
+        **context,
+    )
+
+
+def _run_outside(args: Sequence[str], what: str, *, timeout: float) -> _Result:
+    """Run a git command that needs no repository (init, clone)."""
+    result = _execute(git.Git(), args, stdin=None, env=_ENV, timeout=timeout)
+    if result.status != 0:
+        raise _failure(what, result, timeout)
+    return result
+
+
+def _check_branch(branch: str) -> str:
+    """A short branch name (``jobs/w1/job%20x``) that git accepts and cannot read as an option."""
+    if not isinstance(branch, str) or branch.startswith("-") or branch == "HEAD":
+        raise UsageError(f"{branch!r} is not a valid branch name", branch=branch)
+    check_ref_name("refs/heads/" + branch)
+    return branch
+
+
+def init_bare_repo(path: str | os.PathLike[str], branch: str = "main", *, timeout: float = 60) -> Path:
+    """Create an empty bare repository whose ``HEAD`` names ``branch``; return its path.
+
+    Raises:
+        UsageError: ``branch`` is not a valid branch name.
+        TransportError: git failed (for example, ``path`` is not writable).
+    """
+    _check_branch(branch)
+    target = Path(path).absolute()
+    _run_outside(
+        ["init", "--quiet", "--bare", f"--initial-branch={branch}", "--end-of-options", str(target)],
+        f"git init of {target}",
+        timeout=timeout,
+    )
+    return target
+
+
+class _Repository:
+    """A GitPython ``Repo`` and the one way this module runs git on it."""
+
+    def __init__(self, path: str | os.PathLike[str], *, timeout: float) -> None:
+        try:
+            self._repo = git.Repo(os.fspath(path))
+        except (InvalidGitRepositoryError, NoSuchPathError) as err:
+            raise UsageError(f"{os.fspath(path)} is not a git repository", path=str(path)) from err
+        self.timeout = timeout
+        self.git_dir = Path(self._repo.git_dir).resolve()
+        tree = self._repo.working_tree_dir
+        self.work_tree = Path(tree).resolve() if tree is not None and not self._repo.bare else None
+        env = dict(_ENV, GIT_DIR=str(self.git_dir))
+        if self.work_tree is not None:
+            env.update(GIT_WORK_TREE=str(self.work_tree), GIT_INDEX_FILE=str(self.index_file))
+        self._repo.git.update_environment(**env)
+        self._repo.git.set_persistent_git_options(c=[_CONFIG[1], _CONFIG[3]])
+        self._objects_lock = threading.Lock()
+
+    @property
+    def index_file(self) -> Path:
+        return self.git_dir / "index"
+
+    def run(
+        self,
+        args: Sequence[str],
+        *,
+        stdin: bytes | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> _Result:
+        return _execute(
+            self._repo.git, args, stdin=stdin, env=env, timeout=timeout or self.timeout
+        )
+
+    def check(
+        self,
+        args: Sequence[str],
+        what: str,
+        *,
+        stdin: bytes | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> bytes:
+        """Run ``args``; return standard output, raise ``TransportError`` on failure."""
+        result = self.run(args, stdin=stdin, env=env)
+        if result.status != 0:
+            raise _failure(what, result, self.timeout)
+        return result.stdout
+
+    def close(self) -> None:
+        self._repo.git.clear_cache()
+
+    # ---- objects -----------------------------------------------------------------
+    def read_object(self, oid: Oid) -> tuple[str, bytes]:
+        """Type and contents of ``oid`` from the persistent ``cat-file --batch``."""
+        with self._objects_lock:
+            for attempt in (1, 2):
+                try:
+                    _, kind, _, data = self._repo.git.get_object_data(oid)
+                    return kind, data
+                except ValueError as err:  # cat-file answered "<oid> missing"
+                    raise TransportError(
+                        f"object {oid} is not in the local repository (fetch it first)", oid=oid
+                    ) from err
+                except (OSError, git.GitCommandError) as err:
+                    self._repo.git.clear_cache()
+                    if attempt == 2:
+                        raise TransportError(f"git cat-file failed: {err}", oid=oid) from err
+        raise AssertionError("unreachable")
+
+    def commit_tree(self, commit: Oid) -> Oid:
+        kind, data = self.read_object(check_oid(commit))
+        if kind != "commit" or not data.startswith(b"tree "):
+            raise TransportError(f"{commit} is a {kind}, not a commit", oid=commit)
+        return data[5 : data.index(b"\n")].decode("ascii")
+
+    def tree_entries(self, tree: Oid) -> dict[bytes, _Entry]:
+        kind, data = self.read_object(tree)
+        if kind != "tree":
+            raise TransportError(f"{tree} is a {kind}, not a tree", oid=tree)
+        entries: dict[bytes, _Entry] = {}
+        size = 20 if len(tree) == 40 else 32
+        pos = 0
+        while pos < len(data):
+            space = data.index(b" ", pos)
+            nul = data.index(b"\0", space)
+            oid = data[nul + 1 : nul + 1 + size].hex()
+            entries[data[space + 1 : nul]] = _Entry(int(data[pos:space], 8), oid)
+            pos = nul + 1 + size
+        return entries
+
+    def write_blobs(self, contents: Sequence[bytes]) -> list[Oid]:
+        """Write blobs with one ``hash-object -w`` (no filters); return their ids in order."""
+        if not contents:
+            return []
+        with tempfile.TemporaryDirectory(prefix="distribute-blobs-") as scratch:
+            paths = []
+            for number, data in enumerate(contents):
+                path = Path(scratch) / str(number)
+                path.write_bytes(data)
+                paths.append(str(path))
+            out = self.check(["hash-object", "-w", "--no-filters", "--", *paths], "git hash-object")
+        oids = out.decode("ascii").split()
+        if len(oids) != len(contents):
+            raise TransportError("git hash-object returned the wrong number of ids")
+        return oids
+
+    def write_tree(self, entries: Mapping[bytes, _Entry]) -> Oid:
+        lines = b"".join(
+            b"%06o %s %s\t%s\0" % (entry.mode, entry.kind.encode(), entry.oid.encode(), name)
+            for name, entry in entries.items()
+        )
+        return self.check(["mktree", "-z", "--missing"], "git mktree", stdin=lines).decode().strip()
+
+    def write_commit(self, tree: Oid, parents: Sequence[Oid], message: str) -> Oid:
+        args = ["commit-tree", "--no-gpg-sign"]
+        for parent in parents:
+            args += ["-p", check_oid(parent)]
+        args.append(check_oid(tree))
+        out = self.check(args, "git commit-tree", stdin=check_message(message).encode("utf-8"))
+        return out.decode("ascii").strip()
+
+
+class GitTransport:
+    """One worker's connection to a git remote, through its local repository.
+
+    Args:
+        repo_path: the local repository (bare or with a working tree) whose
+            object store holds what is fetched and written.
+        remote: a remote name configured there, or a URL or path.
+        timeout: seconds after which any one git command is killed.
+
+    Keeps the :class:`~distribute.transport.base.Transport` contract; see the
+    module docstring for how.
+    """
+
+    def __init__(
+        self, repo_path: str | os.PathLike[str], remote: str = "origin", *, timeout: float = 60
+    ) -> None:
+        self._repo = _Repository(repo_path, timeout=timeout)
+        self.remote = remote
+        self.timeout = timeout
+        key = remote
+        if not (re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", remote) and is_valid_ref_component(remote)):
+            key = "url-" + hashlib.sha256(remote.encode("utf-8")).hexdigest()[:16]
+        self.mirror_prefix = f"{MIRROR_PREFIX}{key}/"
+        self._fetch_lock = threading.Lock()
+
+    def __enter__(self) -> GitTransport:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"GitTransport({str(self._repo.git_dir)!r}, {scrub_url(self.remote)!r})"
+
+    # ---- remote refs -----------------------------------------------------------
+    def fetch(self, refs: Sequence[str]) -> dict[str, Oid]:
+        """Fetch exactly ``refs`` (``/*`` suffix: all below) and return the values of those that exist.
+
+        Costs one ``git fetch`` and one ``for-each-ref`` when every exact ref
+        exists; a missing one costs an ``ls-remote`` and a second fetch.
+        Never fetches refs that were not asked for.
+
+        Raises:
+            UsageError: a ref is not a full ref name (or ``refs/.../*``).
+            TransportError: the remote could not be reached or git failed.
+        """
+        patterns = list(dict.fromkeys(check_ref_pattern(ref) for ref in refs))
+        if not patterns:
+            return {}
+        with self._fetch_lock:
+            wanted = patterns
+            for _ in range(3):
+                if self._fetch_into_mirror(wanted):
+                    return self._read_mirror(wanted)
+                exact = [ref for ref in patterns if not ref.endswith("/*")]
+                present = self._ls_remote(exact)
+                self._drop_mirror([ref for ref in exact if ref not in present])
+                wanted = [ref for ref in patterns if ref.endswith("/*") or ref in present]
+            raise TransportError("git fetch kept failing: requested refs keep vanishing")
+
+    def list_refs(self, prefix: str) -> dict[str, Oid]:
+        """Values of the remote refs whose names start with ``prefix`` (one ``ls-remote``)."""
+        return self._ls_remote([check_ref_prefix(prefix) + "*"], prefix=prefix)
+
+    def push(self, updates: Sequence[RefUpdate]) -> bool:
+        """Compare-and-swap ``updates`` atomically with one ``git push --atomic``.
+
+        Each ref gets ``--force-with-lease=<ref>:<old>`` (empty ``old``: must
+        not exist) and the refspec ``<new>:<ref>`` (``:<ref>`` deletes).  As in
+        git, an update (not a deletion) whose ref already holds ``new`` counts
+        as done ("up to date") whatever ``old`` says.
+
+        Outcomes:
+
+        * every ref updated or already up to date: ``True``;
+        * rejected as a lost race (stale info, fetch first, non-fast-forward,
+          failed to update ref, cannot lock ref, atomic push/transaction
+          failed): ``False``, nothing changed;
+        * rejected for any other reason (a hook, branch protection, the
+          branch is checked out there): ``RemoteStateError``;
+        * the remote refuses ``--atomic``: ``RemoteStateError``;
+        * the remote could not be reached before anything was sent:
+          ``TransportError``;
+        * the push timed out, was killed or lost its connection mid-way: the
+          refs are read again with ``ls-remote``.  All holding the new values:
+          ``True``; all still holding the old ones: ``False`` -- the push did
+          not land *by the time of that read*; a server that already received
+          everything may still apply it later, exactly as if this worker had
+          pushed once more, which is why a caller that sees an unexpected value
+          of its own must accept it as its own write; anything else, or a read
+          that fails too: ``OutcomeUnknown``.
+
+        Raises:
+            UsageError: a ref name or object id is invalid, or a ref repeats.
+            TransportError: a new value is not in the local repository.
+        """
+        updates = check_updates(updates)
+        if not updates:
+            return True
+        for update in updates:
+            if update.new is not None:
+                self._repo.read_object(update.new)
+        args = ["push", "--atomic", "--porcelain", "--no-verify", "--no-follow-tags"]
+        args.append("--recurse-submodules=no")
+        args += [f"--force-with-lease={u.ref}:{u.old or ''}" for u in updates]
+        args += ["--end-of-options", self.remote]
+        args += [f"{u.new or ''}:{u.ref}" for u in updates]
+        result = self._repo.run(args)
+        rejected = self._rejections(result.stdout)
+        if rejected:
+            refused = {ref: why for ref, why in rejected.items() if not why.startswith(_RACE_REASONS)}
+            if refused:
+                raise RemoteStateError(
+                    "the remote refused the push: "
+                    + "; ".join(f"{ref}: {why}" for ref, why in sorted(refused.items())),
+                    refused=refused,
+                )
+            return False
+        if result.status == 0:
+            return True
+        stderr = result.stderr.lower()
+        if _ATOMIC_UNSUPPORTED in stderr:
+            raise RemoteStateError(
+                f"the remote {scrub_url(self.remote)} does not support atomic pushes "
+                "(git push --atomic); Distribute needs them to change several refs at once. "
+                "Use a server that does (git >= 2.4, GitHub, GitLab, a bare repository).",
+            )
+        if not result.killed and any(marker in stderr for marker in _UNREACHABLE):
+            raise _failure(f"git push to {scrub_url(self.remote)}", result, self.timeout)
+        return self._resolve(updates, "timed out" if result.killed else "was interrupted")
+
+    # ---- local object store ------------------------------------------------------------
+    def read_file(self, commit: Oid, path: str) -> bytes | None:
+        parts = check_tree_path(path).split("/")
+        tree = self._repo.commit_tree(commit)
+        for depth, part in enumerate(parts):
+            entry = self._repo.tree_entries(tree).get(part.encode("utf-8"))
+            if entry is None:
+                return None
+            if depth == len(parts) - 1:
+                if entry.kind != "blob":
+                    return None
+                return self._repo.read_object(entry.oid)[1]
+            if not entry.is_tree:
+                return None
+            tree = entry.oid
+        return None
+
+    def commit_message(self, commit: Oid) -> str:
+        kind, data = self._repo.read_object(check_oid(commit))
+        if kind != "commit":
+            raise TransportError(f"{commit} is a {kind}, not a commit", oid=commit)
+        _, _, message = data.partition(b"\n\n")
+        return message.decode("utf-8", errors="replace")
+
+    def commit_tree(self, commit: Oid) -> Oid:
+        return self._repo.commit_tree(commit)
+
+    def write_commit(
+        self,
+        *,
+        parents: Sequence[Oid],
+        message: str,
+        base: Oid | None = None,
+        tree: Oid | None = None,
+        changes: Mapping[str, bytes | None] | None = None,
+    ) -> Oid:
+        """Write a commit from a tree plus ``changes`` with plumbing only (see the contract).
+
+        New files get mode 100644; a changed file keeps its mode.  A change
+        that would make one path both a file and a directory raises
+        ``UsageError``; a directory left empty by deletions disappears.
+        """
+        check_message(message)
+        for parent in parents:
+            check_oid(parent)
+        if base is not None and tree is not None:
+            raise UsageError("write_commit takes a base commit or a tree, not both")
+        root = check_oid(tree) if tree is not None else None
+        if base is not None:
+            root = self._repo.commit_tree(base)
+        edits = {check_tree_path(path): data for path, data in (changes or {}).items()}
+        for path, data in edits.items():
+            if data is not None and not isinstance(data, bytes):
+                raise UsageError(f"contents of {path!r} must be bytes", path=path)
+        if edits:
+            contents = list(dict.fromkeys(data for data in edits.values() if data is not None))
+            blob_of = dict(zip(contents, self._repo.write_blobs(contents), strict=True))
+            nested = {
+                tuple(p.encode("utf-8") for p in path.split("/")): None if data is None else blob_of[data]
+                for path, data in edits.items()
+            }
+            root = self._edit_tree(root, nested, b"") or self._repo.write_tree({})
+        elif root is None:
+            root = self._repo.write_tree({})
+        return self._repo.write_commit(root, parents, message)
+
+    def merge(self, ours: Oid, theirs: Oid) -> MergeResult:
+        """``git merge-tree --write-tree``: a clean merged tree, or the conflicting paths.
+
+        Unrelated histories merge against an empty tree.
+        """
+        args = ["merge-tree", "--write-tree", "--name-only", "-z", "--no-messages"]
+        args += ["--allow-unrelated-histories", check_oid(ours), check_oid(theirs)]
+        result = self._repo.run(args)
+        fields = result.stdout.split(b"\0")
+        if result.status == 0:
+            return MergeResult(fields[0].decode("ascii"))
+        if result.status == 1:
+            conflicts: set[str] = set()
+            for field in fields[1:]:
+                if not field:
+                    break
+                conflicts.add(field.decode("utf-8", errors="surrogateescape"))
+            return MergeResult(None, tuple(sorted(conflicts)))
+        raise _failure("git merge-tree", result, self.timeout)
+
+    def is_ancestor(self, ancestor: Oid, descendant: Oid) -> bool:
+        args = ["merge-base", "--is-ancestor", check_oid(ancestor), check_oid(descendant)]
+        result = self._repo.run(args)
+        if result.status in (0, 1):
+            return result.status == 0
+        raise _failure("git merge-base --is-ancestor", result, self.timeout)
+
+    def close(self) -> None:
+        self._repo.close()
+
+    # ---- helpers -------------------------------------------------------------------------
+    def _mirror(self, ref: str) -> str:
+        return self.mirror_prefix + ref[len("refs/") :]
+
+    def _fetch_into_mirror(self, patterns: Sequence[str]) -> bool:
+        """Fetch ``patterns`` into the mirror; ``False`` when an exact ref is missing."""
+        if not patterns:
+            return True
+        refspecs = [f"+{ref}:{self._mirror(ref)}" for ref in patterns]
+        args = [*_PROTOCOL_V2, "fetch", "--quiet", "--no-tags", "--prune", "--no-write-fetch-head"]
+        args += ["--no-recurse-submodules", "--no-show-forced-updates", "--end-of-options"]
+        result = self._repo.run([*args, self.remote, *refspecs])
+        if result.status == 0:
+            return True
+        if not result.killed and "couldn't find remote ref" in result.stderr:
+            return False
+        raise _failure(f"git fetch from {scrub_url(self.remote)}", result, self.timeout)
+
+    def _read_mirror(self, patterns: Sequence[str]) -> dict[str, Oid]:
+        mirrored = [self._mirror(p[:-2] if p.endswith("/*") else p) for p in patterns]
+        out = self._repo.check(
+            ["for-each-ref", "--format=%(objectname) %(refname)", *mirrored], "git for-each-ref"
+        )
+        values: dict[str, Oid] = {}
+        for line in out.decode("utf-8").splitlines():
+            oid, _, mirror = line.partition(" ")
+            ref = "refs/" + mirror[len(self.mirror_prefix) :]
+            if any(ref == p or (p.endswith("/*") and ref.startswith(p[:-1])) for p in patterns):
+                values[ref] = oid
+        return values
+
+    def _drop_mirror(self, refs: Sequence[str]) -> None:
+        if refs:
+            commands = b"".join(b"delete %s\0\0" % self._mirror(ref).encode() for ref in refs)
+            self._repo.check(["update-ref", "--stdin", "-z"], "git update-ref", stdin=commands)
+
+    def _ls_remote(self, patterns: Sequence[str], prefix: str | None = None) -> dict[str, Oid]:
+        """Remote values of the exact refs ``patterns`` (or, given ``prefix``, of refs under it)."""
+        if not patterns:
+            return {}
+        args = [*_PROTOCOL_V2, "ls-remote", "--refs", "--end-of-options", self.remote, *patterns]
+        result = self._repo.run(args)
+        if result.status != 0:
+            raise _failure(f"git ls-remote of {scrub_url(self.remote)}", result, self.timeout)
+        values: dict[str, Oid] = {}
+        for line in result.stdout.decode("utf-8").splitlines():
+            oid, _, ref = line.partition("\t")
+            if ref.startswith(prefix) if prefix is not None else ref in patterns:
+                values[ref] = oid
+        return values
+
+    @staticmethod
+    def _rejections(porcelain: bytes) -> dict[str, str]:
+        """``ref -> reason`` for every ``!`` line of ``push --porcelain`` output."""
+        rejected: dict[str, str] = {}
+        for line in porcelain.decode("utf-8", errors="replace").splitlines():
+            fields = line.split("\t")
+            if len(fields) >= 3 and fields[0] == "!":
+                ref = fields[1].rpartition(":")[2]
+                match = _PORCELAIN_REASON.search(fields[2])
+                rejected[ref] = match.group(1) if match else fields[2]
+        return rejected
+
+    def _resolve(self, updates: Sequence[RefUpdate], what: str) -> bool:
+        refs = [update.ref for update in updates]
+        try:
+            now = self._ls_remote(refs)
+        except TransportError as err:
+            raise OutcomeUnknown(
+                f"git push {what} and reading the refs back failed too: {err}", refs=refs
+            ) from err
+        if all(now.get(u.ref) == u.new for u in updates):
+            return True
+        if all(now.get(u.ref) == u.old for u in updates):
+            return False
+        raise OutcomeUnknown(
+            f"git push {what}; the refs now hold neither the old nor the new values", refs=refs
+        )
+
+    def _edit_tree(
+        self, tree: Oid | None, changes: Mapping[tuple[bytes, ...], Oid | None], where: bytes
+    ) -> Oid | None:
+        """Apply ``changes`` (path parts -> blob id, ``None`` deletes) below ``tree``.
+
+        Returns the new tree's id, or ``None`` when it ends up empty.
+        """
+        entries = self._repo.tree_entries(tree) if tree is not None else {}
+        files: dict[bytes, Oid | None] = {}
+        below: dict[bytes, dict[tuple[bytes, ...], Oid | None]] = {}
+        for parts, blob in changes.items():
+            if len(parts) == 1:
+                files[parts[0]] = blob
+            else:
+                below.setdefault(parts[0], {})[parts[1:]] = blob
+        for name, blob in files.items():
+            current = entries.get(name)
+            if blob is None:
+                if current is not None and not current.is_tree:
+                    del entries[name]
+                continue
+            if name in below or (current is not None and current.is_tree):
+                raise self._clash(where + name)
+            keep = current is not None and current.mode in (_MODE_FILE, _MODE_EXECUTABLE)
+            entries[name] = _Entry(current.mode if keep and current else _MODE_FILE, blob)
+        for name, sub in below.items():
+            current = entries.get(name)
+            if current is not None and not current.is_tree:
+                raise self._clash(where + name)
+            subtree = self._edit_tree(current.oid if current else None, sub, where + name + b"/")
+            if subtree is None:
+                entries.pop(name, None)
+            else:
+                entries[name] = _Entry(_MODE_TREE, subtree)
+        if not entries:
+            return None
+        return self._repo.write_tree(entries)
+
+    @staticmethod
+    def _clash(path: bytes) -> UsageError:
+        text = path.decode("utf-8", errors="replace")
+        return UsageError(f"{text!r} would be both a file and a directory", path=text)
+
+
+class GitLocalCopy:
+    """A worker's clone of the remote, with the working tree the user's code writes into.
+
+    Make one with :meth:`clone` or :meth:`open`.  Branch names are short
+    (``jobs/w1/job%20x``) and validated; commits are full hex ids.
+    """
+
+    def __init__(self, repo: _Repository) -> None:
+        if repo.work_tree is None:
+            raise UsageError(f"{repo.git_dir} is a bare repository, not a local copy")
+        self._repo = repo
+        self._work_tree = repo.work_tree
+
+    @classmethod
+    def clone(
+        cls, url: str, path: str | os.PathLike[str], *, timeout: float = 600
+    ) -> GitLocalCopy:
+        """Clone only the remote's default branch of ``url`` into ``path`` and check it out.
+
+        An empty remote gives an empty local copy.  ``path`` must not exist
+        or be an empty directory.
+
+        Raises:
+            TransportError: the clone failed (the URL in the message is scrubbed).
+        """
+        target = Path(path).absolute()
+        args = ["clone", "--quiet", "--single-branch", "--no-tags", "--end-of-options"]
+        _run_outside([*args, url, str(target)], f"git clone of {scrub_url(url)}", timeout=timeout)
+        return cls.open(target)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, timeout: float = 600) -> GitLocalCopy:
+        """The local copy at ``path``; ``UsageError`` when it is not a git working tree."""
+        return cls(_Repository(path, timeout=timeout))
+
+    @property
+    def path(self) -> Path:
+        return self._work_tree
+
+    def __enter__(self) -> GitLocalCopy:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def transport(self, *, timeout: float = 60) -> GitTransport:
+        """A new :class:`GitTransport` on this copy for ``origin``; the caller closes it."""
+        return GitTransport(self._work_tree, "origin", timeout=timeout)
+
+    def remote_url(self) -> str:
+        """The URL of ``origin`` exactly as configured (credentials included: scrub to show)."""
+        result = self._repo.run(["config", "--get", "remote.origin.url"])
+        if result.status != 0:
+            raise UsageError(f"{self._work_tree} has no remote named origin")
+        return result.stdout.decode("utf-8").strip()
+
+    def default_branch(self) -> str | None:
+        """The branch the remote's ``HEAD`` names (``main``), ``None`` when it names none."""
+        args = [*_PROTOCOL_V2, "ls-remote", "--symref", "--end-of-options", "origin", "HEAD"]
+        out = self._repo.check(args, "git ls-remote --symref")
+        for line in out.decode("utf-8").splitlines():
+            target, _, name = line.partition("\t")
+            if name == "HEAD" and target.startswith("ref: refs/heads/"):
+                return target[len("ref: refs/heads/") :]
+        return None
+
+    def changed_paths(self) -> list[str]:
+        """Paths whose working tree state differs from ``HEAD``: changed, deleted, untracked.
+
+        Ignored files are left out; untracked directories are listed file by file.
+        """
+        args = ["--no-optional-locks", "status", "--porcelain=v1", "-z", "--no-renames"]
+        out = self._repo.check([*args, "--untracked-files=all"], "git status")
+        return [
+            entry[3:].decode("utf-8", errors="surrogateescape")
+            for entry in out.split(b"\0")
+            if entry
+        ]
+
+    def snapshot(self, parent: Oid, message: str) -> Oid:
+        """Commit the whole working tree (tracked and untracked, not ignored) onto ``parent``.
+
+        Uses a temporary index: ``HEAD``, branches and the real index stay as they are.
+        """
+        check_oid(parent)
+        index = self._repo.git_dir / f"distribute-snapshot-{uuid.uuid4().hex}.index"
+        try:
+            if self._repo.index_file.exists():
+                shutil.copyfile(self._repo.index_file, index)
+            env = {"GIT_INDEX_FILE": str(index)}
+            self._repo.check(["add", "--all"], "git add (snapshot)", env=env)
+            tree = self._repo.check(["write-tree"], "git write-tree", env=env).decode().strip()
+        finally:
+            index.unlink(missing_ok=True)
+            index.with_name(index.name + ".lock").unlink(missing_ok=True)
+        return self._repo.write_commit(tree, [parent], message)
+
+    def checkout(self, commit: Oid, branch: str | None) -> None:
+        """Make index and working tree equal to ``commit``, on local ``branch`` or detached.
+
+        ``branch`` is created or reset to ``commit``.  Changes to tracked files
+        are discarded; files the previous ``HEAD`` tracked and ``commit`` lacks
+        are removed; untracked files are kept unless ``commit`` has them.
+        """
+        check_oid(commit)
+        args = ["-c", "advice.detachedHead=false", "checkout", "--quiet", "--force"]
+        args.append("--no-recurse-submodules")
+        if branch is None:
+            args += ["--detach", commit, "--"]
+        else:
+            args += ["--no-track", "-B", _check_branch(branch), commit, "--"]
+        self._repo.check(args, "git checkout")
+
+    def head(self) -> Oid | None:
+        """The commit ``HEAD`` points at, ``None`` before the first commit."""
+        result = self._repo.run(["rev-parse", "--quiet", "--verify", "HEAD^{commit}"])
+        return result.stdout.decode("ascii").strip() if result.status == 0 else None
+
+    def set_upstream(self, branch: str, remote_ref: str) -> None:
+        """Let plain ``git pull``/``git push`` on ``branch`` use ``remote_ref`` of origin."""
+        _check_branch(branch)
+        check_ref_name(remote_ref)
+        self._repo.check(["config", f"branch.{branch}.remote", "origin"], "git config")
+        self._repo.check(["config", f"branch.{branch}.merge", remote_ref], "git config")
+
+    def close(self) -> None:
+        self._repo.close()
