@@ -127,7 +127,10 @@ class RemoteView:
             self.transport.read_file(main, JOBS_FILE) if main else b""
         )
         queue = read_queue((current or b"").decode("utf-8"))
-        ledger = self.ledger(main) if main else None
+        has_ledgers = main is not None and all(
+            self.transport.read_file(main, name) is not None for name in (RUNNING, DONE)
+        )
+        ledger = self.ledger(main) if main is not None and has_ledgers else None
         known = set(queue)
         if ledger is not None:
             known |= {e.job for e in (*ledger.running, *ledger.done, *ledger.failed)}

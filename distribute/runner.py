@@ -9,14 +9,16 @@ command is one ``/bin/sh -c`` script and the job is shell-quoted) and through
 the environment (``DISTRIBUTE_JOB``, ``DISTRIBUTE_WORKER``,
 ``DISTRIBUTE_ATTEMPT``, ``DISTRIBUTE_JOB_DIR``).
 
-The child's stdout and stderr go through a pipe to a pump thread that appends
-them to ``<job dir>/log.txt``.  Every ``commit_every`` seconds the runner
-commits the working tree to the job branch (``commit_update``); the pump
-pauses meanwhile, so a commit never races a half-written chunk, and it
-reopens the log for every chunk, so whatever the checkout does to the file is
-harmless.  Exit status 0 finishes the job, anything else fails the attempt
-(the protocol retries it while attempts are left); ``timeout`` kills the
-child's process group and fails the attempt.
+The child writes into a staging folder (``DISTRIBUTE_JOB_DIR``, inside the
+local copy's ``.git``) that a :class:`JobFolder` mirrors into the job's
+folder in the working tree (``updates/<encoded job>``) before every commit,
+so that git's checkout after a commit never replaces a file the child holds
+open.  The child's stdout and stderr go through a pipe to a pump thread that
+appends them to ``log.txt`` there.  Every ``commit_every`` seconds the runner
+mirrors and commits (``commit_update``); the pump pauses meanwhile, so a
+commit never holds a half-written chunk.  Exit status 0 finishes the job,
+anything else fails the attempt (the protocol retries it while attempts are
+left); ``timeout`` kills the child's process group and fails the attempt.
 
 Signals: SIGINT and SIGTERM are forwarded to the child's process group (it
 runs in a session of its own, so a terminal's Ctrl-C reaches it once).  Once
@@ -34,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import threading
@@ -52,7 +55,7 @@ from distribute.core.errors import (
     UsageError,
 )
 from distribute.core.lock import lock_message, parse_beat_message, parse_lock_message
-from distribute.core.names import LOCK_REF
+from distribute.core.names import LOCK_REF, encode_component
 from distribute.transport.base import RefUpdate
 
 if TYPE_CHECKING:
@@ -127,7 +130,10 @@ def last_line(path: str, limit: int = 4096) -> str:
             tail = f.read().decode("utf-8", "replace")
     except OSError:
         return ""
-    lines = [ln.strip() for ln in tail.splitlines() if ln.strip() and not ln.startswith("[distribute]")]
+    lines = [
+        ln.strip() for ln in tail.splitlines()
+        if ln.strip() and not ln.startswith("[distribute]")
+    ]
     return lines[-1] if lines else ""
 
 
@@ -175,6 +181,80 @@ def _signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
             proc.send_signal(signum)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def staging_folder(copy: str, job: str) -> str:
+    """Where a job's command writes: ``<local copy>/.git/distribute-jobs/<encoded job>``."""
+    return os.path.join(copy, ".git", "distribute-jobs", encode_component(job))
+
+
+class JobFolder:
+    """The command's job folder, kept where git cannot replace files under it.
+
+    ``Worker.commit_update`` checks the job branch out again after each
+    snapshot (``git checkout --force``), which unlinks and rewrites every file
+    that changed; a command appending to a file it holds open would go on
+    writing to the unlinked copy, and everything after the first commit would
+    be lost.  So the command writes to ``staging`` (inside ``.git``, on the
+    same file system, which git never touches), and :meth:`sync` mirrors it
+    into the job's folder in the working tree with hard links (copies where
+    links fail) before every commit.
+    """
+
+    def __init__(self, job_dir: str, staging: str) -> None:
+        self.job_dir = job_dir
+        self.staging = staging
+
+    def prepare(self) -> None:
+        """Start the staging folder from what the job folder holds (a retry may find files)."""
+        shutil.rmtree(self.staging, ignore_errors=True)
+        if os.path.isdir(self.job_dir):
+            shutil.copytree(self.job_dir, self.staging, symlinks=True)
+        else:
+            os.makedirs(self.staging)
+
+    def sync(self) -> None:
+        """Make the job folder mirror the staging folder."""
+        os.makedirs(self.job_dir, exist_ok=True)
+        _mirror(self.staging, self.job_dir)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def _mirror(src: str, dst: str) -> None:
+    wanted = set(os.listdir(src))
+    for name in os.listdir(dst):
+        if name not in wanted:
+            _remove(os.path.join(dst, name))
+    for name in wanted:
+        s, d = os.path.join(src, name), os.path.join(dst, name)
+        if os.path.islink(s):
+            target = os.readlink(s)
+            if not (os.path.islink(d) and os.readlink(d) == target):
+                _remove(d)
+                os.symlink(target, d)
+        elif os.path.isdir(s):
+            if os.path.lexists(d) and (os.path.islink(d) or not os.path.isdir(d)):
+                _remove(d)
+            os.makedirs(d, exist_ok=True)
+            _mirror(s, d)
+        elif os.path.isfile(s):
+            if os.path.lexists(d):
+                if not os.path.islink(d) and os.path.isfile(d) and os.path.samefile(s, d):
+                    continue
+                _remove(d)
+            try:
+                os.link(s, d)
+            except OSError:
+                shutil.copy2(s, d)
 
 
 @dataclass
@@ -231,7 +311,7 @@ class JobRunner:
         *,
         shell: bool = False,
         timeout: float | None = None,
-        commit_every: float = 10.0,
+        commit_every: float = 5.0,
         max_jobs: int | None = None,
         grace: float = 10.0,
         report: Reporter | None = None,
@@ -289,6 +369,7 @@ class JobRunner:
     def run(self) -> WorkSummary:
         """Take and run jobs until there are none, ``max_jobs`` were run, or a signal came."""
         summary = WorkSummary()
+        self.report(f"command: {shlex.join(self.command)}")
         self._install()
         try:
             while self.max_jobs is None or len(summary.outcomes) < self.max_jobs:
@@ -316,19 +397,26 @@ class JobRunner:
     def _run_one(self, job: str) -> JobOutcome:
         worker = self.worker
         attempt = worker.attempt or 1
-        started = time.monotonic()
-        outcome = JobOutcome(job, attempt, INTERRUPTED)
+        outcome = JobOutcome(job, attempt, RETRY)
         if self._signum is not None:
-            outcome.reason = "interrupted before it started"
+            outcome.status, outcome.reason = INTERRUPTED, "interrupted before it started"
             return self._fail(outcome, "interrupted")
-        job_dir = worker.job_dir
-        os.makedirs(job_dir, exist_ok=True)
-        sink = LogSink(os.path.join(job_dir, LOG_FILE))
+        folder = JobFolder(worker.job_dir, staging_folder(worker.path, job))
+        folder.prepare()
+        try:
+            return self._run_in(folder, outcome)
+        finally:
+            folder.remove()
+
+    def _run_in(self, folder: JobFolder, outcome: JobOutcome) -> JobOutcome:
+        worker, job, attempt = self.worker, outcome.job, outcome.attempt
+        started = time.monotonic()
+        sink = LogSink(os.path.join(folder.staging, LOG_FILE))
         argv = command_for_job(self.command, job, shell=self.shell)
         env = job_environment(
-            os.environ, job=job, worker=worker.name, attempt=attempt, job_dir=job_dir
+            os.environ, job=job, worker=worker.name, attempt=attempt, job_dir=folder.staging
         )
-        self.report(f"job {job!r} (attempt {attempt}): running {shlex.join(argv)}")
+        self.report(f"job {job!r} (attempt {attempt}) started")
         sink.note(f"job {job!r} attempt {attempt} on worker {worker.name}: {shlex.join(argv)}")
         read_end, write_end = os.pipe()
         try:
@@ -343,10 +431,9 @@ class JobRunner:
             )
         except OSError as exc:
             os.close(read_end)
-            os.close(write_end)
             sink.note(f"could not start the command: {exc}")
-            outcome.reason = f"could not start the command: {exc}"
-            return self._fail(outcome, outcome.reason)
+            folder.sync()
+            return self._fail(outcome, f"could not start the command: {exc}")
         finally:
             with contextlib.suppress(OSError):
                 os.close(write_end)
@@ -357,9 +444,12 @@ class JobRunner:
         pump.start()
         timed_out = lost = False
         try:
-            timed_out, lost = self._supervise(proc, sink, started)
+            timed_out, lost = self._supervise(proc, sink, folder, started)
         finally:
             self._child = None
+            if proc.poll() is None:  # an error escaped: never leave the command running
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait()
             pump.join(timeout=5)
             with contextlib.suppress(OSError):
                 os.close(read_end)
@@ -371,10 +461,12 @@ class JobRunner:
             outcome.reason = "taken over by another worker"
             self.report(f"job {job!r}: lost -- another worker took it over; its updates stay "
                         f"on branch {worker.job_branch or '?'}")
+            self._drop_lost_job()
             return outcome
+        folder.sync()
         if self._signum is not None:
             name = signal.Signals(self._signum).name
-            outcome.reason = f"interrupted ({name})"
+            outcome.status, outcome.reason = INTERRUPTED, f"interrupted ({name})"
             return self._fail(outcome, "interrupted")
         if timed_out:
             return self._fail(outcome, f"timed out after {self.timeout:g} s")
@@ -385,7 +477,7 @@ class JobRunner:
         return self._fail(outcome, reason)
 
     def _supervise(
-        self, proc: subprocess.Popen[bytes], sink: LogSink, started: float
+        self, proc: subprocess.Popen[bytes], sink: LogSink, folder: JobFolder, started: float
     ) -> tuple[bool, bool]:
         """Wait for the child, committing its log; return (timed_out, lost)."""
         deadline = started + self.timeout if self.timeout else None
@@ -413,7 +505,8 @@ class JobRunner:
                 next_commit = now + self.commit_every
                 try:
                     with sink.paused():
-                        self.worker.commit_update(f"log of {self.worker.running_job}")
+                        folder.sync()
+                        self.worker.commit_update(f"progress of {self.worker.running_job}")
                 except LeaseLost:
                     _signal_group(proc, signal.SIGKILL)
                     proc.wait()
@@ -422,12 +515,30 @@ class JobRunner:
                     # the remote is away; the heartbeat decides about the lease
                     self.report(f"could not push the log ({exc}); will try again")
 
+    def _drop_lost_job(self) -> None:
+        """Let the worker forget a job it lost, so that it can take the next one.
+
+        After a revocation ``Worker.commit_update``, ``finish_job`` and
+        ``fail_job`` all raise ``LeaseLost`` before the coordinator's fenced
+        ledger step, which is what clears the worker's running job; without
+        this the next ``get_next_job`` would raise ``JobAlreadyRunning``.  The
+        fenced step refuses (the ledger names the new holder) and clears it.
+        """
+        for _ in range(5):
+            if self.worker.running_job is None:
+                return
+            try:
+                self.worker.coord.fail_step("lease lost: taken over by another worker")
+            except LeaseLost:
+                return
+
     def _finish(self, outcome: JobOutcome) -> JobOutcome:
         try:
             self.worker.finish_job()
         except LeaseLost as exc:
             outcome.status, outcome.reason = LOST, str(exc)
             self.report(f"job {outcome.job!r}: {exc}")
+            self._drop_lost_job()
             return outcome
         except MergeConflict as exc:
             outcome.status, outcome.reason = FAILED, str(exc)
@@ -443,6 +554,7 @@ class JobRunner:
         except LeaseLost as exc:
             outcome.status, outcome.reason = LOST, str(exc)
             self.report(f"job {outcome.job!r}: {exc}")
+            self._drop_lost_job()
             return outcome
         if outcome.status != INTERRUPTED:
             outcome.status = RETRY if result == "retry" else FAILED
@@ -519,19 +631,22 @@ def release_own_leftovers(worker: Worker, reason: str) -> None:
 
 # ---- the README's loop, for the demo ------------------------------------------------
 def fake_training(job: str, folder: str, epochs: int, seconds: float, start: int = 0) -> float:
-    """A stand-in for an expensive function: writes a training curve into ``folder``.
+    """A stand-in for an expensive function: a training curve and a log in ``folder``.
 
     Returns the last (made-up) loss.
     """
     os.makedirs(folder, exist_ok=True)
     seed = sum(job.encode("utf-8")) % 97
     loss = 1.0
-    with open(os.path.join(folder, "curve.csv"), "a", encoding="utf-8") as f:
+    with open(os.path.join(folder, "curve.csv"), "a", encoding="utf-8") as curve, open(
+        os.path.join(folder, LOG_FILE), "a", encoding="utf-8"
+    ) as log:
         if start == 0:
-            f.write("epoch,loss\n")
+            curve.write("epoch,loss\n")
         for epoch in range(start, start + epochs):
             loss = round(1.0 / (1 + epoch + seed / 50), 4)
-            f.write(f"{epoch},{loss}\n")
+            curve.write(f"{epoch},{loss}\n")
+            log.write(f"{job}: epoch {epoch} loss {loss}\n")
             time.sleep(seconds / max(1, epochs))
     return loss
 

@@ -41,7 +41,8 @@ WORKERS_PREFIX = "refs/distribute/workers/"
 
 #: Push outcomes (journalled by :class:`sim.faults.FaultyTransport`) after which
 #: the pushed refs may hold the new values.
-MAY_HAVE_LANDED = frozenset({"applied", "unknown-applied", "lied-applied", None})
+#: ``None``: the push record has no outcome (its process died while pushing).
+MAY_HAVE_LANDED = frozenset({"applied", "unknown-applied", "error", "unknown", None})
 
 RULES = {
     "lock-overlap": "two valid lock holdings overlapped in time",
@@ -54,6 +55,7 @@ RULES = {
     "lost-update": "an update of a finished job is not reachable from the main branch",
     "branch-lost": "the branch of a refused finish is gone from the remote",
     "unfinished": "a job did not finish, or the ledgers are not empty at the end",
+    "lost-write": "a push its worker saw succeed is missing from the remote's history",
     "crash": "a worker process ended with an unexpected error",
 }
 
@@ -86,6 +88,7 @@ class Holding:
     start: float
     last_sent: float
     lease: float
+    sent: float = 0.0
     end: float = math.inf
     end_reason: str = "lease"
 
@@ -282,7 +285,9 @@ def check(
             branch, oldest first; ``branches`` -- job branch short name ->
             tip; ``reachable`` -- commit id -> reachable from the final main
             branch (for every tip the journals name); ``timed_out`` -- the
-            run hit its duration cap; ``exits`` -- process key -> exit code
+            run hit its duration cap; ``result_files`` -- optional, done job
+            -> whether the file the default job function writes is on the
+            final main branch; ``exits`` -- process key -> exit code
             of worker processes that were not killed by the injector.
         lease: the lease period the workers ran with, in seconds.
         expected_jobs: every job the queue held at the start (``None`` when
@@ -303,6 +308,7 @@ def check(
     _check_reclaims(hist, lease, result)
     _check_updates(hist, final, done, result)
     _check_liveness(hist, final, done, running, failed, expected_jobs, allow_failed, result)
+    _check_writes_landed(hist, final, result)
     _check_crashes(hist, final, result)
     result.stats.update(_figures(hist, final, done, failed))
     return result
@@ -328,7 +334,8 @@ def _check_lock(
             sent = last_lock_push if last_lock_push is not None else t
             if event == "lock-acquire":
                 _close(current, sent, "re-acquired")
-                current = Holding(proc, str(r.get("worker")), int(r["token"]), t, sent, lease)
+                current = Holding(proc, str(r.get("worker")), int(r["token"]), t, sent, lease,
+                                  sent=sent)
                 holdings.append(current)
             elif current is None:
                 continue
@@ -350,8 +357,8 @@ def _check_lock(
         for b in ordered[i + 1:]:
             if b.start >= a.valid_until:
                 break  # sorted by start: no later holding begins before a ends either
-            if a.proc == b.proc:
-                continue
+            if a.proc == b.proc or b.start >= b.valid_until:
+                continue  # b was already void when its holder journalled it (a pause)
             result.add(
                 "lock-overlap",
                 f"{a.proc} held the lock (token {a.token}) from {a.start:.3f} until "
@@ -364,10 +371,16 @@ def _check_lock(
             result.add("lock-token", f"token {h.token} was acquired twice: by {seen[h.token]} "
                        f"and by {h.proc}")
         seen.setdefault(h.token, h.proc)
-    for a, b in zip(ordered, ordered[1:], strict=False):
-        if b.token <= a.token and a.proc != b.proc:
-            result.add("lock-token", f"{b.proc} acquired token {b.token} at {b.start:.3f}, "
-                       f"after {a.proc} had acquired token {a.token} at {a.start:.3f}")
+    # a higher token must land later: flag one whose acquire was journalled (so had landed)
+    # before a lower token's acquire was even sent
+    latest: Holding | None = None
+    for h in sorted(ordered, key=lambda h: h.token):
+        if latest is not None and h.start < latest.sent and h.token > latest.token:
+            result.add("lock-token", f"{h.proc} acquired token {h.token} (journalled at "
+                       f"{h.start:.3f}) before {latest.proc} sent its acquire of the lower token "
+                       f"{latest.token} at {latest.sent:.3f}")
+        if latest is None or h.sent > latest.sent:
+            latest = h
 
     previous: dict[str, Any] | None = None
     top = -1
@@ -436,9 +449,9 @@ def _check_finishes(
             latest[c.job] = c
     for job, entries in done_by_job.items():
         e = entries[-1]
-        c = latest.get(job)
-        if c is None:
+        if job not in latest:
             continue
+        c = latest[job]
         if e["token"] < c.token:
             result.add("stale-write", f"done.txt records {job!r} under token {e['token']} by "
                        f"{e['worker']!r}, but {c.proc} re-claimed it later under token {c.token}",
@@ -456,6 +469,11 @@ def _check_reclaims(hist: _History, lease: float, result: CheckResult) -> None:
         (str(r["job"]), int(r["token"])) for _, r in hist.events("fail")
     }
     beats = _liveness_pushes(hist)
+    dropped = {
+        (str(r.get("job")), proc)
+        for proc, recs in hist.by_proc.items() for r in recs
+        if r.get("kind") == "workaround" and r.get("dropped")
+    }
     faults = bool(hist.faults) or _any_push_faults(hist)
     for job, claims in by_job.items():
         claims.sort(key=lambda c: c.token)
@@ -478,6 +496,8 @@ def _check_reclaims(hist: _History, lease: float, result: CheckResult) -> None:
                 continue
             if prev.worker == nxt.worker and prev.proc != nxt.proc:
                 continue  # a restarted life of the same worker takes its own job back at once
+            if prev.proc == nxt.proc and (job, prev.proc) in dropped:
+                continue  # the simulator dropped the holding (a journalled workaround)
             evidence = [prev.t_sent] + [
                 t for t in beats.get(prev.worker, ()) if t < nxt.t_sent
             ]
@@ -518,7 +538,7 @@ def _liveness_pushes(hist: _History) -> dict[str, list[float]]:
 def _any_push_faults(hist: _History) -> bool:
     return any(
         r.get("kind") == "push" and r.get("phase") == "done"
-        and r.get("outcome") not in ("applied", "rejected")
+        and r.get("outcome") not in ("applied", "rejected", "error")
         for recs in hist.by_proc.values() for r in recs
     ) or any(True for _ in hist.events("fail"))
 
@@ -542,6 +562,10 @@ def _check_updates(
                            f"{key[1]}), which finished, but the final main branch does not reach "
                            "it", key[0])
                 break
+    for job, present in (final.get("result_files") or {}).items():
+        if not present and (job, _token_of(done, job)) in accepted:
+            result.add("lost-update", f"done.txt lists {job!r}, but the result file its job "
+                       "function wrote is not on the final main branch", job)
     branch_of = {(c.job, c.token): c.branch for c in hist.claims}
     for proc, r in hist.events("finish-refused"):
         key = (str(r["job"]), int(r["token"]))
@@ -552,6 +576,10 @@ def _check_updates(
         elif branch and pushed_last(tips.get(key, []), proc) not in (None, branches[branch]):
             result.add("branch-lost", f"{proc}'s finish of {key[0]!r} was refused and its branch "
                        f"{branch} no longer points at its last update", key[0])
+
+
+def _token_of(done: list[dict[str, Any]], job: str) -> int:
+    return next((int(e["token"]) for e in done if e["job"] == job), -1)
 
 
 def pushed_last(pushed: list[tuple[str, str]], proc: str) -> str | None:
@@ -592,6 +620,46 @@ def _check_liveness(
         result.add("unfinished", f"jobs.txt still holds {len(left)} job(s) at the end")
 
 
+def _check_writes_landed(hist: _History, final: Mapping[str, Any], result: CheckResult) -> None:
+    """Every acquire, release, claim and finish a worker journalled is in the remote's history.
+
+    The lock ref's and the main branch's first-parent histories hold every
+    value those refs ever had (each write is a compare-and-swap from its
+    parent), so a write that landed is there.  Claims and finishes are matched
+    by commit subject; if no subject parses, that half is skipped.
+    """
+    held: set[tuple[int, str]] = set()
+    freed: set[int] = set()
+    for message in final.get("lock_history") or ():
+        rec = parse_lock_record(message)
+        if rec is None:
+            continue
+        if rec.get("holder"):
+            held.add((int(rec.get("token", 0)), str(rec["holder"])))
+        else:
+            freed.add(int(rec.get("token", 0)))
+    if final.get("lock_history"):
+        for proc, r in hist.events("lock-acquire"):
+            if (int(r["token"]), str(r.get("worker"))) not in held:
+                result.add("lost-write", f"{proc} journalled acquiring the lock with token "
+                           f"{r['token']}, which the lock ref's history does not hold")
+        for proc, r in hist.events("lock-release"):
+            if r.get("ok") and int(r["token"]) not in freed:
+                result.add("lost-write", f"{proc} journalled releasing the lock (token "
+                           f"{r['token']}), which the lock ref's history does not hold")
+    parsed = [p for p in map(parse_main_subject, final.get("main_subjects") or ()) if p]
+    if not parsed:
+        return
+    on_main = {(p["what"], p["job"], p["worker"], p["token"]) for p in parsed}
+    for what in ("claim", "finish"):
+        for proc, r in hist.events(what):
+            key = (what, str(r["job"]), str(r.get("worker")), int(r["token"]))
+            if key not in on_main:
+                result.add("lost-write", f"{proc} journalled the {what} of {r['job']!r} (token "
+                           f"{r['token']}), which the main branch's history does not hold",
+                           str(r["job"]))
+
+
 def _check_crashes(hist: _History, final: Mapping[str, Any], result: CheckResult) -> None:
     for proc, recs in hist.by_proc.items():
         for r in recs:
@@ -624,10 +692,15 @@ def _figures(
     takeovers = sum(1 for _, r in hist.events("lock-acquire") if r.get("takeover"))
     faults: dict[str, int] = defaultdict(int)
     for f in hist.faults:
-        faults[str(f.get("fault"))] += 1
-    workarounds = sum(
-        1 for recs in hist.by_proc.values() for r in recs if r.get("kind") == "workaround"
-    )
+        if not f.get("at_end"):
+            faults[str(f.get("fault"))] += 1
+    kinds: dict[str, int] = defaultdict(int)
+    workarounds: dict[str, int] = defaultdict(int)
+    for recs in hist.by_proc.values():
+        for r in recs:
+            kinds[str(r.get("kind"))] += 1
+            if r.get("kind") == "workaround":
+                workarounds[str(r.get("what"))] += 1
     return {
         "duration_s": round(span, 3),
         "jobs_done": len({e["job"] for e in done}),
@@ -642,13 +715,17 @@ def _figures(
         "lock_takeovers": takeovers,
         "job_failures": counts["fail"],
         "pushes": sum(outcomes.values()),
-        "lost_races": outcomes.get("rejected", 0) + outcomes.get("unknown-dropped", 0),
+        "lost_races": outcomes.get("rejected", 0) + outcomes.get("unknown-rejected", 0),
         "push_faults": outcomes.get("failed", 0),
-        "unknown_outcomes": outcomes.get("unknown-applied", 0) + outcomes.get("unknown-dropped", 0),
+        "unknown_outcomes": sum(n for o, n in outcomes.items() if o.startswith("unknown")),
+        "lies": outcomes.get("lied", 0),
+        "push_errors": outcomes.get("error", 0),
         "kills": faults.get("kill", 0),
         "pauses": faults.get("pause", 0),
         "restarts": faults.get("restart", 0),
-        "workarounds": workarounds,
+        "workarounds": kinds.get("workaround", 0),
+        "workarounds_by_kind": dict(workarounds),
+        "cleanups": kinds.get("cleanup", 0),
         "processes": len(hist.by_proc),
         "recovery_s": percentiles(recovery_times(hist)),
     }
@@ -671,7 +748,8 @@ def recovery_times(hist: _History) -> list[float]:
         proc, t = f"{f.get('worker')}#{f.get('life', 0)}", float(f["t"])
         for start, end, job, token in held.get(proc, ()):
             if start <= t < end:
-                later = [c.t_event for c in hist.claims if c.job == job and c.token > token]
+                later = [c.t_event for c in hist.claims
+                         if c.job == job and c.token > token and c.t_event >= t]
                 if later:
                     out.append(min(later) - t)
     return out

@@ -113,6 +113,7 @@ _UNREACHABLE = (
 )
 _ATOMIC_UNSUPPORTED = "does not support --atomic"
 _PORCELAIN_REASON = re.compile(r"\((.*)\)\s*$")
+_REMOTE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 _MODE_TREE = 0o040000
 _MODE_FILE = 0o100644
@@ -151,6 +152,14 @@ class _Entry:
 
 def _tail(text: str, lines: int = 12) -> str:
     return scrub_url("\n".join(text.strip().splitlines()[-lines:]))
+
+
+def _is_race(reason: str) -> bool:
+    return reason.startswith(_RACE_REASONS)
+
+
+def _path_parts(path: str) -> tuple[bytes, ...]:
+    return tuple(part.encode("utf-8") for part in path.split("/"))
 
 
 def _git_executable() -> str:
@@ -216,7 +225,9 @@ def _check_branch(branch: str) -> str:
     return branch
 
 
-def init_bare_repo(path: str | os.PathLike[str], branch: str = "main", *, timeout: float = 60) -> Path:
+def init_bare_repo(
+    path: str | os.PathLike[str], branch: str = "main", *, timeout: float = 60
+) -> Path:
     """Create an empty bare repository whose ``HEAD`` names ``branch``; return its path.
 
     Raises:
@@ -226,7 +237,14 @@ def init_bare_repo(path: str | os.PathLike[str], branch: str = "main", *, timeou
     _check_branch(branch)
     target = Path(path).absolute()
     _run_outside(
-        ["init", "--quiet", "--bare", f"--initial-branch={branch}", "--end-of-options", str(target)],
+        [
+            "init",
+            "--quiet",
+            "--bare",
+            f"--initial-branch={branch}",
+            "--end-of-options",
+            str(target),
+        ],
         f"git init of {target}",
         timeout=timeout,
     )
@@ -264,9 +282,7 @@ class _Repository:
         env: Mapping[str, str] | None = None,
         timeout: float | None = None,
     ) -> _Result:
-        return _execute(
-            self._repo.git, args, stdin=stdin, env=env, timeout=timeout or self.timeout
-        )
+        return _execute(self._repo.git, args, stdin=stdin, env=env, timeout=timeout or self.timeout)
 
     def check(
         self,
@@ -292,7 +308,7 @@ class _Repository:
             for attempt in (1, 2):
                 try:
                     _, kind, _, data = self._repo.git.get_object_data(oid)
-                    return kind, data
+                    return kind.decode("ascii") if isinstance(kind, bytes) else kind, data
                 except ValueError as err:  # cat-file answered "<oid> missing"
                     raise TransportError(
                         f"object {oid} is not in the local repository (fetch it first)", oid=oid
@@ -376,7 +392,7 @@ class GitTransport:
         self.remote = remote
         self.timeout = timeout
         key = remote
-        if not (re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", remote) and is_valid_ref_component(remote)):
+        if not (_REMOTE_NAME.fullmatch(remote) and is_valid_ref_component(remote)):
             key = "url-" + hashlib.sha256(remote.encode("utf-8")).hexdigest()[:16]
         self.mirror_prefix = f"{MIRROR_PREFIX}{key}/"
         self._fetch_lock = threading.Lock()
@@ -394,7 +410,7 @@ class GitTransport:
 
     # ---- remote refs -----------------------------------------------------------
     def fetch(self, refs: Sequence[str]) -> dict[str, Oid]:
-        """Fetch exactly ``refs`` (``/*`` suffix: all below) and return the values of those that exist.
+        """Fetch exactly ``refs`` (``/*``: all below) and return the values of those that exist.
 
         Costs one ``git fetch`` and one ``for-each-ref`` when every exact ref
         exists; a missing one costs an ``ls-remote`` and a second fetch.
@@ -468,7 +484,7 @@ class GitTransport:
         result = self._repo.run(args)
         rejected = self._rejections(result.stdout)
         if rejected:
-            refused = {ref: why for ref, why in rejected.items() if not why.startswith(_RACE_REASONS)}
+            refused = {ref: why for ref, why in rejected.items() if not _is_race(why)}
             if refused:
                 raise RemoteStateError(
                     "the remote refused the push: "
@@ -547,7 +563,7 @@ class GitTransport:
             contents = list(dict.fromkeys(data for data in edits.values() if data is not None))
             blob_of = dict(zip(contents, self._repo.write_blobs(contents), strict=True))
             nested = {
-                tuple(p.encode("utf-8") for p in path.split("/")): None if data is None else blob_of[data]
+                _path_parts(path): None if data is None else blob_of[data]
                 for path, data in edits.items()
             }
             root = self._edit_tree(root, nested, b"") or self._repo.write_tree({})
@@ -604,6 +620,8 @@ class GitTransport:
         raise _failure(f"git fetch from {scrub_url(self.remote)}", result, self.timeout)
 
     def _read_mirror(self, patterns: Sequence[str]) -> dict[str, Oid]:
+        if not patterns:
+            return {}
         mirrored = [self._mirror(p[:-2] if p.endswith("/*") else p) for p in patterns]
         out = self._repo.check(
             ["for-each-ref", "--format=%(objectname) %(refname)", *mirrored], "git for-each-ref"
@@ -722,9 +740,7 @@ class GitLocalCopy:
         self._work_tree = repo.work_tree
 
     @classmethod
-    def clone(
-        cls, url: str, path: str | os.PathLike[str], *, timeout: float = 600
-    ) -> GitLocalCopy:
+    def clone(cls, url: str, path: str | os.PathLike[str], *, timeout: float = 600) -> GitLocalCopy:
         """Clone only the remote's default branch of ``url`` into ``path`` and check it out.
 
         An empty remote gives an empty local copy.  ``path`` must not exist
@@ -798,7 +814,10 @@ class GitLocalCopy:
         index = self._repo.git_dir / f"distribute-snapshot-{uuid.uuid4().hex}.index"
         try:
             if self._repo.index_file.exists():
-                shutil.copyfile(self._repo.index_file, index)
+                # copy2 keeps the mtime, on which git's racy-clean check relies: with a
+                # newer copy, a same-size edit made in the second of the last checkout
+                # would look unchanged and be left out
+                shutil.copy2(self._repo.index_file, index)
             env = {"GIT_INDEX_FILE": str(index)}
             self._repo.check(["add", "--all"], "git add (snapshot)", env=env)
             tree = self._repo.check(["write-tree"], "git write-tree", env=env).decode().strip()

@@ -62,7 +62,7 @@ def test_three_workers_over_a_bare_repo(tmp_path):
 
 
 @pytest.mark.daemon
-def test_three_workers_over_git_daemon(tmp_path, daemon_remote):
-    url, bare = daemon_remote
+def test_three_workers_over_git_daemon(tmp_path, daemon):
+    url, bare = daemon
     init_remote(url, jobs=JOBS)
     check_remote(Path(bare), run_workers(url, tmp_path))

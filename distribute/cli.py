@@ -1,0 +1,1344 @@
+"""The ``distribute`` command line.
+
+Theory of operation
+-------------------
+Every command that reads or edits the remote works on a throw-away clone
+(:func:`distribute.remote.remote_view`) through the transport, never through
+a person's working tree.  Edits of the queue and the ledgers (``add``,
+``requeue``) are made *under the remote lock*, like a worker's claim: the CLI
+takes the lock by compare-and-swap, then pushes ``{main branch: the edit,
+lock: released}`` in one atomic push.  A worker's next-job function therefore
+never sees ``jobs.txt`` change under it, and an edit that loses the lock
+(someone ran ``unlock``) is refused whole and redone.  ``unlock`` breaks the
+lock by compare-and-swap from the exact value it observed, to a free state
+with the next token, so a holder that was alive finds its next push refused.
+
+``work`` hands a :class:`~distribute.dist.Worker` to
+:class:`~distribute.runner.JobRunner`, which runs one child process per job.
+``demo`` starts worker processes of this same program (a hidden
+``_demo-worker`` command running the seed README's loop) against a fresh bare
+repository in a temporary folder.
+
+Exit codes: 0 success; 1 an error (one line ``error: ...`` on stderr, no
+traceback unless ``-v``); 2 a usage error; 128 + signum when a signal stopped
+``work``.  Remote URLs are printed with their credentials removed.
+
+The ``status --json`` document (``"schema": 1``)::
+
+    {
+      "schema": 1,
+      "remote": str,                  # URL or path, credentials removed
+      "branch": str,                  # the main branch
+      "main": str,                    # its commit id
+      "watched_seconds": float,       # --watch; 0 for a single observation
+      "counts": {"queued": int, "running": int, "done": int, "failed": int},
+      "queued": [str, ...],           # jobs.txt, in order
+      "running": [{
+          "job": str,
+          "worker": str | null,       # null: released, waiting for another attempt
+          "token": int,               # fencing token of the claim
+          "attempt": int,
+          "reason": str,              # why the previous attempt failed ("" if none)
+          "branch": str | null,       # jobs/<worker>/<job>/<token>
+          "lease": "released" | "revoked" | "no-record" | "unknown"
+                   | "renewed" | "unchanged"
+      }, ...],
+      "done":   [{"job": str, "worker": str, "token": int, "attempt": int,
+                  "branch": str | null}, ...],
+      "failed": [{"job": str, "worker": str, "token": int, "attempt": int,
+                  "reason": str, "branch": str | null}, ...],
+      "lock": {
+          "held": bool, "holder": str | null, "token": int,
+          "session": str | null, "renewal": int,
+          "changed": bool | null      # seen to change during --watch; null without it
+      },
+      "workers": [{
+          "name": str, "session": str, "seq": int,
+          "jobs": [str, ...],         # jobs running.txt shows it holding
+          "revoked_by": str | null,   # who took its jobs over, if anyone did
+          "renewed": bool | null      # seen to renew during --watch; null without it
+      }, ...]
+    }
+
+``lease`` says what one observation can tell: ``released`` (the job waits for
+another attempt), ``revoked`` (its worker's liveness record was revoked by a
+takeover), ``no-record`` (its worker has no liveness record), ``unknown`` (a
+record exists; whether it is still renewed needs a second look).  With
+``--watch S`` the liveness refs are read twice, S seconds apart:
+``renewed`` (the record changed: the worker is alive) or ``unchanged`` (it did
+not; after more than a lease period the job is offered to other workers).
+Keys are only ever added within one schema version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from distribute import __version__
+from distribute.backoff import Backoff
+from distribute.core.errors import (
+    DistributeError,
+    InvalidName,
+    RemoteStateError,
+    UsageError,
+)
+from distribute.core.ledger import Entry, Ledger
+from distribute.core.lock import (
+    Beat,
+    LockState,
+    lock_message,
+    parse_beat_message,
+    parse_lock_message,
+)
+from distribute.core.names import (
+    JOB_BRANCH_PREFIX,
+    LOCK_REF,
+    WORKERS_PREFIX,
+    check_name,
+    encode_component,
+    job_branch,
+    job_dir,
+    scrub_url,
+)
+from distribute.transport.base import Oid, RefUpdate
+
+if TYPE_CHECKING:
+    from distribute.remote import RemoteView
+
+ENV_REMOTE = "DISTRIBUTE_REMOTE"
+STATUS_SCHEMA = 1
+LOG_FILE = "log.txt"
+JOBS_FILE = "jobs.txt"
+
+_CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+_VERBOSITY = 0  # set by the group's callback; read by main() to decide on tracebacks
+
+
+# ---- output ----------------------------------------------------------------------
+@dataclass
+class Output:
+    """Where messages go: results to stdout, progress and errors to stderr."""
+
+    verbosity: int = 0  # -1 quiet, 0 normal, 1+ verbose
+
+    def __post_init__(self) -> None:
+        self.out = Console(highlight=False, soft_wrap=True)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+    def result(self, text: str) -> None:
+        """A line that answers the command (suppressed by ``-q``)."""
+        if self.verbosity >= 0:
+            self.out.print(text, markup=False)
+
+    def info(self, text: str) -> None:
+        """Progress for the person watching, on stderr (suppressed by ``-q``)."""
+        if self.verbosity >= 0:
+            self.err.print(scrub_url(text), markup=False)
+
+    def debug(self, text: str) -> None:
+        if self.verbosity >= 1:
+            self.err.print(scrub_url(text), markup=False, style="dim")
+
+
+def _output(ctx: click.Context) -> Output:
+    obj = ctx.find_object(Output)
+    return obj if obj is not None else Output()
+
+
+# ---- remotes ---------------------------------------------------------------------------
+def resolve_remote(remote: str) -> str:
+    """A remote as the library wants it: an absolute path for a folder, a URL as given.
+
+    Raises:
+        RemoteStateError: a folder that does not exist.
+    """
+    from distribute.remote import is_local_path
+
+    if not remote:
+        raise UsageError(f"no remote given: pass REMOTE or set {ENV_REMOTE}")
+    if not is_local_path(remote):
+        return remote
+    path = Path(remote).expanduser()
+    if not path.exists():
+        hint = ""
+        if os.environ.get(ENV_REMOTE):
+            hint = (
+                f" ({ENV_REMOTE} fills REMOTE only when no positional argument is given; "
+                "here the first argument was read as REMOTE)"
+            )
+        raise RemoteStateError(
+            f"no remote at {remote!r}: that folder does not exist; create one with "
+            f"`distribute init {remote}`{hint}"
+        )
+    return str(path.resolve())
+
+
+@contextlib.contextmanager
+def open_remote(remote: str, branch: str | None = None) -> Iterator[RemoteView]:
+    from distribute.remote import remote_view
+
+    with remote_view(resolve_remote(remote), branch) as view:
+        yield view
+
+
+def validate_jobs(jobs: Sequence[str]) -> list[str]:
+    """Check every name before anything is written; one error names the first bad one.
+
+    Raises:
+        InvalidName: one or more names cannot be stored in a ledger line.
+    """
+    bad: list[InvalidName] = []
+    for job in jobs:
+        try:
+            check_name(job, "job")
+        except InvalidName as exc:
+            bad.append(exc)
+    if len(bad) == 1:
+        raise InvalidName(f"{bad[0]}; nothing was queued", name=bad[0].context.get("name"))
+    if bad:
+        raise InvalidName(
+            f"{len(bad)} job names are invalid, nothing was queued; the first: {bad[0]}",
+            name=bad[0].context.get("name"),
+        )
+    return list(jobs)
+
+
+def read_job_file(path: str) -> list[str]:
+    """Job names from a file (``-`` is stdin), one per line; blank lines are skipped."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read the job file {path!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"the job file {path!r} is not UTF-8 text") from None
+    return [line.rstrip("\r") for line in text.split("\n") if line.strip()]
+
+
+# ---- fenced edits of the queue and the ledgers ---------------------------------------
+Edit = Callable[[Ledger, list[str]], "tuple[Ledger, list[str], str] | None"]
+
+
+class _LockLost(Exception):
+    """Internal: the lock was broken while we edited under it."""
+
+
+class FencedEdit:
+    """Edit ``jobs.txt`` and the ledgers under the remote lock, in one atomic push.
+
+    Args:
+        view: the remote.
+        who: the lock holder name written to the lock record.
+        wait: seconds to wait for a lock whose record does not change before
+            giving up (a dead holder's lock; ``distribute unlock`` breaks it).
+    """
+
+    def __init__(
+        self,
+        view: RemoteView,
+        who: str,
+        wait: float = 60.0,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.view = view
+        self.who = who
+        self.wait = wait
+        self.session = uuid.uuid4().hex
+        self._sleep = sleep
+        self._clock = clock
+
+    def apply(self, edit: Edit) -> bool:
+        """Apply ``edit(ledger, queue) -> (ledger, queue, message) | None``.
+
+        ``edit`` may run more than once (on newer states after lost races); it
+        must be a pure function of its arguments.  Returns ``True`` when a
+        commit was pushed, ``False`` when ``edit`` had nothing to change.
+        """
+        self.view.ledger(self.view.main())  # a remote without ledgers: say so before locking
+        backoff = Backoff(0.05, 1.0)
+        for _ in range(100):
+            held = self._acquire()
+            try:
+                return self._edit(held, edit)
+            except _LockLost:
+                self._sleep(backoff.next())
+            except BaseException:
+                self._release(held)
+                raise
+        raise RemoteStateError("the lock kept being broken while editing; try again")
+
+    def _acquire(self) -> tuple[Oid, LockState]:
+        transport = self.view.transport
+        backoff = Backoff(0.05, 1.0)
+        seen: str | None = None
+        since = started = self._clock()
+        while True:
+            if self._clock() - started > 5 * self.wait:
+                raise RemoteStateError(
+                    f"the lock stayed busy for {5 * self.wait:.0f} s (workers kept taking it); "
+                    "try again"
+                )
+            oid, state = self.view.lock()
+            if oid is None:
+                raise RemoteStateError(
+                    "the remote has no lock (refs/distribute/lock); prepare it with "
+                    "`distribute init REMOTE`"
+                )
+            if state.free:
+                held = state.acquired_by(self.who, self.session)
+                new = transport.write_commit(parents=[oid], message=lock_message(held), changes={})
+                if transport.push([_update(LOCK_REF, oid, new)]):
+                    return new, held
+                continue
+            now = self._clock()
+            if oid != seen:
+                seen, since = oid, now
+            elif now - since >= self.wait:
+                raise RemoteStateError(
+                    f"the lock is held by {state.holder!r} (token {state.token}) and has not "
+                    f"changed for {self.wait:.0f} s; if that worker is dead, break the lock "
+                    "with `distribute unlock REMOTE`, or try again later"
+                )
+            self._sleep(backoff.next())
+
+    def _edit(self, held: tuple[Oid, LockState], edit: Edit) -> bool:
+        from distribute.sources import format_queue, read_queue
+
+        transport = self.view.transport
+        held_oid, state = held
+        released = transport.write_commit(
+            parents=[held_oid], message=lock_message(state.released()), changes={}
+        )
+        for _ in range(50):
+            main = self.view.main()
+            ledger = self.view.ledger(main)
+            queue = read_queue((transport.read_file(main, JOBS_FILE) or b"").decode("utf-8"))
+            out = edit(ledger, queue)
+            changes: dict[str, bytes | None] = {}
+            if out is not None:
+                new_ledger, new_queue, message = out
+                changes = new_ledger.changed_files(ledger)
+                if new_queue != queue:
+                    changes[JOBS_FILE] = format_queue(new_queue).encode("utf-8")
+            if not changes:
+                self._release(held)
+                return False
+            assert out is not None
+            new_main = transport.write_commit(
+                parents=[main], base=main, changes=changes, message=out[2]
+            )
+            if transport.push(
+                [_update(self.view.main_ref, main, new_main), _update(LOCK_REF, held_oid, released)]
+            ):
+                return True
+            if transport.list_refs(LOCK_REF).get(LOCK_REF) != held_oid:
+                raise _LockLost()
+        raise RemoteStateError("the main branch kept moving; try again")
+
+    def _release(self, held: tuple[Oid, LockState]) -> None:
+        transport = self.view.transport
+        held_oid, state = held
+        with contextlib.suppress(DistributeError):
+            released = transport.write_commit(
+                parents=[held_oid], message=lock_message(state.released()), changes={}
+            )
+            transport.push([_update(LOCK_REF, held_oid, released)])
+
+
+def _update(ref: str, old: Oid | None, new: Oid | None) -> RefUpdate:
+    return RefUpdate(ref, old, new)
+
+
+def cli_holder() -> str:
+    """The lock holder name the command line writes: ``cli@<host>-<pid>``."""
+    return f"cli@{platform.node() or 'host'}-{os.getpid()}"
+
+
+def queue_edit(jobs: Sequence[str], result: dict[str, list[str]]) -> Edit:
+    """An edit that appends the jobs not yet queued, running, done or failed."""
+
+    def edit(ledger: Ledger, queue: list[str]) -> tuple[Ledger, list[str], str] | None:
+        known = set(queue) | {e.job for e in (*ledger.running, *ledger.done, *ledger.failed)}
+        added = [j for j in dict.fromkeys(jobs) if j not in known]
+        result["added"] = added
+        result["skipped"] = [j for j in dict.fromkeys(jobs) if j in known]
+        if not added:
+            return None
+        return ledger, queue + added, f"distribute: queue {len(added)} job(s)"
+
+    return edit
+
+
+def requeue_edit(
+    jobs: Sequence[str] | None, force: bool, result: dict[str, list[str]]
+) -> Edit:
+    """An edit that forgets failed (or released) jobs and puts them at the front of the queue.
+
+    ``jobs=None`` means every failed job.  A job a live worker holds needs
+    ``force``; a done or unknown job is an error.  Nothing changes unless every
+    job can be requeued.
+    """
+
+    def edit(ledger: Ledger, queue: list[str]) -> tuple[Ledger, list[str], str] | None:
+        targets = [e.job for e in ledger.failed] if jobs is None else list(dict.fromkeys(jobs))
+        problems: list[str] = []
+        chosen: list[str] = []
+        skipped: list[str] = []
+        for job in targets:
+            state = ledger.state_of(job)
+            entry = ledger.running_entry(job)
+            if state == "failed" or (entry is not None and (entry.released or force)):
+                chosen.append(job)
+            elif entry is not None:
+                problems.append(
+                    f"{job!r} is running on worker {entry.worker!r} (attempt {entry.attempt}); "
+                    "pass --force only if that worker is gone"
+                )
+            elif state == "done":
+                problems.append(f"{job!r} is done")
+            elif job in queue:
+                skipped.append(job)
+            else:
+                problems.append(f"{job!r} is not known to this remote")
+        if problems:
+            raise UsageError("cannot requeue: " + "; ".join(problems) + "; nothing was changed")
+        result["requeued"], result["skipped"] = chosen, skipped
+        if not chosen:
+            return None
+        new = ledger
+        for job in chosen:
+            new = new.requeue(job)
+        rest = [j for j in queue if j not in set(chosen)]
+        return new, chosen + rest, f"distribute: requeue {len(chosen)} job(s)"
+
+    return edit
+
+
+# ---- reading the remote's state ------------------------------------------------------------
+def _branch_of(entry: Entry) -> str | None:
+    if not entry.worker:
+        return None
+    return job_branch(entry.worker, entry.job, entry.token)
+
+
+def status_document(
+    *,
+    remote: str,
+    branch: str,
+    main: str,
+    ledger: Ledger,
+    queue: Sequence[str],
+    lock: LockState,
+    beats: dict[str, Beat],
+    watched_seconds: float = 0.0,
+    lock_changed: bool | None = None,
+    renewed: dict[str, bool] | None = None,
+) -> dict[str, Any]:
+    """The ``status --json`` document (schema 1; see the module docstring).
+
+    Args:
+        beats: liveness records by worker name.
+        renewed: by worker name, whether its record changed during the watch
+            (``None``: a single observation).
+    """
+
+    def lease(entry: Entry) -> str:
+        if entry.released:
+            return "released"
+        beat = beats.get(entry.worker)
+        if beat is None:
+            return "no-record"
+        if beat.revoked:
+            return "revoked"
+        if renewed is None:
+            return "unknown"
+        return "renewed" if renewed.get(entry.worker) else "unchanged"
+
+    return {
+        "schema": STATUS_SCHEMA,
+        "remote": scrub_url(remote),
+        "branch": branch,
+        "main": main,
+        "watched_seconds": watched_seconds,
+        "counts": {
+            "queued": len(queue),
+            "running": len(ledger.running),
+            "done": len(ledger.done),
+            "failed": len(ledger.failed),
+        },
+        "queued": list(queue),
+        "running": [
+            {
+                "job": e.job,
+                "worker": e.worker or None,
+                "token": e.token,
+                "attempt": e.attempt,
+                "reason": e.reason,
+                "branch": _branch_of(e),
+                "lease": lease(e),
+            }
+            for e in ledger.running
+        ],
+        "done": [
+            {"job": e.job, "worker": e.worker, "token": e.token, "attempt": e.attempt,
+             "branch": _branch_of(e)}
+            for e in ledger.done
+        ],
+        "failed": [
+            {"job": e.job, "worker": e.worker, "token": e.token, "attempt": e.attempt,
+             "reason": e.reason, "branch": _branch_of(e)}
+            for e in ledger.failed
+        ],
+        "lock": {
+            "held": not lock.free,
+            "holder": lock.holder or None,
+            "token": lock.token,
+            "session": lock.session or None,
+            "renewal": lock.renewal,
+            "changed": lock_changed,
+        },
+        "workers": [
+            {
+                "name": b.worker,
+                "session": b.session,
+                "seq": b.seq,
+                "jobs": [e.job for e in ledger.running if e.worker == name],
+                "revoked_by": b.revoked_by or None,
+                "renewed": None if renewed is None else bool(renewed.get(name)),
+            }
+            for name, b in sorted(beats.items())
+        ],
+    }
+
+
+def observe_status(
+    view: RemoteView, remote: str, watch: float = 0.0, sleep: Callable[[float], None] = time.sleep
+) -> dict[str, Any]:
+    """Read the remote once (twice, ``watch`` seconds apart) and build the status document."""
+    from distribute.sources import read_queue
+
+    transport = view.transport
+    values = transport.fetch([view.main_ref, LOCK_REF, WORKERS_PREFIX + "*"])
+    main = values.get(view.main_ref)
+    if main is None:
+        raise RemoteStateError(
+            f"the remote has no branch {view.branch!r}; prepare it with `distribute init REMOTE`"
+        )
+    ledger = view.ledger(main)
+    queue = read_queue((transport.read_file(main, JOBS_FILE) or b"").decode("utf-8"))
+    lock_oid = values.get(LOCK_REF)
+    lock = parse_lock_message(transport.commit_message(lock_oid)) if lock_oid else LockState()
+    beats: dict[str, Beat] = {}
+    beat_refs: dict[str, str] = {}
+    for ref, oid in values.items():
+        if ref.startswith(WORKERS_PREFIX):
+            try:
+                beat = parse_beat_message(transport.commit_message(oid))
+            except DistributeError:
+                continue
+            beats[beat.worker] = beat
+            beat_refs[beat.worker] = ref
+    lock_changed: bool | None = None
+    renewed: dict[str, bool] | None = None
+    if watch > 0:
+        sleep(watch)
+        later = transport.list_refs(WORKERS_PREFIX)
+        later_lock = transport.list_refs(LOCK_REF).get(LOCK_REF)
+        lock_changed = later_lock != lock_oid
+        renewed = {w: later.get(ref) != values.get(ref) for w, ref in beat_refs.items()}
+    return status_document(
+        remote=remote, branch=view.branch, main=main, ledger=ledger, queue=queue, lock=lock,
+        beats=beats, watched_seconds=watch, lock_changed=lock_changed, renewed=renewed,
+    )
+
+
+def _cell(text: object) -> str:
+    return escape(str(text))
+
+
+def render_status(doc: dict[str, Any], console: Console, limit: int | None = 20) -> None:
+    """Print a status document as rich tables."""
+    c = doc["counts"]
+    console.print(
+        f"[bold]{_cell(doc['remote'])}[/bold]  branch {_cell(doc['branch'])} @ {doc['main'][:10]}"
+    )
+    console.print(
+        f"queued [cyan]{c['queued']}[/cyan] · running [yellow]{c['running']}[/yellow] · "
+        f"done [green]{c['done']}[/green] · failed [red]{c['failed']}[/red]"
+    )
+    rows: list[tuple[str, str, str, str, str, str]] = []
+    for r in doc["running"]:
+        note = r["lease"] + (f" · last: {r['reason']}" if r["reason"] else "")
+        rows.append(("running", r["job"], r["worker"] or "-", str(r["attempt"]), str(r["token"]),
+                     note))
+    for r in doc["failed"]:
+        rows.append(("failed", r["job"], r["worker"], str(r["attempt"]), str(r["token"]),
+                     r["reason"]))
+    shown_queue = doc["queued"] if limit is None else doc["queued"][:limit]
+    rows += [("queued", j, "", "", "", "") for j in shown_queue]
+    done = doc["done"] if limit is None else doc["done"][-limit:]
+    rows += [("done", r["job"], r["worker"], str(r["attempt"]), str(r["token"]), "")
+             for r in done]
+    if rows:
+        table = Table(title="jobs", title_justify="left", expand=False)
+        for col in ("state", "job", "worker", "attempt", "token", "lease / reason"):
+            table.add_column(col, overflow="fold")
+        style = {"running": "yellow", "failed": "red", "queued": "cyan", "done": "green"}
+        for row in rows:
+            table.add_row(*(_cell(x) for x in row), style=style[row[0]])
+        console.print(table)
+        hidden = (len(doc["queued"]) - len(shown_queue)) + (len(doc["done"]) - len(done))
+        if hidden:
+            console.print(f"({hidden} more queued or done jobs not shown; use --all or --json)")
+    lock = doc["lock"]
+    if lock["held"]:
+        line = (f"lock: held by [bold]{_cell(lock['holder'])}[/bold] (token {lock['token']}, "
+                f"renewal {lock['renewal']})")
+    else:
+        line = f"lock: free (last token {lock['token']})"
+    if lock["changed"] is not None:
+        line += " · changed while watched" if lock["changed"] else " · unchanged while watched"
+    console.print(line)
+    if doc["workers"]:
+        table = Table(title="workers", title_justify="left")
+        for col in ("worker", "running", "beats", "liveness"):
+            table.add_column(col, overflow="fold")
+        for w in doc["workers"]:
+            state = f"revoked by {w['revoked_by']}" if w["revoked_by"] else (
+                "-" if w["renewed"] is None else ("renewed" if w["renewed"] else "unchanged")
+            )
+            table.add_row(_cell(w["name"]), _cell(", ".join(w["jobs"]) or "-"), str(w["seq"]),
+                          _cell(state))
+        console.print(table)
+
+
+def find_log(view: RemoteView, job: str) -> tuple[bytes, str]:
+    """The job's ``log.txt`` and where it came from (``main`` or a job branch).
+
+    Done jobs are read from the main branch; others from their job branch:
+    the one the ledger names, else the newest job branch of that job.
+
+    Raises:
+        UsageError: the job is unknown or has no log yet.
+    """
+    from distribute.sources import read_queue
+
+    transport = view.transport
+    main = view.main()
+    ledger = view.ledger(main)
+    path = f"{job_dir(job)}/{LOG_FILE}"
+    state = ledger.state_of(job)
+    if state == "done":
+        data = transport.read_file(main, path)
+        if data is not None:
+            return data, view.branch
+    entry = ledger.running_entry(job) or next((e for e in ledger.failed if e.job == job), None)
+    candidates: list[str] = []
+    if entry is not None and entry.worker:
+        candidates.append(job_branch(entry.worker, job, entry.token))
+    encoded = encode_component(job)
+    branches = transport.list_refs("refs/heads/" + JOB_BRANCH_PREFIX)
+    mine: list[tuple[int, str]] = []
+    for ref in branches:
+        parts = ref[len("refs/heads/"):].split("/")
+        if len(parts) == 4 and parts[2] == encoded and parts[3].isdigit():
+            mine.append((int(parts[3]), "/".join(parts)))
+    preferred = [b for t, b in mine if entry is not None and t == entry.token]
+    candidates += preferred + [b for _, b in sorted(mine, reverse=True)]
+    for name in dict.fromkeys(candidates):
+        ref = "refs/heads/" + name
+        tip = transport.fetch([ref]).get(ref)
+        if tip is None:
+            continue
+        data = transport.read_file(tip, path)
+        if data is not None:
+            return data, name
+    queue = read_queue((transport.read_file(main, JOBS_FILE) or b"").decode("utf-8"))
+    if state is None and job not in queue:
+        raise UsageError(f"job {job!r} is not known to this remote (not queued, running, done "
+                         "or failed)")
+    where = state or "queued"
+    raise UsageError(f"job {job!r} is {where} and has no {LOG_FILE} yet")
+
+
+def break_lock(view: RemoteView) -> tuple[LockState, LockState | None]:
+    """CAS the lock from its observed value to free with the next token.
+
+    Returns:
+        ``(observed, new)``; ``new`` is ``None`` when the lock was free already.
+
+    Raises:
+        RemoteStateError: no lock ref, or the lock changed meanwhile.
+    """
+    oid, state = view.lock()
+    if oid is None:
+        raise RemoteStateError(
+            "the remote has no lock (refs/distribute/lock); prepare it with `distribute init`"
+        )
+    if state.free:
+        return state, None
+    new = LockState(token=state.token + 1)
+    transport = view.transport
+    commit = transport.write_commit(parents=[oid], message=lock_message(new), changes={})
+    if not transport.push([_update(LOCK_REF, oid, commit)]):
+        _, now = view.lock()
+        who = f"held by {now.holder!r} (token {now.token})" if not now.free else "free"
+        raise RemoteStateError(
+            f"the lock changed while it was being broken (it is now {who}); nothing was "
+            "written -- look again with `distribute status` before retrying"
+        )
+    return state, new
+
+
+# ---- default local copy -------------------------------------------------------------------
+def user_cache_dir() -> Path:
+    """The per-user cache folder (``$XDG_CACHE_HOME`` or ``~/.cache`` on Linux)."""
+    if sys.platform == "darwin":
+        base = Path.home() / "Library" / "Caches"
+    elif os.name == "nt":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "distribute"
+
+
+def default_copy_path(remote: str, worker: str) -> Path:
+    """``<user cache dir>/distribute/<remote name>-<hash>/<worker>``."""
+    digest = hashlib.sha256(remote.encode("utf-8")).hexdigest()[:12]
+    tail = remote.rstrip("/").replace("\\", "/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+    label = encode_component(tail or "remote")[:40]
+    return user_cache_dir() / f"{label}-{digest}" / encode_component(worker)
+
+
+# ---- the commands --------------------------------------------------------------------------
+def _remote_argument() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.argument("remote", envvar=ENV_REMOTE, metavar="REMOTE")
+
+
+def _branch_option() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(
+        "--branch", default=None, metavar="NAME",
+        help="The main branch (default: the remote's default branch).",
+    )
+
+
+@click.group(
+    context_settings=_CONTEXT,
+    epilog="""\b
+Examples:
+  distribute demo                               # see it work, on a temporary remote
+  distribute init ./remote.git a b c            # a bare repo with three jobs queued
+  distribute work ./remote.git -- python train.py {job}
+  distribute status ./remote.git
+
+REMOTE is a folder (a bare repository) or a git URL; the environment variable
+DISTRIBUTE_REMOTE fills it in when no positional argument is given.
+Exit codes: 0 ok, 1 error, 2 usage error, 128+N stopped by signal N.""",
+)
+@click.option("-v", "--verbose", count=True, help="Say more; -v shows tracebacks of errors.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only results and errors.")
+@click.version_option(__version__, "-V", "--version", prog_name="distribute")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
+    """Run jobs on many machines, coordinated by one git remote."""
+    global _VERBOSITY
+    _VERBOSITY = -1 if quiet else verbose
+    ctx.obj = Output(_VERBOSITY)
+
+
+@cli.command(
+    context_settings=_CONTEXT,
+    epilog="""\b
+Examples:
+  distribute init ./remote.git                   # creates the bare repo if missing
+  distribute init ./remote.git --branch main a b # and queues jobs a and b
+  distribute init git@github.com:me/runs.git     # an empty repository on a server""",
+)
+@_remote_argument()
+@click.argument("jobs", nargs=-1, metavar="[JOB]...")
+@click.option("--branch", default="main", show_default=True, help="The main branch.")
+@click.pass_context
+def init(ctx: click.Context, remote: str, jobs: tuple[str, ...], branch: str) -> None:
+    """Prepare REMOTE for workers: ledgers, jobs.txt and the lock.
+
+    A local path that does not exist becomes a new bare repository.  What
+    exists is kept, so running init again is harmless.
+    """
+    from distribute.remote import init_remote, is_local_path
+
+    out = _output(ctx)
+    validate_jobs(jobs)
+    check_name(branch, "branch")
+    if is_local_path(remote):
+        path = Path(remote).expanduser()
+        if path.is_dir() and not any(path.iterdir()):  # `mkdir remote.git` first is fine
+            from distribute.transport.git import init_bare_repo
+
+            init_bare_repo(path, branch)
+        remote = str(path)
+    url = init_remote(remote, branch)
+    out.result(f"prepared {scrub_url(url)} (branch {branch})")
+    if jobs:
+        with open_remote(url, branch) as view:
+            result: dict[str, list[str]] = {}
+            FencedEdit(view, cli_holder()).apply(queue_edit(jobs, result))
+        out.result(f"queued {len(result['added'])} job(s)")
+
+
+@cli.command(
+    context_settings=_CONTEXT,
+    epilog="""\b
+Examples:
+  distribute add ./remote.git "lr=0.1 seed=1" "lr=0.01 seed=1"
+  distribute add ./remote.git --file jobs-to-run.txt
+  seq 1 100 | distribute add ./remote.git --file -
+  distribute add ./remote.git -- --job-starting-with-a-dash""",
+)
+@_remote_argument()
+@click.argument("jobs", nargs=-1, metavar="[JOB]...")
+@click.option("-f", "--file", "files", multiple=True, metavar="F",
+              help="Read job names from F, one per line ('-': stdin). Repeatable.")
+@click.option("--wait", default=60.0, show_default=True, metavar="S",
+              help="Seconds to wait for a lock that does not change.")
+@_branch_option()
+@click.pass_context
+def add(
+    ctx: click.Context, remote: str, jobs: tuple[str, ...], files: tuple[str, ...],
+    wait: float, branch: str | None,
+) -> None:
+    """Queue JOBs at the end of jobs.txt.
+
+    Jobs already queued, running, done or failed are skipped.  Every name is
+    checked before anything is written: one invalid name and nothing is queued.
+    The edit is made under the remote lock, so it never races a worker taking
+    a job from the queue.
+    """
+    out = _output(ctx)
+    names = list(jobs)
+    for f in files:
+        names += read_job_file(f)
+    if not names:
+        raise click.UsageError("no jobs given: pass JOB arguments or --file F")
+    validate_jobs(names)
+    result: dict[str, list[str]] = {}
+    with open_remote(remote, branch) as view:
+        FencedEdit(view, cli_holder(), wait).apply(queue_edit(names, result))
+    skipped = result.get("skipped", [])
+    note = f" ({len(skipped)} already known, skipped)" if skipped else ""
+    out.result(f"queued {len(result.get('added', []))} job(s){note}")
+
+
+class _CommandAfterDashes(click.Command):
+    """A command whose arguments after ``--`` are a command line of its own."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            at = args.index("--")
+            ctx.meta["distribute.command"] = args[at + 1:]
+            return super().parse_args(ctx, args[:at])
+        ctx.meta["distribute.command"] = None
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            if "unexpected extra argument" in exc.message:
+                raise click.UsageError(
+                    f"{exc.message}; put the command to run after `--`", ctx
+                ) from None
+            raise
+
+
+@cli.command(
+    cls=_CommandAfterDashes,
+    context_settings=_CONTEXT,
+    epilog="""\b
+Examples:
+  distribute work ./remote.git -- python train.py --config {job}
+  distribute work ./remote.git --name gpu-1 --timeout 3600 -- ./run.sh {job}
+  distribute work ./remote.git --shell -- 'python train.py {job} | tee out.txt'
+  DISTRIBUTE_REMOTE=git@host:me/runs.git distribute work -- python train.py {job}
+
+\b
+The command gets the job as one argument ({job} is replaced inside each
+argument; with --shell it is shell-quoted) and in DISTRIBUTE_JOB, plus
+DISTRIBUTE_WORKER, DISTRIBUTE_ATTEMPT and DISTRIBUTE_JOB_DIR (the folder whose
+files are committed with the job). Its output goes to DISTRIBUTE_JOB_DIR/log.txt,
+committed every --commit-every seconds. Exit 0 finishes the job; anything else
+fails the attempt (it is retried up to --max-attempts times). work exits 0
+when no job is left, whatever the jobs' outcomes (see `distribute status`).
+
+\b
+The local copy defaults to <cache>/distribute/<remote>-<hash>/<name>, where
+<cache> is $XDG_CACHE_HOME or ~/.cache; without --name the worker gets a fresh
+name and that default copy is deleted on exit.
+SIGINT/SIGTERM reach the command; the attempt is then failed as "interrupted"
+(it runs again while attempts are left) and work exits with 128+signal.""",
+)
+@_remote_argument()
+@click.option("--path", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Local copy (a clone this worker owns). Default: see below.")
+@click.option("--name", default=None, help="Unique worker name (default: <host>-<pid>-<random>).")
+@click.option("--max-jobs", type=click.IntRange(min=1), default=None, metavar="K",
+              help="Stop after running K jobs (each attempt counts).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              metavar="S", help="Kill a job's command after S seconds and fail the attempt.")
+@click.option("--lease", type=click.FloatRange(min=0, min_open=True), default=120.0,
+              show_default=True, metavar="S", help="Lease period of the lock and of jobs.")
+@click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True,
+              metavar="N", help="Attempts per job before it is recorded as failed.")
+@click.option("--shell", is_flag=True, help="Run the command with /bin/sh -c.")
+@click.option("--commit-every", type=click.FloatRange(min=0, min_open=True), default=5.0,
+              show_default=True, metavar="S", help="Seconds between commits of the log.")
+@click.option("--grace", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              metavar="S", help="Seconds a stopped command has before it is killed.")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="Wait while other workers still run jobs (they may fail and be retried).")
+@_branch_option()
+@click.pass_context
+def work(
+    ctx: click.Context, remote: str, path: Path | None, name: str | None,
+    max_jobs: int | None, timeout: float | None, lease: float, max_attempts: int,
+    shell: bool, commit_every: float, grace: float, wait: bool, branch: str | None,
+) -> int:
+    """Take jobs from the jobs.txt queue and run a command for each.
+
+    Put the command after `--`.
+    """
+    from distribute.dist import default_worker_name, worker_from_url
+    from distribute.runner import JobRunner
+    from distribute.sources import QueueJobs
+
+    out = _output(ctx)
+    command = ctx.meta.get("distribute.command")
+    if not command:
+        raise click.UsageError(
+            "no command given: put the command to run after `--`, "
+            "e.g. distribute work REMOTE -- python train.py {job}"
+        )
+    url = resolve_remote(remote)
+    worker_name = check_name(name, "worker") if name is not None else default_worker_name()
+    scratch = path is None and name is None
+    copy = path if path is not None else default_copy_path(url, worker_name)
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    out.debug(f"worker {worker_name}, local copy {copy}")
+    try:
+        worker = worker_from_url(
+            url, path=copy, name=worker_name, branch=branch, lease_seconds=lease,
+            max_attempts=max_attempts, wait_for_running=wait,
+        )
+        try:
+            worker.get_running()  # a remote that is not ready fails here, before any output
+            out.info(f"worker {worker.name} on {scrub_url(url)}")
+            runner = JobRunner(
+                worker, command, QueueJobs(), shell=shell, timeout=timeout,
+                commit_every=commit_every, max_jobs=max_jobs, grace=grace, report=out.info,
+            )
+            summary = runner.run()
+        finally:
+            worker.close()
+    finally:
+        if scratch:
+            shutil.rmtree(copy, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                copy.parent.rmdir()  # only when empty
+    counts = ", ".join(
+        f"{summary.count(s)} {s}" for s in ("done", "retry", "failed", "lost", "interrupted")
+        if summary.count(s)
+    )
+    out.info(f"worker {worker.name}: {counts or 'no jobs run'}")
+    if summary.signum:
+        out.info(f"stopped by {signal.Signals(summary.signum).name}")
+    return summary.exit_code
+
+
+@cli.command(
+    context_settings=_CONTEXT,
+    epilog="""\b
+Examples:
+  distribute status ./remote.git
+  distribute status ./remote.git --watch 10     # tell live workers from silent ones
+  distribute status ./remote.git --json | jq '.counts'
+
+The JSON document has "schema": 1; its keys are described in the module
+docstring of distribute.cli (python -m pydoc distribute.cli).""",
+)
+@_remote_argument()
+@click.option("--json", "as_json", is_flag=True, help="Print the schema-1 JSON document.")
+@click.option("--watch", type=click.FloatRange(min=0), default=0.0, metavar="S",
+              help="Read liveness records twice, S seconds apart, to see who renews.")
+@click.option("--all", "show_all", is_flag=True, help="List every queued and done job.")
+@_branch_option()
+@click.pass_context
+def status(
+    ctx: click.Context, remote: str, as_json: bool, watch: float, show_all: bool,
+    branch: str | None,
+) -> None:
+    """Show queued, running, done and failed jobs, the lock and the workers.
+
+    \b
+    JSON schema 1 (every key always present):
+      schema: 1; remote, branch, main (commit id); watched_seconds
+      counts: {queued, running, done, failed}
+      queued: [job, ...]
+      running: [{job, worker|null, token, attempt, reason, branch|null,
+                 lease: released|revoked|no-record|unknown|renewed|unchanged}]
+      done:   [{job, worker, token, attempt, branch}]
+      failed: [{job, worker, token, attempt, reason, branch}]
+      lock: {held, holder|null, token, session|null, renewal, changed|null}
+      workers: [{name, session, seq, jobs, revoked_by|null, renewed|null}]
+    """
+    url = resolve_remote(remote)
+    with open_remote(url, branch) as view:
+        doc = observe_status(view, url, watch)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
+        return
+    render_status(doc, _output(ctx).out, None if show_all else 20)
+
+
+@cli.command(
+    context_settings=_CONTEXT,
+    epilog="""\b
+Examples:
+  distribute logs ./remote.git "lr=0.1 seed=1"
+  distribute logs ./remote.git my-job | tail -n 20""",
+)
+@_remote_argument()
+@click.argument("job")
+@_branch_option()
+@click.pass_context
+def logs(ctx: click.Context, remote: str, job: str, branch: str | None) -> None:
+    """Print a job's log.txt: from the main branch when done, else from its job branch."""
+    out = _output(ctx)
+    check_name(job, "job")
+    with open_remote(remote, branch) as view:
+        data, where = find_log(view, job)
+    out.debug(f"read from {where}")
+    sys.stdout.flush()
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+@cli.command(
+    context_settings=_CONTEXT,
+    epilog="""\b
+Examples:
+  distribute requeue ./remote.git --failed        # every failed job, attempts reset
+  distribute requeue ./remote.git "lr=0.1 seed=1"
+  distribute requeue ./remote.git stuck-job --force""",
+)
+@_remote_argument()
+@click.argument("jobs", nargs=-1, metavar="[JOB]...")
+@click.option("--failed", "all_failed", is_flag=True, help="Requeue every failed job.")
+@click.option("--force", is_flag=True,
+              help="Also requeue jobs that a worker still holds (only if it is gone).")
+@click.option("--wait", default=60.0, show_default=True, metavar="S",
+              help="Seconds to wait for a lock that does not change.")
+@_branch_option()
+@click.pass_context
+def requeue(
+    ctx: click.Context, remote: str, jobs: tuple[str, ...], all_failed: bool, force: bool,
+    wait: float, branch: str | None,
+) -> None:
+    """Run failed jobs again: forget them in the ledgers, put them first in jobs.txt.
+
+    One commit, made under the remote lock.  Attempts start again at 1.
+    """
+    out = _output(ctx)
+    if bool(jobs) == all_failed:
+        raise click.UsageError("give JOB names or --failed (one of the two)")
+    validate_jobs(jobs)
+    result: dict[str, list[str]] = {}
+    with open_remote(remote, branch) as view:
+        FencedEdit(view, cli_holder(), wait).apply(
+            requeue_edit(None if all_failed else jobs, force, result)
+        )
+    done = result.get("requeued", [])
+    skipped = result.get("skipped", [])
+    note = f" ({len(skipped)} already queued)" if skipped else ""
+    if not done and not skipped:
+        out.result("no failed jobs to requeue")
+    else:
+        out.result(f"requeued {len(done)} job(s){note}")
+
+
+@cli.command(
+    context_settings=_CONTEXT,
+    epilog="""\b
+Example:
+  distribute unlock ./remote.git
+
+A worker that still held the lock finds its next push refused (the token
+moved on); jobs it runs are not affected.""",
+)
+@_remote_argument()
+@_branch_option()
+@click.pass_context
+def unlock(ctx: click.Context, remote: str, branch: str | None) -> None:
+    """Break the remote lock (compare-and-swap to free, next token)."""
+    out = _output(ctx)
+    with open_remote(remote, branch) as view:
+        before, after = break_lock(view)
+    if after is None:
+        out.result(f"the lock is free already (last token {before.token}); nothing to do")
+        return
+    out.result(
+        f"broke the lock held by {before.holder!r} (token {before.token}, session "
+        f"{before.session[:12] or '-'}); it is free now, next token {after.token}"
+    )
+
+
+# ---- demo ------------------------------------------------------------------------------
+def demo_jobs(n: int) -> list[str]:
+    """Job names in the style of a hyperparameter sweep."""
+    rates = ["0.1", "0.03", "0.01", "0.003"]
+    return [f"mlp lr={rates[i % len(rates)]} seed={i // len(rates)}" for i in range(n)]
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    here = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def _done_count(view: RemoteView) -> int:
+    main = view.transport.fetch([view.main_ref]).get(view.main_ref)
+    if main is None:
+        return 0
+    return len(view.ledger(main).done)
+
+
+@cli.command(
+    context_settings=_CONTEXT,
+    epilog="""\b
+Examples:
+  distribute demo
+  distribute demo --workers 4 --jobs 20""",
+)
+@click.option("--workers", type=click.IntRange(1, 32), default=3, show_default=True)
+@click.option("--jobs", type=click.IntRange(1, 500), default=12, show_default=True)
+@click.option("--seconds", type=click.FloatRange(min=0), default=0.2, show_default=True,
+              help="Fake work per job.")
+@click.option("--deadline", type=click.FloatRange(min=1), default=55.0, show_default=True,
+              help="Give up after this many seconds.")
+@click.pass_context
+def demo(ctx: click.Context, workers: int, jobs: int, seconds: float, deadline: float) -> None:
+    """Queue jobs on a new local remote and watch worker processes run them.
+
+    The remote (a bare repository) stays in a temporary folder afterwards, so
+    that you can look at its history.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from distribute.remote import init_remote
+
+    out = _output(ctx)
+    root = Path(tempfile.mkdtemp(prefix="distribute-demo-"))
+    remote = root / "remote.git"
+    names = demo_jobs(jobs)
+    init_remote(str(remote), "main", names)
+    (root / "logs").mkdir()
+    out.info(f"remote {remote}: {jobs} jobs queued; starting {workers} workers")
+    procs: list[tuple[subprocess.Popen[bytes], Path]] = []
+    try:
+        for i in range(1, workers + 1):
+            log = root / "logs" / f"worker-{i}.txt"
+            with open(log, "wb") as sink:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "distribute", "-q", "_demo-worker", str(remote),
+                     "--path", str(root / "copies" / f"worker-{i}"), "--name", f"worker-{i}",
+                     "--seconds", str(seconds)],
+                    stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
+                    env=_child_env(),
+                )
+            procs.append((proc, log))
+        started = time.monotonic()
+        with open_remote(str(remote)) as view, Progress(
+            TextColumn("jobs done"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=out.out, disable=out.verbosity < 0,
+        ) as progress:
+            task = progress.add_task("done", total=jobs)
+            while True:
+                finished = all(p.poll() is not None for p, _ in procs)
+                progress.update(task, completed=_done_count(view))
+                if finished:
+                    break
+                if time.monotonic() - started > deadline:
+                    raise DistributeError(
+                        f"the demo did not finish within {deadline:.0f} s; worker logs are in "
+                        f"{root / 'logs'}"
+                    )
+                time.sleep(0.2)
+            doc = observe_status(view, str(remote))
+    finally:
+        for p, _ in procs:
+            if p.poll() is None:
+                p.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(timeout=5)
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+    broken = [(p, log) for p, log in procs if p.returncode != 0]
+    if broken:
+        p, log = broken[0]
+        tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:]
+        raise DistributeError(
+            f"{len(broken)} demo worker(s) failed (first: exit {p.returncode}: "
+            f"{tail[0] if tail else 'no output'}); logs in {root / 'logs'}"
+        )
+    elapsed = time.monotonic() - started
+    if out.verbosity >= 0:
+        render_status(doc, out.out)
+    where = shlex.quote(str(remote))
+    git = f"git --git-dir {where}"
+    out.result(
+        f"\n{doc['counts']['done']} of {jobs} jobs done by {workers} workers in {elapsed:.1f} s.\n"
+        f"The remote is {remote}\n"
+        f"  history:       {git} log --oneline --graph main\n"
+        f"  lock history:  {git} log --oneline refs/distribute/lock\n"
+        f"  a job's files: {git} ls-tree -r --name-only main updates/\n"
+        f"  a job's log:   distribute logs {where} {shlex.quote(names[0])}\n"
+        f"  status:        distribute status {where}\n"
+        f"Remove it with: rm -rf {shlex.quote(str(root))}"
+    )
+    if doc["counts"]["done"] != jobs:
+        raise DistributeError(f"only {doc['counts']['done']} of {jobs} jobs were done")
+
+
+@cli.command("_demo-worker", hidden=True, context_settings=_CONTEXT)
+@click.argument("remote")
+@click.option("--path", required=True)
+@click.option("--name", required=True)
+@click.option("--seconds", type=float, default=0.2)
+def demo_worker(remote: str, path: str, name: str, seconds: float) -> None:
+    """One demo worker: the seed README's loop with a fake expensive function."""
+    from distribute.dist import worker_from_url
+    from distribute.runner import seed_loop
+
+    worker = worker_from_url(remote, path=path, name=name, lease_seconds=10, poll_seconds=0.05)
+    try:
+        seed_loop(worker, seconds)
+    finally:
+        worker.close()
+
+
+# ---- sim ------------------------------------------------------------------------------
+@cli.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+    epilog="""\b
+Examples:
+  distribute sim --help
+  distribute sim --workers 6 --jobs 60 --lease 1.5 --kill-rate 0.3 --seed 1""",
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def sim(ctx: click.Context, args: tuple[str, ...]) -> int:
+    """Run the simulator (sim/): many workers, injected faults, a history check.
+
+    Every argument is passed on to the simulator; `distribute sim --help` shows its options.
+    """
+    try:
+        from sim.__main__ import main as sim_main
+    except ImportError as exc:
+        if exc.name not in ("sim", "sim.__main__"):
+            raise
+        raise DistributeError(
+            "the simulator is not available: the package `sim` is not installed "
+            "(it ships with the source tree; run from a checkout or install it)"
+        ) from None
+    if args[:1] in (("-h",), ("--help",)):
+        click.echo(ctx.get_help())
+        click.echo("")
+    try:
+        return int(sim_main(list(args)) or 0)
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+
+
+# ---- entry point ----------------------------------------------------------------------------
+def _error(message: str) -> None:
+    text = " ".join(scrub_url(message).split("\n"))
+    click.echo(f"error: {text}", err=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code (the console script exits with it)."""
+    global _VERBOSITY
+    _VERBOSITY = 0
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        rv = cli.main(args=args, prog_name="distribute", standalone_mode=False)
+    except click.UsageError as exc:
+        hint = ""
+        if exc.ctx is not None:
+            hint = f" (see '{exc.ctx.command_path} --help')"
+        _error(exc.format_message() + hint)
+        return exc.exit_code
+    except click.ClickException as exc:
+        _error(exc.format_message())
+        return exc.exit_code
+    except click.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except DistributeError as exc:
+        if _VERBOSITY >= 1:
+            traceback.print_exc()
+        _error(str(exc))
+        return 1
+    except BrokenPipeError:
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence prints one line
+        if _VERBOSITY >= 1:
+            traceback.print_exc()
+        _error(f"unexpected {type(exc).__name__}: {exc} (run with -v for the traceback)")
+        return 1
+    return rv if isinstance(rv, int) else 0
+
+
+__all__ = [
+    "STATUS_SCHEMA",
+    "FencedEdit",
+    "break_lock",
+    "cli",
+    "default_copy_path",
+    "find_log",
+    "main",
+    "observe_status",
+    "queue_edit",
+    "render_status",
+    "requeue_edit",
+    "resolve_remote",
+    "status_document",
+    "validate_jobs",
+]

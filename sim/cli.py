@@ -1,0 +1,124 @@
+"""The ``python -m sim`` command line (also behind ``distribute sim``); see :mod:`sim.__main__`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from sim.report import print_report, summary, write_timeline
+from sim.runner import SimConfig, run
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m sim",
+        description="Simulate many Distribute workers against one remote, with faults, "
+        "and check DESIGN.md's guarantees on the history.",
+    )
+    d = SimConfig()
+    p.add_argument("--workers", type=int, default=d.workers, help="worker processes")
+    p.add_argument("--jobs", type=int, default=d.jobs, help="jobs queued in jobs.txt (job-0000..)")
+    p.add_argument("--next-job-func", default="", metavar="MODULE:FUNCTION",
+                   help="a next-job function instead of the jobs.txt queue")
+    p.add_argument("--job-func", default="", metavar="MODULE:FUNCTION",
+                   help="job function called as f(worker, job); default sleeps")
+    p.add_argument("--job-seconds", type=float, default=d.job_seconds,
+                   help="mean sleep of the default job (exponential)")
+    p.add_argument("--job-fail-rate", type=float, default=d.job_fail_rate,
+                   help="probability that the default job fails (fail_job)")
+    p.add_argument("--seed", type=int, default=None, help="seed of every random draw")
+    p.add_argument("--duration", type=float, default=d.duration,
+                   help="cap in seconds; the run stops by itself")
+    p.add_argument("--remote", choices=("file", "daemon"), default=d.remote,
+                   help="a bare repo by path, or served by git daemon on 127.0.0.1")
+    p.add_argument("--keep", action="store_true", help="keep the remote and local copies")
+    p.add_argument("--lease", type=float, default=d.lease, help="lease period in seconds")
+    p.add_argument("--poll", type=float, default=d.poll, help="first lock polling delay")
+    p.add_argument("--max-attempts", type=int, default=d.max_attempts)
+    p.add_argument("--kill-rate", type=float, default=0.0, help="kill -9 per second (fleet)")
+    p.add_argument("--pause-rate", type=float, default=0.0, help="SIGSTOP per second (fleet)")
+    p.add_argument("--push-fail-rate", type=float, default=0.0,
+                   help="probability a push fails before sending")
+    p.add_argument("--unknown-rate", type=float, default=0.0,
+                   help="probability a push's outcome is unknown")
+    p.add_argument("--latency", type=float, default=0.0,
+                   help="mean seconds added to each fetch and push")
+    p.add_argument("--lie-rate", type=float, default=0.0, help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--out", default="", metavar="DIR", help="write journals, SVG and summary here")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no table")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> SimConfig:
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**6)
+    return SimConfig(
+        workers=args.workers, jobs=args.jobs, next_job_func=args.next_job_func,
+        job_func=args.job_func, job_seconds=args.job_seconds, job_fail_rate=args.job_fail_rate,
+        seed=seed, duration=args.duration, remote=args.remote, keep=args.keep, lease=args.lease,
+        poll=args.poll, max_attempts=args.max_attempts, kill_rate=args.kill_rate,
+        pause_rate=args.pause_rate, push_fail_rate=args.push_fail_rate,
+        unknown_rate=args.unknown_rate, latency=args.latency, lie_rate=args.lie_rate,
+        out=args.out,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the simulator; return the exit status (0 ok, 1 violations, 2 usage)."""
+    args = parser().parse_args(argv)
+    config = config_from_args(args)
+    try:
+        config.validate()
+    except ValueError as exc:
+        print(f"python -m sim: {exc}", file=sys.stderr)
+        return 2
+    err = Console(stderr=True)
+    out = Console()
+    show = not args.quiet
+    if show:
+        err.print(f"seed {config.seed}: {config.command()}", soft_wrap=True, highlight=False)
+    if show:
+        with Progress(
+            TextColumn("[progress.description]{task.description}"), BarColumn(),
+            MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True,
+        ) as bar:
+            task = bar.add_task("jobs done", total=len(config.queue) or None)
+
+            def progress(done: int, total: int | None, counts: dict[str, int]) -> None:
+                bar.update(task, completed=done, total=total,
+                           description=f"jobs done ({counts.get('kills', 0)} kills, "
+                           f"{counts.get('pauses', 0)} pauses)")
+
+            outcome = run(config, progress)
+    else:
+        outcome = run(config)
+    data = summary(outcome)
+    if config.out:
+        folder = Path(config.out)
+        data["timeline"] = str(write_timeline(folder / "timeline.svg", outcome))
+        (folder / "summary.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    if args.json:
+        print(json.dumps(data, indent=2))
+    elif show:
+        print_report(outcome, out)
+    if outcome.kept:
+        err.print(f"kept the remote and local copies in {outcome.workdir}")
+    if config.out and show:
+        err.print(f"journals, timeline.svg and summary.json in {config.out}")
+    if not outcome.ok:
+        err.print(f"[red]{len(outcome.result.violations)} violation(s)[/red]; seed {config.seed}; "
+                  f"reproduce with:\n  {config.command()}", soft_wrap=True, highlight=False)
+        if args.quiet and not args.json:
+            for v in outcome.result.violations[:20]:
+                print(f"{v.rule}: {v.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+__all__ = ["config_from_args", "main", "parser"]

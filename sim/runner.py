@@ -1,0 +1,483 @@
+"""The simulator's shell: a remote, worker processes, faults, and the final state.
+
+Theory of operation
+-------------------
+:func:`run` prepares a bare repository (served from the file system or by a
+``git daemon`` on 127.0.0.1), starts one OS process per worker
+(``python -m sim.worker``, each with its own local copy and journal), and
+then loops -- at most until the duration cap -- reaping processes and
+injecting faults drawn from one seeded :class:`random.Random`:
+
+* kill: ``SIGKILL`` a running worker, then restart it after a short delay
+  with the same name and local copy (a new *life*, a new journal file);
+* pause: ``SIGSTOP`` a running worker for 1.5 to 3 leases, then ``SIGCONT``.
+
+Kills, pauses, resumes and restarts go to the injector's journal.  When every
+worker has left its loop (or the cap is hit) every process still there is
+killed, the daemon stopped, and the remote read with git: the ledgers on the
+main branch, the lock ref's history, the job branches and which journalled
+commits the main branch reaches.  That plain data and the journals go to the
+pure :func:`sim.checker.check`.  Every process this module starts is killed
+in a ``finally``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from sim.checker import CheckResult, check, proc_key
+from sim.journal import Journal, read_journals
+from sim.worker import CLONED_SUFFIX, RESULT_FILE, WorkerConfig
+
+#: The folder holding the ``sim`` package, put on workers' ``PYTHONPATH``.
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+BRANCH = "main"
+LOCK_REF = "refs/distribute/lock"
+
+Progress = Callable[[int, "int | None", dict[str, int]], None]
+
+
+@dataclass(slots=True)
+class SimConfig:
+    """One simulator run; the command-line options of ``python -m sim``."""
+
+    workers: int = 8
+    jobs: int = 80
+    next_job_func: str = ""
+    job_func: str = ""
+    job_seconds: float = 0.05
+    job_fail_rate: float = 0.0
+    seed: int = 0
+    duration: float = 120.0
+    remote: str = "file"
+    keep: bool = False
+    lease: float = 2.0
+    poll: float = 0.05
+    max_attempts: int = 50
+    kill_rate: float = 0.0
+    pause_rate: float = 0.0
+    push_fail_rate: float = 0.0
+    unknown_rate: float = 0.0
+    latency: float = 0.0
+    lie_rate: float = 0.0
+    out: str = ""
+    restart_delay: float = 0.3
+
+    def validate(self) -> None:
+        if self.workers < 1 or self.jobs < 0 or self.duration <= 0 or self.lease <= 0:
+            raise ValueError("need --workers >= 1, --jobs >= 0, --duration > 0, --lease > 0")
+        if self.remote not in ("file", "daemon"):
+            raise ValueError(f"--remote must be file or daemon, not {self.remote!r}")
+        rates = (self.push_fail_rate, self.unknown_rate, self.lie_rate, self.job_fail_rate)
+        if any(not 0 <= r <= 1 for r in rates) or self.kill_rate < 0 or self.pause_rate < 0:
+            raise ValueError("fault rates must be >= 0 (push and job rates at most 1)")
+
+    @property
+    def queue(self) -> list[str]:
+        return [] if self.next_job_func else [f"job-{i:04d}" for i in range(self.jobs)]
+
+    def command(self) -> str:
+        """The ``python -m sim`` command line that repeats this run's settings and seed."""
+        defaults = SimConfig()
+        args = ["python", "-m", "sim"]
+        for name, value in asdict(self).items():
+            if name in ("keep", "out") or value == getattr(defaults, name):
+                continue
+            if name not in ("workers", "jobs", "seed", "lease", "duration") and not value:
+                continue
+            args += [f"--{name.replace('_', '-')}", str(value)]
+        if "--seed" not in args:
+            args += ["--seed", str(self.seed)]
+        return shlex.join(args)
+
+
+@dataclass(slots=True)
+class _Slot:
+    """One worker name and its current process life."""
+
+    name: str
+    life: int = -1
+    proc: subprocess.Popen[bytes] | None = None
+    paused_until: float | None = None
+    restart_at: float | None = None
+    crashes: int = 0
+    done: bool = False
+    stderr: IO[bytes] | None = None
+
+
+@dataclass(slots=True)
+class RunOutcome:
+    """Everything a run produced."""
+
+    config: SimConfig
+    workdir: Path
+    journal_dir: Path
+    url: str
+    records: list[dict[str, Any]]
+    final: dict[str, Any]
+    result: CheckResult
+    wall_seconds: float
+    timed_out: bool
+    kept: bool
+    expected_jobs: list[str] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.result.ok
+
+
+def git(git_dir: Path, *args: str, check: bool = True, timeout: float = 120) -> str:
+    """Run git on the bare remote; return its standard output."""
+    proc = subprocess.run(
+        ["git", "-c", "core.hooksPath=/dev/null", "--git-dir", str(git_dir), *args],
+        capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"},
+    )
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def prepare_remote(path: Path, jobs: list[str]) -> None:
+    """A bare repository with empty ledgers and ``jobs`` queued in ``jobs.txt``."""
+    from distribute.remote import init_remote
+
+    init_remote(path, BRANCH, jobs)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def git_daemon(base: Path, log: Path) -> Any:
+    """Serve ``base`` with ``git daemon`` on 127.0.0.1 (pushes enabled); yield its URL prefix."""
+    port = free_port()
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(
+            ["git", "daemon", "--listen=127.0.0.1", f"--port={port}", "--reuseaddr",
+             "--enable=receive-pack", "--export-all", "--informative-errors",
+             "--max-connections=0", f"--base-path={base}"],
+            stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 15
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"git daemon exited with {proc.returncode}; see {log}")
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                        break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("git daemon did not start listening") from None
+                    time.sleep(0.05)
+            yield f"git://127.0.0.1:{port}"
+        finally:
+            _kill_group(proc)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+
+
+class _Fleet:
+    """The worker processes and the fault injector."""
+
+    def __init__(self, config: SimConfig, url: str, workdir: Path, journal_dir: Path) -> None:
+        self.config = config
+        self.url = url
+        self.workdir = workdir
+        self.journal_dir = journal_dir
+        self.rng = random.Random(config.seed)
+        self.injector = Journal(journal_dir / "injector.jsonl", "injector")
+        self.slots = [_Slot(f"w{i:02d}") for i in range(config.workers)]
+        self.exits: dict[str, int] = {}
+        self.counts: dict[str, int] = {"kills": 0, "pauses": 0}
+        self.deadline = 0.0
+        env = dict(os.environ)
+        paths = [str(PACKAGE_ROOT), os.getcwd(), env.get("PYTHONPATH", "")]
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+        self.env = env
+
+    def fault(self, fault: str, slot: _Slot, **fields: Any) -> None:
+        pid = slot.proc.pid if slot.proc is not None else None
+        self.injector.record("fault", fault=fault, worker=slot.name, life=slot.life, pid=pid,
+                             **fields)
+
+    def spawn(self, slot: _Slot) -> None:
+        c = self.config
+        slot.life += 1
+        cfg = WorkerConfig(
+            url=self.url, copy=str(self.workdir / "copies" / slot.name), name=slot.name,
+            journal=str(self.journal_dir), life=slot.life, seed=c.seed, lease=c.lease,
+            poll=c.poll, max_attempts=c.max_attempts, deadline=self.deadline,
+            job_seconds=c.job_seconds, job_fail_rate=c.job_fail_rate, job_func=c.job_func,
+            next_job_func=c.next_job_func, latency=c.latency, push_fail_rate=c.push_fail_rate,
+            unknown_rate=c.unknown_rate, lie_rate=c.lie_rate,
+        )
+        path = self.workdir / "configs" / f"{slot.name}.{slot.life:03d}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(cfg.to_json(), encoding="utf-8")
+        if slot.stderr is not None:
+            slot.stderr.close()
+        slot.stderr = open(self.journal_dir / f"{slot.name}.{slot.life:03d}.stderr", "wb")  # noqa: SIM115
+        slot.proc = subprocess.Popen(
+            [sys.executable, "-m", "sim.worker", str(path)],
+            stdout=subprocess.DEVNULL, stderr=slot.stderr, env=self.env, start_new_session=True,
+        )
+        slot.restart_at = None
+        if slot.life > 0:
+            self.fault("restart", slot)
+
+    def running(self) -> list[_Slot]:
+        return [s for s in self.slots if s.proc is not None and s.paused_until is None]
+
+    def kill(self, slot: _Slot, now: float) -> None:
+        assert slot.proc is not None
+        self.counts["kills"] += 1
+        self.fault("kill", slot)
+        _kill_group(slot.proc)
+        slot.proc = None
+        slot.restart_at = now + self.config.restart_delay * self.rng.uniform(0.5, 1.5)
+
+    def pause(self, slot: _Slot, now: float) -> None:
+        assert slot.proc is not None
+        pause = self.config.lease * self.rng.uniform(1.5, 3.0)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(slot.proc.pid, signal.SIGSTOP)
+        self.counts["pauses"] += 1
+        self.fault("pause", slot, seconds=round(pause, 3))
+        slot.paused_until = now + pause
+
+    def resume(self, slot: _Slot) -> None:
+        if slot.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(slot.proc.pid, signal.SIGCONT)
+            self.fault("resume", slot)
+        slot.paused_until = None
+
+    def reap(self, now: float) -> None:
+        for slot in self.slots:
+            if slot.proc is None or slot.paused_until is not None:
+                continue
+            code = slot.proc.poll()
+            if code is None:
+                continue
+            self.exits[f"{slot.name}#{slot.life}"] = code
+            slot.proc = None
+            if code != 0 and slot.crashes < 3:
+                slot.crashes += 1
+                slot.restart_at = now + self.config.restart_delay
+            else:
+                slot.done = True
+
+    def next_gap(self, rate: float) -> float:
+        return self.rng.expovariate(rate) if rate > 0 else float("inf")
+
+    def loop(self, progress: Callable[[], None]) -> bool:
+        """Run until every worker is done or the cap; return ``True`` when the cap was hit."""
+        c = self.config
+        start = time.monotonic()
+        warmup = min(2.0, c.lease)
+        next_kill = start + warmup + self.next_gap(c.kill_rate)
+        next_pause = start + warmup + self.next_gap(c.pause_rate)
+        next_progress = start
+        while True:
+            now = time.monotonic()
+            self.reap(now)
+            if all(s.done for s in self.slots):
+                return False
+            if now >= self.deadline:
+                return True
+            for slot in self.slots:
+                if slot.paused_until is not None and now >= slot.paused_until:
+                    self.resume(slot)
+                if slot.restart_at is not None and now >= slot.restart_at and not slot.done:
+                    self.spawn(slot)
+            if now >= next_kill:
+                targets = self.running()
+                if targets:
+                    self.kill(self.rng.choice(targets), now)
+                next_kill = now + self.next_gap(c.kill_rate)
+            if now >= next_pause:
+                targets = self.running()
+                if len(targets) > 1:
+                    self.pause(self.rng.choice(targets), now)
+                next_pause = now + self.next_gap(c.pause_rate)
+            if now >= next_progress:
+                progress()
+                next_progress = now + 0.5
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        for slot in self.slots:
+            if slot.proc is not None:
+                if slot.paused_until is not None:
+                    self.resume(slot)
+                if slot.proc.poll() is None:
+                    self.fault("kill", slot, at_end=True)
+                _kill_group(slot.proc)
+                slot.proc = None
+            if slot.stderr is not None:
+                slot.stderr.close()
+                slot.stderr = None
+        self.injector.close()
+
+
+def read_final_state(
+    remote: Path, records: list[dict[str, Any]], with_results: bool = False
+) -> dict[str, Any]:
+    """What the checker needs from the bare remote, read with git.
+
+    ``with_results``: also note, per done job, whether the default job
+    function's result file is on the main branch.
+    """
+    main = f"refs/heads/{BRANCH}"
+
+    def show(path: str) -> str | None:
+        out = subprocess.run(
+            ["git", "--git-dir", str(remote), "show", f"{main}:{path}"],
+            capture_output=True, text=True, timeout=60,
+        )
+        return out.stdout if out.returncode == 0 else None
+
+    lock_log = git(remote, "log", "--first-parent", "--reverse", "--format=%x1e%B", LOCK_REF,
+                   check=False)
+    lock_history = [m.strip() for m in lock_log.split("\x1e") if m.strip()]
+    subjects = git(remote, "log", "--first-parent", "--reverse", "--format=%s", main).splitlines()
+    branches: dict[str, str] = {}
+    for line in git(remote, "for-each-ref", "--format=%(objectname) %(refname)",
+                    "refs/heads/jobs/").splitlines():
+        oid, _, ref = line.partition(" ")
+        branches[ref[len("refs/heads/"):]] = oid
+    on_main = set(git(remote, "rev-list", main).split())
+    tips = {
+        str(r["tip"]) for r in records
+        if r.get("kind") == "event" and r.get("event") in ("update", "finish") and r.get("tip")
+    }
+    done = show("done.txt") or ""
+    final: dict[str, Any] = {
+        "done": done,
+        "running": show("running.txt") or "",
+        "failed": show("failed.txt") or "",
+        "jobs": show("jobs.txt"),
+        "lock_history": lock_history,
+        "main_subjects": subjects,
+        "branches": branches,
+        "reachable": {tip: tip in on_main for tip in tips},
+    }
+    if with_results:
+        from distribute.core.names import job_dir
+
+        files = set(git(remote, "ls-tree", "-r", "--name-only", main, "--", "updates/")
+                    .splitlines())
+        jobs = [line.split("\t", 1)[0] for line in done.splitlines() if line.strip()]
+        final["result_files"] = {job: f"{job_dir(job)}/{RESULT_FILE}" in files for job in jobs}
+    return final
+
+
+def count_done(remote: Path) -> int:
+    out = subprocess.run(
+        ["git", "--git-dir", str(remote), "show", f"refs/heads/{BRANCH}:done.txt"],
+        capture_output=True, text=True, timeout=30,
+    )
+    return sum(1 for line in out.stdout.splitlines() if line.strip())
+
+
+def run(config: SimConfig, progress: Progress | None = None) -> RunOutcome:
+    """Run the simulation described by ``config`` and check its history.
+
+    Args:
+        config: the run's settings.
+        progress: optional ``progress(done, total, counts)`` called about twice
+            a second with the jobs in ``done.txt`` and the faults so far.
+    """
+    config.validate()
+    workdir = Path(tempfile.mkdtemp(prefix="distribute-sim-"))
+    out = Path(config.out) if config.out else None
+    journal_dir = (out / "journal") if out else (workdir / "journal")
+    if journal_dir.exists():
+        shutil.rmtree(journal_dir)
+    journal_dir.mkdir(parents=True)
+    remote = workdir / "remote.git"
+    queue = config.queue
+    started = time.monotonic()
+    timed_out = False
+    fleet: _Fleet | None = None
+    try:
+        prepare_remote(remote, queue)
+        with contextlib.ExitStack() as stack:
+            if config.remote == "daemon":
+                prefix = stack.enter_context(git_daemon(workdir, journal_dir / "daemon.log"))
+                url = f"{prefix}/{remote.name}"
+            else:
+                url = str(remote)
+            fleet = _Fleet(config, url, workdir, journal_dir)
+            fleet.deadline = started + config.duration
+
+            def tick() -> None:
+                if progress is not None and fleet is not None:
+                    progress(count_done(remote), len(queue) or None, dict(fleet.counts))
+
+            try:
+                for slot in fleet.slots:
+                    fleet.spawn(slot)
+                timed_out = fleet.loop(tick)
+            finally:
+                fleet.stop()
+            if progress is not None:
+                tick()
+        records = read_journals(journal_dir)
+        final = read_final_state(remote, records, with_results=not config.job_func)
+        final["timed_out"] = timed_out
+        final["exits"] = dict(fleet.exits)
+        result = check(
+            records, final, lease=config.lease,
+            expected_jobs=queue if queue else None, allow_failed=config.job_fail_rate > 0,
+        )
+        result.stats["wall_s"] = round(time.monotonic() - started, 3)
+        return RunOutcome(
+            config=config, workdir=workdir, journal_dir=journal_dir, url=url, records=records,
+            final=final, result=result, wall_seconds=time.monotonic() - started,
+            timed_out=timed_out, kept=config.keep, expected_jobs=queue or None,
+        )
+    finally:
+        if fleet is not None:
+            fleet.stop()
+        if not config.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+__all__ = [
+    "CLONED_SUFFIX",
+    "RunOutcome",
+    "SimConfig",
+    "count_done",
+    "git_daemon",
+    "proc_key",
+    "read_final_state",
+    "run",
+]

@@ -1,0 +1,340 @@
+"""One simulated worker process: the seed loop, journalled.
+
+Run as ``python -m sim.worker CONFIG.json`` by :mod:`sim.runner`; one process
+per worker life.  The config is a JSON object (see :class:`WorkerConfig`).
+
+The loop is the seed README's: ``get_next_job``, run the job function
+(which writes under ``worker.job_dir``), ``commit_update()``,
+``finish_job()``.  A ``LeaseLost`` is journalled and the loop goes on.  Every
+step is journalled as ``invoke`` / ``ok`` / ``fail`` records, every
+coordinator event through ``Worker(journal=...)``, every push through the
+:class:`~sim.faults.FaultyTransport` that ``Worker(wrap_transport=...)``
+puts around the git transport.
+
+A restarted life (after ``kill -9``) first cleans its local copy the way an
+operator would: removes git's stale ``*.lock`` files and resets the working
+tree.  What it removed is journalled as a ``cleanup`` record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from sim.faults import FaultPlan, FaultyTransport
+from sim.journal import Journal
+
+#: What the default job function writes into ``worker.job_dir`` last.
+RESULT_FILE = "result.txt"
+#: The file next to a local copy that marks its clone as complete.
+CLONED_SUFFIX = ".cloned"
+#: Lock files git leaves behind when killed; ``distribute.lock`` (a flock) is not one.
+_STALE_LOCKS = ("index.lock", "HEAD.lock", "packed-refs.lock", "config.lock", "shallow.lock")
+
+
+class InjectedJobFailure(Exception):
+    """The default job function failed on purpose (``--job-fail-rate``)."""
+
+
+@dataclass(slots=True)
+class WorkerConfig:
+    """Everything one worker process needs, passed as JSON."""
+
+    url: str
+    copy: str
+    name: str
+    journal: str
+    life: int = 0
+    seed: int = 0
+    lease: float = 2.0
+    poll: float = 0.05
+    max_attempts: int = 50
+    retry_seconds: float = 30.0
+    deadline: float = 0.0  # time.monotonic() after which the loop stops
+    job_seconds: float = 0.05
+    job_fail_rate: float = 0.0
+    job_func: str = ""
+    next_job_func: str = ""
+    latency: float = 0.0
+    push_fail_rate: float = 0.0
+    unknown_rate: float = 0.0
+    lie_rate: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerConfig:
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_json(self) -> str:
+        return json.dumps({f.name: getattr(self, f.name) for f in fields(self)})
+
+    @property
+    def faults(self) -> FaultPlan:
+        return FaultPlan(self.latency, self.push_fail_rate, self.unknown_rate, self.lie_rate)
+
+
+def load_callable(spec: str) -> Callable[..., Any]:
+    """``module:function`` (or ``module:Class`` -- instantiated with no argument)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"expected module:function, got {spec!r}")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    if isinstance(obj, type):
+        obj = obj()
+    if not callable(obj):
+        raise ValueError(f"{spec} is not callable")
+    return obj  # type: ignore[no-any-return]
+
+
+def sleep_job(seconds: float, fail_rate: float, rng: random.Random) -> Callable[[Any, str], None]:
+    """The default job: write a progress file, sleep a while, write a result file.
+
+    The sleep is drawn from an exponential distribution with mean ``seconds``
+    (capped at five times it); with probability ``fail_rate`` the job raises
+    :class:`InjectedJobFailure` halfway.
+    """
+
+    def job(worker: Any, name: str) -> None:
+        folder = worker.job_dir
+        os.makedirs(folder, exist_ok=True)
+        pause = min(seconds * 5, rng.expovariate(1 / seconds)) if seconds > 0 else 0.0
+        with open(os.path.join(folder, "progress.txt"), "a", encoding="utf-8") as f:
+            f.write(f"{name} attempt {worker.attempt} by {worker.name}\n")
+        time.sleep(pause / 2)
+        if fail_rate and rng.random() < fail_rate:
+            raise InjectedJobFailure(f"injected failure of {name}")
+        time.sleep(pause / 2)
+        with open(os.path.join(folder, RESULT_FILE), "w", encoding="utf-8") as f:
+            f.write(f"{name}\t{worker.name}\tattempt={worker.attempt}\n")
+
+    return job
+
+
+def clean_local_copy(copy: Path) -> dict[str, Any]:
+    """Make a killed life's local copy usable again; return what was done.
+
+    An unfinished clone is removed whole.  Otherwise stale git lock files
+    go, and the working tree is reset to ``HEAD`` with untracked files
+    removed (``distribute`` files under ``.git`` are untouched).
+    """
+    marker = copy.with_name(copy.name + CLONED_SUFFIX)
+    if not marker.exists():
+        if copy.exists():
+            shutil.rmtree(copy)
+            return {"removed_clone": True}
+        return {}
+    git_dir = copy / ".git"
+    removed = []
+    for name in _STALE_LOCKS:
+        path = git_dir / name
+        if path.exists():
+            path.unlink()
+            removed.append(name)
+    for path in (git_dir / "refs").rglob("*.lock"):
+        path.unlink()
+        removed.append(str(path.relative_to(git_dir)))
+    for path in git_dir.glob("distribute-snapshot-*"):
+        path.unlink()
+        removed.append(path.name)
+    base = ["git", "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-C", str(copy)]
+    status = subprocess.run(
+        [*base, "status", "--porcelain", "--untracked-files=all"],
+        capture_output=True, text=True, timeout=60,
+    )
+    dirty = [line[3:] for line in status.stdout.splitlines() if line.strip()]
+    if dirty:
+        subprocess.run([*base, "reset", "--hard", "--quiet"], capture_output=True, timeout=60)
+        subprocess.run([*base, "clean", "-ffdq"], capture_output=True, timeout=60)
+    return {"stale_locks": removed, "dirty": dirty[:20], "dirty_count": len(dirty)}
+
+
+class SimWorker:
+    """The seed loop of one worker life, with its journal."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.journal = Journal(
+            Path(config.journal) / f"{config.name}.{config.life:03d}.jsonl",
+            config.name, config.life,
+        )
+        self.rng = random.Random(f"{config.seed}/{config.name}/{config.life}")
+
+    def op(self, name: str, step: Callable[[], Any], **fields: Any) -> Any:
+        """Run one step of the loop between ``invoke`` and ``ok``/``fail`` records."""
+        self.journal.record("op", op=name, phase="invoke", **fields)
+        try:
+            result = step()
+        except BaseException as exc:
+            self.journal.record(
+                "op", op=name, phase="fail", error_type=type(exc).__name__, error=str(exc)[:500],
+                **fields,
+            )
+            raise
+        self.journal.record("op", op=name, phase="ok", result=_jsonable(result), **fields)
+        return result
+
+    def run(self) -> int:
+        from distribute.core.errors import LeaseLost, UsageError
+        from distribute.core.names import worker_ref
+        from distribute.dist import worker_from_url
+        from distribute.sources import QueueJobs
+
+        c = self.config
+        self.journal.record("start", copy=c.copy, lease=c.lease, url=c.url)
+        copy = Path(c.copy)
+        if c.life > 0:
+            self.journal.record("cleanup", **clean_local_copy(copy))
+        fault_rng = random.Random(f"{c.seed}/{c.name}/{c.life}/faults")
+
+        def wrap(transport: Any) -> Any:
+            return FaultyTransport(
+                transport, c.faults, fault_rng, record=self.journal.record,
+                own_ref=worker_ref(c.name),
+            )
+
+        worker = self.op("open", lambda: worker_from_url(
+            c.url, copy, c.name, lease_seconds=c.lease, poll_seconds=c.poll,
+            max_attempts=c.max_attempts, retry_seconds=c.retry_seconds,
+            journal=self.journal.event, wrap_transport=wrap,
+            rng=random.Random(f"{c.seed}/{c.name}/{c.life}/backoff"),
+        ))
+        copy.with_name(copy.name + CLONED_SUFFIX).touch()
+        self.journal.session = worker.session
+        self.journal.record("session")
+        next_job = load_callable(c.next_job_func) if c.next_job_func else QueueJobs()
+        job_func = (
+            load_callable(c.job_func) if c.job_func
+            else sleep_job(c.job_seconds, c.job_fail_rate, self.rng)
+        )
+
+        def next_job_func(w: Any) -> Any:
+            return self.op("next_job", lambda: _call(next_job, w))
+
+        reason = "no more jobs"
+        try:
+            while True:
+                if time.monotonic() > c.deadline:
+                    reason = "deadline"
+                    break
+                job = self._get_next_job(worker, next_job_func, UsageError)
+                if job is None:
+                    break
+                try:
+                    self.op("run", partial(job_func, worker, job), job=job)
+                except InjectedJobFailure as exc:
+                    self._fail(worker, job, str(exc), LeaseLost)
+                    continue
+                try:
+                    self.op("commit_update", worker.commit_update, job=job)
+                    self.op("finish_job", worker.finish_job, job=job)
+                except LeaseLost:
+                    self._after_lease_lost(worker, job)
+        finally:
+            self.op("close", worker.close)
+        self.journal.record("exit", reason=reason)
+        return 0
+
+    def _get_next_job(
+        self, worker: Any, func: Callable[[Any], Any], usage_error: type[Exception]
+    ) -> Any:
+        """``get_next_job``, stepping around its stale-view bug (see the report).
+
+        A holder may run the next-job function on a main branch older than
+        the lock it took (one fetch reads the two refs at different moments);
+        the claim's replay then raises ``UsageError`` saying the job is
+        already running or done, although the function did nothing wrong.
+        The lock is released by then; asking again is safe.
+        """
+        for _ in range(50):
+            try:
+                return self.op("get_next_job", lambda: worker.get_next_job(func))
+            except usage_error as exc:
+                context = getattr(exc, "context", {})
+                if context.get("state") not in ("running", "done", "failed"):
+                    raise
+                self.journal.record(
+                    "workaround", what="get_next_job refused a job from a stale main branch",
+                    job=context.get("job"), error=str(exc)[:300],
+                )
+        return self.op("get_next_job", lambda: worker.get_next_job(func))
+
+    def _fail(self, worker: Any, job: str, reason: str, lease_lost: type[Exception]) -> None:
+        try:
+            self.op("fail_job", lambda: worker.fail_job(reason), job=job)
+        except lease_lost:
+            self._after_lease_lost(worker, job)
+
+    def _after_lease_lost(self, worker: Any, job: str) -> None:
+        """After ``LeaseLost`` the worker must be free to ask for the next job.
+
+        If it still names the lost job as running, ``get_next_job`` would
+        raise ``JobAlreadyRunning`` for ever; that is a bug in
+        ``distribute.dist`` (see the report), and the simulator steps around
+        it by dropping the stale holding, journalled as a ``workaround``.
+        """
+        if worker.running_job is not None:
+            self.journal.record(
+                "workaround", what="Worker still runs its job after LeaseLost; dropped it",
+                job=worker.running_job, dropped=True,
+            )
+            worker.coord.job = None
+
+
+def _call(func: Callable[..., Any], worker: Any) -> Any:
+    """Call a next-job function as the Worker would: ``func()`` or ``func(worker)``."""
+    try:
+        required = [
+            p for p in inspect.signature(func).parameters.values()
+            if p.default is inspect.Parameter.empty
+            and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+    except (TypeError, ValueError):
+        required = []
+    return func(worker) if required else func()
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return repr(value)[:200]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sim.worker")
+    parser.add_argument("config", help="path of the worker's JSON config")
+    args = parser.parse_args(argv)
+    config = WorkerConfig.from_json(Path(args.config).read_text(encoding="utf-8"))
+    sim = SimWorker(config)
+    try:
+        return sim.run()
+    except BaseException as exc:
+        sim.journal.record(
+            "exit", reason="error", error_type=type(exc).__name__, error=str(exc)[:1000],
+            traceback=traceback.format_exc()[-4000:],
+        )
+        print(f"{config.name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        sim.journal.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

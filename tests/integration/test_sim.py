@@ -1,0 +1,109 @@
+"""The simulator end to end: worker processes over real git, faults on, the checker at the end."""
+
+from __future__ import annotations
+
+import copy
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from sim.checker import check
+from sim.cli import main
+from sim.report import timeline_svg
+from sim.runner import SimConfig, run
+
+pytestmark = pytest.mark.timeout(240)
+
+#: 6 workers, 40 jobs, lease 1.5 s, about 7 kills and 7 pauses: ~25 s on 2 idle cores.
+PROFILE = dict(workers=6, jobs=40, lease=1.5, kill_rate=0.3, pause_rate=0.3, job_seconds=0.3,
+               duration=100, seed=20241126)
+
+
+def explain(outcome):
+    return "\n".join([f"{v.rule}: {v.message}" for v in outcome.result.violations]
+                     + [f"reproduce: {outcome.config.command()}"])
+
+
+@pytest.fixture(scope="module")
+def faulty_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim")
+    return run(SimConfig(**PROFILE, out=str(out)))
+
+
+def recheck(outcome, final):
+    return check(outcome.records, final, lease=outcome.config.lease,
+                 expected_jobs=outcome.expected_jobs)
+
+
+def test_short_run_with_kills_and_pauses_passes_the_checker(faulty_run):
+    stats = faulty_run.result.stats
+    assert faulty_run.ok, explain(faulty_run)
+    assert stats["jobs_done"] == PROFILE["jobs"] and not faulty_run.timed_out
+    assert stats["kills"] >= 2 and stats["pauses"] >= 2, stats
+    assert stats["claims"] >= PROFILE["jobs"]
+    assert stats["wall_s"] < 120, stats
+    svg = timeline_svg(faulty_run.records, faulty_run.result.holdings)
+    assert ET.fromstring(svg).tag.endswith("svg")
+    assert (faulty_run.journal_dir / "injector.jsonl").exists()
+
+
+def test_checker_catches_a_finish_erased_from_done_txt(faulty_run):
+    final = copy.deepcopy(faulty_run.final)
+    lines = final["done"].splitlines(keepends=True)
+    erased = lines.pop(len(lines) // 2).split("\t")[0]
+    final["done"] = "".join(lines)
+    result = recheck(faulty_run, final)
+    assert not result.ok
+    assert "unfinished" in result.by_rule()
+    assert any(erased in v.message for v in result.violations)
+
+
+def test_checker_catches_an_update_missing_from_main(faulty_run):
+    final = copy.deepcopy(faulty_run.final)
+    finishes = [r for r in faulty_run.records if r.get("event") == "finish"]
+    tip = finishes[0]["tip"]
+    final["reachable"][tip] = False
+    result = recheck(faulty_run, final)
+    assert set(result.by_rule()) == {"lost-update"}
+    assert result.violations[0].job == finishes[0]["job"]
+
+
+def test_checker_catches_a_transport_that_reports_unsent_pushes_as_applied(tmp_path):
+    # FaultyTransport's lie_rate breaks the transport contract on purpose
+    outcome = run(SimConfig(workers=3, jobs=12, lease=1.5, lie_rate=0.1, seed=5, duration=60,
+                            out=str(tmp_path)))
+    assert outcome.result.stats["lies"] > 0
+    assert not outcome.ok
+    assert "lost-write" in outcome.result.by_rule(), explain(outcome)
+
+
+def test_command_line_json_summary_and_timeline(tmp_path, capsys):
+    code = main(["--workers", "2", "--jobs", "4", "--seed", "3", "--lease", "1.5", "-q",
+                 "--json", "--out", str(tmp_path)])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0, data["violations"]
+    assert data["ok"] and data["figures"]["jobs_done"] == 4
+    assert data["command"].startswith("python -m sim ") and "--seed 3" in data["command"]
+    assert json.loads((tmp_path / "summary.json").read_text())["seed"] == 3
+    ET.parse(tmp_path / "timeline.svg")
+    assert sorted(p.name for p in (tmp_path / "journal").glob("w*.jsonl")) == [
+        "w00.000.jsonl", "w01.000.jsonl"]
+
+
+def test_command_line_rejects_bad_options(capsys):
+    assert main(["--workers", "0", "-q"]) == 2
+    assert "--workers" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.daemon
+def test_every_fault_over_git_daemon(tmp_path):
+    outcome = run(SimConfig(
+        workers=8, jobs=150, lease=2.0, kill_rate=0.3, pause_rate=0.2, push_fail_rate=0.03,
+        unknown_rate=0.03, latency=0.01, job_seconds=0.3, remote="daemon", duration=400,
+        seed=7, out=str(tmp_path),
+    ))
+    assert outcome.ok, explain(outcome)
+    stats = outcome.result.stats
+    assert stats["push_faults"] > 0 and stats["unknown_outcomes"] > 0 and stats["kills"] > 0

@@ -1,0 +1,1388 @@
+"""A model-based state machine of protocol v1: workers, one shared remote, crashes, clocks, faults.
+
+Theory of operation
+-------------------
+Two to five workers share one remote.  Each has its own
+:class:`~distribute.coordination.Coordinator` (own transport, own session) and
+its own host clock.  Every rule is one step of one worker -- observe, acquire,
+plan (give up an orphan, retry one, or run the next-job function), claim,
+release, update, finish, fail, heartbeat -- or something the world does: real
+time passes; a host is suspended (it takes no step and its clock stands still
+while the others run on); ``kill -9`` and a restart with a new session; a
+push whose answer is lost (``unknown-applied``/``unknown-lost`` through the
+remote's ``fault_hook``), that stalls while other workers act, or during which
+the process is killed; an administrator queues a job.  Nothing runs on a
+thread and nothing reads the wall clock, so every run replays exactly.
+
+Steps.  ``act`` is a fair scheduler over every worker's main thread (the
+Worker's loop: observe, acquire, plan, claim, then update and finish its job)
+and its heartbeat thread (renew when due); hosts differ in speed, so a slow
+host's leases run out while it still works.  The other rules take a step of a
+worker Hypothesis chooses, out of the natural order.  Disruptions have a
+budget per run.  After each run that passed, :meth:`ProtocolMachine.drain`
+wakes every host, stops the faults, and lets the workers finish: every job
+must end (guarantee 4), and a holder that slept through its takeover acts on
+its lost job there.
+
+Time.  One global real time ``now`` stands for the physical world.  A host's
+monotonic clock reads ``base + rate * (now - slept)`` with ``base`` hours
+apart between hosts and ``rate`` in [0.9, 1.1]; each read advances it by at
+least a nanosecond, so every reading can be mapped back to the real time it
+was taken.  A holding is *valid* while, on a clock that kept running, less
+than one lease has passed since its acquire or renewal was sent -- the
+holder's own verdict, converted to real time so that holdings on different
+hosts can be compared.  (A suspended host's own verdict stays "valid" past
+that; no lease can prevent it, and the fencing checks below carry the
+guarantee there.)
+
+Audit.  Every push of every worker goes through :class:`Wire`, which injects
+the scheduled fault and audits the refs the push changed, at the instant it
+landed, against the ideal serial system in :class:`Model`: which job is
+queued, running (worker, token, attempt), done or failed; which holding
+claimed it; which updates each holding pushed.  A push must change the main
+branch by a fast-forward and by exactly one legal transition of one job
+(claim, retry, give-up, finish, fail), made by the worker entitled to it
+(fenced by its lock holding, or by its own job holding); the lock ref moves
+along its own history by acquire (token + 1), renewal or release, and never
+away from a valid holding; a job or a liveness ref is taken over only once
+its holder's lease ran out.  Between steps the invariants compare the ledgers
+with the model and the workers' beliefs with the remote.
+
+Test seams: :attr:`ProtocolMachine.coordinator_class` (the broken variants in
+``broken.py``), :attr:`ProtocolMachine.world_class` (memory or git), and
+:attr:`ProtocolMachine.known_bugs` (faults kept away from known bugs).
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, note, settings
+from hypothesis import strategies as st
+from hypothesis.control import current_build_context
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    multiple,
+    precondition,
+    rule,
+)
+
+from distribute.coordination import Coordinator, JobHolding
+from distribute.core.errors import LeaseLost, MergeConflict, OutcomeUnknown
+from distribute.core.ledger import DONE, FAILED, LEDGER_FILES, RUNNING, Entry, Ledger
+from distribute.core.lock import (
+    LockState,
+    holder_verdict,
+    lock_message,
+    parse_beat_message,
+    parse_lock_message,
+)
+from distribute.core.names import LOCK_REF, WORKERS_PREFIX, job_branch_ref, job_dir, worker_ref
+from distribute.core.plan import CallNextJobFunction, GiveUp, Retry
+from distribute.sources import JOBS_FILE, format_queue, read_queue
+from distribute.transport.base import Oid, RefUpdate
+from distribute.transport.memory import MemoryRemote
+
+BRANCH = "main"
+MAIN_REF = "refs/heads/" + BRANCH
+#: Lease periods, drawn per run, in scheduling rounds (one step of every worker; a step
+#: takes half a second).  With the short lease a slow worker's heartbeat falls behind
+#: while others work, and jobs and the lock are taken over from workers still alive.
+LEASE_ROUNDS = (4, 12)
+STEP_SECONDS = 0.5
+#: The observer's extra wait, as a fraction of the lease.  Hosts here run at rates up to
+#: 1.1 / 0.9 = 1.22 times each other, so the margin must exceed 22 % of the lease (the
+#: Worker's default margin, lease / 10, covers rate ratios up to 1.1 only).
+MARGIN = 0.25
+#: Awkward on purpose: spaces, slashes, unicode, a leading dash, ``..``.
+WORKER_NAMES = ("w0", "b/eta", "γ 2", "-d3", "e..4")
+JOB_NAMES = (
+    "job 00", "a/b", "ünï", "-dash", "x@{1}", "end.lock", "job 06", "job 07", "job 08",
+)
+LATE_JOBS = ("late 1", "late 2", "late 3")
+#: Delays in leases: moments, a third of a lease, just past lease + margin, three leases.
+DELAYS = (0.05, 0.1, 0.2, 0.4, 1.3, 3.0)
+#: How long a suspended host sleeps, in leases.
+SLEEPS = (1.3, 2.0, 3.0, 5.0)
+#: What a worker running a job does at its successive natural steps.
+JOB_CYCLE = ("update", "update", "update", "finish")
+PUSH_FAULTS = (
+    "unknown-applied",  # the remote applied it, the answer was lost (remote fault_hook)
+    "unknown-lost",  # the remote never saw it, and the worker cannot tell (remote fault_hook)
+    "timeout-applied",  # applied; others act while the answer is lost, then it times out
+    "timeout-lost",  # not applied; others act meanwhile, then it times out
+    "pause",  # the worker stops just before sending (GC pause, SIGSTOP) while others act
+    "kill-before",  # kill -9 just before the push leaves
+    "kill-after",  # kill -9 just after the remote applied it
+)
+
+#: Bugs in distribute/ found by the machine and its audit; see test_known_bugs.py.
+KNOWN_BUGS = frozenset({
+    # Coordinator.update: a push that did not land (unknown outcome, resolved by reading)
+    # is reported as LeaseLost "changed by someone else" instead of being retried.
+    "update-unknown-lost",
+    # Coordinator.resolve_unknown: a push that landed is judged lost when its first ref
+    # moved on before the read-back (equality, not ancestry): a claim is orphaned, a
+    # finish reported as lost and then refused.
+    "resolve-by-equality",
+    # Coordinator.claim: after a torn observe (the lock already released by another
+    # worker's claim, the main branch not yet showing it) the holder runs the next-job
+    # function on a stale main; the claim's replay raises UsageError "already running".
+    "torn-observe",
+})
+
+#: Per run, at most this many of each disruption, so that most steps are protocol steps.
+BUDGET = {"crash": 2, "suspend": 3, "fault": 6, "time": 4, "release": 2, "fail": 3}
+
+#: Runs and steps of every machine in this process, for the terminal summary.
+STATS: dict[str, int] = {"runs": 0, "steps": 0, "drain steps": 0}
+#: (run number, message) of every violation found in this process.
+VIOLATIONS: list[tuple[int, str]] = []
+#: Protocol events counted across runs (phantom holdings, takeovers, ...), for the report.
+EVENTS: dict[str, int] = {}
+#: Broken variant -> (examples until its first violation, the violation), for the report.
+CAUGHT: dict[str, tuple[int, str]] = {}
+
+
+class Violation(AssertionError):
+    """A protocol guarantee does not hold."""
+
+
+class Killed(BaseException):
+    """``kill -9``: the worker's process ends here.  No code under test may catch it."""
+
+
+def require(condition: object, message: str) -> None:
+    if not condition:
+        violation(message)
+
+
+def violation(message: str) -> None:
+    VIOLATIONS.append((STATS["runs"], message))
+    raise Violation(message)
+
+
+# ---- the remote, and an auditor's direct view of it ---------------------------
+
+
+class MemoryWorld:
+    """The shared remote in memory.  Unknown push outcomes and torn reads go through its
+    ``fault_hook`` and ``fetch_fault_hook``."""
+
+    def __init__(self, jobs: Sequence[str]) -> None:
+        self.remote = MemoryRemote()
+        self._faults: dict[str, str] = {}
+        self._torn: set[str] = set()
+        self.remote.fault_hook = lambda name, updates: self._faults.pop(name, None)
+        self.remote.fetch_fault_hook = self._tear
+        self.auditor = self.remote.transport("auditor")
+        main = self.auditor.write_commit(
+            parents=[], message="distribute: prepare the remote",
+            changes={RUNNING: b"", DONE: b"", FAILED: b"",
+                     JOBS_FILE: format_queue(list(jobs)).encode()},
+        )
+        lock = self.auditor.write_commit(parents=[], message=lock_message(LockState()))
+        self.remote.set_ref(MAIN_REF, main)
+        self.remote.set_ref(LOCK_REF, lock)
+
+    def transport(self, name: str) -> Any:
+        return self.remote.transport(name)
+
+    def fail_next_push(self, transport: Any, action: str) -> None:
+        self._faults[transport.name] = action
+
+    def tear_next_read(self, transport: Any) -> None:
+        self._torn.add(transport.name)
+
+    def _tear(self, name: str, refs: Sequence[str]) -> str | None:
+        if name in self._torn:
+            self._torn.discard(name)
+            return "torn"
+        return None
+
+    def refs(self) -> dict[str, Oid]:
+        return self.remote.refs
+
+    def read_file(self, commit: Oid, path: str) -> bytes | None:
+        return self.auditor.read_file(commit, path)
+
+    def message(self, commit: Oid) -> str:
+        return self.auditor.commit_message(commit)
+
+    def parents(self, commit: Oid) -> tuple[Oid, ...]:
+        return self.remote._commit(commit).parents
+
+    def is_ancestor(self, ancestor: Oid, descendant: Oid) -> bool:
+        return self.auditor.is_ancestor(ancestor, descendant)
+
+    def close(self) -> None:
+        pass
+
+
+class GitWorld:
+    """A bare repository prepared by ``init_remote``; each worker clones it.
+
+    The auditor reads the bare repository with plain git; push faults are
+    injected by :class:`Wire` (an unknown outcome: apply or not, then raise).
+    """
+
+    def __init__(self, jobs: Sequence[str]) -> None:
+        from distribute.remote import init_remote
+
+        self.root = Path(tempfile.mkdtemp(prefix="distribute-machine-"))
+        self.bare = self.root / "remote.git"
+        self.url = init_remote(self.bare, branch=BRANCH, jobs=list(jobs))
+        self._clones = itertools.count()
+
+    def transport(self, name: str) -> Any:
+        from distribute.transport.git import GitLocalCopy
+
+        path = self.root / f"copy{next(self._clones)}"
+        return GitLocalCopy.clone(self.url, path).transport()
+
+    def fail_next_push(self, transport: Any, action: str) -> None:
+        raise NotImplementedError  # Wire injects unknown outcomes itself here
+
+    def git(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            ["git", "-C", str(self.bare), *args], capture_output=True, check=check
+        )
+
+    def refs(self) -> dict[str, Oid]:
+        out = self.git("for-each-ref", "--format=%(refname) %(objectname)").stdout.decode()
+        return dict(line.rsplit(" ", 1) for line in out.splitlines() if line)
+
+    def read_file(self, commit: Oid, path: str) -> bytes | None:
+        done = self.git("cat-file", "blob", f"{commit}:{path}", check=False)
+        return done.stdout if done.returncode == 0 else None
+
+    def message(self, commit: Oid) -> str:
+        raw = self.git("cat-file", "commit", commit).stdout.decode()
+        return raw.split("\n\n", 1)[1]
+
+    def parents(self, commit: Oid) -> tuple[Oid, ...]:
+        out = self.git("rev-list", "--parents", "-n", "1", commit).stdout.decode().split()
+        return tuple(out[1:])
+
+    def is_ancestor(self, ancestor: Oid, descendant: Oid) -> bool:
+        return self.git("merge-base", "--is-ancestor", ancestor, descendant,
+                        check=False).returncode == 0
+
+    def close(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+# ---- hosts, workers and their pushes --------------------------------------------
+
+
+class HostClock:
+    """One host's monotonic clock, driven by the machine's real time.
+
+    While the host is suspended (a VM paused by its hypervisor, a laptop lid
+    closed) nothing on it runs and its monotonic clock stands still.
+    """
+
+    def __init__(self, real: Callable[[], float], base: float, rate: float, lease: float) -> None:
+        self.real = real
+        self.lease = lease
+        self.base = base
+        self.rate = rate
+        self.sleeps: list[tuple[float, float]] = []
+        self.last = float("-inf")
+        self.read_at: dict[float, float] = {}
+
+    def asleep(self, now: float) -> bool:
+        return any(start <= now < end for start, end in self.sleeps)
+
+    def local(self, now: float) -> float:
+        """The reading at real time ``now``, without taking it."""
+        frozen = sum(max(0.0, min(now, end) - start) for start, end in self.sleeps)
+        return self.base + self.rate * (now - frozen)
+
+    def __call__(self) -> float:
+        now = self.real()
+        value = max(self.local(now), self.last + 1e-9)
+        self.last = value
+        self.read_at[value] = now
+        return value
+
+    def valid_until(self, sent_at: float) -> float:
+        """Real time at which a lease sent at ``sent_at`` (local) ends, had the clock kept on."""
+        if sent_at == float("-inf"):
+            return float("-inf")
+        return self.read_at[sent_at] + self.lease / self.rate
+
+
+@dataclass
+class Fault:
+    kind: str
+    delay: float = 0.0
+    interlude: tuple[int, ...] = ()
+    #: which push it hits: the next one, or the next that moves the main branch / the lock
+    aim: str = "any"
+
+    def hits(self, updates: Sequence[RefUpdate]) -> bool:
+        refs = {u.ref for u in updates}
+        return self.aim == "any" or {"main": MAIN_REF, "lock": LOCK_REF}[self.aim] in refs
+
+
+@dataclass
+class WorkerState:
+    """One worker process as the machine sees it; a crash replaces ``coord`` and ``session``."""
+
+    name: str
+    host: HostClock
+    coord: Coordinator
+    session: str
+    speed: int = 1
+    beat_ran_at: float = float("-inf")
+    turns: dict[str, float] = field(default_factory=lambda: {"main": 0.0, "heartbeat": 0.5})
+    alive: bool = True
+    snap: Any = None
+    #: ``snap`` was taken after this worker's last try_acquire (the Worker loop observes
+    #: before each attempt; an acquire from an older snapshot is its own test).
+    fresh: bool = False
+    pending: tuple[str, Oid | None] | None = None
+    fault: Fault | None = None
+    updates: int = 0
+    cursor: int = 0
+    #: every lock commit this session has believed to be its holding
+    believed: set[str] = field(default_factory=set)
+
+    def holding_valid_until(self) -> float:
+        h = self.coord.holding
+        return float("-inf") if h is None else self.host.valid_until(h.sent_at)
+
+    def beat_valid_until(self) -> float:
+        return self.host.valid_until(self.coord.beat_sent_at)
+
+
+class Wire:
+    """A worker's transport as the machine sees it: faults go in and every push is audited."""
+
+    def __init__(self, inner: Any, machine: ProtocolMachine, ws_name: str) -> None:
+        self.inner = inner
+        self.machine = machine
+        self.ws_name = ws_name
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def push(self, updates: Sequence[RefUpdate]) -> bool:
+        return self.machine.push_through(self.machine.by_name[self.ws_name], self.inner, updates)
+
+
+# ---- the ideal serial system --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    worker: str
+    session: str
+    commit: Oid
+
+    def branch(self, job: str, token: int) -> str:
+        return job_branch_ref(self.worker, job, token)
+
+
+@dataclass
+class Model:
+    """What the ledgers and the queue must say, moved by legal transitions only."""
+
+    queue: list[str]
+    running: dict[str, Entry] = field(default_factory=dict)
+    done: dict[str, Entry] = field(default_factory=dict)
+    failed: dict[str, Entry] = field(default_factory=dict)
+    claims: dict[tuple[str, int], Claim] = field(default_factory=dict)
+    taken_over: set[tuple[str, int]] = field(default_factory=set)
+    tips: dict[tuple[str, int], list[Oid]] = field(default_factory=dict)
+
+    def state(self, job: str) -> tuple[str | None, Entry | None]:
+        for kind, table in (("running", self.running), ("done", self.done),
+                            ("failed", self.failed)):
+            if job in table:
+                return kind, table[job]
+        return ("queued", None) if job in self.queue else (None, None)
+
+    def runs(self, job: str, worker: str, token: int) -> bool:
+        e = self.running.get(job)
+        return e is not None and e.worker == worker and e.token == token
+
+
+def ledger_tables(ledger: Ledger) -> tuple[dict[str, Entry], ...]:
+    return tuple({e.job: e for e in entries}
+                 for entries in (ledger.running, ledger.done, ledger.failed))
+
+
+def same_line(a: Entry | None, b: Entry | None) -> bool:
+    """Equal in every field a transition decides (the reason text is free)."""
+    if a is None or b is None:
+        return a is b
+    return (a.job, a.worker, a.token, a.attempt) == (b.job, b.worker, b.token, b.attempt)
+
+
+# ---- the machine ----------------------------------------------------------------------
+
+
+def lock_step_ok(p: LockState, c: LockState) -> bool:
+    """One commit of the lock's history: a new holding (token + 1), a renewal, or a release."""
+    if c.token == p.token + 1:
+        return not c.free and c.renewal == 0
+    if c.token != p.token or p.free:
+        return False
+    if c.free:
+        return True
+    return (c.holder, c.session, c.renewal) == (p.holder, p.session, p.renewal + 1)
+
+
+def any_can(step: str) -> Callable[[ProtocolMachine], bool]:
+    """Precondition: some worker can take ``step`` now."""
+    return lambda self: any(self.can(ws, step) for ws in self.workers_list)
+
+
+def hosts() -> st.SearchStrategy[list[tuple[float, float]]]:
+    base = st.integers(0, 48 * 3600).map(float)  # hosts whose clocks differ by hours
+    rate = st.floats(0.9, 1.1)
+    return st.lists(st.tuples(base, rate), min_size=5, max_size=5)
+
+
+class ProtocolMachine(RuleBasedStateMachine):
+    """Protocol v1 with 2-5 workers on one remote, checked against the ideal serial system."""
+
+    #: Test seams: the coordinator under test and the remote it runs against.
+    coordinator_class: type[Coordinator] = Coordinator
+    world_class: Callable[[Sequence[str]], Any] = MemoryWorld
+    #: Faults that would hit a known bug are not injected where they would hit it (an
+    #: unknown outcome of a branch push is not a lost one; a push whose answer is lost
+    #: stalls before it lands, not after; no torn reads); each bug has its own
+    #: strict-xfail test in ``test_known_bugs.py``.  Remove an entry once it is fixed.
+    known_bugs: frozenset[str] = KNOWN_BUGS
+
+    workers = Bundle("workers")
+
+    def __init__(self) -> None:
+        super().__init__()
+        STATS["runs"] += 1
+        self.now = 0.0
+        self.depth = 0
+        self.sessions = itertools.count(1)
+        self.world: Any = None
+        self.workers_list: list[WorkerState] = []
+        self.by_name: dict[str, WorkerState] = {}
+        self.ledgers: dict[Oid, Ledger] = {}
+        self.lock_states: dict[Oid, LockState] = {}
+        self.lock_checked: set[Oid] = set()
+        self.late_jobs = list(LATE_JOBS)
+        self.budget = dict(BUDGET)
+        self.events: dict[str, int] = {}
+        self.expect_revoke: set[str] = set()
+        self.expect_branch: dict[str, Oid] = {}
+
+    # ---- setup ------------------------------------------------------------------
+    @initialize(
+        target=workers,
+        n=st.integers(2, 5),
+        jobs=st.integers(2, 6),
+        max_attempts=st.integers(1, 3),
+        lease_rounds=st.sampled_from(LEASE_ROUNDS),
+        clocks=hosts(),
+        speeds=st.lists(st.sampled_from((1, 3)), min_size=5, max_size=5),
+    )
+    def start(self, n: int, jobs: int, max_attempts: int, lease_rounds: int,
+              clocks: list[tuple[float, float]], speeds: list[int]):
+        queue = list(JOB_NAMES[:jobs])
+        self.max_attempts = max_attempts
+        self.lease = lease = lease_rounds * n * STEP_SECONDS
+        self.world = self.world_class(queue)
+        self.model = Model(queue=list(queue))
+        for name, (base, rate), speed in zip(WORKER_NAMES[:n], clocks, speeds, strict=False):
+            host = HostClock(lambda: self.now, base, rate, lease)
+            ws = WorkerState(name, host, None, "", speed=speed)  # type: ignore[arg-type]
+            self.workers_list.append(ws)
+            self.by_name[name] = ws
+            self.boot(ws)
+        self.admin = self.world.transport("admin")
+        return multiple(*self.by_name)
+
+    def boot(self, ws: WorkerState) -> None:
+        """Start a new process for worker ``ws`` (a new session; nothing local survives)."""
+        ws.session = f"{ws.name}#s{next(self.sessions)}"
+        wire = Wire(self.world.transport(ws.session), self, ws.name)
+        ws.coord = self.coordinator_class(
+            wire, worker=ws.name, session=ws.session, branch=BRANCH, lease=self.lease,
+            margin=MARGIN * self.lease, max_attempts=self.max_attempts, clock=ws.host,
+        )
+        ws.alive, ws.snap, ws.fresh, ws.pending, ws.fault = True, None, False, None, None
+        ws.believed = set()
+
+    def teardown(self) -> None:
+        try:
+            if self.world is not None and sys.exc_info()[0] is None:
+                self.drain()
+        finally:
+            if self.world is not None:
+                self.world.close()
+
+    def drain(self) -> None:
+        """Guarantee 4 (progress): once the faults stop, the workers finish every job.
+
+        Every host wakes, no push fails any more, and the workers' threads take fair turns
+        (the invariants are checked after each step) until nothing is queued or running.
+        A stale holder that was asleep wakes here and acts on its lost job, too.
+        """
+        for ws in self.workers_list:
+            ws.host.sleeps = [(start, min(end, self.now)) for start, end in ws.host.sleeps]
+            ws.fault = None
+        jobs = len(self.model.queue) + len(self.model.running) + len(self.model.done) + len(
+            self.model.failed)
+        rounds = (jobs * self.max_attempts + 2) * (self.lease / STEP_SECONDS + 20)
+        for _ in range(int(rounds) * 2):
+            if not self.model.queue and not self.model.running and all(
+                    ws.coord.job is None for ws in self.workers_list):
+                return
+            self.schedule(None)
+            STATS["drain steps"] += 1
+            for check in (self.ledgers_agree_with_the_model, self.lock_tokens_increase,
+                          self.at_most_one_valid_holding, self.beliefs_agree_with_the_remote):
+                check()
+        violation(f"progress: with every worker up and no more faults, the work did not end "
+                  f"within {int(rounds) * 2} steps (queue {self.model.queue}, running "
+                  f"{sorted(self.model.running)})")
+
+    # ---- reading the remote -------------------------------------------------------
+    def ledger_at(self, commit: Oid) -> Ledger:
+        if commit not in self.ledgers:
+            files = {name: self.world.read_file(commit, name) for name in LEDGER_FILES}
+            self.ledgers[commit] = Ledger.from_files(files, BRANCH)
+        return self.ledgers[commit]
+
+    def queue_at(self, commit: Oid) -> list[str]:
+        return read_queue((self.world.read_file(commit, JOBS_FILE) or b"").decode())
+
+    def lock_at(self, oid: Oid | None) -> LockState:
+        if oid is None:
+            return LockState()
+        if oid not in self.lock_states:
+            self.lock_states[oid] = parse_lock_message(self.world.message(oid))
+        return self.lock_states[oid]
+
+    def say(self, what: Callable[[], str]) -> None:
+        """Tell the story of the failing example (only when Hypothesis reports it)."""
+        if current_build_context().is_final:
+            note(f"t={self.now:8.2f}  {what()}")
+
+    def count(self, event: str) -> None:
+        EVENTS[event] = EVENTS.get(event, 0) + 1
+        self.events[event] = self.events.get(event, 0) + 1
+
+    def live(self) -> list[WorkerState]:
+        return [ws for ws in self.workers_list if ws.alive]
+
+    # ---- pushes: faults in, audit out ------------------------------------------------
+    def push_through(self, ws: WorkerState, inner: Any, updates: Sequence[RefUpdate]) -> bool:
+        """Push for ``ws`` with its scheduled fault, and audit whatever the push changed."""
+        fault = ws.fault
+        if fault is not None and not fault.hits(updates):
+            fault = None
+        if fault is not None and fault.interlude and self.depth > 0:
+            fault = None  # no stall inside another worker's stall; keep it for later
+        if fault is not None and self.triggers_known_bug(fault, updates):
+            fault = None  # keep it for a push it does not break for a known reason
+        if fault is None:
+            return self.audited_push(ws, inner, updates)
+        ws.fault = None
+        kind = fault.kind
+        if kind in ("unknown-applied", "unknown-lost") and not isinstance(self.world, MemoryWorld):
+            kind = "timeout-" + kind.split("-")[1]  # the same, injected here
+        stall_first = kind == "pause" or (
+            kind == "timeout-applied" and "resolve-by-equality" in self.known_bugs)
+        if kind == "kill-before":
+            raise Killed(ws.name)
+        if stall_first:
+            self.interlude(ws, fault)
+        if kind in ("unknown-applied", "unknown-lost"):
+            self.world.fail_next_push(inner, kind)  # the remote's own fault_hook
+        ok = kind != "timeout-lost" and self.audited_push(ws, inner, updates)
+        if kind == "kill-after":
+            raise Killed(ws.name)
+        if kind in ("timeout-applied", "timeout-lost"):
+            if not stall_first:
+                self.interlude(ws, fault)
+            raise OutcomeUnknown("injected: the push timed out", refs=[u.ref for u in updates])
+        return ok
+
+    def audited_push(self, ws: WorkerState, inner: Any, updates: Sequence[RefUpdate]) -> bool:
+        pre = self.world.refs()
+        try:
+            return bool(inner.push(updates))
+        finally:
+            post = self.world.refs()
+            if pre != post:
+                self.audit_push(ws, pre, post)
+
+    def triggers_known_bug(self, fault: Fault, updates: Sequence[RefUpdate]) -> bool:
+        """Would ``fault`` on this push hit a bug listed in :attr:`known_bugs`?"""
+        lost = fault.kind in ("unknown-lost", "timeout-lost")
+        branch_only = all(u.ref.startswith("refs/heads/jobs/") for u in updates)
+        return "update-unknown-lost" in self.known_bugs and lost and branch_only
+
+    def interlude(self, ws: WorkerState, fault: Fault) -> None:
+        """``ws`` is stuck inside a push for ``fault.delay`` seconds; meanwhile the workers
+        listed in ``fault.interlude`` take their natural next steps (``-1``: the
+        administrator queues a job), spread over the delay."""
+        self.count("interlude")
+        self.depth += 1
+        try:
+            for index in fault.interlude:
+                self.now += fault.delay / len(fault.interlude)
+                other = self.workers_list[index % len(self.workers_list)]
+                if index < 0:
+                    self.queue_late_job()
+                elif other is not ws and other.alive:
+                    self.count("interlude-step")
+                    self.natural_step(other)
+            if not fault.interlude:
+                self.now += fault.delay
+        finally:
+            self.depth -= 1
+
+    # ---- the audit of one push, at the instant it landed ---------------------------------
+    def audit_push(self, ws: WorkerState | None, pre: dict[str, Oid], post: dict[str, Oid]) -> None:
+        changed = sorted(r for r in set(pre) | set(post) if pre.get(r) != post.get(r))
+        who = "the administrator" if ws is None else f"worker {ws.name!r} ({ws.session})"
+        self.expect_revoke, self.expect_branch = set(), {}
+        if MAIN_REF in changed:
+            self.audit_main(ws, who, pre, post)
+        for ref in changed:
+            old, new = pre.get(ref), post.get(ref)
+            require(new is not None, f"{who} deleted {ref}")
+            if ref == MAIN_REF:
+                continue
+            if ref == LOCK_REF:
+                self.audit_lock(ws, who, old, new)  # type: ignore[arg-type]
+            elif ref.startswith(WORKERS_PREFIX):
+                self.audit_beat(ws, who, ref, new)  # type: ignore[arg-type]
+            elif ref.startswith("refs/heads/jobs/"):
+                self.audit_branch(ws, who, ref, old, new)  # type: ignore[arg-type]
+            else:
+                violation(f"{who} changed {ref}, which the protocol never writes")
+        missing = self.expect_revoke - set(changed)
+        require(not missing, f"{who} took over a job without revoking {sorted(missing)}")
+        for ref, oid in self.expect_branch.items():
+            require(post.get(ref) == oid,
+                    f"{who} claimed a job but its branch {ref} is not at the claim commit")
+        self.check_branches(post)
+
+    def audit_main(self, ws: WorkerState | None, who: str, pre: dict[str, Oid],
+                   post: dict[str, Oid]) -> None:
+        old, new = pre[MAIN_REF], post[MAIN_REF]
+        require(self.world.is_ancestor(old, new),
+                f"{who} moved the main branch from {old[:10]} to {new[:10]}, which does not "
+                "contain it: history on the main branch was lost")
+        ledger, queue = self.ledger_at(new), self.queue_at(new)
+        try:
+            ledger.validate()
+        except AssertionError as exc:
+            violation(f"after a push by {who}: {exc}")
+        running, done, failed = ledger_tables(ledger)
+        m = self.model
+        if ws is None:
+            require(queue[: len(m.queue)] == m.queue and (running, done, failed) ==
+                    (m.running, m.done, m.failed), f"{who} changed more than the queue")
+            m.queue = queue
+            return
+        real = Model(queue, running, done, failed)
+        jobs = set(running) | set(done) | set(failed) | set(queue) | set(m.running) | set(
+            m.done) | set(m.failed) | set(m.queue)
+        moved = sorted(j for j in jobs if real.state(j)[0] != m.state(j)[0]
+                       or not same_line(real.state(j)[1], m.state(j)[1]))
+        require(len(moved) == 1,
+                f"{who} changed the state of {len(moved)} jobs in one push: {moved}")
+        job = moved[0]
+        was, before = m.state(job)
+        now_kind, after = real.state(job)
+        mine = ws.coord.job if ws.coord.job is not None and ws.coord.job.job == job else None
+        lock = self.lock_at(pre.get(LOCK_REF))
+        fenced = (not lock.free and (lock.holder, lock.session) == (ws.name, ws.session)
+                  and pre.get(LOCK_REF) != post.get(LOCK_REF))
+        story = f"{who} moved job {job!r} from {was} {before} to {now_kind} {after}"
+        expected_queue = m.queue
+        assert after is None or after.job == job
+        if was == "queued" and now_kind == "running":  # a new claim
+            assert after is not None
+            require(after.worker == ws.name and after.attempt == 1, story)
+            require(fenced and after.token == lock.token,
+                    f"{story} while the lock was {lock}, not its holding under that token: "
+                    "a claim must land fenced by the holding it was made under")
+            expected_queue = [j for j in m.queue if j != job]
+            self.record_claim(ws, job, after.token, new)
+            self.count("claim")
+        elif was == "running" and now_kind == "running":
+            assert before is not None and after is not None
+            if after.worker == "":  # this worker's own failed attempt, released for a retry
+                require(mine is not None and mine.token == before.token == after.token
+                        and before.worker == ws.name and before.attempt == after.attempt,
+                        f"{story}, but it does not hold that job under that token")
+            else:  # a retry: another attempt under a new holding
+                require(after.worker == ws.name and after.attempt == before.attempt + 1, story)
+                require(fenced and after.token == lock.token and after.token > before.token,
+                        f"{story} while the lock was {lock}: a retry must be fenced by the lock")
+                self.take_over(ws, job, before, story)
+                self.record_claim(ws, job, after.token, new)
+                self.count("retry")
+        elif was == "running" and now_kind == "done":
+            assert before is not None and after is not None
+            require(mine is not None and before.worker == ws.name and mine.token == before.token,
+                    f"{story}, but its holding is {mine}: a finish from a stale holder was "
+                    "accepted")
+            require((after.worker, after.token, after.attempt) ==
+                    (before.worker, before.token, before.attempt),
+                    f"{story}: the finish's token differs from the ledger line it moved")
+            for tip in [*m.tips.get((job, before.token), []), mine.tip]:
+                require(self.world.is_ancestor(tip, new),
+                        f"{story}, but its update {tip[:10]} is not part of the main branch")
+            self.count("finish")
+        elif was == "running" and now_kind == "failed":
+            assert before is not None and after is not None
+            require((after.worker, after.token, after.attempt) ==
+                    (before.worker, before.token, before.attempt), story)
+            if not (mine is not None and before.worker == ws.name
+                    and mine.token == before.token):  # a give-up: attempts used up
+                require(fenced, f"{story} without holding the lock")
+                require(before.attempt >= self.max_attempts, f"{story} with attempts left")
+                self.take_over(ws, job, before, story)
+                self.count("give-up")
+        else:
+            violation(f"illegal ledger transition: {story}")
+        require(queue == expected_queue,
+                f"after a push by {who} jobs.txt lists {queue}, the model {expected_queue}")
+        m.queue = queue
+        for kind, table in (("running", m.running), ("done", m.done), ("failed", m.failed)):
+            table.pop(job, None)
+            if now_kind == kind:
+                table[job] = after  # type: ignore[assignment]
+        require((running, done, failed) == (m.running, m.done, m.failed),
+                f"after a push by {who} the ledgers differ from the model")
+
+    def record_claim(self, ws: WorkerState, job: str, token: int, commit: Oid) -> None:
+        claim = Claim(ws.name, ws.session, commit)
+        self.model.claims[(job, token)] = claim
+        self.expect_branch[claim.branch(job, token)] = commit
+
+    def take_over(self, ws: WorkerState, job: str, before: Entry, story: str) -> None:
+        """``ws`` takes ``job`` from its previous holding: that holder's lease must be over."""
+        self.model.taken_over.add((job, before.token))
+        for other in self.live():
+            held = other.coord.job
+            if other is not ws and held is not None and held.job == job:
+                self.count("takeover-from-live-holder")
+                require(self.now >= other.beat_valid_until(),
+                        f"{story} while {other.name!r} still runs it with a valid lease (until "
+                        f"t={other.beat_valid_until():.3f}, now t={self.now:.3f}): "
+                        "the job runs twice")
+        if before.worker not in ("", ws.name):
+            self.expect_revoke.add(worker_ref(before.worker))
+
+    def audit_lock(self, ws: WorkerState, who: str, old: Oid | None, new: Oid) -> None:
+        chain = []
+        cur = new
+        while cur != old:
+            chain.append(cur)
+            parents = self.world.parents(cur)
+            require(len(parents) == 1,
+                    f"{who} set the lock to {new[:10]}, which does not descend from its "
+                    "previous value: the lock was forced")
+            cur = parents[0]
+        for child in reversed(chain):
+            parent = self.world.parents(child)[0]
+            p, c = self.lock_at(parent), self.lock_at(child)
+            require(lock_step_ok(p, c), f"{who} moved the lock from {p} to {c}")
+            if c.token != p.token:  # a new holding
+                require((c.holder, c.session) == (ws.name, ws.session),
+                        f"{who} wrote a holding for {c.holder!r}")
+                for other in self.live():
+                    h = other.coord.holding
+                    if (h is not None and h.state.token == p.token
+                            and other.session == p.session):
+                        require(self.now >= other.holding_valid_until(),
+                                f"{who} took the lock over from {other.name!r}, whose holding "
+                                f"(token {p.token}) is valid until "
+                                f"t={other.holding_valid_until():.3f}; now t={self.now:.3f}")
+                if not p.free:
+                    self.count("lock-takeover")
+            else:  # a renewal or a release, by the holder only
+                require(p.session == ws.session, f"{who} moved the lock from {p} to {c}, "
+                        "a holding that is not its own")
+
+    def audit_beat(self, ws: WorkerState, who: str, ref: str, new: Oid) -> None:
+        beat = parse_beat_message(self.world.message(new))
+        require(ref == worker_ref(beat.worker), f"{who} wrote {beat} to {ref}")
+        if beat.revoked:
+            require(ref in self.expect_revoke and beat.revoked_by == ws.name,
+                    f"{who} revoked {ref} without taking over one of its jobs")
+            for other in self.live():
+                if other.session == beat.session:
+                    require(self.now >= other.beat_valid_until(),
+                            f"{who} revoked the liveness of {other.name!r}, valid until "
+                            f"t={other.beat_valid_until():.3f}; now t={self.now:.3f}")
+            self.count("revocation")
+            return
+        require((beat.worker, beat.session) == (ws.name, ws.session),
+                f"{who} wrote a live beat for {beat.worker!r} session {beat.session}")
+        for job in beat.jobs:
+            e = self.model.running.get(job)
+            claim = self.model.claims.get((job, e.token)) if e is not None else None
+            require(e is not None and e.worker == ws.name and claim is not None
+                    and claim.session == ws.session,
+                    f"{who} renewed its lease on {job!r}, which it no longer holds "
+                    f"(the ledger says {self.model.state(job)})")
+
+    def audit_branch(self, ws: WorkerState, who: str, ref: str, old: Oid | None,
+                     new: Oid) -> None:
+        if old is None:
+            require(ref in self.expect_branch, f"{who} created {ref} without claiming its job")
+            return
+        job = ws.coord.job
+        require(job is not None and job.branch_ref == ref and self.world.is_ancestor(old, new),
+                f"{who} moved {ref}, which is not the branch of its job, or not forward")
+
+    def check_branches(self, refs: dict[str, Oid]) -> None:
+        """Nothing lost: every holding's branch is on the remote with all its updates."""
+        for (job, token), claim in self.model.claims.items():
+            ref = claim.branch(job, token)
+            require(ref in refs, f"the branch {ref} of job {job!r} (token {token}) is missing")
+            for tip in self.model.tips.get((job, token), [])[-1:]:
+                require(self.world.is_ancestor(tip, refs[ref]),
+                        f"the update {tip[:10]} of {job!r} is gone from {ref}")
+
+    # ---- one step of one worker ------------------------------------------------------------
+    def perform(self, ws: WorkerState, step: str) -> None:
+        """Run ``step`` for ``ws`` if it applies; a kill -9 inside it ends the process."""
+        if not self.can(ws, step):
+            return
+        self.say(lambda: f"{ws.name} ({ws.session}): {step}")
+        try:
+            getattr(self, "do_" + step)(ws)
+        except Killed:
+            self.count("kill")
+            self.say(lambda: f"{ws.name}: killed (kill -9) during {step}")
+            ws.alive = False
+            self.boot(ws)
+        if ws.coord.holding is not None:
+            ws.believed.add(ws.coord.holding.oid)
+        else:
+            ws.pending = None  # the function's result dies with the holding
+
+    def can(self, ws: WorkerState, step: str) -> bool:
+        c = ws.coord
+        if not ws.alive or ws.host.asleep(self.now):
+            return False
+        return {
+            "observe": c.holding is None and not ws.fresh,
+            "acquire": c.holding is None and c.job is None and ws.fresh,
+            "holder": c.holding is not None and ws.pending is None,
+            "claim": c.holding is not None and ws.pending is not None,
+            "release": c.holding is not None,
+            "update": c.job is not None,
+            "finish": c.job is not None,
+            "fail": c.job is not None,
+            "heartbeat": c.holding is not None or c.job is not None,
+            "renew_beat": c.job is not None,
+        }[step]
+
+    def do_observe(self, ws: WorkerState) -> None:
+        ws.snap, ws.fresh = ws.coord.observe(), True
+
+    def do_acquire(self, ws: WorkerState) -> None:
+        snap, c = ws.snap, ws.coord
+        quiet = ws.fault is None
+        refs = self.world.refs()
+        lock = self.lock_at(refs.get(LOCK_REF))
+        ws.fresh = False
+        got = c.try_acquire(snap)
+        if quiet and snap.lock_oid == refs.get(LOCK_REF) and (
+                lock.free or (lock.holder == ws.name and lock.session != ws.session)):
+            require(got, f"{ws.name!r} failed to take a lock it could take: {lock}")
+        if got:
+            ws.pending = None
+
+    def do_holder(self, ws: WorkerState) -> None:
+        c = ws.coord
+        if not c.holding_valid():
+            # the holder stops working for a lease it cannot renew (DESIGN 4.5); the Worker
+            # does not check this before the next-job function (see test_known_bugs.py)
+            self.count("expired-holder-stops")
+            c.release()
+            return
+        plan = c.plan(ws.snap)
+        if isinstance(plan, GiveUp):
+            ws.snap = c.give_up(ws.snap, plan)
+        elif isinstance(plan, Retry):
+            self.claimed(ws, c.claim(ws.snap, plan, None))
+        else:
+            ws.pending = self.next_job_function(ws)
+            if ws.pending is None:
+                c.release()
+
+    def next_job_function(self, ws: WorkerState) -> tuple[str, Oid | None] | None:
+        """The queue's next-job function: take the first line of ``jobs.txt``."""
+        t = ws.coord.transport
+        main = ws.snap.main
+        queue = read_queue((t.read_file(main, JOBS_FILE) or b"").decode())
+        if not queue:
+            return None
+        edits = t.write_commit(
+            parents=[main], base=main, changes={JOBS_FILE: format_queue(queue[1:]).encode()},
+            message=f"next-job function: take {queue[0]}",
+        )
+        return queue[0], edits
+
+    def do_claim(self, ws: WorkerState) -> None:
+        assert ws.pending is not None
+        job, edits = ws.pending
+        ws.pending = None
+        try:
+            got = ws.coord.claim(ws.snap, CallNextJobFunction(), job, edits)
+        except MergeConflict:
+            # the queue changed under the function's edit (an administrator queued a job)
+            require(self.queue_at(self.world.refs()[MAIN_REF]) != self.queue_at(ws.snap.main)
+                    and ws.coord.holding is None, f"{ws.name!r}: unexpected merge conflict")
+            self.count("claim-conflict")
+            return
+        self.claimed(ws, got)
+
+    def claimed(self, ws: WorkerState, got: JobHolding | None) -> None:
+        if got is None:
+            require(ws.coord.holding is None, f"{ws.name!r} claimed nothing but kept the lock")
+            return
+        claim = self.model.claims.get((got.job, got.token))
+        require(self.model.runs(got.job, ws.name, got.token) and claim is not None
+                and claim.session == ws.session and self.model.running[got.job].attempt
+                == got.attempt, f"{ws.name!r} believes it claimed {got}, the ledger says "
+                f"{self.model.state(got.job)}")
+
+    def do_release(self, ws: WorkerState) -> None:
+        ws.pending = None
+        ws.coord.release()
+
+    def do_update(self, ws: WorkerState, shared: bool = False) -> None:
+        c = ws.coord
+        job = c.job
+        assert job is not None
+        ws.updates += 1
+        path = "results.txt" if shared else job_dir(job.job) + "/log.txt"
+        data = f"{ws.name} token {job.token} update {ws.updates}\n".encode()
+        tip = c.transport.write_commit(parents=[job.tip], base=job.tip, changes={path: data},
+                                       message=f"update {ws.updates} of {job.job}")
+        try:
+            c.update(tip)
+        except LeaseLost as exc:
+            require(c.revoked, f"{ws.name!r}: update of {job.job!r} raised LeaseLost ({exc}) "
+                    f"though its lease was not revoked; the ledger says "
+                    f"{self.model.state(job.job)}")
+        if self.world.refs().get(job.branch_ref) == tip:
+            self.model.tips.setdefault((job.job, job.token), []).append(tip)
+
+    def do_finish(self, ws: WorkerState) -> None:
+        c = ws.coord
+        job = c.job
+        assert job is not None
+        quiet = ws.fault is None
+        try:
+            landed = c.finish_step()
+        except LeaseLost:
+            require(not self.model.runs(job.job, ws.name, job.token),
+                    f"{ws.name!r}: finishing {job.job!r} was refused though it still holds it")
+            self.count("finish-refused")
+        except MergeConflict:
+            e = self.model.failed.get(job.job)
+            require(e is not None and (e.worker, e.token) == (ws.name, job.token),
+                    f"{ws.name!r}: merge conflict, but {job.job!r} is not failed under it")
+            self.count("finish-conflict")
+        else:
+            if landed is None:
+                require(not quiet, f"{ws.name!r}: a finish of {job.job!r} lost a race without "
+                        "any other push")
+                require(c.job is job, f"{ws.name!r} dropped its job after a lost race")
+                return
+            e = self.model.done.get(job.job)
+            require(e is not None and e.token == job.token,
+                    f"{ws.name!r} believes it finished {job.job!r}; the ledger says "
+                    f"{self.model.state(job.job)}")
+        require(c.job is None, f"{ws.name!r} still holds {job.job!r} after finishing it")
+
+    def do_fail(self, ws: WorkerState) -> None:
+        c = ws.coord
+        job = c.job
+        assert job is not None
+        try:
+            outcome = c.fail_step("the machine failed this attempt")
+        except LeaseLost:
+            require(not self.model.runs(job.job, ws.name, job.token),
+                    f"{ws.name!r}: failing {job.job!r} was refused though it still holds it")
+            return
+        if outcome is None:
+            return
+        kind, e = self.model.state(job.job)
+        expected = ("running", "") if outcome == "retry" else ("failed", ws.name)
+        require(e is not None and (kind, e.worker) == expected and e.token == job.token,
+                f"{ws.name!r} believes {job.job!r} is now {outcome}; the ledger says {kind} {e}")
+
+    def do_heartbeat(self, ws: WorkerState) -> None:
+        self.heartbeat_of(ws, ws.coord.renew)
+
+    def do_renew_beat(self, ws: WorkerState) -> None:
+        self.heartbeat_of(ws, ws.coord.renew_beat)
+
+    def heartbeat_of(self, ws: WorkerState, beat: Callable[[], object]) -> None:
+        was = ws.coord.revoked
+        beat()
+        if ws.coord.revoked and not was:
+            self.count("revoked-learned")
+
+    # ---- rules: one step of one worker ----------------------------------------------------
+    # ``act`` is the scheduler's step.  Hypothesis picks uniformly among the rules whose
+    # preconditions hold, and tries them in the order (arguments, name): as a one-argument
+    # rule named ``act``, registered three times, it takes about half the steps (idle
+    # workers could always poll instead, which real ones do with backoff).
+    @rule(data=st.data())
+    def act(self, data: Any) -> None:
+        self.schedule(data)
+
+    @rule(data=st.data())
+    def act_again(self, data: Any) -> None:
+        self.schedule(data)
+
+    @rule(data=st.data())
+    def act_once_more(self, data: Any) -> None:
+        self.schedule(data)
+
+    def schedule(self, data: Any) -> None:
+        """Half a second passes; then one thread of one worker takes its natural next step.
+
+        Each worker has a main thread (observe, acquire, plan and claim, work on its job)
+        and a heartbeat thread (renew when due).  A fair scheduler runs the runnable thread
+        whose turn is earliest (``skip`` picks a later one instead); threads on fast hosts
+        get turns more often (``speed``): on a slow host the heartbeat falls behind and
+        leases run out while the worker still works.  A heartbeat a whole lease overdue (the
+        host slept) runs first, as a timer that expired during the sleep would.
+        """
+        self.now += STEP_SECONDS
+        turns = sorted(
+            (turn - (1000 if thread == "heartbeat" and self.renewal_overdue(ws) else 0),
+             i, thread)
+            for i, ws in enumerate(self.workers_list)
+            for thread, turn in ws.turns.items()
+            if ws.alive and not ws.host.asleep(self.now)
+            and (thread == "main" or self.renewal_due(ws))
+        )
+        if not turns:
+            return
+        late = 0 if data is None else data.draw(st.integers(0, min(3, len(turns) - 1)),
+                                                 label="skip")
+        _, i, thread = turns[late]
+        ws = self.workers_list[i]
+        ws.turns[thread] = max(ws.turns.values()) + 1 / ws.speed
+        if thread == "main":
+            self.natural_step(ws)
+        else:
+            ws.beat_ran_at = self.now
+            self.perform(ws, "heartbeat")
+
+    def natural_step(self, ws: WorkerState) -> None:
+        """What the Worker's main thread does next: observe, acquire, plan and claim; or
+        work on its job."""
+        c = ws.coord
+        if c.job is not None and c.revoked:
+            step = "finish"  # told it lost the job (LeaseLost), the user's code wraps up
+        elif c.job is not None:
+            ws.cursor += 1
+            step = JOB_CYCLE[ws.cursor % len(JOB_CYCLE)]
+        elif c.holding is not None:
+            step = "claim" if ws.pending is not None else "holder"
+        else:
+            step = "acquire" if ws.fresh else "observe"
+        if step == "update":
+            if self.can(ws, "update"):
+                self.update_or_die(ws, shared=ws.cursor % 5 == 0)
+        else:
+            self.perform(ws, step)
+
+    def renewal_due(self, ws: WorkerState) -> bool:
+        """Would the heartbeat renew something now (the lock, or the job's liveness)?"""
+        c = ws.coord
+        if ws.host.asleep(self.now) or (c.holding is None and c.job is None):
+            return False
+        now = ws.host.local(self.now)
+        lock_due = c.holding is not None and holder_verdict(
+            c.holding.sent_at, now, self.lease) == "renew"
+        return lock_due or (c.job is not None and now - c.beat_sent_at >= self.lease / 3)
+
+    def renewal_overdue(self, ws: WorkerState) -> bool:
+        """A whole lease without renewal (the host slept): the heartbeat's timer fires first,
+        once (a revoked worker's renewals keep failing; it gets no priority for that)."""
+        c = ws.coord
+        if self.now - ws.beat_ran_at < self.lease:
+            return False
+        now = ws.host.local(self.now)
+        sent = [c.beat_sent_at] if c.job is not None else []
+        sent += [c.holding.sent_at] if c.holding is not None else []
+        return any(now - t >= self.lease for t in sent)
+
+    def update_or_die(self, ws: WorkerState, shared: bool) -> None:
+        self.say(lambda: f"{ws.name} ({ws.session}): update{' (shared file)' if shared else ''}")
+        try:
+            self.do_update(ws, shared)
+        except Killed:
+            self.count("kill")
+            ws.alive = False
+            self.boot(ws)
+
+    def pick(self, data: Any, step: str) -> WorkerState:
+        names = [ws.name for ws in self.workers_list if self.can(ws, step)]
+        return self.by_name[data.draw(st.sampled_from(names), label="worker")]
+
+    @precondition(any_can("observe"))
+    @rule(data=st.data())
+    def observe(self, data: Any) -> None:
+        self.perform(self.pick(data, "observe"), "observe")
+
+    @precondition(any_can("acquire"))
+    @rule(data=st.data())
+    def try_acquire(self, data: Any) -> None:
+        self.perform(self.pick(data, "acquire"), "acquire")
+
+    @precondition(any_can("holder"))
+    @rule(data=st.data())
+    def plan_and_act(self, data: Any) -> None:
+        """Give up an orphan, retry one, or run the next-job function (whichever is next)."""
+        self.perform(self.pick(data, "holder"), "holder")
+
+    @precondition(any_can("claim"))
+    @rule(data=st.data())
+    def claim(self, data: Any) -> None:
+        self.perform(self.pick(data, "claim"), "claim")
+
+    @precondition(lambda self: self.budget["release"] > 0 and any_can("release")(self))
+    @rule(data=st.data())
+    def release(self, data: Any) -> None:
+        """The next-job function raised: the Worker releases the lock without a claim."""
+        self.budget["release"] -= 1
+        self.perform(self.pick(data, "release"), "release")
+
+    @precondition(any_can("update"))
+    @rule(data=st.data(), shared=st.booleans())
+    def update(self, data: Any, shared: bool) -> None:
+        self.update_or_die(self.pick(data, "update"), shared)
+
+    @precondition(any_can("finish"))
+    @rule(data=st.data())
+    def finish(self, data: Any) -> None:
+        self.perform(self.pick(data, "finish"), "finish")
+
+    @precondition(lambda self: self.budget["fail"] > 0 and any_can("fail")(self))
+    @rule(data=st.data())
+    def fail(self, data: Any) -> None:
+        """The job's code failed: record the attempt (retried while attempts are left)."""
+        self.budget["fail"] -= 1
+        self.perform(self.pick(data, "fail"), "fail")
+
+    @precondition(any_can("heartbeat"))
+    @rule(data=st.data())
+    def heartbeat(self, data: Any) -> None:
+        self.perform(self.pick(data, "heartbeat"), "heartbeat")
+
+    @precondition(any_can("renew_beat"))
+    @rule(data=st.data())
+    def renew_beat(self, data: Any) -> None:
+        self.perform(self.pick(data, "renew_beat"), "renew_beat")
+
+    # ---- rules: what the world does ---------------------------------------------------------
+    @precondition(lambda self: self.budget["time"] > 0)
+    @rule(dt=st.sampled_from(DELAYS))
+    def advance_time(self, dt: float) -> None:
+        """Real time passes for everyone (each host's clock at its own rate); ``dt`` in leases."""
+        self.budget["time"] -= 1
+        self.now += dt * self.lease
+
+    @precondition(lambda self: self.budget["suspend"] > 0 and self.awake("job"))
+    @rule(data=st.data(), dt=st.sampled_from(SLEEPS))
+    def suspend_job_holder(self, data: Any, dt: float) -> None:
+        """A worker running a job is suspended for ``dt`` real seconds (a VM paused by its
+        hypervisor, a closed laptop): it takes no step and its monotonic clock stands still,
+        while the other workers run on."""
+        self.suspend(data, "job", dt)
+
+    @precondition(lambda self: self.budget["suspend"] > 0 and self.awake("holding"))
+    @rule(data=st.data(), dt=st.sampled_from(SLEEPS))
+    def suspend_lock_holder(self, data: Any, dt: float) -> None:
+        """Likewise for a worker that holds the lock."""
+        self.suspend(data, "holding", dt)
+
+    def awake(self, what: str) -> list[str]:
+        return [ws.name for ws in self.live()
+                if not ws.host.asleep(self.now) and getattr(ws.coord, what) is not None]
+
+    def suspend(self, data: Any, what: str, dt: float) -> None:
+        self.budget["suspend"] -= 1
+        ws = self.by_name[data.draw(st.sampled_from(self.awake(what)), label="worker")]
+        ws.host.sleeps.append((self.now, self.now + dt * self.lease))
+        self.count("suspend-" + what)
+
+    @precondition(lambda self: self.budget["crash"] > 0)
+    @rule(w=workers)
+    def crash(self, w: str) -> None:
+        """kill -9 between steps, and a restart: same name, new session, local state lost."""
+        self.budget["crash"] -= 1
+        self.count("kill")
+        self.boot(self.by_name[w])
+
+    @precondition(lambda self: self.budget["fault"] > 0)
+    @rule(
+        w=workers,
+        kind=st.sampled_from(PUSH_FAULTS),
+        aim=st.sampled_from(("any", "main", "lock")),
+        delay=st.sampled_from(DELAYS),
+        interlude=st.lists(st.integers(-1, 4), max_size=4).map(tuple),
+    )
+    def fault_next_push(self, w: str, kind: str, aim: str, delay: float,
+                        interlude: tuple[int, ...]) -> None:
+        """Something goes wrong with one of this worker's next pushes (see :data:`PUSH_FAULTS`):
+        the next one, or the next that moves the main branch or the lock."""
+        self.budget["fault"] -= 1
+        stalls = kind in ("pause", "timeout-applied", "timeout-lost")
+        self.by_name[w].fault = Fault(kind, delay * self.lease if stalls else 0.0,
+                                      interlude if stalls else (), aim)
+
+    @precondition(lambda self: self.budget["fault"] > 0 and isinstance(self.world, MemoryWorld)
+                  and "torn-observe" not in self.known_bugs)
+    @rule(w=workers)
+    def torn_read(self, w: str) -> None:
+        """This worker's next read of the remote sees the latest push half done (git's files
+        backend renames an atomic push's ref locks one at a time)."""
+        self.budget["fault"] -= 1
+        self.world.tear_next_read(self.by_name[w].coord.transport.inner)
+
+    @precondition(lambda self: self.late_jobs)
+    @rule()
+    def queue_a_job(self) -> None:
+        """An administrator appends a job to ``jobs.txt`` (CAS on the main branch, no lock)."""
+        self.queue_late_job()
+
+    def queue_late_job(self) -> None:
+        if not self.late_jobs:
+            return
+        job = self.late_jobs.pop(0)
+        for _ in range(3):
+            main = self.admin.fetch([MAIN_REF])[MAIN_REF]
+            queue = self.queue_at(main)
+            new = self.admin.write_commit(
+                parents=[main], base=main, message=f"queue {job}",
+                changes={JOBS_FILE: format_queue([*queue, job]).encode()},
+            )
+            pre = self.world.refs()
+            if self.admin.push([RefUpdate(MAIN_REF, main, new)]):
+                self.audit_push(None, pre, self.world.refs())
+                return
+
+    # ---- invariants between steps -------------------------------------------------------------
+    @invariant()
+    def count_steps(self) -> None:
+        STATS["steps"] += 1
+
+    @invariant()
+    def ledgers_agree_with_the_model(self) -> None:
+        main = self.world.refs()[MAIN_REF]
+        ledger = self.ledger_at(main)
+        try:
+            ledger.validate()
+        except AssertionError as exc:
+            violation(str(exc))
+        running, done, failed = ledger_tables(ledger)
+        jobs = [set(running), set(done), set(failed)]
+        require(not (jobs[0] & jobs[1] or jobs[0] & jobs[2] or jobs[1] & jobs[2]),
+                "a job is in two ledgers")
+        m = self.model
+        require((running, done, failed) == (m.running, m.done, m.failed),
+                "the ledgers differ from the model")
+        require(self.queue_at(main) == m.queue, "jobs.txt differs from the model's queue")
+        for job, e in m.done.items():
+            for tip in m.tips.get((job, e.token), [])[-1:]:  # the others are its ancestors
+                require(self.world.is_ancestor(tip, main),
+                        f"update {tip[:10]} of finished job {job!r} is not on the main branch")
+
+    @invariant()
+    def lock_tokens_increase(self) -> None:
+        """Walk the lock ref's history: the token grows by one at each new holding."""
+        cur: Oid | None = self.world.refs()[LOCK_REF]
+        while cur is not None and cur not in self.lock_checked:
+            parents = self.world.parents(cur)
+            if parents:
+                p, c = self.lock_at(parents[0]), self.lock_at(cur)
+                require(lock_step_ok(p, c), f"lock history: {p} is followed by {c}")
+            else:
+                require(self.lock_at(cur).token == 0, "the lock's first commit has a token")
+            self.lock_checked.add(cur)
+            cur = parents[0] if parents else None
+
+    @invariant()
+    def at_most_one_valid_holding(self) -> None:
+        valid = [ws.name for ws in self.live() if self.now < ws.holding_valid_until()]
+        require(len(valid) <= 1, f"several workers hold the lock validly at once: {valid}")
+
+    @invariant()
+    def beliefs_agree_with_the_remote(self) -> None:
+        m = self.model
+        lock_oid = self.world.refs()[LOCK_REF]
+        lock = self.lock_at(lock_oid)
+        for ws in self.live():
+            c = ws.coord
+            if c.job is not None:
+                j = c.job
+                require(m.runs(j.job, ws.name, j.token) or (j.job, j.token) in m.taken_over,
+                        f"{ws.name!r} believes it runs {j.job!r} under token {j.token}; the "
+                        f"ledger says {m.state(j.job)}")
+            for e in m.running.values():
+                claim = m.claims.get((e.job, e.token))
+                mine = c.job is not None and (c.job.job, c.job.token) == (e.job, e.token)
+                require(e.worker != ws.name or claim is None or claim.session != ws.session
+                        or mine, f"{ws.name!r} holds {e.job!r} on the remote (token {e.token}) "
+                        "but does not know it")
+            if c.holding is not None:
+                ws.believed.add(c.holding.oid)
+                require(self.world.is_ancestor(c.holding.oid, lock_oid),
+                        f"{ws.name!r} believes in a lock holding that never landed")
+            if not lock.free and lock.session == ws.session and (
+                    c.holding is None or c.holding.oid != lock_oid):
+                require(lock_oid in ws.believed, f"{ws.name!r} holds the lock on the remote "
+                        f"({lock}) but never learned that its push landed")
+                self.count("phantom-holding")  # dropped as lost or expired; waits out one lease
+
+
+def machine_settings(**overrides: Any) -> settings:
+    """The loaded profile, plus what every state machine here needs."""
+    return settings(
+        settings(),
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
+                               HealthCheck.data_too_large],
+        **overrides,
+    )
+
+
+def variant(cls: type[Coordinator], base: type[ProtocolMachine] = ProtocolMachine,
+            ) -> type[ProtocolMachine]:
+    """A machine whose workers run ``cls``."""
+    return type(f"{base.__name__}With{cls.__name__}", (base,), {"coordinator_class": cls})
+

@@ -1,0 +1,223 @@
+"""Bugs in distribute/ that the protocol machine (or its audit) found, each reduced to its
+smallest reproduction.  Every test states the behaviour DESIGN.md asks for and is a
+strict xfail until the bug is fixed; then drop the marker, and the bug's entry in
+``protocol_machine.KNOWN_BUGS`` so that the machine injects that fault everywhere again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from hypothesis import Phase
+from hypothesis.stateful import run_state_machine_as_test
+from protocol_machine import KNOWN_BUGS, MAIN_REF, MemoryWorld, ProtocolMachine, machine_settings
+
+from distribute.coordination import Coordinator
+from distribute.core.errors import LeaseLost, OutcomeUnknown, TransportError, UsageError
+from distribute.core.names import LOCK_REF, job_dir
+from distribute.core.plan import CallNextJobFunction
+from distribute.sources import JOBS_FILE, format_queue, read_queue
+from distribute.transport.base import RefUpdate
+
+LEASE, MARGIN = 10.0, 2.5
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def coordinator(world: MemoryWorld, name: str, clock: Clock) -> Coordinator:
+    return Coordinator(
+        world.transport(name), worker=name, session=name + "#1", branch="main", lease=LEASE,
+        margin=MARGIN, max_attempts=2, clock=clock,
+    )
+
+
+def claim(c: Coordinator, job: str):
+    snap = c.observe()
+    assert c.try_acquire(snap)
+    held = c.claim(snap, CallNextJobFunction(), job, None)
+    assert held is not None
+    return held
+
+
+@pytest.mark.xfail(strict=True, raises=LeaseLost, reason=(
+    "bug: Coordinator.update (distribute/coordination.py) reads the branch back after a push "
+    "whose answer was lost, sees it did not land, and raises LeaseLost 'changed by someone "
+    "else' instead of pushing again (or raising a retryable error)"))
+def test_an_update_whose_push_did_not_land_is_not_lease_lost():
+    world, clock = MemoryWorld(["j1"]), Clock()
+    c = coordinator(world, "w", clock)
+    job = claim(c, "j1")
+    tip = c.transport.write_commit(parents=[job.tip], base=job.tip, message="update",
+                                   changes={job_dir("j1") + "/log.txt": b"1\n"})
+    world.fail_next_push(c.transport, "unknown-lost")
+    with contextlib.suppress(OutcomeUnknown, TransportError):  # retryable: the caller retries
+        c.update(tip)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "bug: Coordinator.resolve_unknown (distribute/coordination.py) compares the ref with the "
+    "value pushed; when the main branch moved on before the read-back, a claim or finish "
+    "that landed is judged lost (orphaned claim; finish later refused as 'already done')"))
+@pytest.mark.parametrize("step", ["claim", "finish"])
+def test_a_push_that_landed_is_known_even_if_main_moved_before_the_read_back(step):
+    world, clock = MemoryWorld(["j1", "j2", "j3"]), Clock()
+    a, b = coordinator(world, "a", clock), coordinator(world, "b", clock)
+    claim(a, "j1")
+    if step == "finish":
+        claim(b, "j2")
+    else:
+        snap = b.observe()
+        assert b.try_acquire(snap)
+    armed = []
+
+    def b_pushes_and_loses_the_answer(name, updates):
+        if name != "b" or armed:
+            return None
+        armed.append(a.finish_step)
+        return "unknown-applied"
+
+    def main_moves_before_b_reads_back(name, refs):
+        if name == "b" and armed and armed[-1] is not None:
+            assert armed.pop()() is not None  # a's finish lands meanwhile
+            armed.append(None)
+        return None
+
+    world.remote.fault_hook = b_pushes_and_loses_the_answer
+    world.remote.fetch_fault_hook = main_moves_before_b_reads_back
+    if step == "claim":
+        held = b.claim(snap, CallNextJobFunction(), "j3", None)
+        running = b.read_ledger(world.refs()[MAIN_REF]).running_entry("j3")
+        assert running is not None and running.worker == "b"  # it landed ...
+        assert held is not None  # ... and b must know it holds j3
+    else:
+        assert b.finish_step() is not None  # it landed; b must not report a lost race
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "bug: Coordinator.try_acquire (distribute/coordination.py) from an older snapshot of a "
+    "free lock writes a commit identical to the one already on the ref (same parent, token, "
+    "holder, session; lock commits carry no nonce), the push is 'up to date', and the "
+    "holder dates a fresh lease from now while observers date it from the first push"))
+def test_an_acquire_from_an_old_snapshot_does_not_revive_an_expired_holding():
+    world, clock = MemoryWorld(["j1"]), Clock()
+    a, b = coordinator(world, "a", clock), coordinator(world, "b", clock)
+    old = a.observe()
+    assert a.try_acquire(old)
+    clock.now += LEASE + 1  # a's holding expires before it claims
+    assert a.claim(old, CallNextJobFunction(), "j1", None) is None
+    b.observe()  # b first sees a's (expired) holding now
+    clock.now += LEASE + MARGIN + 1
+    a.try_acquire(old)  # the old snapshot saw the lock free
+    assert b.try_acquire(b.observe())
+    assert not (a.holding_valid() and b.holding_valid()), "two valid holdings at once"
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "bug (liveness): Coordinator.renew and .release (distribute/coordination.py) drop the "
+    "holding when their push's outcome is unknown and it did not land; the lock stays held "
+    "by this session and every worker, this one included, waits a lease for it"))
+@pytest.mark.parametrize("step", ["renew", "release"])
+def test_a_lock_push_that_did_not_land_does_not_strand_the_lock(step):
+    world, clock = MemoryWorld(["j1"]), Clock()
+    c = coordinator(world, "w", clock)
+    assert c.try_acquire(c.observe())
+    clock.now += LEASE / 2  # a renewal is due
+    world.fail_next_push(c.transport, "unknown-lost")
+    getattr(c, step)()
+    held_by_us = world.refs()[LOCK_REF] == (c.holding.oid if c.holding else None)
+    lock_free = "free" in c.transport.commit_message(world.refs()[LOCK_REF])
+    assert held_by_us or lock_free, "the lock is held by this session, which forgot it"
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "bug: Worker._under_lock (distribute/dist.py) runs the next-job function without "
+    "checking Coordinator.holding_valid(); a worker paused after acquiring for longer than "
+    "the lease runs it while another worker may hold the lock (DESIGN 4.1, 4.5)"))
+def test_the_worker_does_not_run_the_next_job_function_on_an_expired_holding(tmp_path):
+    pytest.importorskip("distribute.transport.git")
+    from distribute.dist import worker_from_url
+    from distribute.remote import init_remote
+
+    url = init_remote(tmp_path / "remote.git", jobs=["j1"])
+    clock = Clock()
+
+    class PauseAfterAcquire:
+        """The process stops for two leases right after its acquire lands."""
+
+        def __init__(self, inner):
+            self.inner, self.paused = inner, False
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def push(self, updates):
+            ok = self.inner.push(updates)
+            if ok and not self.paused and [u.ref for u in updates] == [LOCK_REF]:
+                self.paused = True
+                clock.now += 2 * LEASE
+            return ok
+
+    def sleep(seconds: float) -> None:
+        clock.now += seconds
+
+    seen = []
+    with worker_from_url(url, tmp_path / "copy", name="w", lease_seconds=LEASE,
+                         heartbeat=False, clock=clock, sleep=sleep,
+                         wrap_transport=PauseAfterAcquire) as worker:
+
+        def next_job():
+            seen.append(worker.coord.holding_valid())
+            return "j1"
+
+        assert worker.get_next_job(next_job) == "j1"
+    assert all(seen), f"the next-job function ran on an expired holding ({seen})"
+
+
+TORN = ("bug: Coordinator.claim (distribute/coordination.py): a torn observe (git's files "
+        "backend: the lock already released by another worker's claim, the main branch not "
+        "yet showing it) lets the holder run the next-job function on a stale main; the "
+        "claim's replay then raises UsageError 'already running', blaming the user's function")
+
+
+@pytest.mark.xfail(strict=True, raises=UsageError, reason=TORN)
+def test_a_torn_observe_does_not_make_the_claim_blame_the_next_job_function():
+    world, clock = MemoryWorld(["j1", "j2"]), Clock()
+    a, b = coordinator(world, "a", clock), coordinator(world, "b", clock)
+    b.observe()
+    claim(a, "j1")  # the latest push: lock released, job branch, a's liveness, main
+    world.tear_next_read(b.transport)
+    snap = b.observe()
+    assert snap.lock.free and snap.ledger.running_entry("j1") is None  # torn
+    assert b.try_acquire(snap)
+    queue = read_queue(b.transport.read_file(snap.main, JOBS_FILE).decode())
+    edits = b.transport.write_commit(parents=[snap.main], base=snap.main, message="take",
+                                     changes={JOBS_FILE: format_queue(queue[1:]).encode()})
+    b.claim(snap, CallNextJobFunction(), queue[0], edits)  # may start over; must not raise
+
+
+@pytest.mark.xfail(strict=True, raises=UsageError, reason=TORN)
+def test_the_machine_passes_with_torn_reads():
+    """The machine with torn reads switched on (it finds the bug above within a few runs)."""
+    machine = type("ProtocolMachineWithTornReads", (ProtocolMachine,),
+                   {"known_bugs": KNOWN_BUGS - {"torn-observe"}})
+    run_state_machine_as_test(machine, settings=machine_settings(
+        phases=[Phase.generate], report_multiple_bugs=False, print_blob=False))
+
+
+def test_known_bug_helpers_hold_their_assumptions():
+    """The reproductions above rely on these (so an xfail cannot pass for another reason)."""
+    world, clock = MemoryWorld(["j1"]), Clock()
+    c = coordinator(world, "w", clock)
+    job = claim(c, "j1")
+    assert c.job is job and world.refs()[job.branch_ref] == job.tip
+    before = world.refs()[MAIN_REF]
+    world.fail_next_push(c.transport, "unknown-applied")
+    assert c.push([RefUpdate(job.branch_ref, job.tip, before)])  # resolved by reading
+    assert world.refs()[job.branch_ref] == before
