@@ -39,6 +39,7 @@ __all__ = [
     "TransportError",
     "UsageError",
     "__version__",
+    "add_jobs",
     "init_remote",
     "queue_jobs_func",
     "whetlab_make_next_jobs_func",
@@ -46,9 +47,9 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    # init_remote pulls in git; import it lazily so the core stays light
-    if name == "init_remote":
-        from distribute.remote import init_remote
+    # these pull in git; import them lazily so the core stays light
+    if name in ("init_remote", "add_jobs"):
+        from distribute import remote
 
-        return init_remote
+        return getattr(remote, name)
     raise AttributeError(name)

@@ -33,11 +33,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from distribute.core.errors import (
+    DistributeError,
     LeaseLost,
     MergeConflict,
     NoRunningJob,
     OutcomeUnknown,
     RemoteStateError,
+    TransportError,
 )
 from distribute.core.lease import LeaseWatch
 from distribute.core.ledger import LEDGER_FILES, Ledger
@@ -156,6 +158,7 @@ class Coordinator:
         self.stats = Stats()
         self.mutex = threading.RLock()
         self._journal = journal
+        self._acquires = 0
 
     # ---- small helpers -----------------------------------------------------
     def journal(self, event: str, **fields: object) -> None:
@@ -179,9 +182,31 @@ class Coordinator:
         return ok
 
     def resolve_unknown(self, updates: Sequence[RefUpdate]) -> bool:
-        """Learn whether a push whose answer was lost landed, by reading the refs."""
-        current = self.transport.list_refs(updates[0].ref)
-        return current.get(updates[0].ref) == updates[0].new
+        """Learn whether a push whose answer was lost landed, by reading the refs.
+
+        The push was atomic, so its first ref tells for all.  That ref may
+        have moved on since (another worker finished a job, or took the lock
+        after our release): it landed when the ref holds our new commit or a
+        descendant of it.  Nobody else can build on a commit that never
+        reached the remote.
+        """
+        first = updates[0]
+        current = self.transport.fetch([first.ref]).get(first.ref)
+        self.stats.fetches += 1
+        if current == first.new:
+            return True
+        if current is None or first.new is None:
+            return False
+        return self._contains(current, first.new)
+
+    def _contains(self, descendant: Oid, ancestor: Oid) -> bool:
+        """Does ``descendant``'s history hold ``ancestor``?  Unknown objects: no."""
+        if descendant == ancestor:
+            return True
+        try:
+            return self.transport.is_ancestor(ancestor, descendant)
+        except DistributeError:
+            return False
 
     def _empty_commit(self, message: str, parents: Sequence[Oid] = ()) -> Oid:
         return self.transport.write_commit(parents=list(parents), message=message, changes={})
@@ -224,8 +249,14 @@ class Coordinator:
     def try_acquire(self, snap: Snapshot) -> bool:
         """Try to take the lock from the value observed in ``snap``."""
         with self.mutex:
+            if self.torn(snap):
+                self.journal("torn-observe", lock_main=snap.lock.main, main=snap.main)
+                self.stats.extra["torn_observes"] = self.stats.extra.get("torn_observes", 0) + 1
+                return False
             expired = self.watch.expired(LOCK_REF, self.clock())
-            decision = decide_acquire(snap.lock, self.worker, self.session, expired)
+            self._acquires += 1
+            nonce = f"{self.session[:12]}.{self._acquires}"
+            decision = decide_acquire(snap.lock, self.worker, self.session, expired, nonce)
             if not isinstance(decision, Acquire):
                 return False
             parents = [snap.lock_oid] if snap.lock_oid else []
@@ -244,20 +275,55 @@ class Coordinator:
             )
             return True
 
+    def torn(self, snap: Snapshot) -> bool:
+        """Did ``snap`` read a released lock but a main branch older than that release?
+
+        A fetch reads refs one at a time; a claim that lands in between
+        shows its released lock next to the main branch before the claim.
+        The release names the main branch it left, so the tear is visible.
+        """
+        lock = snap.lock
+        return lock.free and bool(lock.main) and not self._contains(snap.main, lock.main)
+
     def holding_valid(self) -> bool:
         h = self.holding
         return h is not None and holder_verdict(h.sent_at, self.clock(), self.lease) != "lost"
 
-    def release(self) -> None:
-        """Release the lock without claiming (the next-job function had no job)."""
+    def release(self, main: Oid | None = None) -> None:
+        """Release the lock without claiming (the next-job function had no job).
+
+        ``main`` is the main branch commit the holder saw last, recorded in
+        the release.  A push that did not land while the lock is still ours
+        is sent again; the holding is forgotten only once the lock is free
+        or someone else's.
+
+        Raises:
+            TransportError: the release did not land after a few tries; the
+                holding is kept, so calling again retries it.
+        """
         with self.mutex:
-            h = self.holding
-            if h is None:
-                return
-            self.holding = None
-            new_oid = self._empty_commit(lock_message(h.state.released()), [h.oid])
-            ok = self.push([RefUpdate(LOCK_REF, h.oid, new_oid)])
-            self.journal("lock-release", token=h.state.token, ok=ok)
+            for _ in range(3):
+                h = self.holding
+                if h is None:
+                    return
+                new_oid = self._empty_commit(lock_message(h.state.released(main or "")), [h.oid])
+                if self.push([RefUpdate(LOCK_REF, h.oid, new_oid)]):
+                    self.holding = None
+                    self.journal("lock-release", token=h.state.token, ok=True)
+                    return
+                if self._lock_moved(h):
+                    return
+            raise TransportError("the lock's release was refused three times; retrying")
+
+    def _lock_moved(self, h: Holding) -> bool:
+        """After a push on the lock did not land: forget ``h`` if the lock moved on."""
+        current = self.transport.fetch([LOCK_REF]).get(LOCK_REF)
+        self.stats.fetches += 1
+        if current == h.oid:
+            return False
+        self.holding = None
+        self.journal("lock-lost", token=h.state.token)
+        return True
 
     def renew(self) -> None:
         """Heartbeat: renew the lock and the liveness ref when due.  Thread-safe."""
@@ -273,8 +339,7 @@ class Coordinator:
                     self.stats.renewals += 1
                     self.journal("lock-renew", token=state.token)
                 else:
-                    self.holding = None
-                    self.journal("lock-lost", token=h.state.token)
+                    self._lock_moved(h)  # still ours: the next tick tries again
             if self.job is not None and now - self.beat_sent_at >= self.lease / 3:
                 self.renew_beat()
 
@@ -384,12 +449,18 @@ class Coordinator:
                 else:
                     assert job is not None
                     name, attempt = job, 1
+                    if snap.main != first_main and snap.ledger.state_of(job) is not None:
+                        # the function decided on a main branch that was not the newest
+                        # (a claim landed unseen); its answer is stale, so start over
+                        self.journal("stale-decision", job=job)
+                        self.release(snap.main)
+                        return None
                     ledger = snap.ledger.claim(job, self.worker, token)
                 tree = self.transport.commit_tree(edits) if edits else None
                 if edits and snap.main != first_main:
                     merged = self.transport.merge(snap.main, edits)
                     if not merged.clean:
-                        self.release()
+                        self.release(snap.main)
                         raise MergeConflict(
                             "the next-job function's file edits conflict with the main branch "
                             f"in {', '.join(merged.conflicts)}; nothing was claimed",
@@ -409,7 +480,7 @@ class Coordinator:
                 branch = job_branch(self.worker, name, token)
                 beat = self.beat.next((name,))
                 beat_oid = self._empty_commit(beat_message(beat))
-                released = self._empty_commit(lock_message(h.state.released()), [h.oid])
+                released = self._empty_commit(lock_message(h.state.released(new_main)), [h.oid])
                 own_old = snap.refs.get(self.own_ref) if self.beat_oid is None else self.beat_oid
                 updates = [
                     RefUpdate(self.main_ref, snap.main, new_main),
@@ -444,7 +515,7 @@ class Coordinator:
 
     def _replan(self, snap: Snapshot) -> JobHolding | None:
         """The orphan we meant to retry changed; release and let the caller start over."""
-        self.release()
+        self.release(snap.main)
         return None
 
     # ---- while running -------------------------------------------------------
@@ -452,17 +523,29 @@ class Coordinator:
         """Push a new tip of the job branch (fast-forward of our own branch)."""
         with self.mutex:
             job = self._job()
-            if not self.push([RefUpdate(job.branch_ref, job.tip, tip)]):
-                current = self.transport.list_refs(job.branch_ref).get(job.branch_ref)
-                if current != tip:
+            for _ in range(3):
+                if self.push([RefUpdate(job.branch_ref, job.tip, tip)]):
+                    break
+                current = self.transport.fetch([job.branch_ref]).get(job.branch_ref)
+                self.stats.fetches += 1
+                if current == tip:
+                    break
+                if current != job.tip:
+                    self.job = None
                     raise LeaseLost(
                         f"the branch {job.branch} of job {job.job!r} was changed by someone else; "
                         "this update was not pushed",
                         job=job.job,
                     )
+                # the branch is still at our last tip: the push just did not land
+            else:
+                raise TransportError(
+                    f"the update of branch {job.branch} was refused three times; retrying"
+                )
             job.tip = tip
             self.journal("update", job=job.job, token=job.token, tip=tip)
             if self.revoked:
+                self.job = None
                 raise LeaseLost(
                     f"job {job.job!r} was taken over by another worker after this worker's lease "
                     f"expired; the update is kept on branch {job.branch}",
@@ -501,6 +584,12 @@ class Coordinator:
             if main is None:
                 raise RemoteStateError(f"the remote lost its branch {self.branch!r}")
             ledger = self.read_ledger(main)
+            if any(e.job == job.job and e.token == job.token and e.worker == self.worker
+                   for e in ledger.done):
+                # an earlier try landed though its answer was lost
+                self.journal("finish", job=job.job, token=job.token, tip=job.tip)
+                self.job = None
+                return main
             try:
                 done = ledger.finish(job.job, self.worker, job.token)
             except LeaseLost:
@@ -563,6 +652,11 @@ class Coordinator:
             if main is None:
                 raise RemoteStateError(f"the remote lost its branch {self.branch!r}")
             ledger = self.read_ledger(main)
+            landed = self._landed_fail(ledger, job)
+            if landed is not None:
+                self.journal("fail", job=job.job, token=job.token, reason=reason, outcome=landed)
+                self.job = None
+                return landed
             try:
                 after = ledger.fail(job.job, self.worker, job.token, reason, self.max_attempts)
             except LeaseLost:
@@ -578,6 +672,16 @@ class Coordinator:
             self.journal("fail", job=job.job, token=job.token, reason=reason, outcome=outcome)
             self.job = None
             return outcome
+
+    def _landed_fail(self, ledger: Ledger, job: JobHolding) -> str | None:
+        """Did an earlier try of :meth:`fail_step` land (its answer lost)?"""
+        entry = ledger.running_entry(job.job)
+        if entry is not None and entry.released and entry.token == job.token:
+            return "retry"
+        if any(e.job == job.job and e.token == job.token and e.worker == self.worker
+               for e in ledger.failed):
+            return "failed"
+        return None
 
 
 __all__ = [

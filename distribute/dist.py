@@ -19,6 +19,7 @@ URL's credentials removed.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -28,6 +29,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -161,10 +163,8 @@ class Worker:
             lock.acquire(timeout=0)
         except filelock.Timeout:
             owner = "unknown"
-            try:
+            with contextlib.suppress(OSError):
                 owner = (git_dir / _OWNER_FILE).read_text(encoding="utf-8").strip()
-            except OSError:
-                pass
             raise LocalCopyBusy(
                 f"another worker already uses the local copy {self.path} ({owner}); give each "
                 "worker its own path",
@@ -264,12 +264,12 @@ class Worker:
         backoff = Backoff(self.poll_seconds, self.max_poll_seconds, self._rng)
         while True:
             snap = self._retrying(self.coord.observe)
-            if not self._retrying(lambda s=snap: self.coord.try_acquire(s)):
+            if not self._retrying(partial(self.coord.try_acquire, snap)):
                 self._sleep(backoff.next())
                 continue
             outcome = self._under_lock(snap, next_job_func)
             if isinstance(outcome, JobHolding):
-                self._retrying(lambda: self.copy.checkout(outcome.tip, outcome.branch))
+                self._retrying(partial(self.copy.checkout, outcome.tip, outcome.branch))
                 return outcome.job
             if outcome == "none":
                 return None
@@ -285,26 +285,28 @@ class Worker:
                     return "again"
                 plan = coord.plan(snap)
                 if isinstance(plan, GiveUp):
-                    snap = self._retrying(lambda s=snap, p=plan: coord.give_up(s, p))
+                    snap = self._retrying(partial(coord.give_up, snap, plan))
                     continue
                 if isinstance(plan, Retry):
-                    got = self._retrying(lambda s=snap, p=plan: coord.claim(s, p, None))
+                    got = self._retrying(partial(coord.claim, snap, plan, None))
                     return got if got is not None else "again"
+                if not coord.holding_valid():
+                    # paused past the lease since the acquire: another worker may hold
+                    # the lock now, so the function must not run on this holding
+                    coord.holding = None
+                    return "again"
                 job, edits = self._run_next_job_function(snap, func)
                 if job is None:
                     waiting = self.wait_for_running and others_running(snap.ledger, self.name)
-                    self._retrying(coord.release)
+                    self._retrying(partial(coord.release, snap.main))
                     return "wait" if waiting else "none"
-                got = self._retrying(
-                    lambda s=snap, j=job, e=edits: coord.claim(s, CallNextJobFunction(), j, e)
-                )
+                claim = partial(coord.claim, snap, CallNextJobFunction(), job, edits)
+                got = self._retrying(claim)
                 return got if got is not None else "again"
         except BaseException:
             if coord.holding is not None:
-                try:
-                    coord.release()
-                except TransportError:
-                    pass  # the lease will expire
+                with contextlib.suppress(TransportError):  # else the lease expires
+                    coord.release(snap.main)
             raise
 
     def _run_next_job_function(
@@ -339,9 +341,26 @@ class Worker:
                 self.coord.update(job.tip)  # raises LeaseLost
             return False
         tip = self.copy.snapshot(job.tip, message or f"update {job.job}")
-        self.copy.checkout(tip, job.branch)
-        self._retrying(lambda: self.coord.update(tip))
+        # move the branch, HEAD and index only: files the job keeps open stay as they are
+        self.copy.advance(tip, job.branch)
+        self._retrying(partial(self.coord.update, tip))
         return True
+
+    def discard_changes(self) -> None:
+        """Throw away the local copy's uncommitted changes and untracked files.
+
+        For after a ``LeaseLost``: what the lost job wrote since its last
+        update belongs to a job another worker now runs, and ``get_next_job``
+        refuses a local copy with changes.  Ignored files are kept.
+
+        Raises:
+            JobAlreadyRunning: a running job's changes are never discarded.
+        """
+        if self.coord.job is not None:
+            raise JobAlreadyRunning(
+                f"this worker runs {self.coord.job.job!r}; its changes are not thrown away"
+            )
+        self.copy.discard_changes()
 
     def finish_job(self) -> None:
         """Merge the job branch into the main branch; move the job to ``done.txt``.
@@ -355,7 +374,7 @@ class Worker:
         self._job()
         self.commit_update(f"final results of {self.running_job}")
         backoff = Backoff(self.poll_seconds / 4, self.max_poll_seconds, self._rng)
-        self._retrying(lambda: self.coord.finish(self._sleep, backoff.next))
+        self._retrying(partial(self.coord.finish, self._sleep, backoff.next))
 
     def fail_job(self, reason: str = "failed") -> str:
         """Record that the job failed; it is retried while attempts are left.
@@ -368,7 +387,7 @@ class Worker:
         self._job()
         self.commit_update(f"partial results of {self.running_job}")
         backoff = Backoff(self.poll_seconds / 4, self.max_poll_seconds, self._rng)
-        return self._retrying(lambda: self.coord.fail(reason, self._sleep, backoff.next))
+        return self._retrying(partial(self.coord.fail, reason, self._sleep, backoff.next))
 
     # ---- plumbing --------------------------------------------------------------
     def _job(self) -> JobHolding:

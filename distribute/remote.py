@@ -23,7 +23,7 @@ from distribute.core.errors import RemoteStateError, UsageError
 from distribute.core.ledger import DONE, FAILED, RUNNING, Ledger
 from distribute.core.lock import LockState, lock_message, parse_lock_message
 from distribute.core.names import LOCK_REF, check_name
-from distribute.sources import JOBS_FILE, format_queue, read_queue
+from distribute.sources import JOBS_FILE
 from distribute.transport.base import Oid, RefUpdate, Transport
 from distribute.transport.git import GitLocalCopy, init_bare_repo
 
@@ -76,9 +76,31 @@ def init_remote(
         if not path.exists():
             init_bare_repo(path, branch)
         url = str(path.resolve())
+    jobs = list(jobs)
+    for job in jobs:
+        check_name(job, "job")
     with remote_view(url) as view:
-        view.prepare(branch, list(jobs))
+        view.prepare(branch)
+        if jobs:
+            view.add_jobs(jobs)
     return url
+
+
+def add_jobs(remote: str | os.PathLike[str], jobs: Iterable[str], wait: float = 60.0) -> list[str]:
+    """Queue ``jobs`` on a prepared remote, under its lock; return the jobs added.
+
+    Jobs already queued, running, done or failed are skipped.
+
+    Raises:
+        InvalidName: a job name cannot be stored.
+        RemoteStateError: the remote is not prepared, or its lock stayed held
+            (unchanged) for ``wait`` seconds.
+    """
+    url = os.fspath(remote)
+    if is_local_path(url):
+        url = str(Path(url).resolve())
+    with remote_view(url) as view:
+        return view.add_jobs(list(jobs), wait)
 
 
 class RemoteView:
@@ -90,7 +112,7 @@ class RemoteView:
         self.branch = branch or copy.default_branch() or "main"
         self.main_ref = "refs/heads/" + self.branch
 
-    def prepare(self, branch: str, jobs: list[str]) -> None:
+    def prepare(self, branch: str) -> None:
         self.branch, self.main_ref = branch, "refs/heads/" + branch
         for _ in range(20):
             values = self.transport.fetch([self.main_ref, LOCK_REF])
@@ -100,8 +122,6 @@ class RemoteView:
                                   (LAYOUT_FILE, LAYOUT_TEXT.encode())):
                 if main is None or self.transport.read_file(main, name) is None:
                     changes[name] = default
-            if jobs:
-                changes.update(self._queue_changes(main, jobs, changes.get(JOBS_FILE)))
             updates = []
             if changes:
                 new = self.transport.write_commit(
@@ -117,25 +137,6 @@ class RemoteView:
             if not updates or self.transport.push(updates):
                 return
         raise RemoteStateError("the remote kept changing while it was being prepared; try again")
-
-    def _queue_changes(
-        self, main: Oid | None, jobs: list[str], pending: bytes | None
-    ) -> dict[str, bytes | None]:
-        for job in jobs:
-            check_name(job, "job")
-        current = pending if pending is not None else (
-            self.transport.read_file(main, JOBS_FILE) if main else b""
-        )
-        queue = read_queue((current or b"").decode("utf-8"))
-        has_ledgers = main is not None and all(
-            self.transport.read_file(main, name) is not None for name in (RUNNING, DONE)
-        )
-        ledger = self.ledger(main) if main is not None and has_ledgers else None
-        known = set(queue)
-        if ledger is not None:
-            known |= {e.job for e in (*ledger.running, *ledger.done, *ledger.failed)}
-        added = [j for j in dict.fromkeys(jobs) if j not in known]
-        return {JOBS_FILE: format_queue(queue + added).encode("utf-8")}
 
     def ledger(self, main: Oid) -> Ledger:
         files = {n: self.transport.read_file(main, n) for n in (RUNNING, DONE, FAILED)}
@@ -155,44 +156,21 @@ class RemoteView:
             return None, LockState()
         return oid, parse_lock_message(self.transport.commit_message(oid))
 
-    def add_jobs(self, jobs: list[str]) -> list[str]:
-        """Queue jobs not already queued, running, done or failed; return those added."""
+    def add_jobs(self, jobs: list[str], wait: float = 60.0) -> list[str]:
+        """Queue the jobs not already queued, running, done or failed; return those added.
+
+        The edit is made under the remote lock (see :mod:`distribute.fenced`),
+        so a worker's next-job function never sees ``jobs.txt`` change under it.
+        """
+        from distribute.fenced import FencedEdit, cli_holder, queue_edit
+
         if not jobs:
             raise UsageError("no jobs given")
         for job in jobs:
             check_name(job, "job")
-        for _ in range(50):
-            main = self.main()
-            changes = self._queue_changes(main, jobs, None)
-            before = read_queue((self.transport.read_file(main, JOBS_FILE) or b"").decode())
-            after = read_queue((changes[JOBS_FILE] or b"").decode())
-            added = after[len(before):]
-            if not added:
-                return []
-            new = self.transport.write_commit(
-                parents=[main], base=main, changes=changes,
-                message=f"distribute: queue {len(added)} job(s)",
-            )
-            if self.transport.push([RefUpdate(self.main_ref, main, new)]):
-                return added
-        raise RemoteStateError("the main branch kept moving; try again")
-
-    def edit_ledger(self, edit: object, message: str) -> Ledger:
-        """CAS an edit of the ledgers (``edit(ledger) -> ledger``) onto the main branch."""
-        assert callable(edit)
-        for _ in range(50):
-            main = self.main()
-            before = self.ledger(main)
-            after = edit(before)
-            changes = after.changed_files(before)
-            if not changes:
-                return after
-            new = self.transport.write_commit(
-                parents=[main], base=main, changes=changes, message=message
-            )
-            if self.transport.push([RefUpdate(self.main_ref, main, new)]):
-                return after
-        raise RemoteStateError("the main branch kept moving; try again")
+        result: dict[str, list[str]] = {}
+        FencedEdit(self, cli_holder(), wait).apply(queue_edit(jobs, result))
+        return result.get("added", [])
 
 
 @contextmanager

@@ -410,6 +410,7 @@ class JobRunner:
 
     def _run_in(self, folder: JobFolder, outcome: JobOutcome) -> JobOutcome:
         worker, job, attempt = self.worker, outcome.job, outcome.attempt
+        branch = worker.job_branch or "?"
         started = time.monotonic()
         sink = LogSink(os.path.join(folder.staging, LOG_FILE))
         argv = command_for_job(self.command, job, shell=self.shell)
@@ -460,7 +461,7 @@ class JobRunner:
             outcome.status = LOST
             outcome.reason = "taken over by another worker"
             self.report(f"job {job!r}: lost -- another worker took it over; its updates stay "
-                        f"on branch {worker.job_branch or '?'}")
+                        f"on branch {branch}")
             self._drop_lost_job()
             return outcome
         folder.sync()
@@ -516,21 +517,9 @@ class JobRunner:
                     self.report(f"could not push the log ({exc}); will try again")
 
     def _drop_lost_job(self) -> None:
-        """Let the worker forget a job it lost, so that it can take the next one.
-
-        After a revocation ``Worker.commit_update``, ``finish_job`` and
-        ``fail_job`` all raise ``LeaseLost`` before the coordinator's fenced
-        ledger step, which is what clears the worker's running job; without
-        this the next ``get_next_job`` would raise ``JobAlreadyRunning``.  The
-        fenced step refuses (the ledger names the new holder) and clears it.
-        """
-        for _ in range(5):
-            if self.worker.running_job is None:
-                return
-            try:
-                self.worker.coord.fail_step("lease lost: taken over by another worker")
-            except LeaseLost:
-                return
+        """Throw away what the lost job wrote after its last update (its branch keeps
+        the rest), so that the local copy is clean for the next job."""
+        self.worker.discard_changes()
 
     def _finish(self, outcome: JobOutcome) -> JobOutcome:
         try:

@@ -192,7 +192,7 @@ class SimWorker:
         return result
 
     def run(self) -> int:
-        from distribute.core.errors import LeaseLost, UsageError
+        from distribute.core.errors import LeaseLost
         from distribute.core.names import worker_ref
         from distribute.dist import worker_from_url
         from distribute.sources import QueueJobs
@@ -234,7 +234,7 @@ class SimWorker:
                 if time.monotonic() > c.deadline:
                     reason = "deadline"
                     break
-                job = self._get_next_job(worker, next_job_func, UsageError)
+                job = self.op("get_next_job", partial(worker.get_next_job, next_job_func))
                 if job is None:
                     break
                 try:
@@ -252,30 +252,6 @@ class SimWorker:
         self.journal.record("exit", reason=reason)
         return 0
 
-    def _get_next_job(
-        self, worker: Any, func: Callable[[Any], Any], usage_error: type[Exception]
-    ) -> Any:
-        """``get_next_job``, stepping around its stale-view bug (see the report).
-
-        A holder may run the next-job function on a main branch older than
-        the lock it took (one fetch reads the two refs at different moments);
-        the claim's replay then raises ``UsageError`` saying the job is
-        already running or done, although the function did nothing wrong.
-        The lock is released by then; asking again is safe.
-        """
-        for _ in range(50):
-            try:
-                return self.op("get_next_job", lambda: worker.get_next_job(func))
-            except usage_error as exc:
-                context = getattr(exc, "context", {})
-                if context.get("state") not in ("running", "done", "failed"):
-                    raise
-                self.journal.record(
-                    "workaround", what="get_next_job refused a job from a stale main branch",
-                    job=context.get("job"), error=str(exc)[:300],
-                )
-        return self.op("get_next_job", lambda: worker.get_next_job(func))
-
     def _fail(self, worker: Any, job: str, reason: str, lease_lost: type[Exception]) -> None:
         try:
             self.op("fail_job", lambda: worker.fail_job(reason), job=job)
@@ -283,19 +259,11 @@ class SimWorker:
             self._after_lease_lost(worker, job)
 
     def _after_lease_lost(self, worker: Any, job: str) -> None:
-        """After ``LeaseLost`` the worker must be free to ask for the next job.
-
-        If it still names the lost job as running, ``get_next_job`` would
-        raise ``JobAlreadyRunning`` for ever; that is a bug in
-        ``distribute.dist`` (see the report), and the simulator steps around
-        it by dropping the stale holding, journalled as a ``workaround``.
-        """
+        """After ``LeaseLost`` the worker runs no job; what the lost job wrote since its
+        last update is thrown away so that the next job starts on a clean copy."""
         if worker.running_job is not None:
-            self.journal.record(
-                "workaround", what="Worker still runs its job after LeaseLost; dropped it",
-                job=worker.running_job, dropped=True,
-            )
-            worker.coord.job = None
+            raise AssertionError(f"the worker still runs {worker.running_job!r} after LeaseLost")
+        self.op("discard_changes", worker.discard_changes, job=job)
 
 
 def _call(func: Callable[..., Any], worker: Any) -> Any:

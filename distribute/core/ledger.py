@@ -64,7 +64,8 @@ def _clean_reason(reason: str) -> str:
 
 
 def format_line(entry: Entry) -> str:
-    fields = [entry.job, f"worker={entry.worker}", f"token={entry.token}", f"attempt={entry.attempt}"]
+    fields = [entry.job, f"worker={entry.worker}", f"token={entry.token}"]
+    fields.append(f"attempt={entry.attempt}")
     if entry.reason:
         fields.append(f"reason={_clean_reason(entry.reason)}")
     return "\t".join(fields)

@@ -38,25 +38,34 @@ class LockState:
         session: the holder's process session (tells a restarted worker
             apart from its previous life).
         renewal: counts renewals within one holding.
+        nonce: makes every acquire's commit unique, so that two acquires from
+            one observed value never write the same commit (a push of a commit
+            already on the ref would succeed as "up to date").
+        main: on a release, the main branch commit the holder left behind.
+            An observer whose fetch shows a free lock but a main branch
+            that does not contain this commit has a torn view (the refs were
+            read one at a time while a claim landed) and must look again.
     """
 
     token: int = 0
     holder: str = ""
     session: str = ""
     renewal: int = 0
+    nonce: str = ""
+    main: str = ""
 
     @property
     def free(self) -> bool:
         return self.holder == ""
 
-    def acquired_by(self, worker: str, session: str) -> LockState:
-        return LockState(token=self.token + 1, holder=worker, session=session, renewal=0)
+    def acquired_by(self, worker: str, session: str, nonce: str = "") -> LockState:
+        return LockState(token=self.token + 1, holder=worker, session=session, nonce=nonce)
 
     def renewed(self) -> LockState:
         return replace(self, renewal=self.renewal + 1)
 
-    def released(self) -> LockState:
-        return LockState(token=self.token, holder="", session="", renewal=0)
+    def released(self, main: str = "") -> LockState:
+        return LockState(token=self.token, main=main)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +132,8 @@ def parse_lock_message(message: str) -> LockState:
         holder=str(data["holder"]),
         session=str(data["session"]),
         renewal=int(data.get("renewal", 0)),
+        nonce=str(data.get("nonce", "")),
+        main=str(data.get("main", "")),
     )
 
 
@@ -167,7 +178,7 @@ AcquireDecision = Acquire | Wait
 
 
 def decide_acquire(
-    observed: LockState, me: str, session: str, holder_expired: bool
+    observed: LockState, me: str, session: str, holder_expired: bool, nonce: str = ""
 ) -> AcquireDecision:
     """Decide how to get the lock from what was observed.
 
@@ -182,12 +193,13 @@ def decide_acquire(
         stale holding -- a restarted worker takes its own old holding at
         once), or :class:`Wait`.
     """
+    new = observed.acquired_by(me, session, nonce)
     if observed.free:
-        return Acquire(observed.acquired_by(me, session))
+        return Acquire(new)
     if observed.holder == me and observed.session != session:
-        return Acquire(observed.acquired_by(me, session), takeover=True)
+        return Acquire(new, takeover=True)
     if holder_expired:
-        return Acquire(observed.acquired_by(me, session), takeover=True)
+        return Acquire(new, takeover=True)
     return Wait(observed.holder)
 
 

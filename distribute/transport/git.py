@@ -842,6 +842,25 @@ class GitLocalCopy:
             args += ["--no-track", "-B", _check_branch(branch), commit, "--"]
         self._repo.check(args, "git checkout")
 
+    def advance(self, commit: Oid, branch: str) -> None:
+        """Point local ``branch``, ``HEAD`` and the index at ``commit``; leave the files alone.
+
+        For a commit just made from the working tree by :meth:`snapshot`: the
+        files already hold what it holds, and a job may still be writing to
+        them, so nothing in the working tree is rewritten.
+        """
+        check_oid(commit)
+        ref = "refs/heads/" + _check_branch(branch)
+        self._repo.check(["update-ref", "-m", "distribute: update", ref, commit], "git update-ref")
+        self._repo.check(["symbolic-ref", "HEAD", ref], "git symbolic-ref")
+        self._repo.check(["reset", "--quiet", "--mixed", commit, "--"], "git reset")
+
+    def discard_changes(self) -> None:
+        """Make the working tree and index equal ``HEAD``: tracked files restored, untracked
+        (not ignored) files removed."""
+        self._repo.check(["reset", "--quiet", "--hard", "HEAD", "--"], "git reset --hard")
+        self._repo.check(["clean", "--quiet", "-d", "--force", "--", "."], "git clean")
+
     def head(self) -> Oid | None:
         """The commit ``HEAD`` points at, ``None`` before the first commit."""
         result = self._repo.run(["rev-parse", "--quiet", "--verify", "HEAD^{commit}"])

@@ -18,7 +18,8 @@ JOBS = [f"job {i:02d}" for i in range(9)] + ["a/b", "ünï", "-dash", "x@{1}", "
 
 
 def git(*args, cwd):
-    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True)
+    return out.stdout
 
 
 def run_workers(url, tmp_path, n=3):

@@ -24,7 +24,8 @@ from distribute.sources import QueueJobs
 
 
 def git(*args, cwd):
-    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True)
+    return out.stdout
 
 
 def show(bare, path, rev="main"):
@@ -83,9 +84,8 @@ def test_nasty_names_run_end_to_end(remote, tmp_path, job):
 
 
 def test_second_worker_on_one_local_copy_is_refused(remote, tmp_path):
-    with make(remote, tmp_path, name="first"):
-        with pytest.raises(LocalCopyBusy, match="first"):
-            make(remote, tmp_path, name="first")
+    with make(remote, tmp_path, name="first"), pytest.raises(LocalCopyBusy, match="first"):
+        make(remote, tmp_path, name="first")
 
 
 def test_dirty_working_tree_is_refused_and_kept(remote, tmp_path):
@@ -131,9 +131,8 @@ def test_remote_without_ledgers_names_the_fix(tmp_path):
     git("add", "README", cwd=seedrepo)
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x", cwd=seedrepo)
     git("push", "-q", str(bare), "main", cwd=seedrepo)
-    with make(bare, tmp_path) as w:
-        with pytest.raises(RemoteStateError, match="distribute init"):
-            w.get_next_job(constant("j"))
+    with make(bare, tmp_path) as w, pytest.raises(RemoteStateError, match="distribute init"):
+        w.get_next_job(constant("j"))
 
 
 def test_queue_source_and_fail_then_retry(remote, tmp_path):
@@ -184,3 +183,45 @@ def test_nothing_written_outside_the_local_copy(remote, tmp_path):
         Path(w.job_dir, "x").write_text("x")
         w.finish_job()
     assert set(os.listdir(tmp_path)) - before == {"copy-w"}
+
+
+def test_a_file_kept_open_across_updates_loses_nothing(remote, tmp_path):
+    """commit_update must not rewrite the working tree: a job appending to an open log
+    keeps writing to the file that is committed next."""
+    with make(remote, tmp_path) as w:
+        assert w.get_next_job(constant("j")) == "j"
+        Path(w.job_dir).mkdir(parents=True)
+        with open(Path(w.job_dir, "log.txt"), "a", encoding="utf-8") as log:
+            for step in range(3):
+                log.write(f"step {step}\n")
+                log.flush()
+                assert w.commit_update(f"step {step}")
+        branch = w.job_branch
+        w.finish_job()
+    expected = "step 0\nstep 1\nstep 2\n"
+    assert show(remote, "updates/j/log.txt", rev=branch) == expected
+    assert show(remote, "updates/j/log.txt") == expected
+
+
+def test_a_worker_whose_job_was_taken_over_carries_on(remote, tmp_path):
+    """After LeaseLost the worker runs no job and takes the next one."""
+    clock = [0.0]
+    slow = make(remote, tmp_path, name="slow", heartbeat=False, lease_seconds=1)
+    fast = make(remote, tmp_path, name="fast", lease_seconds=1, margin_seconds=0.1,
+                clock=lambda: clock[0], sleep=lambda s: clock.__setitem__(0, clock[0] + s))
+    try:
+        assert slow.get_next_job(constant("j")) == "j"
+        assert fast.get_next_job(lambda: None) == "j"  # taken over once slow's lease expires
+        fast.finish_job()
+        Path(slow.job_dir).mkdir(parents=True)
+        Path(slow.job_dir, "late.txt").write_text("late")
+        with pytest.raises(LeaseLost):
+            slow.finish_job()
+        assert slow.running_job is None
+        slow.discard_changes()
+        assert slow.get_next_job(constant("k")) == "k"
+        slow.finish_job()
+        assert [line.split("\t")[0] for line in show(remote, "done.txt").splitlines()] == ["j", "k"]
+    finally:
+        slow.close()
+        fast.close()

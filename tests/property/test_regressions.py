@@ -1,7 +1,8 @@
 """Bugs in distribute/ that the protocol machine (or its audit) found, each reduced to its
-smallest reproduction.  Every test states the behaviour DESIGN.md asks for and is a
-strict xfail until the bug is fixed; then drop the marker, and the bug's entry in
-``protocol_machine.KNOWN_BUGS`` so that the machine injects that fault everywhere again.
+smallest reproduction and kept as a regression test now that it is fixed.  Each test
+states the behaviour DESIGN.md asks for.  A new bug starts here as a strict xfail, with
+an entry in ``protocol_machine.KNOWN_BUGS`` that keeps the machine's faults away from it,
+until the fix lands.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from hypothesis.stateful import run_state_machine_as_test
 from protocol_machine import KNOWN_BUGS, MAIN_REF, MemoryWorld, ProtocolMachine, machine_settings
 
 from distribute.coordination import Coordinator
-from distribute.core.errors import LeaseLost, OutcomeUnknown, TransportError, UsageError
+from distribute.core.errors import OutcomeUnknown, TransportError
 from distribute.core.names import LOCK_REF, job_dir
 from distribute.core.plan import CallNextJobFunction
 from distribute.sources import JOBS_FILE, format_queue, read_queue
@@ -46,10 +47,6 @@ def claim(c: Coordinator, job: str):
     return held
 
 
-@pytest.mark.xfail(strict=True, raises=LeaseLost, reason=(
-    "bug: Coordinator.update (distribute/coordination.py) reads the branch back after a push "
-    "whose answer was lost, sees it did not land, and raises LeaseLost 'changed by someone "
-    "else' instead of pushing again (or raising a retryable error)"))
 def test_an_update_whose_push_did_not_land_is_not_lease_lost():
     world, clock = MemoryWorld(["j1"]), Clock()
     c = coordinator(world, "w", clock)
@@ -61,10 +58,6 @@ def test_an_update_whose_push_did_not_land_is_not_lease_lost():
         c.update(tip)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bug: Coordinator.resolve_unknown (distribute/coordination.py) compares the ref with the "
-    "value pushed; when the main branch moved on before the read-back, a claim or finish "
-    "that landed is judged lost (orphaned claim; finish later refused as 'already done')"))
 @pytest.mark.parametrize("step", ["claim", "finish"])
 def test_a_push_that_landed_is_known_even_if_main_moved_before_the_read_back(step):
     world, clock = MemoryWorld(["j1", "j2", "j3"]), Clock()
@@ -100,11 +93,6 @@ def test_a_push_that_landed_is_known_even_if_main_moved_before_the_read_back(ste
         assert b.finish_step() is not None  # it landed; b must not report a lost race
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bug: Coordinator.try_acquire (distribute/coordination.py) from an older snapshot of a "
-    "free lock writes a commit identical to the one already on the ref (same parent, token, "
-    "holder, session; lock commits carry no nonce), the push is 'up to date', and the "
-    "holder dates a fresh lease from now while observers date it from the first push"))
 def test_an_acquire_from_an_old_snapshot_does_not_revive_an_expired_holding():
     world, clock = MemoryWorld(["j1"]), Clock()
     a, b = coordinator(world, "a", clock), coordinator(world, "b", clock)
@@ -119,10 +107,6 @@ def test_an_acquire_from_an_old_snapshot_does_not_revive_an_expired_holding():
     assert not (a.holding_valid() and b.holding_valid()), "two valid holdings at once"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bug (liveness): Coordinator.renew and .release (distribute/coordination.py) drop the "
-    "holding when their push's outcome is unknown and it did not land; the lock stays held "
-    "by this session and every worker, this one included, waits a lease for it"))
 @pytest.mark.parametrize("step", ["renew", "release"])
 def test_a_lock_push_that_did_not_land_does_not_strand_the_lock(step):
     world, clock = MemoryWorld(["j1"]), Clock()
@@ -136,10 +120,6 @@ def test_a_lock_push_that_did_not_land_does_not_strand_the_lock(step):
     assert held_by_us or lock_free, "the lock is held by this session, which forgot it"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bug: Worker._under_lock (distribute/dist.py) runs the next-job function without "
-    "checking Coordinator.holding_valid(); a worker paused after acquiring for longer than "
-    "the lease runs it while another worker may hold the lock (DESIGN 4.1, 4.5)"))
 def test_the_worker_does_not_run_the_next_job_function_on_an_expired_holding(tmp_path):
     pytest.importorskip("distribute.transport.git")
     from distribute.dist import worker_from_url
@@ -180,14 +160,10 @@ def test_the_worker_does_not_run_the_next_job_function_on_an_expired_holding(tmp
     assert all(seen), f"the next-job function ran on an expired holding ({seen})"
 
 
-TORN = ("bug: Coordinator.claim (distribute/coordination.py): a torn observe (git's files "
-        "backend: the lock already released by another worker's claim, the main branch not "
-        "yet showing it) lets the holder run the next-job function on a stale main; the "
-        "claim's replay then raises UsageError 'already running', blaming the user's function")
-
-
-@pytest.mark.xfail(strict=True, raises=UsageError, reason=TORN)
-def test_a_torn_observe_does_not_make_the_claim_blame_the_next_job_function():
+def test_a_torn_observe_is_seen_and_never_blames_the_next_job_function():
+    """A fetch that shows a claim's released lock but not its main branch (git's files
+    backend renames an atomic push's refs one at a time) is recognised as torn: no
+    acquire from it, and a claim decided on it starts over instead of raising."""
     world, clock = MemoryWorld(["j1", "j2"]), Clock()
     a, b = coordinator(world, "a", clock), coordinator(world, "b", clock)
     b.observe()
@@ -195,16 +171,24 @@ def test_a_torn_observe_does_not_make_the_claim_blame_the_next_job_function():
     world.tear_next_read(b.transport)
     snap = b.observe()
     assert snap.lock.free and snap.ledger.running_entry("j1") is None  # torn
-    assert b.try_acquire(snap)
+    assert b.torn(snap)
+    assert not b.try_acquire(snap), "acquired from a torn view"
+    # were it acquired anyway (an older lock record without ``main``), the claim
+    # replays on the newer main branch and starts over rather than raise
+    fresh = b.observe()
+    assert not b.torn(fresh) and b.try_acquire(fresh)
     queue = read_queue(b.transport.read_file(snap.main, JOBS_FILE).decode())
     edits = b.transport.write_commit(parents=[snap.main], base=snap.main, message="take",
                                      changes={JOBS_FILE: format_queue(queue[1:]).encode()})
-    b.claim(snap, CallNextJobFunction(), queue[0], edits)  # may start over; must not raise
+    assert queue[0] == "j1"
+    assert b.claim(snap, CallNextJobFunction(), queue[0], edits) is None
+    assert b.holding is None and "free" in b.transport.commit_message(world.refs()[LOCK_REF])
+    running = b.read_ledger(world.refs()[MAIN_REF]).running_entry("j1")
+    assert running is not None and running.worker == "a"
 
 
-@pytest.mark.xfail(strict=True, raises=UsageError, reason=TORN)
 def test_the_machine_passes_with_torn_reads():
-    """The machine with torn reads switched on (it finds the bug above within a few runs)."""
+    """The machine with torn reads switched on (it found the bug above within a few runs)."""
     machine = type("ProtocolMachineWithTornReads", (ProtocolMachine,),
                    {"known_bugs": KNOWN_BUGS - {"torn-observe"}})
     run_state_machine_as_test(machine, settings=machine_settings(

@@ -1,0 +1,232 @@
+"""Edits of the queue and the ledgers from outside a worker, fenced by the remote lock.
+
+A worker's next-job function reads ``jobs.txt`` while it holds the lock; an
+edit made beside it (queueing, requeueing) would make its claim conflict.  So
+every such edit takes the lock like a worker does (compare-and-swap from the
+observed value), then pushes ``{main branch: the edit, lock: released}`` in
+one atomic push.  If the lock was broken meanwhile (``distribute unlock``)
+the push is refused whole and the edit is redone on what is there now.
+An edit is a pure function ``edit(ledger, queue) -> (ledger, queue,
+message) | None`` so that it can run again on a newer state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from distribute.backoff import Backoff
+from distribute.core.errors import DistributeError, RemoteStateError, UsageError
+from distribute.core.ledger import Ledger
+from distribute.core.lock import LockState, lock_message
+from distribute.core.names import LOCK_REF
+from distribute.sources import JOBS_FILE, format_queue, read_queue
+from distribute.transport.base import Oid, RefUpdate
+
+if TYPE_CHECKING:
+    from distribute.remote import RemoteView
+
+Edit = Callable[[Ledger, list[str]], "tuple[Ledger, list[str], str] | None"]
+
+
+class _LockLost(Exception):
+    """Internal: the lock was broken while we edited under it."""
+
+
+class FencedEdit:
+    """Edit ``jobs.txt`` and the ledgers under the remote lock, in one atomic push.
+
+    Args:
+        view: the remote.
+        who: the lock holder name written to the lock record.
+        wait: seconds to wait for a lock whose record does not change before
+            giving up (a dead holder's lock; ``distribute unlock`` breaks it).
+    """
+
+    def __init__(
+        self,
+        view: RemoteView,
+        who: str,
+        wait: float = 60.0,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.view = view
+        self.who = who
+        self.wait = wait
+        self.session = uuid.uuid4().hex
+        self._sleep = sleep
+        self._clock = clock
+
+    def apply(self, edit: Edit) -> bool:
+        """Apply ``edit(ledger, queue) -> (ledger, queue, message) | None``.
+
+        ``edit`` may run more than once (on newer states after lost races); it
+        must be a pure function of its arguments.  Returns ``True`` when a
+        commit was pushed, ``False`` when ``edit`` had nothing to change.
+        """
+        self.view.ledger(self.view.main())  # a remote without ledgers: say so before locking
+        backoff = Backoff(0.05, 1.0)
+        for _ in range(100):
+            held = self._acquire()
+            try:
+                return self._edit(held, edit)
+            except _LockLost:
+                self._sleep(backoff.next())
+            except BaseException:
+                self._release(held)
+                raise
+        raise RemoteStateError("the lock kept being broken while editing; try again")
+
+    def _acquire(self) -> tuple[Oid, LockState]:
+        transport = self.view.transport
+        backoff = Backoff(0.05, 1.0)
+        seen: str | None = None
+        since = started = self._clock()
+        while True:
+            if self._clock() - started > 5 * self.wait:
+                raise RemoteStateError(
+                    f"the lock stayed busy for {5 * self.wait:.0f} s (workers kept taking it); "
+                    "try again"
+                )
+            oid, state = self.view.lock()
+            if oid is None:
+                raise RemoteStateError(
+                    "the remote has no lock (refs/distribute/lock); prepare it with "
+                    "`distribute init REMOTE`"
+                )
+            if state.free:
+                held = state.acquired_by(self.who, self.session, uuid.uuid4().hex[:12])
+                new = transport.write_commit(parents=[oid], message=lock_message(held), changes={})
+                if transport.push([_update(LOCK_REF, oid, new)]):
+                    return new, held
+                continue
+            now = self._clock()
+            if oid != seen:
+                seen, since = oid, now
+            elif now - since >= self.wait:
+                raise RemoteStateError(
+                    f"the lock is held by {state.holder!r} (token {state.token}) and has not "
+                    f"changed for {self.wait:.0f} s; if that worker is dead, break the lock "
+                    "with `distribute unlock REMOTE`, or try again later"
+                )
+            self._sleep(backoff.next())
+
+    def _edit(self, held: tuple[Oid, LockState], edit: Edit) -> bool:
+        transport = self.view.transport
+        held_oid, state = held
+        for _ in range(50):
+            main = self.view.main()
+            ledger = self.view.ledger(main)
+            queue = read_queue((transport.read_file(main, JOBS_FILE) or b"").decode("utf-8"))
+            out = edit(ledger, queue)
+            changes: dict[str, bytes | None] = {}
+            if out is not None:
+                new_ledger, new_queue, message = out
+                changes = new_ledger.changed_files(ledger)
+                if new_queue != queue:
+                    changes[JOBS_FILE] = format_queue(new_queue).encode("utf-8")
+            if not changes:
+                self._release(held)
+                return False
+            assert out is not None
+            new_main = transport.write_commit(
+                parents=[main], base=main, changes=changes, message=out[2]
+            )
+            released = transport.write_commit(
+                parents=[held_oid], message=lock_message(state.released(new_main)), changes={}
+            )
+            if transport.push(
+                [_update(self.view.main_ref, main, new_main), _update(LOCK_REF, held_oid, released)]
+            ):
+                return True
+            if transport.list_refs(LOCK_REF).get(LOCK_REF) != held_oid:
+                raise _LockLost()
+        raise RemoteStateError("the main branch kept moving; try again")
+
+    def _release(self, held: tuple[Oid, LockState]) -> None:
+        transport = self.view.transport
+        held_oid, state = held
+        with contextlib.suppress(DistributeError):
+            released = transport.write_commit(
+                parents=[held_oid], message=lock_message(state.released()), changes={}
+            )
+            transport.push([_update(LOCK_REF, held_oid, released)])
+
+
+def _update(ref: str, old: Oid | None, new: Oid | None) -> RefUpdate:
+    return RefUpdate(ref, old, new)
+
+
+def cli_holder() -> str:
+    """The lock holder name the command line writes: ``cli@<host>-<pid>``."""
+    return f"cli@{platform.node() or 'host'}-{os.getpid()}"
+
+
+def queue_edit(jobs: Sequence[str], result: dict[str, list[str]]) -> Edit:
+    """An edit that appends the jobs not yet queued, running, done or failed."""
+
+    def edit(ledger: Ledger, queue: list[str]) -> tuple[Ledger, list[str], str] | None:
+        known = set(queue) | {e.job for e in (*ledger.running, *ledger.done, *ledger.failed)}
+        added = [j for j in dict.fromkeys(jobs) if j not in known]
+        result["added"] = added
+        result["skipped"] = [j for j in dict.fromkeys(jobs) if j in known]
+        if not added:
+            return None
+        return ledger, queue + added, f"distribute: queue {len(added)} job(s)"
+
+    return edit
+
+
+def requeue_edit(
+    jobs: Sequence[str] | None, force: bool, result: dict[str, list[str]]
+) -> Edit:
+    """An edit that forgets failed (or released) jobs and puts them at the front of the queue.
+
+    ``jobs=None`` means every failed job.  A job a live worker holds needs
+    ``force``; a done or unknown job is an error.  Nothing changes unless every
+    job can be requeued.
+    """
+
+    def edit(ledger: Ledger, queue: list[str]) -> tuple[Ledger, list[str], str] | None:
+        targets = [e.job for e in ledger.failed] if jobs is None else list(dict.fromkeys(jobs))
+        problems: list[str] = []
+        chosen: list[str] = []
+        skipped: list[str] = []
+        for job in targets:
+            state = ledger.state_of(job)
+            entry = ledger.running_entry(job)
+            if state == "failed" or (entry is not None and (entry.released or force)):
+                chosen.append(job)
+            elif entry is not None:
+                problems.append(
+                    f"{job!r} is running on worker {entry.worker!r} (attempt {entry.attempt}); "
+                    "pass --force only if that worker is gone"
+                )
+            elif state == "done":
+                problems.append(f"{job!r} is done")
+            elif job in queue:
+                skipped.append(job)
+            else:
+                problems.append(f"{job!r} is not known to this remote")
+        if problems:
+            raise UsageError("cannot requeue: " + "; ".join(problems) + "; nothing was changed")
+        result["requeued"], result["skipped"] = chosen, skipped
+        if not chosen:
+            return None
+        new = ledger
+        for job in chosen:
+            new = new.requeue(job)
+        rest = [j for j in queue if j not in set(chosen)]
+        return new, chosen + rest, f"distribute: requeue {len(chosen)} job(s)"
+
+    return edit
+
+
+__all__ = ["Edit", "FencedEdit", "cli_holder", "queue_edit", "requeue_edit"]
