@@ -65,12 +65,17 @@ def raw_cas_cycle(url: str, work: Path, samples: int) -> list[float]:
     return times
 
 
-def worker_loop(url: str, path: str, name: str, start: float, out: mp.Queue) -> None:
+POLL = (0.05, 1.0)
+
+
+def worker_loop(
+    url: str, path: str, name: str, start: float, out: mp.Queue, poll: tuple[float, float] = POLL
+) -> None:
     while time.time() < start:
         time.sleep(0.005)
     done = 0
-    with worker_from_url(url, path=path, name=name, lease_seconds=30, poll_seconds=0.02,
-                         max_poll_seconds=0.3) as worker:
+    with worker_from_url(url, path=path, name=name, lease_seconds=30, poll_seconds=poll[0],
+                         max_poll_seconds=poll[1]) as worker:
         source = QueueJobs()
         while worker.get_next_job(source) is not None:
             worker.finish_job()
@@ -78,12 +83,14 @@ def worker_loop(url: str, path: str, name: str, start: float, out: mp.Queue) -> 
     out.put((name, done, time.time()))
 
 
-def run_workers(url: str, work: Path, n: int) -> tuple[float, Counter[str]]:
+def run_workers(
+    url: str, work: Path, n: int, poll: tuple[float, float] = POLL
+) -> tuple[float, Counter[str]]:
     ctx = mp.get_context("spawn")
     out: mp.Queue = ctx.Queue()
     start = time.time() + 2.0 + 0.1 * n
     procs = [
-        ctx.Process(target=worker_loop, args=(url, str(work / f"w{i}"), f"w{i}", start, out))
+        ctx.Process(target=worker_loop, args=(url, str(work / f"w{i}"), f"w{i}", start, out, poll))
         for i in range(n)
     ]
     for p in procs:
@@ -126,6 +133,8 @@ def main() -> int:
     ap.add_argument("--workers", type=int, nargs="*", default=[4, 16])
     ap.add_argument("--jobs", type=int, default=160, help="jobs per multi-worker run")
     ap.add_argument("--remote", choices=["file", "daemon"], default="file")
+    ap.add_argument("--poll", type=float, nargs=2, default=list(POLL), metavar=("FIRST", "MAX"),
+                    help="the workers' poll_seconds and max_poll_seconds")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="distribute-bench-"))
@@ -164,7 +173,7 @@ def main() -> int:
 
         for n in args.workers:
             url = new_remote(f"many{n}", args.jobs)
-            elapsed, counts = run_workers(url, work / f"many{n}", n)
+            elapsed, counts = run_workers(url, work / f"many{n}", n, tuple(args.poll))
             total = sum(counts.values())
             rate = total / elapsed
             busiest, least = max(counts.values()), min(counts.values())
