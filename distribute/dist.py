@@ -301,7 +301,11 @@ class Worker:
                     self._retrying(partial(coord.release, snap.main))
                     return "wait" if waiting else "none"
                 claim = partial(coord.claim, snap, CallNextJobFunction(), job, edits)
-                got = self._retrying(claim)
+                try:
+                    got = self._retrying(claim)
+                finally:
+                    if coord.job is None:  # not claimed: undo the function's edits
+                        self.copy.checkout(snap.main, None)
                 return got if got is not None else "again"
         except BaseException:
             if coord.holding is not None:
@@ -313,6 +317,7 @@ class Worker:
         self, snap: Snapshot, func: NextJobFunction
     ) -> tuple[str | None, str | None]:
         self.copy.checkout(snap.main, None)
+        job = None
         try:
             job = _call_next_job_function(func, self)
             if job is not None:
@@ -322,7 +327,10 @@ class Worker:
                 edits = self.copy.snapshot(snap.main, "distribute: next-job function edits")
             return job, edits
         finally:
-            self.copy.checkout(snap.main, None)
+            if job is None:
+                # no claim follows (none, or an error): undo the function's edits now;
+                # after a claim, checking out the job branch does it
+                self.copy.checkout(snap.main, None)
 
     def commit_update(self, message: str | None = None) -> bool:
         """Commit the working tree's changes to the job branch and push them.
