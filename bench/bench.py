@@ -80,12 +80,15 @@ def worker_loop(
         while worker.get_next_job(source) is not None:
             worker.finish_job()
             done += 1
-    out.put((name, done, time.time()))
+        st = worker.coord.stats
+        stats = Counter(pushes=st.pushes, lost=st.lost_races, replays=st.replays,
+                        fetches=st.fetches, **st.extra)
+    out.put((name, done, time.time(), stats))
 
 
 def run_workers(
     url: str, work: Path, n: int, poll: tuple[float, float] = POLL
-) -> tuple[float, Counter[str]]:
+) -> tuple[float, Counter[str], Counter[str]]:
     ctx = mp.get_context("spawn")
     out: mp.Queue = ctx.Queue()
     start = time.time() + 2.0 + 0.1 * n
@@ -96,14 +99,16 @@ def run_workers(
     for p in procs:
         p.start()
     counts: Counter[str] = Counter()
+    totals: Counter[str] = Counter()
     end = start
     for _ in procs:
-        name, done, finished = out.get(timeout=600)
+        name, done, finished, stats = out.get(timeout=600)
         counts[name] = done
+        totals.update(stats)
         end = max(end, finished)
     for p in procs:
         p.join(timeout=30)
-    return end - start, counts
+    return end - start, counts, totals
 
 
 def serve_daemon(base: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -173,13 +178,15 @@ def main() -> int:
 
         for n in args.workers:
             url = new_remote(f"many{n}", args.jobs)
-            elapsed, counts = run_workers(url, work / f"many{n}", n, tuple(args.poll))
+            elapsed, counts, totals = run_workers(url, work / f"many{n}", n, tuple(args.poll))
             total = sum(counts.values())
             rate = total / elapsed
             busiest, least = max(counts.values()), min(counts.values())
             print(f"{n} workers: {total} jobs in {elapsed:.1f} s = {rate:.1f} jobs/s "
                   f"= {rate * cycle:.2f} jobs per raw cycle; busiest {busiest}, least busy "
                   f"{least} (ratio {busiest / max(least, 1):.1f})")
+            per = ", ".join(f"{k} {v / max(total, 1):.1f}" for k, v in sorted(totals.items()))
+            print(f"    per job: {per}")
     finally:
         if daemon is not None:
             daemon.kill()

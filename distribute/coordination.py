@@ -275,6 +275,18 @@ class Coordinator:
             )
             return True
 
+    def lock_moved(self, snap: Snapshot) -> bool:
+        """Cheap poll while another worker holds the lock: has the lock ref moved since
+        ``snap`` (or has its holder's lease expired)?  Reads the one ref with no fetch;
+        the lease watch sees the value, so expiry is judged exactly as by :meth:`observe`.
+        """
+        with self.mutex:
+            value = self.transport.list_refs(LOCK_REF).get(LOCK_REF)
+            self.stats.extra["peeks"] = self.stats.extra.get("peeks", 0) + 1
+            now = self.clock()
+            self.watch.observe(LOCK_REF, value, now)
+            return value != snap.lock_oid or self.watch.expired(LOCK_REF, now)
+
     def torn(self, snap: Snapshot) -> bool:
         """Did ``snap`` read a released lock but a main branch older than that release?
 

@@ -262,11 +262,32 @@ class Worker:
                 paths=changed,
             )
         backoff = Backoff(self.poll_seconds, self.max_poll_seconds, self._rng)
+        held_by_other: Snapshot | None = None
+        idle_main: str | None = None
         while True:
-            snap = self._retrying(self.coord.observe)
-            if not self._retrying(partial(self.coord.try_acquire, snap)):
+            if held_by_other is not None and not self._retrying(
+                partial(self.coord.lock_moved, held_by_other)
+            ):
+                # the holder is still at it: a one-ref read, not a fetch, until it moves
                 self._sleep(backoff.next())
                 continue
+            snap = self._retrying(self.coord.observe)
+            if (
+                snap.main == idle_main
+                and isinstance(self.coord.plan(snap), CallNextJobFunction)
+                and others_running(snap.ledger, self.name)
+            ):
+                # draining: the function had no job on this very main branch, and no
+                # job is orphaned; ask it again only once something changed
+                self._sleep(backoff.next())
+                continue
+            if not self._retrying(partial(self.coord.try_acquire, snap)):
+                # a held lock is watched cheaply; a free one (a lost race, a torn read)
+                # is looked at in full again
+                held_by_other = None if snap.lock.free else snap
+                self._sleep(backoff.next())
+                continue
+            held_by_other = None
             outcome = self._under_lock(snap, next_job_func)
             if isinstance(outcome, JobHolding):
                 self._retrying(partial(self.copy.checkout, outcome.tip, outcome.branch))
@@ -274,6 +295,7 @@ class Worker:
             if outcome == "none":
                 return None
             if outcome == "wait":
+                idle_main = snap.main
                 self._sleep(backoff.next())
             # "again": the holding was lost; start over at once
 

@@ -225,3 +225,29 @@ def test_a_worker_whose_job_was_taken_over_carries_on(remote, tmp_path):
     finally:
         slow.close()
         fast.close()
+
+
+def test_a_draining_worker_asks_the_function_again_only_when_main_moves(remote, tmp_path):
+    """While another job runs and the function has none, polling must not take the lock
+    (two pushes) on every poll: the function is asked again once the main branch moved."""
+    import threading
+    import time
+
+    calls = []
+
+    def nothing():
+        calls.append(1)
+
+    with make(remote, tmp_path, name="a") as a, \
+            make(remote, tmp_path, name="b", poll_seconds=0.02, max_poll_seconds=0.05) as b:
+        assert a.get_next_job(constant("j")) == "j"
+        got = []
+        waiter = threading.Thread(target=lambda: got.append(b.get_next_job(nothing)))
+        waiter.start()
+        time.sleep(1.5)  # some 30 polls
+        asked_while_j_ran = len(calls)
+        a.finish_job()
+        waiter.join(timeout=30)
+        assert not waiter.is_alive() and got == [None]
+    assert asked_while_j_ran == 1, f"asked {asked_while_j_ran} times while main did not move"
+    assert len(calls) == 2  # and once more after j finished
