@@ -56,6 +56,11 @@ T = TypeVar("T")
 
 _LOCK_FILE = "distribute.lock"
 _OWNER_FILE = "distribute-owner.json"
+#: Present while the working tree holds a next-job function's edits that no job
+#: branch checkout has replaced yet; a worker opening the copy after a crash
+#: throws those edits away (they were committed with a landed claim, or never
+#: claimed, and then the function runs again).
+_FUNCTION_MARKER = "distribute-next-job"
 
 
 def default_worker_name() -> str:
@@ -117,6 +122,7 @@ class Worker:
                 self.transport = wrap_transport(self.transport)
             self.branch = branch or self.copy.default_branch() or "main"
             check_name(self.branch, "branch")
+            self._recover_from_crash()
         except BaseException:
             self._filelock.release()
             raise
@@ -173,6 +179,16 @@ class Worker:
         info = {"worker": self.name, "pid": os.getpid(), "host": platform.node()}
         (git_dir / _OWNER_FILE).write_text(json.dumps(info), encoding="utf-8")
         return lock
+
+    def _function_marker(self) -> Path:
+        return Path(self.path) / ".git" / _FUNCTION_MARKER
+
+    def _recover_from_crash(self) -> None:
+        """Drop edits a crashed earlier process's next-job function left behind."""
+        marker = self._function_marker()
+        if marker.exists():
+            self.copy.discard_changes()
+            marker.unlink()
 
     def close(self) -> None:
         """Stop the heartbeat, release the lock if held, free the local copy."""
@@ -291,6 +307,7 @@ class Worker:
             outcome = self._under_lock(snap, next_job_func)
             if isinstance(outcome, JobHolding):
                 self._retrying(partial(self.copy.checkout, outcome.tip, outcome.branch))
+                self._function_marker().unlink(missing_ok=True)
                 return outcome.job
             if outcome == "none":
                 return None
@@ -328,6 +345,7 @@ class Worker:
                 finally:
                     if coord.job is None:  # not claimed: undo the function's edits
                         self.copy.checkout(snap.main, None)
+                        self._function_marker().unlink(missing_ok=True)
                 return got if got is not None else "again"
         except BaseException:
             if coord.holding is not None:
@@ -339,6 +357,7 @@ class Worker:
         self, snap: Snapshot, func: NextJobFunction
     ) -> tuple[str | None, str | None]:
         self.copy.checkout(snap.main, None)
+        self._function_marker().touch()
         job = None
         try:
             job = _call_next_job_function(func, self)
@@ -353,6 +372,7 @@ class Worker:
                 # no claim follows (none, or an error): undo the function's edits now;
                 # after a claim, checking out the job branch does it
                 self.copy.checkout(snap.main, None)
+                self._function_marker().unlink(missing_ok=True)
 
     def commit_update(self, message: str | None = None) -> bool:
         """Commit the working tree's changes to the job branch and push them.

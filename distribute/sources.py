@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from distribute.core.errors import UsageError
 from distribute.core.names import check_name
 
 if TYPE_CHECKING:
@@ -110,6 +112,14 @@ def whetlab_make_next_jobs_func(worker: Worker, experiment: Any) -> Any:
 
 
 def _result_id(result: Any) -> Any:
-    if isinstance(result, dict):
-        return result["_result_id"]
-    return result._result_id
+    """The id of a suggestion: an attribute (the Whetlab client's results are dicts that
+    carry it as one) or, for plain mappings, a key."""
+    found = getattr(result, "_result_id", None)
+    if found is None and isinstance(result, Mapping):
+        found = result.get("_result_id")
+    if found is None:
+        raise UsageError(
+            f"the suggestion {result!r} has no _result_id; the experiment must follow the "
+            "Whetlab client interface (see whetlab_make_next_jobs_func)"
+        )
+    return found

@@ -100,6 +100,8 @@ _RACE_REASONS = (
     "atomic push failed",
     "atomic transaction failed",
 )
+#: A refusal that says the remote failed to receive the pack: transient, not a rule.
+_TRANSIENT_REFUSAL = "unpacker error"
 #: git's words for "never got through to the remote", so nothing was sent.
 _UNREACHABLE = (
     "could not read from remote repository",
@@ -522,6 +524,14 @@ class GitTransport:
         rejected = self._rejections(result.stdout)
         if rejected:
             refused = {ref: why for ref, why in rejected.items() if not _is_race(why)}
+            if any(_TRANSIENT_REFUSAL in why for why in refused.values()):
+                # the remote could not store the objects (its folder moved, a full disk):
+                # nothing landed; worth retrying, unlike a hook or a protection rule
+                raise TransportError(
+                    f"the remote {scrub_url(self.remote)} could not store the pushed objects: "
+                    + "; ".join(f"{ref}: {why}" for ref, why in sorted(refused.items())),
+                    refused=refused,
+                )
             if refused:
                 raise RemoteStateError(
                     "the remote refused the push: "
