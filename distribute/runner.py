@@ -9,14 +9,13 @@ command is one ``/bin/sh -c`` script and the job is shell-quoted) and through
 the environment (``DISTRIBUTE_JOB``, ``DISTRIBUTE_WORKER``,
 ``DISTRIBUTE_ATTEMPT``, ``DISTRIBUTE_JOB_DIR``).
 
-The child writes into a staging folder (``DISTRIBUTE_JOB_DIR``, inside the
-local copy's ``.git``) that a :class:`JobFolder` mirrors into the job's
-folder in the working tree (``updates/<encoded job>``) before every commit,
-so that git's checkout after a commit never replaces a file the child holds
-open.  The child's stdout and stderr go through a pipe to a pump thread that
-appends them to ``log.txt`` there.  Every ``commit_every`` seconds the runner
-mirrors and commits (``commit_update``); the pump pauses meanwhile, so a
-commit never holds a half-written chunk.  Exit status 0 finishes the job,
+The child writes into the job's folder in the working tree
+(``DISTRIBUTE_JOB_DIR``, ``updates/<encoded job>``); ``commit_update`` never
+rewrites working-tree files, so files the child keeps open stay the ones
+that get committed.  The child's stdout and stderr go through a pipe to a
+pump thread that appends them to ``log.txt`` there.  Every ``commit_every``
+seconds the runner commits (``commit_update``); the pump pauses meanwhile,
+so a commit never holds a half-written chunk.  Exit status 0 finishes the job,
 anything else fails the attempt (the protocol retries it while attempts are
 left); ``timeout`` kills the child's process group and fails the attempt.
 
@@ -36,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 import threading
@@ -55,7 +53,7 @@ from distribute.core.errors import (
     UsageError,
 )
 from distribute.core.lock import lock_message, parse_beat_message, parse_lock_message
-from distribute.core.names import LOCK_REF, encode_component
+from distribute.core.names import LOCK_REF
 from distribute.transport.base import RefUpdate
 
 if TYPE_CHECKING:
@@ -181,80 +179,6 @@ def _signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
             proc.send_signal(signum)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def staging_folder(copy: str, job: str) -> str:
-    """Where a job's command writes: ``<local copy>/.git/distribute-jobs/<encoded job>``."""
-    return os.path.join(copy, ".git", "distribute-jobs", encode_component(job))
-
-
-class JobFolder:
-    """The command's job folder, kept where git cannot replace files under it.
-
-    ``Worker.commit_update`` checks the job branch out again after each
-    snapshot (``git checkout --force``), which unlinks and rewrites every file
-    that changed; a command appending to a file it holds open would go on
-    writing to the unlinked copy, and everything after the first commit would
-    be lost.  So the command writes to ``staging`` (inside ``.git``, on the
-    same file system, which git never touches), and :meth:`sync` mirrors it
-    into the job's folder in the working tree with hard links (copies where
-    links fail) before every commit.
-    """
-
-    def __init__(self, job_dir: str, staging: str) -> None:
-        self.job_dir = job_dir
-        self.staging = staging
-
-    def prepare(self) -> None:
-        """Start the staging folder from what the job folder holds (a retry may find files)."""
-        shutil.rmtree(self.staging, ignore_errors=True)
-        if os.path.isdir(self.job_dir):
-            shutil.copytree(self.job_dir, self.staging, symlinks=True)
-        else:
-            os.makedirs(self.staging)
-
-    def sync(self) -> None:
-        """Make the job folder mirror the staging folder."""
-        os.makedirs(self.job_dir, exist_ok=True)
-        _mirror(self.staging, self.job_dir)
-
-    def remove(self) -> None:
-        shutil.rmtree(self.staging, ignore_errors=True)
-
-
-def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    elif os.path.lexists(path):
-        os.unlink(path)
-
-
-def _mirror(src: str, dst: str) -> None:
-    wanted = set(os.listdir(src))
-    for name in os.listdir(dst):
-        if name not in wanted:
-            _remove(os.path.join(dst, name))
-    for name in wanted:
-        s, d = os.path.join(src, name), os.path.join(dst, name)
-        if os.path.islink(s):
-            target = os.readlink(s)
-            if not (os.path.islink(d) and os.readlink(d) == target):
-                _remove(d)
-                os.symlink(target, d)
-        elif os.path.isdir(s):
-            if os.path.lexists(d) and (os.path.islink(d) or not os.path.isdir(d)):
-                _remove(d)
-            os.makedirs(d, exist_ok=True)
-            _mirror(s, d)
-        elif os.path.isfile(s):
-            if os.path.lexists(d):
-                if not os.path.islink(d) and os.path.isfile(d) and os.path.samefile(s, d):
-                    continue
-                _remove(d)
-            try:
-                os.link(s, d)
-            except OSError:
-                shutil.copy2(s, d)
 
 
 @dataclass
@@ -401,21 +325,18 @@ class JobRunner:
         if self._signum is not None:
             outcome.status, outcome.reason = INTERRUPTED, "interrupted before it started"
             return self._fail(outcome, "interrupted")
-        folder = JobFolder(worker.job_dir, staging_folder(worker.path, job))
-        folder.prepare()
-        try:
-            return self._run_in(folder, outcome)
-        finally:
-            folder.remove()
+        job_dir = worker.job_dir
+        os.makedirs(job_dir, exist_ok=True)
+        return self._run_in(job_dir, outcome)
 
-    def _run_in(self, folder: JobFolder, outcome: JobOutcome) -> JobOutcome:
+    def _run_in(self, job_dir: str, outcome: JobOutcome) -> JobOutcome:
         worker, job, attempt = self.worker, outcome.job, outcome.attempt
         branch = worker.job_branch or "?"
         started = time.monotonic()
-        sink = LogSink(os.path.join(folder.staging, LOG_FILE))
+        sink = LogSink(os.path.join(job_dir, LOG_FILE))
         argv = command_for_job(self.command, job, shell=self.shell)
         env = job_environment(
-            os.environ, job=job, worker=worker.name, attempt=attempt, job_dir=folder.staging
+            os.environ, job=job, worker=worker.name, attempt=attempt, job_dir=job_dir
         )
         self.report(f"job {job!r} (attempt {attempt}) started")
         sink.note(f"job {job!r} attempt {attempt} on worker {worker.name}: {shlex.join(argv)}")
@@ -433,7 +354,6 @@ class JobRunner:
         except OSError as exc:
             os.close(read_end)
             sink.note(f"could not start the command: {exc}")
-            folder.sync()
             return self._fail(outcome, f"could not start the command: {exc}")
         finally:
             with contextlib.suppress(OSError):
@@ -445,7 +365,7 @@ class JobRunner:
         pump.start()
         timed_out = lost = False
         try:
-            timed_out, lost = self._supervise(proc, sink, folder, started)
+            timed_out, lost = self._supervise(proc, sink, started)
         finally:
             self._child = None
             if proc.poll() is None:  # an error escaped: never leave the command running
@@ -464,7 +384,6 @@ class JobRunner:
                         f"on branch {branch}")
             self._drop_lost_job()
             return outcome
-        folder.sync()
         if self._signum is not None:
             name = signal.Signals(self._signum).name
             outcome.status, outcome.reason = INTERRUPTED, f"interrupted ({name})"
@@ -478,7 +397,7 @@ class JobRunner:
         return self._fail(outcome, reason)
 
     def _supervise(
-        self, proc: subprocess.Popen[bytes], sink: LogSink, folder: JobFolder, started: float
+        self, proc: subprocess.Popen[bytes], sink: LogSink, started: float
     ) -> tuple[bool, bool]:
         """Wait for the child, committing its log; return (timed_out, lost)."""
         deadline = started + self.timeout if self.timeout else None
@@ -506,7 +425,6 @@ class JobRunner:
                 next_commit = now + self.commit_every
                 try:
                     with sink.paused():
-                        folder.sync()
                         self.worker.commit_update(f"progress of {self.worker.running_job}")
                 except LeaseLost:
                     _signal_group(proc, signal.SIGKILL)

