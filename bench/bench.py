@@ -9,7 +9,7 @@ Prints:
     and the jobs done by the busiest and the least busy worker.
 
 Usage:
-    python bench/bench.py                 # the full run (about a minute on 2 cores)
+    python bench/bench.py                 # the full run (about three minutes on 2 cores)
     python bench/bench.py --workers 4 --jobs 60 --single-jobs 20
     python bench/bench.py --remote daemon # the same over git daemon on 127.0.0.1
 """
