@@ -184,7 +184,21 @@ class Worker:
         return Path(self.path) / ".git" / _FUNCTION_MARKER
 
     def _recover_from_crash(self) -> None:
-        """Drop edits a crashed earlier process's next-job function left behind."""
+        """Undo what a killed earlier process left in this local copy.
+
+        This process holds the copy's file lock, so no other worker runs here:
+        git's lock files and Distribute's scratch indexes are leftovers of a
+        process killed mid-command, and would make every git command fail.
+        Edits of a next-job function that was running are dropped.  Files a
+        job wrote are kept (``get_next_job`` then reports them).
+        """
+        git_dir = Path(self.path) / ".git"
+        names = ("index.lock", "HEAD.lock", "config.lock", "packed-refs.lock", "shallow.lock")
+        stale = [git_dir / name for name in names]
+        stale += git_dir.glob("distribute-snapshot-*")
+        stale += (git_dir / "refs").rglob("*.lock")
+        for path in stale:
+            path.unlink(missing_ok=True)
         marker = self._function_marker()
         if marker.exists():
             self.copy.discard_changes()

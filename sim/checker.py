@@ -469,11 +469,6 @@ def _check_reclaims(hist: _History, lease: float, result: CheckResult) -> None:
         (str(r["job"]), int(r["token"])) for _, r in hist.events("fail")
     }
     beats = _liveness_pushes(hist)
-    dropped = {
-        (str(r.get("job")), proc)
-        for proc, recs in hist.by_proc.items() for r in recs
-        if r.get("kind") == "workaround" and r.get("dropped")
-    }
     faults = bool(hist.faults) or _any_push_faults(hist)
     for job, claims in by_job.items():
         claims.sort(key=lambda c: c.token)
@@ -496,8 +491,6 @@ def _check_reclaims(hist: _History, lease: float, result: CheckResult) -> None:
                 continue
             if prev.worker == nxt.worker and prev.proc != nxt.proc:
                 continue  # a restarted life of the same worker takes its own job back at once
-            if prev.proc == nxt.proc and (job, prev.proc) in dropped:
-                continue  # the simulator dropped the holding (a journalled workaround)
             evidence = [prev.t_sent] + [
                 t for t in beats.get(prev.worker, ()) if t < nxt.t_sent
             ]
@@ -695,12 +688,9 @@ def _figures(
         if not f.get("at_end"):
             faults[str(f.get("fault"))] += 1
     kinds: dict[str, int] = defaultdict(int)
-    workarounds: dict[str, int] = defaultdict(int)
     for recs in hist.by_proc.values():
         for r in recs:
             kinds[str(r.get("kind"))] += 1
-            if r.get("kind") == "workaround":
-                workarounds[str(r.get("what"))] += 1
     return {
         "duration_s": round(span, 3),
         "jobs_done": len({e["job"] for e in done}),
@@ -723,8 +713,6 @@ def _figures(
         "kills": faults.get("kill", 0),
         "pauses": faults.get("pause", 0),
         "restarts": faults.get("restart", 0),
-        "workarounds": kinds.get("workaround", 0),
-        "workarounds_by_kind": dict(workarounds),
         "cleanups": kinds.get("cleanup", 0),
         "processes": len(hist.by_proc),
         "recovery_s": percentiles(recovery_times(hist)),

@@ -16,7 +16,6 @@ session once it has one) and ``seq`` (order within the file).  Kinds:
   ``invoke`` (``id``, ``refs`` as ``[ref, old, new]`` triples, ``own_ref``)
   then ``done`` (``id``, ``outcome``);
 * ``cleanup``: what a restarted life removed from its local copy;
-* ``workaround``: the simulator stepped around a known bug (see the report);
 * ``fault``: written by the injector (``fault`` is ``kill``, ``pause``,
   ``resume`` or ``restart``; ``worker`` and ``life`` name the target).
 

@@ -80,7 +80,7 @@ def print_report(outcome: RunOutcome, console: Console) -> None:
          f"{stats.get('kills')} / {stats.get('pauses')} / {stats.get('restarts')}"),
         ("recovery p50 / p99 / max (s)",
          f"{rec.get('p50')} / {rec.get('p99')} / {rec.get('max')} (n={rec.get('count')})"),
-        ("workarounds / cleanups", f"{stats.get('workarounds')} / {stats.get('cleanups')}"),
+        ("local copies cleaned at restart", f"{stats.get('cleanups')}"),
         ("violations", len(outcome.result.violations)),
     ]
     for name, value in rows:
@@ -116,9 +116,6 @@ def _spans(records: Iterable[Mapping[str, Any]]) -> dict[str, list[dict[str, Any
         last = float(recs[-1].get("t", 0.0))
         open_job: dict[str, Any] | None = None
         for r in recs:
-            if r.get("kind") == "workaround" and open_job is not None:
-                open_job["end"], open_job["how"] = float(r["t"]), "lost"
-                open_job = None
             if r.get("kind") != "event":
                 continue
             event = r.get("event")

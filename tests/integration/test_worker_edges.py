@@ -251,3 +251,22 @@ def test_a_draining_worker_asks_the_function_again_only_when_main_moves(remote, 
         assert not waiter.is_alive() and got == [None]
     assert asked_while_j_ran == 1, f"asked {asked_while_j_ran} times while main did not move"
     assert len(calls) == 2  # and once more after j finished
+
+
+def test_git_lock_files_left_by_a_killed_process_are_cleared_on_open(remote, tmp_path):
+    """kill -9 in the middle of a git command leaves index.lock and friends; the next
+    worker on that copy (it holds the copy's file lock) removes them and works."""
+    with make(remote, tmp_path):
+        pass
+    git_dir = tmp_path / "copy-w" / ".git"
+    for name in ("index.lock", "HEAD.lock", "refs/heads/main.lock"):
+        (git_dir / name).write_text("")
+    (git_dir / "distribute-snapshot-0123.index").write_text("")
+    with make(remote, tmp_path) as w:
+        assert w.get_next_job(constant("j")) == "j"
+        Path(w.job_dir).mkdir(parents=True)
+        Path(w.job_dir, "x").write_text("x")
+        w.finish_job()
+    assert show(remote, "updates/j/x") == "x"
+    assert not any((git_dir / name).exists() for name in ("index.lock", "HEAD.lock"))
+    assert not list(git_dir.glob("distribute-snapshot-*"))
