@@ -42,7 +42,7 @@ from distribute.core.errors import (
     TransportError,
 )
 from distribute.core.lease import LeaseWatch
-from distribute.core.ledger import LEDGER_FILES, Ledger
+from distribute.core.ledger import LEDGER_FILES, Entry, Ledger
 from distribute.core.lock import (
     Acquire,
     Beat,
@@ -56,7 +56,7 @@ from distribute.core.lock import (
 )
 from distribute.core.names import LOCK_REF, WORKERS_PREFIX, job_branch, worker_ref
 from distribute.core.plan import CallNextJobFunction, ClaimPlan, GiveUp, Retry, plan_claim
-from distribute.transport.base import Oid, RefUpdate, Transport
+from distribute.transport.base import Oid, RefUpdate, Transport, holds
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +107,10 @@ class Stats:
     renewals: int = 0
     fetches: int = 0
     extra: dict[str, int] = field(default_factory=dict)
+
+    def count(self, name: str) -> None:
+        """Count one more ``name`` in :attr:`extra`."""
+        self.extra[name] = self.extra.get(name, 0) + 1
 
 
 class LostHolding(Exception):
@@ -193,18 +197,12 @@ class Coordinator:
         first = updates[0]
         current = self.transport.fetch([first.ref]).get(first.ref)
         self.stats.fetches += 1
-        if current == first.new:
-            return True
-        if current is None or first.new is None:
-            return False
-        return self._contains(current, first.new)
+        return self._holds(current, first.new)
 
-    def _contains(self, descendant: Oid, ancestor: Oid) -> bool:
-        """Does ``descendant``'s history hold ``ancestor``?  Unknown objects: no."""
-        if descendant == ancestor:
-            return True
+    def _holds(self, current: Oid | None, commit: Oid | None) -> bool:
+        """:func:`~distribute.transport.base.holds`; objects not known locally: no."""
         try:
-            return self.transport.is_ancestor(ancestor, descendant)
+            return holds(self.transport, current, commit)
         except DistributeError:
             return False
 
@@ -251,7 +249,7 @@ class Coordinator:
         with self.mutex:
             if self.torn(snap):
                 self.journal("torn-observe", lock_main=snap.lock.main, main=snap.main)
-                self.stats.extra["torn_observes"] = self.stats.extra.get("torn_observes", 0) + 1
+                self.stats.count("torn_observes")
                 return False
             expired = self.watch.expired(LOCK_REF, self.clock())
             self._acquires += 1
@@ -282,7 +280,7 @@ class Coordinator:
         """
         with self.mutex:
             value = self.transport.list_refs(LOCK_REF).get(LOCK_REF)
-            self.stats.extra["peeks"] = self.stats.extra.get("peeks", 0) + 1
+            self.stats.count("peeks")
             now = self.clock()
             self.watch.observe(LOCK_REF, value, now)
             return value != snap.lock_oid or self.watch.expired(LOCK_REF, now)
@@ -295,7 +293,7 @@ class Coordinator:
         The release names the main branch it left, so the tear is visible.
         """
         lock = snap.lock
-        return lock.free and bool(lock.main) and not self._contains(snap.main, lock.main)
+        return lock.free and bool(lock.main) and not self._holds(snap.main, lock.main)
 
     def holding_valid(self) -> bool:
         h = self.holding
@@ -323,11 +321,11 @@ class Coordinator:
                     self.holding = None
                     self.journal("lock-release", token=h.state.token, ok=True)
                     return
-                if self._lock_moved(h):
+                if self._forget_if_lock_moved(h):
                     return
             raise TransportError("the lock's release was refused three times; retrying")
 
-    def _lock_moved(self, h: Holding) -> bool:
+    def _forget_if_lock_moved(self, h: Holding) -> bool:
         """After a push on the lock did not land: forget ``h`` if the lock moved on."""
         current = self.transport.fetch([LOCK_REF]).get(LOCK_REF)
         self.stats.fetches += 1
@@ -351,7 +349,7 @@ class Coordinator:
                     self.stats.renewals += 1
                     self.journal("lock-renew", token=state.token)
                 else:
-                    self._lock_moved(h)  # still ours: the next tick tries again
+                    self._forget_if_lock_moved(h)  # still ours: the next tick tries again
             if self.job is not None and now - self.beat_sent_at >= self.lease / 3:
                 self.renew_beat()
 
@@ -596,8 +594,7 @@ class Coordinator:
             if main is None:
                 raise RemoteStateError(f"the remote lost its branch {self.branch!r}")
             ledger = self.read_ledger(main)
-            if any(e.job == job.job and e.token == job.token and e.worker == self.worker
-                   for e in ledger.done):
+            if self._recorded(ledger.done, job):
                 # an earlier try landed though its answer was lost
                 self.journal("finish", job=job.job, token=job.token, tip=job.tip)
                 self.job = None
@@ -690,10 +687,16 @@ class Coordinator:
         entry = ledger.running_entry(job.job)
         if entry is not None and entry.released and entry.token == job.token:
             return "retry"
-        if any(e.job == job.job and e.token == job.token and e.worker == self.worker
-               for e in ledger.failed):
+        if self._recorded(ledger.failed, job):
             return "failed"
         return None
+
+    def _recorded(self, entries: Sequence[Entry], job: JobHolding) -> bool:
+        """Is ``job``, under this worker and its token, among ``entries``?"""
+        return any(
+            e.job == job.job and e.token == job.token and e.worker == self.worker
+            for e in entries
+        )
 
 
 __all__ = [

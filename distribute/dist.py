@@ -183,6 +183,11 @@ class Worker:
     def _function_marker(self) -> Path:
         return Path(self.path) / ".git" / _FUNCTION_MARKER
 
+    def _checkout_clean(self, commit: str, branch: str | None) -> None:
+        """Check out ``commit``, replacing any next-job function edits, and say so."""
+        self.copy.checkout(commit, branch)
+        self._function_marker().unlink(missing_ok=True)
+
     def _recover_from_crash(self) -> None:
         """Undo what a killed earlier process left in this local copy.
 
@@ -320,8 +325,7 @@ class Worker:
             held_by_other = None
             outcome = self._under_lock(snap, next_job_func)
             if isinstance(outcome, JobHolding):
-                self._retrying(partial(self.copy.checkout, outcome.tip, outcome.branch))
-                self._function_marker().unlink(missing_ok=True)
+                self._retrying(partial(self._checkout_clean, outcome.tip, outcome.branch))
                 return outcome.job
             if outcome == "none":
                 return None
@@ -358,8 +362,7 @@ class Worker:
                     got = self._retrying(claim)
                 finally:
                     if coord.job is None:  # not claimed: undo the function's edits
-                        self.copy.checkout(snap.main, None)
-                        self._function_marker().unlink(missing_ok=True)
+                        self._checkout_clean(snap.main, None)
                 return got if got is not None else "again"
         except BaseException:
             if coord.holding is not None:
@@ -385,8 +388,7 @@ class Worker:
             if job is None:
                 # no claim follows (none, or an error): undo the function's edits now;
                 # after a claim, checking out the job branch does it
-                self.copy.checkout(snap.main, None)
-                self._function_marker().unlink(missing_ok=True)
+                self._checkout_clean(snap.main, None)
 
     def commit_update(self, message: str | None = None) -> bool:
         """Commit the working tree's changes to the job branch and push them.

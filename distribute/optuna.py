@@ -103,7 +103,7 @@ from distribute.core.errors import (
 )
 from distribute.core.ledger import DONE, FAILED, RUNNING, Ledger
 from distribute.core.names import check_name, encode_component, scrub_url
-from distribute.transport.base import Oid, RefUpdate, Transport
+from distribute.transport.base import Oid, RefUpdate, Transport, holds
 from distribute.transport.git import GitTransport, init_bare_repo
 
 if TYPE_CHECKING:
@@ -381,11 +381,7 @@ class GitJournalBackend(BaseJournalBackend):
             except OutcomeUnknown:
                 self.stats.unknown_outcomes += 1
                 current = self._fetch()
-                if current is None:
-                    return False, False
-                if current == commit:
-                    return True, False
-                return self.transport.is_ancestor(commit, current), True
+                return holds(self.transport, current, commit), current not in (None, commit)
             except TransportError as err:  # nothing was sent
                 if self._clock() >= deadline:
                     raise TransportError(

@@ -128,3 +128,18 @@ class Transport(Protocol):
 
     def close(self) -> None:
         ...
+
+
+def holds(transport: Transport, current: Oid | None, commit: Oid | None) -> bool:
+    """Does a ref whose value is ``current`` hold ``commit``: is it ``commit`` or a descendant?
+
+    This is how a push whose answer was lost is judged: it landed when the
+    ref now holds what was pushed, even if others have built on it since.
+    Nobody can build on a commit that never reached the remote.  Both
+    commits must be in the local object store (``current`` was fetched).
+    """
+    if current == commit:
+        return True
+    if current is None or commit is None:
+        return False
+    return transport.is_ancestor(commit, current)
