@@ -25,7 +25,6 @@ import json
 import os
 import random
 import shutil
-import subprocess
 import sys
 import time
 import traceback
@@ -42,8 +41,6 @@ from sim.journal import Journal
 RESULT_FILE = "result.txt"
 #: The file next to a local copy that marks its clone as complete.
 CLONED_SUFFIX = ".cloned"
-#: Lock files git leaves behind when killed; ``distribute.lock`` (a flock) is not one.
-_STALE_LOCKS = ("index.lock", "HEAD.lock", "packed-refs.lock", "config.lock", "shallow.lock")
 
 
 class InjectedJobFailure(Exception):
@@ -128,42 +125,16 @@ def sleep_job(seconds: float, fail_rate: float, rng: random.Random) -> Callable[
     return job
 
 
-def clean_local_copy(copy: Path) -> dict[str, Any]:
-    """Make a killed life's local copy usable again; return what was done.
+def remove_unfinished_clone(copy: Path) -> bool:
+    """Remove a local copy whose clone a killed life did not finish; ``True`` if it did.
 
-    An unfinished clone is removed whole.  Otherwise stale git lock files
-    go, and the working tree is reset to ``HEAD`` with untracked files
-    removed (``distribute`` files under ``.git`` are untouched).
+    Everything else a kill leaves in a finished copy (git's lock files, the
+    edits of a next-job function) is cleared by the Worker when it opens it.
     """
-    marker = copy.with_name(copy.name + CLONED_SUFFIX)
-    if not marker.exists():
-        if copy.exists():
-            shutil.rmtree(copy)
-            return {"removed_clone": True}
-        return {}
-    git_dir = copy / ".git"
-    removed = []
-    for name in _STALE_LOCKS:
-        path = git_dir / name
-        if path.exists():
-            path.unlink()
-            removed.append(name)
-    for path in (git_dir / "refs").rglob("*.lock"):
-        path.unlink()
-        removed.append(str(path.relative_to(git_dir)))
-    for path in git_dir.glob("distribute-snapshot-*"):
-        path.unlink()
-        removed.append(path.name)
-    base = ["git", "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-C", str(copy)]
-    status = subprocess.run(
-        [*base, "status", "--porcelain", "--untracked-files=all"],
-        capture_output=True, text=True, timeout=60,
-    )
-    dirty = [line[3:] for line in status.stdout.splitlines() if line.strip()]
-    if dirty:
-        subprocess.run([*base, "reset", "--hard", "--quiet"], capture_output=True, timeout=60)
-        subprocess.run([*base, "clean", "-ffdq"], capture_output=True, timeout=60)
-    return {"stale_locks": removed, "dirty": dirty[:20], "dirty_count": len(dirty)}
+    if copy.with_name(copy.name + CLONED_SUFFIX).exists() or not copy.exists():
+        return False
+    shutil.rmtree(copy)
+    return True
 
 
 class SimWorker:
@@ -200,8 +171,7 @@ class SimWorker:
         c = self.config
         self.journal.record("start", copy=c.copy, lease=c.lease, url=c.url)
         copy = Path(c.copy)
-        if c.life > 0:
-            self.journal.record("cleanup", **clean_local_copy(copy))
+        removed_clone = c.life > 0 and remove_unfinished_clone(copy)
         fault_rng = random.Random(f"{c.seed}/{c.name}/{c.life}/faults")
 
         def wrap(transport: Any) -> Any:
@@ -217,6 +187,13 @@ class SimWorker:
             rng=random.Random(f"{c.seed}/{c.name}/{c.life}/backoff"),
         ))
         copy.with_name(copy.name + CLONED_SUFFIX).touch()
+        if c.life > 0:
+            # as an operator would: a killed life's unsaved job files go
+            dirty = worker.copy.changed_paths()
+            if dirty:
+                self.op("discard_changes", worker.discard_changes)
+            self.journal.record("cleanup", removed_clone=removed_clone, dirty=dirty[:20],
+                                dirty_count=len(dirty))
         self.journal.session = worker.session
         self.journal.record("session")
         next_job = load_callable(c.next_job_func) if c.next_job_func else QueueJobs()
