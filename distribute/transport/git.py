@@ -100,8 +100,9 @@ _RACE_REASONS = (
     "atomic push failed",
     "atomic transaction failed",
 )
-#: A refusal that says the remote failed to receive the pack: transient, not a rule.
-_TRANSIENT_REFUSAL = "unpacker error"
+#: Refusals that say the remote failed to receive or check the pack (its folder moved,
+#: a full disk): nothing landed, and trying again later may work; not a rule.
+_TRANSIENT_REFUSALS = ("unpacker error", "missing necessary objects")
 #: git's words for "never got through to the remote", so nothing was sent.
 _UNREACHABLE = (
     "could not read from remote repository",
@@ -524,7 +525,7 @@ class GitTransport:
         rejected = self._rejections(result.stdout)
         if rejected:
             refused = {ref: why for ref, why in rejected.items() if not _is_race(why)}
-            if any(_TRANSIENT_REFUSAL in why for why in refused.values()):
+            if any(word in why for why in refused.values() for word in _TRANSIENT_REFUSALS):
                 # the remote could not store the objects (its folder moved, a full disk):
                 # nothing landed; worth retrying, unlike a hook or a protection rule
                 raise TransportError(

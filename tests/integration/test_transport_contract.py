@@ -534,6 +534,19 @@ class TestGitTransport:
             t.push([RefUpdate(branch, main, None)])
         assert git_backend.remote_value(branch) == main
 
+    def test_a_remote_that_fails_to_store_the_pack_is_a_transient_transport_error(
+        self, git_backend: GitBackend
+    ) -> None:
+        """"unpacker error" (a moved folder, a full disk; here a size limit) is no rule of
+        the server: a TransportError, which workers retry, not a RemoteStateError."""
+        t = git_backend.transport()
+        main = main_of(t)
+        git_backend.git("--git-dir", git_backend.path, "config", "receive.maxInputSize", "10")
+        with pytest.raises(TransportError, match="could not store") as caught:
+            t.push([RefUpdate(MAIN, main, child(t, main, "x", big=b"y" * 1000))])
+        assert not isinstance(caught.value, RemoteStateError)
+        assert git_backend.remote_value(MAIN) == main
+
     def test_a_remote_name_cannot_become_an_option(self, git_backend: GitBackend) -> None:
         copy = git_backend.clone()
         marker = copy.path.parent / "pwned"
