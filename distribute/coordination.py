@@ -31,6 +31,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 from distribute.core.errors import (
     DistributeError,
@@ -54,8 +55,21 @@ from distribute.core.lock import (
     parse_beat_message,
     parse_lock_message,
 )
-from distribute.core.names import LOCK_REF, WORKERS_PREFIX, job_branch, worker_ref
-from distribute.core.plan import CallNextJobFunction, ClaimPlan, GiveUp, Retry, plan_claim
+from distribute.core.names import (
+    LOCK_REF,
+    WORKERS_PREFIX,
+    decode_component,
+    job_branch,
+    worker_ref,
+)
+from distribute.core.plan import (
+    CallNextJobFunction,
+    ClaimPlan,
+    GiveUp,
+    Retry,
+    ahead_in_turn,
+    plan_claim,
+)
 from distribute.transport.base import Oid, RefUpdate, Transport, holds
 
 
@@ -111,6 +125,18 @@ class Stats:
     def count(self, name: str) -> None:
         """Count one more ``name`` in :attr:`extra`."""
         self.extra[name] = self.extra.get(name, 0) + 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    """One claim, written and ready to push."""
+
+    updates: list[RefUpdate]
+    job: JobHolding
+    beat: Beat
+    beat_oid: Oid
+    own_old: Oid | None
+    revoke: str
 
 
 class LostHolding(Exception):
@@ -236,6 +262,21 @@ class Coordinator:
             self.watch.observe_all(values, holders | listed, now)
             return Snapshot(main, ledger, lock_oid, lock, values, now)
 
+    def ahead_in_turn(self, snap: Snapshot) -> list[str]:
+        """The liveness refs of the idle workers that go before this one at the next free
+        lock (:func:`~distribute.core.plan.ahead_in_turn`).  Idle: a liveness ref that
+        moved within the last lease period (so the dead drop out), and no running job.
+        Each of them moves its ref when it claims, so a :meth:`peek` tells who is left."""
+        now = self.clock()
+        running = {e.worker for e in snap.ledger.running}
+        idle = [
+            decode_component(ref[len(WORKERS_PREFIX):])
+            for ref in snap.refs
+            if ref.startswith(WORKERS_PREFIX) and not self.watch.expired(ref, now)
+        ]
+        idle = [w for w in idle if w not in running]
+        return [worker_ref(w) for w in ahead_in_turn(idle, self.worker, snap.ledger)]
+
     def expired_workers(self, snap: Snapshot) -> set[str]:
         now = self.clock()
         return {
@@ -273,17 +314,15 @@ class Coordinator:
             )
             return True
 
-    def lock_moved(self, snap: Snapshot) -> bool:
-        """Cheap poll while another worker holds the lock: has the lock ref moved since
-        ``snap`` (or has its holder's lease expired)?  Reads the one ref with no fetch;
-        the lease watch sees the value, so expiry is judged exactly as by :meth:`observe`.
-        """
+    def peek(self) -> dict[str, Oid]:
+        """Cheap poll while waiting: the lock's and the liveness refs' values, read with no
+        fetch (one ``ls-remote``).  The lease watch sees the lock's value, so its expiry is
+        judged exactly as by :meth:`observe`."""
         with self.mutex:
-            value = self.transport.list_refs(LOCK_REF).get(LOCK_REF)
+            values = self.transport.list_refs("refs/distribute/")
             self.stats.count("peeks")
-            now = self.clock()
-            self.watch.observe(LOCK_REF, value, now)
-            return value != snap.lock_oid or self.watch.expired(LOCK_REF, now)
+            self.watch.observe(LOCK_REF, values.get(LOCK_REF), self.clock())
+            return values
 
     def torn(self, snap: Snapshot) -> bool:
         """Did ``snap`` read a released lock but a main branch older than that release?
@@ -477,39 +516,12 @@ class Coordinator:
                             paths=list(merged.conflicts),
                         )
                     tree = merged.tree
-                new_main = self.transport.write_commit(
-                    parents=[snap.main],
-                    base=None if tree else snap.main,
-                    tree=tree,
-                    changes=ledger.changed_files(snap.ledger),
-                    message=(
-                        f"distribute: claim {name} by {self.worker} "
-                        f"(token {token}, attempt {attempt})"
-                    ),
-                )
-                branch = job_branch(self.worker, name, token)
-                beat = self.beat.next((name,))
-                beat_oid = self._empty_commit(beat_message(beat))
-                released = self._empty_commit(lock_message(h.state.released(new_main)), [h.oid])
-                own_old = snap.refs.get(self.own_ref) if self.beat_oid is None else self.beat_oid
-                updates = [
-                    RefUpdate(self.main_ref, snap.main, new_main),
-                    RefUpdate(LOCK_REF, h.oid, released),
-                    RefUpdate("refs/heads/" + branch, None, new_main),
-                    RefUpdate(self.own_ref, own_old, beat_oid),
-                ]
                 revoke = plan.revoke if isinstance(plan, Retry) else ""
-                updates += self._revoke_updates(snap, revoke, token)
-                sent = self.clock()
-                if self.push(updates):
+                claim = self._build_claim(
+                    snap, ledger, name, token, attempt, tree, revoke, h.oid, h.state.released
+                )
+                if self._push_claim(claim):
                     self.holding = None
-                    self.beat, self.beat_oid, self.beat_sent_at = beat, beat_oid, sent
-                    self.revoked = False
-                    self.job = JobHolding(name, token, attempt, branch, new_main)
-                    self.journal(
-                        "claim", job=name, token=token, attempt=attempt, branch=branch,
-                        revoked=revoke,
-                    )
                     return self.job
                 # lost: learn why and replay on what is there now
                 self.stats.replays += 1
@@ -518,10 +530,99 @@ class Coordinator:
                     self.holding = None
                     self.journal("lock-lost", token=token)
                     return None
-                if snap.refs.get(self.own_ref) != own_old:
+                if snap.refs.get(self.own_ref) != claim.own_old:
                     self.beat_oid = snap.refs.get(self.own_ref)
                 if isinstance(plan, Retry):
                     return self._replan(snap)
+
+    def claim_unlocked(
+        self, snap: Snapshot, job: str, edits: Oid | None = None
+    ) -> JobHolding | None:
+        """Claim a new job with no separate acquire: a holding of zero length.
+
+        One atomic push moves the lock from the free value observed in
+        ``snap`` to a free value with the next token, and claims ``job``
+        under that token on the main branch exactly as observed.  Either
+        ref having moved refuses the whole push: nothing is written, and the
+        caller observes again and asks its next-job function again.  So only
+        functions that touch nothing but the local copy's files may decide
+        this way (see :func:`distribute.sources.repo_only`): several workers
+        may run them at once, and a run whose claim lost leaves no trace.
+
+        Returns:
+            The new :class:`JobHolding`, or ``None`` when the push lost a race.
+        """
+        with self.mutex:
+            if self.holding is not None or self.job is not None:
+                raise DistributeError("claim_unlocked needs a worker with no holding and no job")
+            if not snap.lock.free or self.torn(snap):
+                return None
+            token = snap.lock.token + 1
+            ledger = snap.ledger.claim(job, self.worker, token)
+            tree = self.transport.commit_tree(edits) if edits else None
+
+            freed = partial(snap.lock.claimed_unlocked, self.worker)
+            claim = self._build_claim(snap, ledger, job, token, 1, tree, "", snap.lock_oid, freed)
+            if not self._push_claim(claim, unlocked=True):
+                self.stats.count("unlocked_lost")
+                self.beat_oid = None  # a stale liveness value may have refused it: re-read
+                return None
+            self.stats.count("unlocked_claims")
+            return self.job
+
+    def _build_claim(
+        self,
+        snap: Snapshot,
+        ledger: Ledger,
+        name: str,
+        token: int,
+        attempt: int,
+        tree: Oid | None,
+        revoke: str,
+        lock_old: Oid | None,
+        lock_after: Callable[[str], LockState],
+    ) -> _Claim:
+        """The commits and ref updates of one claim (see :meth:`claim`)."""
+        new_main = self.transport.write_commit(
+            parents=[snap.main],
+            base=None if tree else snap.main,
+            tree=tree,
+            changes=ledger.changed_files(snap.ledger),
+            message=f"distribute: claim {name} by {self.worker} (token {token}, attempt {attempt})",
+        )
+        branch = job_branch(self.worker, name, token)
+        beat = self.beat.next((name,))
+        beat_oid = self._empty_commit(beat_message(beat))
+        lock_parents = [lock_old] if lock_old else []
+        lock_new = self._empty_commit(lock_message(lock_after(new_main)), lock_parents)
+        own_old = snap.refs.get(self.own_ref) if self.beat_oid is None else self.beat_oid
+        updates = [
+            RefUpdate(self.main_ref, snap.main, new_main),
+            RefUpdate(LOCK_REF, lock_old, lock_new),
+            RefUpdate("refs/heads/" + branch, None, new_main),
+            RefUpdate(self.own_ref, own_old, beat_oid),
+            *self._revoke_updates(snap, revoke, token),
+        ]
+        job = JobHolding(name, token, attempt, branch, new_main)
+        return _Claim(updates, job, beat, beat_oid, own_old, revoke)
+
+    def _push_claim(self, claim: _Claim, unlocked: bool = False) -> bool:
+        """Push ``claim``; when it lands, this worker runs its job."""
+        sent = self.clock()
+        if not self.push(claim.updates):
+            return False
+        job = claim.job
+        self.beat, self.beat_oid, self.beat_sent_at = claim.beat, claim.beat_oid, sent
+        self.revoked = False
+        self.job = job
+        if unlocked:
+            self.journal("lock-acquire", token=job.token, takeover=False, previous="",
+                         unlocked=True)
+        self.journal(
+            "claim", job=job.job, token=job.token, attempt=job.attempt, branch=job.branch,
+            revoked=claim.revoke,
+        )
+        return True
 
     def _replan(self, snap: Snapshot) -> JobHolding | None:
         """The orphan we meant to retry changed; release and let the caller start over."""
@@ -619,6 +720,7 @@ class Coordinator:
                 ),
             )
             if not self.push([RefUpdate(self.main_ref, main, new_main)]):
+                self.stats.count("finish_lost")
                 return None
             self.journal("finish", job=job.job, token=job.token, tip=job.tip)
             self.job = None

@@ -46,8 +46,9 @@ from distribute.core.errors import (
     TransportError,
     UsageError,
 )
-from distribute.core.names import check_name, job_dir, scrub_url
+from distribute.core.names import LOCK_REF, check_name, job_dir, scrub_url
 from distribute.core.plan import CallNextJobFunction, GiveUp, Retry, others_running
+from distribute.sources import is_repo_only
 from distribute.transport.base import Transport
 from distribute.transport.git import GitLocalCopy
 
@@ -133,6 +134,7 @@ class Worker:
         self.wait_for_running = wait_for_running
         self.retry_seconds = retry_seconds
         self._clock = clock
+        self._claim_seconds = 0.0
         self._sleep = sleep
         self._rng = rng or random.Random()
         self.session = uuid.uuid4().hex
@@ -297,15 +299,27 @@ class Worker:
                 paths=changed,
             )
         backoff = Backoff(self.poll_seconds, self.max_poll_seconds, self._rng)
-        held_by_other: Snapshot | None = None
+        watching: Snapshot | None = None  # the lock as last observed, while we wait on it
+        watched: str | None = None  # the lock's value at the latest look
+        ahead: list[str] = []  # liveness refs of the idle workers before us in turn
         idle_main: str | None = None
         while True:
-            if held_by_other is not None and not self._retrying(
-                partial(self.coord.lock_moved, held_by_other)
-            ):
-                # the holder is still at it: a one-ref read, not a fetch, until it moves
-                self._sleep(backoff.next())
-                continue
+            if watching is not None:
+                # waiting: one-ref reads, not fetches, until the lock moves or, on a free
+                # lock, the workers before us in turn had their chance
+                refs = self._retrying(self.coord.peek)
+                value = refs.get(LOCK_REF)
+                # a worker before us that claimed has moved its liveness ref
+                ahead = [r for r in ahead if refs.get(r) == watching.refs.get(r)]
+                expired = self.coord.watch.expired(LOCK_REF, self._clock())
+                if not expired and (
+                    (value == watched and (not watching.lock.free or self._turn_wait(ahead) > 0))
+                    or (value != watched and ahead)
+                ):
+                    watched = value
+                    self._sleep(self._poll_delay(ahead))
+                    continue
+            watching = None
             snap = self._retrying(self.coord.observe)
             if (
                 snap.main == idle_main
@@ -316,14 +330,31 @@ class Worker:
                 # job is orphaned; ask it again only once something changed
                 self._sleep(backoff.next())
                 continue
-            if not self._retrying(partial(self.coord.try_acquire, snap)):
+            if self.coord.own_ref not in snap.refs:
+                # a first liveness record, so that waiting workers count this one in turn
+                self._retrying(self.coord.renew_beat)
+                snap = self._retrying(self.coord.observe)
+            ahead = self.coord.ahead_in_turn(snap)
+            if snap.lock.free and self._turn_wait(ahead) > 0:
+                # idle workers take turns at a free lock; ours comes after those ``ahead``
+                watching, watched = snap, snap.lock_oid
+                self._sleep(min(self._turn_wait(ahead), self._poll_delay(ahead)))
+                continue
+            if self._may_claim_unlocked(snap, next_job_func):
+                started = snap.at
+                outcome = self._claim_unlocked(snap, next_job_func)
+                if isinstance(outcome, JobHolding):
+                    # how long a claim takes here, from the fetch to the landed push
+                    took = self._clock() - started
+                    self._claim_seconds += (took - self._claim_seconds) / 4
+            elif self._retrying(partial(self.coord.try_acquire, snap)):
+                outcome = self._under_lock(snap, next_job_func)
+            else:
                 # a held lock is watched cheaply; a free one (a lost race, a torn read)
                 # is looked at in full again
-                held_by_other = None if snap.lock.free else snap
-                self._sleep(backoff.next())
+                watching, watched = (None, None) if snap.lock.free else (snap, snap.lock_oid)
+                self._sleep(self._poll_delay(ahead))
                 continue
-            held_by_other = None
-            outcome = self._under_lock(snap, next_job_func)
             if isinstance(outcome, JobHolding):
                 self._retrying(partial(self._checkout_clean, outcome.tip, outcome.branch))
                 return outcome.job
@@ -332,7 +363,53 @@ class Worker:
             if outcome == "wait":
                 idle_main = snap.main
                 self._sleep(backoff.next())
+            elif outcome == "lost":
+                # someone claimed or finished first; if the lock did not move it is still
+                # our turn, so look again almost at once
+                self._sleep(self._rng.uniform(0, self.poll_seconds / 4))
             # "again": the holding was lost; start over at once
+
+    def _turn_wait(self, ahead: list[str]) -> float:
+        """Seconds left before a free lock is ours to try, counted from when we first saw
+        it free: each idle worker before us in turn gets one :meth:`_slot`."""
+        seen = self.coord.watch.unchanged_for(LOCK_REF, self._clock())
+        return len(ahead) * self._slot() - seen
+
+    def _slot(self) -> float:
+        """The time one worker's turn takes: time to notice the free lock (``poll_seconds``)
+        and to look and claim (twice the time claims take here: longer on a loaded machine
+        or a slow remote)."""
+        return min(self.poll_seconds + 2 * self._claim_seconds, self.max_poll_seconds)
+
+    def _poll_delay(self, ahead: list[str]) -> float:
+        """How long to wait between looks at the lock: ``poll_seconds`` for the next two in
+        turn, longer the further back."""
+        place = len(ahead)
+        delay = self.poll_seconds if place < 2 else self._slot() * (place - 1)
+        delay = min(self.max_poll_seconds, delay)
+        return self._rng.uniform(delay / 2, delay)
+
+    def _may_claim_unlocked(self, snap: Snapshot, func: NextJobFunction) -> bool:
+        """A repo-only function may decide with the lock free (see :mod:`distribute.sources`);
+        orphaned jobs, a held lock and a torn view go the locked way."""
+        return (
+            is_repo_only(func)
+            and snap.lock.free
+            and not self.coord.torn(snap)
+            and isinstance(self.coord.plan(snap), CallNextJobFunction)
+        )
+
+    def _claim_unlocked(self, snap: Snapshot, func: NextJobFunction) -> JobHolding | str:
+        job, edits = self._run_next_job_function(snap, func)
+        if job is None:
+            waiting = self.wait_for_running and others_running(snap.ledger, self.name)
+            return "wait" if waiting else "none"
+        try:
+            got = self._retrying(partial(self.coord.claim_unlocked, snap, job, edits))
+        finally:
+            if self.coord.job is None:  # not claimed: undo the function's edits
+                self._checkout_clean(snap.main, None)
+        return got if got is not None else "lost"
 
     def _under_lock(self, snap: Snapshot, func: NextJobFunction) -> JobHolding | str:
         coord = self.coord

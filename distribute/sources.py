@@ -9,6 +9,14 @@ style, reading a global worker) or the worker as its one argument.
 Effects outside the repository (a call to a suggestion service) cannot be
 fenced by the lock: a holder that loses its lease mid-call may have made the
 call anyway.  Make such effects idempotent; they are at-least-once.
+
+A function that only reads and edits files of the local copy can do without
+the lock's separate acquire: mark it with :func:`repo_only` (``QueueJobs``
+is).  Such a function runs with the lock free, maybe on several workers at
+once and maybe more than once per job; one atomic push then both claims its
+job and moves the lock on, and is refused whole if anyone else claimed or
+finished in between, so only one run's answer counts.  The lock is still
+taken as before when a job must be retried or the lock is held.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from distribute.core.errors import UsageError
 from distribute.core.names import check_name
@@ -25,6 +33,25 @@ if TYPE_CHECKING:
     from distribute.dist import Worker
 
 JOBS_FILE = "jobs.txt"
+
+F = TypeVar("F")
+
+
+def repo_only(func: F) -> F:
+    """Mark a next-job function as touching nothing but the local copy's files.
+
+    It must keep no state between calls and call nothing outside the
+    repository, because it may run on several workers at once, and its
+    answer may be thrown away and asked for again.  Returns ``func``.
+    """
+    func.repo_only = True  # type: ignore[attr-defined]
+    return func
+
+
+def is_repo_only(func: object) -> bool:
+    """Was ``func`` marked with :func:`repo_only` (or is it an instance of a class
+    that sets ``repo_only = True``)?"""
+    return getattr(func, "repo_only", False) is True
 
 
 def read_queue(text: str) -> list[str]:
@@ -41,7 +68,10 @@ class QueueJobs:
 
     The first line is removed and returned; the shortened file is committed
     with the claim.  Returns ``None`` when the queue is empty or missing.
+    It reads and writes only that file, so it is :func:`repo_only`.
     """
+
+    repo_only = True
 
     def __init__(self, filename: str = JOBS_FILE) -> None:
         if os.path.isabs(filename) or ".." in filename.replace("\\", "/").split("/"):
@@ -82,6 +112,7 @@ class RandomJobs:
         return f"{self.prefix}{self.rng.getrandbits(63)}"
 
 
+@repo_only
 def queue_jobs_func(worker: Worker) -> str | None:
     """The ``jobs.txt`` queue as a plain function."""
     return QueueJobs()(worker)

@@ -45,6 +45,8 @@ class LockState:
             An observer whose fetch shows a free lock but a main branch
             that does not contain this commit has a torn view (the refs were
             read one at a time while a claim landed) and must look again.
+        last: on a release, the worker that held the lock last; idle
+            workers take their turns after it (:func:`~distribute.core.plan.turn`).
     """
 
     token: int = 0
@@ -53,6 +55,7 @@ class LockState:
     renewal: int = 0
     nonce: str = ""
     main: str = ""
+    last: str = ""
 
     @property
     def free(self) -> bool:
@@ -65,7 +68,12 @@ class LockState:
         return replace(self, renewal=self.renewal + 1)
 
     def released(self, main: str = "") -> LockState:
-        return LockState(token=self.token, main=main)
+        return LockState(token=self.token, main=main, last=self.holder)
+
+    def claimed_unlocked(self, worker: str, main: str) -> LockState:
+        """The free lock after ``worker`` claimed a job with no separate acquire: the
+        next token, held for no time at all."""
+        return LockState(token=self.token + 1, main=main, last=worker)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +142,7 @@ def parse_lock_message(message: str) -> LockState:
         renewal=int(data.get("renewal", 0)),
         nonce=str(data.get("nonce", "")),
         main=str(data.get("main", "")),
+        last=str(data.get("last", "")),
     )
 
 

@@ -12,7 +12,7 @@ function called.  Pure: the caller says which holders it judged expired.
 
 from __future__ import annotations
 
-from collections.abc import Set
+from collections.abc import Iterable, Set
 from dataclasses import dataclass
 
 from distribute.core.ledger import Entry, Ledger
@@ -79,3 +79,28 @@ def plan_claim(ledger: Ledger, me: str, expired: Set[str], max_attempts: int) ->
 def others_running(ledger: Ledger, me: str) -> tuple[Entry, ...]:
     """Jobs still held by other workers: the reason to wait instead of returning ``None``."""
     return tuple(e for e in ledger.running if e.worker != me)
+
+
+def ahead_in_turn(idle: Iterable[str], me: str, ledger: Ledger) -> list[str]:
+    """The idle workers that go before ``me`` the next time the lock is free, in order.
+
+    Idle workers (``idle``, those running no job, plus ``me``) take turns
+    least recently served first: ordered by the highest fencing token of any
+    job each one claimed (as ``ledger`` records it), then by name.  A worker
+    that has just claimed goes to the back, so the order is first come, first
+    served, and every observer of the same main branch computes the same
+    order.  An empty list means it is ``me``'s turn.  When two workers
+    disagree, the compare-and-swap still lets only one win: the order only
+    keeps waiting workers from colliding, and the one that just finished a
+    job from overtaking those that waited.
+    """
+    served: dict[str, int] = {}
+    for entry in (*ledger.done, *ledger.failed, *ledger.running):
+        if entry.token > served.get(entry.worker, -1):
+            served[entry.worker] = entry.token
+
+    def key(name: str) -> tuple[int, str]:
+        return (served.get(name, -1), name)
+
+    mine = key(me)
+    return sorted((w for w in set(idle) if w != me and key(w) < mine), key=key)

@@ -18,9 +18,10 @@ from distribute.core.lock import (
 )
 
 
-@given(st.integers(0, 10**6), st.text(max_size=20), st.text(max_size=8), st.integers(0, 99))
-def test_lock_message_round_trip(token, holder, session, renewal):
-    state = LockState(token, holder, session, renewal)
+@given(st.integers(0, 10**6), st.text(max_size=20), st.text(max_size=8), st.integers(0, 99),
+       st.text(max_size=8), st.text(max_size=20))
+def test_lock_message_round_trip(token, holder, session, renewal, main, last):
+    state = LockState(token, holder, session, renewal, main=main, last=last)
     assert parse_lock_message(lock_message(state)) == state
 
 
@@ -54,8 +55,13 @@ def test_restarted_worker_takes_its_old_holding_at_once():
     assert isinstance(d, Acquire) and d.takeover
 
 
-def test_release_keeps_the_token():
-    assert LockState(7, "w", "s", 3).released() == LockState(7)
+def test_release_keeps_the_token_and_names_the_last_holder():
+    assert LockState(7, "w", "s", 3).released("abc") == LockState(7, main="abc", last="w")
+
+
+def test_an_unlocked_claim_takes_the_next_token_and_leaves_the_lock_free():
+    after = LockState(7, main="old", last="v").claimed_unlocked("w", "new")
+    assert after == LockState(8, main="new", last="w") and after.free
 
 
 def test_holder_verdict():

@@ -1,5 +1,15 @@
+from hypothesis import given
+from hypothesis import strategies as st
+
 from distribute.core.ledger import Entry, Ledger
-from distribute.core.plan import CallNextJobFunction, GiveUp, Retry, others_running, plan_claim
+from distribute.core.plan import (
+    CallNextJobFunction,
+    GiveUp,
+    Retry,
+    ahead_in_turn,
+    others_running,
+    plan_claim,
+)
 
 
 def led(*running):
@@ -33,3 +43,51 @@ def test_attempts_used_up_give_up():
 
 def test_others_running():
     assert others_running(led(Entry("a", "w"), Entry("b", "v")), "w") == (Entry("b", "v"),)
+
+
+# ---- taking turns at a free lock ---------------------------------------------------------
+names = st.lists(st.text(alphabet="abcdefgh", min_size=1, max_size=3), min_size=1, max_size=8,
+                 unique=True)
+
+
+def served(**tokens):
+    return Ledger(done=tuple(Entry(f"j{w}{t}", w, t) for w, t in tokens.items()))
+
+
+def test_least_recently_served_goes_first():
+    ledger = served(a=5, b=2, c=9)
+    assert ahead_in_turn(["a", "b", "c", "d"], "a", ledger) == ["d", "b"]
+    assert ahead_in_turn(["a", "b", "c", "d"], "d", ledger) == []  # never served: first
+    assert ahead_in_turn(["a", "b", "c", "d"], "c", ledger) == ["d", "b", "a"]
+
+
+def test_me_counts_even_when_not_listed():
+    assert ahead_in_turn([], "me", Ledger()) == []
+    assert ahead_in_turn(["a"], "b", Ledger()) == ["a"]
+
+
+@given(names, st.data())
+def test_every_idle_worker_has_its_own_place(idle, data):
+    """All observers of one ledger agree: the places form 0, 1, ..., n-1 with no tie."""
+    tokens = data.draw(st.lists(st.integers(0, 20), min_size=len(idle), max_size=len(idle)))
+    pairs = enumerate(zip(idle, tokens, strict=True))
+    ledger = Ledger(done=tuple(Entry(f"j{i}", w, t) for i, (w, t) in pairs))
+    places = sorted(len(ahead_in_turn(idle, w, ledger)) for w in idle)
+    assert places == list(range(len(idle)))
+    for w in idle:  # the ones ahead are exactly those whose own list is shorter
+        ahead = ahead_in_turn(idle, w, ledger)
+        assert all(len(ahead_in_turn(idle, v, ledger)) < len(ahead) for v in ahead)
+
+
+@given(names, st.integers(1, 3))
+def test_turns_go_round(idle, rounds):
+    """If the first in turn always claims next, every worker claims once per round."""
+    ledger, claims = Ledger(), []
+    for token in range(1, rounds * len(idle) + 1):
+        first = [w for w in idle if not ahead_in_turn(idle, w, ledger)]
+        assert len(first) == 1
+        job = f"job{token}"
+        ledger = ledger.claim(job, first[0], token).finish(job, first[0], token)
+        claims.append(first[0])
+    for r in range(rounds):
+        assert sorted(claims[r * len(idle):(r + 1) * len(idle)]) == sorted(idle)
