@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 from distribute.coordination import Coordinator
 from distribute.core.lease import ABSENT, LeaseWatch
@@ -153,6 +154,25 @@ class UnknownMeansFailed(Coordinator):
         return False
 
 
+class UnlockedClaimIgnoresTheLock(Coordinator):
+    """(8) An unlocked claim CASes the main branch but not the lock, so it can land while
+    another worker holds the lock and runs its next-job function."""
+
+    _dropping = False
+
+    def claim_unlocked(self, snap: Any, job: str, edits: Oid | None = None) -> Any:
+        self._dropping = True
+        try:
+            return super().claim_unlocked(snap, job, edits)
+        finally:
+            self._dropping = False
+
+    def push(self, updates: Sequence[RefUpdate]) -> bool:
+        if self._dropping:
+            updates = [u for u in updates if u.ref != LOCK_REF]
+        return super().push(updates)
+
+
 VARIANTS: dict[str, type[Coordinator]] = {
     "1 claim without CAS": ClaimWithoutCas,
     "2 release before claim": ReleaseBeforeClaim,
@@ -162,4 +182,5 @@ VARIANTS: dict[str, type[Coordinator]] = {
     "5b lease by first sight": LeaseByFirstSight,
     "6 forced renew_beat": ForcedRenewBeat,
     "7 unknown means failed": UnknownMeansFailed,
+    "8 unlocked claim ignores the lock": UnlockedClaimIgnoresTheLock,
 }

@@ -347,6 +347,8 @@ class WorkerState:
     cursor: int = 0
     #: every lock commit this session has believed to be its holding
     believed: set[str] = field(default_factory=set)
+    #: its next-job function is repo-only: at a free lock it claims with no acquire
+    unlocked: bool = False
 
     def holding_valid_until(self) -> float:
         h = self.coord.holding
@@ -424,9 +426,10 @@ def same_line(a: Entry | None, b: Entry | None) -> bool:
 
 
 def lock_step_ok(p: LockState, c: LockState) -> bool:
-    """One commit of the lock's history: a new holding (token + 1), a renewal, or a release."""
+    """One commit of the lock's history: a new holding (token + 1), a renewal, a release, or
+    a holding of no length (an unlocked claim: free to free with the next token)."""
     if c.token == p.token + 1:
-        return not c.free and c.renewal == 0
+        return (not c.free and c.renewal == 0) or (c.free and p.free)
     if c.token != p.token or p.free:
         return False
     if c.free:
@@ -494,9 +497,11 @@ class ProtocolMachine(RuleBasedStateMachine):
         self.lease = lease = lease_rounds * n * STEP_SECONDS
         self.world = self.world_class(queue)
         self.model = Model(queue=list(queue))
-        for name, (base, rate), speed in zip(WORKER_NAMES[:n], clocks, speeds, strict=False):
+        for i, (name, (base, rate), speed) in enumerate(
+                zip(WORKER_NAMES[:n], clocks, speeds, strict=False)):
             host = HostClock(lambda: self.now, base, rate, lease)
-            ws = WorkerState(name, host, None, "", speed=speed)  # type: ignore[arg-type]
+            ws = WorkerState(name, host, None, "", speed=speed,  # type: ignore[arg-type]
+                             unlocked=i % 2 == 1)
             self.workers_list.append(ws)
             self.by_name[name] = ws
             self.boot(ws)
@@ -650,6 +655,7 @@ class ProtocolMachine(RuleBasedStateMachine):
         changed = sorted(r for r in set(pre) | set(post) if pre.get(r) != post.get(r))
         who = "the administrator" if ws is None else f"worker {ws.name!r} ({ws.session})"
         self.expect_revoke, self.expect_branch = set(), {}
+        self.unlocked_claim: tuple[str, int] | None = None
         if MAIN_REF in changed:
             self.audit_main(ws, who, pre, post)
         for ref in changed:
@@ -704,15 +710,23 @@ class ProtocolMachine(RuleBasedStateMachine):
         lock = self.lock_at(pre.get(LOCK_REF))
         fenced = (not lock.free and (lock.holder, lock.session) == (ws.name, ws.session)
                   and pre.get(LOCK_REF) != post.get(LOCK_REF))
+        after_lock = self.lock_at(post.get(LOCK_REF))
+        # a holding of no length: the same push moved a free lock to the next token
+        unlocked = (lock.free and after_lock.free and after_lock.token == lock.token + 1
+                    and after_lock.last == ws.name
+                    and self.world.parents(post[LOCK_REF]) == (pre.get(LOCK_REF),))
         story = f"{who} moved job {job!r} from {was} {before} to {now_kind} {after}"
         expected_queue = m.queue
         assert after is None or after.job == job
         if was == "queued" and now_kind == "running":  # a new claim
             assert after is not None
             require(after.worker == ws.name and after.attempt == 1, story)
-            require(fenced and after.token == lock.token,
+            require((fenced and after.token == lock.token)
+                    or (unlocked and after.token == after_lock.token),
                     f"{story} while the lock was {lock}, not its holding under that token: "
                     "a claim must land fenced by the holding it was made under")
+            if unlocked and not fenced:
+                self.unlocked_claim = (ws.session, after.token)
             expected_queue = [j for j in m.queue if j != job]
             self.record_claim(ws, job, after.token, new)
             self.count("claim")
@@ -796,7 +810,11 @@ class ProtocolMachine(RuleBasedStateMachine):
             parent = self.world.parents(child)[0]
             p, c = self.lock_at(parent), self.lock_at(child)
             require(lock_step_ok(p, c), f"{who} moved the lock from {p} to {c}")
-            if c.token != p.token:  # a new holding
+            if c.token != p.token and c.free:  # a holding of no length: with a claim only
+                require(self.unlocked_claim == (ws.session, c.token) and c.last == ws.name,
+                        f"{who} moved the free lock from token {p.token} to {c.token} "
+                        "without claiming a job under it in the same push")
+            elif c.token != p.token:  # a new holding
                 require((c.holder, c.session) == (ws.name, ws.session),
                         f"{who} wrote a holding for {c.holder!r}")
                 for other in self.live():
@@ -879,6 +897,7 @@ class ProtocolMachine(RuleBasedStateMachine):
         return {
             "observe": c.holding is None and not ws.fresh,
             "acquire": c.holding is None and c.job is None and ws.fresh,
+            "unlocked": c.holding is None and c.job is None and ws.fresh,
             "holder": c.holding is not None and ws.pending is None,
             "claim": c.holding is not None and ws.pending is not None,
             "release": c.holding is not None,
@@ -905,6 +924,32 @@ class ProtocolMachine(RuleBasedStateMachine):
             require(got, f"{ws.name!r} failed to take a lock it could take: {lock}")
         if got:
             ws.pending = None
+
+    def may_claim_unlocked(self, ws: WorkerState) -> bool:
+        """As the Worker decides: a free lock, a view that is not torn, no orphaned job."""
+        c, snap = ws.coord, ws.snap
+        return (ws.unlocked and snap is not None and snap.lock.free and not c.torn(snap)
+                and isinstance(c.plan(snap), CallNextJobFunction))
+
+    def do_unlocked(self, ws: WorkerState) -> None:
+        """A repo-only function decides with the lock free; one push claims and moves the
+        lock on.  From a quiet, current observation the claim must land."""
+        c, snap = ws.coord, ws.snap
+        ws.fresh = False
+        pending = self.next_job_function(ws)
+        if pending is None:
+            return
+        job, edits = pending
+        refs = self.world.refs()
+        current = (refs.get(MAIN_REF) == snap.main and refs.get(LOCK_REF) == snap.lock_oid
+                   and refs.get(c.own_ref) == snap.refs.get(c.own_ref) and c.beat_oid in (
+                       None, snap.refs.get(c.own_ref)))
+        quiet = ws.fault is None
+        got = c.claim_unlocked(snap, job, edits)
+        if quiet and current:
+            require(got is not None, f"{ws.name!r} failed an unlocked claim it could make")
+        self.count("unlocked-claim" if got is not None else "unlocked-lost")
+        self.claimed(ws, got)
 
     def do_holder(self, ws: WorkerState) -> None:
         c = ws.coord
@@ -1082,7 +1127,11 @@ class ProtocolMachine(RuleBasedStateMachine):
                                                  label="skip")
         _, i, thread = turns[late]
         ws = self.workers_list[i]
-        ws.turns[thread] = max(ws.turns.values()) + 1 / ws.speed
+        # the heartbeat waits behind the main thread (on a slow host it falls behind), but
+        # never delays the main thread: else a slow worker's renewals could use up all its
+        # turns, and its job would never finish
+        base = ws.turns[thread] if thread == "main" else max(ws.turns.values())
+        ws.turns[thread] = base + 1 / ws.speed
         if thread == "main":
             self.natural_step(ws)
         else:
@@ -1102,6 +1151,8 @@ class ProtocolMachine(RuleBasedStateMachine):
             step = "claim" if ws.pending is not None else "holder"
         else:
             step = "acquire" if ws.fresh else "observe"
+            if step == "acquire" and self.may_claim_unlocked(ws):
+                step = "unlocked"
         if step == "update":
             if self.can(ws, "update"):
                 self.update_or_die(ws, shared=ws.cursor % 5 == 0)
