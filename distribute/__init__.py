@@ -18,7 +18,13 @@ from distribute.core.errors import (
     TransportError,
     UsageError,
 )
-from distribute.sources import QueueJobs, RandomJobs, queue_jobs_func, whetlab_make_next_jobs_func
+from distribute.sources import (
+    QueueJobs,
+    RandomJobs,
+    queue_jobs_func,
+    repo_only,
+    whetlab_make_next_jobs_func,
+)
 
 __version__ = "1.0.0"
 
@@ -42,6 +48,7 @@ __all__ = [
     "add_jobs",
     "init_remote",
     "queue_jobs_func",
+    "repo_only",
     "whetlab_make_next_jobs_func",
 ]
 

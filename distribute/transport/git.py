@@ -169,6 +169,10 @@ def _path_parts(path: str) -> tuple[bytes, ...]:
     return tuple(part.encode("utf-8") for part in path.split("/"))
 
 
+#: commits :meth:`GitTransport.is_ancestor` walks in this process before it asks git
+_ANCESTRY_WALK = 64
+
+
 def _git_executable() -> str:
     return git.Git.GIT_PYTHON_GIT_EXECUTABLE or "git"
 
@@ -640,7 +644,32 @@ class GitTransport:
         raise _failure("git merge-tree", result, self.timeout)
 
     def is_ancestor(self, ancestor: Oid, descendant: Oid) -> bool:
-        args = ["merge-base", "--is-ancestor", check_oid(ancestor), check_oid(descendant)]
+        """Is ``ancestor`` reachable from ``descendant``?  Usually a few steps back, so the
+        history is walked here first (through the open ``cat-file``); a longer walk, or a
+        commit not in the local store, is left to ``git merge-base --is-ancestor``."""
+        check_oid(ancestor)
+        check_oid(descendant)
+        if ancestor == descendant:
+            return True
+        seen, frontier = {descendant}, [descendant]
+        with contextlib.suppress(TransportError):
+            while frontier and len(seen) <= _ANCESTRY_WALK:
+                kind, data = self._repo.read_object(frontier.pop(0))
+                if kind != "commit":
+                    break
+                for line in data.split(b"\n\n", 1)[0].split(b"\n"):
+                    if not line.startswith(b"parent "):
+                        continue
+                    parent = line[7:].decode("ascii")
+                    if parent == ancestor:
+                        return True
+                    if parent not in seen:
+                        seen.add(parent)
+                        frontier.append(parent)
+            else:
+                if not frontier:
+                    return False  # the whole history was walked
+        args = ["merge-base", "--is-ancestor", ancestor, descendant]
         result = self._repo.run(args)
         if result.status in (0, 1):
             return result.status == 0

@@ -379,6 +379,25 @@ class TestLocalObjects:
         assert not t.is_ancestor(three, one)
         assert t.is_ancestor(one, one)
 
+    def test_ancestry_over_long_and_merged_histories(self, backend: Backend) -> None:
+        """Near and far ancestors, through either parent of a merge; unrelated and newer
+        commits are not ancestors (the git transport walks short histories itself)."""
+        t = backend.transport()
+        main = main_of(t)
+        line = [main]
+        for i in range(150):
+            line.append(child(t, line[-1], f"step {i}", **{"n.txt": str(i).encode()}))
+        side = child(t, line[3], "side", **{"side.txt": b"s"})
+        merge = t.write_commit(parents=[line[-1], side], message="merge", base=line[-1],
+                               changes={"side.txt": b"s"})
+        other = t.write_commit(parents=[], message="unrelated", changes={"x": b"x"})
+        assert t.is_ancestor(line[-2], line[-1]) and t.is_ancestor(line[100], line[-1])
+        assert t.is_ancestor(main, line[-1]) and t.is_ancestor(main, merge)
+        assert t.is_ancestor(side, merge) and t.is_ancestor(line[3], merge)
+        assert not t.is_ancestor(line[-1], line[-2]) and not t.is_ancestor(merge, side)
+        assert not t.is_ancestor(side, line[-1]) and not t.is_ancestor(line[4], side)
+        assert not t.is_ancestor(other, merge) and not t.is_ancestor(main, other)
+
     def test_write_commit_from_a_tree_keeps_it_and_messages_round_trip(
         self, backend: Backend
     ) -> None:

@@ -270,3 +270,33 @@ def test_git_lock_files_left_by_a_killed_process_are_cleared_on_open(remote, tmp
     assert show(remote, "updates/j/x") == "x"
     assert not any((git_dir / name).exists() for name in ("index.lock", "HEAD.lock"))
     assert not list(git_dir.glob("distribute-snapshot-*"))
+
+
+def lock_history(bare):
+    return git("log", "--format=%s", "refs/distribute/lock", cwd=bare).splitlines()
+
+
+def test_a_repo_only_function_claims_with_one_push_and_a_plain_one_takes_the_lock(
+        remote, tmp_path):
+    from distribute.remote import add_jobs
+    from distribute.sources import queue_jobs_func
+
+    add_jobs(str(remote), ["a", "b", "c", "d"])
+    calls = []
+
+    def plain(worker):  # the original project's style: not marked repo-only
+        calls.append(git("log", "-1", "--format=%s", "refs/distribute/lock", cwd=remote))
+        return QueueJobs.__call__(QueueJobs(), worker)
+
+    with make(remote, tmp_path) as w:
+        for func in (queue_jobs_func, QueueJobs(), plain, plain):
+            before = w.coord.stats.pushes
+            assert w.get_next_job(func) is not None
+            w.finish_job()
+            spent = w.coord.stats.pushes - before
+            assert spent == (3 if func is plain else 2) + (1 if before == 0 else 0)
+    # the plain function ran while its worker held the lock; the others left no holding
+    assert calls and all(line.startswith("distribute lock: held by w") for line in calls)
+    held = [line for line in lock_history(remote) if "held by w " in line]
+    assert len(held) == 2
+    assert git("show", "main:done.txt", cwd=remote).count("\n") == 4
