@@ -2,11 +2,14 @@
 
 Prints:
   * the raw git compare-and-swap cycle (fetch + write objects + push with a lease),
-    median of --raw-samples runs, done with plain git commands;
+    done with plain git commands, one sample between each two jobs of the next line
+    (a shared machine's speed drifts within minutes, so ratios compare figures taken
+    at the same time);
   * the per-job cost of get_next_job + finish_job for one worker with no-op jobs,
-    as a multiple of that cycle;
-  * jobs/s for several worker processes (default 4 and 16), as jobs per raw cycle,
-    and the jobs done by the busiest and the least busy worker.
+    as a multiple of that cycle, and the ceiling one main branch puts on jobs/s;
+  * jobs/s for several worker processes (default 4 and 16), as jobs per raw cycle
+    (the cycle measured --raw-samples times around each run), and the jobs done by
+    the busiest and the least busy worker.
 
 Usage:
     python bench/bench.py                 # the full run (about three minutes on 2 cores)
@@ -43,26 +46,38 @@ def git(*args: str, cwd: Path | None = None, inp: str | None = None) -> str:
     return out.stdout.strip()
 
 
-def raw_cas_cycle(url: str, work: Path, samples: int) -> list[float]:
-    """Fetch, write a commit with plumbing, push it with --force-with-lease: plain git."""
-    clone = work / "raw"
-    git("init", "-q", str(clone))
-    git("remote", "add", "origin", url, cwd=clone)
+class RawCycle:
+    """Fetch, write a commit with plumbing, push it with --force-with-lease: plain git.
+
+    One sample at a time, so that samples can be taken between Distribute's jobs: a
+    shared machine's speed drifts within minutes, and a ratio is only fair between
+    figures measured at the same time.
+    """
+
     ref = "refs/bench/raw"
-    times = []
-    old = ""
-    for i in range(samples):
+
+    def __init__(self, url: str, work: Path) -> None:
+        self.clone = work / "raw"
+        git("init", "-q", str(self.clone))
+        git("remote", "add", "origin", url, cwd=self.clone)
+        self.old = ""
+        self.count = 0
+
+    def sample(self) -> float:
+        clone, i = self.clone, self.count
         t0 = time.perf_counter()
         git("fetch", "-q", "origin", "+refs/heads/main:refs/remotes/origin/main", cwd=clone)
         parent = git("rev-parse", "refs/remotes/origin/main", cwd=clone)
         blob = git("hash-object", "-w", "--stdin", cwd=clone, inp=f"sample {i}\n")
         tree = git("mktree", cwd=clone, inp=f"100644 blob {blob}\tsample.txt\n")
         commit = git("commit-tree", tree, "-p", parent, "-m", f"raw {i}", cwd=clone)
-        git("push", "-q", "--atomic", f"--force-with-lease={ref}:{old}", "origin",
-            f"{commit}:{ref}", cwd=clone)
-        times.append(time.perf_counter() - t0)
-        old = commit
-    return times
+        git("push", "-q", "--atomic", f"--force-with-lease={self.ref}:{self.old}", "origin",
+            f"{commit}:{self.ref}", cwd=clone)
+        self.old, self.count = commit, i + 1
+        return time.perf_counter() - t0
+
+    def median(self, samples: int) -> float:
+        return statistics.median(self.sample() for _ in range(samples))
 
 
 POLL = (0.05, 1.0)
@@ -133,7 +148,8 @@ def serve_daemon(base: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--raw-samples", type=int, default=25)
+    ap.add_argument("--raw-samples", type=int, default=20,
+                    help="raw cycles measured around each multi-worker run")
     ap.add_argument("--single-jobs", type=int, default=40)
     ap.add_argument("--workers", type=int, nargs="*", default=[4, 16])
     ap.add_argument("--jobs", type=int, default=160, help="jobs per multi-worker run")
@@ -156,34 +172,41 @@ def main() -> int:
             (work / "remotes").mkdir(parents=True)
             daemon, port = serve_daemon(work / "remotes")
 
-        raw = raw_cas_cycle(new_remote("raw", 0), work, args.raw_samples)
-        cycle = statistics.median(raw)
-        print(f"raw git CAS cycle (fetch + write + push), median of {len(raw)}: "
-              f"{cycle * 1000:.1f} ms")
-
+        raw = RawCycle(new_remote("raw", 0), work)
         url = new_remote("single", args.single_jobs)
-        per_job = []
+        raw.median(3)  # warm up, not counted
+        per_job, cycles = [], []
         with worker_from_url(url, path=work / "single", name="solo", lease_seconds=30) as w:
             source = QueueJobs()
             while True:
+                cycles.append(raw.sample())  # interleaved: both see the machine as it is now
                 t0 = time.perf_counter()
                 if w.get_next_job(source) is None:
                     break
                 w.finish_job()
                 per_job.append(time.perf_counter() - t0)
+        cycle = statistics.median(cycles)
+        print(f"raw git CAS cycle (fetch + write + push), median of {len(cycles)}, taken "
+              f"between the jobs below: {cycle * 1000:.1f} ms")
         med = statistics.median(per_job)
         print(f"1 worker: get_next_job + finish_job, median of {len(per_job)}: "
               f"{med * 1000:.1f} ms = {med / cycle:.2f} raw cycles "
               f"({1 / med:.1f} jobs/s)")
+        print(f"    ceiling: a job moves the main branch twice (claim, finish); one writer "
+              f"doing nothing else moves it at most once per raw cycle, so at most "
+              f"{1 / (2 * cycle):.1f} jobs/s whatever the number of workers")
 
         for n in args.workers:
             url = new_remote(f"many{n}", args.jobs)
+            before = raw.median(args.raw_samples // 2)
             elapsed, counts, totals = run_workers(url, work / f"many{n}", n, tuple(args.poll))
+            cycle = statistics.median([before, raw.median(args.raw_samples // 2)])
             total = sum(counts.values())
             rate = total / elapsed
             busiest, least = max(counts.values()), min(counts.values())
             print(f"{n} workers: {total} jobs in {elapsed:.1f} s = {rate:.1f} jobs/s "
-                  f"= {rate * cycle:.2f} jobs per raw cycle; busiest {busiest}, least busy "
+                  f"= {rate * cycle:.2f} jobs per raw cycle ({cycle * 1000:.1f} ms, before "
+                  f"and after); busiest {busiest}, least busy "
                   f"{least} (ratio {busiest / max(least, 1):.1f})")
             per = ", ".join(f"{k} {v / max(total, 1):.1f}" for k, v in sorted(totals.items()))
             print(f"    per job: {per}")
