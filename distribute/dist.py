@@ -78,8 +78,10 @@ class Worker:
         name: unique worker name; default :func:`default_worker_name`.
         branch: the main branch; default the remote's default branch.
         lease_seconds: lease period of the lock and of running jobs.
-        poll_seconds: first delay while waiting for the lock (doubles, with jitter).
-        max_poll_seconds: longest delay between polls.
+        poll_seconds: delay between looks at the lock for the next worker in turn;
+            workers further back look less often (see ``get_next_job``), and a
+            worker waiting for running jobs backs off from it, doubling with jitter.
+        max_poll_seconds: longest delay between looks.
         max_attempts: attempts per job before it moves to ``failed.txt``.
         wait_for_running: ``get_next_job`` waits while other workers still run
             jobs (they may fail or die and be offered to this one) instead of
@@ -273,7 +275,14 @@ class Worker:
         are offered first; otherwise ``next_job_func`` runs, alone among all
         workers, with the working tree at the freshly fetched main branch.
         Its file edits (say, a shortened ``jobs.txt``) are committed with the
-        claim.
+        claim.  A :func:`~distribute.sources.repo_only` function instead runs
+        with the lock free and claims in the same push that moves the lock on.
+
+        Idle workers take turns at a free lock, least recently served first
+        (:func:`~distribute.core.plan.ahead_in_turn`): the first in line tries
+        at once, and each one further back waits one more turn's time (the
+        time a claim takes here, at least ``poll_seconds``), so a worker that
+        is busy elsewhere or gone holds the others up only briefly.
 
         Returns:
             The job name, or ``None`` when the function has no job and no
@@ -382,10 +391,9 @@ class Worker:
         return min(self.poll_seconds + 2 * self._claim_seconds, self.max_poll_seconds)
 
     def _poll_delay(self, ahead: list[str]) -> float:
-        """How long to wait between looks at the lock: ``poll_seconds`` for the next two in
-        turn, longer the further back."""
-        place = len(ahead)
-        delay = self.poll_seconds if place < 2 else self._slot() * (place - 1)
+        """How long to wait between looks at the lock: ``poll_seconds`` for the next in
+        turn, a turn's time more for each one before us."""
+        delay = self.poll_seconds + self._slot() * len(ahead)
         delay = min(self.max_poll_seconds, delay)
         return self._rng.uniform(delay / 2, delay)
 
