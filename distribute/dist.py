@@ -64,6 +64,10 @@ _OWNER_FILE = "distribute-owner.json"
 _FUNCTION_MARKER = "distribute-next-job"
 
 
+#: At a free lock, a worker waits for at most this many workers before it in turn.
+TURNS_WAITED = 4
+
+
 def default_worker_name() -> str:
     """``<host>-<pid>-<random>``: unique per process, even across hosts with one name."""
     host = platform.node() or "host"
@@ -380,9 +384,11 @@ class Worker:
 
     def _turn_wait(self, ahead: list[str]) -> float:
         """Seconds left before a free lock is ours to try, counted from when we first saw
-        it free: each idle worker before us in turn gets one :meth:`_slot`."""
+        it free: each idle worker before us in turn gets one :meth:`_slot`, up to
+        :data:`TURNS_WAITED` of them (those may be gone: a dead worker's liveness record
+        counts as idle until this worker has seen it unchanged for a lease)."""
         seen = self.coord.watch.unchanged_for(LOCK_REF, self._clock())
-        return len(ahead) * self._slot() - seen
+        return min(len(ahead), TURNS_WAITED) * self._slot() - seen
 
     def _slot(self) -> float:
         """The time one worker's turn takes: time to notice the free lock (``poll_seconds``)
@@ -393,7 +399,7 @@ class Worker:
     def _poll_delay(self, ahead: list[str]) -> float:
         """How long to wait between looks at the lock: ``poll_seconds`` for the next in
         turn, a turn's time more for each one before us."""
-        delay = self.poll_seconds + self._slot() * len(ahead)
+        delay = min(self.max_poll_seconds, self.poll_seconds + self._slot() * len(ahead))
         delay = min(self.max_poll_seconds, delay)
         return self._rng.uniform(delay / 2, delay)
 

@@ -300,3 +300,33 @@ def test_a_repo_only_function_claims_with_one_push_and_a_plain_one_takes_the_loc
     held = [line for line in lock_history(remote) if "held by w " in line]
     assert len(held) == 2
     assert git("show", "main:done.txt", cwd=remote).count("\n") == 4
+
+
+def test_a_worker_behind_gone_workers_waits_a_few_turns_only(remote, tmp_path):
+    """Liveness records of workers that are gone count as idle until seen unchanged for a
+    lease; a free lock is tried after at most TURNS_WAITED of them, not all."""
+    from distribute.core.lock import Beat, beat_message
+    from distribute.dist import TURNS_WAITED
+    from distribute.remote import add_jobs
+
+    tree = subprocess.run(["git", "mktree"], cwd=remote, input="", capture_output=True,
+                          text=True, check=True).stdout.strip()
+    for i in range(10):  # never served, and named before "w": all ahead of it in turn
+        message = beat_message(Beat(worker=f"ghost-{i}", session="gone"))
+        oid = subprocess.run(["git", "commit-tree", tree], cwd=remote, input=message,
+                             capture_output=True, text=True, check=True).stdout.strip()
+        git("update-ref", f"refs/distribute/workers/ghost-{i}", oid, cwd=remote)
+    add_jobs(str(remote), ["a"])
+    now, slept = [0.0], []
+
+    def sleep(seconds):
+        slept.append(seconds)
+        now[0] += seconds
+
+    with make(remote, tmp_path, clock=lambda: now[0], sleep=sleep, heartbeat=False,
+              poll_seconds=0.1, max_poll_seconds=1.0, lease_seconds=60) as w:
+        assert w.get_next_job(QueueJobs()) == "a"
+    # it waited its turn behind the first few (a turn is poll_seconds here) ...
+    assert sum(slept) >= (TURNS_WAITED - 1) * 0.1
+    # ... and not behind all ten
+    assert sum(slept) <= (TURNS_WAITED + 2) * 0.1
