@@ -139,6 +139,10 @@ class _Claim:
     revoke: str
 
 
+#: pushes an unlocked claim tries while only finishes move the main branch under it
+UNLOCKED_TRIES = 3
+
+
 class LostHolding(Exception):
     """Internal: the lock holding was taken over while we worked under it."""
 
@@ -542,33 +546,54 @@ class Coordinator:
 
         One atomic push moves the lock from the free value observed in
         ``snap`` to a free value with the next token, and claims ``job``
-        under that token on the main branch exactly as observed.  Either
-        ref having moved refuses the whole push: nothing is written, and the
-        caller observes again and asks its next-job function again.  So only
-        functions that touch nothing but the local copy's files may decide
-        this way (see :func:`distribute.sources.repo_only`): several workers
-        may run them at once, and a run whose claim lost leaves no trace.
+        under that token on the main branch.  Either ref having moved
+        refuses the whole push, and nothing is written.  When only the main
+        branch moved (a finish landed) and the lock is still as observed,
+        nobody claimed meanwhile, so the claim is replayed on the new main
+        branch like a holder's: the function's edits by a three-way merge,
+        the ledger line by re-applying the decision.  When the lock moved,
+        the function's answer may be stale: the caller observes again and
+        asks its next-job function again.  So only functions that touch
+        nothing but the local copy's files may decide this way (see
+        :func:`distribute.sources.repo_only`): several workers may run them
+        at once, and a run whose claim lost leaves no trace.
 
         Returns:
-            The new :class:`JobHolding`, or ``None`` when the push lost a race.
+            The new :class:`JobHolding`, or ``None`` when someone else claimed
+            first (or the replays ran out, or the edits no longer merge).
         """
         with self.mutex:
             if self.holding is not None or self.job is not None:
                 raise DistributeError("claim_unlocked needs a worker with no holding and no job")
-            if not snap.lock.free or self.torn(snap):
-                return None
-            token = snap.lock.token + 1
-            ledger = snap.ledger.claim(job, self.worker, token)
-            tree = self.transport.commit_tree(edits) if edits else None
-
-            freed = partial(snap.lock.claimed_unlocked, self.worker)
-            claim = self._build_claim(snap, ledger, job, token, 1, tree, "", snap.lock_oid, freed)
-            if not self._push_claim(claim, unlocked=True):
+            first = snap
+            for _ in range(UNLOCKED_TRIES):
+                if snap.lock_oid != first.lock_oid or not snap.lock.free or self.torn(snap):
+                    return None
+                if snap is not first and (
+                    snap.ledger.state_of(job) is not None
+                    or not isinstance(self.plan(snap), CallNextJobFunction)
+                ):
+                    return None  # the job is known by now, or an orphan must go first
+                token = snap.lock.token + 1
+                ledger = snap.ledger.claim(job, self.worker, token)
+                tree = self.transport.commit_tree(edits) if edits else None
+                if edits and snap is not first:
+                    merged = self.transport.merge(snap.main, edits)
+                    if not merged.clean:
+                        return None  # the function must see the new files: ask it again
+                    tree = merged.tree
+                freed = partial(snap.lock.claimed_unlocked, self.worker)
+                claim = self._build_claim(
+                    snap, ledger, job, token, 1, tree, "", snap.lock_oid, freed
+                )
+                if self._push_claim(claim, unlocked=True):
+                    self.stats.count("unlocked_claims")
+                    return self.job
                 self.stats.count("unlocked_lost")
                 self.beat_oid = None  # a stale liveness value may have refused it: re-read
-                return None
-            self.stats.count("unlocked_claims")
-            return self.job
+                snap = self.observe()
+                self.stats.replays += 1
+            return None
 
     def _build_claim(
         self,

@@ -489,19 +489,20 @@ class ProtocolMachine(RuleBasedStateMachine):
         lease_rounds=st.sampled_from(LEASE_ROUNDS),
         clocks=hosts(),
         speeds=st.lists(st.sampled_from((1, 3)), min_size=5, max_size=5),
+        unlocked=st.lists(st.booleans(), min_size=5, max_size=5),
     )
     def start(self, n: int, jobs: int, max_attempts: int, lease_rounds: int,
-              clocks: list[tuple[float, float]], speeds: list[int]):
+              clocks: list[tuple[float, float]], speeds: list[int], unlocked: list[bool]):
         queue = list(JOB_NAMES[:jobs])
         self.max_attempts = max_attempts
         self.lease = lease = lease_rounds * n * STEP_SECONDS
         self.world = self.world_class(queue)
         self.model = Model(queue=list(queue))
-        for i, (name, (base, rate), speed) in enumerate(
-                zip(WORKER_NAMES[:n], clocks, speeds, strict=False)):
+        for name, (base, rate), speed, quick in zip(
+                WORKER_NAMES[:n], clocks, speeds, unlocked, strict=False):
             host = HostClock(lambda: self.now, base, rate, lease)
             ws = WorkerState(name, host, None, "", speed=speed,  # type: ignore[arg-type]
-                             unlocked=i % 2 == 1)
+                             unlocked=quick)
             self.workers_list.append(ws)
             self.by_name[name] = ws
             self.boot(ws)
@@ -945,7 +946,10 @@ class ProtocolMachine(RuleBasedStateMachine):
                    and refs.get(c.own_ref) == snap.refs.get(c.own_ref) and c.beat_oid in (
                        None, snap.refs.get(c.own_ref)))
         quiet = ws.fault is None
+        replays = c.stats.replays
         got = c.claim_unlocked(snap, job, edits)
+        if c.stats.replays > replays:
+            self.count("unlocked-replayed")
         if quiet and current:
             require(got is not None, f"{ws.name!r} failed an unlocked claim it could make")
         self.count("unlocked-claim" if got is not None else "unlocked-lost")

@@ -10,6 +10,7 @@ from test_regressions import Clock, claim, coordinator
 from distribute.core.lock import parse_lock_message
 from distribute.core.names import LOCK_REF
 from distribute.core.plan import CallNextJobFunction
+from distribute.sources import JOBS_FILE, format_queue, read_queue
 
 
 def lock_of(world: MemoryWorld):
@@ -48,16 +49,34 @@ def test_a_lock_taken_meanwhile_refuses_the_unlocked_claim_whole():
     assert b.claim(b_snap, CallNextJobFunction(), "j1", None) is not None
 
 
-def test_a_main_branch_moved_meanwhile_refuses_the_unlocked_claim():
-    world, clock = MemoryWorld(["j1", "j2"]), Clock()
+def test_a_finish_meanwhile_is_replayed_over_and_the_claim_lands_once():
+    """Only the main branch moved and the lock did not: nobody claimed in between, so the
+    claim is rebuilt on the new main branch (edits merged) instead of asking again."""
+    world, clock = MemoryWorld(["j1", "j2", "j3"]), Clock()
     a, b = coordinator(world, "a", clock), coordinator(world, "b", clock)
     claim(b, "j1")
     snap = a.observe()
+    edits = a.transport.write_commit(parents=[snap.main], base=snap.main, message="take j2",
+                                     changes={JOBS_FILE: format_queue(["j3"]).encode()})
     assert b.finish_step() is not None  # a finish moves main, not the lock
+    finished = world.refs()[MAIN_REF]
+    held = a.claim_unlocked(snap, "j2", edits)
+    assert held is not None and held.token == 2
+    assert a.stats.extra["unlocked_lost"] == 1 and a.stats.replays == 1
+    main = world.refs()[MAIN_REF]
+    assert world.is_ancestor(finished, main)  # built on the finish, which is kept
+    assert read_queue(world.read_file(main, JOBS_FILE).decode()) == ["j3"]
+    assert b"j1" in world.read_file(main, "done.txt") and running(world).count(b"j2") == 1
+
+
+def test_a_claim_by_someone_else_meanwhile_sends_the_function_back():
+    world, clock = MemoryWorld(["j1", "j2"]), Clock()
+    a, b = coordinator(world, "a", clock), coordinator(world, "b", clock)
+    snap = a.observe()
+    assert b.claim_unlocked(b.observe(), "j1") is not None  # the lock moved
     before = dict(world.refs())
-    assert a.claim_unlocked(snap, "j2") is None
-    assert world.refs() == before and a.stats.extra["unlocked_lost"] == 1
-    assert a.claim_unlocked(a.observe(), "j2") is not None  # looked again: it lands
+    assert a.claim_unlocked(snap, "j2") is None  # j2 may not be next any more: ask again
+    assert world.refs() == before and a.job is None
 
 
 def test_of_two_unlocked_claims_from_one_observation_exactly_one_lands():
