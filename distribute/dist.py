@@ -397,9 +397,11 @@ class Worker:
         return min(self.poll_seconds + 2 * self._claim_seconds, self.max_poll_seconds)
 
     def _poll_delay(self, ahead: list[str]) -> float:
-        """How long to wait between looks at the lock: ``poll_seconds`` for the next in
-        turn, a turn's time more for each one before us."""
-        delay = min(self.max_poll_seconds, self.poll_seconds + self._slot() * len(ahead))
+        """How long to wait between looks at the lock: ``poll_seconds`` for the first two
+        in turn (the second takes over as soon as the first claims), a turn's time more
+        for each one further back."""
+        delay = self.poll_seconds + self._slot() * max(0, len(ahead) - 1)
+        delay = min(self.max_poll_seconds, delay)
         delay = min(self.max_poll_seconds, delay)
         return self._rng.uniform(delay / 2, delay)
 
