@@ -94,21 +94,23 @@ def worker_loop(
     while time.time() < start:
         time.sleep(0.005)
     done = 0
+    claimed: list[float] = []
     with worker_from_url(url, path=path, name=name, lease_seconds=30, poll_seconds=poll[0],
                          max_poll_seconds=poll[1]) as worker:
         source = QueueJobs()
         while worker.get_next_job(source) is not None:
+            claimed.append(time.time())
             worker.finish_job()
             done += 1
         st = worker.coord.stats
         stats = Counter(pushes=st.pushes, lost=st.lost_races, replays=st.replays,
                         fetches=st.fetches, **st.extra)
-    out.put((name, done, time.time(), stats))
+    out.put((name, done, time.time(), stats, claimed))
 
 
 def run_workers(
     url: str, work: Path, n: int, poll: tuple[float, float] = POLL
-) -> tuple[float, Counter[str], Counter[str]]:
+) -> tuple[float, Counter[str], Counter[str], dict[str, float]]:
     ctx = mp.get_context("spawn")
     out: mp.Queue = ctx.Queue()
     start = time.time() + 2.0 + 0.1 * n
@@ -120,15 +122,35 @@ def run_workers(
         p.start()
     counts: Counter[str] = Counter()
     totals: Counter[str] = Counter()
+    claims: list[float] = []
     end = start
+    while time.time() < start:
+        time.sleep(0.01)
+    cpu_before = cpu_ticks()
     for _ in procs:
-        name, done, finished, stats = out.get(timeout=600)
+        name, done, finished, stats, claimed = out.get(timeout=600)
         counts[name] = done
         totals.update(stats)
+        claims += claimed
         end = max(end, finished)
+    cpu_after = cpu_ticks()
     for p in procs:
         p.join(timeout=30)
-    return end - start, counts, totals
+    claims.sort()
+    gaps = [b - a for a, b in zip(claims, claims[1:], strict=False)]
+    busy = (cpu_after[0] - cpu_before[0]) / max(1, cpu_after[1] - cpu_before[1])
+    shape = {"gap": statistics.median(gaps) if gaps else float("nan"), "busy": busy}
+    return end - start, counts, totals, shape
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """Busy and total CPU ticks of the whole machine so far (Linux; zeros elsewhere)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
 
 
 def serve_daemon(base: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -207,7 +229,8 @@ def main() -> int:
         for n in args.workers:
             url = new_remote(f"many{n}", args.jobs)
             before = raw.median(args.raw_samples // 2)
-            elapsed, counts, totals = run_workers(url, work / f"many{n}", n, tuple(args.poll))
+            elapsed, counts, totals, shape = run_workers(url, work / f"many{n}", n,
+                                                         tuple(args.poll))
             cycle = statistics.median([before, raw.median(args.raw_samples // 2)])
             total = sum(counts.values())
             rate = total / elapsed
@@ -218,6 +241,8 @@ def main() -> int:
                   f"{least} (ratio {busiest / max(least, 1):.1f})")
             per = ", ".join(f"{k} {v / max(total, 1):.1f}" for k, v in sorted(totals.items()))
             print(f"    per job: {per}")
+            print(f"    a claim landed every {shape['gap']:.3f} s (median); the machine's CPU "
+                  f"was {shape['busy']:.0%} busy")
     finally:
         if daemon is not None:
             daemon.kill()

@@ -1,0 +1,26 @@
+"""The benchmark script runs end to end on a tiny budget and prints every figure it promises
+(its numbers are not judged here: speed is read from its output, never asserted)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench.py"
+
+
+def test_the_benchmark_prints_its_figures():
+    out = subprocess.run(
+        [sys.executable, str(BENCH), "--single-jobs", "3", "--workers", "2", "--jobs", "4",
+         "--raw-samples", "2"],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout
+    assert re.search(r"raw git CAS cycle .*: [\d.]+ ms", out)
+    assert re.search(r"1 worker: .* = [\d.]+ raw cycles", out)
+    assert re.search(r"at most [\d.]+ jobs/s", out)
+    assert re.search(r"2 workers: 4 jobs in .* busiest \d+, least busy \d+", out)
+    assert re.search(r"per job: .*pushes [\d.]+", out)
+    assert re.search(r"a claim landed every [\d.]+ s \(median\); the machine's CPU was \d+% busy",
+                     out)
