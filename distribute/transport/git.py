@@ -282,7 +282,9 @@ class _Repository:
         self._objects_lock = threading.Lock()
         with self._repo.config_reader("repository") as config:
             formats = config.get_value("extensions", "objectformat", "sha1")
+            storage = config.get_value("extensions", "refstorage", "files")
         self.sha1 = str(formats).lower() == "sha1"
+        self.ref_storage = str(storage).lower()
         # GitPython's own object database starts `git hash-object` for every write
         self._loose = LooseObjectDB(str(Path(self._repo.common_dir) / "objects"))
 
@@ -316,6 +318,39 @@ class _Repository:
 
     def close(self) -> None:
         self._repo.git.clear_cache()
+
+    # ---- refs ---------------------------------------------------------------------
+    def read_refs(self, names: Sequence[str]) -> dict[str, Oid] | None:
+        """Values of the refs ``names`` and of those below them, read from the ref files
+        in this process (no ``git for-each-ref``): a loose ref file wins over its line
+        in ``packed-refs``, as in git.  ``None`` when the refs are not stored as files
+        (a reftable repository): ask git then."""
+        if self.ref_storage != "files":
+            return None
+        common = Path(self._repo.common_dir)
+        found: dict[str, Oid] = {}
+        try:
+            packed = (common / "packed-refs").read_bytes()
+        except FileNotFoundError:
+            packed = b""
+        for line in packed.decode("utf-8", errors="surrogateescape").splitlines():
+            if line and line[0] not in "#^":
+                oid, _, name = line.partition(" ")
+                if any(name == n or name.startswith(n + "/") for n in names):
+                    found[name] = oid
+        for name in names:
+            path = common / name
+            files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+            for file in files:
+                if file.name.endswith(".lock"):
+                    continue
+                try:
+                    text = file.read_text("ascii").strip()
+                except (FileNotFoundError, UnicodeDecodeError):
+                    continue  # deleted meanwhile, or not a ref
+                if re.fullmatch(r"[0-9a-f]{40}([0-9a-f]{24})?", text):
+                    found[file.relative_to(common).as_posix()] = text
+        return found
 
     # ---- objects -----------------------------------------------------------------
     def read_object(self, oid: Oid) -> tuple[str, bytes]:
@@ -700,12 +735,18 @@ class GitTransport:
         if not patterns:
             return {}
         mirrored = [self._mirror(p[:-2] if p.endswith("/*") else p) for p in patterns]
-        out = self._repo.check(
-            ["for-each-ref", "--format=%(objectname) %(refname)", *mirrored], "git for-each-ref"
-        )
+        found = self._repo.read_refs(mirrored)
+        if found is None:
+            out = self._repo.check(
+                ["for-each-ref", "--format=%(objectname) %(refname)", *mirrored],
+                "git for-each-ref",
+            )
+            found = {}
+            for line in out.decode("utf-8").splitlines():
+                oid, _, name = line.partition(" ")
+                found[name] = oid
         values: dict[str, Oid] = {}
-        for line in out.decode("utf-8").splitlines():
-            oid, _, mirror = line.partition(" ")
+        for mirror, oid in found.items():
             ref = "refs/" + mirror[len(self.mirror_prefix) :]
             if any(ref == p or (p.endswith("/*") and ref.startswith(p[:-1])) for p in patterns):
                 values[ref] = oid
