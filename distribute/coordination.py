@@ -273,12 +273,12 @@ class Coordinator:
         Each of them moves its ref when it claims, so a :meth:`peek` tells who is left."""
         now = self.clock()
         running = {e.worker for e in snap.ledger.running}
-        idle = [
+        listed = (
             decode_component(ref[len(WORKERS_PREFIX):])
             for ref in snap.refs
             if ref.startswith(WORKERS_PREFIX) and not self.watch.expired(ref, now)
-        ]
-        idle = [w for w in idle if w not in running]
+        )
+        idle = [w for w in listed if w not in running]
         return [worker_ref(w) for w in ahead_in_turn(idle, self.worker, snap.ledger)]
 
     def expired_workers(self, snap: Snapshot) -> set[str]:

@@ -318,8 +318,8 @@ class Worker:
         idle_main: str | None = None
         while True:
             if watching is not None:
-                # waiting: one-ref reads, not fetches, until the lock moves or, on a free
-                # lock, the workers before us in turn had their chance
+                # waiting: one ls-remote per look, not a fetch, until the lock moves or,
+                # on a free lock, the workers before us in turn had their chance
                 refs = self._retrying(self.coord.peek)
                 value = refs.get(LOCK_REF)
                 # a worker before us that claimed has moved its liveness ref
@@ -418,14 +418,25 @@ class Worker:
     def _claim_unlocked(self, snap: Snapshot, func: NextJobFunction) -> JobHolding | str:
         job, edits = self._run_next_job_function(snap, func)
         if job is None:
-            waiting = self.wait_for_running and others_running(snap.ledger, self.name)
-            return "wait" if waiting else "none"
-        try:
-            got = self._retrying(partial(self.coord.claim_unlocked, snap, job, edits))
-        finally:
-            if self.coord.job is None:  # not claimed: undo the function's edits
-                self._checkout_clean(snap.main, None)
+            return self._no_job(snap)
+        got = self._claim_or_undo(snap, partial(self.coord.claim_unlocked, snap, job, edits))
         return got if got is not None else "lost"
+
+    def _no_job(self, snap: Snapshot) -> str:
+        """The function had no job: ``"wait"`` while other workers still run one (it may
+        come back), else ``"none"``."""
+        waiting = self.wait_for_running and others_running(snap.ledger, self.name)
+        return "wait" if waiting else "none"
+
+    def _claim_or_undo(
+        self, snap: Snapshot, claim: Callable[[], JobHolding | None]
+    ) -> JobHolding | None:
+        """Run ``claim``; if it did not claim, undo the next-job function's edits."""
+        try:
+            return self._retrying(claim)
+        finally:
+            if self.coord.job is None:
+                self._checkout_clean(snap.main, None)
 
     def _under_lock(self, snap: Snapshot, func: NextJobFunction) -> JobHolding | str:
         coord = self.coord
@@ -447,15 +458,10 @@ class Worker:
                     return "again"
                 job, edits = self._run_next_job_function(snap, func)
                 if job is None:
-                    waiting = self.wait_for_running and others_running(snap.ledger, self.name)
                     self._retrying(partial(coord.release, snap.main))
-                    return "wait" if waiting else "none"
+                    return self._no_job(snap)
                 claim = partial(coord.claim, snap, CallNextJobFunction(), job, edits)
-                try:
-                    got = self._retrying(claim)
-                finally:
-                    if coord.job is None:  # not claimed: undo the function's edits
-                        self._checkout_clean(snap.main, None)
+                got = self._claim_or_undo(snap, claim)
                 return got if got is not None else "again"
         except BaseException:
             if coord.holding is not None:

@@ -45,8 +45,9 @@ class LockState:
             An observer whose fetch shows a free lock but a main branch
             that does not contain this commit has a torn view (the refs were
             read one at a time while a claim landed) and must look again.
-        last: on a release, the worker that held the lock last; idle
-            workers take their turns after it (:func:`~distribute.core.plan.turn`).
+        last: on a release (or an unlocked claim), the worker that held the
+            lock last, so that the lock's history tells who claimed under each
+            token.
     """
 
     token: int = 0

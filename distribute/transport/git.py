@@ -348,8 +348,8 @@ class _Repository:
                     text = file.read_text("ascii").strip()
                 except (FileNotFoundError, UnicodeDecodeError):
                     continue  # deleted meanwhile, or not a ref
-                if re.fullmatch(r"[0-9a-f]{40}([0-9a-f]{24})?", text):
-                    found[file.relative_to(common).as_posix()] = text
+                with contextlib.suppress(UsageError):  # not an object id: not a ref
+                    found[file.relative_to(common).as_posix()] = check_oid(text)
         return found
 
     # ---- objects -----------------------------------------------------------------
