@@ -58,6 +58,13 @@ from gitdb.db.loose import LooseObjectDB
 from distribute.core.errors import OutcomeUnknown, RemoteStateError, TransportError, UsageError
 from distribute.core.names import is_valid_ref_component, scrub_url
 from distribute.transport.base import MergeResult, Oid, RefUpdate
+from distribute.transport.direct import (
+    ObjectStore,
+    copy_objects,
+    direct_refusal,
+    read_ref_files,
+    stamp,
+)
 from distribute.transport.memory import (
     check_message,
     check_oid,
@@ -287,6 +294,7 @@ class _Repository:
         self.ref_storage = str(storage).lower()
         # GitPython's own object database starts `git hash-object` for every write
         self._loose = LooseObjectDB(str(Path(self._repo.common_dir) / "objects"))
+        self._store_view: ObjectStore | None = None
 
     @property
     def index_file(self) -> Path:
@@ -322,35 +330,25 @@ class _Repository:
     # ---- refs ---------------------------------------------------------------------
     def read_refs(self, names: Sequence[str]) -> dict[str, Oid] | None:
         """Values of the refs ``names`` and of those below them, read from the ref files
-        in this process (no ``git for-each-ref``): a loose ref file wins over its line
-        in ``packed-refs``, as in git.  ``None`` when the refs are not stored as files
-        (a reftable repository): ask git then."""
+        in this process (no ``git for-each-ref``); ``None`` when the refs are not stored
+        as files (a reftable repository): ask git then."""
         if self.ref_storage != "files":
             return None
-        common = Path(self._repo.common_dir)
-        found: dict[str, Oid] = {}
-        try:
-            packed = (common / "packed-refs").read_bytes()
-        except FileNotFoundError:
-            packed = b""
-        for line in packed.decode("utf-8", errors="surrogateescape").splitlines():
-            if line and line[0] not in "#^":
-                oid, _, name = line.partition(" ")
-                if any(name == n or name.startswith(n + "/") for n in names):
-                    found[name] = oid
-        for name in names:
-            path = common / name
-            files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-            for file in files:
-                if file.name.endswith(".lock"):
-                    continue
-                try:
-                    text = file.read_text("ascii").strip()
-                except (FileNotFoundError, UnicodeDecodeError):
-                    continue  # deleted meanwhile, or not a ref
-                with contextlib.suppress(UsageError):  # not an object id: not a ref
-                    found[file.relative_to(common).as_posix()] = check_oid(text)
-        return found
+        return read_ref_files(Path(self._repo.common_dir), names)
+
+    def objects(self) -> ObjectStore:
+        """This repository's object store, for copying objects in this process."""
+        if self._store_view is None:
+            self._store_view = ObjectStore(Path(self._repo.common_dir) / "objects")
+        return self._store_view
+
+    def config_value(self, section: str, option: str) -> str | None:
+        """One value of the repository's own configuration file (read here, no git);
+        ``section`` as GitPython names it (``remote "origin"``)."""
+        with self._repo.config_reader("repository") as config:
+            if not config.has_option(section, option):
+                return None
+            return str(config.get_value(section, option))
 
     # ---- objects -----------------------------------------------------------------
     def read_object(self, oid: Oid) -> tuple[str, bytes]:
@@ -451,6 +449,88 @@ class _Repository:
         return out.decode("ascii").strip()
 
 
+_ZERO_OID = "0" * 40
+#: Direct ref updates between two ``git gc --auto`` in the remote (a push runs one each time).
+_GC_EVERY = 100
+
+
+class _DirectRemote:
+    """A bare repository on this machine written directly (see :mod:`.direct`)."""
+
+    def __init__(self, git_dir: Path, *, timeout: float) -> None:
+        self.git_dir = git_dir
+        self.timeout = timeout
+        self.store = ObjectStore(git_dir / "objects")
+        self._stamp: tuple[float, ...] | None = None
+        self._refusal: str | None = None
+        self._updates = 0
+
+    def run(self, args: Sequence[str], *, stdin: bytes | None = None) -> _Result:
+        env = dict(_ENV, GIT_DIR=str(self.git_dir))
+        return _execute(git.Git(), args, stdin=stdin, env=env, timeout=self.timeout)
+
+    def refusal(self) -> str | None:
+        """Why this remote must be pushed to after all (a hook or a rule appeared), or
+        ``None``; re-read only when its config, hooks or object info change."""
+        now = stamp(self.git_dir)
+        if now != self._stamp:
+            result = self.run(["config", "--list", "--show-scope", "-z"])
+            if result.status != 0:
+                self._refusal = f"git config failed: {_tail(result.stderr)}"
+            else:
+                config: dict[str, str] = {}
+                fields = result.stdout.split(b"\0")
+                for scope, entry in zip(fields[0::2], fields[1::2], strict=False):
+                    if scope != b"command":  # this module's own -c options
+                        key, _, value = entry.decode("utf-8", "replace").partition("\n")
+                        config[key.lower()] = value
+                self._refusal = direct_refusal(self.git_dir, config)
+            self._stamp = now
+        return self._refusal
+
+    def read_refs(self, names: Sequence[str]) -> dict[str, Oid]:
+        return read_ref_files(self.git_dir, names)
+
+    def update_refs(self, updates: Sequence[RefUpdate]) -> bool:
+        """Compare-and-swap ``updates`` in one ``git update-ref --stdin`` transaction."""
+        current = self.read_refs([u.ref for u in updates])
+        pending = [u for u in updates if u.new is None or current.get(u.ref) != u.new]
+        if not pending:
+            return True
+        commands = b""
+        for u in pending:
+            old = (u.old or _ZERO_OID).encode("ascii")
+            if u.new is None and u.old is None:  # "absent", and stays so
+                commands += b"verify %s\0%s\0" % (u.ref.encode("utf-8"), old)
+            elif u.new is None:
+                commands += b"delete %s\0%s\0" % (u.ref.encode("utf-8"), old)
+            else:
+                commands += b"update %s\0%s\0%s\0" % (u.ref.encode("utf-8"), u.new.encode(), old)
+        result = self.run(["update-ref", "--stdin", "-z"], stdin=commands)
+        if result.status == 0:
+            self._updates += 1
+            if self._updates % _GC_EVERY == 0:
+                self.run(["gc", "--auto", "--quiet"])  # what receive-pack does after a push
+            return True
+        if result.killed:
+            now = self.read_refs([u.ref for u in pending])
+            if all(now.get(u.ref) == u.new for u in pending):
+                return True
+            if all(now.get(u.ref) == u.old for u in pending):
+                return False
+            raise OutcomeUnknown(
+                "git update-ref timed out; the refs now hold neither the old nor the new values",
+                refs=[u.ref for u in pending],
+            )
+        if "cannot lock ref" in result.stderr:
+            return False  # moved since it was read, or another writer holds its lock
+        raise _failure(f"git update-ref in {self.git_dir}", result, self.timeout)
+
+
+def _matches(ref: str, patterns: Sequence[str]) -> bool:
+    return any(ref == p or (p.endswith("/*") and ref.startswith(p[:-1])) for p in patterns)
+
+
 class GitTransport:
     """One worker's connection to a git remote, through its local repository.
 
@@ -465,16 +545,63 @@ class GitTransport:
     """
 
     def __init__(
-        self, repo_path: str | os.PathLike[str], remote: str = "origin", *, timeout: float = 60
+        self,
+        repo_path: str | os.PathLike[str],
+        remote: str = "origin",
+        *,
+        timeout: float = 60,
+        direct: bool | None = None,
     ) -> None:
         self._repo = _Repository(repo_path, timeout=timeout)
         self.remote = remote
         self.timeout = timeout
         key = remote
-        if not (_REMOTE_NAME.fullmatch(remote) and is_valid_ref_component(remote)):
+        named = bool(_REMOTE_NAME.fullmatch(remote) and is_valid_ref_component(remote))
+        if not named:
             key = "url-" + hashlib.sha256(remote.encode("utf-8")).hexdigest()[:16]
         self.mirror_prefix = f"{MIRROR_PREFIX}{key}/"
         self._fetch_lock = threading.Lock()
+        self._direct: _DirectRemote | None = None
+        if direct is not False:
+            path = self._local_remote(named)
+            if path is not None:
+                self._direct = _DirectRemote(path, timeout=timeout)
+            refusal = "it is not a path on this machine" if path is None else None
+            refusal = refusal or (self._direct.refusal() if self._direct else None)
+            if direct and refusal:
+                raise UsageError(
+                    f"cannot write the remote {scrub_url(remote)} directly: {refusal}; "
+                    "leave direct unset to push to it instead",
+                    reason=refusal,
+                )
+
+    @property
+    def direct(self) -> bool:
+        """Does this transport write the remote directly (a bare repository on this
+        machine) rather than through ``git push`` and ``git fetch``?  Checked again at
+        every fetch and push: a hook or rule added later makes it push."""
+        return self._direct_now() is not None
+
+    def _direct_now(self) -> _DirectRemote | None:
+        if self._direct is None or self._direct.refusal() is not None:
+            return None
+        return self._direct
+
+    def _local_remote(self, named: bool) -> Path | None:
+        """The remote's folder when it is given as an absolute path (not ``file://``, which
+        asks for git's pack protocol, as with ``git clone``)."""
+        url: str | None = self.remote
+        if named:
+            section = f'remote "{self.remote}"'
+            url = self._repo.config_value(section, "url")
+            if url is None or self._repo.config_value(section, "pushurl") is not None:
+                return None
+        if url is None or "://" in url or not os.path.isabs(url):
+            return None
+        path = Path(url)
+        if not path.is_dir() or (path / ".git").exists():
+            return None
+        return path.resolve()
 
     def __enter__(self) -> GitTransport:
         return self
@@ -503,6 +630,9 @@ class GitTransport:
         if not patterns:
             return {}
         with self._fetch_lock:
+            direct = self._direct_now()
+            if direct is not None:
+                return self._fetch_direct(direct, patterns)
             wanted = patterns
             for _ in range(3):
                 if self._fetch_into_mirror(wanted):
@@ -515,6 +645,10 @@ class GitTransport:
 
     def list_refs(self, prefix: str) -> dict[str, Oid]:
         """Values of the remote refs whose names start with ``prefix`` (one ``ls-remote``)."""
+        direct = self._direct_now()
+        if direct is not None:
+            found = direct.read_refs([check_ref_prefix(prefix).rstrip("/").rpartition("/")[0]])
+            return {ref: oid for ref, oid in found.items() if ref.startswith(prefix)}
         return self._ls_remote([check_ref_prefix(prefix) + "*"], prefix=prefix)
 
     def push(self, updates: Sequence[RefUpdate]) -> bool:
@@ -555,6 +689,18 @@ class GitTransport:
         for update in updates:
             if update.new is not None:
                 self._repo.read_object(update.new)
+        direct = self._direct_now()
+        if direct is not None:
+            news = [u.new for u in updates if u.new is not None]
+            try:
+                copy_objects(self._repo.objects(), direct.store, news)
+            except KeyError as err:
+                raise TransportError(f"object {err} is not in the local repository") from err
+            except OSError as err:
+                raise TransportError(
+                    f"the remote {direct.git_dir} could not store the pushed objects: {err}"
+                ) from err
+            return direct.update_refs(updates)
         args = ["push", "--atomic", "--porcelain", "--no-verify", "--no-follow-tags"]
         args.append("--recurse-submodules=no")
         args += [f"--force-with-lease={u.ref}:{u.old or ''}" for u in updates]
@@ -714,6 +860,29 @@ class GitTransport:
         self._repo.close()
 
     # ---- helpers -------------------------------------------------------------------------
+    def _fetch_direct(self, direct: _DirectRemote, patterns: Sequence[str]) -> dict[str, Oid]:
+        """Read the refs from the remote's files, copy the objects they need, and record
+        the values in the mirror (one ``update-ref``, only when something moved)."""
+        found = direct.read_refs([p[:-2] if p.endswith("/*") else p for p in patterns])
+        values = {ref: oid for ref, oid in found.items() if _matches(ref, patterns)}
+        try:
+            copy_objects(direct.store, self._repo.objects(), values.values())
+        except KeyError as err:
+            raise TransportError(f"the remote {direct.git_dir} lacks object {err}") from err
+        except OSError as err:
+            raise TransportError(f"reading the remote {direct.git_dir} failed: {err}") from err
+        before = self._read_mirror(patterns)
+        commands = b"".join(
+            b"update %s\0%s\0\0" % (self._mirror(ref).encode("utf-8"), oid.encode("ascii"))
+            for ref, oid in values.items()
+            if before.get(ref) != oid
+        )
+        gone = [ref for ref in before if ref not in values]
+        commands += b"".join(b"delete %s\0\0" % self._mirror(ref).encode("utf-8") for ref in gone)
+        if commands:
+            self._repo.check(["update-ref", "--stdin", "-z"], "git update-ref", stdin=commands)
+        return values
+
     def _mirror(self, ref: str) -> str:
         return self.mirror_prefix + ref[len("refs/") :]
 

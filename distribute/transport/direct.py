@@ -1,0 +1,320 @@
+"""A remote that is a bare repository on this machine's file system, reached directly.
+
+Why
+---
+A push to a path starts about seven git processes (``push``, ``receive-pack``,
+``pack-objects``, ``unpack-objects``, ``rev-list``, ...) and a fetch about
+four, to move a handful of small objects between two directories of the same
+disk.  When the remote is a plain bare repository that git would accept the
+push into without running anything of its own (no hooks, no ``receive.*`` or
+``transfer.*`` rules, no shared-permission mode), the same effect costs one
+process:
+
+* objects are copied between the two object stores in this process (a loose
+  object is copied byte for byte; a packed one is read through gitdb and
+  written loose), children before parents, so a commit or tree present in a
+  store always has everything below it there too;
+* refs are read from the remote's ref files in this process (loose files
+  first, then ``packed-refs``: git writes a new ``packed-refs`` before it
+  deletes the loose files it packed, so this order never misses a ref);
+* refs are changed by one ``git update-ref --stdin`` in the remote: every
+  update verified against its expected old value and applied in one
+  transaction under git's own ref locks -- the same locks and the same check
+  ``receive-pack`` uses for ``push --atomic --force-with-lease``, so direct
+  writers and pushing writers can share one remote safely.
+
+Anything the checks do not recognise falls back to the pack protocol; a
+``file://`` URL always does, as it does for ``git clone``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import tempfile
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from gitdb import IStream
+from gitdb.db.loose import LooseObjectDB
+from gitdb.db.pack import PackedDB
+
+from distribute.core.errors import UsageError
+from distribute.transport.base import Oid
+from distribute.transport.memory import check_oid
+
+__all__ = ["ObjectStore", "copy_objects", "direct_refusal", "read_ref_files"]
+
+_MODE_TREE = 0o040000
+_MODE_GITLINK = 0o160000
+_NOT_PLAIN_KEYS = ("receive.", "transfer.", "core.sharedrepository", "core.hookspath", "include")
+_SAFE_EXTENSIONS = {"extensions.objectformat": "sha1", "extensions.refstorage": "files"}
+
+
+def read_ref_files(common: Path, names: Sequence[str]) -> dict[str, Oid]:
+    """Values of the refs ``names`` and of those below them, read from a ``files`` ref store.
+
+    Loose ref files are read first and win over their ``packed-refs`` lines,
+    as in git.  A ref being written (``.lock``) keeps its current value; a
+    file that is no ref is skipped.
+    """
+    found: dict[str, Oid] = {}
+    for name in names:
+        path = common / name
+        if path.is_file():
+            files = [path]
+        elif path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file())
+        else:
+            files = []
+        for file in files:
+            if file.name.endswith(".lock"):
+                continue
+            try:
+                text = file.read_text("ascii").strip()
+            except (FileNotFoundError, UnicodeDecodeError):
+                continue  # deleted meanwhile, or not a ref
+            with contextlib.suppress(UsageError):  # not an object id: not a ref
+                found[file.relative_to(common).as_posix()] = check_oid(text)
+    try:
+        packed = (common / "packed-refs").read_bytes()
+    except FileNotFoundError:
+        packed = b""
+    for line in packed.decode("utf-8", errors="surrogateescape").splitlines():
+        if line and line[0] not in "#^":
+            oid, _, ref = line.partition(" ")
+            if ref not in found and any(ref == n or ref.startswith(n + "/") for n in names):
+                with contextlib.suppress(UsageError):
+                    found[ref] = check_oid(oid)
+    return found
+
+
+class ObjectStore:
+    """The object directory of one repository, read and written in this process."""
+
+    def __init__(self, objects: Path) -> None:
+        self.root = objects
+        self._loose = LooseObjectDB(str(objects))
+        self._packs: PackedDB | None = None
+
+    def __repr__(self) -> str:
+        return f"ObjectStore({str(self.root)!r})"
+
+    def _loose_path(self, oid: Oid) -> Path:
+        return self.root / oid[:2] / oid[2:]
+
+    def _packed(self) -> PackedDB | None:
+        if self._packs is None and (self.root / "pack").is_dir():
+            self._packs = PackedDB(str(self.root / "pack"))
+        return self._packs
+
+    def _in_packs(self, oid: Oid) -> bool:
+        packs = self._packed()
+        if packs is None:
+            return False
+        binsha = bytes.fromhex(oid)
+        if packs.has_object(binsha):
+            return True
+        # a pack may have appeared (gc, a large push) since the list was read
+        return bool(packs.update_cache()) and packs.has_object(binsha)
+
+    def has(self, oid: Oid) -> bool:
+        return self._loose_path(oid).is_file() or self._in_packs(oid)
+
+    def freshen(self, oid: Oid) -> None:
+        """Touch a loose object that a new ref is about to rely on, as git does, so a
+        concurrent ``git gc`` does not prune it as old and unreachable."""
+        with contextlib.suppress(OSError):
+            os.utime(self._loose_path(oid))
+
+    def raw(self, oid: Oid) -> bytes | None:
+        """The loose object file's bytes (compressed), or ``None`` if ``oid`` is not loose."""
+        try:
+            return self._loose_path(oid).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def read(self, oid: Oid) -> tuple[str, bytes]:
+        """Type and contents of ``oid``.
+
+        Raises:
+            KeyError: the store does not hold ``oid``.
+        """
+        raw = self.raw(oid)
+        if raw is not None:
+            data = zlib.decompress(raw)
+            header, _, body = data.partition(b"\0")
+            kind, _, _ = header.partition(b" ")
+            return kind.decode("ascii"), body
+        if self._in_packs(oid):
+            packs = self._packed()
+            assert packs is not None
+            stream = packs.stream(bytes.fromhex(oid))
+            return stream.type.decode("ascii"), stream.read()
+        raise KeyError(oid)
+
+    def put_raw(self, oid: Oid, raw: bytes) -> None:
+        """Store a loose object file's bytes under ``oid`` (write, then rename into place)."""
+        target = self._loose_path(oid)
+        target.parent.mkdir(exist_ok=True)
+        fd, scratch = tempfile.mkstemp(prefix="tmp_obj_", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(raw)
+            os.chmod(scratch, 0o444)
+            os.replace(scratch, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(scratch)
+            raise
+
+    def put(self, kind: str, data: bytes) -> Oid:
+        import io
+
+        stored = self._loose.store(IStream(kind.encode("ascii"), len(data), io.BytesIO(data)))
+        return bytes(stored.hexsha).decode("ascii")
+
+    def copy_from(self, source: ObjectStore, oid: Oid) -> None:
+        raw = source.raw(oid)
+        if raw is not None:
+            self.put_raw(oid, raw)
+            return
+        kind, data = source.read(oid)
+        written = self.put(kind, data)
+        if written != oid:  # pragma: no cover - a corrupt pack
+            raise KeyError(oid)
+
+
+@dataclass(frozen=True, slots=True)
+class _Visit:
+    oid: Oid
+    kind: str  # "commit", "tree" or "blob"
+    like: Oid | None = None  # a tree the target holds at the same place, to skip equal entries
+
+
+def _tree_entries(data: bytes, size: int) -> dict[bytes, tuple[int, Oid]]:
+    entries: dict[bytes, tuple[int, Oid]] = {}
+    pos = 0
+    while pos < len(data):
+        space = data.index(b" ", pos)
+        nul = data.index(b"\0", space)
+        oid = data[nul + 1 : nul + 1 + size].hex()
+        entries[data[space + 1 : nul]] = (int(data[pos:space], 8), oid)
+        pos = nul + 1 + size
+    return entries
+
+
+def copy_objects(source: ObjectStore, target: ObjectStore, tips: Iterable[Oid]) -> int:
+    """Copy into ``target`` every object reachable from ``tips`` that it lacks; return how many.
+
+    The walk stops at objects ``target`` holds (their closure is there too), and
+    within a tree it skips entries equal to those of the parent commit's tree
+    at the same place.  Objects are written children first, so a crash part-way
+    never leaves a commit or tree without what it names.
+
+    Raises:
+        KeyError: ``source`` lacks an object that ``target`` lacks too.
+    """
+    order: list[Oid] = []
+    seen: set[Oid] = set()
+    stack: list[tuple[_Visit, bool]] = [(_Visit(oid, "commit"), False) for oid in tips]
+    while stack:
+        visit, expanded = stack.pop()
+        if expanded:
+            order.append(visit.oid)
+            continue
+        if visit.oid in seen:
+            continue
+        seen.add(visit.oid)
+        if target.has(visit.oid):
+            target.freshen(visit.oid)
+            continue
+        stack.append((visit, True))
+        if visit.kind == "blob":
+            continue
+        kind, data = source.read(visit.oid)
+        if kind == "commit":
+            head = data.split(b"\n\n", 1)[0].split(b"\n")
+            tree = head[0][5:].decode("ascii")
+            parents = [line[7:].decode("ascii") for line in head if line.startswith(b"parent ")]
+            like = None
+            for parent in parents:
+                if target.has(parent):
+                    pkind, pdata = target.read(parent)
+                    like = pdata[5 : pdata.index(b"\n")].decode("ascii")
+                    break
+            stack.extend((_Visit(parent, "commit"), False) for parent in parents)
+            stack.append((_Visit(tree, "tree", like), False))
+        elif kind == "tree":
+            size = len(visit.oid) // 2
+            old: dict[bytes, tuple[int, Oid]] = {}
+            if visit.like is not None:
+                with contextlib.suppress(KeyError):
+                    old = _tree_entries(target.read(visit.like)[1], size)
+            for name, (mode, oid) in _tree_entries(data, size).items():
+                if mode == _MODE_GITLINK or old.get(name) == (mode, oid):
+                    continue
+                if mode == _MODE_TREE:
+                    before = old.get(name)
+                    like = before[1] if before and before[0] == _MODE_TREE else None
+                    stack.append((_Visit(oid, "tree", like), False))
+                else:
+                    stack.append((_Visit(oid, "blob"), False))
+    for oid in order:
+        target.copy_from(source, oid)
+    return len(order)
+
+
+# ---- may this remote be written directly? -------------------------------------------------
+
+
+def direct_refusal(git_dir: Path, config: Mapping[str, str]) -> str | None:
+    """Why the bare repository ``git_dir`` must be reached through git's pack protocol, or
+    ``None`` when writing it directly is what a push would do.
+
+    ``config`` is its effective configuration (``git config --list``, keys lower-case).
+    """
+    for part in ("objects", "refs", "HEAD"):
+        if not (git_dir / part).exists():
+            return f"{git_dir} is not a bare repository (no {part})"
+    if config.get("core.bare", "false").lower() not in ("true", "yes", "on", "1"):
+        return "the remote is not bare"
+    if config.get("core.repositoryformatversion", "0") not in ("0", "1"):
+        return "unknown repository format"
+    for key, value in config.items():
+        if key.startswith(_NOT_PLAIN_KEYS):
+            return f"the remote sets {key}"
+        if key.startswith("extensions.") and _SAFE_EXTENSIONS.get(key) != value.lower():
+            return f"the remote sets {key}"
+    for extra in ("objects/info/alternates", "shallow", "objects/info/http-alternates"):
+        if (git_dir / extra).exists():
+            return f"the remote has {extra}"
+    try:
+        if os.stat(git_dir).st_uid != os.geteuid():
+            return "the remote belongs to another user"
+    except OSError as err:
+        return f"cannot read the remote: {err.strerror}"
+    hooks = git_dir / "hooks"
+    if hooks.is_dir():
+        for hook in hooks.iterdir():
+            if hook.name.endswith(".sample"):
+                continue
+            with contextlib.suppress(OSError):
+                if hook.stat().st_mode & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH):
+                    return f"the remote has a {hook.name} hook"
+    return None
+
+
+def stamp(git_dir: Path) -> tuple[float, ...]:
+    """Changes when the remote's config or hooks change (cheap: three ``stat`` calls)."""
+    values: list[float] = []
+    for part in ("config", "hooks", "objects/info"):
+        try:
+            info = os.stat(git_dir / part)
+            values += [info.st_mtime_ns, info.st_size, info.st_ino]
+        except OSError:
+            values += [-1, -1, -1]
+    return tuple(values)
