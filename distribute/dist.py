@@ -480,8 +480,8 @@ class Worker:
             if job is not None:
                 job = check_name(str(job) if not isinstance(job, str) else job, "job")
             edits = None
-            if job is not None and self.copy.changed_paths():
-                edits = self.copy.snapshot(snap.main, "distribute: next-job function edits")
+            if job is not None:
+                edits = self.copy.edits(snap.main, "distribute: next-job function edits")
             return job, edits
         finally:
             if job is None:

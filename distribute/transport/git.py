@@ -336,6 +336,41 @@ class _Repository:
             return None
         return read_ref_files(Path(self._repo.common_dir), names)
 
+    def set_refs(self, values: Mapping[str, Oid], deleted: Sequence[str] = ()) -> None:
+        """Point the refs ``values`` at their ids and delete ``deleted``, in this repository.
+
+        For refs only this process writes (the mirror): each is written as a loose
+        ref file the way git does -- ``<ref>.lock`` created exclusively, then renamed
+        over the ref -- without starting git.  Deletions (which may have to rewrite
+        ``packed-refs``), a busy lock or a file in the way go through ``update-ref``.
+        """
+        rest = dict(values)
+        if self.ref_storage == "files" and not deleted:
+            common = Path(self._repo.common_dir)
+            for ref, oid in values.items():
+                path = common / ref
+                lock = path.with_name(path.name + ".lock")
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+                except OSError:
+                    break  # a lock held, or a file where a folder should be: ask git
+                try:
+                    with os.fdopen(fd, "w", encoding="ascii") as out:
+                        out.write(check_oid(oid) + "\n")
+                    os.replace(lock, path)
+                except BaseException:
+                    lock.unlink(missing_ok=True)
+                    raise
+                del rest[ref]
+        commands = b"".join(
+            b"update %s\0%s\0\0" % (ref.encode("utf-8"), oid.encode("ascii"))
+            for ref, oid in rest.items()
+        )
+        commands += b"".join(b"delete %s\0\0" % ref.encode("utf-8") for ref in deleted)
+        if commands:
+            self.check(["update-ref", "--stdin", "-z"], "git update-ref", stdin=commands)
+
     def objects(self) -> ObjectStore:
         """This repository's object store, for copying objects in this process."""
         if self._store_view is None:
@@ -862,7 +897,7 @@ class GitTransport:
     # ---- helpers -------------------------------------------------------------------------
     def _fetch_direct(self, direct: _DirectRemote, patterns: Sequence[str]) -> dict[str, Oid]:
         """Read the refs from the remote's files, copy the objects they need, and record
-        the values in the mirror (one ``update-ref``, only when something moved)."""
+        the values in the mirror (ref files written here; deletions through git)."""
         found = direct.read_refs([p[:-2] if p.endswith("/*") else p for p in patterns])
         values = {ref: oid for ref, oid in found.items() if _matches(ref, patterns)}
         try:
@@ -872,15 +907,9 @@ class GitTransport:
         except OSError as err:
             raise TransportError(f"reading the remote {direct.git_dir} failed: {err}") from err
         before = self._read_mirror(patterns)
-        commands = b"".join(
-            b"update %s\0%s\0\0" % (self._mirror(ref).encode("utf-8"), oid.encode("ascii"))
-            for ref, oid in values.items()
-            if before.get(ref) != oid
-        )
-        gone = [ref for ref in before if ref not in values]
-        commands += b"".join(b"delete %s\0\0" % self._mirror(ref).encode("utf-8") for ref in gone)
-        if commands:
-            self._repo.check(["update-ref", "--stdin", "-z"], "git update-ref", stdin=commands)
+        moved = {self._mirror(ref): oid for ref, oid in values.items() if before.get(ref) != oid}
+        gone = [self._mirror(ref) for ref in before if ref not in values]
+        self._repo.set_refs(moved, gone)
         return values
 
     def _mirror(self, ref: str) -> str:
@@ -1097,6 +1126,17 @@ class GitLocalCopy:
 
         Uses a temporary index: ``HEAD``, branches and the real index stay as they are.
         """
+        return self._repo.write_commit(self._tree_of_working_tree(parent), [parent], message)
+
+    def edits(self, parent: Oid, message: str) -> Oid | None:
+        """:meth:`snapshot`, or ``None`` when the working tree equals ``parent``'s tree
+        (ignored files aside): one ``git status`` fewer than asking first."""
+        tree = self._tree_of_working_tree(parent)
+        if tree == self._repo.commit_tree(parent):
+            return None
+        return self._repo.write_commit(tree, [parent], message)
+
+    def _tree_of_working_tree(self, parent: Oid) -> Oid:
         check_oid(parent)
         index = self._repo.git_dir / f"distribute-snapshot-{uuid.uuid4().hex}.index"
         try:
@@ -1111,7 +1151,7 @@ class GitLocalCopy:
         finally:
             index.unlink(missing_ok=True)
             index.with_name(index.name + ".lock").unlink(missing_ok=True)
-        return self._repo.write_commit(tree, [parent], message)
+        return tree
 
     def checkout(self, commit: Oid, branch: str | None) -> None:
         """Make index and working tree equal to ``commit``, on local ``branch`` or detached.
