@@ -91,12 +91,13 @@ POLL = (0.05, 1.0)
 def worker_loop(
     url: str, path: str, name: str, start: float, out: mp.Queue, poll: tuple[float, float] = POLL
 ) -> None:
-    while time.time() < start:
-        time.sleep(0.005)
     done = 0
     claimed: list[float] = []
+    # the clone is set-up, not work: made before the clock starts
     with worker_from_url(url, path=path, name=name, lease_seconds=30, poll_seconds=poll[0],
                          max_poll_seconds=poll[1]) as worker:
+        while time.time() < start:
+            time.sleep(0.005)
         source = QueueJobs()
         while worker.get_next_job(source) is not None:
             claimed.append(time.time())
@@ -113,7 +114,7 @@ def run_workers(
 ) -> tuple[float, Counter[str], Counter[str], dict[str, float]]:
     ctx = mp.get_context("spawn")
     out: mp.Queue = ctx.Queue()
-    start = time.time() + 2.0 + 0.1 * n
+    start = time.time() + 3.0 + 0.3 * n  # time to start and clone
     procs = [
         ctx.Process(target=worker_loop, args=(url, str(work / f"w{i}"), f"w{i}", start, out, poll))
         for i in range(n)

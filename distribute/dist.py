@@ -140,7 +140,9 @@ class Worker:
         self.wait_for_running = wait_for_running
         self.retry_seconds = retry_seconds
         self._clock = clock
-        self._claim_seconds = 0.0
+        self._claim_seconds = 0.0  # how long claims take here (moving average)
+        self._observe_seconds = 0.0  # how long a look at the remote takes here
+        self._waiting_since = 0.0
         self._sleep = sleep
         self._rng = rng or random.Random()
         self.session = uuid.uuid4().hex
@@ -312,6 +314,7 @@ class Worker:
                 paths=changed,
             )
         backoff = Backoff(self.poll_seconds, self.max_poll_seconds, self._rng)
+        self._waiting_since = self._clock()
         watching: Snapshot | None = None  # the lock as last observed, while we wait on it
         watched: str | None = None  # the lock's value at the latest look
         ahead: list[str] = []  # liveness refs of the idle workers before us in turn
@@ -333,7 +336,9 @@ class Worker:
                     self._sleep(self._poll_delay(ahead))
                     continue
             watching = None
+            looked = self._clock()
             snap = self._retrying(self.coord.observe)
+            self._observe_seconds = _average(self._observe_seconds, self._clock() - looked)
             if (
                 snap.main == idle_main
                 and isinstance(self.coord.plan(snap), CallNextJobFunction)
@@ -358,8 +363,7 @@ class Worker:
                 outcome = self._claim_unlocked(snap, next_job_func)
                 if isinstance(outcome, JobHolding):
                     # how long a claim takes here, from the fetch to the landed push
-                    took = self._clock() - started
-                    self._claim_seconds += (took - self._claim_seconds) / 4
+                    self._claim_seconds = _average(self._claim_seconds, self._clock() - started)
             elif self._retrying(partial(self.coord.try_acquire, snap)):
                 outcome = self._under_lock(snap, next_job_func)
             else:
@@ -387,14 +391,19 @@ class Worker:
         it free: each idle worker before us in turn gets one :meth:`_slot`, up to
         :data:`TURNS_WAITED` of them (those may be gone: a dead worker's liveness record
         counts as idle until this worker has seen it unchanged for a lease)."""
-        seen = self.coord.watch.unchanged_for(LOCK_REF, self._clock())
+        now = self._clock()
+        # counted from when this call began waiting at the latest: a value seen long
+        # before (say, when the worker started) says nothing about the others' turns
+        seen = min(self.coord.watch.unchanged_for(LOCK_REF, now), now - self._waiting_since)
         return min(len(ahead), TURNS_WAITED) * self._slot() - seen
 
     def _slot(self) -> float:
-        """The time one worker's turn takes: time to notice the free lock (``poll_seconds``)
-        and to look and claim (twice the time claims take here: longer on a loaded machine
-        or a slow remote)."""
-        return min(self.poll_seconds + 2 * self._claim_seconds, self.max_poll_seconds)
+        """The time one worker's turn takes: time to notice the free lock (``poll_seconds``),
+        to look at the remote and to claim, with a margin: twice what claims, or else looks,
+        take here.  Both grow on a loaded machine or with a slow remote, so waiters further
+        back give those ahead longer instead of stampeding."""
+        work = max(2 * self._claim_seconds, 2 * self._observe_seconds)
+        return min(self.poll_seconds + self._observe_seconds + work, self.max_poll_seconds)
 
     def _poll_delay(self, ahead: list[str]) -> float:
         """How long to wait between looks at the lock: ``poll_seconds`` for the first two
@@ -576,6 +585,11 @@ class Worker:
                         f"{scrub_url(str(exc))}"
                     ) from None
                 self._sleep(backoff.next())
+
+
+def _average(mean: float, sample: float) -> float:
+    """A moving average of durations that starts at the first sample, not at zero."""
+    return sample if mean == 0 else mean + (sample - mean) / 4
 
 
 def _call_next_job_function(func: NextJobFunction, worker: Worker) -> Any:

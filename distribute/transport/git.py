@@ -45,6 +45,7 @@ import tempfile
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,7 @@ _ENV = {
     "GIT_COMMITTER_NAME": IDENTITY[0],
     "GIT_COMMITTER_EMAIL": IDENTITY[1],
 }
+_KINDS = (b"blob", b"tree", b"commit", b"tag")
 _EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 
 #: Reasons in a rejected push that mean another writer got there first.
@@ -295,6 +297,7 @@ class _Repository:
         # GitPython's own object database starts `git hash-object` for every write
         self._loose = LooseObjectDB(str(Path(self._repo.common_dir) / "objects"))
         self._store_view: ObjectStore | None = None
+        self._objects_dir = Path(self._repo.common_dir) / "objects"
 
     @property
     def index_file(self) -> Path:
@@ -387,7 +390,21 @@ class _Repository:
 
     # ---- objects -----------------------------------------------------------------
     def read_object(self, oid: Oid) -> tuple[str, bytes]:
-        """Type and contents of ``oid`` from the persistent ``cat-file --batch``."""
+        """Type and contents of ``oid``: a loose object is read here (most objects a worker
+        reads were just written or fetched, so they are loose), any other from the
+        persistent ``cat-file --batch``, which costs a round trip to another process."""
+        check_oid(oid)
+        if self.sha1:
+            try:
+                raw = (self._objects_dir / oid[:2] / oid[2:]).read_bytes()
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+            else:
+                with contextlib.suppress(zlib.error, ValueError):
+                    header, _, body = zlib.decompress(raw).partition(b"\0")
+                    kind, _, size = header.partition(b" ")
+                    if int(size) == len(body) and kind in _KINDS:
+                        return kind.decode("ascii"), body
         with self._objects_lock:
             for attempt in (1, 2):
                 try:

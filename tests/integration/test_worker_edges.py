@@ -330,3 +330,71 @@ def test_a_worker_behind_gone_workers_waits_a_few_turns_only(remote, tmp_path):
     assert sum(slept) >= (TURNS_WAITED - 1) * 0.1
     # ... and not behind all ten
     assert sum(slept) <= (TURNS_WAITED + 2) * 0.1
+
+
+def _ghosts(remote, count):
+    """Liveness records of ``count`` workers that never claimed and are named before "w":
+    all ahead of it in turn, and silent."""
+    from distribute.core.lock import Beat, beat_message
+
+    tree = subprocess.run(["git", "mktree"], cwd=remote, input="", capture_output=True,
+                          text=True, check=True).stdout.strip()
+    for i in range(count):
+        message = beat_message(Beat(worker=f"ghost-{i}", session="gone"))
+        oid = subprocess.run(["git", "commit-tree", tree], cwd=remote, input=message,
+                             capture_output=True, text=True, check=True).stdout.strip()
+        git("update-ref", f"refs/distribute/workers/ghost-{i}", oid, cwd=remote)
+
+
+def test_on_a_slow_machine_a_waiter_gives_those_ahead_time_to_look(remote, tmp_path):
+    """A turn's length includes the look at the remote, which a loaded machine makes slow
+    (here each look takes 0.15 s).  While the lock keeps moving every half second
+    (turns taken by others), a worker behind two silent workers must not try: their
+    silence is not yet longer than their turns would take.  Trying once poll-sized slots
+    had passed is what made 16 workers stampede a loaded machine.  Once the lock stops
+    moving, it takes its turn after about two turns' time."""
+    from distribute.remote import add_jobs
+    from distribute.sources import repo_only
+
+    _ghosts(remote, 2)
+    add_jobs(str(remote), ["a"])
+    now, moves, calls = [0.0], [], []
+
+    def move_lock():
+        """Another commit with the same lock state: a new value, as after a turn."""
+        old = git("rev-parse", "refs/distribute/lock", cwd=remote).strip()
+        message = git("log", "-1", "--format=%B", old, cwd=remote) + "\n"
+        tree = git("rev-parse", f"{old}^{{tree}}", cwd=remote).strip()
+        new = subprocess.run(["git", "commit-tree", tree, "-p", old], cwd=remote,
+                             input=message, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        git("update-ref", "refs/distribute/lock", new, old, cwd=remote)
+        moves.append(now[0])
+
+    def advance(seconds):
+        before = now[0]
+        now[0] += seconds
+        for tick in range(1, 9):  # the lock moves at 0.5, 1.0, ... 4.0 s
+            if before < tick * 0.5 <= now[0]:
+                move_lock()
+
+    source = QueueJobs()
+
+    def function(worker):
+        calls.append(now[0])
+        return source(worker)
+
+    with make(remote, tmp_path, clock=lambda: now[0], sleep=advance, heartbeat=False,
+              poll_seconds=0.05, max_poll_seconds=2.0, lease_seconds=60) as w:
+        observe = w.coord.observe
+
+        def slow_observe():
+            snap = observe()
+            advance(0.15)
+            return snap
+
+        w.coord.observe = slow_observe
+        assert w.get_next_job(repo_only(function)) == "a"
+    assert len(moves) == 8
+    assert calls and calls[0] >= moves[-1]  # never while turns were being taken
+    assert calls[0] <= moves[-1] + 2.0  # and soon after they stopped
