@@ -2,7 +2,10 @@
 
 Each backend hands out fresh transports (for git: each on its own clone) and
 reads the remote's refs out of band, so a test can check what really
-happened on the remote.  Git-only behaviour (the local copy, timeouts,
+happened on the remote.  The bare repository runs the suite twice: given as
+a path ("bare": written directly, no git push) and as a ``file://`` URL
+("bare-push": git push and fetch); each backend checks that its transports
+take the path it names.  Git-only behaviour (the local copy, timeouts,
 server refusals) follows in its own classes.
 """
 
@@ -85,11 +88,22 @@ class MemoryBackend(Backend):
 
 
 class GitBackend(Backend):
+    """A git remote; ``direct`` (when not ``None``) is what every transport handed out must
+    say about writing the remote directly, so the suite cannot test the other path."""
+
     def __init__(
-        self, name: str, url: str, path: Path, scratch: Path, readme: bytes, git: RunGit
+        self,
+        name: str,
+        url: str,
+        path: Path,
+        scratch: Path,
+        readme: bytes,
+        git: RunGit,
+        *,
+        direct: bool | None = None,
     ) -> None:
         self.name, self.url, self.path, self.scratch = name, url, path, scratch
-        self.readme, self.git = readme, git
+        self.readme, self.git, self.direct = readme, git, direct
         self._numbers = itertools.count()
         self._open: list[GitTransport | GitLocalCopy] = []
 
@@ -101,6 +115,8 @@ class GitBackend(Backend):
     def transport(self) -> Transport:
         transport = self.clone().transport()
         self._open.append(transport)
+        if self.direct is not None:
+            assert transport.direct is self.direct, f"{self.name}: direct={transport.direct}"
         return transport
 
     def remote_value(self, ref: str) -> Oid | None:
@@ -118,21 +134,26 @@ class GitBackend(Backend):
             thing.close()
 
 
-@pytest.fixture(params=["memory", "bare", pytest.param("daemon", marks=pytest.mark.daemon)])
+@pytest.fixture(
+    params=["memory", "bare", "bare-push", pytest.param("daemon", marks=pytest.mark.daemon)]
+)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """``bare``: the remote's path (written directly); ``bare-push``: the same kind of
+    remote through its ``file://`` URL (git push and fetch); ``daemon``: git://."""
     chosen: Backend
     readme: bytes = request.getfixturevalue("remote_readme")
     if request.param == "memory":
         chosen = MemoryBackend(request.getfixturevalue("memory_remote"), readme)
     else:
         run_git: RunGit = request.getfixturevalue("run_git")
-        if request.param == "bare":
+        if request.param in ("bare", "bare-push"):
             path = request.getfixturevalue("bare_remote")
-            url = str(path)
+            url = str(path) if request.param == "bare" else path.as_uri()
         else:
             url = request.getfixturevalue("daemon_remote")
             path = request.getfixturevalue("daemon_remote_path")
-        chosen = GitBackend(request.param, url, path, tmp_path, readme, run_git)
+        direct = request.param == "bare"
+        chosen = GitBackend(request.param, url, path, tmp_path, readme, run_git, direct=direct)
     yield chosen
     chosen.close()
 

@@ -1,0 +1,554 @@
+"""A bare repository on this machine, written directly (no git push, no git fetch).
+
+When is the direct path taken, and when does it give way to git push (a
+``file://`` URL, ``direct=False``, a hook or a ``receive.*`` rule, also one
+added later)?  Do direct and pushing writers share a remote safely?  Are
+packed objects read and written correctly, is only what is missing copied,
+and does a copy cut short leave every commit and tree with what it names?
+How are ref files read, and what does a stale lock in the local repository do?
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from distribute.core.errors import RemoteStateError, TransportError, UsageError
+from distribute.transport.base import Oid, RefUpdate
+from distribute.transport.direct import ObjectStore, copy_objects, read_ref_files
+from distribute.transport.git import GitLocalCopy, GitTransport
+
+MAIN = "refs/heads/main"
+WORKERS = "refs/distribute/workers/"
+RunGit = Callable[..., str]
+
+
+@pytest.fixture
+def opened() -> Iterator[list[GitTransport | GitLocalCopy]]:
+    """Transports and copies a test opens, closed at its end."""
+    things: list[GitTransport | GitLocalCopy] = []
+    yield things
+    for thing in things:
+        thing.close()
+
+
+@pytest.fixture
+def clone(
+    tmp_path: Path, opened: list[GitTransport | GitLocalCopy]
+) -> Callable[[str, str], GitTransport]:
+    """``clone(url, name)``: the transport of a new clone of ``url`` in ``tmp_path/name``."""
+
+    def make(url: str, name: str) -> GitTransport:
+        copy = GitLocalCopy.clone(url, tmp_path / name)
+        transport = copy.transport()
+        opened.extend([copy, transport])
+        return transport
+
+    return make
+
+
+def child(t: GitTransport, parent: Oid, message: str, **files: bytes | None) -> Oid:
+    return t.write_commit(parents=[parent], message=message, base=parent, changes=files)
+
+
+def hook(remote: Path, name: str, body: str) -> Path:
+    path = remote / "hooks" / name
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return path
+
+
+def local_dir(t: GitTransport) -> Path:
+    """The ``.git`` folder of the clone behind ``t``."""
+    return t._repo.git_dir
+
+
+def loose_objects(objects: Path) -> list[Path]:
+    return [p for p in objects.glob("??/*") if len(p.parent.name) == 2]
+
+
+# ---- when the direct path is taken -----------------------------------------------------------
+
+
+def test_a_bare_path_is_direct_its_file_url_and_direct_false_are_not(
+    bare_remote: Path, clone: Callable[[str, str], GitTransport]
+) -> None:
+    t = clone(str(bare_remote), "w")
+    assert t.direct is True
+    main = t.fetch([MAIN])[MAIN]
+    copy = local_dir(t).parent
+    with GitTransport(copy, str(bare_remote)) as by_path:
+        assert by_path.direct is True
+    with GitTransport(copy, bare_remote.as_uri()) as by_url:
+        assert by_url.direct is False
+        assert by_url.fetch([MAIN]) == {MAIN: main}
+    with GitTransport(copy, str(bare_remote), direct=False) as pushing:
+        assert pushing.direct is False
+        new = child(pushing, main, "pushed", a=b"a")
+        assert pushing.push([RefUpdate(MAIN, main, new)])
+        assert pushing.direct is False
+    # git ignores sample hooks and hooks that are not executable: so does the check
+    assert (bare_remote / "hooks" / "pre-receive.sample").exists()
+    (bare_remote / "hooks" / "post-update").write_text("#!/bin/sh\nexit 1\n")
+    with GitTransport(copy, str(bare_remote), direct=True) as required:
+        assert required.direct is True
+
+
+def test_requiring_direct_where_it_is_impossible_names_the_reason(
+    bare_remote: Path, clone: Callable[[str, str], GitTransport]
+) -> None:
+    copy = local_dir(clone(str(bare_remote), "w")).parent
+    with pytest.raises(UsageError, match="not a path on this machine") as caught:
+        GitTransport(copy, bare_remote.as_uri(), direct=True)
+    assert "not a path" in caught.value.context["reason"]
+    hook(bare_remote, "pre-receive", "exit 0\n")
+    with pytest.raises(UsageError, match="has a pre-receive hook") as caught:
+        GitTransport(copy, str(bare_remote), direct=True)
+    assert caught.value.context["reason"] == "the remote has a pre-receive hook"
+
+
+@pytest.mark.parametrize("name", ["pre-receive", "update"])
+def test_a_hook_added_later_runs_at_the_next_push(
+    bare_remote: Path, tmp_path: Path, clone: Callable[[str, str], GitTransport], name: str
+) -> None:
+    """Both hooks record that they ran; pre-receive refuses the push, update lets it in."""
+    t = clone(str(bare_remote), "w")
+    main = t.fetch([MAIN])[MAIN]
+    first = child(t, main, "direct", a=b"1")
+    assert t.push([RefUpdate(MAIN, main, first)])
+    marker = tmp_path / "hook-ran"
+    refuse = int(name == "pre-receive")
+    hook(bare_remote, name, f"cat >/dev/null\necho \"$@\" >'{marker}'\nexit {refuse}\n")
+    assert t.direct is False
+    second = child(t, first, "through git push", a=b"2")
+    if name == "pre-receive":
+        with pytest.raises(RemoteStateError, match="pre-receive hook declined"):
+            t.push([RefUpdate(MAIN, first, second)])
+        assert t.fetch([MAIN]) == {MAIN: first}
+    else:
+        assert t.push([RefUpdate(MAIN, first, second)]) is True
+        assert marker.read_text().split() == [MAIN, first, second]
+        assert t.fetch([MAIN]) == {MAIN: second}
+    assert marker.exists()
+    (bare_remote / "hooks" / name).unlink()
+    assert t.direct is True  # and back once the hook is gone
+
+
+def test_deny_deletes_set_later_refuses_a_direct_writers_deletion(
+    bare_remote: Path, clone: Callable[[str, str], GitTransport], run_git: RunGit
+) -> None:
+    t = clone(str(bare_remote), "w")
+    main = t.fetch([MAIN])[MAIN]
+    branch = "refs/heads/jobs/w1/job"
+    assert t.push([RefUpdate(branch, None, main)])
+    assert t.direct is True
+    run_git("--git-dir", bare_remote, "config", "receive.denyDeletes", "true")
+    assert t.direct is False
+    with pytest.raises(RemoteStateError, match="deletion prohibited"):
+        t.push([RefUpdate(branch, main, None)])
+    assert run_git("--git-dir", bare_remote, "rev-parse", branch) == main
+    run_git("--git-dir", bare_remote, "config", "--unset", "receive.denyDeletes")
+    assert t.direct is True
+    assert t.push([RefUpdate(branch, main, None)])
+    assert t.fetch([branch]) == {}
+
+
+# ---- direct and pushing writers on one remote --------------------------------------------
+
+
+def push_at_once(pushes: dict[int, tuple[GitTransport, RefUpdate]]) -> dict[int, object]:
+    """Start the pushes together (a barrier); each one's result, or what it raised."""
+    results: dict[int, object] = {}
+    barrier = threading.Barrier(len(pushes), timeout=30)
+
+    def push(i: int, t: GitTransport, update: RefUpdate) -> None:
+        barrier.wait()
+        try:
+            results[i] = t.push([update])
+        except BaseException as err:  # reported by the caller, never swallowed
+            results[i] = err
+
+    threads = [threading.Thread(target=push, args=(i, *p)) for i, p in pushes.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(results) == sorted(pushes), "a push did not finish"
+    return results
+
+
+def test_direct_and_pushing_writers_race_with_exactly_one_winner(
+    bare_remote: Path, clone: Callable[[str, str], GitTransport], run_git: RunGit
+) -> None:
+    """Two direct writers (the path) and two pushing ones (the file:// URL) race one
+    compare-and-swap per round.  Some rounds hold one side back until the other side
+    is done, so that each side also meets a ref the other has just moved."""
+    writers = [clone(str(bare_remote), f"direct{i}") for i in range(2)]
+    writers += [clone(bare_remote.as_uri(), f"push{i}") for i in range(2)]
+    assert [w.direct for w in writers] == [True, True, False, False]
+    for round_number, late in enumerate([None, "direct", "push", None, "direct", "push"]):
+        olds = {w.fetch([MAIN])[MAIN] for w in writers}
+        assert len(olds) == 1
+        old = olds.pop()
+        updates = [RefUpdate(MAIN, old, child(w, old, f"round {round_number}", winner=b"%d" % i))
+                   for i, w in enumerate(writers)]  # fmt: skip
+        held = {i for i, w in enumerate(writers) if late == ("direct" if w.direct else "push")}
+        results: dict[int, object] = {}
+        for phase in ([i for i in range(len(writers)) if i not in held], sorted(held)):
+            if phase:
+                results |= push_at_once({i: (writers[i], updates[i]) for i in phase})
+        assert all(isinstance(r, bool) for r in results.values()), results
+        winners = [i for i, won in results.items() if won]
+        assert len(winners) == 1, (round_number, results)
+        assert winners[0] not in held, (round_number, results)
+        assert run_git("--git-dir", bare_remote, "rev-parse", MAIN) == updates[winners[0]].new
+    run_git("--git-dir", bare_remote, "fsck", "--strict", "--no-dangling")
+
+
+# ---- packed objects -------------------------------------------------------------------------
+
+
+def test_a_direct_fetch_reads_objects_the_remote_keeps_packed(
+    bare_remote: Path, clone: Callable[[str, str], GitTransport], run_git: RunGit
+) -> None:
+    run_git("--git-dir", bare_remote, "gc", "--quiet")
+    reader = clone(str(bare_remote), "reader")
+    writer = clone(bare_remote.as_uri(), "writer")
+    assert reader.direct and not writer.direct
+    main = reader.fetch([MAIN])[MAIN]  # the reader has looked at the remote's packs
+    # similar contents, so that the repacked remote stores most of them as deltas
+    files = {f"data/part{i}.txt": b"".join(b"line %d of %d\n" % (n, i) for n in range(300))
+             for i in range(8)}  # fmt: skip
+    one = child(writer, main, "one", **files)
+    two = child(writer, one, "two", **{"data/part3.txt": files["data/part3.txt"] + b"more\n",
+                                       "deep/a/b/c.txt": b"deep\n"})  # fmt: skip
+    assert writer.push([RefUpdate(MAIN, main, two)])
+    run_git("--git-dir", bare_remote, "repack", "-adf", "--quiet")
+    assert loose_objects(bare_remote / "objects") == []
+    assert reader.fetch([MAIN]) == {MAIN: two}
+    assert reader.read_file(two, "data/part3.txt") == files["data/part3.txt"] + b"more\n"
+    assert reader.read_file(two, "deep/a/b/c.txt") == b"deep\n"
+    assert reader.read_file(one, "data/part7.txt") == files["data/part7.txt"]
+    run_git("--git-dir", local_dir(reader), "fsck", "--strict", "--no-dangling")
+
+
+def test_a_direct_push_of_objects_packed_in_the_local_repository(
+    bare_remote: Path, clone: Callable[[str, str], GitTransport], run_git: RunGit
+) -> None:
+    t = clone(str(bare_remote), "w")
+    main = t.fetch([MAIN])[MAIN]
+    files = {f"data/part{i}.txt": b"".join(b"line %d of %d\n" % (n, i) for n in range(300))
+             for i in range(8)}  # fmt: skip
+    one = child(t, main, "one", **files)
+    two = child(t, one, "two", **{"data/part3.txt": b"changed\n", "deep/a/b/c.txt": b"deep\n"})
+    run_git("--git-dir", local_dir(t), "update-ref", "refs/heads/keep", two)
+    run_git("--git-dir", local_dir(t), "repack", "-adf", "--quiet")
+    assert loose_objects(local_dir(t) / "objects") == []
+    three = child(t, two, "three", **{"deep/a/b/d.txt": b"d\n"})  # built on packed trees
+    assert t.direct
+    assert t.push([RefUpdate(MAIN, main, three)])
+    for commit in (one, two, three):
+        run_git("--git-dir", bare_remote, "cat-file", "-e", commit)
+    run_git("--git-dir", bare_remote, "fsck", "--strict", "--no-dangling")
+    reader = clone(bare_remote.as_uri(), "reader")
+    assert reader.fetch([MAIN]) == {MAIN: three}
+    assert reader.read_file(three, "data/part5.txt") == files["data/part5.txt"]
+    assert reader.read_file(three, "deep/a/b/c.txt") == b"deep\n"
+
+
+# ---- only what is missing is copied ----------------------------------------------------------
+
+
+def test_only_the_missing_objects_are_copied(
+    bare_remote: Path, clone: Callable[[str, str], GitTransport], run_git: RunGit
+) -> None:
+    t = clone(str(bare_remote), "w")
+    main = t.fetch([MAIN])[MAIN]
+    files = {f"d{a}/s{b}/f{c}.txt": b"%d %d %d\n" % (a, b, c)
+             for a in range(3) for b in range(2) for c in range(50)}  # fmt: skip
+    big = child(t, main, "300 files", **files)
+    assert t.push([RefUpdate(MAIN, main, big)])
+    local = ObjectStore(local_dir(t) / "objects")
+    remote = ObjectStore(bare_remote / "objects")
+    asked: list[Oid] = []
+    real_has = remote.has
+
+    def has(oid: Oid) -> bool:
+        asked.append(oid)
+        return real_has(oid)
+
+    remote.has = has  # type: ignore[method-assign]
+    edited = child(t, big, "edit one file", **{"d1/s1/f7.txt": b"edited\n"})
+    # the commit, the trees of "", "d1" and "d1/s1", the blob
+    assert copy_objects(local, remote, [edited]) == 1 + 3 + 1
+    # the walk looked at the changed path only, not at the 300 files
+    assert len(asked) < 20, len(asked)
+    assert copy_objects(local, remote, [edited]) == 0
+    # a blob the remote holds already (another file's contents) is not copied again
+    again = child(t, edited, "copy a file", **{"d2/s0/copy.txt": files["d0/s0/f0.txt"]})
+    assert copy_objects(local, remote, [again]) == 1 + 3
+    assert t.push([RefUpdate(MAIN, big, again)])
+    run_git("--git-dir", bare_remote, "fsck", "--strict", "--no-dangling")
+
+
+# ---- a copy cut short -----------------------------------------------------------------------
+
+
+class Crash(Exception):
+    """The process died here."""
+
+
+def crashing(objects: Path, after: int) -> ObjectStore:
+    """A store on ``objects`` whose writes (``put_raw``, ``put``) fail after ``after``."""
+    store = ObjectStore(objects)
+    writes = 0
+
+    def limited(write: Callable[..., Oid | None]) -> Callable[..., Oid | None]:
+        def wrapped(*args: object) -> Oid | None:
+            nonlocal writes
+            if writes >= after:
+                raise Crash(f"after {after} writes")
+            writes += 1
+            return write(*args)
+
+        return wrapped
+
+    store.put_raw = limited(store.put_raw)  # type: ignore[method-assign,assignment]
+    store.put = limited(store.put)  # type: ignore[method-assign,assignment]
+    return store
+
+
+def named_objects(kind: str, data: bytes) -> list[Oid]:
+    """The objects a commit or tree names (gitlinks aside); none for a blob."""
+    if kind == "commit":
+        head = data.split(b"\n\n", 1)[0].split(b"\n")
+        return [line.split(b" ")[1].decode() for line in head
+                if line.startswith((b"tree ", b"parent "))]  # fmt: skip
+    if kind == "tree":
+        named, pos = [], 0
+        while pos < len(data):
+            nul = data.index(b"\0", pos)
+            mode = data[pos : data.index(b" ", pos)]
+            if mode != b"160000":
+                named.append(data[nul + 1 : nul + 21].hex())
+            pos = nul + 21
+        return named
+    return []
+
+
+def closure_violations(objects: Path, oids: Iterable[Oid]) -> list[str]:
+    """Every commit or tree among ``oids`` present in ``objects`` that names an object
+    the store lacks."""
+    store = ObjectStore(objects)
+    problems = []
+    for oid in oids:
+        if store.has(oid):
+            kind, data = store.read(oid)
+            problems += [f"{kind} {oid} lacks {o}" for o in named_objects(kind, data)
+                         if not store.has(o)]  # fmt: skip
+    return problems
+
+
+class Scene:
+    """A local repository with history the remote lacks (part of it packed, a merge
+    among it), and the remote's objects as they were, to copy into again and again."""
+
+    def __init__(self, t: GitTransport, remote: Path, scratch: Path, run_git: RunGit) -> None:
+        self.scratch = scratch
+        main = t.fetch([MAIN])[MAIN]
+        one = child(t, main, "one", **{"a/b/c.txt": b"c", "a/d.txt": b"d", "e/f/g/h.txt": b"h"})
+        two = child(t, one, "two", **{"a/b/c.txt": b"c2", "x.txt": b"x", "e/f/i.txt": b"i"})
+        run_git("--git-dir", local_dir(t), "update-ref", "refs/heads/keep", two)
+        run_git("--git-dir", local_dir(t), "repack", "-ad", "--quiet")
+        three = child(t, two, "three", **{"a/b/z.txt": b"z", "e/f/g/h.txt": None})
+        side = child(t, main, "side", **{"s/t/u.txt": b"u", "a/e.txt": b"side"})
+        merged = t.merge(three, side)
+        assert merged.tree is not None
+        self.tip = t.write_commit(parents=[three, side], message="merge", tree=merged.tree)
+        self.source = ObjectStore(local_dir(t) / "objects")
+        self.template = remote / "objects"
+        listed = run_git("--git-dir", local_dir(t), "rev-list", "--objects", self.tip)
+        self.closure = [line.split()[0] for line in listed.splitlines()]
+        target = self.fresh()
+        self.total = copy_objects(self.source, ObjectStore(target), [self.tip])
+        assert self.total >= 15
+        assert closure_violations(target, self.closure) == []
+        assert all(ObjectStore(target).has(oid) for oid in self.closure)
+
+    def fresh(self) -> Path:
+        """A copy of the remote's objects, in a new folder."""
+        target = Path(tempfile.mkdtemp(dir=self.scratch)) / "objects"
+        shutil.copytree(self.template, target)
+        return target
+
+
+@pytest.fixture
+def scene(
+    bare_remote: Path, tmp_path: Path, clone: Callable[[str, str], GitTransport], run_git: RunGit
+) -> Scene:
+    run_git("--git-dir", bare_remote, "gc", "--quiet")  # the remote holds packs too
+    scratch = tmp_path / "targets"
+    scratch.mkdir()
+    return Scene(clone(str(bare_remote), "w"), bare_remote, scratch, run_git)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data())
+def test_a_copy_cut_short_leaves_no_commit_or_tree_without_what_it_names(
+    scene: Scene, data: st.DataObject
+) -> None:
+    k = data.draw(st.integers(min_value=0, max_value=scene.total - 1), label="writes")
+    target = scene.fresh()
+    with pytest.raises(Crash):
+        copy_objects(scene.source, crashing(target, k), [scene.tip])
+    assert closure_violations(target, scene.closure) == []
+    # so a second copy, which stops at what the target holds, completes the closure
+    assert copy_objects(scene.source, ObjectStore(target), [scene.tip]) == scene.total - k
+    assert all(ObjectStore(target).has(oid) for oid in scene.closure)
+
+
+def test_the_closure_check_catches_a_copy_written_parents_first(scene: Scene) -> None:
+    """The check above is no tautology: objects written in the reverse of copy_objects'
+    order (parents first) leave a commit or tree without its children when cut short."""
+
+    def parents_first(source: ObjectStore, target: ObjectStore, tips: list[Oid]) -> None:
+        order: list[Oid] = []
+
+        def plan(source: ObjectStore, oid: Oid) -> None:  # writes nothing, notes the order
+            order.append(oid)
+
+        planner = ObjectStore(target.root)
+        planner.copy_from = plan  # type: ignore[method-assign]
+        copy_objects(source, planner, tips)
+        for oid in reversed(order):
+            target.copy_from(source, oid)
+
+    caught = []
+    for k in range(scene.total):
+        target = scene.fresh()
+        with pytest.raises(Crash):
+            parents_first(scene.source, crashing(target, k), [scene.tip])
+        if closure_violations(target, scene.closure):
+            caught.append(k)
+    assert caught, "the closure check never saw a commit or tree without what it names"
+    assert 0 not in caught  # nothing written, nothing wrong
+
+
+# ---- ref files -------------------------------------------------------------------------------
+
+
+def test_read_ref_files_as_git_reads_them(bare_remote: Path, run_git: RunGit) -> None:
+    def git(*args: str) -> str:
+        return run_git("--git-dir", bare_remote, *args)
+
+    main = git("rev-parse", MAIN)
+    other = git("commit-tree", "-p", main, "-m", "other", main + "^{tree}")
+    for name in ("loose", "packed", "gone", "locked"):
+        git("update-ref", f"refs/distribute/{name}", main)
+    git("update-ref", "refs/distributed/x", main)  # shares a prefix, not the folder
+    git("tag", "-a", "-m", "a tag", "v1", main)  # packed with a peeled (^) line
+    git("pack-refs", "--all")
+    git("update-ref", "refs/distribute/gone-loose", main)
+    git("update-ref", "refs/distribute/loose", other)  # loose now, its packed line is stale
+    git("update-ref", "-d", "refs/distribute/gone")  # was packed
+    git("update-ref", "-d", "refs/distribute/gone-loose")
+    packed = (bare_remote / "packed-refs").read_text()
+    assert f"{main} refs/distribute/loose\n" in packed  # the stale line is really there
+    assert "refs/distribute/gone" not in packed and f"^{main}" in packed
+    refs = bare_remote / "refs" / "distribute"
+    (refs / "locked.lock").write_text(other + "\n")  # a writer holds it: old value stands
+    (refs / "new.lock").write_text(other + "\n")  # a ref being created: not there yet
+    (refs / "junk").write_text("not an object id\n")
+    (refs / "symbolic").write_text(f"ref: {MAIN}\n")
+    (refs / "binary").write_bytes(b"\xff\xfe\0")
+    (refs / "deeper").mkdir()
+    (refs / "deeper" / "w1").write_text(other + "\n")
+    expected = {
+        "refs/distribute/loose": other,
+        "refs/distribute/packed": main,
+        "refs/distribute/locked": main,
+        "refs/distribute/deeper/w1": other,
+    }
+    assert read_ref_files(bare_remote, ["refs/distribute"]) == expected
+    assert read_ref_files(bare_remote, ["refs/distribute/loose", "refs/distribute/gone"]) == {
+        "refs/distribute/loose": other
+    }
+    tag = git("rev-parse", "refs/tags/v1")
+    assert tag != main
+    assert read_ref_files(bare_remote, ["refs/tags", MAIN]) == {"refs/tags/v1": tag, MAIN: main}
+    assert read_ref_files(bare_remote, ["refs/nothing"]) == {}
+
+
+def test_direct_reads_of_refs_agree_with_git(
+    bare_remote: Path, clone: Callable[[str, str], GitTransport], run_git: RunGit
+) -> None:
+    """The same ref states through the transport: loose over packed, deletions seen."""
+    t = clone(str(bare_remote), "w")
+    main = t.fetch([MAIN])[MAIN]
+    one = child(t, main, "one")
+    assert t.push([RefUpdate(WORKERS + "a", None, main), RefUpdate(WORKERS + "b", None, main)])
+    run_git("--git-dir", bare_remote, "pack-refs", "--all")
+    assert t.push([RefUpdate(WORKERS + "a", main, one), RefUpdate(WORKERS + "b", main, None)])
+    expected = {WORKERS + "a": one}
+    assert t.direct
+    assert t.fetch([WORKERS + "*"]) == expected
+    assert t.list_refs(WORKERS) == expected
+    listed = run_git("--git-dir", bare_remote, "for-each-ref", "--format=%(refname) %(objectname)",
+                     WORKERS)  # fmt: skip
+    assert listed == f"{WORKERS}a {one}"
+
+
+# ---- a stale lock in the local repository ----------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["direct", "push"])
+def test_a_stale_mirror_lock_never_yields_a_wrong_value(
+    bare_remote: Path, clone: Callable[[str, str], GitTransport], run_git: RunGit, how: str
+) -> None:
+    reader = clone(str(bare_remote) if how == "direct" else bare_remote.as_uri(), "reader")
+    writer = clone(str(bare_remote), "writer")
+    assert reader.direct is (how == "direct")
+    main = reader.fetch([MAIN])[MAIN]
+    new = child(writer, main, "new", a=b"new")
+    stale = child(writer, main, "what the stale lock holds", a=b"stale")
+    assert writer.push([RefUpdate(MAIN, main, new), RefUpdate(WORKERS + "w1", None, new)])
+    wanted = [MAIN, WORKERS + "*"]
+    expected = {MAIN: new, WORKERS + "w1": new}
+    mirrors = {ref: reader.mirror_prefix + ref[len("refs/") :] for ref in expected}
+    locks = [local_dir(reader) / (mirror + ".lock") for mirror in mirrors.values()]
+    for lock in locks:  # one on a mirrored ref, one where a new ref will go
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        lock.write_text(stale + "\n")
+
+    def mirrored(ref: str) -> str | None:
+        value = run_git("--git-dir", local_dir(reader), "for-each-ref",
+                        "--format=%(objectname)", mirrors[ref])  # fmt: skip
+        return value or None
+
+    try:
+        got = reader.fetch(wanted)
+    except TransportError:
+        assert mirrored(MAIN) in (main, new)
+        assert mirrored(WORKERS + "w1") in (None, new)
+    else:
+        assert got == expected
+        assert {ref: mirrored(ref) for ref in expected} == expected
+    assert stale not in {mirrored(ref) for ref in expected}
+    for lock in locks:
+        lock.unlink()
+    assert reader.fetch(wanted) == expected
+    assert {ref: mirrored(ref) for ref in expected} == expected
+    assert reader.read_file(new, "a") == b"new"
