@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 import tempfile
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,16 +43,28 @@ from gitdb import IStream
 from gitdb.db.loose import LooseObjectDB
 from gitdb.db.pack import PackedDB
 
-from distribute.core.errors import UsageError
 from distribute.transport.base import Oid
-from distribute.transport.memory import check_oid
 
 __all__ = ["ObjectStore", "copy_objects", "direct_refusal", "read_ref_files"]
 
+_OID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _MODE_TREE = 0o040000
 _MODE_GITLINK = 0o160000
 _NOT_PLAIN_KEYS = ("receive.", "transfer.", "core.sharedrepository", "core.hookspath", "include")
 _SAFE_EXTENSIONS = {"extensions.objectformat": "sha1", "extensions.refstorage": "files"}
+
+
+def _ref_files(folder: str, name: str) -> Iterator[tuple[str, str]]:
+    """``(ref name, file path)`` of the loose refs below ``folder`` (named ``name``)."""
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            yield from _ref_files(entry.path, f"{name}/{entry.name}")
+        elif not entry.name.endswith(".lock"):  # a ref being written keeps its value
+            yield f"{name}/{entry.name}", entry.path
 
 
 def read_ref_files(common: Path, names: Sequence[str]) -> dict[str, Oid]:
@@ -63,32 +76,27 @@ def read_ref_files(common: Path, names: Sequence[str]) -> dict[str, Oid]:
     """
     found: dict[str, Oid] = {}
     for name in names:
-        path = common / name
-        if path.is_file():
-            files = [path]
-        elif path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file())
-        else:
-            files = []
-        for file in files:
-            if file.name.endswith(".lock"):
-                continue
+        path = os.path.join(common, name)
+        files = [(name, path)] if os.path.isfile(path) else _ref_files(path, name)
+        for ref, file in files:
             try:
-                text = file.read_text("ascii").strip()
-            except (FileNotFoundError, UnicodeDecodeError):
+                with open(file, "rb") as handle:
+                    text = handle.read(100).strip().decode("ascii")
+            except (FileNotFoundError, IsADirectoryError, UnicodeDecodeError):
                 continue  # deleted meanwhile, or not a ref
-            with contextlib.suppress(UsageError):  # not an object id: not a ref
-                found[file.relative_to(common).as_posix()] = check_oid(text)
+            if _OID.fullmatch(text):
+                found[ref] = text
     try:
-        packed = (common / "packed-refs").read_bytes()
+        with open(os.path.join(common, "packed-refs"), "rb") as handle:
+            packed = handle.read()
     except FileNotFoundError:
         packed = b""
     for line in packed.decode("utf-8", errors="surrogateescape").splitlines():
         if line and line[0] not in "#^":
             oid, _, ref = line.partition(" ")
-            if ref not in found and any(ref == n or ref.startswith(n + "/") for n in names):
-                with contextlib.suppress(UsageError):
-                    found[ref] = check_oid(oid)
+            wanted = any(ref == n or ref.startswith(n + "/") for n in names)
+            if wanted and ref not in found and _OID.fullmatch(oid):
+                found[ref] = oid
     return found
 
 
@@ -178,6 +186,18 @@ class ObjectStore:
         return bytes(stored.hexsha).decode("ascii")
 
     def copy_from(self, source: ObjectStore, oid: Oid) -> None:
+        """Copy ``oid``: a loose object is hard-linked when both stores share a file system
+        (one file-system operation; object files never change, as ``git clone --local``
+        relies on too), else copied byte for byte; a packed one is read and written loose."""
+        target = self._loose_path(oid)
+        try:
+            target.parent.mkdir(exist_ok=True)
+            os.link(source._loose_path(oid), target)
+            return
+        except FileExistsError:
+            return
+        except OSError:
+            pass  # not loose there, another file system, or links not allowed
         raw = source.raw(oid)
         if raw is not None:
             self.put_raw(oid, raw)

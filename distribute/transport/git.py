@@ -374,6 +374,11 @@ class _Repository:
         if commands:
             self.check(["update-ref", "--stdin", "-z"], "git update-ref", stdin=commands)
 
+    def set_config(self, section: str, option: str, value: str) -> None:
+        """Write one value into the repository's own configuration file."""
+        with self._repo.config_writer("repository") as config:
+            config.set_value(section, option, value)
+
     def objects(self) -> ObjectStore:
         """This repository's object store, for copying objects in this process."""
         if self._store_view is None:
@@ -402,9 +407,9 @@ class _Repository:
             else:
                 with contextlib.suppress(zlib.error, ValueError):
                     header, _, body = zlib.decompress(raw).partition(b"\0")
-                    kind, _, size = header.partition(b" ")
-                    if int(size) == len(body) and kind in _KINDS:
-                        return kind.decode("ascii"), body
+                    loose_kind, _, size = header.partition(b" ")
+                    if int(size) == len(body) and loose_kind in _KINDS:
+                        return loose_kind.decode("ascii"), body
         with self._objects_lock:
             for attempt in (1, 2):
                 try:
@@ -618,6 +623,8 @@ class GitTransport:
             path = self._local_remote(named)
             if path is not None:
                 self._direct = _DirectRemote(path, timeout=timeout)
+                if self._direct.refusal() is None:
+                    self._keep_fetched_objects()
             refusal = "it is not a path on this machine" if path is None else None
             refusal = refusal or (self._direct.refusal() if self._direct else None)
             if direct and refusal:
@@ -633,6 +640,13 @@ class GitTransport:
         machine) rather than through ``git push`` and ``git fetch``?  Checked again at
         every fetch and push: a hook or rule added later makes it push."""
         return self._direct_now() is not None
+
+    def _keep_fetched_objects(self) -> None:
+        """Set ``gc.pruneExpire=never`` in the local repository unless it says otherwise:
+        directly fetched objects are referenced by no local ref, and a ``git gc`` that
+        pruned part of what a copied commit names would break the next copy's walk."""
+        if self._repo.config_value("gc", "pruneExpire") is None:
+            self._repo.set_config("gc", "pruneExpire", "never")
 
     def _direct_now(self) -> _DirectRemote | None:
         if self._direct is None or self._direct.refusal() is not None:
@@ -913,8 +927,12 @@ class GitTransport:
 
     # ---- helpers -------------------------------------------------------------------------
     def _fetch_direct(self, direct: _DirectRemote, patterns: Sequence[str]) -> dict[str, Oid]:
-        """Read the refs from the remote's files, copy the objects they need, and record
-        the values in the mirror (ref files written here; deletions through git)."""
+        """Read the refs from the remote's files and copy the objects they need.
+
+        No mirror refs are written (each would cost a file): the local repository is
+        set never to prune unreachable objects (:meth:`_keep_fetched_objects`), so a
+        commit or tree copied here keeps everything below it, which the next copy's
+        walk relies on."""
         found = direct.read_refs([p[:-2] if p.endswith("/*") else p for p in patterns])
         values = {ref: oid for ref, oid in found.items() if _matches(ref, patterns)}
         try:
@@ -923,10 +941,6 @@ class GitTransport:
             raise TransportError(f"the remote {direct.git_dir} lacks object {err}") from err
         except OSError as err:
             raise TransportError(f"reading the remote {direct.git_dir} failed: {err}") from err
-        before = self._read_mirror(patterns)
-        moved = {self._mirror(ref): oid for ref, oid in values.items() if before.get(ref) != oid}
-        gone = [self._mirror(ref) for ref in before if ref not in values]
-        self._repo.set_refs(moved, gone)
         return values
 
     def _mirror(self, ref: str) -> str:

@@ -1,6 +1,7 @@
-"""The git transport reads fetched refs from the ref files itself: loose refs, packed refs,
-a loose ref newer than its packed line, refs pruned away, and a reftable repository
-(where it asks git instead)."""
+"""Through git's pack protocol (a ``file://`` URL), the git transport reads fetched refs from
+its local mirror's ref files itself: loose refs, packed refs, a loose ref newer than its
+packed line, refs pruned away, and a reftable repository (where it asks git instead).
+Remotes written directly are read the same way: tests/integration/test_direct_remote.py."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ MAIN = "refs/heads/main"
 
 def test_fetched_values_agree_with_git_whether_refs_are_loose_or_packed(
         bare_remote: Path, tmp_path: Path, run_git) -> None:
-    t = GitLocalCopy.clone(str(bare_remote), tmp_path / "copy").transport()
+    t = GitLocalCopy.clone(bare_remote.as_uri(), tmp_path / "copy").transport()
     main = t.fetch([MAIN])[MAIN]
     one = t.write_commit(parents=[main], message="one", base=main, changes={"a": b"1"})
     assert t.push([RefUpdate("refs/distribute/workers/a", None, one),
@@ -33,7 +34,7 @@ def test_fetched_values_agree_with_git_whether_refs_are_loose_or_packed(
 
 
 def test_without_ref_files_git_is_asked(bare_remote: Path, tmp_path: Path, run_git) -> None:
-    copy = GitLocalCopy.clone(str(bare_remote), tmp_path / "copy")
+    copy = GitLocalCopy.clone(bare_remote.as_uri(), tmp_path / "copy")
     t = copy.transport()
     main = t.fetch([MAIN])[MAIN]
     t._repo.ref_storage = "reftable"  # as a repository with extensions.refStorage=reftable
