@@ -34,6 +34,7 @@ import os
 import re
 import stat
 import tempfile
+import threading
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -50,7 +51,14 @@ __all__ = ["ObjectStore", "copy_objects", "direct_refusal", "read_ref_files"]
 _OID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _MODE_TREE = 0o040000
 _MODE_GITLINK = 0o160000
-_NOT_PLAIN_KEYS = ("receive.", "transfer.", "core.sharedrepository", "core.hookspath", "include")
+_NOT_PLAIN_KEYS = (
+    "receive.",
+    "transfer.",
+    "uploadpack.",
+    "core.sharedrepository",
+    "core.hookspath",
+    "include",
+)
 _SAFE_EXTENSIONS = {"extensions.objectformat": "sha1", "extensions.refstorage": "files"}
 
 
@@ -107,6 +115,7 @@ class ObjectStore:
         self.root = objects
         self._loose = LooseObjectDB(str(objects))
         self._packs: PackedDB | None = None
+        self._packs_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"ObjectStore({str(self.root)!r})"
@@ -120,14 +129,15 @@ class ObjectStore:
         return self._packs
 
     def _in_packs(self, oid: Oid) -> bool:
-        packs = self._packed()
-        if packs is None:
-            return False
-        binsha = bytes.fromhex(oid)
-        if packs.has_object(binsha):
-            return True
-        # a pack may have appeared (gc, a large push) since the list was read
-        return bool(packs.update_cache()) and packs.has_object(binsha)
+        with self._packs_lock:  # gitdb's pack index is not thread-safe
+            packs = self._packed()
+            if packs is None:
+                return False
+            binsha = bytes.fromhex(oid)
+            if packs.has_object(binsha):
+                return True
+            # a pack may have appeared (gc, a large push) since the list was read
+            return bool(packs.update_cache()) and packs.has_object(binsha)
 
     def has(self, oid: Oid) -> bool:
         return self._loose_path(oid).is_file() or self._in_packs(oid)
@@ -158,10 +168,11 @@ class ObjectStore:
             kind, _, _ = header.partition(b" ")
             return kind.decode("ascii"), body
         if self._in_packs(oid):
-            packs = self._packed()
-            assert packs is not None
-            stream = packs.stream(bytes.fromhex(oid))
-            return stream.type.decode("ascii"), stream.read()
+            with self._packs_lock:
+                packs = self._packed()
+                assert packs is not None
+                stream = packs.stream(bytes.fromhex(oid))
+                return stream.type.decode("ascii"), stream.read()
         raise KeyError(oid)
 
     def put_raw(self, oid: Oid, raw: bytes) -> None:
@@ -256,7 +267,11 @@ def copy_objects(source: ObjectStore, target: ObjectStore, tips: Iterable[Oid]) 
         if visit.kind == "blob":
             continue
         kind, data = source.read(visit.oid)
-        if kind == "commit":
+        if kind == "tag":
+            head = data.split(b"\n\n", 1)[0].split(b"\n")
+            named = head[0][7:].decode("ascii")  # "object <oid>", then "type <kind>"
+            stack.append((_Visit(named, head[1][5:].decode("ascii")), False))
+        elif kind == "commit":
             head = data.split(b"\n\n", 1)[0].split(b"\n")
             tree = head[0][5:].decode("ascii")
             parents = [line[7:].decode("ascii") for line in head if line.startswith(b"parent ")]
@@ -328,13 +343,27 @@ def direct_refusal(git_dir: Path, config: Mapping[str, str]) -> str | None:
     return None
 
 
+def _user_config_files() -> list[str]:
+    """The global and system configuration files git reads (they may set ``receive.*``)."""
+    home = os.path.expanduser("~")
+    xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
+    files = [os.path.join(home, ".gitconfig"), os.path.join(xdg, "git", "config")]
+    files += [os.environ.get("GIT_CONFIG_GLOBAL", ""), os.environ.get("GIT_CONFIG_SYSTEM", "")]
+    return [*files, "/etc/gitconfig"]
+
+
 def stamp(git_dir: Path) -> tuple[float, ...]:
-    """Changes when the remote's config or hooks change (cheap: three ``stat`` calls)."""
+    """Changes whenever what :func:`direct_refusal` reads may have changed: the remote's
+    config and hook files (a hook made executable changes no folder), its object info,
+    and the user's and system's git config files.  A few ``stat`` calls."""
+    paths = [str(git_dir / "config"), str(git_dir / "hooks"), str(git_dir / "objects" / "info")]
+    with contextlib.suppress(OSError), os.scandir(git_dir / "hooks") as hooks:
+        paths += sorted(h.path for h in hooks if not h.name.endswith(".sample"))
     values: list[float] = []
-    for part in ("config", "hooks", "objects/info"):
+    for path in [*paths, *_user_config_files()]:
         try:
-            info = os.stat(git_dir / part)
-            values += [info.st_mtime_ns, info.st_size, info.st_ino]
+            info = os.stat(path) if path else None
         except OSError:
-            values += [-1, -1, -1]
+            info = None
+        values += [info.st_mtime_ns, info.st_size, info.st_ino, info.st_mode] if info else [-1]
     return tuple(values)

@@ -39,6 +39,7 @@ import contextlib
 import hashlib
 import io
 import os
+import random
 import re
 import shutil
 import tempfile
@@ -339,41 +340,6 @@ class _Repository:
             return None
         return read_ref_files(Path(self._repo.common_dir), names)
 
-    def set_refs(self, values: Mapping[str, Oid], deleted: Sequence[str] = ()) -> None:
-        """Point the refs ``values`` at their ids and delete ``deleted``, in this repository.
-
-        For refs only this process writes (the mirror): each is written as a loose
-        ref file the way git does -- ``<ref>.lock`` created exclusively, then renamed
-        over the ref -- without starting git.  Deletions (which may have to rewrite
-        ``packed-refs``), a busy lock or a file in the way go through ``update-ref``.
-        """
-        rest = dict(values)
-        if self.ref_storage == "files" and not deleted:
-            common = Path(self._repo.common_dir)
-            for ref, oid in values.items():
-                path = common / ref
-                lock = path.with_name(path.name + ".lock")
-                try:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-                except OSError:
-                    break  # a lock held, or a file where a folder should be: ask git
-                try:
-                    with os.fdopen(fd, "w", encoding="ascii") as out:
-                        out.write(check_oid(oid) + "\n")
-                    os.replace(lock, path)
-                except BaseException:
-                    lock.unlink(missing_ok=True)
-                    raise
-                del rest[ref]
-        commands = b"".join(
-            b"update %s\0%s\0\0" % (ref.encode("utf-8"), oid.encode("ascii"))
-            for ref, oid in rest.items()
-        )
-        commands += b"".join(b"delete %s\0\0" % ref.encode("utf-8") for ref in deleted)
-        if commands:
-            self.check(["update-ref", "--stdin", "-z"], "git update-ref", stdin=commands)
-
     def set_config(self, section: str, option: str, value: str) -> None:
         """Write one value into the repository's own configuration file."""
         with self._repo.config_writer("repository") as config:
@@ -507,7 +473,8 @@ class _Repository:
 
 
 _ZERO_OID = "0" * 40
-#: Direct ref updates between two ``git gc --auto`` in the remote (a push runs one each time).
+#: One in this many direct ref updates runs ``git gc --auto`` in the remote (as receive-pack
+#: does after every push; it packs loose objects once there are enough of them).
 _GC_EVERY = 100
 
 
@@ -520,7 +487,6 @@ class _DirectRemote:
         self.store = ObjectStore(git_dir / "objects")
         self._stamp: tuple[float, ...] | None = None
         self._refusal: str | None = None
-        self._updates = 0
 
     def run(self, args: Sequence[str], *, stdin: bytes | None = None) -> _Result:
         env = dict(_ENV, GIT_DIR=str(self.git_dir))
@@ -565,8 +531,7 @@ class _DirectRemote:
                 commands += b"update %s\0%s\0%s\0" % (u.ref.encode("utf-8"), u.new.encode(), old)
         result = self.run(["update-ref", "--stdin", "-z"], stdin=commands)
         if result.status == 0:
-            self._updates += 1
-            if self._updates % _GC_EVERY == 0:
+            if random.random() < 1 / _GC_EVERY:  # however short-lived the transports
                 self.run(["gc", "--auto", "--quiet"])  # what receive-pack does after a push
             return True
         if result.killed:
@@ -713,7 +678,10 @@ class GitTransport:
         """Values of the remote refs whose names start with ``prefix`` (one ``ls-remote``)."""
         direct = self._direct_now()
         if direct is not None:
-            found = direct.read_refs([check_ref_prefix(prefix).rstrip("/").rpartition("/")[0]])
+            check_ref_prefix(prefix)
+            # the folder that holds every ref starting with the prefix
+            folder = prefix[:-1] if prefix.endswith("/") else prefix.rpartition("/")[0]
+            found = direct.read_refs([folder])
             return {ref: oid for ref, oid in found.items() if ref.startswith(prefix)}
         return self._ls_remote([check_ref_prefix(prefix) + "*"], prefix=prefix)
 

@@ -306,7 +306,7 @@ class Crash(Exception):
 
 
 def crashing(objects: Path, after: int) -> ObjectStore:
-    """A store on ``objects`` whose writes (``put_raw``, ``put``) fail after ``after``."""
+    """A store on ``objects`` whose object copies (a link, or a write) fail after ``after``."""
     store = ObjectStore(objects)
     writes = 0
 
@@ -320,8 +320,7 @@ def crashing(objects: Path, after: int) -> ObjectStore:
 
         return wrapped
 
-    store.put_raw = limited(store.put_raw)  # type: ignore[method-assign,assignment]
-    store.put = limited(store.put)  # type: ignore[method-assign,assignment]
+    store.copy_from = limited(store.copy_from)  # type: ignore[method-assign,assignment]
     return store
 
 
@@ -538,6 +537,15 @@ def test_a_stale_mirror_lock_never_yields_a_wrong_value(
                         "--format=%(objectname)", mirrors[ref])  # fmt: skip
         return value or None
 
+    if how == "direct":
+        # a direct fetch writes no mirror refs at all: the local repository keeps
+        # unreachable objects instead, so a stale lock there is never in the way
+        assert reader.fetch(wanted) == expected
+        assert {ref: mirrored(ref) for ref in expected} == {MAIN: None, WORKERS + "w1": None}
+        prune = run_git("--git-dir", local_dir(reader), "config", "gc.pruneExpire")
+        assert prune == "never"
+        assert reader.read_file(new, "a") == b"new"
+        return
     try:
         got = reader.fetch(wanted)
     except TransportError:
@@ -552,3 +560,63 @@ def test_a_stale_mirror_lock_never_yields_a_wrong_value(
     assert reader.fetch(wanted) == expected
     assert {ref: mirrored(ref) for ref in expected} == expected
     assert reader.read_file(new, "a") == b"new"
+
+
+# ---- found in review ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["direct", "push"])
+def test_listing_every_ref_includes_packed_ones(
+    bare_remote: Path, clone: Callable[[str, str], GitTransport], run_git: RunGit, how: str
+) -> None:
+    """``list_refs("refs/")`` once read the whole repository folder and no packed refs."""
+    t = clone(str(bare_remote) if how == "direct" else bare_remote.as_uri(), "w")
+    main = t.fetch([MAIN])[MAIN]
+    assert t.push([RefUpdate("refs/distribute/lock", None, main)])
+    run_git("--git-dir", bare_remote, "pack-refs", "--all")
+    assert t.push([RefUpdate("refs/heads/mains", None, main)])  # loose, after the packing
+    everything = {MAIN: main, "refs/distribute/lock": main, "refs/heads/mains": main}
+    assert t.list_refs("refs/") == everything
+    assert t.list_refs("refs/heads/") == {MAIN: main, "refs/heads/mains": main}
+    assert t.list_refs("refs/heads/main") == {MAIN: main, "refs/heads/mains": main}
+
+
+def test_a_hook_made_executable_later_is_noticed(
+    bare_remote: Path, clone: Callable[[str, str], GitTransport]
+) -> None:
+    """Making an existing hook file executable changes no folder's time stamp."""
+    path = bare_remote / "hooks" / "pre-receive"
+    path.write_text("#!/bin/sh\necho refused by the hook >&2\nexit 1\n")
+    path.chmod(0o644)
+    t = clone(str(bare_remote), "w")
+    assert t.direct
+    main = t.fetch([MAIN])[MAIN]
+    path.chmod(0o755)
+    assert not t.direct
+    with pytest.raises(RemoteStateError):
+        t.push([RefUpdate(MAIN, main, child(t, main, "x", x=b"1"))])
+
+
+def test_annotated_tags_bring_what_they_point_at(
+    bare_remote: Path, clone: Callable[[str, str], GitTransport], run_git: RunGit
+) -> None:
+    """A tag object names a commit; copying the tag alone left both stores broken."""
+    writer = clone(str(bare_remote), "writer")
+    main = writer.fetch([MAIN])[MAIN]
+    tagged = child(writer, main, "tagged", **{"t.txt": b"tagged"})
+    tag = run_git("--git-dir", local_dir(writer), "mktag",
+                  input=(f"object {tagged}\ntype commit\ntag v1\n"
+                         "tagger t <t@localhost> 0 +0000\n\nversion one\n").encode())  # fmt: skip
+    assert writer.push([RefUpdate("refs/tags/v1", None, tag)])
+    run_git("--git-dir", bare_remote, "fsck", "--strict", "--no-dangling")
+    reader = clone(str(bare_remote), "reader")
+    assert reader.fetch(["refs/tags/*"]) == {"refs/tags/v1": tag}
+    assert reader.read_file(tagged, "t.txt") == b"tagged"
+    run_git("--git-dir", local_dir(reader), "fsck", "--strict", "--no-dangling")
+
+
+def test_hidden_refs_keep_the_pack_protocol(
+    bare_remote: Path, clone: Callable[[str, str], GitTransport], run_git: RunGit
+) -> None:
+    run_git("--git-dir", bare_remote, "config", "uploadpack.hideRefs", "refs/secret")
+    assert not clone(str(bare_remote), "w").direct

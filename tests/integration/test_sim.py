@@ -16,7 +16,8 @@ from sim.runner import SimConfig, run
 pytestmark = pytest.mark.timeout(240)
 
 #: 6 workers, 40 jobs, lease 1.5 s, about 7 kills and 7 pauses: ~25 s on 2 idle cores.
-PROFILE = dict(workers=6, jobs=40, lease=1.5, kill_rate=0.3, pause_rate=0.3, job_seconds=0.3,
+# fault rates are per second: high enough that even a fast run sees several of each
+PROFILE = dict(workers=6, jobs=40, lease=1.5, kill_rate=0.6, pause_rate=0.6, job_seconds=0.4,
                duration=100, seed=20241126)
 
 
