@@ -140,7 +140,9 @@ def run_workers(
     claims.sort()
     gaps = [b - a for a, b in zip(claims, claims[1:], strict=False)]
     busy = (cpu_after[0] - cpu_before[0]) / max(1, cpu_after[1] - cpu_before[1])
-    shape = {"gap": statistics.median(gaps) if gaps else float("nan"), "busy": busy}
+    shape = {"gap": statistics.median(gaps) if gaps else float("nan"), "busy": busy,
+             "first": claims[0] - start if claims else float("nan"),
+             "last": claims[-1] - start if claims else float("nan")}
     return end - start, counts, totals, shape
 
 
@@ -244,6 +246,8 @@ def main() -> int:
             print(f"    per job: {per}")
             print(f"    a claim landed every {shape['gap']:.3f} s (median); the machine's CPU "
                   f"was {shape['busy']:.0%} busy")
+            print(f"    first claim {shape['first']:.2f} s after the start, last claim at "
+                  f"{shape['last']:.2f} s, every worker done at {elapsed:.2f} s")
     finally:
         if daemon is not None:
             daemon.kill()

@@ -398,3 +398,99 @@ def test_on_a_slow_machine_a_waiter_gives_those_ahead_time_to_look(remote, tmp_p
     assert len(moves) == 8
     assert calls and calls[0] >= moves[-1]  # never while turns were being taken
     assert calls[0] <= moves[-1] + 2.0  # and soon after they stopped
+
+
+def test_the_next_in_line_looks_often_when_looking_is_cheap(remote, tmp_path):
+    """Waiting for the one worker ahead, a worker must notice its claim quickly: that
+    delay is on every job's path.  With a remote read in no time (as a bare repository on
+    this machine is, nearly), it looks every quarter of poll_seconds."""
+    from distribute.remote import add_jobs
+
+    _ghosts(remote, 1)
+    add_jobs(str(remote), ["a"])
+    now, slept = [0.0], []
+
+    def sleep(seconds):
+        slept.append(seconds)
+        now[0] += seconds
+
+    with make(remote, tmp_path, clock=lambda: now[0], sleep=sleep, heartbeat=False,
+              poll_seconds=0.2, max_poll_seconds=2.0, lease_seconds=60) as w:
+        observe = w.coord.observe
+
+        def slow_observe():  # a full look is slow, so the turn wait is long
+            snap = observe()
+            now[0] += 0.3
+            return snap
+
+        w.coord.observe = slow_observe
+        assert w.get_next_job(QueueJobs()) == "a"
+    assert len(slept) >= 10
+    assert max(slept) <= 0.2 / 4 + 1e-9
+
+
+def test_a_worker_far_back_in_turn_wakes_in_time_for_its_turn(remote, tmp_path):
+    """Eight workers ahead claim one after another, one every 0.1 s.  A worker behind
+    them must not sleep through its turn: a look at the remote is slow here, which once
+    made waiters far back sleep a second or more, and the workers before them had all
+    claimed long before they woke.  It learns how fast turns go from how many liveness
+    records moved between its looks."""
+    from distribute.core.lock import Beat, beat_message
+    from distribute.remote import add_jobs
+
+    _ghosts(remote, 8)
+    add_jobs(str(remote), ["a"])
+    now, calls = [0.0], []
+    tree = git("mktree", cwd=remote).strip()
+
+    env = {**os.environ, "GIT_INDEX_FILE": str(tmp_path / "ghost.index")}
+
+    def claim_by(i):
+        """ghost-i claims (and at once finishes) a job: the ledger says it was served,
+        and its liveness record moves, as a claim moves it."""
+        old = git("rev-parse", "main", cwd=remote).strip()
+        done = subprocess.run(["git", "show", "main:done.txt"], cwd=remote,
+                              capture_output=True, text=True).stdout
+        done += f"ghost-job-{i}\tworker=ghost-{i}\ttoken=0\tattempt=1\n"
+        run = dict(cwd=remote, env=env, capture_output=True, text=True, check=True)
+        blob = subprocess.run(["git", "hash-object", "-w", "--stdin"], input=done,
+                              **run).stdout.strip()
+        subprocess.run(["git", "read-tree", "main"], **run)
+        subprocess.run(["git", "update-index", "--add", "--cacheinfo",
+                        f"100644,{blob},done.txt"], **run)
+        new_tree = subprocess.run(["git", "write-tree"], **run).stdout.strip()
+        new = subprocess.run(["git", "commit-tree", new_tree, "-p", old, "-m", "ghost"],
+                             **run).stdout.strip()
+        git("update-ref", "refs/heads/main", new, old, cwd=remote)
+        message = beat_message(Beat(worker=f"ghost-{i}", session="gone")) + "claimed\n"
+        oid = subprocess.run(["git", "commit-tree", tree], cwd=remote, input=message,
+                             capture_output=True, text=True, check=True).stdout.strip()
+        git("update-ref", f"refs/distribute/workers/ghost-{i}", oid, cwd=remote)
+
+    def advance(seconds):
+        before = now[0]
+        now[0] += seconds
+        for i in range(8):  # ghost-i claims at 0.1 * (i + 1) s
+            if before < 0.1 * (i + 1) <= now[0]:
+                claim_by(i)
+
+    source = QueueJobs()
+
+    def function(worker):
+        calls.append(now[0])
+        return source(worker)
+
+    from distribute.sources import repo_only
+
+    with make(remote, tmp_path, clock=lambda: now[0], sleep=advance, heartbeat=False,
+              poll_seconds=0.05, max_poll_seconds=2.0, lease_seconds=60) as w:
+        observe = w.coord.observe
+
+        def slow_observe():
+            snap = observe()
+            advance(0.15)
+            return snap
+
+        w.coord.observe = slow_observe
+        assert w.get_next_job(repo_only(function)) == "a"
+    assert calls and 0.8 <= calls[0] <= 1.1
