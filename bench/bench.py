@@ -5,8 +5,11 @@ Prints:
     done with plain git commands, one sample between each two jobs of the next line
     (a shared machine's speed drifts within minutes, so ratios compare figures taken
     at the same time);
+  * the same cycle through Distribute's own transport (for a path: objects linked and
+    refs read in-process, one `git update-ref` to swap), and from it the ceiling one
+    main branch puts on jobs/s;
   * the per-job cost of get_next_job + finish_job for one worker with no-op jobs,
-    as a multiple of that cycle, and the ceiling one main branch puts on jobs/s;
+    as a multiple of the raw cycle;
   * jobs/s for several worker processes (default 4 and 16), as jobs per raw cycle
     (the cycle measured --raw-samples times around each run), and the jobs done by
     the busiest and the least busy worker.
@@ -14,7 +17,8 @@ Prints:
 Usage:
     python bench/bench.py                 # the full run (about three minutes on 2 cores)
     python bench/bench.py --workers 4 --jobs 60 --single-jobs 20
-    python bench/bench.py --remote daemon # the same over git daemon on 127.0.0.1
+    python bench/bench.py --remote file-url  # the same folder through git push and fetch
+    python bench/bench.py --remote daemon    # the same over git daemon on 127.0.0.1
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from distribute.dist import worker_from_url  # noqa: E402
 from distribute.remote import init_remote  # noqa: E402
 from distribute.sources import QueueJobs  # noqa: E402
+from distribute.transport.base import RefUpdate  # noqa: E402
+from distribute.transport.git import GitLocalCopy  # noqa: E402
 
 
 def git(*args: str, cwd: Path | None = None, inp: str | None = None) -> str:
@@ -85,7 +91,35 @@ class RawCycle:
         return statistics.median(self.sample() for _ in range(samples))
 
 
+class OwnCycle:
+    """The raw cycle's three steps through Distribute's transport on the same remote:
+    fetch the main branch, write a commit, compare-and-swap a ref to it."""
+
+    ref = "refs/bench/own"
+
+    def __init__(self, url: str, work: Path) -> None:
+        self.copy = GitLocalCopy.clone(url, work / "own")
+        self.transport = self.copy.transport()
+        self.old: str | None = None
+        self.wire: list[float] = []
+
+    def sample(self) -> float:
+        t0 = time.perf_counter()
+        main = self.transport.fetch([MAIN])[MAIN]
+        t1 = time.perf_counter()
+        commit = self.transport.write_commit(parents=[main], message="own", base=main,
+                                             changes={"sample.txt": str(t0).encode()})
+        t2 = time.perf_counter()
+        if not self.transport.push([RefUpdate(self.ref, self.old, commit)]):
+            raise RuntimeError("the benchmark's own ref moved")
+        t3 = time.perf_counter()
+        self.old = commit
+        self.wire.append((t1 - t0) + (t3 - t2))
+        return t3 - t0
+
+
 POLL = (0.05, 1.0)
+MAIN = "refs/heads/main"
 
 
 def worker_loop(
@@ -183,7 +217,9 @@ def main() -> int:
     ap.add_argument("--single-jobs", type=int, default=40)
     ap.add_argument("--workers", type=int, nargs="*", default=[4, 16])
     ap.add_argument("--jobs", type=int, default=160, help="jobs per multi-worker run")
-    ap.add_argument("--remote", choices=["file", "daemon"], default="file")
+    ap.add_argument("--remote", choices=["path", "file-url", "daemon"], default="path",
+                    help="the bare repository's path (written directly), its file:// URL "
+                         "(git push and fetch), or git daemon on 127.0.0.1")
     ap.add_argument("--poll", type=float, nargs=2, default=list(POLL), metavar=("FIRST", "MAX"),
                     help="the workers' poll_seconds and max_poll_seconds")
     args = ap.parse_args()
@@ -194,40 +230,52 @@ def main() -> int:
         def new_remote(name: str, jobs: int) -> str:
             path = work / "remotes" / f"{name}.git"
             init_remote(path, jobs=[f"job-{i:05d}" for i in range(jobs)])
-            if daemon is None:
-                return str(path)
-            return f"git://127.0.0.1:{port}/{name}.git"
+            if daemon is not None:
+                return f"git://127.0.0.1:{port}/{name}.git"
+            return path.as_uri() if args.remote == "file-url" else str(path)
 
         if args.remote == "daemon":
             (work / "remotes").mkdir(parents=True)
             daemon, port = serve_daemon(work / "remotes")
 
-        raw = RawCycle(new_remote("raw", 0), work)
+        raw_url = new_remote("raw", 0)
+        raw, own = RawCycle(raw_url, work), OwnCycle(raw_url, work)
         url = new_remote("single", args.single_jobs)
         raw.median(3)  # warm up, not counted
         raw.wire.clear()
-        per_job, cycles = [], []
+        per_job, cycles, own_cycles = [], [], []
         with worker_from_url(url, path=work / "single", name="solo", lease_seconds=30) as w:
             source = QueueJobs()
             while True:
-                cycles.append(raw.sample())  # interleaved: both see the machine as it is now
+                # interleaved: all three see the machine as it is now
+                cycles.append(raw.sample())
+                own_cycles.append(own.sample())
                 t0 = time.perf_counter()
                 if w.get_next_job(source) is None:
                     break
                 w.finish_job()
                 per_job.append(time.perf_counter() - t0)
+        own.transport.close()
         cycle = statistics.median(cycles)
+        how = ("written directly" if own.transport.direct
+               else "through git push and fetch")
+        print(f"remote: {args.remote} ({how})")
         print(f"raw git CAS cycle (fetch + write + push), median of {len(cycles)}, taken "
               f"between the jobs below: {cycle * 1000:.1f} ms")
+        own_cycle = statistics.median(own_cycles)
+        print(f"the same cycle through Distribute's transport: {own_cycle * 1000:.1f} ms = "
+              f"{own_cycle / cycle:.2f} raw cycles")
         med = statistics.median(per_job)
         print(f"1 worker: get_next_job + finish_job, median of {len(per_job)}: "
               f"{med * 1000:.1f} ms = {med / cycle:.2f} raw cycles "
               f"({1 / med:.1f} jobs/s)")
-        wire = statistics.median(raw.wire)
+        wire, own_wire = statistics.median(raw.wire), statistics.median(own.wire)
         print(f"    ceiling: a job moves the main branch twice (claim, finish), each time by a "
-              f"worker that must first fetch it; a fetch and a push take {wire * 1000:.1f} ms "
-              f"here, so at most {1 / (2 * wire):.1f} jobs/s with any number of workers, "
-              f"even if nothing else took time")
+              f"worker that must first fetch it; a fetch and a push take "
+              f"{own_wire * 1000:.1f} ms through Distribute's transport "
+              f"({wire * 1000:.1f} ms with raw git), so at most {1 / (2 * own_wire):.1f} "
+              f"jobs/s ({1 / (2 * wire):.1f} with raw git) with any number of workers, even "
+              f"if nothing else took time")
 
         for n in args.workers:
             url = new_remote(f"many{n}", args.jobs)

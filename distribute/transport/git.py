@@ -473,6 +473,9 @@ class _Repository:
 
 
 _ZERO_OID = "0" * 40
+_LOCK_FILE = re.compile(r"Unable to create '([^']+\.lock)': File exists")
+#: A ref lock this old (or twice the git timeout) is taken for one a dead git left.
+_STALE_LOCK_SECONDS = 120.0
 #: One in this many direct ref updates runs ``git gc --auto`` in the remote (as receive-pack
 #: does after every push; it packs loose objects once there are enough of them).
 _GC_EVERY = 100
@@ -514,6 +517,26 @@ class _DirectRemote:
     def read_refs(self, names: Sequence[str]) -> dict[str, Oid]:
         return read_ref_files(self.git_dir, names)
 
+    def _check_stale_lock(self, stderr: str) -> None:
+        """A ref's ``.lock`` file older than any git run of ours may last was left by a git
+        that died (git never removes another process's lock): say so, instead of
+        reporting a lost race again and again for ever."""
+        match = _LOCK_FILE.search(stderr)
+        if match is None:
+            return
+        path = Path(match.group(1))
+        try:
+            age = time.time() - path.stat().st_mtime
+        except OSError:
+            return  # gone meanwhile: it was a writer at work
+        if age > max(_STALE_LOCK_SECONDS, 2 * self.timeout):
+            raise RemoteStateError(
+                f"{path} is {age:.0f} s old: a git process that changed the remote died "
+                "while it held this ref; if no git process is using the remote now, "
+                "delete that file",
+                path=str(path),
+            )
+
     def update_refs(self, updates: Sequence[RefUpdate]) -> bool:
         """Compare-and-swap ``updates`` in one ``git update-ref --stdin`` transaction."""
         current = self.read_refs([u.ref for u in updates])
@@ -545,6 +568,7 @@ class _DirectRemote:
                 refs=[u.ref for u in pending],
             )
         if "cannot lock ref" in result.stderr:
+            self._check_stale_lock(result.stderr)
             return False  # moved since it was read, or another writer holds its lock
         raise _failure(f"git update-ref in {self.git_dir}", result, self.timeout)
 

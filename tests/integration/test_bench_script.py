@@ -17,10 +17,14 @@ def test_the_benchmark_prints_its_figures():
          "--raw-samples", "2"],
         capture_output=True, text=True, timeout=300, check=True,
     ).stdout
+    assert re.search(r"remote: path \(written directly\)", out)
     assert re.search(r"raw git CAS cycle .*: [\d.]+ ms", out)
+    assert re.search(r"through Distribute's transport: [\d.]+ ms = [\d.]+ raw cycles", out)
     assert re.search(r"1 worker: .* = [\d.]+ raw cycles", out)
     assert re.search(r"at most [\d.]+ jobs/s", out)
     assert re.search(r"2 workers: 4 jobs in .* busiest \d+, least busy \d+", out)
     assert re.search(r"per job: .*pushes [\d.]+", out)
     assert re.search(r"a claim landed every [\d.]+ s \(median\); the machine's CPU was \d+% busy",
                      out)
+    assert re.search(r"first claim [\d.]+ s after the start, last claim at [\d.]+ s, every "
+                     r"worker done at [\d.]+ s", out)

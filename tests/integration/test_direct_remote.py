@@ -620,3 +620,25 @@ def test_hidden_refs_keep_the_pack_protocol(
 ) -> None:
     run_git("--git-dir", bare_remote, "config", "uploadpack.hideRefs", "refs/secret")
     assert not clone(str(bare_remote), "w").direct
+
+
+def test_a_lock_file_left_by_a_dead_git_is_a_clear_error_a_fresh_one_a_lost_race(
+    bare_remote: Path, clone: Callable[[str, str], GitTransport]
+) -> None:
+    """git never breaks another process's ref lock; one left by a killed git would make
+    every compare-and-swap look lost for ever.  A fresh lock is a writer at work."""
+    import os
+
+    t = clone(str(bare_remote), "w")
+    main = t.fetch([MAIN])[MAIN]
+    lock = bare_remote / "refs" / "heads" / "main.lock"
+    lock.write_text("")
+    new = child(t, main, "x", x=b"1")
+    assert t.push([RefUpdate(MAIN, main, new)]) is False
+    old = lock.stat().st_mtime - 3600
+    os.utime(lock, (old, old))
+    with pytest.raises(RemoteStateError, match="main.lock") as caught:
+        t.push([RefUpdate(MAIN, main, new)])
+    assert "delete" in str(caught.value)
+    lock.unlink()
+    assert t.push([RefUpdate(MAIN, main, new)]) is True
