@@ -18,19 +18,27 @@ Messages of every error are passed through :func:`scrub_url`.
 Remote refs
     ``fetch`` is one ``git fetch`` of exactly the requested refs into a
     private namespace (``refs/distribute-mirror/<remote>/...``) with
-    ``--prune``, then one ``for-each-ref`` to read the values.  A requested
+    ``--prune``, then the mirror's ref files are read here.  A requested
     ref missing on the remote makes git fail the whole fetch; then an
     ``ls-remote`` tells which exist and those are fetched.  ``list_refs`` is
     one ``ls-remote``.  ``push`` is one ``git push --atomic --porcelain
     --no-verify`` with a ``--force-with-lease`` per ref: a compare-and-swap
     the server checks under its ref locks.
 
+A bare repository on this machine
+    is written directly when a push would do nothing more (no hooks, no
+    receive or transfer rules; see :mod:`distribute.transport.direct`): refs
+    read from its files, objects linked or copied in this process, and each
+    compare-and-swap one ``git update-ref --stdin`` transaction in it.  A
+    ``file://`` URL always pushes.
+
 Local objects
-    Reads go through GitPython's persistent ``cat-file --batch`` (one process
-    per transport, guarded by a lock); trees are walked here.  Commits are
-    written with plumbing only -- ``hash-object -w``, one ``mktree`` per
-    changed directory, ``commit-tree`` -- so no index or working tree is
-    touched.  ``merge`` is ``git merge-tree --write-tree`` (git >= 2.38).
+    A loose object is read here; any other through GitPython's persistent
+    ``cat-file --batch`` (one process per transport, guarded by a lock);
+    trees are walked here.  Commits are written as loose objects here (SHA-1)
+    or with ``hash-object``/``mktree``/``commit-tree`` -- so no index or
+    working tree is touched.  ``merge`` is ``git merge-tree --write-tree``
+    (git >= 2.38).
 """
 
 from __future__ import annotations
