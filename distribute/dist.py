@@ -149,7 +149,8 @@ class Worker:
         self._turns = (0.0, 0.0)  # turns seen taken, and in how long (both fading)
         self._last_look: tuple[float, dict[str, str]] | None = None
         self._waiting_since = 0.0
-        self._sleep = sleep
+        # a wait computed from two clock readings can come out a hair below zero
+        self._sleep: Callable[[float], None] = lambda seconds: sleep(max(0.0, seconds))
         self._rng = rng or random.Random()
         self.session = uuid.uuid4().hex
         self.coord = Coordinator(
@@ -321,6 +322,7 @@ class Worker:
             )
         backoff = Backoff(self.poll_seconds, self.max_poll_seconds, self._rng)
         self._waiting_since = self._clock()
+        self._last_look = None  # turns are counted while waiting, not across jobs
         watching: Snapshot | None = None  # the lock as last observed, while we wait on it
         watched: str | None = None  # the lock's value at the latest look
         ahead: list[str] = []  # liveness refs of the idle workers before us in turn

@@ -204,6 +204,9 @@ class ObjectStore:
         try:
             target.parent.mkdir(exist_ok=True)
             os.link(source._loose_path(oid), target)
+            # the link keeps the source file's time: an old object would look old and
+            # unreachable to a concurrent git gc until the ref naming it lands
+            self.freshen(oid)
             return
         except FileExistsError:
             return
@@ -241,9 +244,15 @@ def _tree_entries(data: bytes, size: int) -> dict[bytes, tuple[int, Oid]]:
 def copy_objects(source: ObjectStore, target: ObjectStore, tips: Iterable[Oid]) -> int:
     """Copy into ``target`` every object reachable from ``tips`` that it lacks; return how many.
 
-    The walk stops at objects ``target`` holds (their closure is there too), and
-    within a tree it skips entries equal to those of the parent commit's tree
-    at the same place.  Objects are written children first, so a crash part-way
+    The walk stops at commits and blobs ``target`` holds, and within a tree it
+    skips entries equal to those of the parent commit's tree at the same place.
+    A commit present in ``target`` has everything below it there: every commit
+    this is asked to copy descends from ref values, and git completes an
+    object's closure before a ref names it.  A tree present there is not
+    trusted: git promises nothing for objects no ref reaches (a killed
+    ``receive-pack`` moves its objects in hash order, a killed ``prune``
+    deletes in any), and a re-run job writes the very same trees, so the walk
+    looks below it.  Objects are written children first, so a crash part-way
     never leaves a commit or tree without what it names.
 
     Raises:
@@ -262,8 +271,11 @@ def copy_objects(source: ObjectStore, target: ObjectStore, tips: Iterable[Oid]) 
         seen.add(visit.oid)
         if target.has(visit.oid):
             target.freshen(visit.oid)
-            continue
-        stack.append((visit, True))
+            if visit.kind != "tree":
+                continue  # a blob has no children; a commit present here is whole
+            # a tree may be present without what it names (see the docstring): look below
+        else:
+            stack.append((visit, True))
         if visit.kind == "blob":
             continue
         kind, data = source.read(visit.oid)
@@ -356,7 +368,7 @@ def stamp(git_dir: Path) -> tuple[float, ...]:
     """Changes whenever what :func:`direct_refusal` reads may have changed: the remote's
     config and hook files (a hook made executable changes no folder), its object info,
     and the user's and system's git config files.  A few ``stat`` calls."""
-    paths = [str(git_dir / "config"), str(git_dir / "hooks"), str(git_dir / "objects" / "info")]
+    paths = [str(git_dir / p) for p in ("config", "hooks", "objects/info", "shallow")]
     with contextlib.suppress(OSError), os.scandir(git_dir / "hooks") as hooks:
         paths += sorted(h.path for h in hooks if not h.name.endswith(".sample"))
     values: list[float] = []

@@ -481,6 +481,7 @@ class _Repository:
 
 
 _ZERO_OID = "0" * 40
+_PACKED_REFS_BUSY = "packed-refs.lock': File exists"
 _LOCK_FILE = re.compile(r"Unable to create '([^']+\.lock)': File exists")
 #: A ref lock this old (or twice the git timeout) is taken for one a dead git left.
 _STALE_LOCK_SECONDS = 120.0
@@ -498,6 +499,8 @@ class _DirectRemote:
         self.store = ObjectStore(git_dir / "objects")
         self._stamp: tuple[float, ...] | None = None
         self._refusal: str | None = None
+        self._checking = threading.Lock()
+        self._locks_seen: dict[str, tuple[tuple[int, int], float]] = {}
 
     def run(self, args: Sequence[str], *, stdin: bytes | None = None) -> _Result:
         env = dict(_ENV, GIT_DIR=str(self.git_dir))
@@ -506,6 +509,10 @@ class _DirectRemote:
     def refusal(self) -> str | None:
         """Why this remote must be pushed to after all (a hook or a rule appeared), or
         ``None``; re-read only when its config, hooks or object info change."""
+        with self._checking:  # the heartbeat thread asks too
+            return self._refusal_now()
+
+    def _refusal_now(self) -> str | None:
         now = stamp(self.git_dir)
         if now != self._stamp:
             result = self.run(["config", "--list", "--show-scope", "-z"])
@@ -526,22 +533,31 @@ class _DirectRemote:
         return read_ref_files(self.git_dir, names)
 
     def _check_stale_lock(self, stderr: str) -> None:
-        """A ref's ``.lock`` file older than any git run of ours may last was left by a git
-        that died (git never removes another process's lock): say so, instead of
-        reporting a lost race again and again for ever."""
+        """A ref's ``.lock`` file that this process has seen in the way, unchanged, for
+        longer than any git run of ours may last was left by a git that died (git never
+        removes another process's lock): say so, instead of reporting a lost race again
+        and again for ever.  Only this process's own clock is used: a file server's
+        time stamps may come from another clock."""
         match = _LOCK_FILE.search(stderr)
         if match is None:
             return
         path = Path(match.group(1))
         try:
-            age = time.time() - path.stat().st_mtime
+            info = path.stat()
         except OSError:
             return  # gone meanwhile: it was a writer at work
-        if age > max(_STALE_LOCK_SECONDS, 2 * self.timeout):
+        now = time.monotonic()
+        identity = (info.st_ino, info.st_mtime_ns)
+        first = self._locks_seen.get(str(path))
+        if first is None or first[0] != identity:
+            self._locks_seen[str(path)] = (identity, now)
+            return
+        waited = now - first[1]
+        if waited > max(_STALE_LOCK_SECONDS, 2 * self.timeout):
             raise RemoteStateError(
-                f"{path} is {age:.0f} s old: a git process that changed the remote died "
-                "while it held this ref; if no git process is using the remote now, "
-                "delete that file",
+                f"{path} has been in the way for {waited:.0f} s: a git process that changed "
+                "the remote died while it held this ref; if no git process is using the "
+                "remote now, delete that file",
                 path=str(path),
             )
 
@@ -575,7 +591,7 @@ class _DirectRemote:
                 "git update-ref timed out; the refs now hold neither the old nor the new values",
                 refs=[u.ref for u in pending],
             )
-        if "cannot lock ref" in result.stderr:
+        if "cannot lock ref" in result.stderr or _PACKED_REFS_BUSY in result.stderr:
             self._check_stale_lock(result.stderr)
             return False  # moved since it was read, or another writer holds its lock
         raise _failure(f"git update-ref in {self.git_dir}", result, self.timeout)
@@ -616,12 +632,11 @@ class GitTransport:
         self.mirror_prefix = f"{MIRROR_PREFIX}{key}/"
         self._fetch_lock = threading.Lock()
         self._direct: _DirectRemote | None = None
+        self._kept = False  # gc.pruneExpire checked
         if direct is not False:
             path = self._local_remote(named)
             if path is not None:
                 self._direct = _DirectRemote(path, timeout=timeout)
-                if self._direct.refusal() is None:
-                    self._keep_fetched_objects()
             refusal = "it is not a path on this machine" if path is None else None
             refusal = refusal or (self._direct.refusal() if self._direct else None)
             if direct and refusal:
@@ -648,6 +663,9 @@ class GitTransport:
     def _direct_now(self) -> _DirectRemote | None:
         if self._direct is None or self._direct.refusal() is not None:
             return None
+        if not self._kept:
+            self._keep_fetched_objects()
+            self._kept = True
         return self._direct
 
     def _local_remote(self, named: bool) -> Path | None:

@@ -623,22 +623,55 @@ def test_hidden_refs_keep_the_pack_protocol(
 
 
 def test_a_lock_file_left_by_a_dead_git_is_a_clear_error_a_fresh_one_a_lost_race(
-    bare_remote: Path, clone: Callable[[str, str], GitTransport]
+    bare_remote: Path, clone: Callable[[str, str], GitTransport], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """git never breaks another process's ref lock; one left by a killed git would make
-    every compare-and-swap look lost for ever.  A fresh lock is a writer at work."""
+    every compare-and-swap look lost for ever.  A lock is taken for stale only after this
+    process saw it in the way, unchanged, for longer than a git run of ours may last:
+    its time stamp alone proves nothing (a file server's clock may be far behind)."""
     import os
+    import time
 
+    import distribute.transport.git as git_module
+
+    monkeypatch.setattr(git_module, "_STALE_LOCK_SECONDS", 0.3)
     t = clone(str(bare_remote), "w")
+    assert t._direct is not None
+    t._direct.timeout = 0.5  # so a stale lock is one seen for over 1 s
     main = t.fetch([MAIN])[MAIN]
     lock = bare_remote / "refs" / "heads" / "main.lock"
     lock.write_text("")
+    old = time.time() - 3600
+    os.utime(lock, (old, old))  # an hour old by its stamp: still a lost race at first
     new = child(t, main, "x", x=b"1")
     assert t.push([RefUpdate(MAIN, main, new)]) is False
-    old = lock.stat().st_mtime - 3600
-    os.utime(lock, (old, old))
+    time.sleep(1.1)
     with pytest.raises(RemoteStateError, match="main.lock") as caught:
         t.push([RefUpdate(MAIN, main, new)])
     assert "delete" in str(caught.value)
     lock.unlink()
+    lock.write_text("")  # another writer's lock, seen for the first time: a lost race
+    assert t.push([RefUpdate(MAIN, main, new)]) is False
+    lock.unlink()
     assert t.push([RefUpdate(MAIN, main, new)]) is True
+
+
+def test_a_tree_left_without_its_blob_by_a_killed_git_is_completed(
+    tmp_path: Path, run_git: RunGit
+) -> None:
+    """Git promises that everything below an object is present only for objects a ref
+    reaches: a killed receive-pack moves its objects in hash order, a killed prune deletes
+    in any.  A re-run job writes the very same trees, so a tree present in the target is
+    no proof that its blobs are; commits are (no two writers make the same commit)."""
+    local, remote = tmp_path / "local", tmp_path / "remote.git"
+    run_git("init", "-q", local)
+    run_git("init", "-q", "--bare", remote)
+    blob = run_git("-C", local, "hash-object", "-w", "--stdin", input=b"job output\n")
+    tree = run_git("-C", local, "mktree", input=f"100644 blob {blob}\tout.txt\n".encode())
+    commit = run_git("-C", local, "commit-tree", tree, "-m", "job")
+    half = remote / "objects" / tree[:2]
+    half.mkdir(parents=True)
+    shutil.copy(local / ".git" / "objects" / tree[:2] / tree[2:], half / tree[2:])
+    copy_objects(ObjectStore(local / ".git" / "objects"), ObjectStore(remote / "objects"), [commit])
+    run_git("--git-dir", remote, "update-ref", "refs/heads/main", commit)
+    run_git("--git-dir", remote, "fsck", "--strict", "--no-dangling")

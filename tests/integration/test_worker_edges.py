@@ -494,3 +494,34 @@ def test_a_worker_far_back_in_turn_wakes_in_time_for_its_turn(remote, tmp_path):
         w.coord.observe = slow_observe
         assert w.get_next_job(repo_only(function)) == "a"
     assert calls and 0.8 <= calls[0] <= 1.1
+
+
+def test_time_passing_between_two_readings_never_asks_for_a_negative_sleep(remote, tmp_path):
+    """The turn wait is read from the clock; read twice, it can cross zero in between,
+    and time.sleep refuses a negative length.  Here every clock reading is a step later."""
+    from distribute.remote import add_jobs
+
+    _ghosts(remote, 3)
+    add_jobs(str(remote), ["a"])
+    now, slept = [0.0], []
+
+    def clock():
+        now[0] += 0.007
+        return now[0]
+
+    def sleep(seconds):
+        assert seconds >= 0, seconds
+        slept.append(seconds)
+        now[0] += seconds
+
+    import random
+
+    for i in range(12):
+        with make(remote, tmp_path, name=f"w{i}", clock=clock, sleep=sleep, heartbeat=False,
+                  rng=random.Random(i),
+                  poll_seconds=0.05, max_poll_seconds=1.0, lease_seconds=600) as w:
+            job = w.get_next_job(QueueJobs())
+            if job is not None:
+                w.finish_job()
+                add_jobs(str(remote), ["a"])
+    assert slept
