@@ -320,8 +320,9 @@ class Coordinator:
 
     def peek(self) -> dict[str, Oid]:
         """Cheap poll while waiting: the lock's and the liveness refs' values, read with no
-        fetch (one ``ls-remote``).  The lease watch sees the lock's value, so its expiry is
-        judged exactly as by :meth:`observe`."""
+        fetch (one ``ls-remote``, or the ref files of a remote on this machine).  The
+        lease watch sees the lock's value, so its expiry is judged exactly as by
+        :meth:`observe`."""
         with self.mutex:
             values = self.transport.list_refs("refs/distribute/")
             self.stats.count("peeks")

@@ -293,9 +293,10 @@ class Worker:
 
         Idle workers take turns at a free lock, least recently served first
         (:func:`~distribute.core.plan.ahead_in_turn`): the first in line tries
-        at once, and each one further back waits one more turn's time (the
-        time a claim takes here, at least ``poll_seconds``), so a worker that
-        is busy elsewhere or gone holds the others up only briefly.
+        at once, and each one further back gives each worker ahead of it a
+        turn's time (:meth:`_slot`: a look and a claim as measured here), up to
+        :data:`TURNS_WAITED` of them, so a worker that is busy elsewhere or
+        gone holds the others up only briefly.
 
         Returns:
             The job name, or ``None`` when the function has no job and no
@@ -329,8 +330,9 @@ class Worker:
         idle_main: str | None = None
         while True:
             if watching is not None:
-                # waiting: one ls-remote per look, not a fetch, until the lock moves or,
-                # on a free lock, the workers before us in turn had their chance
+                # waiting: a look at the lock and liveness refs (Coordinator.peek), not a
+                # fetch, until the lock moves or, on a free lock, those before us in turn
+                # had their chance
                 looked = self._clock()
                 refs = self._retrying(self.coord.peek)
                 self._peek_seconds = _average(self._peek_seconds, self._clock() - looked)

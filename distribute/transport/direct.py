@@ -30,6 +30,7 @@ Anything the checks do not recognise falls back to the pack protocol; a
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import stat
@@ -46,9 +47,10 @@ from gitdb.db.pack import PackedDB
 
 from distribute.transport.base import Oid
 
-__all__ = ["ObjectStore", "copy_objects", "direct_refusal", "read_ref_files"]
+__all__ = ["ObjectStore", "copy_objects", "direct_refusal", "read_ref_files", "tree_entries"]
 
 _OID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+_KINDS = (b"blob", b"tree", b"commit", b"tag")
 _MODE_TREE = 0o040000
 _MODE_GITLINK = 0o160000
 _NOT_PLAIN_KEYS = (
@@ -155,18 +157,28 @@ class ObjectStore:
         except FileNotFoundError:
             return None
 
+    def read_loose(self, oid: Oid) -> tuple[str, bytes] | None:
+        """Type and contents of ``oid`` if it is a whole loose object here, else ``None``
+        (not loose, or a file that does not decompress to what its header says)."""
+        raw = self.raw(oid)
+        if raw is None:
+            return None
+        with contextlib.suppress(zlib.error, ValueError):
+            header, _, body = zlib.decompress(raw).partition(b"\0")
+            kind, _, size = header.partition(b" ")
+            if int(size) == len(body) and kind in _KINDS:
+                return kind.decode("ascii"), body
+        return None
+
     def read(self, oid: Oid) -> tuple[str, bytes]:
         """Type and contents of ``oid``.
 
         Raises:
             KeyError: the store does not hold ``oid``.
         """
-        raw = self.raw(oid)
-        if raw is not None:
-            data = zlib.decompress(raw)
-            header, _, body = data.partition(b"\0")
-            kind, _, _ = header.partition(b" ")
-            return kind.decode("ascii"), body
+        loose = self.read_loose(oid)
+        if loose is not None:
+            return loose
         if self._in_packs(oid):
             with self._packs_lock:
                 packs = self._packed()
@@ -191,8 +203,7 @@ class ObjectStore:
             raise
 
     def put(self, kind: str, data: bytes) -> Oid:
-        import io
-
+        """Write one loose object (compressed, named by its SHA-1); return its id."""
         stored = self._loose.store(IStream(kind.encode("ascii"), len(data), io.BytesIO(data)))
         return bytes(stored.hexsha).decode("ascii")
 
@@ -229,7 +240,8 @@ class _Visit:
     like: Oid | None = None  # a tree the target holds at the same place, to skip equal entries
 
 
-def _tree_entries(data: bytes, size: int) -> dict[bytes, tuple[int, Oid]]:
+def tree_entries(data: bytes, size: int) -> dict[bytes, tuple[int, Oid]]:
+    """``name -> (mode, id)`` of a tree object's contents (ids ``size`` bytes long)."""
     entries: dict[bytes, tuple[int, Oid]] = {}
     pos = 0
     while pos < len(data):
@@ -300,8 +312,8 @@ def copy_objects(source: ObjectStore, target: ObjectStore, tips: Iterable[Oid]) 
             old: dict[bytes, tuple[int, Oid]] = {}
             if visit.like is not None:
                 with contextlib.suppress(KeyError):
-                    old = _tree_entries(target.read(visit.like)[1], size)
-            for name, (mode, oid) in _tree_entries(data, size).items():
+                    old = tree_entries(target.read(visit.like)[1], size)
+            for name, (mode, oid) in tree_entries(data, size).items():
                 if mode == _MODE_GITLINK or old.get(name) == (mode, oid):
                     continue
                 if mode == _MODE_TREE:

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import os
 import random
 import re
@@ -54,7 +53,6 @@ import tempfile
 import threading
 import time
 import uuid
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,8 +60,6 @@ from types import TracebackType
 
 import git
 from git.exc import GitCommandNotFound, InvalidGitRepositoryError, NoSuchPathError
-from gitdb import IStream
-from gitdb.db.loose import LooseObjectDB
 
 from distribute.core.errors import OutcomeUnknown, RemoteStateError, TransportError, UsageError
 from distribute.core.names import is_valid_ref_component, scrub_url
@@ -74,6 +70,7 @@ from distribute.transport.direct import (
     direct_refusal,
     read_ref_files,
     stamp,
+    tree_entries,
 )
 from distribute.transport.memory import (
     check_message,
@@ -105,7 +102,6 @@ _ENV = {
     "GIT_COMMITTER_NAME": IDENTITY[0],
     "GIT_COMMITTER_EMAIL": IDENTITY[1],
 }
-_KINDS = (b"blob", b"tree", b"commit", b"tag")
 _EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 
 #: Reasons in a rejected push that mean another writer got there first.
@@ -304,9 +300,7 @@ class _Repository:
         self.sha1 = str(formats).lower() == "sha1"
         self.ref_storage = str(storage).lower()
         # GitPython's own object database starts `git hash-object` for every write
-        self._loose = LooseObjectDB(str(Path(self._repo.common_dir) / "objects"))
         self._store_view: ObjectStore | None = None
-        self._objects_dir = Path(self._repo.common_dir) / "objects"
 
     @property
     def index_file(self) -> Path:
@@ -374,16 +368,9 @@ class _Repository:
         persistent ``cat-file --batch``, which costs a round trip to another process."""
         check_oid(oid)
         if self.sha1:
-            try:
-                raw = (self._objects_dir / oid[:2] / oid[2:]).read_bytes()
-            except (FileNotFoundError, NotADirectoryError):
-                pass
-            else:
-                with contextlib.suppress(zlib.error, ValueError):
-                    header, _, body = zlib.decompress(raw).partition(b"\0")
-                    loose_kind, _, size = header.partition(b" ")
-                    if int(size) == len(body) and loose_kind in _KINDS:
-                        return loose_kind.decode("ascii"), body
+            loose = self.objects().read_loose(oid)
+            if loose is not None:
+                return loose
         with self._objects_lock:
             for attempt in (1, 2):
                 try:
@@ -409,32 +396,20 @@ class _Repository:
         kind, data = self.read_object(tree)
         if kind != "tree":
             raise TransportError(f"{tree} is a {kind}, not a tree", oid=tree)
-        entries: dict[bytes, _Entry] = {}
-        size = 20 if len(tree) == 40 else 32
-        pos = 0
-        while pos < len(data):
-            space = data.index(b" ", pos)
-            nul = data.index(b"\0", space)
-            oid = data[nul + 1 : nul + 1 + size].hex()
-            entries[data[space + 1 : nul]] = _Entry(int(data[pos:space], 8), oid)
-            pos = nul + 1 + size
-        return entries
+        parsed = tree_entries(data, len(tree) // 2)
+        return {name: _Entry(mode, oid) for name, (mode, oid) in parsed.items()}
 
-    def _store(self, kind: bytes, data: bytes) -> Oid:
-        """Write one loose object in this process (gitdb), without starting git.
-
-        Objects are what git itself would write: ``<kind> <size>\\0<data>``,
-        zlib-compressed, named by its SHA-1.  Only for SHA-1 repositories.
-        """
-        stored = self._loose.store(IStream(kind, len(data), io.BytesIO(data)))
-        return bytes(stored.hexsha).decode("ascii")
+    def _store(self, kind: str, data: bytes) -> Oid:
+        """Write one loose object in this process (gitdb), without starting git: what git
+        itself would write.  Only for SHA-1 repositories."""
+        return self.objects().put(kind, data)
 
     def write_blobs(self, contents: Sequence[bytes]) -> list[Oid]:
         """Write blobs (no filters); return their ids in order."""
         if not contents:
             return []
         if self.sha1:
-            return [self._store(b"blob", data) for data in contents]
+            return [self._store("blob", data) for data in contents]
         with tempfile.TemporaryDirectory(prefix="distribute-blobs-") as scratch:
             paths = []
             for number, data in enumerate(contents):
@@ -457,7 +432,7 @@ class _Repository:
                 b"%o %s\0" % (entry.mode, name) + bytes.fromhex(entry.oid)
                 for name, entry in sorted(entries.items(), key=order)
             )
-            return self._store(b"tree", body)
+            return self._store("tree", body)
         lines = b"".join(
             b"%06o %s %s\t%s\0" % (entry.mode, entry.kind.encode(), entry.oid.encode(), name)
             for name, entry in entries.items()
@@ -471,7 +446,7 @@ class _Repository:
             head = [f"tree {check_oid(tree)}"]
             head += [f"parent {check_oid(parent)}" for parent in parents]
             head += [f"author {stamp}", f"committer {stamp}"]
-            return self._store(b"commit", ("\n".join(head) + "\n\n" + text).encode("utf-8"))
+            return self._store("commit", ("\n".join(head) + "\n\n" + text).encode("utf-8"))
         args = ["commit-tree", "--no-gpg-sign"]
         for parent in parents:
             args += ["-p", check_oid(parent)]
@@ -583,18 +558,24 @@ class _DirectRemote:
             return True
         if result.killed:
             now = self.read_refs([u.ref for u in pending])
-            if all(now.get(u.ref) == u.new for u in pending):
-                return True
-            if all(now.get(u.ref) == u.old for u in pending):
-                return False
-            raise OutcomeUnknown(
-                "git update-ref timed out; the refs now hold neither the old nor the new values",
-                refs=[u.ref for u in pending],
-            )
+            return _settle(pending, now, "git update-ref timed out")
         if "cannot lock ref" in result.stderr or _PACKED_REFS_BUSY in result.stderr:
             self._check_stale_lock(result.stderr)
             return False  # moved since it was read, or another writer holds its lock
         raise _failure(f"git update-ref in {self.git_dir}", result, self.timeout)
+
+
+def _settle(updates: Sequence[RefUpdate], now: Mapping[str, Oid], what: str) -> bool:
+    """The outcome of a compare-and-swap whose answer was lost, from the refs read back:
+    all new values, it landed; all old ones, it did not (yet); anything else is unknown."""
+    if all(now.get(u.ref) == u.new for u in updates):
+        return True
+    if all(now.get(u.ref) == u.old for u in updates):
+        return False
+    raise OutcomeUnknown(
+        f"{what}; the refs now hold neither the old nor the new values",
+        refs=[u.ref for u in updates],
+    )
 
 
 def _matches(ref: str, patterns: Sequence[str]) -> bool:
@@ -995,7 +976,7 @@ class GitTransport:
         values: dict[str, Oid] = {}
         for mirror, oid in found.items():
             ref = "refs/" + mirror[len(self.mirror_prefix) :]
-            if any(ref == p or (p.endswith("/*") and ref.startswith(p[:-1])) for p in patterns):
+            if _matches(ref, patterns):
                 values[ref] = oid
         return values
 
@@ -1039,13 +1020,7 @@ class GitTransport:
             raise OutcomeUnknown(
                 f"git push {what} and reading the refs back failed too: {err}", refs=refs
             ) from err
-        if all(now.get(u.ref) == u.new for u in updates):
-            return True
-        if all(now.get(u.ref) == u.old for u in updates):
-            return False
-        raise OutcomeUnknown(
-            f"git push {what}; the refs now hold neither the old nor the new values", refs=refs
-        )
+        return _settle(updates, now, f"git push {what}")
 
     def _edit_tree(
         self, tree: Oid | None, changes: Mapping[tuple[bytes, ...], Oid | None], where: bytes

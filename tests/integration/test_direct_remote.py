@@ -675,3 +675,4 @@ def test_a_tree_left_without_its_blob_by_a_killed_git_is_completed(
     copy_objects(ObjectStore(local / ".git" / "objects"), ObjectStore(remote / "objects"), [commit])
     run_git("--git-dir", remote, "update-ref", "refs/heads/main", commit)
     run_git("--git-dir", remote, "fsck", "--strict", "--no-dangling")
+

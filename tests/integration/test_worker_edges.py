@@ -305,17 +305,10 @@ def test_a_repo_only_function_claims_with_one_push_and_a_plain_one_takes_the_loc
 def test_a_worker_behind_gone_workers_waits_a_few_turns_only(remote, tmp_path):
     """Liveness records of workers that are gone count as idle until seen unchanged for a
     lease; a free lock is tried after at most TURNS_WAITED of them, not all."""
-    from distribute.core.lock import Beat, beat_message
     from distribute.dist import TURNS_WAITED
     from distribute.remote import add_jobs
 
-    tree = subprocess.run(["git", "mktree"], cwd=remote, input="", capture_output=True,
-                          text=True, check=True).stdout.strip()
-    for i in range(10):  # never served, and named before "w": all ahead of it in turn
-        message = beat_message(Beat(worker=f"ghost-{i}", session="gone"))
-        oid = subprocess.run(["git", "commit-tree", tree], cwd=remote, input=message,
-                             capture_output=True, text=True, check=True).stdout.strip()
-        git("update-ref", f"refs/distribute/workers/ghost-{i}", oid, cwd=remote)
+    _ghosts(remote, 10)
     add_jobs(str(remote), ["a"])
     now, slept = [0.0], []
 
@@ -332,18 +325,48 @@ def test_a_worker_behind_gone_workers_waits_a_few_turns_only(remote, tmp_path):
     assert sum(slept) <= (TURNS_WAITED + 2) * 0.1
 
 
+def _beat(remote, worker, note=""):
+    """Move ``worker``'s liveness record to a new beat commit, as its process would."""
+    from distribute.core.lock import Beat, beat_message
+
+    run = dict(cwd=remote, capture_output=True, text=True, check=True)
+    tree = subprocess.run(["git", "mktree"], input="", **run).stdout.strip()
+    message = beat_message(Beat(worker=worker, session="gone")) + note
+    oid = subprocess.run(["git", "commit-tree", tree], input=message, **run).stdout.strip()
+    git("update-ref", f"refs/distribute/workers/{worker}", oid, cwd=remote)
+
+
 def _ghosts(remote, count):
     """Liveness records of ``count`` workers that never claimed and are named before "w":
     all ahead of it in turn, and silent."""
-    from distribute.core.lock import Beat, beat_message
-
-    tree = subprocess.run(["git", "mktree"], cwd=remote, input="", capture_output=True,
-                          text=True, check=True).stdout.strip()
     for i in range(count):
-        message = beat_message(Beat(worker=f"ghost-{i}", session="gone"))
-        oid = subprocess.run(["git", "commit-tree", tree], cwd=remote, input=message,
-                             capture_output=True, text=True, check=True).stdout.strip()
-        git("update-ref", f"refs/distribute/workers/ghost-{i}", oid, cwd=remote)
+        _beat(remote, f"ghost-{i}")
+
+
+def _look_slowly(worker, advance, seconds):
+    """Make each full look at the remote take ``seconds`` on the fake clock (a loaded
+    machine), by calling ``advance`` after it."""
+    observe = worker.coord.observe
+
+    def slow_observe():
+        snap = observe()
+        advance(seconds)
+        return snap
+
+    worker.coord.observe = slow_observe
+
+
+def _noting_queue(now, calls):
+    """A repo-only ``jobs.txt`` function that notes the fake time of each call."""
+    from distribute.sources import repo_only
+
+    source = QueueJobs()
+
+    def function(worker):
+        calls.append(now[0])
+        return source(worker)
+
+    return repo_only(function)
 
 
 def test_on_a_slow_machine_a_waiter_gives_those_ahead_time_to_look(remote, tmp_path):
@@ -354,7 +377,6 @@ def test_on_a_slow_machine_a_waiter_gives_those_ahead_time_to_look(remote, tmp_p
     had passed is what made 16 workers stampede a loaded machine.  Once the lock stops
     moving, it takes its turn after about two turns' time."""
     from distribute.remote import add_jobs
-    from distribute.sources import repo_only
 
     _ghosts(remote, 2)
     add_jobs(str(remote), ["a"])
@@ -378,23 +400,10 @@ def test_on_a_slow_machine_a_waiter_gives_those_ahead_time_to_look(remote, tmp_p
             if before < tick * 0.5 <= now[0]:
                 move_lock()
 
-    source = QueueJobs()
-
-    def function(worker):
-        calls.append(now[0])
-        return source(worker)
-
     with make(remote, tmp_path, clock=lambda: now[0], sleep=advance, heartbeat=False,
               poll_seconds=0.05, max_poll_seconds=2.0, lease_seconds=60) as w:
-        observe = w.coord.observe
-
-        def slow_observe():
-            snap = observe()
-            advance(0.15)
-            return snap
-
-        w.coord.observe = slow_observe
-        assert w.get_next_job(repo_only(function)) == "a"
+        _look_slowly(w, advance, 0.15)
+        assert w.get_next_job(_noting_queue(now, calls)) == "a"
     assert len(moves) == 8
     assert calls and calls[0] >= moves[-1]  # never while turns were being taken
     assert calls[0] <= moves[-1] + 2.0  # and soon after they stopped
@@ -414,16 +423,12 @@ def test_the_next_in_line_looks_often_when_looking_is_cheap(remote, tmp_path):
         slept.append(seconds)
         now[0] += seconds
 
+    def advance(seconds):
+        now[0] += seconds
+
     with make(remote, tmp_path, clock=lambda: now[0], sleep=sleep, heartbeat=False,
               poll_seconds=0.2, max_poll_seconds=2.0, lease_seconds=60) as w:
-        observe = w.coord.observe
-
-        def slow_observe():  # a full look is slow, so the turn wait is long
-            snap = observe()
-            now[0] += 0.3
-            return snap
-
-        w.coord.observe = slow_observe
+        _look_slowly(w, advance, 0.3)  # a full look is slow, so the turn wait is long
         assert w.get_next_job(QueueJobs()) == "a"
     assert len(slept) >= 10
     assert max(slept) <= 0.2 / 4 + 1e-9
@@ -435,14 +440,11 @@ def test_a_worker_far_back_in_turn_wakes_in_time_for_its_turn(remote, tmp_path):
     made waiters far back sleep a second or more, and the workers before them had all
     claimed long before they woke.  It learns how fast turns go from how many liveness
     records moved between its looks."""
-    from distribute.core.lock import Beat, beat_message
     from distribute.remote import add_jobs
 
     _ghosts(remote, 8)
     add_jobs(str(remote), ["a"])
     now, calls = [0.0], []
-    tree = git("mktree", cwd=remote).strip()
-
     env = {**os.environ, "GIT_INDEX_FILE": str(tmp_path / "ghost.index")}
 
     def claim_by(i):
@@ -462,10 +464,7 @@ def test_a_worker_far_back_in_turn_wakes_in_time_for_its_turn(remote, tmp_path):
         new = subprocess.run(["git", "commit-tree", new_tree, "-p", old, "-m", "ghost"],
                              **run).stdout.strip()
         git("update-ref", "refs/heads/main", new, old, cwd=remote)
-        message = beat_message(Beat(worker=f"ghost-{i}", session="gone")) + "claimed\n"
-        oid = subprocess.run(["git", "commit-tree", tree], cwd=remote, input=message,
-                             capture_output=True, text=True, check=True).stdout.strip()
-        git("update-ref", f"refs/distribute/workers/ghost-{i}", oid, cwd=remote)
+        _beat(remote, f"ghost-{i}", "claimed\n")
 
     def advance(seconds):
         before = now[0]
@@ -474,25 +473,10 @@ def test_a_worker_far_back_in_turn_wakes_in_time_for_its_turn(remote, tmp_path):
             if before < 0.1 * (i + 1) <= now[0]:
                 claim_by(i)
 
-    source = QueueJobs()
-
-    def function(worker):
-        calls.append(now[0])
-        return source(worker)
-
-    from distribute.sources import repo_only
-
     with make(remote, tmp_path, clock=lambda: now[0], sleep=advance, heartbeat=False,
               poll_seconds=0.05, max_poll_seconds=2.0, lease_seconds=60) as w:
-        observe = w.coord.observe
-
-        def slow_observe():
-            snap = observe()
-            advance(0.15)
-            return snap
-
-        w.coord.observe = slow_observe
-        assert w.get_next_job(repo_only(function)) == "a"
+        _look_slowly(w, advance, 0.15)
+        assert w.get_next_job(_noting_queue(now, calls)) == "a"
     assert calls and 0.8 <= calls[0] <= 1.1
 
 
