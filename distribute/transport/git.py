@@ -505,7 +505,17 @@ class _DirectRemote:
         return self._refusal
 
     def read_refs(self, names: Sequence[str]) -> dict[str, Oid]:
-        return read_ref_files(self.git_dir, names)
+        """The refs' values from the remote's files.  A folder that is gone (moved or
+        deleted since it was checked) finds no ref file at all, which must not read as
+        "no such refs": it is a transport error, as a failed ``ls-remote`` would be."""
+        self._check_there()
+        found = read_ref_files(self.git_dir, names)
+        self._check_there()
+        return found
+
+    def _check_there(self) -> None:
+        if not (self.git_dir / "refs").is_dir():
+            raise TransportError(f"the remote {self.git_dir} is gone (moved or deleted)")
 
     def _check_stale_lock(self, stderr: str) -> None:
         """A ref's ``.lock`` file that this process has seen in the way, unchanged, for

@@ -676,3 +676,19 @@ def test_a_tree_left_without_its_blob_by_a_killed_git_is_completed(
     run_git("--git-dir", remote, "update-ref", "refs/heads/main", commit)
     run_git("--git-dir", remote, "fsck", "--strict", "--no-dangling")
 
+
+def test_a_remote_moved_away_mid_look_is_an_error_not_missing_refs(
+    bare_remote: Path, clone: Callable[[str, str], GitTransport], tmp_path: Path
+) -> None:
+    """The folder can go between the check that the remote may be read directly and the
+    read itself; then no ref file is found, which must not read as "no such refs"."""
+    t = clone(str(bare_remote), "w")
+    assert t._direct is not None and t.direct
+    t._direct.refusal = lambda: None  # type: ignore[method-assign]  # checked just before
+    bare_remote.rename(tmp_path / "away.git")
+    with pytest.raises(TransportError, match="gone"):
+        t.fetch([MAIN])
+    with pytest.raises(TransportError, match="gone"):
+        t.list_refs("refs/distribute/")
+    (tmp_path / "away.git").rename(bare_remote)
+    assert MAIN in t.fetch([MAIN])
