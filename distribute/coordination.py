@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
+from typing import TypeVar
 
 from distribute.core.errors import (
     DistributeError,
@@ -43,7 +44,7 @@ from distribute.core.errors import (
     TransportError,
 )
 from distribute.core.lease import LeaseWatch
-from distribute.core.ledger import LEDGER_FILES, Entry, Ledger
+from distribute.core.ledger import LEDGER_FILES, MAX_INTERRUPTIONS, Entry, Ledger
 from distribute.core.lock import (
     Acquire,
     Beat,
@@ -72,6 +73,8 @@ from distribute.core.plan import (
 )
 from distribute.transport.base import Oid, RefUpdate, Transport, holds
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
@@ -83,6 +86,7 @@ class Snapshot:
     lock: LockState
     refs: dict[str, Oid]
     at: float
+    gone: frozenset[str] = frozenset()  # workers whose record says they left
 
 
 @dataclass(slots=True)
@@ -103,6 +107,7 @@ class JobHolding:
     attempt: int
     branch: str
     tip: Oid
+    resumed_from: str | None = None  # the earlier attempt's branch it starts from
 
     @property
     def branch_ref(self) -> str:
@@ -141,6 +146,8 @@ class _Claim:
 
 #: pushes an unlocked claim tries while only finishes move the main branch under it
 UNLOCKED_TRIES = 3
+#: lost races in a row after which a finish (or fail) asks the others to let it through
+FINISH_PRIORITY_AFTER = 3
 
 
 class LostHolding(Exception):
@@ -155,9 +162,13 @@ class Coordinator:
         worker: this worker's name; session: unique per process.
         branch: the main branch's short name.
         lease: lease period in seconds; margin: the observer's extra wait.
-        max_attempts: attempts per job before it moves to ``failed.txt``.
+        max_attempts: failed attempts per job before it moves to ``failed.txt``.
         clock: a monotonic clock.
         journal: optional callback receiving protocol events (for the simulator).
+        max_interruptions: interrupted attempts per job before it moves to
+            ``failed.txt`` (see :mod:`distribute.core.ledger`).
+        resume: a retried job's branch starts from the previous attempt's
+            branch (merged onto the main branch), so its files are there.
     """
 
     def __init__(
@@ -172,6 +183,8 @@ class Coordinator:
         max_attempts: int,
         clock: Callable[[], float],
         journal: Callable[..., None] | None = None,
+        max_interruptions: int = MAX_INTERRUPTIONS,
+        resume: bool = True,
     ) -> None:
         self.transport = transport
         self.worker = worker
@@ -181,6 +194,8 @@ class Coordinator:
         self.own_ref = worker_ref(worker)
         self.lease = lease
         self.max_attempts = max_attempts
+        self.max_interruptions = max_interruptions
+        self.resume = resume
         self.clock = clock
         self.watch = LeaseWatch(lease, margin)
         self.holding: Holding | None = None
@@ -193,6 +208,7 @@ class Coordinator:
         self.mutex = threading.RLock()
         self._journal = journal
         self._acquires = 0
+        self._beats: dict[Oid, Beat | None] = {}
 
     # ---- small helpers -----------------------------------------------------
     def journal(self, event: str, **fields: object) -> None:
@@ -264,7 +280,28 @@ class Coordinator:
             holders = {worker_ref(w) for w in ledger.holders()}
             listed = {r for r in values if r.startswith(WORKERS_PREFIX)}
             self.watch.observe_all(values, holders | listed, now)
-            return Snapshot(main, ledger, lock_oid, lock, values, now)
+            gone = frozenset(
+                b.worker for b in (self.beat_at(values[r]) for r in listed)
+                if b is not None and b.gone
+            )
+            return Snapshot(main, ledger, lock_oid, lock, values, now, gone)
+
+    def beat_at(self, oid: Oid) -> Beat | None:
+        """The liveness record at ``oid`` (``None`` when it cannot be read); cached."""
+        beat = self._beats.get(oid)
+        if beat is None and oid not in self._beats:
+            try:
+                beat = parse_beat_message(self.transport.commit_message(oid))
+            except DistributeError:
+                beat = None
+            if len(self._beats) > 4096:
+                self._beats.clear()
+            self._beats[oid] = beat
+        return beat
+
+    def registered(self, snap: Snapshot) -> bool:
+        """Does the remote hold a liveness record of this worker that says it is here?"""
+        return self.own_ref in snap.refs and self.worker not in snap.gone
 
     def ahead_in_turn(self, snap: Snapshot) -> list[str]:
         """The liveness refs of the idle workers that go before this one at the next free
@@ -278,14 +315,17 @@ class Coordinator:
             for ref in snap.refs
             if ref.startswith(WORKERS_PREFIX) and not self.watch.expired(ref, now)
         )
-        idle = [w for w in listed if w not in running]
+        idle = [w for w in listed if w not in running and w not in snap.gone]
         return [worker_ref(w) for w in ahead_in_turn(idle, self.worker, snap.ledger)]
 
     def expired_workers(self, snap: Snapshot) -> set[str]:
+        """Holders of running jobs whose lease is over: their liveness record was seen
+        unchanged for a lease, or it says they left (a worker that stopped without
+        giving its job back makes no one wait a lease for it)."""
         now = self.clock()
         return {
             w for w in snap.ledger.holders()
-            if w != self.worker and self.watch.expired(worker_ref(w), now)
+            if w != self.worker and (self.watch.expired(worker_ref(w), now) or w in snap.gone)
         }
 
     # ---- the lock ----------------------------------------------------------
@@ -419,14 +459,32 @@ class Coordinator:
             self.beat_oid = current
             return False
 
+    def say_gone(self) -> bool:
+        """Write this worker's last liveness record (``Beat.gone``): it runs no job and
+        asks for none, so no one waits for it.  Only when it holds nothing; returns
+        whether the record landed.  A later request for a job writes a live one again."""
+        with self.mutex:
+            if self.job is not None or self.holding is not None:
+                return False
+            beat = self.beat.left()
+            new_oid = self._empty_commit(beat_message(beat))
+            if self.push([RefUpdate(self.own_ref, self.beat_oid, new_oid)]):
+                self.beat, self.beat_oid = beat, new_oid
+                self.journal("gone")
+                return True
+            return False
+
     # ---- claiming ----------------------------------------------------------
     def plan(self, snap: Snapshot) -> ClaimPlan:
-        return plan_claim(snap.ledger, self.worker, self.expired_workers(snap), self.max_attempts)
+        return plan_claim(
+            snap.ledger, self.worker, self.expired_workers(snap), self.max_attempts,
+            self.max_interruptions,
+        )
 
     def give_up(self, snap: Snapshot, plan: GiveUp) -> Snapshot:
         """Move a job with no attempts left to ``failed.txt`` (under the lock)."""
         with self.mutex:
-            new_ledger = snap.ledger.expire(plan.entry.job, plan.reason, max_attempts=0)
+            new_ledger = snap.ledger.expire(plan.entry.job, plan.reason)
             new_main = self.transport.write_commit(
                 parents=[snap.main],
                 base=snap.main,
@@ -499,7 +557,9 @@ class Coordinator:
                     if entry is None or entry != plan.entry:
                         return self._replan(snap)
                     name, attempt = entry.job, entry.attempt + 1
-                    ledger = snap.ledger.retry(name, self.worker, token)
+                    ledger = snap.ledger.retry(
+                        name, self.worker, token, interrupted=plan.interrupted
+                    )
                 else:
                     assert job is not None
                     name, attempt = job, 1
@@ -522,8 +582,10 @@ class Coordinator:
                         )
                     tree = merged.tree
                 revoke = plan.revoke if isinstance(plan, Retry) else ""
+                previous = plan.entry if isinstance(plan, Retry) else None
                 claim = self._build_claim(
-                    snap, ledger, name, token, attempt, tree, revoke, h.oid, h.state.released
+                    snap, ledger, name, token, attempt, tree, revoke, h.oid, h.state.released,
+                    previous,
                 )
                 if self._push_claim(claim):
                     self.holding = None
@@ -607,6 +669,7 @@ class Coordinator:
         revoke: str,
         lock_old: Oid | None,
         lock_after: Callable[[str], LockState],
+        previous: Entry | None = None,
     ) -> _Claim:
         """The commits and ref updates of one claim (see :meth:`claim`)."""
         new_main = self.transport.write_commit(
@@ -617,6 +680,9 @@ class Coordinator:
             message=f"distribute: claim {name} by {self.worker} (token {token}, attempt {attempt})",
         )
         branch = job_branch(self.worker, name, token)
+        start, resumed = new_main, None
+        if previous is not None and self.resume:
+            start, resumed = self._resume_from(new_main, previous)
         beat = self.beat.next((name,))
         beat_oid = self._empty_commit(beat_message(beat))
         lock_parents = [lock_old] if lock_old else []
@@ -625,12 +691,36 @@ class Coordinator:
         updates = [
             RefUpdate(self.main_ref, snap.main, new_main),
             RefUpdate(LOCK_REF, lock_old, lock_new),
-            RefUpdate("refs/heads/" + branch, None, new_main),
+            RefUpdate("refs/heads/" + branch, None, start),
             RefUpdate(self.own_ref, own_old, beat_oid),
             *self._revoke_updates(snap, revoke, token),
         ]
-        job = JobHolding(name, token, attempt, branch, new_main)
+        job = JobHolding(name, token, attempt, branch, start, resumed)
         return _Claim(updates, job, beat, beat_oid, own_old, revoke)
+
+    def _resume_from(self, new_main: Oid, previous: Entry) -> tuple[Oid, str | None]:
+        """Where a retried job's branch starts: the claim's main branch commit merged with
+        the previous attempt's branch, so that the new attempt finds what the last one
+        wrote (a checkpoint, say).  Without that branch, or when the two do not merge
+        cleanly, the claim's commit alone; the previous branch stays on the remote."""
+        holder = previous.worker or previous.was
+        if not holder:
+            return new_main, None
+        branch = job_branch(holder, previous.job, previous.token)
+        ref = "refs/heads/" + branch
+        tip = self.transport.fetch([ref]).get(ref)
+        self.stats.fetches += 1
+        if tip is None or self._holds(new_main, tip):
+            return new_main, None
+        merged = self.transport.merge(new_main, tip)
+        if not merged.clean:
+            self.journal("resume-conflict", job=previous.job, branch=branch)
+            return new_main, None
+        start = self.transport.write_commit(
+            parents=[new_main, tip], tree=merged.tree,
+            message=f"distribute: resume {previous.job} from {branch}",
+        )
+        return start, branch
 
     def _push_claim(self, claim: _Claim, unlocked: bool = False) -> bool:
         """Push ``claim``; when it lands, this worker runs its job."""
@@ -656,6 +746,22 @@ class Coordinator:
         return None
 
     # ---- while running -------------------------------------------------------
+    def adopt(self, job: JobHolding) -> None:
+        """Take up a job this worker's earlier process was running (a restart): its
+        ``tip`` must be the job branch's value on the remote.  Later steps are fenced
+        as usual, so a job taken over meanwhile is refused with ``LeaseLost``."""
+        with self.mutex:
+            if self.job is not None:
+                raise DistributeError(f"this worker already runs {self.job.job!r}")
+            self.job = job
+            self.journal("adopt", job=job.job, token=job.token, tip=job.tip)
+
+    def drop_job(self) -> None:
+        """Forget the running job without writing anything (after :meth:`adopt` only
+        saved what a dead attempt left; the ledger decides what happens next)."""
+        with self.mutex:
+            self.job = None
+
     def update(self, tip: Oid) -> None:
         """Push a new tip of the job branch (fast-forward of our own branch)."""
         with self.mutex:
@@ -706,11 +812,60 @@ class Coordinator:
             LeaseLost: the job was taken over; nothing changed, the branch stays.
             MergeConflict: the job is recorded in ``failed.txt``; the branch stays.
         """
+        return self._until_landed(self.finish_step, sleep, delays)
+
+    def _until_landed(
+        self, step: Callable[[], T | None], sleep: Callable[[float], None],
+        delays: Callable[[], float],
+    ) -> T:
+        """Run a step on the main branch until it lands (it returns ``None`` when it
+        lost a race).  After :data:`FINISH_PRIORITY_AFTER` losses in a row, this worker's
+        liveness record asks the others to claim nothing until its job is finished
+        (``Beat.finishing``); from then on only moves already under way can beat it, at
+        most two per other worker (a claim decided before it saw the request, and that
+        worker's own finish), so the step lands within
+        ``FINISH_PRIORITY_AFTER + 2 * (workers - 1)`` tries."""
+        lost = 0
         while True:
-            new_main = self.finish_step()
-            if new_main is not None:
-                return new_main
+            result = step()
+            if result is not None:
+                return result
+            lost += 1
+            if lost == FINISH_PRIORITY_AFTER and self.job is not None:
+                self.ask_for_priority()
             sleep(delays())
+
+    def ask_for_priority(self) -> bool:
+        """Mark this worker's liveness record with the job it is finishing (see
+        :meth:`_until_landed`); returns whether the record landed."""
+        with self.mutex:
+            job = self._job()
+            beat = replace(self.beat.next((job.job,)), finishing=job.job)
+            new_oid = self._empty_commit(beat_message(beat))
+            sent = self.clock()
+            if not self.push([RefUpdate(self.own_ref, self.beat_oid, new_oid)]):
+                return False  # revoked, or our record moved: the finish itself will tell
+            self.beat, self.beat_oid, self.beat_sent_at = beat, new_oid, sent
+            self.stats.count("priority_requests")
+            self.journal("finish-priority", job=job.job, token=job.token)
+            return True
+
+    def others_finishing(self, snap: Snapshot) -> str | None:
+        """A live worker whose finish asked for its turn (``Beat.finishing``) and still
+        holds that job: claims wait until it lands.  ``None`` when there is none."""
+        now = self.clock()
+        for ref, oid in snap.refs.items():
+            if not ref.startswith(WORKERS_PREFIX) or ref == self.own_ref:
+                continue
+            beat = self.beat_at(oid)
+            if beat is None or not beat.finishing or beat.gone or beat.revoked:
+                continue
+            if self.watch.expired(ref, now):
+                continue
+            entry = snap.ledger.running_entry(beat.finishing)
+            if entry is not None and entry.worker == beat.worker:
+                return beat.worker
+        return None
 
     def finish_step(self) -> Oid | None:
         """One try of :meth:`finish`: ``None`` when the push lost a race."""
@@ -773,15 +928,15 @@ class Coordinator:
                 branch=job.branch,
             )
 
-    def fail(self, reason: str, sleep: Callable[[float], None], delays: Callable[[], float]) -> str:
-        """Record a failed attempt; return ``"retry"`` or ``"failed"``.  Retries lost races."""
-        while True:
-            outcome = self.fail_step(reason)
-            if outcome is not None:
-                return outcome
-            sleep(delays())
+    def fail(
+        self, reason: str, sleep: Callable[[float], None], delays: Callable[[], float],
+        interrupted: bool = False,
+    ) -> str:
+        """Record a failed (or ``interrupted``) attempt; return ``"retry"`` or ``"failed"``.
+        Retries lost races."""
+        return self._until_landed(partial(self.fail_step, reason, interrupted), sleep, delays)
 
-    def fail_step(self, reason: str) -> str | None:
+    def fail_step(self, reason: str, interrupted: bool = False) -> str | None:
         """One try of :meth:`fail`: ``None`` when the push lost a race."""
         job = self._job()
         with self.mutex:
@@ -795,7 +950,10 @@ class Coordinator:
                 self.job = None
                 return landed
             try:
-                after = ledger.fail(job.job, self.worker, job.token, reason, self.max_attempts)
+                after = ledger.fail(
+                    job.job, self.worker, job.token, reason, self.max_attempts,
+                    interrupted=interrupted, max_interruptions=self.max_interruptions,
+                )
             except LeaseLost:
                 self.job = None
                 raise

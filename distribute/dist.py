@@ -19,17 +19,18 @@ URL's credentials removed.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import enum
 import inspect
 import json
-import math
 import os
 import platform
 import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,14 +41,30 @@ from distribute.backoff import Backoff
 from distribute.coordination import Coordinator, JobHolding, Snapshot
 from distribute.core.errors import (
     DirtyWorkingTree,
+    DistributeError,
     JobAlreadyRunning,
+    LeaseLost,
     LocalCopyBusy,
+    MergeConflict,
     NoRunningJob,
     OutcomeUnknown,
     TransportError,
     UsageError,
 )
+from distribute.core.ledger import MAX_INTERRUPTIONS
 from distribute.core.names import LOCK_REF, WORKERS_PREFIX, check_name, job_dir, scrub_url
+from distribute.core.pacing import (
+    TURNS_WAITED,
+    KeepWatching,
+    LookAgain,
+    Pacer,
+    Watch,
+    after_failed_try,
+    after_look,
+    after_peek,
+    still_ahead,
+    turn_wait,
+)
 from distribute.core.plan import CallNextJobFunction, GiveUp, Retry, others_running
 from distribute.sources import is_repo_only
 from distribute.transport.base import Transport
@@ -63,12 +80,20 @@ _OWNER_FILE = "distribute-owner.json"
 #: throws those edits away (they were committed with a landed claim, or never
 #: claimed, and then the function runs again).
 _FUNCTION_MARKER = "distribute-next-job"
+#: Present while this copy runs a job: which job, under which token, on which branch, and
+#: whether its finish had begun.  A worker opening the copy after a crash saves what the
+#: dead attempt left in the job's folder to that branch, and completes a begun finish.
+_JOB_MARKER = "distribute-job.json"
 
 
-#: At a free lock, a worker waits for at most this many workers before it in turn.
-TURNS_WAITED = 4
-#: How long what a waiting worker saw of the pace of turns keeps counting.
-TURN_MEMORY_SECONDS = 5.0
+
+class _Step(enum.Enum):
+    """What became of one try at a job, short of a claim."""
+
+    NONE = "no job, and no other job running: return None"
+    WAIT = "no job now, but other jobs run (one may come back): wait and ask again"
+    LOST = "another worker claimed or finished first: look again almost at once"
+    AGAIN = "our holding of the lock was lost: start over at once"
 
 
 def default_worker_name() -> str:
@@ -89,7 +114,13 @@ class Worker:
             workers further back look less often (see ``get_next_job``), and a
             worker waiting for running jobs backs off from it, doubling with jitter.
         max_poll_seconds: longest delay between looks.
-        max_attempts: attempts per job before it moves to ``failed.txt``.
+        max_attempts: failed attempts per job before it moves to ``failed.txt``.
+        max_interruptions: interrupted attempts per job (a signal, a restart, a
+            lease that expired) before it moves to ``failed.txt``; interruptions
+            do not use up ``max_attempts``.
+        resume: a retried job starts with what its previous attempt wrote
+            (the previous attempt's branch is merged into the new one), so a
+            job can go on from its last checkpoint; ``resumed_from`` tells.
         wait_for_running: ``get_next_job`` waits while other workers still run
             jobs (they may fail or die and be offered to this one) instead of
             returning ``None`` at once.
@@ -110,6 +141,8 @@ class Worker:
         poll_seconds: float = 0.1,
         max_poll_seconds: float | None = None,
         max_attempts: int = 3,
+        max_interruptions: int = MAX_INTERRUPTIONS,
+        resume: bool = True,
         wait_for_running: bool = True,
         retry_seconds: float = 60.0,
         heartbeat: bool = True,
@@ -121,8 +154,11 @@ class Worker:
         rng: random.Random | None = None,
     ) -> None:
         self.name = check_name(name if name is not None else default_worker_name(), "worker")
-        if lease_seconds <= 0 or poll_seconds <= 0 or max_attempts < 1:
-            raise UsageError("lease_seconds and poll_seconds must be > 0, max_attempts >= 1")
+        if lease_seconds <= 0 or poll_seconds <= 0 or max_attempts < 1 or max_interruptions < 1:
+            raise UsageError(
+                "lease_seconds and poll_seconds must be > 0, max_attempts and "
+                "max_interruptions >= 1"
+            )
         self.path = str(Path(path).resolve())
         self._filelock = self._lock_local_copy()
         try:
@@ -143,11 +179,7 @@ class Worker:
         self.wait_for_running = wait_for_running
         self.retry_seconds = retry_seconds
         self._clock = clock
-        self._claim_seconds = 0.0  # how long claims take here (moving average)
-        self._observe_seconds = 0.0  # how long a look at the remote takes here
-        self._peek_seconds = 0.0  # how long a look at the lock alone takes
-        self._turns = (0.0, 0.0)  # turns seen taken, and in how long (both fading)
-        self._last_look: tuple[float, dict[str, str]] | None = None
+        self._pacer = Pacer(self.poll_seconds, self.max_poll_seconds)
         self._waiting_since = 0.0
         # a wait computed from two clock readings can come out a hair below zero
         self._sleep: Callable[[float], None] = lambda seconds: sleep(max(0.0, seconds))
@@ -161,9 +193,14 @@ class Worker:
             lease=lease_seconds,
             margin=margin_seconds if margin_seconds is not None else max(0.5, lease_seconds / 10),
             max_attempts=max_attempts,
+            max_interruptions=max_interruptions,
+            resume=resume,
             clock=clock,
             journal=journal,
         )
+        self._closed = False
+        self._resumed_work = False
+        atexit.register(self._at_exit)
         self._stop = threading.Event()
         self._beat_thread: threading.Thread | None = None
         self.heartbeat_errors = 0
@@ -197,6 +234,73 @@ class Worker:
         (git_dir / _OWNER_FILE).write_text(json.dumps(info), encoding="utf-8")
         return lock
 
+    def _job_marker(self) -> Path:
+        return Path(self.path) / ".git" / _JOB_MARKER
+
+    def _mark_job(self, *, finishing: bool = False) -> None:
+        """Record the running job in the copy (see ``_JOB_MARKER``), or clear the record."""
+        job, path = self.coord.job, self._job_marker()
+        if job is None:
+            path.unlink(missing_ok=True)
+            return
+        data = {"job": job.job, "token": job.token, "attempt": job.attempt,
+                "branch": job.branch, "finishing": finishing}
+        scratch = path.with_name(path.name + ".new")
+        scratch.write_text(json.dumps(data), encoding="utf-8")
+        os.replace(scratch, path)
+
+    def _recover_own_job(self) -> None:
+        """Pick up what this copy's previous process left of its job, if it died in one.
+
+        What the dead attempt wrote in the job's folder is committed onto the job's
+        branch and pushed there (nothing is deleted, nothing blocks the restart); the
+        next attempt then starts from it.  A finish that had begun (say, the remote was
+        unreachable) is completed instead of running the job again.  Files outside the
+        job's folder are left alone for ``get_next_job`` to report.
+        """
+        path = self._job_marker()
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            job = str(data["job"])
+            holding = JobHolding(job, int(data["token"]), int(data["attempt"]),
+                                 str(data["branch"]), "")
+            finishing = bool(data.get("finishing", False))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError):
+            path.unlink(missing_ok=True)  # a torn record: the ledger still knows the job
+            return
+        remote_tip = self._retrying(partial(self.transport.fetch, [holding.branch_ref]))
+        tip = remote_tip.get(holding.branch_ref)
+        head = self.copy.head()
+        if tip is None or head is None:
+            path.unlink()
+            return
+        folder = job_dir(job)
+        if any(p == folder or p.startswith(folder + "/") for p in self.copy.changed_paths()):
+            head = self.copy.snapshot(
+                head, f"what attempt {holding.attempt} of {job} left when its worker died",
+                only=folder,
+            )
+            self.copy.advance(head, holding.branch)
+        holding.tip = tip
+        self.coord.adopt(holding)
+        try:
+            if head != tip:
+                self._retrying(partial(self.coord.update, head))
+            if finishing:
+                self._finish_adopted()
+        except (LeaseLost, MergeConflict):
+            pass  # the ledger now says what became of the job; its branch keeps the files
+        finally:
+            if self.coord.job is not None:
+                self.coord.drop_job()
+            path.unlink(missing_ok=True)
+
+    def _finish_adopted(self) -> None:
+        backoff = Backoff(self.poll_seconds / 4, self.max_poll_seconds, self._rng)
+        self._retrying(partial(self.coord.finish, self._sleep, backoff.next))
+
     def _function_marker(self) -> Path:
         return Path(self.path) / ".git" / _FUNCTION_MARKER
 
@@ -227,18 +331,49 @@ class Worker:
             marker.unlink()
 
     def close(self) -> None:
-        """Stop the heartbeat, release the lock if held, free the local copy."""
+        """Stop the heartbeat, give back what this worker holds, say it is gone, and free
+        the local copy.
+
+        A job still running is given back as *interrupted* (it runs again, from what
+        its last update pushed, without using up an attempt), so no one waits a lease
+        for it; the lock, if held, is released; the liveness record says the worker
+        left, so no waiting worker counts it in turn.  Called at interpreter exit for
+        workers that were never closed.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self._at_exit)
         self._stop.set()
         if self._beat_thread is not None:
             self._beat_thread.join(timeout=5)
         try:
+            if self.coord.job is not None:
+                with contextlib.suppress(DistributeError):
+                    self._end_job_attempt("the worker was closed while the job ran")
             if self.coord.holding is not None:
-                self.coord.release()
-        except TransportError:
-            pass
+                with contextlib.suppress(TransportError):
+                    self.coord.release()
+            self._say_gone()
         finally:
             if self._filelock.is_locked:
                 self._filelock.release()
+
+    def _at_exit(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def _end_job_attempt(self, reason: str) -> None:
+        """One try to give the running job back as interrupted (no retries: closing)."""
+        self.commit_update(f"partial results of {self.running_job}")
+        self.coord.fail_step(reason, interrupted=True)
+        if self.coord.job is None:
+            self._mark_job()
+
+    def _say_gone(self) -> None:
+        """Tell the others this worker asks for no more jobs (best effort)."""
+        with contextlib.suppress(DistributeError):
+            self.coord.say_gone()
 
     def __enter__(self) -> Worker:
         return self
@@ -263,6 +398,12 @@ class Worker:
     @property
     def attempt(self) -> int | None:
         return self.coord.job.attempt if self.coord.job else None
+
+    @property
+    def resumed_from(self) -> str | None:
+        """The earlier attempt's branch this attempt started from (its files were there
+        when the job began), or ``None`` for a fresh start."""
+        return self.coord.job.resumed_from if self.coord.job else None
 
     @property
     def job_branch(self) -> str | None:
@@ -313,6 +454,7 @@ class Worker:
                 f"this worker still runs {self.coord.job.job!r}; call finish_job() or "
                 "fail_job(reason) first"
             )
+        self._recover_own_job()
         changed = self.copy.changed_paths()
         if changed:
             raise DirtyWorkingTree(
@@ -323,38 +465,15 @@ class Worker:
             )
         backoff = Backoff(self.poll_seconds, self.max_poll_seconds, self._rng)
         self._waiting_since = self._clock()
-        self._last_look = None  # turns are counted while waiting, not across jobs
-        watching: Snapshot | None = None  # the lock as last observed, while we wait on it
-        watched: str | None = None  # the lock's value at the latest look
-        ahead: list[str] = []  # liveness refs of the idle workers before us in turn
-        idle_main: str | None = None
+        self._pacer.new_wait()
+        watch: Watch | None = None  # set while waiting with peeks instead of full looks
+        idle_main: str | None = None  # the main branch on which the function had no job
         while True:
-            if watching is not None:
-                # waiting: a look at the lock and liveness refs (Coordinator.peek), not a
-                # fetch, until the lock moves or, on a free lock, those before us in turn
-                # had their chance
-                looked = self._clock()
-                refs = self._retrying(self.coord.peek)
-                self._peek_seconds = _average(self._peek_seconds, self._clock() - looked)
-                self._count_turns(refs)
-                value = refs.get(LOCK_REF)
-                # a worker before us that claimed has moved its liveness ref
-                ahead = [r for r in ahead if refs.get(r) == watching.refs.get(r)]
-                expired = self.coord.watch.expired(LOCK_REF, self._clock())
-                if not expired and (
-                    (value == watched and (not watching.lock.free or self._turn_wait(ahead) > 0))
-                    or (value != watched and ahead)
-                ):
-                    watched = value
-                    delay = self._poll_delay(ahead)
-                    if watching.lock.free and value == watching.lock_oid:
-                        delay = min(delay, self._turn_wait(ahead))  # wake when it is our turn
-                    self._sleep(delay)
+            if watch is not None:
+                watch = self._peek(watch)
+                if watch is not None:
                     continue
-            watching = None
-            looked = self._clock()
-            snap = self._retrying(self.coord.observe)
-            self._observe_seconds = _average(self._observe_seconds, self._clock() - looked)
+            snap = self._look()
             if (
                 snap.main == idle_main
                 and isinstance(self.coord.plan(snap), CallNextJobFunction)
@@ -364,102 +483,99 @@ class Worker:
                 # job is orphaned; ask it again only once something changed
                 self._sleep(backoff.next())
                 continue
-            if self.coord.own_ref not in snap.refs:
-                # a first liveness record, so that waiting workers count this one in turn
+            if not self.coord.registered(snap):
+                # a liveness record saying we are here, so that waiting workers count
+                # this one in turn
                 self._retrying(self.coord.renew_beat)
-                snap = self._retrying(self.coord.observe)
+                snap = self._look()
             ahead = self.coord.ahead_in_turn(snap)
-            if snap.lock.free and self._turn_wait(ahead) > 0:
+            watching = Watch(
+                lock_free=snap.lock.free, lock_oid=snap.lock_oid, latest=snap.lock_oid,
+                ahead=tuple(ahead), ahead_oids={r: snap.refs.get(r, "") for r in ahead},
+            )
+            verdict = after_look(watching, self._turn_wait(len(ahead)))
+            if isinstance(verdict, KeepWatching):
                 # idle workers take turns at a free lock; ours comes after those ``ahead``
-                watching, watched = snap, snap.lock_oid
-                self._sleep(min(self._turn_wait(ahead), self._poll_delay(ahead)))
+                watch = verdict.watch
+                self._sleep(min(verdict.wake_by or 0.0, self._poll_delay(len(ahead))))
+                continue
+            if self.coord.others_finishing(snap):
+                # a finish that kept losing races asked for its turn: claim nothing (nor
+                # move the main branch otherwise) until it has landed
+                self._sleep(self._poll_delay(0))
                 continue
             if self._may_claim_unlocked(snap, next_job_func):
                 started = snap.at
                 outcome = self._claim_unlocked(snap, next_job_func)
                 if isinstance(outcome, JobHolding):
                     # how long a claim takes here, from the fetch to the landed push
-                    self._claim_seconds = _average(self._claim_seconds, self._clock() - started)
+                    self._pacer.claimed(self._clock() - started)
             elif self._retrying(partial(self.coord.try_acquire, snap)):
                 outcome = self._under_lock(snap, next_job_func)
             else:
                 # a held lock is watched cheaply; a free one (a lost race, a torn read)
                 # is looked at in full again
-                watching, watched = (None, None) if snap.lock.free else (snap, snap.lock_oid)
-                self._sleep(self._poll_delay(ahead))
+                watch = after_failed_try(watching)
+                self._sleep(self._poll_delay(len(ahead)))
                 continue
             if isinstance(outcome, JobHolding):
                 self._retrying(partial(self._checkout_clean, outcome.tip, outcome.branch))
+                self._mark_job()
                 return outcome.job
-            if outcome == "none":
+            if outcome is _Step.NONE:
+                self._say_gone()
                 return None
-            if outcome == "wait":
+            if outcome is _Step.WAIT:
                 idle_main = snap.main
                 self._sleep(backoff.next())
-            elif outcome == "lost":
+            elif outcome is _Step.LOST:
                 # someone claimed or finished first; if the lock did not move it is still
                 # our turn, so look again almost at once
                 self._sleep(self._rng.uniform(0, self.poll_seconds / 4))
-            # "again": the holding was lost; start over at once
+            # _Step.AGAIN: the holding was lost; start over at once
 
-    def _turn_wait(self, ahead: list[str]) -> float:
-        """Seconds left before a free lock is ours to try, counted from when we first saw
-        it free: each idle worker before us in turn gets one :meth:`_slot`, up to
-        :data:`TURNS_WAITED` of them (those may be gone: a dead worker's liveness record
-        counts as idle until this worker has seen it unchanged for a lease)."""
+    def _look(self) -> Snapshot:
+        """A full look at the remote, timed for the pacer."""
+        looked = self._clock()
+        snap = self._retrying(self.coord.observe)
+        self._pacer.looked(self._clock() - looked)
+        return snap
+
+    def _peek(self, watch: Watch) -> Watch | None:
+        """One peek while waiting (:func:`~distribute.core.pacing.after_peek`): sleep and
+        return the updated watch, or ``None`` when a full look is due."""
+        looked = self._clock()
+        refs = self._retrying(self.coord.peek)
         now = self._clock()
-        # counted from when this call began waiting at the latest: a value seen long
-        # before (say, when the worker started) says nothing about the others' turns
-        seen = min(self.coord.watch.unchanged_for(LOCK_REF, now), now - self._waiting_since)
-        return min(len(ahead), TURNS_WAITED) * self._slot() - seen
+        self._pacer.peeked(now - looked)
+        self._pacer.count_turns(refs, now, WORKERS_PREFIX)
+        verdict = after_peek(
+            watch, refs, LOCK_REF,
+            expired=self.coord.watch.expired(LOCK_REF, now),
+            wait=self._turn_wait(len(still_ahead(watch, refs))),
+        )
+        if isinstance(verdict, LookAgain):
+            return None
+        delay = self._poll_delay(len(verdict.watch.ahead))
+        if verdict.wake_by is not None:
+            delay = min(delay, verdict.wake_by)  # wake when it is our turn
+        self._sleep(delay)
+        return verdict.watch
 
-    def _slot(self) -> float:
-        """The time one worker's turn takes: time to notice the free lock (``poll_seconds``),
-        to look at the remote and to claim, with a margin: twice what claims, or else looks,
-        take here.  Both grow on a loaded machine or with a slow remote, so waiters further
-        back give those ahead longer instead of stampeding."""
-        work = max(2 * self._claim_seconds, 2 * self._observe_seconds)
-        return min(self.poll_seconds + self._observe_seconds + work, self.max_poll_seconds)
+    def _turn_wait(self, ahead: int) -> float:
+        """Seconds left before a free lock is ours to try (:func:`~distribute.core.pacing.
+        turn_wait`; records of workers gone without saying so count as idle until seen
+        unchanged for a lease)."""
+        now = self._clock()
+        return turn_wait(
+            ahead, self._pacer.slot(),
+            self.coord.watch.unchanged_for(LOCK_REF, now), now - self._waiting_since,
+        )
 
-    def _poll_delay(self, ahead: list[str]) -> float:
-        """How long to wait between looks at the lock.
-
-        The first two in turn (the second takes over as soon as the first claims) look
-        every ``poll_seconds``, or more often when a look is cheap here -- down to a
-        quarter of it, while looking stays under a tenth of the time (a bare repository
-        on this machine is read in about a millisecond; an ``ls-remote`` takes tens).
-        Each one further back waits a turn's time more.
-        """
-        if len(ahead) <= 1:
-            cheap = max(self.poll_seconds / 4, 10 * self._peek_seconds)
-            delay = min(self.poll_seconds, cheap, self.max_poll_seconds)
-        else:
-            # a turn's time more per place; but wake again by half the time the places
-            # ahead take at the pace turns go now, so as not to sleep through our turn
-            pace = max(self.poll_seconds, (len(ahead) - 1) * self._turn_pace() / 2)
-            delay = self.poll_seconds + self._slot() * (len(ahead) - 1)
-            delay = min(self.max_poll_seconds, delay, pace)
+    def _poll_delay(self, ahead: int) -> float:
+        """A jittered wait between looks (:meth:`~distribute.core.pacing.Pacer.poll_delay`)."""
+        delay = self._pacer.poll_delay(ahead)
         return self._rng.uniform(delay / 2, delay)
-
-    def _count_turns(self, refs: Mapping[str, str]) -> None:
-        """Learn how fast turns go: each claim moves its worker's liveness record, so the
-        records that moved between two looks count the turns taken meanwhile.  Counts and
-        time fade over :data:`TURN_MEMORY_SECONDS`, however often this worker looks."""
-        now = self._clock()
-        if self._last_look is not None:
-            then, before = self._last_look
-            fade = math.exp(-(now - then) / TURN_MEMORY_SECONDS)
-            moved = sum(
-                1 for ref, oid in refs.items()
-                if ref.startswith(WORKERS_PREFIX) and before.get(ref, oid) != oid
-            )  # fmt: skip
-            self._turns = (self._turns[0] * fade + moved, self._turns[1] * fade + now - then)
-        self._last_look = (now, dict(refs))
-
-    def _turn_pace(self) -> float:
-        """Seconds per turn as last seen (``poll_seconds`` before any turn was seen)."""
-        turns, seconds = self._turns
-        return seconds / turns if turns >= 1 else self.poll_seconds
 
     def _may_claim_unlocked(self, snap: Snapshot, func: NextJobFunction) -> bool:
         """A repo-only function may decide with the lock free (see :mod:`distribute.sources`);
@@ -471,18 +587,18 @@ class Worker:
             and isinstance(self.coord.plan(snap), CallNextJobFunction)
         )
 
-    def _claim_unlocked(self, snap: Snapshot, func: NextJobFunction) -> JobHolding | str:
+    def _claim_unlocked(self, snap: Snapshot, func: NextJobFunction) -> JobHolding | _Step:
         job, edits = self._run_next_job_function(snap, func)
         if job is None:
             return self._no_job(snap)
         got = self._claim_or_undo(snap, partial(self.coord.claim_unlocked, snap, job, edits))
-        return got if got is not None else "lost"
+        return got if got is not None else _Step.LOST
 
-    def _no_job(self, snap: Snapshot) -> str:
-        """The function had no job: ``"wait"`` while other workers still run one (it may
-        come back), else ``"none"``."""
+    def _no_job(self, snap: Snapshot) -> _Step:
+        """The function had no job: wait while other workers still run one (it may come
+        back), else none."""
         waiting = self.wait_for_running and others_running(snap.ledger, self.name)
-        return "wait" if waiting else "none"
+        return _Step.WAIT if waiting else _Step.NONE
 
     def _claim_or_undo(
         self, snap: Snapshot, claim: Callable[[], JobHolding | None]
@@ -494,31 +610,31 @@ class Worker:
             if self.coord.job is None:
                 self._checkout_clean(snap.main, None)
 
-    def _under_lock(self, snap: Snapshot, func: NextJobFunction) -> JobHolding | str:
+    def _under_lock(self, snap: Snapshot, func: NextJobFunction) -> JobHolding | _Step:
         coord = self.coord
         try:
             while True:
                 if coord.holding is None:
-                    return "again"
+                    return _Step.AGAIN
                 plan = coord.plan(snap)
                 if isinstance(plan, GiveUp):
                     snap = self._retrying(partial(coord.give_up, snap, plan))
                     continue
                 if isinstance(plan, Retry):
                     got = self._retrying(partial(coord.claim, snap, plan, None))
-                    return got if got is not None else "again"
+                    return got if got is not None else _Step.AGAIN
                 if not coord.holding_valid():
                     # paused past the lease since the acquire: another worker may hold
                     # the lock now, so the function must not run on this holding
                     coord.holding = None
-                    return "again"
+                    return _Step.AGAIN
                 job, edits = self._run_next_job_function(snap, func)
                 if job is None:
                     self._retrying(partial(coord.release, snap.main))
                     return self._no_job(snap)
                 claim = partial(coord.claim, snap, CallNextJobFunction(), job, edits)
                 got = self._claim_or_undo(snap, claim)
-                return got if got is not None else "again"
+                return got if got is not None else _Step.AGAIN
         except BaseException:
             if coord.holding is not None:
                 with contextlib.suppress(TransportError):  # else the lease expires
@@ -557,15 +673,19 @@ class Worker:
                 this worker's branch, where it stays).
         """
         job = self._job()
-        if not self.copy.changed_paths():
-            if self.coord.revoked:
-                self.coord.update(job.tip)  # raises LeaseLost
-            return False
-        tip = self.copy.snapshot(job.tip, message or f"update {job.job}")
-        # move the branch, HEAD and index only: files the job keeps open stay as they are
-        self.copy.advance(tip, job.branch)
-        self._retrying(partial(self.coord.update, tip))
-        return True
+        try:
+            if not self.copy.changed_paths():
+                if self.coord.revoked:
+                    self.coord.update(job.tip)  # raises LeaseLost
+                return False
+            tip = self.copy.snapshot(job.tip, message or f"update {job.job}")
+            # move the branch, HEAD and index only: files the job keeps open stay as they are
+            self.copy.advance(tip, job.branch)
+            self._retrying(partial(self.coord.update, tip))
+            return True
+        finally:
+            if self.coord.job is None:
+                self._mark_job()
 
     def discard_changes(self) -> None:
         """Throw away the local copy's uncommitted changes and untracked files.
@@ -594,13 +714,25 @@ class Worker:
         """
         self._job()
         self.commit_update(f"final results of {self.running_job}")
+        # from here a restarted worker completes this finish instead of running the job again
+        self._mark_job(finishing=True)
         backoff = Backoff(self.poll_seconds / 4, self.max_poll_seconds, self._rng)
-        self._retrying(partial(self.coord.finish, self._sleep, backoff.next))
+        try:
+            self._retrying(partial(self.coord.finish, self._sleep, backoff.next))
+        finally:
+            if self.coord.job is None:
+                self._mark_job()
 
-    def fail_job(self, reason: str = "failed") -> str:
+    def fail_job(self, reason: str = "failed", *, interrupted: bool = False) -> str:
         """Record that the job failed; it is retried while attempts are left.
 
         Uncommitted changes are committed to the job branch first.
+
+        Args:
+            reason: why, for ``running.txt``/``failed.txt``.
+            interrupted: the job did not fail, it was stopped (a signal, a
+                shutdown); the attempt does not count toward ``max_attempts``
+                (only toward the generous ``max_interruptions``).
 
         Returns:
             ``"retry"`` or ``"failed"`` (no attempts left; see ``failed.txt``).
@@ -608,7 +740,13 @@ class Worker:
         self._job()
         self.commit_update(f"partial results of {self.running_job}")
         backoff = Backoff(self.poll_seconds / 4, self.max_poll_seconds, self._rng)
-        return self._retrying(partial(self.coord.fail, reason, self._sleep, backoff.next))
+        try:
+            return self._retrying(
+                partial(self.coord.fail, reason, self._sleep, backoff.next, interrupted)
+            )
+        finally:
+            if self.coord.job is None:
+                self._mark_job()
 
     # ---- plumbing --------------------------------------------------------------
     def _job(self) -> JobHolding:
@@ -632,11 +770,6 @@ class Worker:
                         f"{scrub_url(str(exc))}"
                     ) from None
                 self._sleep(backoff.next())
-
-
-def _average(mean: float, sample: float) -> float:
-    """A moving average of durations that starts at the first sample, not at zero."""
-    return sample if mean == 0 else mean + (sample - mean) / 4
 
 
 def _call_next_job_function(func: NextJobFunction, worker: Worker) -> Any:
@@ -673,4 +806,4 @@ def worker_from_url(
     return Worker(target, name, **options)
 
 
-__all__ = ["Worker", "default_worker_name", "worker_from_url"]
+__all__ = ["TURNS_WAITED", "Worker", "default_worker_name", "worker_from_url"]

@@ -13,10 +13,18 @@ States of a job in the ledgers::
 
     (absent) --claim--> running[worker, token, attempt]
     running  --finish (same worker+token)--> done
-    running  --fail / lease expired, attempts left--> running[worker="" (released)]
+    running  --fail or interrupt, attempts left--> running[worker="" (released), was=worker]
     running[released] or running[expired] --retry--> running[new worker, new token, attempt+1]
-    running  --fail, no attempts left--> failed
+    running  --fail or interrupt, none left--> failed
     failed   --requeue--> (absent; the queue gets it back)
+
+Attempts count failures, not interruptions.  An attempt *fails* when its
+command fails or the job calls ``fail_job``; it is *interrupted* when its
+worker was stopped by a signal, restarted, or went silent until its lease
+expired.  ``max_attempts`` bounds failures; a separate, generous
+``max_interruptions`` stops a job that brings down every machine it lands
+on.  A line records ``interrupted=N``, the interrupted attempts among those
+that ended, so the failures are the ended attempts less those.
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ DONE = "done.txt"
 FAILED = "failed.txt"
 LEDGER_FILES = (RUNNING, DONE, FAILED)
 REQUIRED_FILES = (RUNNING, DONE)
+#: Default cap on interrupted attempts of one job (see the module docstring).
+MAX_INTERRUPTIONS = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +55,10 @@ class Entry:
         token: the fencing token of the holding under which it was claimed.
         attempt: 1 for the first run, +1 for every retry.
         reason: why the last attempt failed, if it did.
+        interrupted: how many of the attempts that ended were interrupted
+            rather than failed.
+        was: on a released line, the worker whose attempt ended (its branch
+            holds what that attempt wrote).
     """
 
     job: str
@@ -52,10 +66,22 @@ class Entry:
     token: int = 0
     attempt: int = 1
     reason: str = ""
+    interrupted: int = 0
+    was: str = ""
 
     @property
     def released(self) -> bool:
         return self.worker == ""
+
+    @property
+    def ended(self) -> int:
+        """Attempts that have ended: all of them once released, else all but the current."""
+        return self.attempt if self.released else self.attempt - 1
+
+    @property
+    def failures(self) -> int:
+        """Ended attempts that failed (the ones ``max_attempts`` counts)."""
+        return max(0, self.ended - self.interrupted)
 
 
 def _clean_reason(reason: str) -> str:
@@ -66,6 +92,10 @@ def _clean_reason(reason: str) -> str:
 def format_line(entry: Entry) -> str:
     fields = [entry.job, f"worker={entry.worker}", f"token={entry.token}"]
     fields.append(f"attempt={entry.attempt}")
+    if entry.interrupted:
+        fields.append(f"interrupted={entry.interrupted}")
+    if entry.was:
+        fields.append(f"was={entry.was}")
     if entry.reason:
         fields.append(f"reason={_clean_reason(entry.reason)}")
     return "\t".join(fields)
@@ -87,6 +117,8 @@ def parse_line(line: str, source: str = "ledger") -> Entry:
             token=int(values.get("token", "0")),
             attempt=int(values.get("attempt", "1")),
             reason=values.get("reason", ""),
+            interrupted=int(values.get("interrupted", "0")),
+            was=values.get("was", ""),
         )
     except ValueError as exc:
         raise RemoteStateError(f"{source}: bad number in line {line!r}") from exc
@@ -189,10 +221,18 @@ class Ledger:
         entry = Entry(job=job, worker=worker, token=token, attempt=1)
         return replace(self, running=(*self.running, entry))
 
-    def retry(self, job: str, worker: str, token: int) -> Ledger:
-        """Give a released or expired running job to ``worker`` as its next attempt."""
+    def retry(self, job: str, worker: str, token: int, *, interrupted: bool = False) -> Ledger:
+        """Give a released or expired running job to ``worker`` as its next attempt.
+
+        ``interrupted``: the current attempt of a job still held (its holder's
+        lease expired, or it is this worker's own earlier life) ends here as
+        interrupted.  A released job's last attempt is counted already.
+        """
         old = self._running_or_raise(job)
-        new = Entry(job=job, worker=worker, token=token, attempt=old.attempt + 1)
+        new = Entry(
+            job=job, worker=worker, token=token, attempt=old.attempt + 1,
+            interrupted=old.interrupted + (1 if interrupted and not old.released else 0),
+        )
         return replace(self, running=tuple(new if e.job == job else e for e in self.running))
 
     def finish(self, job: str, worker: str, token: int) -> Ledger:
@@ -202,31 +242,45 @@ class Ledger:
             LeaseLost: the job is not running under this worker and token.
         """
         entry = self._fenced(job, worker, token, "finish")
-        done = Entry(job=job, worker=worker, token=token, attempt=entry.attempt)
+        done = Entry(job=job, worker=worker, token=token, attempt=entry.attempt,
+                     interrupted=entry.interrupted)
         return replace(
             self,
             running=tuple(e for e in self.running if e.job != job),
             done=(*self.done, done),
         )
 
-    def fail(self, job: str, worker: str, token: int, reason: str, max_attempts: int) -> Ledger:
-        """Record a failed attempt: release the job for a retry, or move it to ``failed.txt``."""
+    def fail(
+        self, job: str, worker: str, token: int, reason: str, max_attempts: int, *,
+        interrupted: bool = False, max_interruptions: int = MAX_INTERRUPTIONS,
+    ) -> Ledger:
+        """End the current attempt as failed (or ``interrupted``): release the job for a
+        retry, or move it to ``failed.txt`` when its failures reach ``max_attempts`` or
+        its interruptions ``max_interruptions``."""
         entry = self._fenced(job, worker, token, "fail")
-        return self._fail_entry(entry, reason, max_attempts)
+        return self._end_attempt(entry, reason, max_attempts, interrupted, max_interruptions)
 
-    def expire(self, job: str, reason: str, max_attempts: int) -> Ledger:
-        """A holder's lease expired: release the job, or fail it when attempts are used up."""
-        return self._fail_entry(self._running_or_raise(job), reason, max_attempts)
+    def expire(self, job: str, reason: str) -> Ledger:
+        """Move a running job to ``failed.txt`` for good (its attempts are used up); a
+        holder's attempt still under way ends as interrupted."""
+        entry = self._running_or_raise(job)
+        return self._end_attempt(entry, reason, 0, not entry.released, MAX_INTERRUPTIONS)
 
-    def _fail_entry(self, entry: Entry, reason: str, max_attempts: int) -> Ledger:
-        if entry.attempt >= max_attempts:
-            final = replace(entry, reason=_clean_reason(reason))
+    def _end_attempt(
+        self, entry: Entry, reason: str, max_attempts: int, interrupted: bool,
+        max_interruptions: int,
+    ) -> Ledger:
+        if not entry.released:
+            entry = replace(entry, interrupted=entry.interrupted + (1 if interrupted else 0))
+        ended = replace(entry, worker="", was=entry.worker or entry.was)
+        if ended.failures >= max_attempts or ended.interrupted >= max_interruptions:
+            final = replace(entry, reason=_clean_reason(reason), was="")
             return replace(
                 self,
                 running=tuple(e for e in self.running if e.job != entry.job),
                 failed=(*(e for e in self.failed if e.job != entry.job), final),
             )
-        released = replace(entry, worker="", reason=_clean_reason(reason))
+        released = replace(ended, reason=_clean_reason(reason))
         return replace(
             self, running=tuple(released if e.job == entry.job else e for e in self.running)
         )

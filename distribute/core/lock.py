@@ -88,6 +88,12 @@ class Beat:
         jobs: the jobs the worker holds, for people reading the remote.
         revoked_by: set on a revoked beat: the worker that took over.
         token: for a revoked beat, the token of the takeover.
+        gone: written by the worker itself when it stops asking for jobs (it
+            returned ``None``, was closed, or its process exits): nobody waits
+            for it in turn, and no job it still holds waits for its lease.
+        finishing: the job whose finish has lost several races in a row: other
+            workers claim nothing until it is finished (or its lease expires),
+            so that the finish gets its turn (see ``Coordinator.finish``).
     """
 
     worker: str
@@ -96,16 +102,25 @@ class Beat:
     jobs: tuple[str, ...] = ()
     revoked_by: str = ""
     token: int = 0
+    gone: bool = False
+    finishing: str = ""
 
     @property
     def revoked(self) -> bool:
         return self.revoked_by != ""
 
     def next(self, jobs: tuple[str, ...]) -> Beat:
-        return Beat(worker=self.worker, session=self.session, seq=self.seq + 1, jobs=jobs)
+        finishing = self.finishing if self.finishing in jobs else ""
+        return Beat(worker=self.worker, session=self.session, seq=self.seq + 1, jobs=jobs,
+                    finishing=finishing)
 
     def revoke(self, by: str, token: int) -> Beat:
-        return replace(self, revoked_by=by, token=token, seq=self.seq + 1)
+        return replace(self, revoked_by=by, token=token, seq=self.seq + 1, gone=False,
+                       finishing="")
+
+    def left(self) -> Beat:
+        """The worker's last beat: it holds nothing and asks for nothing any more."""
+        return replace(self.next(()), gone=True)
 
 
 def _encode(kind: str, summary: str, payload: dict[str, Any]) -> str:
@@ -150,6 +165,8 @@ def parse_lock_message(message: str) -> LockState:
 def beat_message(beat: Beat) -> str:
     if beat.revoked:
         summary = f"distribute worker {beat.worker}: revoked by {beat.revoked_by}"
+    elif beat.gone:
+        summary = f"distribute worker {beat.worker}: gone (seq {beat.seq})"
     else:
         summary = f"distribute worker {beat.worker}: alive (seq {beat.seq})"
     payload = asdict(beat)
@@ -166,6 +183,8 @@ def parse_beat_message(message: str) -> Beat:
         jobs=tuple(str(j) for j in data.get("jobs", ())),
         revoked_by=str(data.get("revoked_by", "")),
         token=int(data.get("token", 0)),
+        gone=bool(data.get("gone", False)),
+        finishing=str(data.get("finishing", "")),
     )
 
 

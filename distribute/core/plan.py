@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Set
 from dataclasses import dataclass
 
-from distribute.core.ledger import Entry, Ledger
+from distribute.core.ledger import MAX_INTERRUPTIONS, Entry, Ledger
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,10 +25,13 @@ class Retry:
     ``revoke`` names the previous holder whose liveness ref must be revoked
     (by CAS from its observed value) in the same atomic push; ``""`` when the
     job was released cleanly or belonged to this worker's earlier life.
+    ``interrupted``: the job is still held (by a worker whose lease expired,
+    or by this worker's earlier life), and that attempt ends as interrupted.
     """
 
     entry: Entry
     revoke: str = ""
+    interrupted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +51,10 @@ class CallNextJobFunction:
 ClaimPlan = Retry | GiveUp | CallNextJobFunction
 
 
-def plan_claim(ledger: Ledger, me: str, expired: Set[str], max_attempts: int) -> ClaimPlan:
+def plan_claim(
+    ledger: Ledger, me: str, expired: Set[str], max_attempts: int,
+    max_interruptions: int = MAX_INTERRUPTIONS,
+) -> ClaimPlan:
     """Choose the holder's next move.
 
     Args:
@@ -57,22 +63,24 @@ def plan_claim(ledger: Ledger, me: str, expired: Set[str], max_attempts: int) ->
             (a worker runs one job at a time and has none when it asks for
             the next), so they are retried at once without waiting a lease.
         expired: workers whose liveness the caller judged expired.
-        max_attempts: attempts allowed per job.
+        max_attempts: failed attempts allowed per job.
+        max_interruptions: interrupted attempts allowed per job.
     """
     for entry in ledger.running:
         if entry.released:
-            if entry.attempt >= max_attempts:
+            if entry.failures >= max_attempts or entry.interrupted >= max_interruptions:
                 return GiveUp(entry, entry.reason or "attempts used up")
             return Retry(entry)
         if entry.worker == me:
-            revoke = ""
+            revoke, why = "", f"worker {me!r} restarted"
         elif entry.worker in expired:
-            revoke = entry.worker
+            revoke, why = entry.worker, f"lease of worker {entry.worker!r} expired"
         else:
             continue
-        if entry.attempt >= max_attempts:
-            return GiveUp(entry, f"lease of worker {entry.worker!r} expired", revoke=revoke)
-        return Retry(entry, revoke=revoke)
+        if entry.interrupted + 1 >= max_interruptions:
+            reason = f"interrupted {entry.interrupted + 1} times; the last time: {why}"
+            return GiveUp(entry, reason, revoke=revoke)
+        return Retry(entry, revoke=revoke, interrupted=True)
     return CallNextJobFunction()
 
 

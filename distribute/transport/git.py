@@ -1155,12 +1155,14 @@ class GitLocalCopy:
             if entry
         ]
 
-    def snapshot(self, parent: Oid, message: str) -> Oid:
+    def snapshot(self, parent: Oid, message: str, *, only: str | None = None) -> Oid:
         """Commit the whole working tree (tracked and untracked, not ignored) onto ``parent``.
 
+        With ``only`` (a folder of the working tree), just the changes under it.
         Uses a temporary index: ``HEAD``, branches and the real index stay as they are.
         """
-        return self._repo.write_commit(self._tree_of_working_tree(parent), [parent], message)
+        tree = self._tree_of_working_tree(parent, only)
+        return self._repo.write_commit(tree, [parent], message)
 
     def edits(self, parent: Oid, message: str) -> Oid | None:
         """:meth:`snapshot`, or ``None`` when the working tree equals ``parent``'s tree
@@ -1170,8 +1172,10 @@ class GitLocalCopy:
             return None
         return self._repo.write_commit(tree, [parent], message)
 
-    def _tree_of_working_tree(self, parent: Oid) -> Oid:
+    def _tree_of_working_tree(self, parent: Oid, only: str | None = None) -> Oid:
         check_oid(parent)
+        # a literal pathspec: no glob or magic in a folder name is ever interpreted
+        pathspec = ["--", f":(literal){only}"] if only is not None else []
         index = self._repo.git_dir / f"distribute-snapshot-{uuid.uuid4().hex}.index"
         try:
             if self._repo.index_file.exists():
@@ -1180,7 +1184,7 @@ class GitLocalCopy:
                 # would look unchanged and be left out
                 shutil.copy2(self._repo.index_file, index)
             env = {"GIT_INDEX_FILE": str(index)}
-            self._repo.check(["add", "--all"], "git add (snapshot)", env=env)
+            self._repo.check(["add", "--all", *pathspec], "git add (snapshot)", env=env)
             tree = self._repo.check(["write-tree"], "git write-tree", env=env).decode().strip()
         finally:
             index.unlink(missing_ok=True)

@@ -80,7 +80,15 @@ from hypothesis.stateful import (
 
 from distribute.coordination import Coordinator, JobHolding
 from distribute.core.errors import LeaseLost, MergeConflict, OutcomeUnknown
-from distribute.core.ledger import DONE, FAILED, LEDGER_FILES, RUNNING, Entry, Ledger
+from distribute.core.ledger import (
+    DONE,
+    FAILED,
+    LEDGER_FILES,
+    MAX_INTERRUPTIONS,
+    RUNNING,
+    Entry,
+    Ledger,
+)
 from distribute.core.lock import (
     LockState,
     holder_verdict,
@@ -479,6 +487,7 @@ class ProtocolMachine(RuleBasedStateMachine):
         self.events: dict[str, int] = {}
         self.expect_revoke: set[str] = set()
         self.expect_branch: dict[str, Oid] = {}
+        self.branch_job: dict[str, tuple[str, int]] = {}
 
     # ---- setup ------------------------------------------------------------------
     @initialize(
@@ -675,8 +684,10 @@ class ProtocolMachine(RuleBasedStateMachine):
         missing = self.expect_revoke - set(changed)
         require(not missing, f"{who} took over a job without revoking {sorted(missing)}")
         for ref, oid in self.expect_branch.items():
-            require(post.get(ref) == oid,
-                    f"{who} claimed a job but its branch {ref} is not at the claim commit")
+            got = post.get(ref)
+            require(got == oid or (got is not None and self.resumes(ref, oid, got, post)),
+                    f"{who} claimed a job but its branch {ref} is not at the claim commit "
+                    "(nor at a merge of it with an earlier attempt's branch of that job)")
         self.check_branches(post)
 
     def audit_main(self, ws: WorkerState | None, who: str, pre: dict[str, Oid],
@@ -763,7 +774,11 @@ class ProtocolMachine(RuleBasedStateMachine):
             if not (mine is not None and before.worker == ws.name
                     and mine.token == before.token):  # a give-up: attempts used up
                 require(fenced, f"{story} without holding the lock")
-                require(before.attempt >= self.max_attempts, f"{story} with attempts left")
+                # failures count toward max_attempts; interruptions (a takeover ends the
+                # holder's attempt as one) toward the separate, larger cap
+                interruptions = before.interrupted + (0 if before.released else 1)
+                require(before.failures >= self.max_attempts
+                        or interruptions >= MAX_INTERRUPTIONS, f"{story} with attempts left")
                 self.take_over(ws, job, before, story)
                 self.count("give-up")
         else:
@@ -782,6 +797,18 @@ class ProtocolMachine(RuleBasedStateMachine):
         claim = Claim(ws.name, ws.session, commit)
         self.model.claims[(job, token)] = claim
         self.expect_branch[claim.branch(job, token)] = commit
+        self.branch_job[claim.branch(job, token)] = (job, token)
+
+    def resumes(self, ref: str, claim_commit: Oid, got: Oid, refs: dict[str, Oid]) -> bool:
+        """Does a retried job's new branch start as a resume: a merge whose first parent is
+        the claim commit and whose second is an earlier attempt's branch tip of that job?"""
+        parents = self.world.parents(got)
+        if len(parents) != 2 or parents[0] != claim_commit:
+            return False
+        job, token = self.branch_job[ref]
+        earlier = [c.branch(j, t) for (j, t), c in self.model.claims.items()
+                   if j == job and t < token]
+        return any(b in refs and self.world.is_ancestor(parents[1], refs[b]) for b in earlier)
 
     def take_over(self, ws: WorkerState, job: str, before: Entry, story: str) -> None:
         """``ws`` takes ``job`` from its previous holding: that holder's lease must be over."""

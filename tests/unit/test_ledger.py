@@ -102,6 +102,49 @@ def test_fail_releases_then_fails_for_good():
     assert FAILED in led.to_files()
 
 
+def test_interruptions_release_without_using_up_attempts():
+    led = fresh().claim("j", "w", 1)
+    for token in range(2, 6):  # four interruptions in a row, max_attempts=2
+        led = led.fail("j", led.running_entry("j").worker or "v", token - 1, "SIGTERM",
+                       max_attempts=2, interrupted=True)
+        e = led.running_entry("j")
+        assert e is not None and e.released and e.failures == 0
+        assert e.interrupted == token - 1 and e.was in ("w", "v")
+        led = led.retry("j", "v", token)
+    e = led.running_entry("j")
+    assert (e.attempt, e.interrupted, e.failures) == (5, 4, 0)
+    led = led.fail("j", "v", 5, "boom", max_attempts=2)  # a real failure: 1 of 2
+    assert led.running_entry("j").failures == 1
+    led = led.retry("j", "v", 6).fail("j", "v", 6, "boom", max_attempts=2)
+    assert led.state_of("j") == "failed"
+    assert led.failed[0].interrupted == 4
+
+
+def test_interruptions_are_capped():
+    led = fresh().claim("j", "w", 1)
+    led = led.fail("j", "w", 1, "killed", max_attempts=3, interrupted=True,
+                   max_interruptions=2).retry("j", "w", 2)
+    led = led.fail("j", "w", 2, "killed", max_attempts=3, interrupted=True,
+                   max_interruptions=2)
+    assert led.state_of("j") == "failed"
+
+
+def test_a_takeover_counts_the_holders_attempt_as_interrupted():
+    led = fresh().claim("j", "w", 1).retry("j", "v", 2, interrupted=True)
+    e = led.running_entry("j")
+    assert (e.attempt, e.interrupted, e.failures) == (2, 1, 0)
+
+
+def test_new_fields_survive_a_round_trip_and_old_lines_read_as_failures():
+    led = fresh().claim("j", "w", 1).fail("j", "w", 1, "x", 3, interrupted=True)
+    again = Ledger.from_files(led.to_files())
+    assert again == led
+    assert b"interrupted=1" in led.to_files()[RUNNING] and b"was=w" in led.to_files()[RUNNING]
+    # a line written before interruptions were told apart: every ended attempt failed
+    old = Ledger.from_files({RUNNING: b"j\tworker=\ttoken=1\tattempt=2\n", "done.txt": b""})
+    assert old.running_entry("j").failures == 2
+
+
 def test_requeue_forgets_a_failed_job():
     led = fresh().claim("j", "w", 1).fail("j", "w", 1, "x", max_attempts=1)
     assert led.requeue("j").state_of("j") is None

@@ -25,20 +25,35 @@ def test_released_job_is_retried_first():
     assert plan_claim(led(e), "w", set(), 3) == Retry(e)
 
 
-def test_expired_holder_is_revoked():
+def test_expired_holder_is_revoked_and_its_attempt_ends_interrupted():
     e = Entry("a", "v", 1, 1)
-    assert plan_claim(led(e), "w", {"v"}, 3) == Retry(e, revoke="v")
+    assert plan_claim(led(e), "w", {"v"}, 3) == Retry(e, revoke="v", interrupted=True)
 
 
-def test_own_earlier_life_is_retried_at_once():
+def test_own_earlier_life_is_retried_at_once_as_an_interruption():
     e = Entry("a", "w", 1, 2)
+    assert plan_claim(led(e), "w", set(), 3) == Retry(e, interrupted=True)
+
+
+def test_expiries_do_not_use_up_attempts():
+    """Attempt 3 of a job whose two earlier attempts were interrupted (preempted) has
+    failed no time: with max_attempts=3 it is retried, not given up."""
+    e = Entry("a", "v", 1, 3, interrupted=2)
+    assert plan_claim(led(e), "w", {"v"}, 3) == Retry(e, revoke="v", interrupted=True)
+
+
+def test_too_many_interruptions_give_up():
+    e = Entry("a", "v", 1, 5, interrupted=4)
+    p = plan_claim(led(e), "w", {"v"}, 3, max_interruptions=5)
+    assert isinstance(p, GiveUp) and p.revoke == "v" and "interrupted 5 times" in p.reason
+    assert "expired" in p.reason
+
+
+def test_released_job_with_failures_used_up_gives_up():
+    e = Entry("a", "", 1, 3, "boom", interrupted=0)  # three failed attempts ended
+    assert isinstance(plan_claim(led(e), "w", set(), 3), GiveUp)
+    e = Entry("a", "", 1, 3, "boom", interrupted=1)  # two failures, one interruption
     assert plan_claim(led(e), "w", set(), 3) == Retry(e)
-
-
-def test_attempts_used_up_give_up():
-    e = Entry("a", "v", 1, 3)
-    p = plan_claim(led(e), "w", {"v"}, 3)
-    assert isinstance(p, GiveUp) and p.revoke == "v" and "expired" in p.reason
 
 
 def test_others_running():
