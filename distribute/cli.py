@@ -76,6 +76,7 @@ import contextlib
 import hashlib
 import json
 import os
+import platform
 import shlex
 import shutil
 import signal
@@ -90,6 +91,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+import filelock
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -98,10 +100,11 @@ from distribute import __version__
 from distribute.core.errors import (
     DistributeError,
     InvalidName,
+    LocalCopyBusy,
     RemoteStateError,
     UsageError,
 )
-from distribute.core.ledger import Entry, Ledger
+from distribute.core.ledger import MAX_INTERRUPTIONS, Entry, Ledger
 from distribute.core.lock import (
     Beat,
     LockState,
@@ -123,6 +126,7 @@ from distribute.fenced import FencedEdit, cli_holder, queue_edit, requeue_edit
 from distribute.transport.base import RefUpdate
 
 if TYPE_CHECKING:
+    from distribute.dist import Worker
     from distribute.remote import RemoteView
 
 ENV_REMOTE = "DISTRIBUTE_REMOTE"
@@ -531,6 +535,41 @@ def default_copy_path(remote: str, worker: str) -> Path:
     return user_cache_dir() / f"{label}-{digest}" / encode_component(worker)
 
 
+# ---- worker names of this machine ---------------------------------------------------------------
+#: How many workers without --name one machine may run on one remote at a time.
+MAX_SLOTS = 256
+
+
+def _fits_a_name(ch: str) -> bool:
+    try:
+        check_name(f"x{ch}x", "worker")
+    except InvalidName:
+        return False
+    return True
+
+
+def machine_name() -> str:
+    """This machine's host name as a worker name would hold it (``host`` if it has none).
+
+    A character a name may not hold (see :func:`distribute.core.names.check_name`)
+    becomes ``-``; white space at either end is dropped.
+    """
+    host = "".join(ch if _fits_a_name(ch) else "-" for ch in platform.node()).strip()
+    return host or "host"
+
+
+def slot_worker_name(slot: int) -> str:
+    """``<host>-<slot>``: the name of a worker started without ``--name`` in copy slot ``slot``."""
+    return check_name(f"{machine_name()}-{slot}", "worker")
+
+
+def copy_worker_name(path: Path) -> str:
+    """``<host>-<8 hex digits>``: the name of a worker on the local copy ``path`` when no
+    ``--name`` is given -- the same for the same folder on this machine."""
+    where = str(path.expanduser().resolve()).encode("utf-8", "surrogateescape")
+    return check_name(f"{machine_name()}-{hashlib.sha256(where).hexdigest()[:8]}", "worker")
+
+
 # ---- the commands --------------------------------------------------------------------------
 def _remote_argument() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     return click.argument("remote", envvar=ENV_REMOTE, metavar="REMOTE")
@@ -668,6 +707,82 @@ class _CommandAfterDashes(click.Command):
             raise
 
 
+def _stop_leftovers(copy: Path, out: Output) -> None:
+    """Stop what a killed worker process left running on ``copy`` (see
+    :func:`distribute.orphans.reap_leftover_command`).
+
+    Done only while this process holds the copy's file lock, so never to the
+    command of a live worker: when another process holds it, nothing is done
+    (and opening the worker then fails with ``LocalCopyBusy``).
+    """
+    from distribute.dist import _LOCK_FILE
+    from distribute.orphans import reap_leftover_command
+
+    git_dir = copy / ".git"
+    if not git_dir.is_dir():
+        return
+    lock = filelock.FileLock(str(git_dir / _LOCK_FILE))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        return
+    try:
+        note = reap_leftover_command(git_dir)
+    finally:
+        lock.release()
+    if note:
+        out.info(note)
+
+
+def _open_worker(
+    url: str, copy: Path, name: str, out: Output, **options: Any
+) -> tuple[Worker, bool]:
+    """A worker named ``name`` on ``copy`` (cloned if missing), once leftovers are stopped;
+    and whether ``copy`` was made just now."""
+    from distribute.dist import worker_from_url
+
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    out.debug(f"worker {name}, local copy {copy}")
+    _stop_leftovers(copy, out)
+    fresh = not copy.exists()
+    return worker_from_url(url, path=copy, name=name, **options), fresh
+
+
+def _open_slot_worker(
+    url: str, out: Output, hold: contextlib.ExitStack, **options: Any
+) -> tuple[Worker, bool]:
+    """A worker in the lowest free copy slot of this machine: ``<host>-1``, ``<host>-2``, ...
+
+    A slot is taken by a file lock beside its copy, held (by ``hold``) until
+    this process ends, so that two workers starting at once never clone into
+    one folder; a copy that a live worker uses (it holds the copy's own file
+    lock) is passed over too.
+    """
+    for slot in range(1, MAX_SLOTS + 1):
+        name = slot_worker_name(slot)
+        copy = default_copy_path(url, name)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        claim = filelock.FileLock(str(copy.parent / f".{copy.name}.slot.lock"))
+        try:
+            claim.acquire(timeout=0)
+        except filelock.Timeout:
+            continue
+        try:
+            opened = _open_worker(url, copy, name, out, **options)
+        except LocalCopyBusy:
+            claim.release()
+            continue
+        except BaseException:
+            claim.release()
+            raise
+        hold.callback(claim.release)
+        return opened
+    raise UsageError(
+        f"all {MAX_SLOTS} worker slots of this machine are in use on this remote; "
+        "give the worker a --name"
+    )
+
+
 @cli.command(
     cls=_CommandAfterDashes,
     context_settings=_CONTEXT,
@@ -686,18 +801,32 @@ files are committed with the job). Its output goes to DISTRIBUTE_JOB_DIR/log.txt
 committed every --commit-every seconds. Exit 0 finishes the job; anything else
 fails the attempt (it is retried up to --max-attempts times). work exits 0
 when no job is left, whatever the jobs' outcomes (see `distribute status`).
+A job's next attempt starts with the files its previous attempt committed
+(DISTRIBUTE_RESUMED_FROM names that attempt's branch; --no-resume for a
+fresh folder), so a job that writes checkpoints can go on from the last one.
 
 \b
 The local copy defaults to <cache>/distribute/<remote>-<hash>/<name>, where
-<cache> is $XDG_CACHE_HOME or ~/.cache; without --name the worker gets a fresh
-name and that default copy is deleted on exit.
-SIGINT/SIGTERM reach the command; the attempt is then failed as "interrupted"
-(it runs again while attempts are left) and work exits with 128+signal.""",
+<cache> is $XDG_CACHE_HOME or ~/.cache, and is kept for the next run.
+Without --name the worker is <host>-1, <host>-2, ...: the lowest slot whose
+copy no running worker uses (with --path: <host>-<hash of the path>). So a
+worker restarted after a crash gets its old name and copy back and resumes
+its own job at once, instead of waiting a lease for it.
+
+\b
+SIGINT/SIGTERM reach the command; the attempt then ends as "interrupted"
+(it runs again, and does not use up --max-attempts, only the larger
+--max-interruptions) and work exits with 128+signal.
+The command never outlives work: on Linux it is killed when work dies, and
+whatever it left running (e.g. its own children) is stopped when its job
+ends or, after a crash, by the next work on the same copy.""",
 )
 @_remote_argument()
 @click.option("--path", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Local copy (a clone this worker owns). Default: see below.")
-@click.option("--name", default=None, help="Unique worker name (default: <host>-<pid>-<random>).")
+@click.option("--name", default=None,
+              help="Unique worker name (default: <host>-<slot>, stable across restarts; "
+                   "see below).")
 @click.option("--max-jobs", type=click.IntRange(min=1), default=None, metavar="K",
               help="Stop after running K jobs (each attempt counts).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -705,7 +834,13 @@ SIGINT/SIGTERM reach the command; the attempt is then failed as "interrupted"
 @click.option("--lease", type=click.FloatRange(min=0, min_open=True), default=120.0,
               show_default=True, metavar="S", help="Lease period of the lock and of jobs.")
 @click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True,
-              metavar="N", help="Attempts per job before it is recorded as failed.")
+              metavar="N", help="Failed attempts per job before it is recorded as failed.")
+@click.option("--max-interruptions", type=click.IntRange(min=1), default=MAX_INTERRUPTIONS,
+              show_default=True, metavar="N",
+              help="Interrupted attempts per job (signals, restarts, expired leases) before "
+                   "it is recorded as failed.")
+@click.option("--resume/--no-resume", default=True, show_default=True,
+              help="Start a job's next attempt with the files its last attempt committed.")
 @click.option("--shell", is_flag=True, help="Run the command with /bin/sh -c.")
 @click.option("--commit-every", type=click.FloatRange(min=0, min_open=True), default=5.0,
               show_default=True, metavar="S", help="Seconds between commits of the log.")
@@ -718,13 +853,13 @@ SIGINT/SIGTERM reach the command; the attempt is then failed as "interrupted"
 def work(
     ctx: click.Context, remote: str, path: Path | None, name: str | None,
     max_jobs: int | None, timeout: float | None, lease: float, max_attempts: int,
-    shell: bool, commit_every: float, grace: float, wait: bool, branch: str | None,
+    max_interruptions: int, resume: bool, shell: bool, commit_every: float, grace: float,
+    wait: bool, branch: str | None,
 ) -> int:
     """Take jobs from the jobs.txt queue and run a command for each.
 
     Put the command after `--`.
     """
-    from distribute.dist import default_worker_name, worker_from_url
     from distribute.runner import JobRunner
     from distribute.sources import QueueJobs
 
@@ -736,18 +871,27 @@ def work(
             "e.g. distribute work REMOTE -- python train.py {job}"
         )
     url = resolve_remote(remote)
-    worker_name = check_name(name, "worker") if name is not None else default_worker_name()
-    scratch = path is None and name is None
-    copy = path if path is not None else default_copy_path(url, worker_name)
-    copy.parent.mkdir(parents=True, exist_ok=True)
-    out.debug(f"worker {worker_name}, local copy {copy}")
-    try:
-        worker = worker_from_url(
-            url, path=copy, name=worker_name, branch=branch, lease_seconds=lease,
-            max_attempts=max_attempts, wait_for_running=wait,
-        )
+    options: dict[str, Any] = {
+        "branch": branch, "lease_seconds": lease, "max_attempts": max_attempts,
+        "max_interruptions": max_interruptions, "resume": resume, "wait_for_running": wait,
+    }
+    with contextlib.ExitStack() as hold:
+        if name is not None:
+            worker_name = check_name(name, "worker")
+            copy = path if path is not None else default_copy_path(url, worker_name)
+            worker, fresh = _open_worker(url, copy, worker_name, out, **options)
+        elif path is not None:
+            worker, fresh = _open_worker(url, path, copy_worker_name(path), out, **options)
+        else:
+            worker, fresh = _open_slot_worker(url, out, hold, **options)
         try:
             worker.get_running()  # a remote that is not ready fails here, before any output
+        except BaseException:
+            worker.close()
+            if fresh:  # a clone made just now, of a remote no worker can use yet
+                shutil.rmtree(worker.path, ignore_errors=True)
+            raise
+        try:
             out.info(f"worker {worker.name} on {scrub_url(url)}")
             runner = JobRunner(
                 worker, command, QueueJobs(), shell=shell, timeout=timeout,
@@ -756,11 +900,6 @@ def work(
             summary = runner.run()
         finally:
             worker.close()
-    finally:
-        if scratch:
-            shutil.rmtree(copy, ignore_errors=True)
-            with contextlib.suppress(OSError):
-                copy.parent.rmdir()  # only when empty
     counts = ", ".join(
         f"{summary.count(s)} {s}" for s in ("done", "retry", "failed", "lost", "interrupted")
         if summary.count(s)

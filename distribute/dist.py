@@ -66,6 +66,7 @@ from distribute.core.pacing import (
     turn_wait,
 )
 from distribute.core.plan import CallNextJobFunction, GiveUp, Retry, others_running
+from distribute.orphans import reap_leftover_command
 from distribute.sources import is_repo_only
 from distribute.transport.base import Transport
 from distribute.transport.git import GitLocalCopy
@@ -315,10 +316,13 @@ class Worker:
         This process holds the copy's file lock, so no other worker runs here:
         git's lock files and Distribute's scratch indexes are leftovers of a
         process killed mid-command, and would make every git command fail.
-        Edits of a next-job function that was running are dropped.  Files a
-        job wrote are kept (``get_next_job`` then reports them).
+        Edits of a next-job function that was running are dropped, and a job's
+        command the dead process left running is stopped.  Files a job wrote are
+        kept: ``get_next_job`` saves those in the job's folder to its branch.
         """
         git_dir = Path(self.path) / ".git"
+        # a job's command the dead process left running would write beside the restart
+        reap_leftover_command(git_dir)
         names = ("index.lock", "HEAD.lock", "config.lock", "packed-refs.lock", "shallow.lock")
         stale = [git_dir / name for name in names]
         stale += git_dir.glob("distribute-snapshot-*")

@@ -7,7 +7,7 @@ a time and runs one child process per job.  The job reaches the child as one
 argument (every ``{job}`` in the command is replaced; with ``shell=True`` the
 command is one ``/bin/sh -c`` script and the job is shell-quoted) and through
 the environment (``DISTRIBUTE_JOB``, ``DISTRIBUTE_WORKER``,
-``DISTRIBUTE_ATTEMPT``, ``DISTRIBUTE_JOB_DIR``).
+``DISTRIBUTE_ATTEMPT``, ``DISTRIBUTE_JOB_DIR``, ``DISTRIBUTE_RESUMED_FROM``).
 
 The child writes into the job's folder in the working tree
 (``DISTRIBUTE_JOB_DIR``, ``updates/<encoded job>``); ``commit_update`` never
@@ -21,13 +21,30 @@ left); ``timeout`` kills the child's process group and fails the attempt.
 
 Signals: SIGINT and SIGTERM are forwarded to the child's process group (it
 runs in a session of its own, so a terminal's Ctrl-C reaches it once).  Once
-the child is gone the attempt is failed with reason ``interrupted`` -- it
-stays runnable while attempts are left -- the worker is closed and the loop
+the child is gone the attempt ends as *interrupted*: the job runs again (from
+the files its last commit holds) and the attempt does not count toward
+``max_attempts``, only toward the generous ``max_interruptions``; the worker
+is closed and the loop
 reports the signal, so that the command exits with 128 + signum.  A signal
 while waiting for a job interrupts the wait; afterwards the runner releases
 whatever this process still holds on the remote (the lock, if the signal came
 between a push and its bookkeeping, and the jobs its liveness record names).
 A second signal kills the child at once; a third ends the process.
+
+A command never outlives its worker (see :mod:`distribute.orphans`).  On
+Linux the child is started with a parent-death signal (SIGKILL), so a worker
+killed without warning (``kill -9``, the OOM killer) takes its child along.
+While it runs, the child -- pid, process group, start time -- is recorded in
+``.git/distribute-child.json`` of the local copy; the next worker process on
+that copy stops what is left of the group (the grandchildren the parent-death
+signal does not reach) before it runs anything, and the record is removed
+once the child has been reaped.  When the child exits, however it ends, what
+is left in its process group is killed (SIGKILL) before the job is finished
+or failed: a background process of the command must not write into the job
+folder while it is committed, nor live on into the next job.  The child is
+waited for without reaping it first (``waitid`` with ``WNOWAIT``), so its
+pid, and with it the id of its process group, cannot be given to another
+process before that group has been killed.
 """
 
 from __future__ import annotations
@@ -54,6 +71,13 @@ from distribute.core.errors import (
 )
 from distribute.core.lock import lock_message, parse_beat_message, parse_lock_message
 from distribute.core.names import LOCK_REF
+from distribute.orphans import (
+    ChildRecord,
+    clear_child_record,
+    kill_leftovers,
+    parent_death_guard,
+    record_child,
+)
 from distribute.transport.base import RefUpdate
 
 if TYPE_CHECKING:
@@ -95,15 +119,22 @@ def command_for_job(command: Sequence[str], job: str, *, shell: bool = False) ->
 
 
 def job_environment(
-    base: Mapping[str, str], *, job: str, worker: str, attempt: int, job_dir: str
+    base: Mapping[str, str], *, job: str, worker: str, attempt: int, job_dir: str,
+    resumed_from: str | None = None,
 ) -> dict[str, str]:
-    """``base`` plus the ``DISTRIBUTE_*`` variables a job's command receives."""
+    """``base`` plus the ``DISTRIBUTE_*`` variables a job's command receives.
+
+    ``DISTRIBUTE_RESUMED_FROM`` names the earlier attempt's branch whose files the job
+    folder starts with (empty for a fresh start): a job that finds it set may go on
+    from its last checkpoint.
+    """
     env = dict(base)
     env.update(
         DISTRIBUTE_JOB=job,
         DISTRIBUTE_WORKER=worker,
         DISTRIBUTE_ATTEMPT=str(attempt),
         DISTRIBUTE_JOB_DIR=job_dir,
+        DISTRIBUTE_RESUMED_FROM=resumed_from or "",
     )
     return env
 
@@ -168,9 +199,18 @@ def _pump(stream: int, sink: LogSink) -> None:
         sink.write(chunk)
 
 
+#: The child can be waited for without being reaped (see the module docstring).
+_WAITID = hasattr(os, "waitid") and hasattr(os, "WNOWAIT")
+
+
 def _signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
-    """Send ``signum`` to the child's process group (to the child alone where groups are absent)."""
-    if proc.poll() is not None:
+    """Send ``signum`` to the child's process group (to the child alone where groups are absent).
+
+    Nothing is sent once the child has been reaped: its pid may belong to
+    another process by then.  An exited child not yet reaped still holds its
+    pid, so its group can be signalled.  Never reaps the child itself.
+    """
+    if proc.returncode is not None:
         return
     try:
         if hasattr(os, "killpg"):
@@ -179,6 +219,45 @@ def _signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
             proc.send_signal(signum)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for the child to exit; ``True`` once it has.
+
+    With ``waitid`` the exited child is left a zombie, not reaped: its pid
+    still names it, and its process group can be killed safely.  Elsewhere it
+    is reaped here (``Popen.wait``).
+    """
+    if not _WAITID:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.returncode is not None:
+            return True
+        try:
+            exited = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # reaped elsewhere; Popen.wait copes with that
+            return True
+        if exited is not None:
+            return True
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(0.02, left))
+
+
+def _end_group(proc: subprocess.Popen[bytes], record: ChildRecord | None) -> None:
+    """Kill whatever is left in the child's process group (the child too, if it still
+    runs), then reap the child."""
+    if proc.returncode is None:
+        _signal_group(proc, signal.SIGKILL)  # the group id is still the child's pid
+        proc.wait()
+    elif record is not None:  # reaped already (no waitid): tell the group by its record
+        kill_leftovers(record)
 
 
 @dataclass
@@ -336,7 +415,8 @@ class JobRunner:
         sink = LogSink(os.path.join(job_dir, LOG_FILE))
         argv = command_for_job(self.command, job, shell=self.shell)
         env = job_environment(
-            os.environ, job=job, worker=worker.name, attempt=attempt, job_dir=job_dir
+            os.environ, job=job, worker=worker.name, attempt=attempt, job_dir=job_dir,
+            resumed_from=worker.resumed_from,
         )
         self.report(f"job {job!r} (attempt {attempt}) started")
         sink.note(f"job {job!r} attempt {attempt} on worker {worker.name}: {shlex.join(argv)}")
@@ -350,6 +430,7 @@ class JobRunner:
                 env=env,
                 cwd=self.cwd,
                 start_new_session=True,
+                preexec_fn=parent_death_guard(),
             )
         except OSError as exc:
             os.close(read_end)
@@ -359,6 +440,7 @@ class JobRunner:
             with contextlib.suppress(OSError):
                 os.close(write_end)
         self._child = proc
+        record = self._record_child(proc, job)
         if self._signum is not None:  # a signal came just before the child existed
             _signal_group(proc, self._signum)
         pump = threading.Thread(target=_pump, args=(read_end, sink), daemon=True)
@@ -368,9 +450,10 @@ class JobRunner:
             timed_out, lost = self._supervise(proc, sink, started)
         finally:
             self._child = None
-            if proc.poll() is None:  # an error escaped: never leave the command running
-                _signal_group(proc, signal.SIGKILL)
-                proc.wait()
+            # the command has exited (or an error escaped): nothing of it may run on
+            _end_group(proc, record)
+            if record is not None:
+                clear_child_record(self._git_dir())
             pump.join(timeout=5)
             with contextlib.suppress(OSError):
                 os.close(read_end)
@@ -405,11 +488,8 @@ class JobRunner:
         stop_sent: float | None = None
         timed_out = False
         while True:
-            try:
-                proc.wait(timeout=0.1)
+            if _wait_exit(proc, 0.1):
                 return timed_out, False
-            except subprocess.TimeoutExpired:
-                pass
             now = time.monotonic()
             if self._signum is not None and stop_sent is None:
                 stop_sent = now  # forwarded by the handler; start the grace period
@@ -427,12 +507,26 @@ class JobRunner:
                     with sink.paused():
                         self.worker.commit_update(f"progress of {self.worker.running_job}")
                 except LeaseLost:
-                    _signal_group(proc, signal.SIGKILL)
-                    proc.wait()
+                    _signal_group(proc, signal.SIGKILL)  # reaped by the caller
                     return timed_out, True
                 except TransportError as exc:
                     # the remote is away; the heartbeat decides about the lease
                     self.report(f"could not push the log ({exc}); will try again")
+
+    def _git_dir(self) -> Path:
+        return Path(self.worker.path) / ".git"
+
+    def _record_child(self, proc: subprocess.Popen[bytes], job: str) -> ChildRecord | None:
+        """Note the running child in the local copy, for the next worker process there."""
+        git_dir = self._git_dir()
+        if not git_dir.is_dir():
+            return None
+        try:
+            return record_child(git_dir, proc.pid, job=job, worker=self.worker.name)
+        except OSError as exc:
+            self.report(f"could not record the running command ({exc}); if this process is "
+                        "killed, stop the command by hand before restarting")
+            return None
 
     def _drop_lost_job(self) -> None:
         """Throw away what the lost job wrote after its last update (its branch keeps
@@ -456,8 +550,10 @@ class JobRunner:
         return outcome
 
     def _fail(self, outcome: JobOutcome, reason: str) -> JobOutcome:
+        """End the attempt: as failed, or as interrupted when a signal stopped it (an
+        interruption does not use up ``max_attempts``)."""
         try:
-            result = self.worker.fail_job(reason)
+            result = self.worker.fail_job(reason, interrupted=outcome.status == INTERRUPTED)
         except LeaseLost as exc:
             outcome.status, outcome.reason = LOST, str(exc)
             self.report(f"job {outcome.job!r}: {exc}")
@@ -482,7 +578,7 @@ class JobRunner:
         worker = self.worker
         if worker.running_job is not None:
             with contextlib.suppress(DistributeError):
-                worker.fail_job("interrupted")
+                worker.fail_job("interrupted", interrupted=True)
             return
         with contextlib.suppress(DistributeError):
             release_own_leftovers(worker, "interrupted")
@@ -521,7 +617,10 @@ def release_own_leftovers(worker: Worker, reason: str) -> None:
         for job in beat.jobs:
             entry = after.running_entry(job)
             if entry is not None and entry.worker == worker.name:
-                after = after.fail(job, worker.name, entry.token, reason, worker.max_attempts)
+                after = after.fail(
+                    job, worker.name, entry.token, reason, worker.max_attempts,
+                    interrupted=True, max_interruptions=worker.coord.max_interruptions,
+                )
         changes = after.changed_files(ledger)
         if not changes:
             return

@@ -256,9 +256,9 @@ def test_files_outside_the_job_folder_still_stop_a_restart(remote, tmp_path):
     assert dead.get_next_job(queue_jobs_func) == "a"
     Path(dead.path, "stray.txt").write_text("mine\n")
     abandon(dead)
-    with make(remote, tmp_path, script, name="w1") as again:
-        with pytest.raises(DirtyWorkingTree, match="stray.txt"):
-            again.get_next_job(queue_jobs_func)
+    with make(remote, tmp_path, script, name="w1") as again, \
+            pytest.raises(DirtyWorkingTree, match="stray.txt"):
+        again.get_next_job(queue_jobs_func)
 
 
 def test_a_finish_cut_off_by_the_network_is_completed_by_the_restart(remote, tmp_path):

@@ -79,7 +79,11 @@ def test_empty_command_is_a_usage_error():
 def test_environment_names_the_job():
     env = job_environment({"A": "1"}, job="j k", worker="w", attempt=2, job_dir="/x")
     assert env == {"A": "1", "DISTRIBUTE_JOB": "j k", "DISTRIBUTE_WORKER": "w",
-                   "DISTRIBUTE_ATTEMPT": "2", "DISTRIBUTE_JOB_DIR": "/x"}
+                   "DISTRIBUTE_ATTEMPT": "2", "DISTRIBUTE_JOB_DIR": "/x",
+                   "DISTRIBUTE_RESUMED_FROM": ""}
+    env = job_environment({}, job="j", worker="w", attempt=3, job_dir="/x",
+                          resumed_from="jobs/v/j/7")
+    assert env["DISTRIBUTE_RESUMED_FROM"] == "jobs/v/j/7"
 
 
 def test_describe_exit():
@@ -400,6 +404,7 @@ class FakeWorker:
         self.running_job = None
         self.attempt = None
         self.job_branch = None
+        self.resumed_from = None
         self.calls = []
         self.outcome = outcome
 
@@ -421,8 +426,8 @@ class FakeWorker:
         self.calls.append(("finish", self.running_job))
         self.running_job = None
 
-    def fail_job(self, reason="failed"):
-        self.calls.append(("fail", self.running_job, reason))
+    def fail_job(self, reason="failed", *, interrupted=False):
+        self.calls.append(("fail", self.running_job, reason, interrupted))
         self.running_job = None
         return self.outcome
 
@@ -458,7 +463,7 @@ def test_runner_timeout_kills_and_fails(tmp_path):
                         timeout=0.5, grace=1).run()
     o = summary.outcomes[0]
     assert o.status == OUT_FAILED and o.seconds < 10
-    assert w.calls[-1] == ("fail", "slow", "timed out after 0.5 s")
+    assert w.calls[-1] == ("fail", "slow", "timed out after 0.5 s", False)
 
 
 def test_runner_commits_the_log_periodically(tmp_path):
@@ -489,7 +494,7 @@ def test_runner_forwards_sigterm_and_fails_as_interrupted(tmp_path):
     assert marker.exists()
     assert summary.signum == signal.SIGTERM and summary.exit_code == 128 + signal.SIGTERM
     assert [o.status for o in summary.outcomes] == [INTERRUPTED]
-    assert w.calls[-1] == ("fail", "j", "interrupted")
+    assert w.calls[-1] == ("fail", "j", "interrupted", True)  # not a failure
     assert w.jobs == ["never"]  # no further job was taken
     assert signal.getsignal(signal.SIGTERM) is not None
 
