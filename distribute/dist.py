@@ -114,7 +114,13 @@ class Worker:
         poll_seconds: delay between looks at the lock for the next worker in turn;
             workers further back look less often (see ``get_next_job``), and a
             worker waiting for running jobs backs off from it, doubling with jitter.
-        max_poll_seconds: longest delay between looks.
+        max_poll_seconds: longest delay between looks while waiting for a turn
+            at the lock.
+        idle_poll_seconds: longest delay between looks while the queue is empty
+            and other workers' jobs still run (a job that comes back has to wait
+            for a lease to expire or a worker to fail, so looking much more often
+            than a fraction of the lease buys nothing; the request budget of a
+            hosted remote is the reason to look rarely).
         max_attempts: failed attempts per job before it moves to ``failed.txt``.
         max_interruptions: interrupted attempts per job (a signal, a restart, a
             lease that expired) before it moves to ``failed.txt``; interruptions
@@ -141,6 +147,7 @@ class Worker:
         lease_seconds: float = 120.0,
         poll_seconds: float = 0.1,
         max_poll_seconds: float | None = None,
+        idle_poll_seconds: float | None = None,
         max_attempts: int = 3,
         max_interruptions: int = MAX_INTERRUPTIONS,
         resume: bool = True,
@@ -176,6 +183,9 @@ class Worker:
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
         self.max_poll_seconds = max_poll_seconds or max(poll_seconds, min(5.0, lease_seconds / 4))
+        self.idle_poll_seconds = max(
+            self.max_poll_seconds, idle_poll_seconds or min(20.0, lease_seconds / 6)
+        )
         self.max_attempts = max_attempts
         self.wait_for_running = wait_for_running
         self.retry_seconds = retry_seconds
@@ -467,7 +477,9 @@ class Worker:
                 "asking for a job",
                 paths=changed,
             )
-        backoff = Backoff(self.poll_seconds, self.max_poll_seconds, self._rng)
+        # while the queue is empty and others' jobs run: from poll_seconds up to the idle
+        # ceiling, so a short wait ends fast and a long one costs few requests
+        backoff = Backoff(self.poll_seconds, self.idle_poll_seconds, self._rng, spread=0.25)
         self._waiting_since = self._clock()
         self._pacer.new_wait()
         watch: Watch | None = None  # set while waiting with peeks instead of full looks

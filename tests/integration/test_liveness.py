@@ -292,3 +292,40 @@ def test_a_finish_cut_off_by_the_network_is_completed_by_the_restart(remote, tmp
     done = git("show", "main:done.txt", cwd=remote)
     assert done.splitlines()[0].startswith("a\tworker=w1\t") and "attempt=1" in done
     assert git("show", "main:updates/a/result.txt", cwd=remote) == "42"
+
+
+def test_an_idle_worker_beside_a_long_job_looks_a_few_times_a_minute(remote, tmp_path):
+    """The request budget: while another worker's job runs (its holder renews its record),
+    an idle worker with the default lease may look often at first, but once it has waited
+    20 s it makes at most four looks at the remote a minute."""
+    from distribute.core.lock import Beat
+
+    add_jobs(str(remote), ["long"])
+    script = Script()
+    looks: list[float] = []
+    with make(remote, tmp_path, script, name="x", lease_seconds=120) as x:
+        assert x.get_next_job(queue_jobs_func) == "long"
+        for t in range(30, 400, 30):  # x's heartbeat, as its thread would renew it
+            script.at(t, lambda t=t: set_beat(remote, Beat(worker="x", session="live", seq=t,
+                                                           jobs=("long",))))
+        script.at(390.0, x.finish_job)
+        w = make(remote, tmp_path, script, name="w", lease_seconds=120,
+                 max_poll_seconds=None)
+        w.max_poll_seconds = 5.0  # the defaults for a 120 s lease
+        observe, peek = w.coord.observe, w.coord.peek
+
+        def counted(step):
+            def look():
+                looks.append(script.now)
+                return step()
+            return look
+
+        w.coord.observe, w.coord.peek = counted(observe), counted(peek)
+        try:
+            assert w.get_next_job(queue_jobs_func) is None
+        finally:
+            w.close()
+    late = [t for t in looks if 20.0 <= t < 380.0]
+    per_minute = len(late) / (360.0 / 60.0)
+    assert per_minute <= 4.0, f"{per_minute:.1f} looks a minute: {late}"
+    assert looks and max(looks) >= 390.0  # and it saw the end
