@@ -7,6 +7,7 @@ from distribute.core.errors import (
     AttemptsExhausted,
     DirtyWorkingTree,
     DistributeError,
+    FileTooLarge,
     InvalidName,
     JobAlreadyRunning,
     LeaseLost,
@@ -32,6 +33,7 @@ __all__ = [
     "AttemptsExhausted",
     "DirtyWorkingTree",
     "DistributeError",
+    "FileTooLarge",
     "InvalidName",
     "JobAlreadyRunning",
     "LeaseLost",
@@ -44,12 +46,14 @@ __all__ = [
     "RemoteStateError",
     "TransportError",
     "UsageError",
+    "Worker",
     "__version__",
     "add_jobs",
     "init_remote",
     "queue_jobs_func",
     "repo_only",
     "whetlab_make_next_jobs_func",
+    "worker_from_url",
 ]
 
 
@@ -59,4 +63,8 @@ def __getattr__(name: str) -> object:
         from distribute import remote
 
         return getattr(remote, name)
+    if name in ("Worker", "worker_from_url"):
+        from distribute import dist
+
+        return getattr(dist, name)
     raise AttributeError(name)

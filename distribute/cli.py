@@ -839,6 +839,9 @@ ends or, after a crash, by the next work on the same copy.""",
               show_default=True, metavar="N",
               help="Interrupted attempts per job (signals, restarts, expired leases) before "
                    "it is recorded as failed.")
+@click.option("--max-file-mb", type=click.FloatRange(min=0, min_open=True), default=50.0,
+              show_default=True, metavar="MB",
+              help="Refuse to commit a file larger than this (git hosts refuse 100 MB).")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Start a job's next attempt with the files its last attempt committed.")
 @click.option("--shell", is_flag=True, help="Run the command with /bin/sh -c.")
@@ -853,8 +856,8 @@ ends or, after a crash, by the next work on the same copy.""",
 def work(
     ctx: click.Context, remote: str, path: Path | None, name: str | None,
     max_jobs: int | None, timeout: float | None, lease: float, max_attempts: int,
-    max_interruptions: int, resume: bool, shell: bool, commit_every: float, grace: float,
-    wait: bool, branch: str | None,
+    max_interruptions: int, max_file_mb: float, resume: bool, shell: bool,
+    commit_every: float, grace: float, wait: bool, branch: str | None,
 ) -> int:
     """Take jobs from the jobs.txt queue and run a command for each.
 
@@ -874,6 +877,7 @@ def work(
     options: dict[str, Any] = {
         "branch": branch, "lease_seconds": lease, "max_attempts": max_attempts,
         "max_interruptions": max_interruptions, "resume": resume, "wait_for_running": wait,
+        "max_file_bytes": int(max_file_mb * 1_000_000),
     }
     with contextlib.ExitStack() as hold:
         if name is not None:

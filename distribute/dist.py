@@ -42,6 +42,7 @@ from distribute.coordination import Coordinator, JobHolding, Snapshot
 from distribute.core.errors import (
     DirtyWorkingTree,
     DistributeError,
+    FileTooLarge,
     JobAlreadyRunning,
     LeaseLost,
     LocalCopyBusy,
@@ -85,6 +86,8 @@ _FUNCTION_MARKER = "distribute-next-job"
 #: whether its finish had begun.  A worker opening the copy after a crash saves what the
 #: dead attempt left in the job's folder to that branch, and completes a begun finish.
 _JOB_MARKER = "distribute-job.json"
+#: The default largest file a job may commit (see ``Worker(max_file_bytes=...)``).
+MAX_FILE_BYTES = 50 * 1024 * 1024
 
 
 
@@ -132,6 +135,10 @@ class Worker:
             jobs (they may fail or die and be offered to this one) instead of
             returning ``None`` at once.
         retry_seconds: how long transport errors are retried before raising.
+        max_file_bytes: the largest file ``commit_update``/``finish_job`` will
+            commit (50 MB by default: git hosts warn at 50 MB and refuse
+            100 MB); a larger one is refused, naming it, before anything is
+            pushed.  ``None`` for no limit.
         heartbeat: run the background heartbeat thread.
         journal: optional ``callback(event, **fields)`` for every protocol step.
         wrap_transport: optional function that wraps the git transport (the
@@ -153,6 +160,7 @@ class Worker:
         resume: bool = True,
         wait_for_running: bool = True,
         retry_seconds: float = 60.0,
+        max_file_bytes: int | None = MAX_FILE_BYTES,
         heartbeat: bool = True,
         margin_seconds: float | None = None,
         journal: Callable[..., None] | None = None,
@@ -189,6 +197,7 @@ class Worker:
         self.max_attempts = max_attempts
         self.wait_for_running = wait_for_running
         self.retry_seconds = retry_seconds
+        self.max_file_bytes = max_file_bytes
         self._clock = clock
         self._pacer = Pacer(self.poll_seconds, self.max_poll_seconds)
         self._waiting_since = 0.0
@@ -379,7 +388,8 @@ class Worker:
 
     def _end_job_attempt(self, reason: str) -> None:
         """One try to give the running job back as interrupted (no retries: closing)."""
-        self.commit_update(f"partial results of {self.running_job}")
+        with contextlib.suppress(FileTooLarge):  # its branch keeps the last update
+            self.commit_update(f"partial results of {self.running_job}")
         self.coord.fail_step(reason, interrupted=True)
         if self.coord.job is None:
             self._mark_job()
@@ -690,10 +700,12 @@ class Worker:
         """
         job = self._job()
         try:
-            if not self.copy.changed_paths():
+            changed = self.copy.changed_paths()
+            if not changed:
                 if self.coord.revoked:
                     self.coord.update(job.tip)  # raises LeaseLost
                 return False
+            self._check_sizes(changed)
             tip = self.copy.snapshot(job.tip, message or f"update {job.job}")
             # move the branch, HEAD and index only: files the job keeps open stay as they are
             self.copy.advance(tip, job.branch)
@@ -702,6 +714,29 @@ class Worker:
         finally:
             if self.coord.job is None:
                 self._mark_job()
+
+    def _check_sizes(self, paths: list[str]) -> None:
+        """Refuse files over ``max_file_bytes`` before anything is committed or pushed."""
+        if self.max_file_bytes is None:
+            return
+        big = []
+        for path in paths:
+            try:
+                size = os.lstat(os.path.join(self.path, path)).st_size
+            except OSError:
+                continue  # deleted: nothing to push
+            if size > self.max_file_bytes:
+                big.append((path, size))
+        if big:
+            names = ", ".join(f"{p} ({size / 1e6:.1f} MB)" for p, size in big[:5])
+            raise FileTooLarge(
+                f"{names} {'is' if len(big) == 1 else 'are'} larger than max_file_bytes "
+                f"({self.max_file_bytes / 1e6:.1f} MB); nothing was committed or pushed. "
+                "Git hosts refuse files over 100 MB: write large outputs outside the local "
+                "copy (or list them in .gitignore) and commit a small summary, or raise "
+                "max_file_bytes if your remote takes them",
+                paths=[p for p, _ in big],
+            )
 
     def discard_changes(self) -> None:
         """Throw away the local copy's uncommitted changes and untracked files.
@@ -754,7 +789,11 @@ class Worker:
             ``"retry"`` or ``"failed"`` (no attempts left; see ``failed.txt``).
         """
         self._job()
-        self.commit_update(f"partial results of {self.running_job}")
+        try:
+            self.commit_update(f"partial results of {self.running_job}")
+        except FileTooLarge as exc:
+            # the branch keeps the last update; the reason says what was left out
+            reason = f"{reason} (not committed: {', '.join(exc.context['paths'][:3])} too large)"
         backoff = Backoff(self.poll_seconds / 4, self.max_poll_seconds, self._rng)
         try:
             return self._retrying(

@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING
 
 from distribute.core.errors import (
     DistributeError,
+    FileTooLarge,
     LeaseLost,
     MergeConflict,
     TransportError,
@@ -486,7 +487,7 @@ class JobRunner:
         deadline = started + self.timeout if self.timeout else None
         next_commit = started + self.commit_every
         stop_sent: float | None = None
-        timed_out = False
+        timed_out = too_large = False
         while True:
             if _wait_exit(proc, 0.1):
                 return timed_out, False
@@ -512,6 +513,12 @@ class JobRunner:
                 except TransportError as exc:
                     # the remote is away; the heartbeat decides about the lease
                     self.report(f"could not push the log ({exc}); will try again")
+                except FileTooLarge as exc:
+                    # nothing was committed; the finish will refuse it too, and say why
+                    if not too_large:
+                        sink.note(str(exc))
+                        self.report(f"job {self.worker.running_job!r}: {exc}")
+                    too_large = True
 
     def _git_dir(self) -> Path:
         return Path(self.worker.path) / ".git"
@@ -545,6 +552,8 @@ class JobRunner:
             outcome.status, outcome.reason = FAILED, str(exc)
             self.report(f"job {outcome.job!r}: {exc}")
             return outcome
+        except FileTooLarge as exc:
+            return self._fail(outcome, str(exc))
         outcome.status = DONE
         self.report(f"job {outcome.job!r}: done in {outcome.seconds:.1f} s")
         return outcome

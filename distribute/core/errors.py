@@ -57,6 +57,10 @@ class NoRunningJob(UsageError):
     """An operation needs a running job and the worker has none."""
 
 
+class FileTooLarge(UsageError):
+    """A file the job wrote is over the worker's ``max_file_bytes``; nothing was pushed."""
+
+
 class JobAlreadyRunning(UsageError):
     """``get_next_job`` was called while the worker still runs a job."""
 

@@ -509,3 +509,25 @@ def test_time_passing_between_two_readings_never_asks_for_a_negative_sleep(remot
                 w.finish_job()
                 add_jobs(str(remote), ["a"])
     assert slept
+
+
+def test_a_file_over_the_size_limit_is_refused_before_anything_is_pushed(remote, tmp_path):
+    from distribute.core.errors import FileTooLarge
+    from distribute.remote import add_jobs
+
+    add_jobs(str(remote), ["big"])
+    with make(remote, tmp_path, max_file_bytes=1_000_000) as w:
+        assert w.get_next_job(QueueJobs()) == "big"
+        before = git("rev-parse", f"refs/heads/{w.job_branch}", cwd=remote)
+        out = Path(w.job_dir)
+        out.mkdir(parents=True)
+        (out / "small.txt").write_text("fine\n")
+        (out / "weights.bin").write_bytes(b"\0" * 2_000_000)
+        with pytest.raises(FileTooLarge, match=r"updates/big/weights.bin \(2.0 MB\)"):
+            w.commit_update()
+        with pytest.raises(FileTooLarge, match="max_file_bytes"):
+            w.finish_job()
+        assert git("rev-parse", f"refs/heads/{w.job_branch}", cwd=remote) == before
+        assert w.fail_job("oversized output") == "retry"
+    running = show(remote, "running.txt")
+    assert "not committed: updates/big/weights.bin too large" in running
