@@ -12,7 +12,9 @@ Prints:
     as a multiple of the raw cycle;
   * jobs/s for several worker processes (default 4 and 16), as jobs per raw cycle
     (the cycle measured --raw-samples times around each run), and the jobs done by
-    the busiest and the least busy worker.
+    the busiest and the least busy worker;
+  * for each of those runs, its idle tail: from the last finish landing to the moment
+    the last worker process, told there was no job left, had closed its worker.
 
 Usage:
     python bench/bench.py                 # the full run (about three minutes on 2 cores)
@@ -119,6 +121,9 @@ class OwnCycle:
 
 
 POLL = (0.05, 1.0)
+#: The workers' lease: long enough that nothing expires while the machine is busy, and that
+#: a worker stalled on a lease at the end stands out in the idle tail.
+LEASE = 30.0
 MAIN = "refs/heads/main"
 
 
@@ -127,8 +132,9 @@ def worker_loop(
 ) -> None:
     done = 0
     claimed: list[float] = []
+    finished: list[float] = []  # when each finish had landed (finish_job returned)
     # the clone is set-up, not work: made before the clock starts
-    with worker_from_url(url, path=path, name=name, lease_seconds=30, poll_seconds=poll[0],
+    with worker_from_url(url, path=path, name=name, lease_seconds=LEASE, poll_seconds=poll[0],
                          max_poll_seconds=poll[1]) as worker:
         while time.time() < start:
             time.sleep(0.005)
@@ -136,11 +142,13 @@ def worker_loop(
         while worker.get_next_job(source) is not None:
             claimed.append(time.time())
             worker.finish_job()
+            finished.append(time.time())
             done += 1
+        no_job = time.time()  # get_next_job returned None: this worker leaves its loop
         st = worker.coord.stats
         stats = Counter(pushes=st.pushes, lost=st.lost_races, replays=st.replays,
                         fetches=st.fetches, **st.extra)
-    out.put((name, done, time.time(), stats, claimed))
+    out.put((name, done, time.time(), stats, claimed, finished, no_job))
 
 
 def run_workers(
@@ -158,16 +166,20 @@ def run_workers(
     counts: Counter[str] = Counter()
     totals: Counter[str] = Counter()
     claims: list[float] = []
+    ends: list[float] = []  # each worker's finishes, landed
+    left = start  # the last get_next_job that returned None
     end = start
     while time.time() < start:
         time.sleep(0.01)
     cpu_before = cpu_ticks()
     for _ in procs:
-        name, done, finished, stats, claimed = out.get(timeout=600)
+        name, done, closed, stats, claimed, finished, no_job = out.get(timeout=600)
         counts[name] = done
         totals.update(stats)
         claims += claimed
-        end = max(end, finished)
+        ends += finished
+        left = max(left, no_job)
+        end = max(end, closed)
     cpu_after = cpu_ticks()
     for p in procs:
         p.join(timeout=30)
@@ -177,6 +189,10 @@ def run_workers(
     shape = {"gap": statistics.median(gaps) if gaps else float("nan"), "busy": busy,
              "first": claims[0] - start if claims else float("nan"),
              "last": claims[-1] - start if claims else float("nan")}
+    # the idle tail: from the last job's finish landing (or, with no finish, the last
+    # claim; or the start) until the last worker had left its loop and closed
+    settled = max(ends + claims, default=start)
+    shape.update(finished=settled - start, left=left - start, tail=end - settled)
     return end - start, counts, totals, shape
 
 
@@ -296,6 +312,10 @@ def main() -> int:
                   f"was {shape['busy']:.0%} busy")
             print(f"    first claim {shape['first']:.2f} s after the start, last claim at "
                   f"{shape['last']:.2f} s, every worker done at {elapsed:.2f} s")
+            print(f"    idle tail {shape['tail']:.2f} s: the last finish landed at "
+                  f"{shape['finished']:.2f} s, the last worker got no job at {shape['left']:.2f} s "
+                  f"and its process was done at {elapsed:.2f} s (lease {LEASE:g} s: a worker "
+                  "stalled on a lease shows here)")
     finally:
         if daemon is not None:
             daemon.kill()

@@ -468,10 +468,19 @@ class Coordinator:
                 return False
             beat = self.beat.left()
             new_oid = self._empty_commit(beat_message(beat))
-            if self.push([RefUpdate(self.own_ref, self.beat_oid, new_oid)]):
-                self.beat, self.beat_oid = beat, new_oid
-                self.journal("gone")
-                return True
+            old = self.beat_oid
+            for _ in range(2):
+                if self.push([RefUpdate(self.own_ref, old, new_oid)]):
+                    self.beat, self.beat_oid = beat, new_oid
+                    self.journal("gone")
+                    return True
+                # our record moved: written by this worker's earlier life (a restart that
+                # never claimed), or revoked; only a revocation of this session stays
+                old = self.transport.fetch([self.own_ref]).get(self.own_ref)
+                self.stats.fetches += 1
+                seen = self.beat_at(old) if old is not None else None
+                if seen is not None and seen.revoked and seen.session == self.session:
+                    return False
             return False
 
     # ---- claiming ----------------------------------------------------------

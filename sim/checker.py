@@ -57,6 +57,8 @@ RULES = {
     "unfinished": "a job did not finish, or the ledgers are not empty at the end",
     "lost-write": "a push its worker saw succeed is missing from the remote's history",
     "crash": "a worker process ended with an unexpected error",
+    "idle-tail": "liveness: with the queue drained and nothing left running, a worker took "
+    "longer than the idle-tail bound (idle_tail_bound) to return from get_next_job",
 }
 
 
@@ -271,6 +273,8 @@ def check(
     lease: float,
     expected_jobs: Iterable[str] | None = None,
     allow_failed: bool = False,
+    poll: float | None = None,
+    max_poll: float | None = None,
 ) -> CheckResult:
     """Check a run's history against DESIGN.md section 4.
 
@@ -293,6 +297,8 @@ def check(
         expected_jobs: every job the queue held at the start (``None`` when
             jobs came from a next-job function: then every claimed job).
         allow_failed: jobs may end in ``failed.txt`` (job failures injected).
+        poll, max_poll: the workers' ``poll_seconds`` and ``max_poll_seconds``
+            (``None``: the Worker's defaults; see :func:`idle_tail_bound`).
 
     Returns:
         A :class:`CheckResult`.
@@ -311,6 +317,9 @@ def check(
     _check_writes_landed(hist, final, result)
     _check_crashes(hist, final, result)
     result.stats.update(_figures(hist, final, done, failed))
+    tail = idle_tail(hist, lease=lease, poll=poll, max_poll=max_poll)
+    result.stats.update(tail.figures())
+    _check_idle_tail(tail, final, result)
     return result
 
 
@@ -741,3 +750,203 @@ def recovery_times(hist: _History) -> list[float]:
                 if later:
                     out.append(min(later) - t)
     return out
+
+
+# ---- liveness at the end: the idle tail ------------------------------------------------
+
+#: Journal events after which the ledgers changed for good: a job left ``running.txt``.
+JOB_ENDS = ("finish", "fail", "give-up")
+#: Injector faults whose time restarts the idle tail's clock (see :func:`idle_tail`).
+TAIL_FAULTS = ("kill", "pause", "resume", "restart")
+
+
+def poll_ceiling(lease: float, poll: float | None = None, max_poll: float | None = None) -> float:
+    """A waiting worker's longest sleep between two looks at the remote while the queue is
+    drained and others' jobs run: the Worker's ``idle_poll_seconds``, whose default is
+    ``max(max_poll_seconds, min(20, lease_seconds / 6))``, where ``max_poll_seconds``
+    defaults to ``max(poll_seconds, min(5, lease_seconds / 4))``.  ``poll=None`` stands
+    for any ``poll_seconds`` no larger than a quarter lease."""
+    turn = max_poll or max(poll or 0.0, min(5.0, lease / 4))
+    return max(turn, min(20.0, lease / 6))
+
+
+def lease_margin(lease: float) -> float:
+    """The extra wait on top of a lease before an observer calls a holding expired (the
+    Worker's default ``margin_seconds``)."""
+    return max(0.5, lease / 10)
+
+
+def idle_tail_slack(lease: float) -> float:
+    """The part of :func:`idle_tail_bound` that is not the poll ceiling; see there."""
+    return min(2.0, max(0.75, lease / 2))
+
+
+def idle_tail_bound(
+    lease: float, poll: float | None = None, max_poll: float | None = None
+) -> float:
+    """The longest a worker may take, once the queue is drained and nothing runs any more,
+    to return ``None`` from ``get_next_job``: the one place this bound is stated.
+
+    A worker waiting for the last job sleeps at most its poll ceiling
+    (:func:`poll_ceiling`) between looks.  The look after the last finish sees
+    ``running.txt`` empty, the next-job function has nothing, and the worker
+    returns: one poll ceiling plus one look.  Nothing in that path has to wait
+    for a lease, so a tail as long as a lease is a liveness failure, the stall
+    this bound exists to catch.
+
+    On top of the poll ceiling comes :func:`idle_tail_slack`, for the look itself
+    (a fetch, the next-job function, maybe a release of the lock) and for
+    process scheduling: on a loaded 2-core machine with a dozen worker processes
+    a process can sit a few hundred milliseconds between runnable and running.
+    The slack is ``lease / 2`` clamped to 0.75 s .. 2 s.  A flat 2 s (the
+    first idea) would be plenty for scheduling, but it would make the check
+    blind where the simulator runs: a stalled worker waits a lease plus its
+    margin (:func:`lease_margin`), 2.5 s at the simulator's default lease of
+    2 s, while the poll ceiling plus 2 s is 2.5 s too.  With half a lease,
+    the bound is ``lease / 4 + lease / 2`` (0.5 + 1 = 1.5 s at a lease of
+    2 s), a quarter of a lease and the margin below a stall, for every lease
+    the simulator uses; the unit tests hold it below the stall from a lease
+    of 1 s to 120 s.  The cap of 2 s keeps the bound far below the leases
+    real workers use (120 s by default: a bound of 22 s).  The floor of
+    0.75 s is what a look plus a scheduling delay may take under load; below
+    a lease of about a second the gap to a stall shrinks to tenths, and a run
+    with such a lease proves little here.  Measured on 2 busy cores: the
+    judged waits of runs with 4 to 16 workers, with and without faults,
+    stayed under half a second, against 2.5 to 3 s for the stall.
+    """
+    return poll_ceiling(lease, poll, max_poll) + idle_tail_slack(lease)
+
+
+@dataclass(slots=True)
+class IdleTail:
+    """The end of a run as :func:`idle_tail` measured it.
+
+    Attributes:
+        seconds: from the last job end journalled (a finish, a failure or a
+            give-up, after its push returned) to the last ``no-job`` record;
+            ``None`` without either.
+        judged: the longest wait of one process, from its own starting point
+            (see :func:`idle_tail`) to its ``no-job`` record; ``None`` when no
+            process recorded one.
+        bound: :func:`idle_tail_bound` for the run's settings.
+        proc: the process whose wait was longest.
+        since: what that wait was counted from, in words.
+        since_t: when that was (``time.monotonic()``).
+    """
+
+    seconds: float | None
+    judged: float | None
+    bound: float
+    proc: str = ""
+    since: str = ""
+    since_t: float = 0.0
+
+    def figures(self) -> dict[str, Any]:
+        def r(v: float | None) -> float | None:
+            return None if v is None else round(v, 3)
+
+        return {"idle_tail_s": r(self.seconds), "idle_tail_judged_s": r(self.judged),
+                "idle_tail_bound_s": r(self.bound), "idle_tail_worker": self.proc or None,
+                "idle_tail_from": self.since or None}
+
+
+def idle_tail(
+    hist: _History,
+    *,
+    lease: float,
+    poll: float | None = None,
+    max_poll: float | None = None,
+) -> IdleTail:
+    """The run's idle tail, and the longest wait the bound judges.
+
+    The idle tail is the time from the last job end (finish, fail or give-up
+    event; each is journalled after its push returned, so the landing was no
+    later) to the last ``no-job`` record (a worker leaving its loop).  Every
+    time is a ``time.monotonic()`` reading, one clock for every process of the
+    host.
+
+    The judged wait of a process that recorded ``no-job`` at ``n`` counts from
+    the latest of these starting points, each a moment after which the
+    process had everything it needed to return within a poll and a look:
+
+    * the last job end of the run;
+    * its own ``session`` record (its Worker was open): process start-up is not
+      the protocol's wait;
+    * the last release of the lock by another process before ``n`` (a
+      ``lock-release`` or a ``claim``): a next-job function that runs under the
+      lock makes workers go one at a time, and each one waits for the one before;
+    * every fault of the injector (kill, pause, resume, restart); a kill or a
+      pause counts from its time plus a lease and its margin (:func:`lease_margin`);
+    * for a restarted life (``life`` above 0), its ``session`` record plus a
+      lease and its margin.
+
+    The last two are the waits a fault may rightly force.  A killed or paused
+    worker keeps the lock, if it held it, until its lease runs out, and its
+    liveness record looks like an idle worker's for as long, so the others may
+    give it its turns at a free lock (up to four, each up to a poll ceiling:
+    a lease when turns are slow).  A new process has watched no record yet, so
+    it cannot tell a dead worker's from a live one's for its first lease and
+    margin.  A job held by a killed or paused worker needs no rule of its own:
+    it is taken over after its lease and finished, and that finish is a later
+    job end.
+
+    So a run without faults is judged from its last finish (or the release of
+    the lock just before a worker's own turn), and a fault in the last lease
+    of a run only moves the start later: the check may let a stall right after
+    a fault pass, but never blames a wait a fault forced.
+    """
+    bound = idle_tail_bound(lease, poll, max_poll)
+    expiry = lease + lease_margin(lease)
+    ends = [float(r["t"]) for name in JOB_ENDS for _, r in hist.events(name)]
+    last_end = max(ends, default=None)
+    starts: list[tuple[float, str]] = []  # starting points every process shares
+    if last_end is not None:
+        starts.append((last_end, "the last job end"))
+    for f in hist.faults:
+        fault = f.get("fault")
+        if fault not in TAIL_FAULTS or f.get("at_end"):
+            continue
+        if fault in ("kill", "pause"):
+            starts.append((float(f["t"]) + expiry, f"a lease after the {fault} of {proc_key(f)}"))
+        else:
+            starts.append((float(f["t"]), f"the {fault} of {proc_key(f)}"))
+    releases: list[tuple[float, str]] = []  # (when, process) the lock was freed
+    for proc, recs in hist.by_proc.items():
+        for r in recs:
+            if r.get("kind") == "event" and (
+                r.get("event") == "claim" or (r.get("event") == "lock-release" and r.get("ok"))
+            ):
+                releases.append((float(r["t"]), proc))
+    releases.sort()
+    tail = IdleTail(None, None, bound)
+    last_gone = None
+    for proc, recs in hist.by_proc.items():
+        own = [
+            (float(r["t"]), "its Worker opening") if not r.get("life")
+            else (float(r["t"]) + expiry, "a lease after its restarted Worker opened")
+            for r in recs if r.get("kind") == "session"
+        ]
+        for r in recs:
+            if r.get("kind") != "no-job":
+                continue
+            n = float(r["t"])
+            last_gone = n if last_gone is None else max(last_gone, n)
+            freed = [(t, f"the lock's release by {p}") for t, p in releases if p != proc and t <= n]
+            since_t, since = max(starts + own + freed[-1:], default=(n, "its no-job record"))
+            wait = max(0.0, n - since_t)
+            if tail.judged is None or wait > tail.judged:
+                tail.judged, tail.proc, tail.since, tail.since_t = wait, proc, since, since_t
+    if last_end is not None and last_gone is not None:
+        tail.seconds = max(0.0, last_gone - last_end)
+    return tail
+
+
+def _check_idle_tail(tail: IdleTail, final: Mapping[str, Any], result: CheckResult) -> None:
+    if final.get("timed_out") or tail.judged is None or tail.judged <= tail.bound:
+        return  # a run cut short by its cap is already reported unfinished
+    result.add(
+        "idle-tail",
+        f"liveness: {tail.proc} returned no job {tail.judged:.2f} s after {tail.since} (at "
+        f"{tail.since_t:.3f}), over the idle-tail bound of {tail.bound:.2f} s (a poll ceiling "
+        "and a look, see sim.checker.idle_tail_bound)",
+    )

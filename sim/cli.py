@@ -50,6 +50,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--latency", type=float, default=0.0,
                    help="mean seconds added to each fetch and push")
     p.add_argument("--lie-rate", type=float, default=0.0, help=argparse.SUPPRESS)
+    p.add_argument("--clock-skew", type=float, default=d.clock_skew, metavar="SECONDS",
+                   help="each worker's wall clock is off by up to this much either way and "
+                   "drifts up to 5%% (0: the real clock)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--out", default="", metavar="DIR", help="write journals, SVG and summary here")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no table")
@@ -65,7 +68,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         poll=args.poll, max_attempts=args.max_attempts, kill_rate=args.kill_rate,
         pause_rate=args.pause_rate, push_fail_rate=args.push_fail_rate,
         unknown_rate=args.unknown_rate, latency=args.latency, lie_rate=args.lie_rate,
-        out=args.out,
+        out=args.out, clock_skew=args.clock_skew,
     )
 
 

@@ -2,8 +2,10 @@
 
 Every record carries ``kind``, ``t`` (``time.monotonic()``, system-wide on
 Linux, so comparable across the processes of one host), ``wall``
-(``time.time()``), ``worker``, ``life``, ``pid``, ``session`` (the worker's
-session once it has one) and ``seq`` (order within the file).  Kinds:
+(``time.time()``: the process's own wall clock, which the simulator skews per
+worker life, so never compared across processes), ``worker``, ``life``, ``pid``,
+``session`` (the worker's session once it has one) and ``seq`` (order within
+the file).  Kinds:
 
 * ``start`` / ``exit``: a process life begins or ends (``exit`` carries
   ``reason`` and, for an unexpected error, ``error_type`` and ``error``);
@@ -16,6 +18,9 @@ session once it has one) and ``seq`` (order within the file).  Kinds:
   ``invoke`` (``id``, ``refs`` as ``[ref, old, new]`` triples, ``own_ref``)
   then ``done`` (``id``, ``outcome``);
 * ``cleanup``: what a restarted life removed from its local copy;
+* ``no-job``: ``get_next_job`` returned ``None`` and the worker leaves its
+  loop (written at once, before the worker is closed); the last of these
+  ends the run's idle tail (see :func:`sim.checker.idle_tail`);
 * ``fault``: written by the injector (``fault`` is ``kill``, ``pause``,
   ``resume`` or ``restart``; ``worker`` and ``life`` name the target).
 

@@ -81,6 +81,9 @@ def print_report(outcome: RunOutcome, console: Console) -> None:
         ("recovery p50 / p99 / max (s)",
          f"{rec.get('p50')} / {rec.get('p99')} / {rec.get('max')} (n={rec.get('count')})"),
         ("local copies cleaned at restart", f"{stats.get('cleanups')}"),
+        ("idle tail: last finish to last no-job (s)", stats.get("idle_tail_s")),
+        ("idle tail judged / bound (s)",
+         f"{stats.get('idle_tail_judged_s')} / {stats.get('idle_tail_bound_s')}"),
         ("violations", len(outcome.result.violations)),
     ]
     for name, value in rows:

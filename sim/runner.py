@@ -12,6 +12,11 @@ injecting faults drawn from one seeded :class:`random.Random`:
   with the same name and local copy (a new *life*, a new journal file);
 * pause: ``SIGSTOP`` a running worker for 1.5 to 3 leases, then ``SIGCONT``.
 
+Each worker life also gets a wall clock of its own (``--clock-skew``): its
+``time.time()`` is off by up to that many seconds either way and runs up to 5%
+fast or slow (see :func:`sim.worker.skew_wall_clock`).  The library must
+not care: it times leases on the monotonic clock only.
+
 Kills, pauses, resumes and restarts go to the injector's journal.  When every
 worker has left its loop (or the cap is hit) every process still there is
 killed, the daemon stopped, and the remote read with git: the ledgers on the
@@ -49,6 +54,10 @@ BRANCH = "main"
 LOCK_REF = "refs/distribute/lock"
 
 Progress = Callable[[int, "int | None", dict[str, int]], None]
+#: The largest ``--clock-skew``: a day, so that commit dates stay plausible.
+MAX_CLOCK_SKEW = 86400.0
+#: How far a worker's wall clock may run fast or slow (``--clock-skew`` above zero).
+MAX_CLOCK_DRIFT = 0.05
 
 
 @dataclass(slots=True)
@@ -76,6 +85,7 @@ class SimConfig:
     lie_rate: float = 0.0
     out: str = ""
     restart_delay: float = 0.3
+    clock_skew: float = 600.0
 
     def validate(self) -> None:
         if self.workers < 1 or self.jobs < 0 or self.duration <= 0 or self.lease <= 0:
@@ -85,6 +95,8 @@ class SimConfig:
         rates = (self.push_fail_rate, self.unknown_rate, self.lie_rate, self.job_fail_rate)
         if any(not 0 <= r <= 1 for r in rates) or self.kill_rate < 0 or self.pause_rate < 0:
             raise ValueError("fault rates must be >= 0 (push and job rates at most 1)")
+        if not 0 <= self.clock_skew <= MAX_CLOCK_SKEW:
+            raise ValueError(f"--clock-skew must be between 0 and {MAX_CLOCK_SKEW:g} seconds")
 
     @property
     def queue(self) -> list[str]:
@@ -97,7 +109,8 @@ class SimConfig:
         for name, value in asdict(self).items():
             if name in ("keep", "out") or value == getattr(defaults, name):
                 continue
-            if name not in ("workers", "jobs", "seed", "lease", "duration") and not value:
+            if name not in ("workers", "jobs", "seed", "lease", "duration", "clock_skew") \
+                    and not value:
                 continue
             args += [f"--{name.replace('_', '-')}", str(value)]
         if "--seed" not in args:
@@ -238,6 +251,11 @@ class _Fleet:
             next_job_func=c.next_job_func, latency=c.latency, push_fail_rate=c.push_fail_rate,
             unknown_rate=c.unknown_rate, lie_rate=c.lie_rate,
         )
+        if c.clock_skew > 0:
+            # a generator of its own, so that the fault schedule of a seed stays the same
+            clock = random.Random(f"{c.seed}/{slot.name}/{slot.life}/clock")
+            cfg.clock_offset = round(clock.uniform(-c.clock_skew, c.clock_skew), 3)
+            cfg.clock_rate = round(1 + clock.uniform(-MAX_CLOCK_DRIFT, MAX_CLOCK_DRIFT), 4)
         path = self.workdir / "configs" / f"{slot.name}.{slot.life:03d}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(cfg.to_json(), encoding="utf-8")
@@ -455,7 +473,7 @@ def run(config: SimConfig, progress: Progress | None = None) -> RunOutcome:
         final["timed_out"] = timed_out
         final["exits"] = dict(fleet.exits)
         result = check(
-            records, final, lease=config.lease,
+            records, final, lease=config.lease, poll=config.poll,
             expected_jobs=queue if queue else None, allow_failed=config.job_fail_rate > 0,
         )
         result.stats["wall_s"] = round(time.monotonic() - started, 3)

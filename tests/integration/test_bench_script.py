@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench.py"
 
 
@@ -28,3 +30,11 @@ def test_the_benchmark_prints_its_figures():
                      out)
     assert re.search(r"first claim [\d.]+ s after the start, last claim at [\d.]+ s, every "
                      r"worker done at [\d.]+ s", out)
+    tail = re.search(r"idle tail ([\d.]+) s: the last finish landed at ([\d.]+) s, the last "
+                     r"worker got no job at ([\d.]+) s and its process was done at ([\d.]+) s",
+                     out)
+    assert tail, out
+    # the figures hang together (they are read, not judged: no bound here)
+    finished, left, exited = (float(tail[i]) for i in (2, 3, 4))
+    assert finished <= exited and left <= exited
+    assert float(tail[1]) == pytest.approx(exited - finished, abs=0.02)

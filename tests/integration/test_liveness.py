@@ -329,3 +329,18 @@ def test_an_idle_worker_beside_a_long_job_looks_a_few_times_a_minute(remote, tmp
     per_minute = len(late) / (360.0 / 60.0)
     assert per_minute <= 4.0, f"{per_minute:.1f} looks a minute: {late}"
     assert looks and max(looks) >= 390.0  # and it saw the end
+
+
+def test_a_restarted_worker_that_finds_no_job_still_says_gone(remote, tmp_path):
+    """The restart's first record write is its goodbye: it must replace the record its
+    killed earlier life left, or the others count the dead life as idle for a lease."""
+    add_jobs(str(remote), ["a"])
+    script = Script()
+    first = make(remote, tmp_path, script, name="w1")
+    assert first.get_next_job(queue_jobs_func) == "a"
+    first.finish_job()
+    abandon(first)
+    assert not beat_of(remote, "w1").gone
+    with make(remote, tmp_path, script, name="w1") as again:
+        assert again.get_next_job(queue_jobs_func) is None
+        assert beat_of(remote, "w1").gone

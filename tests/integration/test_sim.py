@@ -7,10 +7,11 @@ import json
 import xml.etree.ElementTree as ET
 
 import pytest
+from rich.console import Console
 
-from sim.checker import check
+from sim.checker import check, idle_tail_bound
 from sim.cli import main
-from sim.report import timeline_svg
+from sim.report import print_report, timeline_svg
 from sim.runner import SimConfig, run
 
 pytestmark = pytest.mark.timeout(240)
@@ -88,10 +89,36 @@ def test_command_line_json_summary_and_timeline(tmp_path, capsys):
     assert code == 0, data["violations"]
     assert data["ok"] and data["figures"]["jobs_done"] == 4
     assert data["command"].startswith("python -m sim ") and "--seed 3" in data["command"]
-    assert json.loads((tmp_path / "summary.json").read_text())["seed"] == 3
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["seed"] == 3
+    assert saved["figures"]["idle_tail_s"] is not None
+    assert saved["figures"]["idle_tail_judged_s"] <= saved["figures"]["idle_tail_bound_s"]
     ET.parse(tmp_path / "timeline.svg")
     assert sorted(p.name for p in (tmp_path / "journal").glob("w*.jsonl")) == [
         "w00.000.jsonl", "w01.000.jsonl"]
+
+
+def test_a_short_run_reports_its_idle_tail_and_keeps_within_the_bound(tmp_path):
+    # six workers wait for the last jobs together; a worker that waits a lease for a free
+    # lock at the end (the stall users saw) fails the run's liveness check. ~4 s
+    outcome = run(SimConfig(workers=6, jobs=12, lease=2.0, seed=1, duration=60,
+                            out=str(tmp_path)))
+    stats = outcome.result.stats
+    assert "idle-tail" not in outcome.result.by_rule(), explain(outcome)
+    assert outcome.ok, explain(outcome)
+    assert stats["idle_tail_bound_s"] == pytest.approx(idle_tail_bound(2.0, SimConfig().poll))
+    assert 0 <= stats["idle_tail_judged_s"] <= stats["idle_tail_bound_s"]
+    assert stats["idle_tail_s"] >= 0 and stats["idle_tail_worker"].startswith("w")
+    no_jobs = [r for r in outcome.records if r.get("kind") == "no-job"]
+    assert sorted(r["worker"] for r in no_jobs) == [f"w{i:02d}" for i in range(6)]
+    # each worker ran on a wall clock of its own (--clock-skew), minutes apart, and the
+    # run checked out all the same: the library reads no time of day
+    offsets = sorted(r["wall"] - r["t"] for r in no_jobs)
+    assert offsets[-1] - offsets[0] > 5, offsets
+    console = Console(record=True, width=120)
+    print_report(outcome, console)
+    table = console.export_text()
+    assert f"{stats['idle_tail_s']}" in table and "idle tail" in table
 
 
 def test_command_line_rejects_bad_options(capsys):

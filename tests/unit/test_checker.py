@@ -7,7 +7,16 @@ import json
 
 import pytest
 
-from sim.checker import RULES, check, parse_ledger, parse_main_subject, percentiles
+from sim.checker import (
+    RULES,
+    check,
+    idle_tail_bound,
+    lease_margin,
+    parse_ledger,
+    parse_main_subject,
+    percentiles,
+    poll_ceiling,
+)
 
 LOCK = "refs/distribute/lock"
 MAIN = "refs/heads/main"
@@ -96,6 +105,12 @@ class History:
         worker, life = proc.split("#")
         self.records.append({"kind": "fault", "fault": fault, "t": t, "worker": worker,
                              "life": int(life)})
+
+    def session(self, t, proc):
+        self.rec(t, proc, "session")
+
+    def no_job(self, t, proc):
+        self.rec(t, proc, "no-job")
 
 
 def good_history():
@@ -389,7 +404,7 @@ def test_every_rule_is_described():
     assert set(RULES) == {
         "lock-overlap", "lock-token", "double-finish", "double-claim", "finish-missing",
         "stale-write", "early-reclaim", "lost-update", "branch-lost", "unfinished",
-        "lost-write", "crash",
+        "lost-write", "crash", "idle-tail",
     }
 
 
@@ -403,3 +418,159 @@ def test_parsers():
     assert parse_main_subject("distribute: prepare the remote") is None
     assert percentiles([]) == {"count": 0, "p50": None, "p99": None, "max": None}
     assert percentiles([3.0, 1.0, 2.0]) == {"count": 3, "p50": 2.0, "p99": 3.0, "max": 3.0}
+
+
+# ---- the idle tail: from the last finish to the last worker leaving its loop ----------
+
+#: the bound at LEASE = 2 s and the simulator's poll of 0.05 s: a 0.5 s poll ceiling + 1 s
+BOUND = idle_tail_bound(LEASE, 0.05)
+#: what a worker stalled on a lease waits: the lease, its margin and a poll
+STALL = LEASE + lease_margin(LEASE) + 0.1
+
+
+def drained_history():
+    """w0 and w1 run one job each, without faults; the last finish is journalled at 1.02."""
+    h = History()
+    h.session(0.0, "w0#0")
+    h.session(0.0, "w1#0")
+    h.acquire(0.1, "w0#0", 1)
+    h.claim(0.2, "w0#0", "job-a", 1)
+    h.acquire(0.3, "w1#0", 2)
+    h.claim(0.4, "w1#0", "job-b", 2)
+    h.finish(0.8, "w0#0", "job-a", 1, "a1")
+    h.finish(1.0, "w1#0", "job-b", 2, "b1")
+    final = h.final(
+        done="job-a\tworker=w0\ttoken=1\tattempt=1\njob-b\tworker=w1\ttoken=2\tattempt=1\n",
+        running="", failed="", jobs="",
+        branches={"jobs/w0/job-a/1": "a1", "jobs/w1/job-b/2": "b1"},
+        reachable={"a1": True, "b1": True}, timed_out=False, exits={"w0#0": 0, "w1#0": 0},
+    )
+    return h, final
+
+
+def drain_under_lock(h, t, proc, token):
+    """A next-job function that runs under the lock finds nothing: acquire, release, leave."""
+    h.acquire(t, proc, token)
+    h.release(t + 0.1, proc, token)
+    h.no_job(t + 0.13, proc)
+
+
+def check_tail(h, final):
+    # the lock's history as it stands now, with the holdings added after drained_history()
+    final = {**final, "lock_history": list(h.lock), "main_subjects": list(h.subjects)}
+    return check(h.records, final, lease=LEASE, poll=0.05, expected_jobs=["job-a", "job-b"])
+
+
+def test_the_bound_is_a_poll_ceiling_plus_slack_and_stays_below_a_lease():
+    assert idle_tail_bound(LEASE, 0.05) == pytest.approx(0.5 + 1.0)
+    # the real default lease: the idle ceiling (a sixth of it, at most 20 s) plus 2 s
+    assert poll_ceiling(120, 0.1) == 20.0 and idle_tail_bound(120, 0.1) == pytest.approx(22.0)
+    assert idle_tail_bound(2.0, 0.05, max_poll=1.0) == pytest.approx(2.0)
+    for lease in (1.01, 1.5, 2.0, 3.0, 4.0, 10.0, 30.0, 120.0):
+        # else a worker stalled for a lease would pass: the check would prove nothing
+        assert idle_tail_bound(lease, 0.05) < lease + lease_margin(lease), lease
+
+
+def test_a_short_idle_tail_passes_and_is_reported():
+    h, final = drained_history()
+    h.no_job(1.3, "w0#0")
+    h.no_job(1.6, "w1#0")
+    r = check_tail(h, final)
+    assert r.ok, r.violations
+    assert r.stats["idle_tail_s"] == pytest.approx(0.58)
+    assert r.stats["idle_tail_judged_s"] == pytest.approx(0.58)
+    assert r.stats["idle_tail_bound_s"] == pytest.approx(BOUND)
+    assert r.stats["idle_tail_worker"] == "w1#0"
+    assert r.stats["idle_tail_from"] == "the last job end"
+
+
+def test_a_worker_stalled_for_a_lease_after_the_last_finish_fails_liveness():
+    h, final = drained_history()
+    h.no_job(1.3, "w0#0")
+    h.no_job(1.02 + STALL, "w1#0")  # the lock was free and running.txt empty all along
+    r = check_tail(h, final)
+    assert rules(r) == {"idle-tail"}
+    message = r.violations[0].message
+    assert message.startswith("liveness: w1#0") and "the last job end" in message
+    assert r.stats["idle_tail_s"] == pytest.approx(STALL)
+
+
+def test_a_history_without_no_job_records_is_not_judged():
+    h, final = good_history()
+    stats = run_check(h, final).stats
+    assert stats["idle_tail_s"] is None and stats["idle_tail_judged_s"] is None
+
+
+def test_workers_going_one_by_one_through_the_lock_are_each_judged_from_the_last_release():
+    h, final = drained_history()
+    h.session(0.0, "w2#0")
+    drain_under_lock(h, 1.1, "w0#0", 3)  # leaves at 1.23
+    drain_under_lock(h, 1.9, "w1#0", 4)  # 0.8 s after w0 freed the lock at 1.22
+    drain_under_lock(h, 2.7, "w2#0", 5)  # 0.8 s after w1 freed it at 2.02
+    r = check_tail(h, final)
+    assert r.ok, r.violations
+    assert r.stats["idle_tail_s"] == pytest.approx(2.83 - 1.02)  # longer than the bound
+    assert r.stats["idle_tail_judged_s"] == pytest.approx(0.81)
+
+
+def test_a_stall_in_a_chain_of_lock_holders_fails():
+    h, final = drained_history()
+    h.session(0.0, "w2#0")
+    drain_under_lock(h, 1.1, "w0#0", 3)
+    drain_under_lock(h, 1.9, "w1#0", 4)
+    drain_under_lock(h, 2.02 + STALL, "w2#0", 5)  # the lock was free from 2.02
+    r = check_tail(h, final)
+    assert rules(r) == {"idle-tail"}
+    assert "w2#0" in r.violations[0].message and "release by w1#0" in r.violations[0].message
+
+
+def test_a_kill_of_the_lock_holder_excuses_a_wait_for_its_lease():
+    h, final = drained_history()
+    h.acquire(1.1, "w0#0", 3)  # the function runs under the lock, and w0 is killed there
+    h.fault(1.2, "w0#0", "kill")
+    h.acquire(1.2 + STALL, "w1#0", 4, takeover=True)  # the lock expired: taken over
+    h.release(1.3 + STALL, "w1#0", 4)
+    h.no_job(1.33 + STALL, "w1#0")
+    r = check_tail(h, final)
+    assert r.ok, r.violations
+    assert r.stats["idle_tail_from"] == "a lease after the kill of w0#0"
+    # the same wait with no fault to explain it: w0 left holding the lock
+    h.records = [x for x in h.records if x.get("kind") != "fault"]
+    assert rules(check_tail(h, final)) == {"idle-tail"}
+
+
+def test_a_pause_excuses_a_lease_and_a_bound_after_it_and_no_more():
+    h, final = drained_history()
+    h.fault(1.1, "w0#0", "pause")  # w0 looks idle: the others may give it its turns
+    h.fault(1.5, "w0#0", "resume")
+    h.no_job(1.6, "w0#0")
+    expired = 1.1 + LEASE + lease_margin(LEASE)
+    h.no_job(expired + BOUND - 0.1, "w1#0")
+    assert check_tail(h, final).ok
+    h.records[-1]["t"] = expired + BOUND + 0.3
+    r = check_tail(h, final)
+    assert rules(r) == {"idle-tail"}
+    assert "a lease after the pause of w0#0" in r.violations[0].message
+
+
+def test_a_restarted_life_may_wait_a_lease_after_it_opened_and_no_more():
+    h, final = drained_history()
+    h.no_job(1.3, "w0#0")
+    h.fault(1.1, "w1#0", "kill")
+    h.fault(1.5, "w1#1", "restart")
+    h.session(2.4, "w1#1")  # a slow start; then every record is new to it, the dead ones too
+    expired = 2.4 + LEASE + lease_margin(LEASE)
+    h.no_job(expired + 0.2, "w1#1")
+    r = check_tail(h, final)
+    assert r.ok, r.violations
+    assert r.stats["idle_tail_judged_s"] == pytest.approx(0.2)
+    assert r.stats["idle_tail_from"] == "a lease after its restarted Worker opened"
+    h.records[-1]["t"] = expired + BOUND + 0.3
+    assert rules(check_tail(h, final)) == {"idle-tail"}
+
+
+def test_a_run_cut_short_by_its_cap_is_not_judged_on_its_tail():
+    h, final = drained_history()
+    h.no_job(1.02 + STALL, "w1#0")
+    final["timed_out"] = True
+    assert rules(check_tail(h, final)) == {"unfinished"}
