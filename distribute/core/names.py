@@ -167,7 +167,19 @@ _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@
 _HEADER = re.compile(r"(?i)(authorization:\s*)(\S+(\s+\S+)?)")
 
 
+def _scrub_userinfo(m: re.Match[str]) -> str:
+    scheme, info = m.group("scheme"), m.group("userinfo")
+    user, colon, _ = info.partition(":")
+    if colon:  # user:secret -- the user name helps, the secret never shows
+        return f"{scheme}{user}:***@"
+    if scheme.lower().rstrip(":/") in ("ssh", "git+ssh", "ssh+git"):
+        return m.group(0)  # an ssh user name is no secret, and often what is wrong
+    return f"{scheme}***@"  # https://TOKEN@host: the user part may be the token itself
+
+
 def scrub_url(text: str) -> str:
-    """Remove credentials (``user:token@`` in URLs, auth headers) from ``text``."""
-    text = _USERINFO.sub(lambda m: m.group("scheme") + "***@", text)
+    """Remove credentials from ``text``: the password of ``user:password@`` in URLs, a
+    lone user part of an http(s) URL (hosts take tokens there), auth headers.  The user
+    name of an ssh URL stays."""
+    text = _USERINFO.sub(_scrub_userinfo, text)
     return _HEADER.sub(lambda m: m.group(1) + "***", text)

@@ -131,6 +131,12 @@ def test_scrub_url_removes_credentials(text):
     assert "***" in out
 
 
+def test_scrub_keeps_user_names_that_are_not_secrets():
+    assert scrub_url("ssh://alice@host:22/x.git") == "ssh://alice@host:22/x.git"
+    assert scrub_url("https://alice:s3cret@host/x.git") == "https://alice:***@host/x.git"
+    assert scrub_url("https://tok3n@host/x.git") == "https://***@host/x.git"
+
+
 def test_scrub_keeps_plain_urls():
     assert scrub_url("git@github.com:a/b.git") == "git@github.com:a/b.git"
     assert scrub_url("https://example.com/a.git") == "https://example.com/a.git"

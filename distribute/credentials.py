@@ -1,0 +1,117 @@
+"""Secrets in remote URLs: kept in memory, handed to git on request, never stored.
+
+Theory of operation
+-------------------
+A URL such as ``https://user:PASSWORD@host/repo.git`` carries a secret.  Given
+to git as it is, the secret ends up in the clone's ``.git/config`` (readable
+by every local user) and on the command lines of ``git-remote-https`` and
+``send-pack`` (visible in ``ps``).  So Distribute splits such a URL in two
+before anything is written or started (:func:`split_secret`):
+
+* the *public* URL keeps the user name and drops the password; it is what git
+  stores, sees and prints, and what names a worker's default local copy, so a
+  changed password keeps the copy;
+* the *secret* stays in this process's memory.  Each git command that may
+  talk to the remote gets it through a credential helper named on git's own
+  command line (:func:`git_options`), a shell function that prints the secret
+  from an environment variable set for that git process alone
+  (:func:`git_env`).  Neither the helper's text nor any command line holds the
+  secret, and a process's environment is readable only by its owner.  The
+  helper list is reset first, so a password the user wrote in the URL wins
+  over a stale one in a credential store.
+
+Only ``http`` and ``https`` URLs carry passwords this way; an ssh URL's user
+name is no secret and stays where it is.  A local copy made by an earlier
+version, whose config still holds a password, is cleaned when it is opened
+(:func:`public_url` of what it holds).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+#: The environment variable through which one git process gets the secret.
+SECRET_ENV = "DISTRIBUTE_GIT_PASSWORD"  # noqa: S105 - a variable name, not a password
+#: The credential helper: answers ``get`` with the password from SECRET_ENV, and
+#: ignores ``store`` and ``erase`` (nothing is ever written).
+HELPER = '!f() { test "$1" = get && printf "password=%s\\n" "$' + SECRET_ENV + '"; }; f'
+_SECRET_SCHEMES = ("http", "https")
+
+
+@dataclass(frozen=True, slots=True)
+class SplitURL:
+    """A remote URL as git may see it, and the secret it carried (``None``: none)."""
+
+    public: str
+    secret: str | None = None
+
+
+def split_secret(url: str) -> SplitURL:
+    """Take the password out of an ``http(s)://user:password@host/...`` URL.
+
+    Anything else (ssh, a path, ``git://``, a URL with a user name only) comes
+    back unchanged with no secret.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return SplitURL(url)
+    if parts.scheme.lower() not in _SECRET_SCHEMES or "@" not in parts.netloc:
+        return SplitURL(url)
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    if not colon:
+        return SplitURL(url)
+    netloc = f"{user}@{hostport}" if user else hostport
+    public = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return SplitURL(public, unquote(password))
+
+
+def public_url(url: str) -> str:
+    """``url`` without its password (see :func:`split_secret`)."""
+    return split_secret(url).public
+
+
+def git_options(secret: str | None) -> list[str]:
+    """git's global options that hand it ``secret`` when it asks (none without one)."""
+    if not secret:
+        return []
+    return ["-c", "credential.helper=", "-c", f"credential.helper={HELPER}"]
+
+
+def git_env(secret: str | None) -> dict[str, str]:
+    """The environment entries for one git process that needs ``secret``."""
+    return {SECRET_ENV: secret} if secret else {}
+
+
+def private_folder(path: str | os.PathLike[str]) -> Path:
+    """Make ``path`` (and missing parents) readable by this user only, and return it.
+
+    A folder that exists already is tightened to 0700 too: local copies hold a
+    job's results and the remote's URL, which are nobody else's business.
+    """
+    folder = Path(path)
+    missing = []
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    for made in [*missing, folder]:
+        os.chmod(made, 0o700)
+    return folder
+
+
+__all__ = [
+    "HELPER",
+    "SECRET_ENV",
+    "SplitURL",
+    "git_env",
+    "git_options",
+    "private_folder",
+    "public_url",
+    "split_secret",
+]
