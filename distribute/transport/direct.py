@@ -25,29 +25,52 @@ process:
 
 Anything the checks do not recognise falls back to the pack protocol; a
 ``file://`` URL always does, as it does for ``git clone``.
+
+Only ever the repository first found there
+------------------------------------------
+The remote's folder can go away while workers use it: moved or renamed, deleted,
+or its network file system unmounted.  Anything that writes by path would then
+make a new folder in its place (``mkdir`` with parents, git making the folders
+of a ref's lock file), and that new folder both looks like a remote with no
+refs and keeps the real repository from being moved back.  So the remote is
+pinned (:class:`RepositoryFolder`): its device and inode are noted when the
+transport first finds it, and every read of its refs and every write checks
+that its path still leads to that very folder, still a repository (``HEAD``,
+``objects``, ``refs``); if not, the step fails with ``TransportError`` and
+nothing is written.  Objects are written below the folder opened for that
+check, by descriptor (``mkdir``/``link``/``rename`` relative to it), and git
+runs inside it (``git -C <folder>`` with ``GIT_DIR=.``): a folder that moves
+while a write is under way takes the write along instead of leaving a new
+folder at its old path.  Nothing here creates a missing parent folder.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
+import hashlib
 import os
 import re
 import stat
-import tempfile
 import threading
+import uuid
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gitdb import IStream
-from gitdb.db.loose import LooseObjectDB
 from gitdb.db.pack import PackedDB
 
+from distribute.core.errors import TransportError
 from distribute.transport.base import Oid
 
-__all__ = ["ObjectStore", "copy_objects", "direct_refusal", "read_ref_files", "tree_entries"]
+__all__ = [
+    "ObjectStore",
+    "RepositoryFolder",
+    "copy_objects",
+    "direct_refusal",
+    "read_ref_files",
+    "tree_entries",
+]
 
 _OID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _KINDS = (b"blob", b"tree", b"commit", b"tag")
@@ -62,6 +85,94 @@ _NOT_PLAIN_KEYS = (
     "include",
 )
 _SAFE_EXTENSIONS = {"extensions.objectformat": "sha1", "extensions.refstorage": "files"}
+#: How a folder is opened to work below it: never created, never a file.
+_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+#: What makes a folder a repository for git (``is_git_directory``).
+_REPOSITORY_PARTS = ("HEAD", "objects", "refs")
+#: How a scratch file is made: only a new one, in a folder that must exist.
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+#: zlib level of a loose object, as git's ``core.looseCompression`` default
+_LOOSE_LEVEL = 1
+
+
+class RepositoryFolder:
+    """The root folder of a repository on this machine, as first found at ``path``.
+
+    :meth:`open` checks that ``path`` still leads to that folder (same device
+    and inode: a new folder made at the same path is another one) and that it
+    still is a repository, and returns it open, so that what follows works
+    below that folder and not below whatever the path names a moment later.
+
+    Raises:
+        OSError: ``path`` cannot be read now (on construction only).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        info = os.stat(path)
+        self.identity = (info.st_dev, info.st_ino)
+
+    def __repr__(self) -> str:
+        return f"RepositoryFolder({str(self.path)!r})"
+
+    def _error(self, what: str, **context: object) -> TransportError:
+        return TransportError(
+            f"the remote {self.path} {what}; nothing was written there.  Put the repository "
+            "back at that path (the workers carry on by themselves), or restart the workers "
+            "with its new place",
+            path=str(self.path),
+            **context,
+        )
+
+    def open(self, *below: str) -> int:
+        """A descriptor of the folder, or of its subfolder ``below`` (``"objects"``),
+        opened after the checks; the caller closes it.  Creates nothing.
+
+        Raises:
+            TransportError: the folder is gone (moved, deleted, unmounted), was replaced
+                by another, or is no repository any more.
+        """
+        try:
+            fd = os.open(self.path, _FOLDER)
+        except OSError as err:
+            what = "is gone (moved, deleted or unmounted)"
+            if not isinstance(err, (FileNotFoundError, NotADirectoryError)):
+                what = f"is gone or cannot be opened ({err.strerror})"
+            raise self._error(what, errno=err.errno) from err
+        try:
+            info = os.fstat(fd)
+            if (info.st_dev, info.st_ino) != self.identity:
+                raise self._error(
+                    "is no longer the repository this worker started with: the folder there "
+                    "was replaced (moved away, or made anew)"
+                )
+            for part in _REPOSITORY_PARTS:
+                try:
+                    os.stat(part, dir_fd=fd)
+                except FileNotFoundError:
+                    raise self._error(f"is no longer a git repository (no {part})") from None
+            for name in below:
+                inner = os.open(name, _FOLDER, dir_fd=fd)
+                os.close(fd)
+                fd = inner
+        except OSError as err:
+            os.close(fd)
+            raise self._error(f"cannot be read ({err.strerror})", errno=err.errno) from err
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def check(self) -> None:
+        """Raise ``TransportError`` unless the path still leads to the repository."""
+        os.close(self.open())
+
+
+def loose_object(kind: str, data: bytes) -> tuple[Oid, bytes]:
+    """The SHA-1 id and the loose object file's bytes (compressed) of one object."""
+    whole = b"%s %d\0%s" % (kind.encode("ascii"), len(data), data)
+    oid = hashlib.sha1(whole, usedforsecurity=False).hexdigest()
+    return oid, zlib.compress(whole, _LOOSE_LEVEL)
 
 
 def _ref_files(folder: str, name: str) -> Iterator[tuple[str, str]]:
@@ -111,11 +222,17 @@ def read_ref_files(common: Path, names: Sequence[str]) -> dict[str, Oid]:
 
 
 class ObjectStore:
-    """The object directory of one repository, read and written in this process."""
+    """The object directory of one repository, read and written in this process.
 
-    def __init__(self, objects: Path) -> None:
+    Reads go by path.  Writes open the objects folder first -- through
+    ``folder`` when given (the checks of :meth:`RepositoryFolder.open`), else by
+    its path, which must exist -- and then work below that open folder only: a
+    fan-out folder (``objects/ab``) is made there when missing, nothing above.
+    """
+
+    def __init__(self, objects: Path, *, folder: RepositoryFolder | None = None) -> None:
         self.root = objects
-        self._loose = LooseObjectDB(str(objects))
+        self._folder = folder
         self._packs: PackedDB | None = None
         self._packs_lock = threading.Lock()
 
@@ -144,11 +261,35 @@ class ObjectStore:
     def has(self, oid: Oid) -> bool:
         return self._loose_path(oid).is_file() or self._in_packs(oid)
 
+    @contextlib.contextmanager
+    def _fan_out(self, oid: Oid, *, make: bool) -> Iterator[int]:
+        """The open fan-out folder of ``oid`` (made first if missing and ``make``).
+
+        Raises:
+            TransportError: ``folder`` is gone or replaced (see RepositoryFolder.open).
+            OSError: the objects folder (or, unless ``make``, the fan-out one) is missing.
+        """
+        if self._folder is not None:
+            objects = self._folder.open(self.root.name)
+        else:
+            objects = os.open(self.root, _FOLDER)
+        try:
+            if make:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(oid[:2], dir_fd=objects)
+            fan = os.open(oid[:2], _FOLDER, dir_fd=objects)
+        finally:
+            os.close(objects)
+        try:
+            yield fan
+        finally:
+            os.close(fan)
+
     def freshen(self, oid: Oid) -> None:
         """Touch a loose object that a new ref is about to rely on, as git does, so a
         concurrent ``git gc`` does not prune it as old and unreachable."""
-        with contextlib.suppress(OSError):
-            os.utime(self._loose_path(oid))
+        with contextlib.suppress(OSError), self._fan_out(oid, make=False) as fan:
+            os.utime(oid[2:], dir_fd=fan)
 
     def raw(self, oid: Oid) -> bytes | None:
         """The loose object file's bytes (compressed), or ``None`` if ``oid`` is not loose."""
@@ -187,50 +328,63 @@ class ObjectStore:
                 return stream.type.decode("ascii"), stream.read()
         raise KeyError(oid)
 
-    def put_raw(self, oid: Oid, raw: bytes) -> None:
-        """Store a loose object file's bytes under ``oid`` (write, then rename into place)."""
-        target = self._loose_path(oid)
-        target.parent.mkdir(exist_ok=True)
-        fd, scratch = tempfile.mkstemp(prefix="tmp_obj_", dir=target.parent)
+    @staticmethod
+    def _write_loose(fan: int, name: str, raw: bytes) -> None:
+        """Write a loose object file into the open fan-out folder ``fan``: to a scratch
+        file first, then renamed into place, so no reader sees half an object."""
+        scratch = f"tmp_obj_{uuid.uuid4().hex}"
+        fd = os.open(scratch, _NEW_FILE, 0o444, dir_fd=fan)
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write(raw)
-            os.chmod(scratch, 0o444)
-            os.replace(scratch, target)
+                os.fchmod(out.fileno(), 0o444)
+            os.replace(scratch, name, src_dir_fd=fan, dst_dir_fd=fan)
         except BaseException:
             with contextlib.suppress(OSError):
-                os.unlink(scratch)
+                os.unlink(scratch, dir_fd=fan)
             raise
 
+    def put_raw(self, oid: Oid, raw: bytes) -> None:
+        """Store a loose object file's bytes under ``oid`` (write, then rename into place)."""
+        with self._fan_out(oid, make=True) as fan:
+            self._write_loose(fan, oid[2:], raw)
+
     def put(self, kind: str, data: bytes) -> Oid:
-        """Write one loose object (compressed, named by its SHA-1); return its id."""
-        stored = self._loose.store(IStream(kind.encode("ascii"), len(data), io.BytesIO(data)))
-        return bytes(stored.hexsha).decode("ascii")
+        """Write one loose object (compressed, named by its SHA-1) unless it is loose here
+        already; return its id."""
+        oid, raw = loose_object(kind, data)
+        with self._fan_out(oid, make=True) as fan:
+            try:
+                os.stat(oid[2:], dir_fd=fan)
+            except FileNotFoundError:
+                self._write_loose(fan, oid[2:], raw)
+        return oid
 
     def copy_from(self, source: ObjectStore, oid: Oid) -> None:
         """Copy ``oid``: a loose object is hard-linked when both stores share a file system
         (one file-system operation; object files never change, as ``git clone --local``
         relies on too), else copied byte for byte; a packed one is read and written loose."""
-        target = self._loose_path(oid)
-        try:
-            target.parent.mkdir(exist_ok=True)
-            os.link(source._loose_path(oid), target)
-            # the link keeps the source file's time: an old object would look old and
-            # unreachable to a concurrent git gc until the ref naming it lands
-            self.freshen(oid)
-            return
-        except FileExistsError:
-            return
-        except OSError:
-            pass  # not loose there, another file system, or links not allowed
-        raw = source.raw(oid)
-        if raw is not None:
-            self.put_raw(oid, raw)
-            return
-        kind, data = source.read(oid)
-        written = self.put(kind, data)
-        if written != oid:  # pragma: no cover - a corrupt pack
-            raise KeyError(oid)
+        with self._fan_out(oid, make=True) as fan:
+            name = oid[2:]
+            try:
+                os.link(source._loose_path(oid), name, dst_dir_fd=fan)
+            except FileExistsError:
+                return
+            except OSError:
+                pass  # not loose there, another file system, or links not allowed
+            else:
+                # the link keeps the source file's time: an old object would look old and
+                # unreachable to a concurrent git gc until the ref naming it lands
+                with contextlib.suppress(OSError):
+                    os.utime(name, dir_fd=fan)
+                return
+            raw = source.raw(oid)
+            if raw is None:
+                kind, data = source.read(oid)
+                written, raw = loose_object(kind, data)
+                if written != oid:  # pragma: no cover - a corrupt pack
+                    raise KeyError(oid)
+            self._write_loose(fan, name, raw)
 
 
 @dataclass(frozen=True, slots=True)

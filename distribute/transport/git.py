@@ -30,7 +30,12 @@ A bare repository on this machine
     receive or transfer rules; see :mod:`distribute.transport.direct`): refs
     read from its files, objects linked or copied in this process, and each
     compare-and-swap one ``git update-ref --stdin`` transaction in it.  A
-    ``file://`` URL always pushes.
+    ``file://`` URL always pushes.  Its folder is pinned when the transport
+    is made: once the path no longer leads to that folder (moved away,
+    deleted, unmounted, replaced by another), every fetch, look and push
+    fails with ``TransportError`` before anything is read or written there,
+    and git runs inside the folder (``-C``, ``GIT_DIR=.``), never by a path
+    that could be made anew.
 
 Local objects
     A loose object is read here; any other through GitPython's persistent
@@ -66,6 +71,7 @@ from distribute.core.names import is_valid_ref_component, scrub_url
 from distribute.transport.base import MergeResult, Oid, RefUpdate
 from distribute.transport.direct import (
     ObjectStore,
+    RepositoryFolder,
     copy_objects,
     direct_refusal,
     read_ref_files,
@@ -463,23 +469,53 @@ _STALE_LOCK_SECONDS = 120.0
 #: One in this many direct ref updates runs ``git gc --auto`` in the remote (as receive-pack
 #: does after every push; it packs loose objects once there are enough of them).
 _GC_EVERY = 100
+#: A process's own working directory, wherever it has moved (Linux).  git makes the path
+#: of every lock file absolute when it takes the lock, and prefers ``$PWD`` to
+#: ``getcwd()`` for that when both are the same folder; given this, a ref's lock, and its
+#: rename into place, still find the remote if it is moved while git holds the lock.
+_OWN_CWD = "/proc/self/cwd"
+_HAS_OWN_CWD = os.path.isdir(_OWN_CWD)
 
 
 class _DirectRemote:
-    """A bare repository on this machine written directly (see :mod:`.direct`)."""
+    """A bare repository on this machine written directly (see :mod:`.direct`), pinned to
+    the folder first found at its path."""
 
-    def __init__(self, git_dir: Path, *, timeout: float) -> None:
-        self.git_dir = git_dir
+    def __init__(self, folder: RepositoryFolder, *, timeout: float) -> None:
+        self.folder = folder
+        self.git_dir = folder.path
         self.timeout = timeout
-        self.store = ObjectStore(git_dir / "objects")
+        self.store = ObjectStore(self.git_dir / "objects", folder=folder)
         self._stamp: tuple[float, ...] | None = None
         self._refusal: str | None = None
         self._checking = threading.Lock()
         self._locks_seen: dict[str, tuple[tuple[int, int], float]] = {}
 
+    def check(self) -> None:
+        """``TransportError`` unless the path still leads to the repository first found there."""
+        self.folder.check()
+
     def run(self, args: Sequence[str], *, stdin: bytes | None = None) -> _Result:
-        env = dict(_ENV, GIT_DIR=str(self.git_dir))
-        return _execute(git.Git(), args, stdin=stdin, env=env, timeout=self.timeout)
+        """Run git in the remote, once it is checked to be still there.
+
+        git starts inside the folder (``-C``) and names it ``.``.  With the path in
+        ``GIT_DIR``, a folder moved away after git had found it came back as a new
+        folder at the old path, made by git for a ref's lock file; and a folder moved
+        while git held its ref locks kept them for ever (git removes or renames a lock
+        by the path it had when taken) with part of the transaction applied.  This
+        way git's reads and writes follow the folder it found (see ``_OWN_CWD``)."""
+        self.check()
+        env = dict(_ENV, GIT_DIR=".")
+        if _HAS_OWN_CWD:
+            env["PWD"] = _OWN_CWD
+        args = ["-C", str(self.git_dir), *args]
+        result = _execute(git.Git(), args, stdin=stdin, env=env, timeout=self.timeout)
+        if _OWN_CWD not in result.stderr:
+            return result
+        # messages name the remote's folder, not what git knew it as
+        stderr = result.stderr.replace(f"{_OWN_CWD}/./", f"{self.git_dir}/")
+        stderr = stderr.replace(_OWN_CWD, str(self.git_dir))
+        return _Result(result.status, result.stdout, stderr)
 
     def refusal(self) -> str | None:
         """Why this remote must be pushed to after all (a hook or a rule appeared), or
@@ -490,7 +526,11 @@ class _DirectRemote:
     def _refusal_now(self) -> str | None:
         now = stamp(self.git_dir)
         if now != self._stamp:
-            result = self.run(["config", "--list", "--show-scope", "-z"])
+            try:
+                result = self.run(["config", "--list", "--show-scope", "-z"])
+            except TransportError as err:
+                self._refusal, self._stamp = err.message, now
+                return self._refusal
             if result.status != 0:
                 self._refusal = f"git config failed: {_tail(result.stderr)}"
             else:
@@ -507,15 +547,12 @@ class _DirectRemote:
     def read_refs(self, names: Sequence[str]) -> dict[str, Oid]:
         """The refs' values from the remote's files.  A folder that is gone (moved or
         deleted since it was checked) finds no ref file at all, which must not read as
-        "no such refs": it is a transport error, as a failed ``ls-remote`` would be."""
-        self._check_there()
+        "no such refs", and one put in its place holds other refs: either is a transport
+        error, as a failed ``ls-remote`` would be.  Checked before and after reading."""
+        self.check()
         found = read_ref_files(self.git_dir, names)
-        self._check_there()
+        self.check()
         return found
-
-    def _check_there(self) -> None:
-        if not (self.git_dir / "refs").is_dir():
-            raise TransportError(f"the remote {self.git_dir} is gone (moved or deleted)")
 
     def _check_stale_lock(self, stderr: str) -> None:
         """A ref's ``.lock`` file that this process has seen in the way, unchanged, for
@@ -564,11 +601,21 @@ class _DirectRemote:
         result = self.run(["update-ref", "--stdin", "-z"], stdin=commands)
         if result.status == 0:
             if random.random() < 1 / _GC_EVERY:  # however short-lived the transports
-                self.run(["gc", "--auto", "--quiet"])  # what receive-pack does after a push
+                # what receive-pack does after a push; the update stands even if the
+                # folder went away meanwhile
+                with contextlib.suppress(TransportError):
+                    self.run(["gc", "--auto", "--quiet"])
             return True
         if result.killed:
-            now = self.read_refs([u.ref for u in pending])
+            try:
+                now = self.read_refs([u.ref for u in pending])
+            except TransportError as err:
+                raise OutcomeUnknown(
+                    f"git update-ref timed out and reading the refs back failed too: {err}",
+                    refs=[u.ref for u in pending],
+                ) from err
             return _settle(pending, now, "git update-ref timed out")
+        self.check()  # the folder went away meanwhile: say so, not git's words for it
         if "cannot lock ref" in result.stderr or _PACKED_REFS_BUSY in result.stderr:
             self._check_stale_lock(result.stderr)
             return False  # moved since it was read, or another writer holds its lock
@@ -625,10 +672,10 @@ class GitTransport:
         self._direct: _DirectRemote | None = None
         self._kept = False  # gc.pruneExpire checked
         if direct is not False:
-            path = self._local_remote(named)
-            if path is not None:
-                self._direct = _DirectRemote(path, timeout=timeout)
-            refusal = "it is not a path on this machine" if path is None else None
+            folder = self._local_remote(named)
+            if folder is not None:
+                self._direct = _DirectRemote(folder, timeout=timeout)
+            refusal = "it is not a path on this machine" if folder is None else None
             refusal = refusal or (self._direct.refusal() if self._direct else None)
             if direct and refusal:
                 raise UsageError(
@@ -641,8 +688,12 @@ class GitTransport:
     def direct(self) -> bool:
         """Does this transport write the remote directly (a bare repository on this
         machine) rather than through ``git push`` and ``git fetch``?  Checked again at
-        every fetch and push: a hook or rule added later makes it push."""
-        return self._direct_now() is not None
+        every fetch and push: a hook or rule added later makes it push.  ``False``
+        while its folder is gone or replaced (then nothing reaches it)."""
+        try:
+            return self._direct_now() is not None
+        except TransportError:
+            return False
 
     def _keep_fetched_objects(self) -> None:
         """Set ``gc.pruneExpire=never`` in the local repository unless it says otherwise:
@@ -652,16 +703,23 @@ class GitTransport:
             self._repo.set_config("gc", "pruneExpire", "never")
 
     def _direct_now(self) -> _DirectRemote | None:
-        if self._direct is None or self._direct.refusal() is not None:
+        """The direct remote when it may be written directly now; ``None`` when it is to
+        be pushed to.  A remote on this machine whose folder is gone or was replaced is
+        neither: ``TransportError``, before git could push into whatever is there now.
+        """
+        if self._direct is None:
+            return None
+        self._direct.check()
+        if self._direct.refusal() is not None:
             return None
         if not self._kept:
             self._keep_fetched_objects()
             self._kept = True
         return self._direct
 
-    def _local_remote(self, named: bool) -> Path | None:
-        """The remote's folder when it is given as an absolute path (not ``file://``, which
-        asks for git's pack protocol, as with ``git clone``)."""
+    def _local_remote(self, named: bool) -> RepositoryFolder | None:
+        """The remote's folder, pinned as found now, when it is given as an absolute path
+        (not ``file://``, which asks for git's pack protocol, as with ``git clone``)."""
         url: str | None = self.remote
         if named:
             section = f'remote "{self.remote}"'
@@ -673,7 +731,10 @@ class GitTransport:
         path = Path(url)
         if not path.is_dir() or (path / ".git").exists():
             return None
-        return path.resolve()
+        try:
+            return RepositoryFolder(path.resolve())
+        except OSError:
+            return None  # gone again already: git push and fetch will say so
 
     def __enter__(self) -> GitTransport:
         return self
@@ -772,6 +833,7 @@ class GitTransport:
             except KeyError as err:
                 raise TransportError(f"object {err} is not in the local repository") from err
             except OSError as err:
+                direct.check()
                 raise TransportError(
                     f"the remote {direct.git_dir} could not store the pushed objects: {err}"
                 ) from err
@@ -947,8 +1009,10 @@ class GitTransport:
         try:
             copy_objects(direct.store, self._repo.objects(), values.values())
         except KeyError as err:
+            direct.check()  # gone meanwhile, rather than missing an object
             raise TransportError(f"the remote {direct.git_dir} lacks object {err}") from err
         except OSError as err:
+            direct.check()
             raise TransportError(f"reading the remote {direct.git_dir} failed: {err}") from err
         return values
 

@@ -6,6 +6,8 @@ added later)?  Do direct and pushing writers share a remote safely?  Are
 packed objects read and written correctly, is only what is missing copied,
 and does a copy cut short leave every commit and tree with what it names?
 How are ref files read, and what does a stale lock in the local repository do?
+What happens when the remote's folder is moved away or replaced while workers use it
+(a transport error, and nothing written at its path)?
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+import git
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -692,3 +695,201 @@ def test_a_remote_moved_away_mid_look_is_an_error_not_missing_refs(
         t.list_refs("refs/distribute/")
     (tmp_path / "away.git").rename(bare_remote)
     assert MAIN in t.fetch([MAIN])
+
+
+# ---- a remote folder that is gone or replaced -------------------------------------------------
+
+
+def listing(folder: Path) -> dict[str, tuple[int, int]]:
+    """``relative path -> (size, mtime)`` of every file and folder below ``folder``."""
+    return {
+        str(path.relative_to(folder)): (path.lstat().st_size, path.lstat().st_mtime_ns)
+        for path in folder.rglob("*")
+    }
+
+
+def test_a_remote_moved_away_is_a_transport_error_and_nothing_is_created_there(
+    bare_remote: Path, clone: Callable[[str, str], GitTransport], tmp_path: Path
+) -> None:
+    """Every way a worker reaches the remote -- a fetch, a peek (``list_refs``), a push, and
+    the direct steps a push is made of -- fails with a ``TransportError`` that names the
+    path while the repository is away, and none of them makes a folder at its path: a new
+    folder there would keep the repository from being moved back."""
+    t = clone(str(bare_remote), "w")
+    direct = t._direct
+    assert direct is not None and t.direct
+    main = t.fetch([MAIN])[MAIN]
+    new = child(t, main, "made while the remote is away", a=b"away")
+    local = ObjectStore(local_dir(t) / "objects")
+    away = tmp_path / "away.git"
+    bare_remote.rename(away)
+    steps: dict[str, Callable[[], object]] = {
+        "fetch": lambda: t.fetch([MAIN, WORKERS + "*"]),
+        "peek": lambda: t.list_refs("refs/distribute/"),
+        "push": lambda: t.push([RefUpdate(MAIN, main, new)]),
+        "push of a new branch": lambda: t.push([RefUpdate("refs/heads/jobs/w/j", None, new)]),
+        "object copy": lambda: copy_objects(local, direct.store, [new]),
+        "ref update": lambda: direct.update_refs([RefUpdate("refs/heads/jobs/w/j", None, new)]),
+        "git in the remote": lambda: direct.run(["gc", "--auto", "--quiet"]),
+    }
+    for what, step in steps.items():
+        with pytest.raises(TransportError, match="gone") as caught:
+            step()
+        assert str(bare_remote) in str(caught.value), what
+        assert not bare_remote.exists(), f"{what} wrote {sorted(listing(bare_remote))}"
+    assert t.direct is False
+    away.rename(bare_remote)  # back where it was: the same transport carries on
+    assert t.direct is True
+    assert t.push([RefUpdate(MAIN, main, new)]) is True
+    assert t.fetch([MAIN]) == {MAIN: new}
+
+
+@pytest.mark.parametrize("replacement", ["empty folder", "another repository", "one with a hook"])
+def test_a_remote_folder_replaced_by_another_is_neither_read_nor_written(
+    bare_remote: Path,
+    clone: Callable[[str, str], GitTransport],
+    tmp_path: Path,
+    run_git: RunGit,
+    replacement: str,
+) -> None:
+    """A new folder at the remote's path is not the repository the transport started with,
+    even when it is a repository too: its refs are not taken for the remote's, nothing is
+    written into it (directly, or by git push when a hook makes the remote push-only),
+    and the original works again once it is back."""
+    t = clone(str(bare_remote), "w")
+    direct = t._direct
+    assert direct is not None and t.direct
+    main = t.fetch([MAIN])[MAIN]
+    new = child(t, main, "not for the replacement", a=b"x")
+    local = ObjectStore(local_dir(t) / "objects")
+    away = tmp_path / "away.git"
+    bare_remote.rename(away)
+    if replacement == "empty folder":
+        bare_remote.mkdir()
+    else:
+        run_git("init", "--quiet", "--bare", "--initial-branch=main", bare_remote)
+        tree = run_git("--git-dir", bare_remote, "mktree", input=b"")
+        other = run_git("--git-dir", bare_remote, "commit-tree", "-m", "another", tree)
+        run_git("--git-dir", bare_remote, "update-ref", MAIN, other)
+        if replacement == "one with a hook":
+            hook(bare_remote, "pre-receive", "cat >/dev/null\n")
+    before = listing(bare_remote)
+    steps: dict[str, Callable[[], object]] = {
+        "fetch": lambda: t.fetch([MAIN]),
+        "peek": lambda: t.list_refs("refs/heads/"),
+        "push": lambda: t.push([RefUpdate(MAIN, main, new)]),
+        "push of a new branch": lambda: t.push([RefUpdate("refs/heads/jobs/w/j", None, new)]),
+        "object copy": lambda: copy_objects(local, direct.store, [new]),
+        "ref update": lambda: direct.update_refs([RefUpdate("refs/heads/jobs/w/j", None, new)]),
+    }
+    for what, step in steps.items():
+        with pytest.raises(TransportError, match="no longer the repository") as caught:
+            step()
+        assert str(bare_remote) in str(caught.value), what
+        assert listing(bare_remote) == before, what
+    assert t.direct is False
+    shutil.rmtree(bare_remote)
+    away.rename(bare_remote)
+    assert t.direct is True
+    assert t.push([RefUpdate(MAIN, main, new)]) is True
+
+
+def git_that_moves(tmp_path: Path, source: Path, target: Path, point: str) -> Path:
+    """A git for the transport to run that moves ``source`` to ``target`` (once) in the
+    middle of a ``git update-ref --stdin``:
+
+    * ``found``: after git has found the repository (its trace shows the command's
+      name, written once the repository is set up) and before it reads the updates;
+    * ``locked``: while git holds the locks of every ref it updates (the
+      ``reference-transaction`` hook's "prepared" call, which comes after the last
+      lock is taken and before the first is renamed into place).
+
+    Every other git command runs unchanged, and so does every one after the move."""
+    real = shutil.which("git")
+    assert real is not None
+    moved = tmp_path / "moved"  # made by the move: there is one only
+    move = f"mv '{source}' '{target}' && touch '{moved}'"
+    hooks = tmp_path / "moving-hooks"
+    hooks.mkdir()
+    (hooks / "reference-transaction").write_text(
+        "#!/bin/sh\n"
+        "cat >/dev/null\n"
+        f"if [ \"$1\" = prepared ] && [ ! -e '{moved}' ]; then {move}; fi\n"
+    )
+    (hooks / "reference-transaction").chmod(0o755)
+    trace = tmp_path / "trace.json"
+    if point == "found":
+        run = (
+            "    { n=0\n"
+            f"      until grep -q '\"cmd_name\"' '{trace}' 2>/dev/null || [ $n -ge 3000 ]; do\n"
+            "          sleep 0.01; n=$((n + 1))\n"
+            "      done\n"
+            f"      {move}\n"
+            "      cat\n"
+            f"    }} | GIT_TRACE2_EVENT='{trace}' '{real}' \"$@\"\n"
+            "    exit $?\n"
+        )
+    else:  # the hooks the transport switches off, switched on again for this one command
+        run = (
+            '    for arg in "$@"; do\n'
+            "        shift\n"
+            f"        [ \"$arg\" = core.hooksPath=/dev/null ] && arg='core.hooksPath={hooks}'\n"
+            '        set -- "$@" "$arg"\n'
+            "    done\n"
+            f"    exec '{real}' \"$@\"\n"
+        )
+    wrapper = tmp_path / "git-that-moves"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f"if [ ! -e '{moved}' ]; then\n"
+        '    case " $* " in *" update-ref --stdin "*)\n'
+        f"{run}"
+        "    esac\n"
+        "fi\n"
+        f"exec '{real}' \"$@\"\n"
+    )
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+@pytest.mark.parametrize("point", ["found", "locked"])
+def test_a_remote_moved_while_git_changes_its_refs_is_changed_where_it_went(
+    bare_remote: Path,
+    clone: Callable[[str, str], GitTransport],
+    tmp_path: Path,
+    run_git: RunGit,
+    monkeypatch: pytest.MonkeyPatch,
+    point: str,
+) -> None:
+    """The cause of "Directory not empty" when a moved-away remote was moved back: git's
+    ref transaction makes the folders of a ref's lock file when they are missing, so a
+    ``git update-ref`` that had found the repository by its path just before it moved
+    made a new folder there, holding ``refs/heads/``.  And one that held its ref locks
+    when the repository moved left them behind (git removes or renames a lock by the
+    path it had when taken) with part of the transaction applied, so that every later
+    update of those refs failed.  git must carry on in the folder it found, wherever
+    that went: the whole transaction lands there, no lock is left, nothing is made at
+    the old path."""
+    t = clone(str(bare_remote), "w")
+    assert t.direct
+    main = t.fetch([MAIN])[MAIN]
+    new = child(t, main, "lands while the remote moves", a=b"moved")
+    away = tmp_path / "away.git"
+    wrapper = git_that_moves(tmp_path, bare_remote, away, point)
+    monkeypatch.setattr(git.Git, "GIT_PYTHON_GIT_EXECUTABLE", str(wrapper))
+    updates = [RefUpdate(MAIN, main, new), RefUpdate(WORKERS + "w", None, new),
+               RefUpdate("refs/heads/jobs/w/j", None, new)]  # fmt: skip
+    landed = t.push(updates)
+    assert away.is_dir(), "the wrapper did not move the remote"
+    if point == "found":
+        assert '"cmd_name"' in (tmp_path / "trace.json").read_text()  # moved after setup
+    assert not bare_remote.exists(), f"made again: {sorted(listing(bare_remote))}"
+    assert sorted(str(p.relative_to(away)) for p in away.rglob("*.lock")) == []
+    assert landed is True  # the update went to the repository git had found
+    for update in updates:
+        assert run_git("--git-dir", away, "rev-parse", update.ref) == new
+    with pytest.raises(TransportError, match="gone"):
+        t.fetch([MAIN])
+    away.rename(bare_remote)
+    assert t.fetch([MAIN]) == {MAIN: new}
+    assert t.push([RefUpdate(MAIN, new, main)]) is True  # no lock left in the way

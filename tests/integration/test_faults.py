@@ -434,12 +434,21 @@ def test_workers_resume_after_git_daemon_was_down(tmp_path, procs):
 
 
 def test_workers_resume_after_the_bare_repo_was_moved_away(tmp_path, procs):
+    """While the repository is away, no worker may make anything at its path (git once
+    made the folders of a ref's lock file there, so moving it back failed with "Directory
+    not empty"): the path must still be free when the repository is moved back."""
     bare = tmp_path / "remote.git"
     away = tmp_path / "remote.git.away"
     git("init", "-q", "--bare", "-b", "main", str(bare), cwd=tmp_path)
+
+    def move_back():
+        made = sorted(str(p.relative_to(bare)) for p in bare.rglob("*")) if bare.exists() else None
+        assert made is None, f"a worker wrote at the remote's path while it was away: {made}"
+        away.rename(bare)
+
     try:
         _outage_run(tmp_path, procs, str(bare.resolve()), bare,
-                    lambda: bare.rename(away), lambda: away.rename(bare))
+                    lambda: bare.rename(away), move_back)
     finally:
         if away.exists() and not bare.exists():
             away.rename(bare)
