@@ -20,8 +20,11 @@ with the next token, so a holder that was alive finds its next push refused.
 repository in a temporary folder.
 
 Exit codes: 0 success; 1 an error (one line ``error: ...`` on stderr, no
-traceback unless ``-v``); 2 a usage error; 128 + signum when a signal stopped
-``work``.  Remote URLs are printed with their credentials removed.
+traceback unless ``-v``); 2 a usage error; 3 the breaker stopped ``work`` (its
+command could not start or failed at once several times in a row; one
+``error: ...`` line names the command and the last error); 4 every job ``work``
+ran failed; 128 + signum when a signal stopped ``work``.  Remote URLs are
+printed with their credentials removed.
 
 The ``status --json`` document (``"schema": 1``)::
 
@@ -77,6 +80,7 @@ import hashlib
 import json
 import os
 import platform
+import random
 import shlex
 import shutil
 import signal
@@ -122,6 +126,7 @@ from distribute.core.names import (
     job_dir,
     scrub_url,
 )
+from distribute.credentials import private_folder
 from distribute.fenced import FencedEdit, cli_holder, queue_edit, requeue_edit
 from distribute.transport.base import RefUpdate
 
@@ -528,7 +533,13 @@ def user_cache_dir() -> Path:
 
 
 def default_copy_path(remote: str, worker: str) -> Path:
-    """``<user cache dir>/distribute/<remote name>-<hash>/<worker>``."""
+    """``<user cache dir>/distribute/<remote name>-<hash>/<worker>``.
+
+    The hash is of the URL without its password, so a changed password keeps the copy
+    (and no hash of a secret is ever written to disk)."""
+    from distribute.credentials import public_url
+
+    remote = public_url(remote)
     digest = hashlib.sha256(remote.encode("utf-8")).hexdigest()[:12]
     tail = remote.rstrip("/").replace("\\", "/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]
     label = encode_component(tail or "remote")[:40]
@@ -590,10 +601,14 @@ Examples:
   distribute init ./remote.git a b c            # a bare repo with three jobs queued
   distribute work ./remote.git -- python train.py {job}
   distribute status ./remote.git
+  distribute add ./remote.git --grid lr=0.1,0.01 --grid seed=0..2
+  distribute results ./remote.git --sort loss
 
 REMOTE is a folder (a bare repository) or a git URL; the environment variable
 DISTRIBUTE_REMOTE fills it in when no positional argument is given.
-Exit codes: 0 ok, 1 error, 2 usage error, 128+N stopped by signal N.""",
+Exit codes: 0 ok, 1 error, 2 usage error, 3 a worker's breaker stopped it
+(its command kept failing at once), 4 every job a worker ran failed, 128+N
+stopped by signal N.""",
 )
 @click.option("-v", "--verbose", count=True, help="Say more; -v shows tracebacks of errors.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only results and errors.")
@@ -645,6 +660,58 @@ def init(ctx: click.Context, remote: str, jobs: tuple[str, ...], branch: str) ->
         out.result(f"queued {len(result['added'])} job(s)")
 
 
+def _split_assignment(text: str, option: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise click.UsageError(f"{option} {text!r}: write NAME=VALUES")
+    return key.strip(), value
+
+
+def sweep_jobs(
+    grids: Sequence[str], params: Sequence[str], random_n: int | None, seed: int | None,
+    say: Callable[[str], None] = lambda line: None,
+) -> list[str]:
+    """The jobs of ``add --grid``/``--random``: a random search's points, each crossed
+    with the grid (when both are given), else either one.
+
+    Raises:
+        click.UsageError: options that do not go together.
+        UsageError, InvalidName: a malformed spec or a value no job name can hold.
+    """
+    from distribute.sweeps import cross, grid, random_search
+
+    if params and random_n is None:
+        raise click.UsageError("--param draws values for --random N: give --random too")
+    if random_n is not None and not params:
+        raise click.UsageError("--random N needs the space to draw from: --param NAME=SPEC")
+    if seed is not None and random_n is None:
+        raise click.UsageError("--seed is the seed of --random N")
+    parts: list[list[str]] = []
+    if random_n is not None:
+        space: dict[str, str] = {}
+        for text in params:
+            key, spec = _split_assignment(text, "--param")
+            if key in space:
+                raise click.UsageError(f"--param {key} is given twice")
+            space[key] = spec
+        drawn_seed = random.SystemRandom().randrange(2**31) if seed is None else seed
+        parts.append(random_search(random_n, space, drawn_seed))
+        if seed is None:
+            say(f"random search seed {drawn_seed} (add --seed {drawn_seed} to draw the same "
+                "jobs again)")
+    if grids:
+        axes: dict[str, str] = {}
+        for text in grids:
+            key, values = _split_assignment(text, "--grid")
+            if key in axes:
+                raise click.UsageError(f"--grid {key} is given twice")
+            axes[key] = values
+        parts.append(grid(axes))
+    if not parts:
+        return []
+    return parts[0] if len(parts) == 1 else cross(*parts)
+
+
 @cli.command(
     context_settings=_CONTEXT,
     epilog="""\b
@@ -652,19 +719,44 @@ Examples:
   distribute add ./remote.git "lr=0.1 seed=1" "lr=0.01 seed=1"
   distribute add ./remote.git --file jobs-to-run.txt
   seq 1 100 | distribute add ./remote.git --file -
-  distribute add ./remote.git -- --job-starting-with-a-dash""",
+  distribute add ./remote.git -- --job-starting-with-a-dash
+  distribute add ./remote.git --grid lr=0.1,0.01,0.001 --grid seed=0..2
+  distribute add ./remote.git --random 20 --seed 7 --param lr=loguniform:1e-5:1e-1 \\
+      --param layers=int:1:4 --param opt=choice:adam,sgd
+  distribute add ./remote.git --grid lr=0.1,0.01 --grid seed=0..4 --dry-run
+
+\b
+Sweeps name each job by its parameters, "lr=0.1 seed=0", in the order given.
+--grid NAME=VALUES: VALUES is a comma list (kept as written) or an integer range
+A..B (both ends included); the first --grid varies slowest. --random N draws N
+distinct points with --param NAME=SPEC, SPEC one of uniform:LOW:HIGH,
+loguniform:LOW:HIGH, int:LOW:HIGH, choice:A,B,C (or a value list); --seed S
+draws the same points again. With both, each drawn point runs with every grid
+point (e.g. --grid seed=0..2 for three seeds each). A value may not hold white
+space or control characters.""",
 )
 @_remote_argument()
 @click.argument("jobs", nargs=-1, metavar="[JOB]...")
 @click.option("-f", "--file", "files", multiple=True, metavar="F",
               help="Read job names from F, one per line ('-': stdin). Repeatable.")
+@click.option("--grid", "grids", multiple=True, metavar="NAME=VALUES",
+              help="A grid axis: NAME=0.1,0.01 or NAME=0..4. Repeatable.")
+@click.option("--random", "random_n", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Draw N random points of the --param space.")
+@click.option("--param", "params", multiple=True, metavar="NAME=SPEC",
+              help="A dimension of --random: loguniform:1e-5:1e-1, uniform:0:1, int:1:4, "
+                   "choice:adam,sgd. Repeatable.")
+@click.option("--seed", type=int, default=None, metavar="S",
+              help="Seed of --random (default: a fresh one, printed).")
+@click.option("--dry-run", is_flag=True, help="Print the jobs, one per line; queue nothing.")
 @click.option("--wait", default=60.0, show_default=True, metavar="S",
               help="Seconds to wait for a lock that does not change.")
 @_branch_option()
 @click.pass_context
 def add(
     ctx: click.Context, remote: str, jobs: tuple[str, ...], files: tuple[str, ...],
-    wait: float, branch: str | None,
+    grids: tuple[str, ...], random_n: int | None, params: tuple[str, ...], seed: int | None,
+    dry_run: bool, wait: float, branch: str | None,
 ) -> None:
     """Queue JOBs at the end of jobs.txt.
 
@@ -677,9 +769,14 @@ def add(
     names = list(jobs)
     for f in files:
         names += read_job_file(f)
+    names += sweep_jobs(grids, params, random_n, seed, out.info)
     if not names:
-        raise click.UsageError("no jobs given: pass JOB arguments or --file F")
+        raise click.UsageError("no jobs given: pass JOB arguments, --file F, --grid or --random")
     validate_jobs(names)
+    if dry_run:
+        for name in names:
+            out.result(name)
+        return
     result: dict[str, list[str]] = {}
     with open_remote(remote, branch) as view:
         FencedEdit(view, cli_holder(), wait).apply(queue_edit(names, result))
@@ -741,7 +838,7 @@ def _open_worker(
     and whether ``copy`` was made just now."""
     from distribute.dist import worker_from_url
 
-    copy.parent.mkdir(parents=True, exist_ok=True)
+    private_folder(copy.parent)
     out.debug(f"worker {name}, local copy {copy}")
     _stop_leftovers(copy, out)
     fresh = not copy.exists()
@@ -761,7 +858,7 @@ def _open_slot_worker(
     for slot in range(1, MAX_SLOTS + 1):
         name = slot_worker_name(slot)
         copy = default_copy_path(url, name)
-        copy.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(copy.parent)
         claim = filelock.FileLock(str(copy.parent / f".{copy.name}.slot.lock"))
         try:
             claim.acquire(timeout=0)
@@ -792,18 +889,41 @@ Examples:
   distribute work ./remote.git --name gpu-1 --timeout 3600 -- ./run.sh {job}
   distribute work ./remote.git --shell -- 'python train.py {job} | tee out.txt'
   DISTRIBUTE_REMOTE=git@host:me/runs.git distribute work -- python train.py {job}
+  distribute work ./remote.git -- python train.py --lr {lr} --seed {seed}
+  distribute work ./remote.git -- python train.py {args}    # --lr=0.1 --seed=0
+  distribute work ./remote.git --wait-for-jobs --idle-exit 3600 -- python train.py {args}
 
 \b
 The command gets the job as one argument ({job} is replaced inside each
 argument; with --shell it is shell-quoted) and in DISTRIBUTE_JOB, plus
 DISTRIBUTE_WORKER, DISTRIBUTE_ATTEMPT and DISTRIBUTE_JOB_DIR (the folder whose
-files are committed with the job). Its output goes to DISTRIBUTE_JOB_DIR/log.txt,
-committed every --commit-every seconds. Exit 0 finishes the job; anything else
-fails the attempt (it is retried up to --max-attempts times). work exits 0
-when no job is left, whatever the jobs' outcomes (see `distribute status`).
-A job's next attempt starts with the files its previous attempt committed
+files are committed with the job). A job named by parameters ("lr=0.1 seed=0",
+as `add --grid` makes) also fills {lr} and {seed}, and {args} (--lr=0.1
+--seed=0: separate arguments when {args} stands alone), and sets
+DISTRIBUTE_PARAM_LR, DISTRIBUTE_PARAM_SEED. A job lacking a parameter the
+command uses fails that attempt, saying so; {{lr}} is a literal {lr}, and
+braces around words that are no job's parameter are left alone. Its output goes
+to DISTRIBUTE_JOB_DIR/log.txt, committed every --commit-every seconds. Exit 0
+finishes the job; anything else fails the attempt (it is retried up to
+--max-attempts times). A job's next attempt starts with the files its previous attempt committed
 (DISTRIBUTE_RESUMED_FROM names that attempt's branch; --no-resume for a
 fresh folder), so a job that writes checkpoints can go on from the last one.
+
+\b
+Exit codes: 0 when no job is left (or --idle-exit passed) and some job it
+ran did not fail; 4 when every job it ran failed; 3 when the breaker stopped
+it; 128+N when signal N stopped it. The breaker: a command that cannot start
+or exits non-zero within --breaker-seconds failed at once. Until the command
+has once worked on this worker, such an attempt is put back as interrupted
+(no attempt used up), and --breaker of them in a row stop the worker, naming
+the command and the last error. Afterwards failures at once count as usual,
+and --breaker different jobs failing at once in a row stop it.
+
+\b
+--wait-for-jobs keeps the worker waiting when the queue is empty: it looks at
+the main branch's ref at the idle pace (up to a sixth of --lease, at most
+20 s, between looks) and asks for a job once it moved. --idle-exit S stops it
+after S seconds without a job; SIGTERM stops it at any time (exit 143).
 
 \b
 The local copy defaults to <cache>/distribute/<remote>-<hash>/<name>, where
@@ -851,13 +971,23 @@ ends or, after a crash, by the next work on the same copy.""",
               metavar="S", help="Seconds a stopped command has before it is killed.")
 @click.option("--wait/--no-wait", default=True, show_default=True,
               help="Wait while other workers still run jobs (they may fail and be retried).")
+@click.option("--wait-for-jobs", is_flag=True,
+              help="When the queue is empty, wait for new jobs instead of exiting.")
+@click.option("--idle-exit", type=click.FloatRange(min=0), default=None, metavar="S",
+              help="Exit after S seconds without a job (implies --wait-for-jobs).")
+@click.option("--breaker", type=click.IntRange(min=0), default=3, show_default=True,
+              metavar="N", help="Stop after N failures at once in a row (0: never); see below.")
+@click.option("--breaker-seconds", type=click.FloatRange(min=0), default=5.0,
+              show_default=True, metavar="S",
+              help="A non-zero exit within S seconds of starting is a failure at once.")
 @_branch_option()
 @click.pass_context
 def work(
     ctx: click.Context, remote: str, path: Path | None, name: str | None,
     max_jobs: int | None, timeout: float | None, lease: float, max_attempts: int,
     max_interruptions: int, max_file_mb: float, resume: bool, shell: bool,
-    commit_every: float, grace: float, wait: bool, branch: str | None,
+    commit_every: float, grace: float, wait: bool, wait_for_jobs: bool,
+    idle_exit: float | None, breaker: int, breaker_seconds: float, branch: str | None,
 ) -> int:
     """Take jobs from the jobs.txt queue and run a command for each.
 
@@ -874,9 +1004,13 @@ def work(
             "e.g. distribute work REMOTE -- python train.py {job}"
         )
     url = resolve_remote(remote)
+    wait_for_jobs = wait_for_jobs or idle_exit is not None
     options: dict[str, Any] = {
         "branch": branch, "lease_seconds": lease, "max_attempts": max_attempts,
-        "max_interruptions": max_interruptions, "resume": resume, "wait_for_running": wait,
+        "max_interruptions": max_interruptions, "resume": resume,
+        # a worker waiting for new jobs waits for running ones in the same loop, where
+        # --idle-exit is heeded
+        "wait_for_running": wait and not wait_for_jobs,
         "max_file_bytes": int(max_file_mb * 1_000_000),
     }
     with contextlib.ExitStack() as hold:
@@ -900,6 +1034,8 @@ def work(
             runner = JobRunner(
                 worker, command, QueueJobs(), shell=shell, timeout=timeout,
                 commit_every=commit_every, max_jobs=max_jobs, grace=grace, report=out.info,
+                breaker=breaker, breaker_seconds=breaker_seconds,
+                wait_for_jobs=wait_for_jobs, idle_exit=idle_exit,
             )
             summary = runner.run()
         finally:
@@ -911,6 +1047,11 @@ def work(
     out.info(f"worker {worker.name}: {counts or 'no jobs run'}")
     if summary.signum:
         out.info(f"stopped by {signal.Signals(summary.signum).name}")
+    elif summary.breaker:
+        _error(summary.breaker)
+    elif summary.all_failed:
+        out.info(f"every job this worker ran failed (exit code {summary.exit_code}); "
+                 "see `distribute status` and `distribute logs`")
     return summary.exit_code
 
 
@@ -1051,6 +1192,111 @@ def unlock(ctx: click.Context, remote: str, branch: str | None) -> None:
     )
 
 
+# ---- results ---------------------------------------------------------------------------
+def render_results(rows: Sequence[dict[str, Any]], console: Console) -> None:
+    """Print result rows as a rich table (wide enough for its columns when not on a
+    terminal, so that a file or a pipe gets whole lines)."""
+    from distribute.results import cell, columns
+
+    names = columns(rows)
+    table = Table(expand=False)
+    numeric = {"attempt"}
+    for name in names:
+        values = [r.get(name) for r in rows if r.get(name) is not None]
+        if values and all(isinstance(v, int | float) and not isinstance(v, bool)
+                          for v in values):
+            numeric.add(name)
+    for name in names:
+        table.add_column(name, justify="right" if name in numeric else "left",
+                         overflow="fold")
+    style = {"done": "green", "running": "yellow", "released": "yellow", "failed": "red"}
+    for row in rows:
+        table.add_row(*(_cell(cell(row.get(n))) for n in names),
+                      style=style.get(str(row.get("state")), ""))
+    if not console.is_terminal:
+        wide = console.options.update(max_width=10_000)
+        width = max(80, console.measure(table, options=wide).maximum)
+        console = Console(file=console.file, width=width, highlight=False, soft_wrap=True)
+    console.print(table)
+
+
+@cli.command(
+    context_settings=_CONTEXT,
+    epilog="""\b
+Examples:
+  distribute results ./remote.git
+  distribute results ./remote.git --sort loss --where state=done
+  distribute results ./remote.git --sort=-accuracy --where "lr<0.05" --format csv > runs.csv
+  distribute results ./remote.git --file train_log.jsonl --format json
+  distribute results ./remote.git --plot loss --by lr --out loss-by-lr.png
+
+\b
+Each job's FILE (metrics.json by default) is read from its job folder: from the
+main branch for done jobs, from the job's own branch (its last update) for
+running, released and failed ones. A JSON object; else JSON lines (the last
+complete line); a .csv/.tsv file with a header (the last row). Columns: job,
+its parameters (the key=value words of its name), state, attempt, worker, then
+the metrics. --sort COLUMN sorts numbers as numbers (-COLUMN: descending);
+--where takes COLUMN=VALUE, COLUMN<VALUE, COLUMN>VALUE (also !=, <=, >=) and
+may be repeated. --plot METRIC writes a PNG of METRIC against --by (default:
+the first parameter that varies); it needs matplotlib: pip install
+'distribute[plot]'.""",
+)
+@_remote_argument()
+@click.option("--file", "file_name", default="metrics.json", show_default=True, metavar="NAME",
+              help="The file each job wrote in its job folder.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True, help="How to print the rows.")
+@click.option("--sort", "sort_key", default=None, metavar="COLUMN",
+              help="Sort by COLUMN (-COLUMN: descending; write --sort=-COLUMN).")
+@click.option("--where", multiple=True, metavar="EXPR",
+              help="Keep rows where EXPR holds: col=value, col<value, col>value. Repeatable.")
+@click.option("--plot", "plot_metric", default=None, metavar="METRIC",
+              help="Write a PNG of METRIC instead of printing the rows.")
+@click.option("--by", default=None, metavar="PARAM", help="The plot's x axis.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              metavar="FILE.png", help="Where the plot goes (default: METRIC-by-PARAM.png).")
+@_branch_option()
+@click.pass_context
+def results(
+    ctx: click.Context, remote: str, file_name: str, fmt: str, sort_key: str | None,
+    where: tuple[str, ...], plot_metric: str | None, by: str | None, out: Path | None,
+    branch: str | None,
+) -> None:
+    """Gather what every done, running and failed job wrote into one table."""
+    from distribute.results import (
+        check_file,
+        collect_from_view,
+        filter_rows,
+        format_csv,
+        format_json,
+        plot,
+        sort_rows,
+    )
+
+    output = _output(ctx)
+    if plot_metric is None and (by is not None or out is not None):
+        raise click.UsageError("--by and --out go with --plot METRIC")
+    check_file(file_name)
+    with open_remote(remote, branch) as view:
+        rows = collect_from_view(view, file_name)
+    rows = filter_rows(rows, where)
+    if sort_key:
+        rows = sort_rows(rows, sort_key)
+    if plot_metric is not None:
+        path = plot(rows, plot_metric, by, out)
+        output.result(f"wrote {path}")
+        return
+    if fmt == "csv":
+        click.echo(format_csv(rows), nl=False)
+    elif fmt == "json":
+        click.echo(format_json(rows))
+    elif not rows:
+        output.result("no job has ended or started yet" if not where else "no row matches")
+    else:
+        render_results(rows, output.out)
+
+
 # ---- demo ------------------------------------------------------------------------------
 def demo_jobs(n: int) -> list[str]:
     """Job names in the style of a hyperparameter sweep."""
@@ -1134,6 +1380,11 @@ def demo(ctx: click.Context, workers: int, jobs: int, seconds: float, deadline: 
                     )
                 time.sleep(0.2)
             doc = observe_status(view, str(remote))
+            from distribute.results import collect_from_view, columns, sort_rows
+
+            rows = collect_from_view(view)
+            if "loss" in columns(rows):
+                rows = sort_rows(rows, "loss")
     finally:
         for p, _ in procs:
             if p.poll() is None:
@@ -1164,8 +1415,13 @@ def demo(ctx: click.Context, workers: int, jobs: int, seconds: float, deadline: 
         f"  a job's files: {git} ls-tree -r --name-only main updates/\n"
         f"  a job's log:   distribute logs {where} {shlex.quote(names[0])}\n"
         f"  status:        distribute status {where}\n"
+        f"  results:       distribute results {where} --sort loss\n"
+        f"  a plot:        distribute results {where} --plot loss --by lr\n"
         f"Remove it with: rm -rf {shlex.quote(str(root))}"
     )
+    if out.verbosity >= 0 and rows:
+        out.result("\nResults (each job's metrics.json, best loss first):")
+        render_results(rows, out.out)
     if doc["counts"]["done"] != jobs:
         raise DistributeError(f"only {doc['counts']['done']} of {jobs} jobs were done")
 

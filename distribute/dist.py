@@ -67,6 +67,7 @@ from distribute.core.pacing import (
     turn_wait,
 )
 from distribute.core.plan import CallNextJobFunction, GiveUp, Retry, others_running
+from distribute.credentials import split_secret
 from distribute.orphans import reap_leftover_command
 from distribute.sources import is_repo_only
 from distribute.transport.base import Transport
@@ -143,6 +144,8 @@ class Worker:
         journal: optional ``callback(event, **fields)`` for every protocol step.
         wrap_transport: optional function that wraps the git transport (the
             simulator injects latency and failed pushes this way).
+        secret: the password of an http(s) remote, kept in this process's
+            memory only (``worker_from_url`` takes it out of the URL you give).
     """
 
     def __init__(
@@ -168,6 +171,7 @@ class Worker:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
+        secret: str | None = None,
     ) -> None:
         self.name = check_name(name if name is not None else default_worker_name(), "worker")
         if lease_seconds <= 0 or poll_seconds <= 0 or max_attempts < 1 or max_interruptions < 1:
@@ -178,7 +182,7 @@ class Worker:
         self.path = str(Path(path).resolve())
         self._filelock = self._lock_local_copy()
         try:
-            self.copy = GitLocalCopy.open(self.path)
+            self.copy = GitLocalCopy.open(self.path, secret=secret)
             self.transport: Transport = self.copy.transport()
             if wrap_transport is not None:
                 self.transport = wrap_transport(self.transport)
@@ -849,16 +853,37 @@ def worker_from_url(
     Options are those of :class:`Worker`.
     """
     target = Path(path)
+    split = split_secret(url)
     if not target.exists() or (target.is_dir() and not any(target.iterdir())):
         GitLocalCopy.clone(url, target)
     else:
-        copy = GitLocalCopy.open(target)
-        if copy.remote_url() != url:
+        # opening cleans a password an older copy kept in its config
+        copy = GitLocalCopy.open(target, secret=split.secret)
+        had = copy.remote_url()
+        copy.close()
+        if had != split.public:
             raise UsageError(
-                f"{target} is a clone of {scrub_url(copy.remote_url())}, not of {scrub_url(url)}; "
-                "choose another path"
+                f"{target} is a clone of another remote: {_difference(had, split.public)}; "
+                "choose another path for this remote, or pass the URL that copy was made from"
             )
-    return Worker(target, name, **options)
+    return Worker(target, name, secret=split.secret, **options)
+
+
+def _difference(had: str, wanted: str) -> str:
+    """Where two remote URLs differ, in words, with no secret in them."""
+    from urllib.parse import urlsplit
+
+    a, b = urlsplit(had), urlsplit(wanted)
+    parts = []
+    if a.scheme == b.scheme and a.scheme:
+        host_a, host_b = (f"{u.hostname}{f':{u.port}' if u.port else ''}" for u in (a, b))
+        if host_a != host_b:
+            parts.append(f"host {host_a} there, {host_b} asked for")
+        if a.username != b.username:
+            parts.append(f"user {a.username or '(none)'} there, {b.username or '(none)'} asked for")
+        if a.path != b.path:
+            parts.append(f"path {a.path} there, {b.path} asked for")
+    return "; ".join(parts) or f"{scrub_url(had)} there, {scrub_url(wanted)} asked for"
 
 
 __all__ = ["TURNS_WAITED", "Worker", "default_worker_name", "worker_from_url"]

@@ -68,6 +68,7 @@ from git.exc import GitCommandNotFound, InvalidGitRepositoryError, NoSuchPathErr
 
 from distribute.core.errors import OutcomeUnknown, RemoteStateError, TransportError, UsageError
 from distribute.core.names import is_valid_ref_component, scrub_url
+from distribute.credentials import git_env, git_options, private_folder, split_secret
 from distribute.transport.base import MergeResult, Oid, RefUpdate
 from distribute.transport.direct import (
     ObjectStore,
@@ -240,9 +241,14 @@ def _failure(what: str, result: _Result, timeout: float, **context: object) -> T
     )
 
 
-def _run_outside(args: Sequence[str], what: str, *, timeout: float) -> _Result:
-    """Run a git command that needs no repository (init, clone)."""
-    result = _execute(git.Git(), args, stdin=None, env=_ENV, timeout=timeout)
+def _run_outside(
+    args: Sequence[str], what: str, *, timeout: float, secret: str | None = None
+) -> _Result:
+    """Run a git command that needs no repository (init, clone); ``secret`` is handed to
+    git on request (:mod:`distribute.credentials`), never on its command line."""
+    env = dict(_ENV, **git_env(secret))
+    result = _execute(git.Git(), [*git_options(secret), *args], stdin=None, env=env,
+                      timeout=timeout)
     if result.status != 0:
         raise _failure(what, result, timeout)
     return result
@@ -285,7 +291,13 @@ def init_bare_repo(
 class _Repository:
     """A GitPython ``Repo`` and the one way this module runs git on it."""
 
-    def __init__(self, path: str | os.PathLike[str], *, timeout: float) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, timeout: float, secret: str | None = None
+    ) -> None:
+        # the remote's password, if its URL had one: given to the git commands run here
+        # through a credential helper and their environment, never stored or in argv
+        self._auth = git_options(secret)
+        self._auth_env = git_env(secret)
         try:
             self._repo = git.Repo(os.fspath(path))
         except (InvalidGitRepositoryError, NoSuchPathError) as err:
@@ -320,6 +332,9 @@ class _Repository:
         env: Mapping[str, str] | None = None,
         timeout: float | None = None,
     ) -> _Result:
+        if self._auth:
+            args = [*self._auth, *args]
+            env = {**self._auth_env, **(env or {})}
         return _execute(self._repo.git, args, stdin=stdin, env=env, timeout=timeout or self.timeout)
 
     def check(
@@ -659,8 +674,12 @@ class GitTransport:
         *,
         timeout: float = 60,
         direct: bool | None = None,
+        secret: str | None = None,
     ) -> None:
-        self._repo = _Repository(repo_path, timeout=timeout)
+        # a password in a URL is taken out here: git sees the URL without it
+        split = split_secret(remote)
+        remote, secret = split.public, secret or split.secret
+        self._repo = _Repository(repo_path, timeout=timeout, secret=secret)
         self.remote = remote
         self.timeout = timeout
         key = remote
@@ -1147,31 +1166,53 @@ class GitLocalCopy:
     (``jobs/w1/job%20x``) and validated; commits are full hex ids.
     """
 
-    def __init__(self, repo: _Repository) -> None:
+    def __init__(self, repo: _Repository, secret: str | None = None) -> None:
         if repo.work_tree is None:
             raise UsageError(f"{repo.git_dir} is a bare repository, not a local copy")
         self._repo = repo
         self._work_tree = repo.work_tree
+        self._secret = secret
 
     @classmethod
     def clone(cls, url: str, path: str | os.PathLike[str], *, timeout: float = 600) -> GitLocalCopy:
         """Clone only the remote's default branch of ``url`` into ``path`` and check it out.
 
         An empty remote gives an empty local copy.  ``path`` must not exist
-        or be an empty directory.
+        or be an empty directory; it is made readable by this user only.  A
+        password in ``url`` is kept in memory (:mod:`distribute.credentials`):
+        the clone's config holds the URL without it.
 
         Raises:
             TransportError: the clone failed (the URL in the message is scrubbed).
         """
-        target = Path(path).absolute()
+        split = split_secret(url)
+        target = private_folder(Path(path).absolute())
         args = ["clone", "--quiet", "--single-branch", "--no-tags", "--end-of-options"]
-        _run_outside([*args, url, str(target)], f"git clone of {scrub_url(url)}", timeout=timeout)
-        return cls.open(target)
+        _run_outside([*args, split.public, str(target)], f"git clone of {scrub_url(url)}",
+                     timeout=timeout, secret=split.secret)
+        return cls.open(target, secret=split.secret)
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, timeout: float = 600) -> GitLocalCopy:
-        """The local copy at ``path``; ``UsageError`` when it is not a git working tree."""
-        return cls(_Repository(path, timeout=timeout))
+    def open(
+        cls, path: str | os.PathLike[str], *, timeout: float = 600, secret: str | None = None
+    ) -> GitLocalCopy:
+        """The local copy at ``path``; ``UsageError`` when it is not a git working tree.
+
+        ``secret``: the remote's password, kept in memory.  A copy whose config
+        still holds a password (made by an earlier version) is cleaned: the
+        password leaves the config, and is used when ``secret`` is not given.
+        """
+        repo = _Repository(path, timeout=timeout)
+        stored = repo.run(["config", "--get", "remote.origin.url"])
+        if stored.status == 0:
+            split = split_secret(stored.stdout.decode("utf-8").strip())
+            if split.secret is not None:
+                repo.check(["config", "remote.origin.url", split.public], "git config")
+                secret = secret or split.secret
+        if secret is not None:
+            repo.close()
+            repo = _Repository(path, timeout=timeout, secret=secret)
+        return cls(repo, secret)
 
     @property
     def path(self) -> Path:
@@ -1187,10 +1228,10 @@ class GitLocalCopy:
 
     def transport(self, *, timeout: float = 60) -> GitTransport:
         """A new :class:`GitTransport` on this copy for ``origin``; the caller closes it."""
-        return GitTransport(self._work_tree, "origin", timeout=timeout)
+        return GitTransport(self._work_tree, "origin", timeout=timeout, secret=self._secret)
 
     def remote_url(self) -> str:
-        """The URL of ``origin`` exactly as configured (credentials included: scrub to show)."""
+        """The URL of ``origin`` as configured (no password: see :meth:`open`)."""
         result = self._repo.run(["config", "--get", "remote.origin.url"])
         if result.status != 0:
             raise UsageError(f"{self._work_tree} has no remote named origin")
