@@ -902,12 +902,13 @@ as `add --grid` makes) also fills {lr} and {seed}, and {args} (--lr=0.1
 --seed=0: separate arguments when {args} stands alone), and sets
 DISTRIBUTE_PARAM_LR, DISTRIBUTE_PARAM_SEED. A job lacking a parameter the
 command uses fails that attempt, saying so; {{lr}} is a literal {lr}, and
-braces around words that are no job's parameter are left alone. Its output goes
-to DISTRIBUTE_JOB_DIR/log.txt, committed every --commit-every seconds. Exit 0
-finishes the job; anything else fails the attempt (it is retried up to
---max-attempts times). A job's next attempt starts with the files its previous attempt committed
-(DISTRIBUTE_RESUMED_FROM names that attempt's branch; --no-resume for a
-fresh folder), so a job that writes checkpoints can go on from the last one.
+braces around words that are no job's parameter are left alone. Its output
+goes to DISTRIBUTE_JOB_DIR/log.txt, committed every --commit-every seconds.
+Exit 0 finishes the job; anything else fails the attempt (it is retried up to
+--max-attempts times). A job's next attempt starts with the files its
+previous attempt committed (DISTRIBUTE_RESUMED_FROM names that attempt's
+branch; --no-resume for a fresh folder), so a job that writes checkpoints can
+go on from the last one.
 
 \b
 Exit codes: 0 when no job is left (or --idle-exit passed) and some job it

@@ -8,6 +8,33 @@ argument (every ``{job}`` in the command is replaced; with ``shell=True`` the
 command is one ``/bin/sh -c`` script and the job is shell-quoted) and through
 the environment (``DISTRIBUTE_JOB``, ``DISTRIBUTE_WORKER``,
 ``DISTRIBUTE_ATTEMPT``, ``DISTRIBUTE_JOB_DIR``, ``DISTRIBUTE_RESUMED_FROM``).
+A job named by parameters (``lr=0.1 seed=0``, see :mod:`distribute.sweeps`)
+also fills ``{lr}``, ``{seed}`` and ``{args}`` (``--lr=0.1 --seed=0``: separate
+arguments when ``{args}`` is a whole argument), and each parameter is in
+``DISTRIBUTE_PARAM_<NAME>``.  A ``{name}`` that this job lacks but another
+job of the queue or the ledgers has fails that attempt with a reason naming
+it; braces around any other word are left alone (code in a ``python -c``
+argument), and ``{{name}}`` is a literal ``{name}``.
+
+A breaker guards the queue against a broken setup.  A command that cannot
+start, or exits non-zero within ``breaker_seconds``, failed *at once*.  Until
+this worker's command has once worked (succeeded, or run longer than that),
+such a failure cannot be told from a broken machine, so it ends the attempt
+as interrupted (it does not use up ``max_attempts``), and ``breaker`` of them
+in a row stop the worker: the last job is put back as interrupted and
+:attr:`WorkSummary.breaker` says why (``distribute work`` exits with 3).  Once
+the command has worked, failures at once count as usual, and the worker stops
+only after ``breaker`` *different* jobs in a row failed at once, so that one
+job that always crashes is retried and recorded as failed while the worker
+goes on.
+
+With ``wait_for_jobs`` the loop does not end when the queue is empty: it
+looks at the main branch's ref (one ``ls-remote``, or a read of a ref file for
+a remote on this machine) at the worker's idle pace, from ``poll_seconds``
+doubling up to ``idle_poll_seconds``, and asks for a job again once the main
+branch moved (a job was queued, or one was released), and at least every half
+lease (a dead worker's job may be offered).  ``idle_exit`` ends the wait after
+that many seconds without a job.
 
 The child writes into the job's folder in the working tree
 (``DISTRIBUTE_JOB_DIR``, ``updates/<encoded job>``); ``commit_update`` never
@@ -50,18 +77,23 @@ process before that group has been killed.
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
+import random
+import re
 import shlex
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from distribute.backoff import Backoff
 from distribute.core.errors import (
     DistributeError,
     FileTooLarge,
@@ -70,6 +102,7 @@ from distribute.core.errors import (
     TransportError,
     UsageError,
 )
+from distribute.core.ledger import LEDGER_FILES
 from distribute.core.lock import lock_message, parse_beat_message, parse_lock_message
 from distribute.core.names import LOCK_REF
 from distribute.orphans import (
@@ -79,13 +112,26 @@ from distribute.orphans import (
     parent_death_guard,
     record_child,
 )
+from distribute.sources import JOBS_FILE
+from distribute.sweeps import KEY_PATTERN, parse_job
 from distribute.transport.base import RefUpdate
 
 if TYPE_CHECKING:
     from distribute.dist import Worker
 
 JOB_PLACEHOLDER = "{job}"
+ARGS_PLACEHOLDER = "{args}"
 LOG_FILE = "log.txt"
+METRICS_FILE = "metrics.json"
+PARAM_ENV_PREFIX = "DISTRIBUTE_PARAM_"
+#: ``distribute work`` exit codes beyond 0, 1, 2 and 128 + signal: the breaker stopped the
+#: worker; every job the worker ran failed.
+EXIT_BREAKER, EXIT_ALL_FAILED = 3, 4
+#: ``{{name}}`` (a literal ``{name}``) or ``{name}`` (a placeholder); never ``${name}``, a
+#: shell's variable.
+_PLACEHOLDER = re.compile(
+    r"(?<!\$)\{\{(" + KEY_PATTERN + r")\}\}|(?<!\$)\{(" + KEY_PATTERN + r")\}"
+)
 
 #: Outcomes of one job: finished, attempt failed and queued again, failed for good,
 #: taken over by another worker, or stopped by a signal.
@@ -100,36 +146,99 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
-def command_for_job(command: Sequence[str], job: str, *, shell: bool = False) -> list[str]:
+class CommandTemplateError(UsageError):
+    """The command names a ``{placeholder}`` that the job has no value for."""
+
+
+def _missing(name: str, job: str, params: Mapping[str, str]) -> CommandTemplateError:
+    has = (
+        f"its parameters: {', '.join(params)}" if params
+        else "it has none: only words of the form key=value in a job name are parameters"
+    )
+    return CommandTemplateError(
+        f"the command uses {{{name}}}, but job {job!r} has no parameter {name} ({has}); "
+        f"write {{{{{name}}}}} for a literal {{{name}}}",
+        job=job, placeholder=name,
+    )
+
+
+def command_for_job(
+    command: Sequence[str], job: str, *, shell: bool = False,
+    params: Mapping[str, str] | None = None, known: Iterable[str] | None = None,
+) -> list[str]:
     """The argument list that runs ``command`` for ``job``.
 
-    Without ``shell`` every ``{job}`` inside an argument is replaced by the job
-    name (an argument stays one argument whatever the name holds); nothing is
-    parsed by a shell.  With ``shell`` the arguments are joined with spaces
-    into one ``/bin/sh -c`` script and ``{job}`` becomes ``shlex.quote(job)``.
+    Placeholders: ``{job}`` is the job name, ``{NAME}`` the value of its parameter
+    NAME (``params``, by default :func:`~distribute.sweeps.parse_job` of the name),
+    and ``{args}`` every parameter as ``--NAME=VALUE``: separate arguments when
+    ``{args}`` is a whole argument, else joined by spaces.  ``{{NAME}}`` stays as
+    a literal ``{NAME}``, and so does ``${NAME}`` (a shell variable).  Without
+    ``shell`` an argument stays one argument whatever the values hold; nothing is
+    parsed by a shell.  With ``shell`` the arguments are joined with spaces into
+    one ``/bin/sh -c`` script and every value is ``shlex.quote``-d.
+
+    Args:
+        known: parameter names of the sweep (of any job on the remote): a ``{NAME}``
+            with one of these names that this job lacks is an error, and braces around
+            any other word are left as they are (code such as ``f'{x}'`` in a
+            ``python -c`` argument).  ``None``: every ``{NAME}`` must be filled.
 
     Raises:
         UsageError: ``command`` is empty.
+        CommandTemplateError: a placeholder the job has no value for.
     """
     if not command:
         raise UsageError("no command given: put the command to run after `--`")
+    values = parse_job(job) if params is None else dict(params)
+    sweep = None if known is None else frozenset(known)
+    flags = [f"--{key}={value}" for key, value in values.items()]
+
+    def fill(text: str, quote: Callable[[str], str]) -> str:
+        def one(match: re.Match[str]) -> str:
+            literal, name = match.group(1), match.group(2)
+            if literal is not None:
+                return "{" + literal + "}"
+            if name == "job":
+                return quote(job)
+            if name == "args":
+                return " ".join(quote(flag) for flag in flags)
+            if name in values:
+                return quote(values[name])
+            if sweep is not None and name not in sweep:
+                return match.group(0)
+            raise _missing(name, job, values)
+
+        return _PLACEHOLDER.sub(one, text)
+
     if shell:
-        script = " ".join(command).replace(JOB_PLACEHOLDER, shlex.quote(job))
-        return ["/bin/sh", "-c", script]
-    return [arg.replace(JOB_PLACEHOLDER, job) for arg in command]
+        return ["/bin/sh", "-c", fill(" ".join(command), shlex.quote)]
+    argv: list[str] = []
+    for arg in command:
+        if arg == ARGS_PLACEHOLDER:
+            argv.extend(flags)
+        else:
+            argv.append(fill(arg, str))
+    return argv
+
+
+def param_env_name(key: str) -> str:
+    """``DISTRIBUTE_PARAM_<KEY>``: upper-cased, every character but letters and digits as ``_``."""
+    return PARAM_ENV_PREFIX + re.sub(r"[^A-Za-z0-9]", "_", key).upper()
 
 
 def job_environment(
     base: Mapping[str, str], *, job: str, worker: str, attempt: int, job_dir: str,
-    resumed_from: str | None = None,
+    resumed_from: str | None = None, params: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """``base`` plus the ``DISTRIBUTE_*`` variables a job's command receives.
 
     ``DISTRIBUTE_RESUMED_FROM`` names the earlier attempt's branch whose files the job
     folder starts with (empty for a fresh start): a job that finds it set may go on
-    from its last checkpoint.
+    from its last checkpoint.  Each parameter of the job (``params``, by default read
+    from its name) is in ``DISTRIBUTE_PARAM_<NAME>`` (see :func:`param_env_name`);
+    such variables inherited from ``base`` are dropped.
     """
-    env = dict(base)
+    env = {k: v for k, v in base.items() if not k.startswith(PARAM_ENV_PREFIX)}
     env.update(
         DISTRIBUTE_JOB=job,
         DISTRIBUTE_WORKER=worker,
@@ -137,6 +246,8 @@ def job_environment(
         DISTRIBUTE_JOB_DIR=job_dir,
         DISTRIBUTE_RESUMED_FROM=resumed_from or "",
     )
+    for key, value in (parse_job(job) if params is None else params).items():
+        env[param_env_name(key)] = value
     return env
 
 
@@ -275,17 +386,32 @@ class JobOutcome:
 
 @dataclass
 class WorkSummary:
-    """What a :meth:`JobRunner.run` did; ``signum`` is set when a signal stopped it."""
+    """What a :meth:`JobRunner.run` did.
+
+    ``signum`` is set when a signal stopped it, ``breaker`` (why) when the breaker
+    did (see the module docstring).
+    """
 
     outcomes: list[JobOutcome] = field(default_factory=list)
     signum: int | None = None
+    breaker: str | None = None
 
     def count(self, status: str) -> int:
         return sum(1 for o in self.outcomes if o.status == status)
 
     @property
+    def all_failed(self) -> bool:
+        """Jobs ran, and every one of them failed (finished none, lost or stopped none)."""
+        return bool(self.outcomes) and all(o.status in (RETRY, FAILED) for o in self.outcomes)
+
+    @property
     def exit_code(self) -> int:
-        return 128 + self.signum if self.signum else 0
+        """128 + signal; else :data:`EXIT_BREAKER`; else :data:`EXIT_ALL_FAILED`; else 0."""
+        if self.signum:
+            return 128 + self.signum
+        if self.breaker:
+            return EXIT_BREAKER
+        return EXIT_ALL_FAILED if self.all_failed else 0
 
 
 Reporter = Callable[[str], None]
@@ -305,6 +431,12 @@ class JobRunner:
         grace: seconds the child has to exit after SIGTERM before SIGKILL.
         report: receives one line per event for the person watching.
         cwd: the child's working folder (default: this process's).
+        breaker: stop after this many failures at once in a row (0: never; see the
+            module docstring).
+        breaker_seconds: a non-zero exit within this many seconds is a failure at once.
+        wait_for_jobs: when there is no job, wait for new ones instead of returning.
+        idle_exit: with ``wait_for_jobs``, return after this many seconds without a job
+            (``None``: wait until a signal).
     """
 
     def __init__(
@@ -320,6 +452,10 @@ class JobRunner:
         grace: float = 10.0,
         report: Reporter | None = None,
         cwd: str | None = None,
+        breaker: int = 3,
+        breaker_seconds: float = 5.0,
+        wait_for_jobs: bool = False,
+        idle_exit: float | None = None,
     ) -> None:
         if not command:
             raise UsageError("no command given: put the command to run after `--`")
@@ -327,6 +463,10 @@ class JobRunner:
             raise UsageError("timeout must be > 0 seconds")
         if commit_every <= 0:
             raise UsageError("commit_every must be > 0 seconds")
+        if breaker < 0 or breaker_seconds < 0:
+            raise UsageError("breaker and breaker_seconds must be >= 0")
+        if idle_exit is not None and idle_exit < 0:
+            raise UsageError("idle_exit must be >= 0 seconds")
         self.worker = worker
         self.command = list(command)
         self.next_job_func = next_job_func
@@ -337,6 +477,17 @@ class JobRunner:
         self.grace = grace
         self.report: Reporter = report or (lambda line: None)
         self.cwd = cwd
+        self.breaker = breaker
+        self.breaker_seconds = breaker_seconds
+        self.wait_for_jobs = wait_for_jobs or idle_exit is not None
+        self.idle_exit = idle_exit
+        self._clock: Callable[[], float] = time.monotonic
+        self._sleep: Callable[[float], None] = time.sleep
+        self._worked = False  # the command has once succeeded or run past breaker_seconds
+        self._at_once: list[str] = []  # jobs that failed at once since then, in a row
+        self._tripped: str | None = None
+        self._said_waiting: float | None = None
+        self._idle_backoff: Backoff | None = None
         self._child: subprocess.Popen[bytes] | None = None
         self._signum: int | None = None
         self._signals = 0
@@ -371,14 +522,17 @@ class JobRunner:
 
     # ---- the loop ------------------------------------------------------------
     def run(self) -> WorkSummary:
-        """Take and run jobs until there are none, ``max_jobs`` were run, or a signal came."""
+        """Take and run jobs until there are none (with ``wait_for_jobs``: until
+        ``idle_exit``), ``max_jobs`` were run, a signal came or the breaker stopped it."""
         summary = WorkSummary()
         self.report(f"command: {shlex.join(self.command)}")
         self._install()
+        idle_since = self._clock()
         try:
             while self.max_jobs is None or len(summary.outcomes) < self.max_jobs:
                 if self._signum is not None:
                     break
+                seen = self._main_value() if self.wait_for_jobs else None
                 try:
                     self._may_raise = True
                     if self._signum is not None:
@@ -390,13 +544,68 @@ class JobRunner:
                 finally:
                     self._may_raise = False
                 if job is None:
-                    self.report("no more jobs")
+                    if self.wait_for_jobs and self._wait_for_a_job(idle_since, seen):
+                        continue
+                    if not self.wait_for_jobs:
+                        self.report("no more jobs")
                     break
+                self._idle_backoff = None
                 summary.outcomes.append(self._run_one(job))
+                idle_since = self._clock()
+                if self._tripped is not None:
+                    summary.breaker = self._tripped
+                    break
         finally:
             self._restore()
             summary.signum = self._signum
         return summary
+
+    # ---- waiting for new jobs --------------------------------------------------
+    def _main_value(self) -> str | None:
+        """The remote's main branch commit, read without a fetch (``None`` if unknown)."""
+        ref = "refs/heads/" + self.worker.branch
+        try:
+            return self.worker.transport.list_refs(ref).get(ref)
+        except DistributeError:
+            return None
+
+    def _wait_for_a_job(self, idle_since: float, seen: str | None) -> bool:
+        """Sleep until the main branch moves away from ``seen`` (looking at the worker's
+        idle pace) or half a lease passed; ``False`` when ``idle_exit`` ran out or a
+        signal came."""
+        worker = self.worker
+        deadline = None if self.idle_exit is None else idle_since + self.idle_exit
+        if self._said_waiting != idle_since:
+            self._said_waiting = idle_since
+            limit = "" if self.idle_exit is None else f" (for at most {self.idle_exit:g} s)"
+            self.report(f"no job now: waiting for new jobs{limit}")
+        if self._idle_backoff is None:
+            # kept across the periodic full looks; started again when the main branch moves
+            self._idle_backoff = Backoff(worker.poll_seconds, worker.idle_poll_seconds,
+                                         spread=0.25)
+        backoff = self._idle_backoff
+        look_by = self._clock() + max(worker.idle_poll_seconds, worker.lease_seconds / 2)
+        try:
+            self._may_raise = True
+            while self._signum is None:
+                now = self._clock()
+                if deadline is not None and now >= deadline:
+                    self.report(f"no job for {self.idle_exit:g} s: stopping")
+                    return False
+                if now >= look_by:
+                    return True
+                delay = min(backoff.next(), look_by - now)
+                if deadline is not None:
+                    delay = min(delay, deadline - now)
+                self._sleep(max(0.0, delay))
+                if self._signum is None and self._main_value() != seen:
+                    self._idle_backoff = None
+                    return True
+            return False
+        except Interrupted:
+            return False
+        finally:
+            self._may_raise = False
 
     def _run_one(self, job: str) -> JobOutcome:
         worker = self.worker
@@ -414,12 +623,16 @@ class JobRunner:
         branch = worker.job_branch or "?"
         started = time.monotonic()
         sink = LogSink(os.path.join(job_dir, LOG_FILE))
-        argv = command_for_job(self.command, job, shell=self.shell)
+        self.report(f"job {job!r} (attempt {attempt}) started")
+        try:
+            argv = command_for_job(self.command, job, shell=self.shell, known=self._sweep_keys())
+        except CommandTemplateError as exc:
+            sink.note(str(exc))
+            return self._failed_at_once(outcome, str(exc))
         env = job_environment(
             os.environ, job=job, worker=worker.name, attempt=attempt, job_dir=job_dir,
             resumed_from=worker.resumed_from,
         )
-        self.report(f"job {job!r} (attempt {attempt}) started")
         sink.note(f"job {job!r} attempt {attempt} on worker {worker.name}: {shlex.join(argv)}")
         read_end, write_end = os.pipe()
         try:
@@ -436,7 +649,8 @@ class JobRunner:
         except OSError as exc:
             os.close(read_end)
             sink.note(f"could not start the command: {exc}")
-            return self._fail(outcome, f"could not start the command: {exc}")
+            outcome.seconds = time.monotonic() - started
+            return self._failed_at_once(outcome, f"could not start the command: {exc}")
         finally:
             with contextlib.suppress(OSError):
                 os.close(write_end)
@@ -473,12 +687,64 @@ class JobRunner:
             outcome.status, outcome.reason = INTERRUPTED, f"interrupted ({name})"
             return self._fail(outcome, "interrupted")
         if timed_out:
+            self._command_worked()
             return self._fail(outcome, f"timed out after {self.timeout:g} s")
         if proc.returncode == 0:
+            self._command_worked()
             return self._finish(outcome)
         tail = last_line(sink.path)
         reason = describe_exit(proc.returncode) + (f": {tail}" if tail else "")
+        if outcome.seconds < self.breaker_seconds:
+            return self._failed_at_once(outcome, reason)
+        self._command_worked()
         return self._fail(outcome, reason)
+
+    def _sweep_keys(self) -> set[str]:
+        """Parameter names of the jobs in the local copy's queue and ledgers (the main
+        branch as of this job's claim): the names that are placeholders in the command."""
+        keys: set[str] = set()
+        for name in (JOBS_FILE, *LEDGER_FILES):
+            try:
+                text = Path(self.worker.path, name).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                continue
+            for line in text.split("\n"):
+                keys.update(parse_job(line.split("\t", 1)[0].strip()))
+        return keys
+
+    # ---- the breaker --------------------------------------------------------------
+    def _command_worked(self) -> None:
+        self._worked = True
+        self._at_once.clear()
+
+    def _failed_at_once(self, outcome: JobOutcome, reason: str) -> JobOutcome:
+        """End an attempt whose command could not start or failed at once; trip the
+        breaker after ``breaker`` of them in a row (see the module docstring)."""
+        if not self.breaker:
+            return self._fail(outcome, reason)
+        self._at_once.append(outcome.job)
+        count = len(set(self._at_once)) if self._worked else len(self._at_once)
+        if count >= self.breaker:
+            what = "different jobs" if self._worked else "attempts"
+            self._tripped = (
+                f"the command failed within {self.breaker_seconds:g} s of starting on "
+                f"{count} {what} in a row, so worker {self.worker.name} stopped "
+                f"(--breaker {self.breaker}); the last, job {outcome.job!r}: {reason}; "
+                f"command: {shlex.join(self.command)}. That job was put back without using "
+                "up an attempt: fix the command or this machine's setup, then start the "
+                "worker again"
+            )
+            return self._fail(outcome, f"{reason} (the breaker stopped the worker)",
+                              interrupted=True)
+        if self._worked:
+            return self._fail(outcome, reason)
+        return self._fail(outcome, f"{reason} (failed at once: not counted as an attempt)",
+                          interrupted=True)
+
+    @property
+    def tripped(self) -> str | None:
+        """Why the breaker stopped this runner, or ``None``."""
+        return self._tripped
 
     def _supervise(
         self, proc: subprocess.Popen[bytes], sink: LogSink, started: float
@@ -558,17 +824,22 @@ class JobRunner:
         self.report(f"job {outcome.job!r}: done in {outcome.seconds:.1f} s")
         return outcome
 
-    def _fail(self, outcome: JobOutcome, reason: str) -> JobOutcome:
-        """End the attempt: as failed, or as interrupted when a signal stopped it (an
-        interruption does not use up ``max_attempts``)."""
+    def _fail(
+        self, outcome: JobOutcome, reason: str, *, interrupted: bool | None = None
+    ) -> JobOutcome:
+        """End the attempt: as failed, or as interrupted when a signal stopped it (or
+        ``interrupted`` says so; an interruption does not use up ``max_attempts``)."""
+        stopped = outcome.status == INTERRUPTED
         try:
-            result = self.worker.fail_job(reason, interrupted=outcome.status == INTERRUPTED)
+            result = self.worker.fail_job(
+                reason, interrupted=stopped if interrupted is None else interrupted
+            )
         except LeaseLost as exc:
             outcome.status, outcome.reason = LOST, str(exc)
             self.report(f"job {outcome.job!r}: {exc}")
             self._drop_lost_job()
             return outcome
-        if outcome.status != INTERRUPTED:
+        if not stopped:
             outcome.status = RETRY if result == "retry" else FAILED
         outcome.reason = outcome.reason or reason
         then = "queued for another attempt" if result == "retry" else "no attempts left (failed)"
@@ -648,10 +919,18 @@ def release_own_leftovers(worker: Worker, reason: str) -> None:
 def fake_training(job: str, folder: str, epochs: int, seconds: float, start: int = 0) -> float:
     """A stand-in for an expensive function: a training curve and a log in ``folder``.
 
-    Returns the last (made-up) loss.
+    The made-up loss falls with the epochs toward a floor that depends on the
+    job's ``lr`` parameter, if it has one (lowest near 0.01), plus a little noise
+    fixed by the job name, so a sweep's results have a shape worth plotting.
+    Returns the last loss.
     """
     os.makedirs(folder, exist_ok=True)
-    seed = sum(job.encode("utf-8")) % 97
+    try:
+        lr = float(parse_job(job).get("lr", "0.01"))
+    except ValueError:
+        lr = 0.01
+    lr = lr if lr > 0 and math.isfinite(lr) else 0.01
+    floor = 0.05 + 0.08 * (math.log10(lr) + 2) ** 2 + random.Random(job).uniform(-0.01, 0.01)
     loss = 1.0
     with open(os.path.join(folder, "curve.csv"), "a", encoding="utf-8") as curve, open(
         os.path.join(folder, LOG_FILE), "a", encoding="utf-8"
@@ -659,11 +938,20 @@ def fake_training(job: str, folder: str, epochs: int, seconds: float, start: int
         if start == 0:
             curve.write("epoch,loss\n")
         for epoch in range(start, start + epochs):
-            loss = round(1.0 / (1 + epoch + seed / 50), 4)
+            loss = round(floor + (1 - floor) * math.exp(-(epoch + 1) / 2), 4)
             curve.write(f"{epoch},{loss}\n")
             log.write(f"{job}: epoch {epoch} loss {loss}\n")
             time.sleep(seconds / max(1, epochs))
     return loss
+
+
+def write_metrics(folder: str, metrics: Mapping[str, object]) -> None:
+    """Write ``metrics`` as the JSON object ``folder/metrics.json`` (what ``distribute
+    results`` reads by default)."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, METRICS_FILE), "w", encoding="utf-8") as f:
+        json.dump(dict(metrics), f, sort_keys=False)
+        f.write("\n")
 
 
 def seed_loop(worker: Worker, work_seconds: float = 0.2, report: Reporter | None = None) -> int:
@@ -682,6 +970,7 @@ def seed_loop(worker: Worker, work_seconds: float = 0.2, report: Reporter | None
         worker.commit_update()
         loss = fake_training(job, updates_path, epochs=3, seconds=work_seconds / 2, start=3)
         Path(updates_path, "final.txt").write_text(f"{job}\tloss={loss}\n", encoding="utf-8")
+        write_metrics(updates_path, {"loss": loss, "epochs": 6})
         worker.commit_update()
         worker.finish_job()
         finished += 1
@@ -690,10 +979,13 @@ def seed_loop(worker: Worker, work_seconds: float = 0.2, report: Reporter | None
 
 __all__ = [
     "DONE",
+    "EXIT_ALL_FAILED",
+    "EXIT_BREAKER",
     "FAILED",
     "INTERRUPTED",
     "LOST",
     "RETRY",
+    "CommandTemplateError",
     "Interrupted",
     "JobOutcome",
     "JobRunner",
@@ -704,6 +996,8 @@ __all__ = [
     "fake_training",
     "job_environment",
     "last_line",
+    "param_env_name",
     "release_own_leftovers",
     "seed_loop",
+    "write_metrics",
 ]

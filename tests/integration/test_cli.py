@@ -140,10 +140,11 @@ def test_failing_command_ends_failed_with_its_log(tmp_path, remote):
     fail = "import sys; print('boom: bad lr', flush=True); sys.exit(3)"
     rc, _, err = finish(start(
         tmp_path, "work", remote, "--lease", "5", "--max-attempts", "2", "--timeout", "1",
+        "--breaker", "0",
         "--", PY, "-c", f"import sys, time\nif sys.argv[1] == 'slow': time.sleep(30)\n{fail}",
         "{job}",
     ))
-    assert rc == 0, err
+    assert rc == 4, err  # every job it ran failed
     doc = status(tmp_path, remote)
     failed = {e["job"]: e for e in doc["failed"]}
     assert set(failed) == {"bad", "slow"} and doc["running"] == []
