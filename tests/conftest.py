@@ -3,6 +3,11 @@
 Every remote starts the same way: one commit on ``main`` holding ``README.md``
 (:data:`README`), with ``HEAD`` naming ``main``.  Network traffic stays on
 127.0.0.1.
+
+Hosted remotes (``ssh_remote``, ``http_remote``, ``ssh_latency_remote``; see
+``tests/servers.py``): real sshd and smart HTTP servers that each test starts for
+itself; mark tests using them ``pytest.mark.hosted``.  Without the programs they skip,
+naming the Debian packages to install, unless ``CI`` is set: then they fail.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from servers import HttpServer, LatencyProxy, ServerStartError, SshServer, Unavailable
 
 from distribute.transport.memory import MemoryRemote
 
@@ -142,3 +148,82 @@ def memory_remote() -> MemoryRemote:
     commit = seed.write_commit(parents=[], message="initial commit", changes={"README.md": README})
     remote.set_ref(MAIN, commit)
     return remote
+
+
+# ---- hosted remotes: sshd, smart HTTP, added latency (tests/servers.py) ---------------------
+
+#: delay the latency proxy adds in each direction
+HOSTED_LATENCY_MS = 20
+
+
+def _hosted(request: pytest.FixtureRequest, check: Callable[[], None]) -> None:
+    """Skip (fail under CI) when a server's programs are missing; insist on the marker."""
+    if request.node.get_closest_marker("hosted") is None:
+        pytest.fail(f"{request.node.nodeid} uses a hosted remote: mark it pytest.mark.hosted")
+    try:
+        check()
+    except Unavailable as err:
+        if os.environ.get("CI"):
+            pytest.fail(f"{err} -- CI is set, and CI must provide it")
+        pytest.skip(str(err))
+
+
+@pytest.fixture
+def ssh_server(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[SshServer]:
+    """A running :class:`servers.SshServer`; ``GIT_SSH_COMMAND`` (inherited by worker
+    processes) points git at its throw-away keys for the test."""
+    _hosted(request, SshServer.check_available)
+    server = SshServer(tmp_path / "sshd")
+    try:
+        server.start()
+    except ServerStartError as err:
+        pytest.fail(str(err))
+    monkeypatch.setenv("GIT_SSH_COMMAND", server.ssh_command)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def ssh_remote(ssh_server: SshServer) -> tuple[str, Path]:
+    """``(ssh://USER@127.0.0.1:PORT/.../remote.git, path on disk)`` of a bare remote."""
+    return ssh_server.remote("remote.git", init=make_bare_remote)
+
+
+@pytest.fixture
+def ssh_latency_remote(ssh_server: SshServer) -> Iterator[tuple[str, Path]]:
+    """:func:`ssh_remote` reached through a proxy adding :data:`HOSTED_LATENCY_MS` each way."""
+    _, path = ssh_server.remote("remote.git", init=make_bare_remote)
+    proxy = LatencyProxy(ssh_server.port, HOSTED_LATENCY_MS, lifetime=600)
+    try:
+        proxy.start()
+    except ServerStartError as err:
+        pytest.fail(str(err))
+    try:
+        yield ssh_server.url(path, port=proxy.port), path
+    finally:
+        proxy.stop()
+
+
+@pytest.fixture
+def http_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HttpServer]:
+    """A running :class:`servers.HttpServer` (lighttpd + ``git http-backend``, basic auth)."""
+    _hosted(request, HttpServer.check_available)
+    server = HttpServer(tmp_path / "http")
+    try:
+        server.start()
+    except ServerStartError as err:
+        pytest.fail(str(err))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def http_remote(http_server: HttpServer) -> tuple[str, Path]:
+    """``(http://USER:PASSWORD@127.0.0.1:PORT/remote.git, path on disk)`` of a bare remote."""
+    return http_server.remote("remote.git", init=make_bare_remote)

@@ -135,6 +135,7 @@ _UNREACHABLE = (
     "network is unreachable",
     "does not appear to be a git repository",
     "repository not found",
+    "' not found",  # git over http(s): fatal: repository '<url>' not found
     "authentication failed",
     "terminal prompts disabled",
     "could not read username",

@@ -1,4 +1,5 @@
-"""One contract suite for every transport: the in-memory remote, a bare repository, git daemon.
+"""One contract suite for every transport: the in-memory remote, a bare repository, git daemon,
+and hosted remotes (sshd, smart HTTP; see ``tests/servers.py``).
 
 Each backend hands out fresh transports (for git: each on its own clone) and
 reads the remote's refs out of band, so a test can check what really
@@ -6,7 +7,8 @@ happened on the remote.  The bare repository runs the suite twice: given as
 a path ("bare": written directly, no git push) and as a ``file://`` URL
 ("bare-push": git push and fetch); each backend checks that its transports
 take the path it names.  Git-only behaviour (the local copy, timeouts,
-server refusals) follows in its own classes.
+server refusals) follows in its own classes.  Over the hosted remotes a part of the suite
+runs in the default tier (:data:`HOSTED_DEFAULT_TIER`), the rest with ``-m slow``.
 """
 
 from __future__ import annotations
@@ -134,12 +136,45 @@ class GitBackend(Backend):
             thing.close()
 
 
-@pytest.fixture(
-    params=["memory", "bare", "bare-push", pytest.param("daemon", marks=pytest.mark.daemon)]
-)
+BACKENDS = ["memory", "bare", "bare-push", pytest.param("daemon", marks=pytest.mark.daemon)]
+#: hosted backends (real servers on 127.0.0.1): the fixture in tests/conftest.py giving
+#: each one's (URL, path on disk)
+HOSTED = {"ssh": "ssh_remote", "http": "http_remote", "ssh-latency": "ssh_latency_remote"}
+#: what runs over each hosted backend in the default tier (a test's name, or its class's
+#: name for all of its tests); everything else over them is in the slow tier
+HOSTED_DEFAULT_TIER: dict[str, set[str]] = {
+    "ssh": {
+        "test_exactly_one_writer_wins_a_race",
+        "test_atomic_push_is_all_or_nothing",
+        "test_fetch_glob_follows_creations_and_deletions",
+    },
+    "http": {"TestRemoteRefs", "TestNamesCannotBecomeOptions"},
+    "ssh-latency": set(),
+}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test taking ``backend`` runs over :data:`BACKENDS` and the hosted backends."""
+    if "backend" not in metafunc.fixturenames:
+        return
+    names = {metafunc.function.__name__, metafunc.cls.__name__ if metafunc.cls else ""}
+    hosted = [
+        pytest.param(
+            name,
+            marks=[pytest.mark.hosted]
+            + ([] if names & HOSTED_DEFAULT_TIER[name] else [pytest.mark.slow]),
+        )
+        for name in HOSTED
+    ]
+    metafunc.parametrize("backend", [*BACKENDS, *hosted], indirect=True)
+
+
+@pytest.fixture
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """``bare``: the remote's path (written directly); ``bare-push``: the same kind of
-    remote through its ``file://`` URL (git push and fetch); ``daemon``: git://."""
+    remote through its ``file://`` URL (git push and fetch); ``daemon``: git://;
+    ``ssh``: sshd; ``http``: smart HTTP with basic auth; ``ssh-latency``: sshd behind a
+    proxy adding latency."""
     chosen: Backend
     readme: bytes = request.getfixturevalue("remote_readme")
     if request.param == "memory":
@@ -149,6 +184,8 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         if request.param in ("bare", "bare-push"):
             path = request.getfixturevalue("bare_remote")
             url = str(path) if request.param == "bare" else path.as_uri()
+        elif request.param in HOSTED:
+            url, path = request.getfixturevalue(HOSTED[request.param])
         else:
             url = request.getfixturevalue("daemon_remote")
             path = request.getfixturevalue("daemon_remote_path")
