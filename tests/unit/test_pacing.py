@@ -1,0 +1,95 @@
+"""The waiting worker's decisions (distribute.core.pacing) with plain inputs."""
+
+from __future__ import annotations
+
+import pytest
+
+from distribute.core.pacing import (
+    TURNS_WAITED,
+    KeepWatching,
+    LookAgain,
+    Pacer,
+    Try,
+    Watch,
+    after_failed_try,
+    after_look,
+    after_peek,
+    still_ahead,
+    turn_wait,
+)
+
+LOCK = "refs/distribute/lock"
+A, B = "refs/distribute/workers/a", "refs/distribute/workers/b"
+
+
+def held(value="l1", ahead=()):
+    return Watch(lock_free=False, lock_oid=value, latest=value, ahead=tuple(ahead),
+                 ahead_oids={r: "r0" for r in ahead})
+
+
+def free(value="l1", ahead=()):
+    return Watch(lock_free=True, lock_oid=value, latest=value, ahead=tuple(ahead),
+                 ahead_oids={r: "r0" for r in ahead})
+
+
+def test_a_held_lock_unchanged_is_watched():
+    verdict = after_peek(held(), {LOCK: "l1"}, LOCK, expired=False, wait=0.0)
+    assert isinstance(verdict, KeepWatching) and verdict.wake_by is None
+
+
+@pytest.mark.parametrize("ahead", [(), (A,), (A, B)])
+def test_a_held_lock_that_moves_sends_the_waiter_to_look_whoever_is_ahead(ahead):
+    """The cause of the lease-long stall: with workers ahead, the old rule kept watching
+    a lock that had been released, under the verdict "held"."""
+    refs = {LOCK: "l2", **{r: "r0" for r in ahead}}
+    assert isinstance(after_peek(held(ahead=ahead), refs, LOCK, expired=False, wait=5.0),
+                      LookAgain)
+
+
+def test_an_expired_lock_is_looked_at():
+    assert isinstance(after_peek(held(), {LOCK: "l1"}, LOCK, expired=True, wait=0.0), LookAgain)
+
+
+def test_at_a_free_lock_the_waiter_wakes_by_its_turn():
+    verdict = after_peek(free(ahead=(A,)), {LOCK: "l1", A: "r0"}, LOCK, expired=False, wait=0.3)
+    assert isinstance(verdict, KeepWatching) and verdict.wake_by == 0.3
+    assert isinstance(after_peek(free(ahead=(A,)), {LOCK: "l1", A: "r0"}, LOCK,
+                                 expired=False, wait=0.0), LookAgain)
+
+
+def test_turns_taken_at_a_free_lock_drop_those_who_took_them():
+    watch = free(ahead=(A, B))
+    refs = {LOCK: "l2", A: "r1", B: "r0"}  # a claimed: its record and the lock moved
+    assert still_ahead(watch, refs) == (B,)
+    verdict = after_peek(watch, refs, LOCK, expired=False, wait=1.0)
+    assert isinstance(verdict, KeepWatching) and verdict.watch.ahead == (B,)
+    refs = {LOCK: "l3", A: "r1", B: "r1"}  # and then b: nobody is ahead any more
+    assert isinstance(after_peek(verdict.watch, refs, LOCK, expired=False, wait=1.0), LookAgain)
+
+
+def test_after_a_look_a_free_lock_is_tried_when_it_is_our_turn():
+    assert isinstance(after_look(free(), 0.0), Try)
+    assert isinstance(after_look(free(ahead=(A,)), 0.5), KeepWatching)
+    assert isinstance(after_look(held(), 9.0), Try)  # a held lock: try (maybe a takeover)
+    assert after_failed_try(held()) == held() and after_failed_try(free()) is None
+
+
+def test_turn_wait_counts_at_most_four_turns_from_when_the_wait_began():
+    assert turn_wait(2, 0.5, unchanged_for=0.0, waiting_for=0.0) == 1.0
+    assert turn_wait(10, 0.5, unchanged_for=0.0, waiting_for=0.0) == TURNS_WAITED * 0.5
+    # a lock value seen long ago says nothing about turns: only this wait counts
+    assert turn_wait(2, 0.5, unchanged_for=100.0, waiting_for=0.25) == 0.75
+
+
+def test_the_pacer_learns_and_stays_under_its_ceiling():
+    pacer = Pacer(poll=0.1, ceiling=1.0)
+    assert pacer.slot() == pytest.approx(0.1)
+    pacer.looked(0.2)
+    pacer.claimed(0.3)
+    assert pacer.slot() == pytest.approx(0.1 + 0.2 + 0.6)
+    pacer.looked(5.0)
+    assert pacer.slot() == 1.0  # never past the ceiling
+    assert pacer.poll_delay(0) <= 0.1 and pacer.poll_delay(9) <= 1.0
+    pacer.count_turns({A: "r0", B: "r0"}, 0.0, "refs/distribute/workers/")
+    pacer.count_turns({A: "r1", B: "r1"}, 1.0, "refs/distribute/workers/")
+    assert pacer.turn_pace() == pytest.approx(0.5)
