@@ -24,6 +24,16 @@ wakes every host, stops the faults, and lets the workers finish: every job
 must end (guarantee 4), and a holder that slept through its takeover acts on
 its lost job there.
 
+Targeted rules.  Some stories need several steps in a row that random choices rarely
+line up, so three rules play them whole, once per run: a job holder sleeps until its
+job is taken over, then wakes and first tries to finish, update, renew or fail
+(``holder_wakes_after_takeover``); a push to the main branch lands with its answer lost
+and the others move the branch on before the read-back
+(``answer_lost_while_others_move``); a worker is killed inside a push and its new
+process acts at once (``restart_mid_step``).  A violation found meanwhile names the
+scenario (:class:`Found`); ``test_targeted_rules.py`` shows each one catching a broken
+coordinator.
+
 Time.  One global real time ``now`` stands for the physical world.  A host's
 monotonic clock reads ``base + rate * (now - slept)`` with ``base`` hours
 apart between hosts and ``rate`` in [0.9, 1.1]; each read advances it by at
@@ -49,21 +59,23 @@ its holder's lease ran out.  Between steps the invariants compare the ledgers
 with the model and the workers' beliefs with the remote.
 
 Test seams: :attr:`ProtocolMachine.coordinator_class` (the broken variants in
-``broken.py``), :attr:`ProtocolMachine.world_class` (memory or git), and
-:attr:`ProtocolMachine.known_bugs` (faults kept away from known bugs).
+``broken.py``), :attr:`ProtocolMachine.world_class` (memory or git),
+:attr:`ProtocolMachine.known_bugs` (faults kept away from known bugs), and
+:attr:`ProtocolMachine.budgets` (how many disruptions and targeted scenarios per run).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from hypothesis import HealthCheck, note, settings
 from hypothesis import strategies as st
@@ -138,13 +150,27 @@ PUSH_FAULTS = (
 #: Bugs in distribute/ found by the machine and its audit; see test_regressions.py.
 KNOWN_BUGS: frozenset[str] = frozenset()  # none open; test_regressions.py keeps the fixed ones
 
-#: Per run, at most this many of each disruption, so that most steps are protocol steps.
-BUDGET = {"crash": 2, "suspend": 3, "fault": 6, "time": 4, "release": 2, "fail": 3}
+#: Per run, at most this many of each disruption, so that most steps are protocol steps;
+#: the last three are the targeted scenarios (see "targeted rules" below).
+BUDGET = {"crash": 2, "suspend": 3, "fault": 6, "time": 4, "release": 2, "fail": 3,
+          "stale-wake": 1, "lost-answer": 1, "restart": 1}
+
+
+class Found(NamedTuple):
+    """One violation: the run it was found in, what broke, and the targeted scenario under
+    way when it was found (``""`` outside the targeted rules)."""
+
+    run: int
+    message: str
+    scenario: str = ""
+
 
 #: Runs and steps of every machine in this process, for the terminal summary.
 STATS: dict[str, int] = {"runs": 0, "steps": 0, "drain steps": 0}
-#: (run number, message) of every violation found in this process.
-VIOLATIONS: list[tuple[int, str]] = []
+#: Every violation found in this process, in order.
+VIOLATIONS: list[Found] = []
+#: The targeted scenario under way (a stack: scenarios do not nest, but be safe).
+SCENARIO: list[str] = []
 #: Protocol events counted across runs (phantom holdings, takeovers, ...), for the report.
 EVENTS: dict[str, int] = {}
 #: Broken variant -> (examples until its first violation, the violation), for the report.
@@ -165,7 +191,7 @@ def require(condition: object, message: str) -> None:
 
 
 def violation(message: str) -> None:
-    VIOLATIONS.append((STATS["runs"], message))
+    VIOLATIONS.append(Found(STATS["runs"], message, SCENARIO[-1] if SCENARIO else ""))
     raise Violation(message)
 
 
@@ -327,6 +353,9 @@ class Fault:
     interlude: tuple[int, ...] = ()
     #: which push it hits: the next one, or the next that moves the main branch / the lock
     aim: str = "any"
+    #: after the interlude, the other workers keep taking turns until the pushed ref has
+    #: moved on from what the push left (bounded): the read-back then sees a descendant
+    until_moved: bool = False
 
     def hits(self, updates: Sequence[RefUpdate]) -> bool:
         refs = {u.ref for u in updates}
@@ -467,6 +496,8 @@ class ProtocolMachine(RuleBasedStateMachine):
     #: stalls before it lands, not after; no torn reads); each bug has its own
     #: strict-xfail test in ``test_known_bugs.py``.  Remove an entry once it is fixed.
     known_bugs: frozenset[str] = KNOWN_BUGS
+    #: Disruptions and targeted scenarios allowed per run.
+    budgets: dict[str, int] = BUDGET
 
     workers = Bundle("workers")
 
@@ -483,7 +514,7 @@ class ProtocolMachine(RuleBasedStateMachine):
         self.lock_states: dict[Oid, LockState] = {}
         self.lock_checked: set[Oid] = set()
         self.late_jobs = list(LATE_JOBS)
-        self.budget = dict(BUDGET)
+        self.budget = dict(self.budgets)
         self.events: dict[str, int] = {}
         self.expect_revoke: set[str] = set()
         self.expect_branch: dict[str, Oid] = {}
@@ -556,12 +587,16 @@ class ProtocolMachine(RuleBasedStateMachine):
                 return
             self.schedule(None)
             STATS["drain steps"] += 1
-            for check in (self.ledgers_agree_with_the_model, self.lock_tokens_increase,
-                          self.at_most_one_valid_holding, self.beliefs_agree_with_the_remote):
-                check()
+            self.recheck()
         violation(f"progress: with every worker up and no more faults, the work did not end "
                   f"within {int(rounds) * 2} steps (queue {self.model.queue}, running "
                   f"{sorted(self.model.running)})")
+
+    def recheck(self) -> None:
+        """The invariants, for steps taken inside one rule (the drain, targeted scenarios)."""
+        for check in (self.ledgers_agree_with_the_model, self.lock_tokens_increase,
+                      self.at_most_one_valid_holding, self.beliefs_agree_with_the_remote):
+            check()
 
     # ---- reading the remote -------------------------------------------------------
     def ledger_at(self, commit: Oid) -> Ledger:
@@ -621,7 +656,7 @@ class ProtocolMachine(RuleBasedStateMachine):
             raise Killed(ws.name)
         if kind in ("timeout-applied", "timeout-lost"):
             if not stall_first:
-                self.interlude(ws, fault)
+                self.interlude(ws, fault, updates[0].ref)
             raise OutcomeUnknown("injected: the push timed out", refs=[u.ref for u in updates])
         return ok
 
@@ -640,12 +675,16 @@ class ProtocolMachine(RuleBasedStateMachine):
         branch_only = all(u.ref.startswith("refs/heads/jobs/") for u in updates)
         return "update-unknown-lost" in self.known_bugs and lost and branch_only
 
-    def interlude(self, ws: WorkerState, fault: Fault) -> None:
+    def interlude(self, ws: WorkerState, fault: Fault, ref: str | None = None) -> None:
         """``ws`` is stuck inside a push for ``fault.delay`` seconds; meanwhile the workers
         listed in ``fault.interlude`` take their natural next steps (``-1``: the
-        administrator queues a job), spread over the delay."""
+        administrator queues a job), spread over the delay.  With ``fault.until_moved``
+        the others then go on, in turn, until ``ref`` has moved on from where the push left
+        it (a bounded number of steps)."""
         self.count("interlude")
         self.depth += 1
+        follow = ref if fault.until_moved else None
+        left = self.world.refs().get(follow) if follow is not None else None
         try:
             for index in fault.interlude:
                 self.now += fault.delay / len(fault.interlude)
@@ -657,6 +696,16 @@ class ProtocolMachine(RuleBasedStateMachine):
                     self.natural_step(other)
             if not fault.interlude:
                 self.now += fault.delay
+            others = [o for o in self.workers_list if o is not ws]
+            for step in range(6 * len(others) if follow is not None else 0):
+                if self.world.refs().get(follow) != left:
+                    self.count("interlude-moved-on")
+                    break
+                other = others[step % len(others)]
+                if other.alive and not other.host.asleep(self.now):
+                    self.now += STEP_SECONDS
+                    self.count("interlude-step")
+                    self.natural_step(other)
         finally:
             self.depth -= 1
 
@@ -1366,6 +1415,155 @@ class ProtocolMachine(RuleBasedStateMachine):
             if self.admin.push([RefUpdate(MAIN_REF, main, new)]):
                 self.audit_push(None, pre, self.world.refs())
                 return
+
+    # ---- targeted rules: scenarios that random steps reach too rarely ---------------------------
+    # Each rule plays a whole story inside one step of Hypothesis's, once per run (its
+    # budget): ``play_*`` takes the steps, checks the invariants after each, and names the
+    # scenario in any violation found meanwhile (``Found.scenario``).  The ``*_ready``
+    # methods list the workers a story can start from; with none, the rule is not chosen.
+
+    @contextlib.contextmanager
+    def scenario(self, name: str) -> Iterator[None]:
+        SCENARIO.append(name)
+        self.count("scenario-" + name)
+        self.say(lambda: f"--- scenario {name}")
+        try:
+            yield
+        finally:
+            SCENARIO.pop()
+
+    def is_up(self, ws: WorkerState) -> bool:
+        return ws.alive and not ws.host.asleep(self.now)
+
+    def with_company(self, ws: WorkerState) -> bool:
+        return any(self.is_up(o) for o in self.workers_list if o is not ws)
+
+    def job_holders_ready(self) -> list[str]:
+        """Awake workers running a job they have not lost yet, with someone awake to take
+        it over."""
+        return [ws.name for ws in self.workers_list if self.is_up(ws) and ws.coord.job
+                is not None and not ws.coord.revoked and self.with_company(ws)]
+
+    def main_movers_ready(self) -> list[str]:
+        """Awake workers whose next steps push to the main branch (a job to finish, a holding
+        to claim under, a free lock to claim at with no acquire), with company."""
+        return [ws.name for ws in self.workers_list if self.is_up(ws) and ws.fault is None
+                and self.with_company(ws) and (
+                    ws.coord.job is not None or ws.coord.holding is not None
+                    or (ws.fresh and self.may_claim_unlocked(ws)))]
+
+    def mid_step_ready(self) -> list[str]:
+        """Awake workers about to push: running a job, holding the lock, or about to try."""
+        return [ws.name for ws in self.workers_list if self.is_up(ws) and ws.fault is None
+                and (ws.coord.job is not None or ws.coord.holding is not None or ws.fresh)]
+
+    def lock_holders_ready(self) -> list[str]:
+        return [ws.name for ws in self.workers_list if self.is_up(ws) and ws.fault is None
+                and ws.coord.holding is not None]
+
+    def draw_worker(self, data: Any, names: list[str]) -> WorkerState:
+        return self.by_name[data.draw(st.sampled_from(names), label="worker")]
+
+    @precondition(lambda self: self.budget["stale-wake"] > 0 and self.job_holders_ready())
+    @rule(data=st.data(), first=st.sampled_from(("finish", "update", "renew_beat", "heartbeat",
+                                                 "fail")))
+    def holder_wakes_after_takeover(self, data: Any, first: str) -> None:
+        """A job holder sleeps through the takeover of its job, wakes, and tries ``first``."""
+        self.budget["stale-wake"] -= 1
+        self.play_stale_wake(self.draw_worker(data, self.job_holders_ready()), first)
+
+    def play_stale_wake(self, ws: WorkerState, first: str) -> None:
+        """``ws``, running a job, is suspended; the others carry on until one of them has
+        taken the job over (its lease ran out), or for a bounded time; then it wakes and,
+        before it has learnt anything, tries ``first``: to finish the job, push an update,
+        renew its liveness record, let its heartbeat run (which finds nothing due: the
+        host's monotonic clock stood still while it slept), or record a failure; then it
+        finishes the job if it still believes it runs it."""
+        job = ws.coord.job
+        assert job is not None
+        with self.scenario("stale-wake-" + first):
+            ws.host.sleeps.append((self.now, float("inf")))
+            limit = int(4 * self.lease / STEP_SECONDS) + 10 * len(self.workers_list)
+            for _ in range(limit):
+                if not self.model.runs(job.job, ws.name, job.token):
+                    break
+                self.schedule(None)
+                self.recheck()
+            start, _ = ws.host.sleeps.pop()
+            ws.host.sleeps.append((start, self.now))
+            taken = not self.model.runs(job.job, ws.name, job.token)
+            self.count("stale-wake-after-takeover" if taken else "stale-wake-still-holder")
+            self.say(lambda: f"{ws.name} ({ws.session}) wakes; its job "
+                             f"{job.job!r} is {self.model.state(job.job)}")
+            if first == "update":
+                if self.can(ws, "update"):
+                    self.update_or_die(ws, shared=False)
+            else:
+                self.perform(ws, first)
+            self.recheck()
+            if ws.coord.job is not None:
+                self.perform(ws, "finish")
+
+    @precondition(lambda self: self.budget["lost-answer"] > 0 and self.main_movers_ready())
+    @rule(data=st.data(), delay=st.sampled_from((0.05, 0.2)))
+    def answer_lost_while_others_move(self, data: Any, delay: float) -> None:
+        """A push to the main branch lands, its answer is lost, the others move it on."""
+        self.budget["lost-answer"] -= 1
+        self.play_lost_answer(self.draw_worker(data, self.main_movers_ready()), delay)
+
+    def play_lost_answer(self, ws: WorkerState, delay: float) -> None:
+        """``ws``'s next push to the main branch lands but its answer is lost for ``delay``
+        leases; before it reads the refs back, the other workers take their turns until the
+        branch has moved on (a finish, a claim built on it), so the read-back finds a
+        descendant of what it pushed rather than the commit itself."""
+        with self.scenario("lost-answer"):
+            ws.fault = Fault("timeout-applied", delay * self.lease, aim="main", until_moved=True)
+            for _ in range(4):
+                if ws.fault is None or not ws.alive:
+                    break
+                c = ws.coord
+                if c.job is not None:
+                    self.perform(ws, "finish")  # not an update: that is not on the main branch
+                elif ws.fresh and c.holding is None and self.may_claim_unlocked(ws):
+                    self.perform(ws, "unlocked")
+                else:
+                    self.natural_step(ws)
+                self.recheck()
+            self.count("lost-answer-hit" if ws.fault is None else "lost-answer-missed")
+            ws.fault = None
+
+    @precondition(lambda self: self.budget["restart"] > 0 and self.mid_step_ready())
+    @rule(data=st.data(), kill=st.sampled_from(("kill-before", "kill-after")),
+          aim=st.sampled_from(("any", "main", "lock")))
+    def restart_mid_step(self, data: Any, kill: str, aim: str) -> None:
+        """A worker is killed inside a push and its new process acts at once."""
+        self.budget["restart"] -= 1
+        self.play_restart(self.draw_worker(data, self.mid_step_ready()), kill, aim)
+
+    def play_restart(self, ws: WorkerState, kill: str, aim: str) -> None:
+        """``ws`` is killed inside its next push (the next one, or the next that moves the
+        main branch or the lock), just before it leaves (``kill-before``) or just after it
+        landed (``kill-after``), and restarts at once (same name, new session): the new
+        process looks, takes its previous life's lock over or the lock anew, and picks up
+        its own job again, before any other worker moves."""
+        with self.scenario("restart-" + kill):
+            session = ws.session
+            ws.fault = Fault(kill, aim=aim)
+            for _ in range(6):
+                if ws.session != session:
+                    break
+                self.natural_step(ws)
+                self.recheck()
+            if ws.session == session:
+                ws.fault = None
+                self.count("restart-missed")
+                return
+            self.count("restart-mid-step")
+            for _ in range(5):
+                if ws.coord.job is not None or not ws.alive:
+                    break
+                self.natural_step(ws)
+                self.recheck()
 
     # ---- invariants between steps -------------------------------------------------------------
     @invariant()
