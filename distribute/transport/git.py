@@ -255,6 +255,18 @@ def _run_outside(
     return result
 
 
+def _remote_says(stderr: str, limit: int = 600) -> str:
+    """What a server's hooks explained (the ``remote:`` lines of a push), scrubbed, on
+    one line: a refusal's reason is often there and nowhere else."""
+    lines = []
+    for line in stderr.splitlines():
+        if line.startswith("remote:"):
+            text = line[len("remote:"):].strip()
+            if text and not text.lower().startswith(("resolving deltas", "counting objects")):
+                lines.append(text)
+    return scrub_url(" / ".join(lines))[:limit]
+
+
 def _check_branch(branch: str) -> str:
     """A short branch name (``jobs/w1/job%20x``) that git accepts and cannot read as an option."""
     if not isinstance(branch, str) or branch.startswith("-") or branch == "HEAD":
@@ -876,10 +888,13 @@ class GitTransport:
                     refused=refused,
                 )
             if refused:
+                said = _remote_says(result.stderr)
                 raise RemoteStateError(
                     "the remote refused the push: "
-                    + "; ".join(f"{ref}: {why}" for ref, why in sorted(refused.items())),
+                    + "; ".join(f"{ref}: {why}" for ref, why in sorted(refused.items()))
+                    + (f"; the server said: {said}" if said else ""),
                     refused=refused,
+                    remote_said=said,
                 )
             return False
         if result.status == 0:

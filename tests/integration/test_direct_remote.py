@@ -893,3 +893,20 @@ def test_a_remote_moved_while_git_changes_its_refs_is_changed_where_it_went(
     away.rename(bare_remote)
     assert t.fetch([MAIN]) == {MAIN: new}
     assert t.push([RefUpdate(MAIN, new, main)]) is True  # no lock left in the way
+
+
+def test_a_hooks_explanation_is_part_of_the_refusal(
+    bare_remote: Path, clone: Callable[[str, str], GitTransport]
+) -> None:
+    """A server's hook says why it refuses (its ``remote:`` lines); the error shows it,
+    scrubbed, instead of git's bare "pre-receive hook declined"."""
+    t = clone(str(bare_remote), "w")
+    main = t.fetch([MAIN])[MAIN]
+    hook(bare_remote, "pre-receive",
+         "cat >/dev/null\necho 'custom refs are not allowed here'\n"
+         "echo 'see https://admin:hunter2@example.com/policy'\nexit 1\n")
+    second = child(t, main, "refused", a=b"2")
+    with pytest.raises(RemoteStateError, match="custom refs are not allowed here") as caught:
+        t.push([RefUpdate(MAIN, main, second)])
+    assert "hunter2" not in str(caught.value)
+    assert "admin:***@example.com/policy" in caught.value.context["remote_said"]
