@@ -632,18 +632,30 @@ Examples:
 @_remote_argument()
 @click.argument("jobs", nargs=-1, metavar="[JOB]...")
 @click.option("--branch", default="main", show_default=True, help="The main branch.")
+@click.option("--check/--no-check", default=True, show_default=True,
+              help="First check what the remote allows (see `distribute doctor`).")
 @click.pass_context
-def init(ctx: click.Context, remote: str, jobs: tuple[str, ...], branch: str) -> None:
+def init(
+    ctx: click.Context, remote: str, jobs: tuple[str, ...], branch: str, check: bool
+) -> None:
     """Prepare REMOTE for workers: ledgers, jobs.txt and the lock.
 
     A local path that does not exist becomes a new bare repository.  What
-    exists is kept, so running init again is harmless.
+    exists is kept, so running init again is harmless.  A remote that refuses
+    what workers need (atomic pushes, refs under refs/distribute/, forced
+    updates there, job branches) is reported with the fix, and nothing is
+    written.
     """
     from distribute.remote import init_remote, is_local_path
 
     out = _output(ctx)
     validate_jobs(jobs)
     check_name(branch, "branch")
+    if check and not is_local_path(remote):
+        from distribute.doctor import require_ready
+
+        out.info(f"checking what {scrub_url(remote)} allows ...")
+        require_ready(resolve_remote(remote))
     if is_local_path(remote):
         path = Path(remote).expanduser()
         if path.is_dir() and not any(path.iterdir()):  # `mkdir remote.git` first is fine
@@ -658,6 +670,39 @@ def init(ctx: click.Context, remote: str, jobs: tuple[str, ...], branch: str) ->
             result: dict[str, list[str]] = {}
             FencedEdit(view, cli_holder()).apply(queue_edit(jobs, result))
         out.result(f"queued {len(result['added'])} job(s)")
+
+
+@cli.command(
+    context_settings=_CONTEXT,
+    epilog="""\b
+Examples:
+  distribute doctor git@github.com:me/runs.git
+  distribute doctor https://gitlab.example.com/me/runs.git
+
+\b
+Each check is a small push of scratch refs (named doctor-<random>), deleted
+again: whether the remote answers, takes atomic pushes, takes refs under
+refs/distribute/ and forced updates there, and job branches. Exit 0 when
+workers can use the remote, 1 when not; each failure names its fix.""",
+)
+@_remote_argument()
+@click.pass_context
+def doctor(ctx: click.Context, remote: str) -> int:
+    """Check what REMOTE allows, by trying it; print a verdict and fixes."""
+    from distribute.doctor import diagnose
+
+    out = _output(ctx)
+    url = resolve_remote(remote)
+    checks = diagnose(url)
+    for c in checks:
+        detail = f": {c.detail}" if c.detail else ""
+        out.result(f"{'ok  ' if c.ok else 'FAIL'}  {c.name}{detail}")
+        if not c.ok:
+            out.result(f"      fix: {c.fix}")
+    failed = [c.name for c in checks if not c.ok]
+    out.result(f"{scrub_url(url)}: " + (f"not ready ({', '.join(failed)})" if failed
+                                        else "ready for workers"))
+    return 1 if failed else 0
 
 
 def _split_assignment(text: str, option: str) -> tuple[str, str]:
