@@ -43,8 +43,10 @@ The ``status --json`` document (``"schema": 1``)::
           "attempt": int,
           "reason": str,              # why the previous attempt failed ("" if none)
           "branch": str | null,       # jobs/<worker>/<job>/<token>
-          "lease": "released" | "revoked" | "no-record" | "unknown"
-                   | "renewed" | "unchanged"
+          "lease": "released" | "revoked" | "gone" | "no-record" | "unknown"
+                   | "renewed" | "unchanged",
+          "interrupted": int,         # ended attempts that were interrupted, not failed
+          "failures": int             # ended attempts that failed (max_attempts counts these)
       }, ...],
       "done":   [{"job": str, "worker": str, "token": int, "attempt": int,
                   "branch": str | null}, ...],
@@ -59,13 +61,15 @@ The ``status --json`` document (``"schema": 1``)::
           "name": str, "session": str, "seq": int,
           "jobs": [str, ...],         # jobs running.txt shows it holding
           "revoked_by": str | null,   # who took its jobs over, if anyone did
-          "renewed": bool | null      # seen to renew during --watch; null without it
+          "renewed": bool | null,     # seen to renew during --watch; null without it
+          "gone": bool                # its last record says it left
       }, ...]
     }
 
 ``lease`` says what one observation can tell: ``released`` (the job waits for
 another attempt), ``revoked`` (its worker's liveness record was revoked by a
-takeover), ``no-record`` (its worker has no liveness record), ``unknown`` (a
+takeover), ``gone`` (its worker's last record says it left: the job is taken
+at once), ``no-record`` (its worker has no liveness record), ``unknown`` (a
 record exists; whether it is still renewed needs a second look).  With
 ``--watch S`` the liveness refs are read twice, S seconds apart:
 ``renewed`` (the record changed: the worker is alive) or ``unchanged`` (it did
@@ -280,6 +284,8 @@ def status_document(
             return "no-record"
         if beat.revoked:
             return "revoked"
+        if beat.gone:
+            return "gone"  # its worker left without giving it back: anyone may take it
         if renewed is None:
             return "unknown"
         return "renewed" if renewed.get(entry.worker) else "unchanged"
@@ -306,6 +312,8 @@ def status_document(
                 "reason": e.reason,
                 "branch": _branch_of(e),
                 "lease": lease(e),
+                "interrupted": e.interrupted,
+                "failures": e.failures,
             }
             for e in ledger.running
         ],
@@ -335,6 +343,7 @@ def status_document(
                 "jobs": [e.job for e in ledger.running if e.worker == name],
                 "revoked_by": b.revoked_by or None,
                 "renewed": None if renewed is None else bool(renewed.get(name)),
+                "gone": b.gone,
             }
             for name, b in sorted(beats.items())
         ],
@@ -435,6 +444,7 @@ def render_status(doc: dict[str, Any], console: Console, limit: int | None = 20)
             table.add_column(col, overflow="fold")
         for w in doc["workers"]:
             state = f"revoked by {w['revoked_by']}" if w["revoked_by"] else (
+                "gone" if w.get("gone") else
                 "-" if w["renewed"] is None else ("renewed" if w["renewed"] else "unchanged")
             )
             table.add_row(_cell(w["name"]), _cell(", ".join(w["jobs"]) or "-"), str(w["seq"]),

@@ -154,6 +154,12 @@ def test_returning_none_and_closing_say_gone(remote, tmp_path):
     finally:
         w.close()
     assert beat_of(remote, "w").gone
+    import json
+    import sys
+
+    status = subprocess.run([sys.executable, "-m", "distribute", "status", str(remote), "--json"],
+                            capture_output=True, text=True, check=True, timeout=120)
+    assert [(w["name"], w["gone"]) for w in json.loads(status.stdout)["workers"]] == [("w", True)]
 
 
 def test_a_script_that_never_closes_its_worker_says_gone_at_exit(remote, tmp_path):
