@@ -118,9 +118,9 @@ class StopAfterPush:
     def _kind(self, updates: Any) -> str:
         if any(u.ref.startswith("refs/heads/jobs/") and u.old is None for u in updates):
             return "claim"
-        only = updates[0] if len(updates) == 1 else None
-        if (only is not None and only.ref.startswith("refs/heads/") and only.new
-                and self.inner.commit_message(only.new).startswith("distribute: finish ")):
+        first = updates[0]  # a finish: the main branch, then the merged branch's deletion
+        if (first.ref.startswith("refs/heads/") and first.new
+                and self.inner.commit_message(first.new).startswith("distribute: finish ")):
             return "finish"
         return "other"
 

@@ -719,7 +719,11 @@ class ProtocolMachine(RuleBasedStateMachine):
             self.audit_main(ws, who, pre, post)
         for ref in changed:
             old, new = pre.get(ref), post.get(ref)
-            require(new is not None, f"{who} deleted {ref}")
+            if new is None:
+                require(self.merged_branch(ref, old, post),
+                        f"{who} deleted {ref}, which is not the branch of a job this push "
+                        "finished, or whose tip the main branch does not hold")
+                continue
             if ref == MAIN_REF:
                 continue
             if ref == LOCK_REF:
@@ -940,10 +944,28 @@ class ProtocolMachine(RuleBasedStateMachine):
         require(job is not None and job.branch_ref == ref and self.world.is_ancestor(old, new),
                 f"{who} moved {ref}, which is not the branch of its job, or not forward")
 
+    def merged_branch(self, ref: str, old: Oid | None, post: dict[str, Oid]) -> bool:
+        """May ``ref`` go: the branch of a job the ledger now lists as done under its
+        token, whose last tip the main branch holds?"""
+        if ref not in self.branch_job or old is None:
+            return False
+        job, token = self.branch_job[ref]
+        done = self.model.done.get(job)
+        return (done is not None and done.token == token
+                and self.world.is_ancestor(old, post[MAIN_REF]))
+
     def check_branches(self, refs: dict[str, Oid]) -> None:
-        """Nothing lost: every holding's branch is on the remote with all its updates."""
+        """Nothing lost: every holding's branch is on the remote with all its updates, or,
+        for a finished job, merged into the main branch (its ref deleted)."""
         for (job, token), claim in self.model.claims.items():
             ref = claim.branch(job, token)
+            done = self.model.done.get(job)
+            if ref not in refs and done is not None and done.token == token:
+                for tip in self.model.tips.get((job, token), [])[-1:]:
+                    require(self.world.is_ancestor(tip, refs[MAIN_REF]),
+                            f"the update {tip[:10]} of finished {job!r} is not on the main "
+                            "branch, and its branch is gone")
+                continue
             require(ref in refs, f"the branch {ref} of job {job!r} (token {token}) is missing")
             for tip in self.model.tips.get((job, token), [])[-1:]:
                 require(self.world.is_ancestor(tip, refs[ref]),
