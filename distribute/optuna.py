@@ -246,6 +246,30 @@ class GitJournalBackend(BaseJournalBackend):
         backend._scratch = scratch
         return backend
 
+    # ---- pickling: process pools, joblib and Dask send the storage to other processes ----
+    def __getstate__(self) -> dict[str, Any]:
+        """What another process needs to open the same journal: the remote's URL (without
+        a password: a process that unpickles it authenticates the way git does there, for
+        instance through a credential helper or an ssh key), the name and the options.
+        Caches, locks and the transport are not sent; the copy opens its own."""
+        remote_url = getattr(self.transport, "remote_url", None)
+        if remote_url is None:
+            raise TypeError(
+                f"a GitJournalBackend on {type(self.transport).__name__} cannot be pickled: "
+                "only a git transport has a URL another process can open"
+            )
+        return {
+            "url": remote_url(), "name": self.name, "refresh_seconds": self.refresh_seconds,
+            "retry_seconds": self.retry_seconds, "chunk_bytes": self.chunk_bytes,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        opened = type(self).open(
+            state["url"], state["name"], refresh_seconds=state["refresh_seconds"],
+            retry_seconds=state["retry_seconds"], chunk_bytes=state["chunk_bytes"],
+        )
+        self.__dict__.update(opened.__dict__)
+
     def close(self) -> None:
         if self._owns_transport:
             self.transport.close()

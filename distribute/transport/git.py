@@ -716,6 +716,15 @@ class GitTransport:
                     reason=refusal,
                 )
 
+    def remote_url(self) -> str:
+        """The remote's URL (or path) as git sees it: a named remote's configured URL;
+        never a password (see :mod:`distribute.credentials`)."""
+        named = bool(_REMOTE_NAME.fullmatch(self.remote) and is_valid_ref_component(self.remote))
+        if named:
+            out = self._repo.check(["config", "--get", f"remote.{self.remote}.url"], "git config")
+            return split_secret(out.decode("utf-8").strip()).public
+        return self.remote
+
     @property
     def direct(self) -> bool:
         """Does this transport write the remote directly (a bare repository on this
