@@ -62,7 +62,9 @@ The ``status --json`` document (``"schema": 1``)::
           "jobs": [str, ...],         # jobs running.txt shows it holding
           "revoked_by": str | null,   # who took its jobs over, if anyone did
           "renewed": bool | null,     # seen to renew during --watch; null without it
-          "gone": bool                # its last record says it left
+          "gone": bool,               # its last record says it left
+          "unreadable": str | null    # why its ref holds no liveness record (then the
+                                      # name is the ref's, session and seq are null)
       }, ...]
     }
 
@@ -116,6 +118,7 @@ from distribute.core.ledger import MAX_INTERRUPTIONS, Entry, Ledger
 from distribute.core.lock import (
     Beat,
     LockState,
+    bad_lock,
     lock_message,
     parse_beat_message,
     parse_lock_message,
@@ -125,7 +128,9 @@ from distribute.core.names import (
     LOCK_REF,
     WORKERS_PREFIX,
     check_name,
+    decode_component,
     encode_component,
+    forbidden_character,
     job_branch,
     job_dir,
     scrub_url,
@@ -267,13 +272,16 @@ def status_document(
     watched_seconds: float = 0.0,
     lock_changed: bool | None = None,
     renewed: dict[str, bool] | None = None,
+    unreadable: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The ``status --json`` document (schema 1; see the module docstring).
 
     Args:
         beats: liveness records by worker name.
         renewed: by worker name, whether its record changed during the watch
-            (``None``: a single observation).
+            (``None``: a single observation); for an unreadable record, by its name.
+        unreadable: liveness refs that hold no readable record: why, by the name the
+            ref gives (shown, and otherwise ignored, as workers ignore them).
     """
 
     def lease(entry: Entry) -> str:
@@ -344,8 +352,16 @@ def status_document(
                 "revoked_by": b.revoked_by or None,
                 "renewed": None if renewed is None else bool(renewed.get(name)),
                 "gone": b.gone,
+                "unreadable": None,
             }
             for name, b in sorted(beats.items())
+        ] + [
+            {
+                "name": name, "session": None, "seq": None, "jobs": [], "revoked_by": None,
+                "renewed": None if renewed is None else bool(renewed.get(name)),
+                "gone": False, "unreadable": why,
+            }
+            for name, why in sorted((unreadable or {}).items())
         ],
     }
 
@@ -366,14 +382,19 @@ def observe_status(
     ledger = view.ledger(main)
     queue = read_queue((transport.read_file(main, JOBS_FILE) or b"").decode("utf-8"))
     lock_oid = values.get(LOCK_REF)
-    lock = parse_lock_message(transport.commit_message(lock_oid)) if lock_oid else LockState()
+    lock = _lock_at(view, lock_oid) if lock_oid else LockState()
     beats: dict[str, Beat] = {}
     beat_refs: dict[str, str] = {}
+    unreadable: dict[str, str] = {}
     for ref, oid in values.items():
         if ref.startswith(WORKERS_PREFIX):
             try:
                 beat = parse_beat_message(transport.commit_message(oid))
-            except DistributeError:
+            except DistributeError as exc:
+                # workers ignore such a record; show it, so that someone can delete the ref
+                name = _ref_name(ref[len(WORKERS_PREFIX):])
+                unreadable[name] = f"{ref} holds no liveness record: {exc}"
+                beat_refs[name] = ref
                 continue
             beats[beat.worker] = beat
             beat_refs[beat.worker] = ref
@@ -388,7 +409,37 @@ def observe_status(
     return status_document(
         remote=remote, branch=view.branch, main=main, ledger=ledger, queue=queue, lock=lock,
         beats=beats, watched_seconds=watch, lock_changed=lock_changed, renewed=renewed,
+        unreadable=unreadable,
     )
+
+
+def _ref_name(component: str) -> str:
+    """The name a ref component encodes, or the component itself when it encodes none (or
+    one no name may be: a control character never reaches the terminal)."""
+    try:
+        name = decode_component(component)
+    except ValueError:
+        return component
+    return component if forbidden_character(name) is not None else name
+
+
+def _lock_at(view: RemoteView, oid: str) -> LockState:
+    """The lock record at ``oid``; a ref that points at no commit, or at a commit that is
+    no lock record, raises :func:`~distribute.core.lock.bad_lock` (naming the repair)."""
+    try:
+        message = view.transport.commit_message(oid)
+    except DistributeError:
+        copy = getattr(view, "copy", None)
+        if copy is None:
+            raise
+        kind = subprocess.run(
+            ["git", "-C", str(copy.path), "cat-file", "-t", oid],
+            capture_output=True, text=True, timeout=60, check=False,
+        ).stdout.strip()
+        if kind not in ("blob", "tree", "tag"):
+            raise  # not a wrong object: the read itself failed
+        raise bad_lock(f"it points at a {kind}, not a commit") from None
+    return parse_lock_message(message)
 
 
 def _cell(text: object) -> str:
@@ -447,7 +498,10 @@ def render_status(doc: dict[str, Any], console: Console, limit: int | None = 20)
                 "gone" if w.get("gone") else
                 "-" if w["renewed"] is None else ("renewed" if w["renewed"] else "unchanged")
             )
-            table.add_row(_cell(w["name"]), _cell(", ".join(w["jobs"]) or "-"), str(w["seq"]),
+            if w.get("unreadable"):
+                state = f"unreadable: {w['unreadable']}"
+            seq = "-" if w["seq"] is None else str(w["seq"])
+            table.add_row(_cell(w["name"]), _cell(", ".join(w["jobs"]) or "-"), seq,
                           _cell(state))
         console.print(table)
 
@@ -713,6 +767,74 @@ def doctor(ctx: click.Context, remote: str) -> int:
     out.result(f"{scrub_url(url)}: " + (f"not ready ({', '.join(failed)})" if failed
                                         else "ready for workers"))
     return 1 if failed else 0
+
+
+def cached_copies(root: Path) -> list[Path]:
+    """The local copies under the cache folder ``root`` (``<remote>-<hash>/<worker>``)."""
+    if not root.is_dir():
+        return []
+    return sorted(p for remote in root.iterdir() if remote.is_dir()
+                  for p in remote.iterdir() if (p / ".git").is_dir())
+
+
+def _size(path: Path) -> int:
+    total = 0
+    for folder, _, names in os.walk(path):
+        for name in names:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(folder, name)).st_size
+    return total
+
+
+@cli.command(
+    context_settings=_CONTEXT,
+    epilog="""\b
+Examples:
+  distribute clean --dry-run          # what would go, and how much space it takes
+  distribute clean --keep-running-jobs
+
+\b
+Looks at the local copies `work` keeps in the cache folder (see `work --help`).
+A copy a running worker uses (it holds the copy's file lock) is never touched.
+A copy whose worker died in the middle of a job holds that job's last files:
+--keep-running-jobs keeps such copies for a restart to resume from.""",
+)
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@click.option("--keep-running-jobs", is_flag=True,
+              help="Keep copies that were running a job when their worker stopped.")
+@click.pass_context
+def clean(ctx: click.Context, dry_run: bool, keep_running_jobs: bool) -> None:
+    """Remove cached local copies that no worker uses."""
+    from distribute.dist import _JOB_MARKER, _LOCK_FILE
+
+    out = _output(ctx)
+    freed = removed = kept = 0
+    for copy in cached_copies(user_cache_dir()):
+        lock = filelock.FileLock(str(copy / ".git" / _LOCK_FILE))
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            out.info(f"in use: {copy}")
+            kept += 1
+            continue
+        try:
+            if keep_running_jobs and (copy / ".git" / _JOB_MARKER).exists():
+                out.info(f"kept (a job to resume): {copy}")
+                kept += 1
+                continue
+            size = _size(copy)
+            out.result(f"{'would remove' if dry_run else 'removed'} {copy} ({size / 1e6:.1f} MB)")
+            if not dry_run:
+                shutil.rmtree(copy, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    copy.parent.rmdir()  # the remote's folder, once empty
+            freed += size
+            removed += 1
+        finally:
+            lock.release()
+    verb = "would free" if dry_run else "freed"
+    out.result(f"{removed} cop{'y' if removed == 1 else 'ies'}, {verb} {freed / 1e6:.1f} MB; "
+               f"{kept} kept")
 
 
 def _split_assignment(text: str, option: str) -> tuple[str, str]:
@@ -1145,7 +1267,8 @@ def status(
       done:   [{job, worker, token, attempt, branch}]
       failed: [{job, worker, token, attempt, reason, branch}]
       lock: {held, holder|null, token, session|null, renewal, changed|null}
-      workers: [{name, session, seq, jobs, revoked_by|null, renewed|null}]
+      workers: [{name, session|null, seq|null, jobs, revoked_by|null, renewed|null,
+                 gone, unreadable|null}]
     """
     url = resolve_remote(remote)
     with open_remote(url, branch) as view:

@@ -404,3 +404,22 @@ def test_a_command_appending_to_an_open_file_loses_nothing_across_commits(tmp_pa
     assert shown.split() == [str(i) for i in range(12)]
     history = git("log", "--format=%s", "--all", cwd=remote)
     assert history.count("progress of j") >= 2  # it was committed while open
+
+
+def test_clean_removes_unused_cached_copies_and_keeps_those_in_use(tmp_path, remote):
+    from distribute.dist import worker_from_url
+
+    ok(tmp_path, "init", remote, "a")
+    cache = tmp_path / "cache" / "distribute"
+    for name in ("idle", "busy", "resumable"):
+        worker_from_url(str(remote), path=cache / "remote-0123" / name, name=name).close()
+    (cache / "remote-0123" / "resumable" / ".git" / "distribute-job.json").write_text("{}")
+    env = cli_env(tmp_path, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    with worker_from_url(str(remote), path=cache / "remote-0123" / "busy", name="busy"):
+        dry = ok(tmp_path, "clean", "--dry-run", "--keep-running-jobs", env=env).stdout
+        assert "would remove" in dry and (cache / "remote-0123" / "idle").exists()
+        out = ok(tmp_path, "clean", "--keep-running-jobs", env=env)
+    assert not (cache / "remote-0123" / "idle").exists()
+    assert (cache / "remote-0123" / "busy").exists()  # in use while clean ran
+    assert (cache / "remote-0123" / "resumable").exists()
+    assert "1 copy" in out.stdout and "2 kept" in out.stdout
