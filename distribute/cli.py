@@ -837,6 +837,17 @@ def clean(ctx: click.Context, dry_run: bool, keep_running_jobs: bool) -> None:
                f"{kept} kept")
 
 
+def _assignments(texts: Sequence[str], option: str) -> dict[str, str]:
+    """``NAME=VALUE`` options as a dict, in the order given; a name twice is an error."""
+    found: dict[str, str] = {}
+    for text in texts:
+        key, value = _split_assignment(text, option)
+        if key in found:
+            raise click.UsageError(f"{option} {key} is given twice")
+        found[key] = value
+    return found
+
+
 def _split_assignment(text: str, option: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -865,25 +876,14 @@ def sweep_jobs(
         raise click.UsageError("--seed is the seed of --random N")
     parts: list[list[str]] = []
     if random_n is not None:
-        space: dict[str, str] = {}
-        for text in params:
-            key, spec = _split_assignment(text, "--param")
-            if key in space:
-                raise click.UsageError(f"--param {key} is given twice")
-            space[key] = spec
+        space = _assignments(params, "--param")
         drawn_seed = random.SystemRandom().randrange(2**31) if seed is None else seed
         parts.append(random_search(random_n, space, drawn_seed))
         if seed is None:
             say(f"random search seed {drawn_seed} (add --seed {drawn_seed} to draw the same "
                 "jobs again)")
     if grids:
-        axes: dict[str, str] = {}
-        for text in grids:
-            key, values = _split_assignment(text, "--grid")
-            if key in axes:
-                raise click.UsageError(f"--grid {key} is given twice")
-            axes[key] = values
-        parts.append(grid(axes))
+        parts.append(grid(_assignments(grids, "--grid")))
     if not parts:
         return []
     return parts[0] if len(parts) == 1 else cross(*parts)
