@@ -1,4 +1,5 @@
-"""The history checker: DESIGN.md section 4, verified from journals and the remote's final state.
+"""The history checker: the guarantees of docs/protocol.md (section 4), verified from the
+journals and the remote's final state.
 
 Theory of operation
 -------------------
@@ -276,7 +277,7 @@ def check(
     poll: float | None = None,
     max_poll: float | None = None,
 ) -> CheckResult:
-    """Check a run's history against DESIGN.md section 4.
+    """Check a run's history against the guarantees of docs/protocol.md (section 4).
 
     Args:
         records: every journal record of the run (workers and injector).

@@ -19,7 +19,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m sim",
         description="Simulate many Distribute workers against one remote, with faults, "
-        "and check DESIGN.md's guarantees on the history.",
+        "and check the protocol's guarantees (docs/protocol.md) on the history.",
     )
     d = SimConfig()
     p.add_argument("--workers", type=int, default=d.workers, help="worker processes")

@@ -1,6 +1,6 @@
 """Bugs in distribute/ that the protocol machine (or its audit) found, each reduced to its
 smallest reproduction and kept as a regression test now that it is fixed.  Each test
-states the behaviour DESIGN.md asks for.  A new bug starts here as a strict xfail, with
+states the behaviour docs/protocol.md asks for.  A new bug starts here as a strict xfail, with
 an entry in ``protocol_machine.KNOWN_BUGS`` that keeps the machine's faults away from it,
 until the fix lands.
 """
