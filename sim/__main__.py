@@ -8,10 +8,11 @@ copy), ``--pause-rate`` (pauses per second; ``SIGSTOP`` for 1.5 to 3 leases,
 then ``SIGCONT``), ``--push-fail-rate`` and ``--unknown-rate`` (probability
 per push), ``--latency`` (mean seconds added to each remote operation).
 Afterwards the checker verifies the guarantees of docs/protocol.md (section 4)
-from the journals and the remote's final state, and that the workers leave promptly once the queue is
-drained (the idle tail, within :func:`sim.checker.idle_tail_bound`).  Exit
-status: 0 when it holds, 1 on any violation (the seed and the command that
-repeats the run are printed), 2 on bad usage.
+from the journals and the remote's final state, and that the workers leave
+promptly once the queue is drained (the idle tail, within
+:func:`sim.checker.idle_tail_bound`).  Exit status: 0 when it holds, 1 on any
+violation (the seed and the command that repeats the run are printed), 2 on bad
+usage.
 
 Profiles (2 cores; scale down ``--workers`` on smaller machines)::
 
