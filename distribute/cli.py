@@ -1639,7 +1639,10 @@ def sim(ctx: click.Context, args: tuple[str, ...]) -> int:
     Every argument is passed on to the simulator; `distribute sim --help` shows its options.
     """
     try:
-        from sim.__main__ import main as sim_main
+        try:  # installed, the simulator ships as distribute_sim; in a clone it is sim/
+            from distribute_sim.__main__ import main as sim_main
+        except ImportError:
+            from sim.__main__ import main as sim_main  # type: ignore[no-redef]
     except ImportError as exc:
         if exc.name not in ("sim", "sim.__main__"):
             raise

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sim.checker import CheckResult, Violation, check
-from sim.faults import FaultPlan, FaultyTransport
+from .checker import CheckResult, Violation, check
+from .faults import FaultPlan, FaultyTransport
 
 __all__ = [
     "CheckResult",
@@ -27,11 +27,11 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # the runner and the command line pull in processes, git and rich: import them lazily
     if name in ("SimConfig", "run"):
-        from sim import runner
+        from . import runner
 
         return getattr(runner, name)
     if name == "main":
-        from sim.cli import main
+        from .cli import main
 
         return main
     raise AttributeError(name)

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import sys
 
-from sim.cli import main
+from .cli import main
 
 __all__ = ["main"]
 

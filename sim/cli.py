@@ -11,8 +11,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from sim.report import print_report, summary, write_timeline
-from sim.runner import SimConfig, run
+from .report import print_report, summary, write_timeline
+from .runner import SimConfig, run
 
 
 def parser() -> argparse.ArgumentParser:

@@ -21,10 +21,10 @@ from xml.sax.saxutils import escape, quoteattr
 from rich.console import Console
 from rich.table import Table
 
-from sim.checker import RULES, CheckResult, Holding, proc_key
+from .checker import RULES, CheckResult, Holding, proc_key
 
 if TYPE_CHECKING:
-    from sim.runner import RunOutcome
+    from .runner import RunOutcome
 
 COLOURS = {
     "finish": "#2e9e4f",

@@ -44,9 +44,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from sim.checker import CheckResult, check, proc_key
-from sim.journal import Journal, read_journals
-from sim.worker import CLONED_SUFFIX, RESULT_FILE, WorkerConfig
+from .checker import CheckResult, check, proc_key
+from .journal import Journal, read_journals
+from .worker import CLONED_SUFFIX, RESULT_FILE, WorkerConfig
 
 #: The folder holding the ``sim`` package, put on workers' ``PYTHONPATH``.
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -263,7 +263,8 @@ class _Fleet:
             slot.stderr.close()
         slot.stderr = open(self.journal_dir / f"{slot.name}.{slot.life:03d}.stderr", "wb")  # noqa: SIM115
         slot.proc = subprocess.Popen(
-            [sys.executable, "-m", "sim.worker", str(path)],
+            # this package's name: sim in the repository, distribute_sim when installed
+            [sys.executable, "-m", f"{__package__}.worker", str(path)],
             stdout=subprocess.DEVNULL, stderr=slot.stderr, env=self.env, start_new_session=True,
         )
         slot.restart_at = None

@@ -34,8 +34,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from sim.faults import FaultPlan, FaultyTransport
-from sim.journal import Journal
+from .faults import FaultPlan, FaultyTransport
+from .journal import Journal
 
 #: What the default job function writes into ``worker.job_dir`` last.
 RESULT_FILE = "result.txt"
