@@ -1638,18 +1638,22 @@ def sim(ctx: click.Context, args: tuple[str, ...]) -> int:
 
     Every argument is passed on to the simulator; `distribute sim --help` shows its options.
     """
-    try:
-        try:  # installed, the simulator ships as distribute_sim; in a clone it is sim/
-            from distribute_sim.__main__ import main as sim_main
-        except ImportError:
-            from sim.__main__ import main as sim_main  # type: ignore[no-redef]
-    except ImportError as exc:
-        if exc.name not in ("sim", "sim.__main__"):
-            raise
+    import importlib
+
+    sim_main: Callable[[list[str]], Any] | None = None
+    # installed, the simulator ships as distribute_sim; in a clone it is the folder sim/
+    for package in ("distribute_sim", "sim"):
+        try:
+            sim_main = importlib.import_module(f"{package}.__main__").main
+            break
+        except ImportError as exc:
+            if exc.name not in (package, f"{package}.__main__"):
+                raise
+    if sim_main is None:
         raise DistributeError(
-            "the simulator is not available: the package `sim` is not installed "
-            "(it ships with the source tree; run from a checkout or install it)"
-        ) from None
+            "the simulator is not available: neither distribute_sim (installed with "
+            "Distribute) nor sim/ (in a clone of the repository) can be imported"
+        )
     if args[:1] in (("-h",), ("--help",)):
         click.echo(ctx.get_help())
         click.echo("")
