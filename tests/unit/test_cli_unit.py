@@ -375,12 +375,13 @@ def test_sim_is_forwarded_or_explained(capsys, monkeypatch):
     import types
 
     seen = []
-    module = types.ModuleType("sim.__main__")
+    module = types.ModuleType("distribute_sim.__main__")
     module.main = lambda argv: seen.append(argv) or 3
-    monkeypatch.setitem(sys.modules, "sim.__main__", module)
+    monkeypatch.setitem(sys.modules, "distribute_sim.__main__", module)
     assert main(["sim", "--workers", "2", "-x"]) == 3
     assert seen == [["--workers", "2", "-x"]]
-    monkeypatch.setitem(sys.modules, "sim.__main__", None)  # import fails
+    for name in ("distribute_sim.__main__", "sim.__main__"):  # neither can be imported
+        monkeypatch.setitem(sys.modules, name, None)
     assert main(["sim"]) == 1
     assert "simulator is not available" in capsys.readouterr().err
 
