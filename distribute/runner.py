@@ -58,6 +58,18 @@ whatever this process still holds on the remote (the lock, if the signal came
 between a push and its bookkeeping, and the jobs its liveness record names).
 A second signal kills the child at once; a third ends the process.
 
+Symbolic links from the remote are never followed.  The job's folder comes
+from the remote (the main branch, or the earlier attempt's branch a retried
+job resumes), and a committed link there -- ``updates/<job>/log.txt``, the
+folder itself, or ``updates`` -- would make the runner's log, and the
+command's own writes, land wherever it points.  Before the command starts,
+:func:`secure_job_folder` removes every link on the way to the job's folder
+(making a real folder in its place) and every link in it that leads out of
+it; the link's target is never touched, each removal is noted in
+``log.txt``, and the removal is committed with the job.  Links within the
+folder (``best.ckpt -> epoch-5.ckpt``) stay.  The log itself is opened
+without following a link.
+
 A command never outlives its worker (see :mod:`distribute.orphans`).  On
 Linux the child is started with a parent-death signal (SIGKILL), so a worker
 killed without warning (``kill -9``, the OOM killer) takes its child along.
@@ -261,10 +273,45 @@ def describe_exit(returncode: int) -> str:
     return f"exit code {returncode}"
 
 
+def _open_nofollow(path: str, flags: int, mode: int = 0o644) -> int:
+    """``os.open`` that fails (``ELOOP``) rather than follow a symbolic link at ``path``."""
+    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), mode)
+
+
+def secure_job_folder(copy: str, folder: str) -> list[str]:
+    """Make the job's ``folder`` inside the local copy ``copy`` safe to write into; return
+    the links removed (paths relative to ``copy``).
+
+    Every folder on the way from ``copy`` to ``folder`` that is a symbolic link is
+    replaced by a real, empty folder, and every link within ``folder`` whose target
+    (resolved) lies outside ``folder`` is removed.  Only links are removed: their
+    targets, and any other file, stay as they are.  See the module docstring.
+    """
+    removed: list[str] = []
+    here = copy
+    for part in Path(os.path.relpath(folder, copy)).parts:
+        here = os.path.join(here, part)
+        if os.path.islink(here):
+            os.unlink(here)
+            removed.append(os.path.relpath(here, copy))
+        os.makedirs(here, exist_ok=True)
+    inside = os.path.realpath(folder)
+    for top, folders, files in os.walk(folder):  # never descends through a link
+        for name in (*folders, *files):
+            path = os.path.join(top, name)
+            if not os.path.islink(path):
+                continue
+            target = os.path.realpath(path)
+            if os.path.commonpath([inside, target]) != inside:
+                os.unlink(path)
+                removed.append(os.path.relpath(path, copy))
+    return removed
+
+
 def last_line(path: str, limit: int = 4096) -> str:
     """The last non-empty line of a text file (reads only its tail), or ``""``."""
     try:
-        with open(path, "rb") as f:
+        with open(_open_nofollow(path, os.O_RDONLY), "rb") as f:
             f.seek(0, os.SEEK_END)
             size = f.tell()
             f.seek(max(0, size - limit))
@@ -287,8 +334,16 @@ class LogSink:
         self.bytes = 0
 
     def write(self, data: bytes) -> None:
-        with self.lock, open(self.path, "ab") as f:
-            f.write(data)
+        with self.lock:
+            try:
+                fd = _open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            except OSError:
+                if not os.path.islink(self.path):
+                    raise
+                os.unlink(self.path)  # a link made since the job began: never followed
+                fd = _open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            with open(fd, "ab") as f:
+                f.write(data)
             self.bytes += len(data)
 
     def note(self, text: str) -> None:
@@ -615,15 +670,22 @@ class JobRunner:
             outcome.status, outcome.reason = INTERRUPTED, "interrupted before it started"
             return self._fail(outcome, "interrupted")
         job_dir = worker.job_dir
-        os.makedirs(job_dir, exist_ok=True)
-        return self._run_in(job_dir, outcome)
+        removed = secure_job_folder(worker.path, job_dir)
+        return self._run_in(job_dir, outcome, removed)
 
-    def _run_in(self, job_dir: str, outcome: JobOutcome) -> JobOutcome:
+    def _run_in(
+        self, job_dir: str, outcome: JobOutcome, removed: Sequence[str] = ()
+    ) -> JobOutcome:
         worker, job, attempt = self.worker, outcome.job, outcome.attempt
         branch = worker.job_branch or "?"
         started = time.monotonic()
         sink = LogSink(os.path.join(job_dir, LOG_FILE))
         self.report(f"job {job!r} (attempt {attempt}) started")
+        for link in removed:
+            note = (f"removed the symbolic link {link} that came with the job: it led out of "
+                    "the job's folder (its target was not touched)")
+            sink.note(note)
+            self.report(f"job {job!r}: {note}")
         try:
             argv = command_for_job(self.command, job, shell=self.shell, known=self._sweep_keys())
         except CommandTemplateError as exc:
@@ -704,8 +766,10 @@ class JobRunner:
         branch as of this job's claim): the names that are placeholders in the command."""
         keys: set[str] = set()
         for name in (JOBS_FILE, *LEDGER_FILES):
-            try:
-                text = Path(self.worker.path, name).read_text(encoding="utf-8")
+            try:  # never through a link from the remote (it could name any file)
+                with open(_open_nofollow(os.path.join(self.worker.path, name), os.O_RDONLY),
+                          encoding="utf-8") as f:
+                    text = f.read()
             except (OSError, UnicodeDecodeError):
                 continue
             for line in text.split("\n"):

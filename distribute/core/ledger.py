@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from distribute.core.errors import LeaseLost, RemoteStateError, UsageError
-from distribute.core.names import check_name
+from distribute.core.names import check_name, forbidden_character
 
 RUNNING = "running.txt"
 DONE = "done.txt"
@@ -101,32 +101,73 @@ def format_line(entry: Entry) -> str:
     return "\t".join(fields)
 
 
+#: What to do about a ledger line no worker can read (every worker stops on it, so that no
+#: job runs twice on a guess).
+_REPAIR = (
+    "a ledger on the remote's main branch is damaged (edited by hand, or written by "
+    "something else); fix or delete that line in a clone of the remote and push it -- "
+    "workers stop rather than guess"
+)
+_NUMBER_FIELDS = {"token": 0, "attempt": 1, "interrupted": 0}
+
+
+def _damaged(source: str, what: str, line: str | bytes) -> RemoteStateError:
+    shown = repr(line[:200]) + (" ..." if len(line) > 200 else "")
+    return RemoteStateError(f"{source}: {what} in line {shown}; {_REPAIR}", source=source)
+
+
 def parse_line(line: str, source: str = "ledger") -> Entry:
-    """Parse one ledger line; raise :class:`RemoteStateError` if it is damaged."""
+    """Parse one ledger line; raise :class:`RemoteStateError` if it is damaged.
+
+    The job name and the ``worker`` and ``was`` fields must be names a ledger can hold
+    (no control character: a NUL byte is damage, not a name); ``token``, ``attempt`` and
+    ``interrupted`` must be decimal numbers of at most 18 digits (``attempt`` at least
+    1).  ``source`` names the file and line in the message (``running.txt line 3``).
+    """
     job, *fields = line.split("\t")
+    if not job:
+        raise _damaged(source, "no job name", line)
     values: dict[str, str] = {}
     for f in fields:
         key, sep, value = f.partition("=")
         if not sep:
-            raise RemoteStateError(f"{source}: cannot read field {f!r} in line {line!r}")
+            raise _damaged(source, f"cannot read field {f!r} (not key=value)", line)
         values[key] = value
-    try:
-        return Entry(
-            job=job,
-            worker=values.get("worker", ""),
-            token=int(values.get("token", "0")),
-            attempt=int(values.get("attempt", "1")),
-            reason=values.get("reason", ""),
-            interrupted=int(values.get("interrupted", "0")),
-            was=values.get("was", ""),
-        )
-    except ValueError as exc:
-        raise RemoteStateError(f"{source}: bad number in line {line!r}") from exc
+    for what, name in (("the job name", job), ("worker=", values.get("worker", "")),
+                       ("was=", values.get("was", ""))):
+        bad = forbidden_character(name)
+        if bad is not None:
+            raise _damaged(source, f"{what} holds {bad}", line)
+    numbers: dict[str, int] = {}
+    for key, least in _NUMBER_FIELDS.items():
+        text = values.get(key, str(least))
+        if not (text.isascii() and text.isdigit() and len(text) <= 18) or int(text) < least:
+            raise _damaged(source, f"bad number {key}={text!r}", line)
+        numbers[key] = int(text)
+    return Entry(
+        job=job,
+        worker=values.get("worker", ""),
+        token=numbers["token"],
+        attempt=numbers["attempt"],
+        reason=values.get("reason", ""),
+        interrupted=numbers["interrupted"],
+        was=values.get("was", ""),
+    )
 
 
 def parse_ledger_text(data: bytes, source: str) -> tuple[Entry, ...]:
-    text = data.decode("utf-8")
-    return tuple(parse_line(line, source) for line in text.split("\n") if line.strip())
+    """The entries of one ledger file; a damaged line raises :class:`RemoteStateError`
+    naming the file and the line's number (a line ending in ``\\r\\n`` reads as one
+    ending in ``\\n``)."""
+    entries = []
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        try:
+            line = raw.decode("utf-8").removesuffix("\r")
+        except UnicodeDecodeError:
+            raise _damaged(f"{source} line {number}", "text that is not UTF-8", raw) from None
+        if line.strip():
+            entries.append(parse_line(line, f"{source} line {number}"))
+    return tuple(entries)
 
 
 def format_ledger_text(entries: Iterable[Entry]) -> bytes:

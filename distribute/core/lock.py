@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 from distribute.core.errors import RemoteStateError
+from distribute.core.names import LOCK_REF
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,17 +150,66 @@ def lock_message(state: LockState) -> str:
     return _encode("lock", summary, asdict(state))
 
 
-def parse_lock_message(message: str) -> LockState:
-    data = _decode(message, "lock")
-    return LockState(
-        token=int(data["token"]),
-        holder=str(data["holder"]),
-        session=str(data["session"]),
-        renewal=int(data.get("renewal", 0)),
-        nonce=str(data.get("nonce", "")),
-        main=str(data.get("main", "")),
-        last=str(data.get("last", "")),
+#: How to repair a lock ref that holds no lock record.  ``distribute unlock`` cannot: it
+#: moves the lock on from the record it reads.  ``distribute init`` writes a free lock
+#: only where there is none, so the ref goes first.
+LOCK_REPAIR = (
+    "no worker can take the lock until it is repaired, and `distribute unlock` cannot "
+    f"repair it: delete the ref (`git update-ref -d {LOCK_REF}` in the remote repository, "
+    f"or `git push REMOTE :{LOCK_REF}` from any clone), then run `distribute init REMOTE`, "
+    "which writes a free lock and keeps everything else"
+)
+_MISSING: Any = object()
+
+
+def bad_lock(why: str) -> RemoteStateError:
+    """The error for a lock ref that does not hold a lock record, with the repair."""
+    return RemoteStateError(
+        f"{LOCK_REF} on the remote does not hold a lock record ({why}); {LOCK_REPAIR}",
+        ref=LOCK_REF,
     )
+
+
+def _int(data: dict[str, Any], key: str, default: Any = _MISSING) -> int:
+    value = data.get(key, default)
+    if type(value) is not int or not 0 <= value < 2**63:
+        raise RemoteStateError(_wrong(key, value, "a whole number >= 0"))
+    return value
+
+
+def _str(data: dict[str, Any], key: str, default: Any = _MISSING) -> str:
+    value = data.get(key, default)
+    if not isinstance(value, str):
+        raise RemoteStateError(_wrong(key, value, "text"))
+    return value
+
+
+def _wrong(key: str, value: Any, kind: str) -> str:
+    if value is _MISSING:
+        return f"it has no {key!r}"
+    return f"its {key!r} is {value!r:.80}, not {kind}"
+
+
+def parse_lock_message(message: str) -> LockState:
+    """The lock state a commit message of the lock ref records.
+
+    Raises:
+        RemoteStateError: the message is no lock record, or a field of it has the wrong
+            type (:func:`bad_lock`: naming the ref and the repair).
+    """
+    try:
+        data = _decode(message, "lock")
+        return LockState(
+            token=_int(data, "token"),
+            holder=_str(data, "holder"),
+            session=_str(data, "session"),
+            renewal=_int(data, "renewal", 0),
+            nonce=_str(data, "nonce", ""),
+            main=_str(data, "main", ""),
+            last=_str(data, "last", ""),
+        )
+    except RemoteStateError as exc:
+        raise bad_lock(str(exc)) from None
 
 
 def beat_message(beat: Beat) -> str:
@@ -175,17 +225,32 @@ def beat_message(beat: Beat) -> str:
 
 
 def parse_beat_message(message: str) -> Beat:
+    """The liveness record a commit message of a worker's ref holds.
+
+    Raises:
+        RemoteStateError: the message is no liveness record, or a field of it has the
+            wrong type.
+    """
     data = _decode(message, "worker")
-    return Beat(
-        worker=str(data["worker"]),
-        session=str(data["session"]),
-        seq=int(data.get("seq", 0)),
-        jobs=tuple(str(j) for j in data.get("jobs", ())),
-        revoked_by=str(data.get("revoked_by", "")),
-        token=int(data.get("token", 0)),
-        gone=bool(data.get("gone", False)),
-        finishing=str(data.get("finishing", "")),
-    )
+    jobs = data.get("jobs", [])
+    if not isinstance(jobs, list) or not all(isinstance(j, str) for j in jobs):
+        raise RemoteStateError(f"not a worker record: {_wrong('jobs', jobs, 'a list of names')}")
+    gone = data.get("gone", False)
+    if not isinstance(gone, bool):
+        raise RemoteStateError(f"not a worker record: {_wrong('gone', gone, 'true or false')}")
+    try:
+        return Beat(
+            worker=_str(data, "worker"),
+            session=_str(data, "session"),
+            seq=_int(data, "seq", 0),
+            jobs=tuple(jobs),
+            revoked_by=_str(data, "revoked_by", ""),
+            token=_int(data, "token", 0),
+            gone=gone,
+            finishing=_str(data, "finishing", ""),
+        )
+    except RemoteStateError as exc:
+        raise RemoteStateError(f"not a worker record: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)

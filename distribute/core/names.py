@@ -46,19 +46,28 @@ def check_name(name: str, what: str = "job") -> str:
         raise InvalidName(f"{what} name must be a string, got {type(name).__name__}", name=name)
     if name == "":
         raise InvalidName(f"{what} name is empty", name=name)
-    for ch in name:
-        if unicodedata.category(ch) in _FORBIDDEN_CATEGORIES:
-            raise InvalidName(
-                f"{what} name {name!r} contains {_describe(ch)}; ledgers keep one {what} per "
-                "line with tab-separated fields, so names may not contain tabs, newlines or "
-                "other control characters",
-                name=name,
-            )
+    bad = forbidden_character(name)
+    if bad is not None:
+        raise InvalidName(
+            f"{what} name {name!r} contains {bad}; ledgers keep one {what} per "
+            "line with tab-separated fields, so names may not contain tabs, newlines or "
+            "other control characters",
+            name=name,
+        )
     if name != name.strip():
         raise InvalidName(
             f"{what} name {name!r} begins or ends with white space; strip it first", name=name
         )
     return name
+
+
+def forbidden_character(name: str) -> str | None:
+    """The first character of ``name`` that no name may hold (a control character, a
+    line or paragraph separator), described in words; ``None`` when there is none."""
+    for ch in name:
+        if unicodedata.category(ch) in _FORBIDDEN_CATEGORIES:
+            return _describe(ch)
+    return None
 
 
 def _describe(ch: str) -> str:
