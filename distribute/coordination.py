@@ -50,6 +50,7 @@ from distribute.core.lock import (
     Acquire,
     Beat,
     LockState,
+    bad_lock,
     beat_message,
     decide_acquire,
     holder_verdict,
@@ -272,11 +273,14 @@ class Coordinator:
                 )
             ledger = self.read_ledger(main)
             lock_oid = values.get(LOCK_REF)
-            lock = (
-                parse_lock_message(self.transport.commit_message(lock_oid))
-                if lock_oid
-                else LockState()
-            )
+            try:
+                lock = (
+                    parse_lock_message(self.transport.commit_message(lock_oid))
+                    if lock_oid
+                    else LockState()
+                )
+            except RemoteStateError as exc:
+                raise bad_lock(str(exc)) from None
             self.watch.observe(LOCK_REF, lock_oid, now)
             holders = {worker_ref(w) for w in ledger.holders()}
             listed = {r for r in values if r.startswith(WORKERS_PREFIX)}
@@ -312,9 +316,10 @@ class Coordinator:
         now = self.clock()
         running = {e.worker for e in snap.ledger.running}
         listed = (
-            decode_component(ref[len(WORKERS_PREFIX):])
+            name
             for ref in snap.refs
             if ref.startswith(WORKERS_PREFIX) and not self.watch.expired(ref, now)
+            for name in _worker_name(ref)
         )
         idle = [w for w in listed if w not in running and w not in snap.gone]
         return [worker_ref(w) for w in ahead_in_turn(idle, self.worker, snap.ledger)]
@@ -378,7 +383,11 @@ class Coordinator:
         The release names the main branch it left, so the tear is visible.
         """
         lock = snap.lock
-        return lock.free and bool(lock.main) and not self._holds(snap.main, lock.main)
+        if not (lock.free and lock.main) or self._holds(snap.main, lock.main):
+            return False
+        # a tear lasts one fetch; a free lock left unchanged for a lease that still names a
+        # commit the main branch lacks is damage, not a tear, and must not stop everyone
+        return not self.watch.expired(LOCK_REF, self.clock())
 
     def holding_valid(self) -> bool:
         h = self.holding
@@ -526,11 +535,8 @@ class Coordinator:
             return []
         ref = worker_ref(dead)
         old = snap.refs.get(ref)
-        previous = (
-            parse_beat_message(self.transport.commit_message(old))
-            if old
-            else Beat(worker=dead, session="")
-        )
+        # an unreadable record is replaced all the same: the push still names its value
+        previous = (self.beat_at(old) if old else None) or Beat(worker=dead, session="")
         revoked = previous.revoke(by=self.worker, token=token)
         return [RefUpdate(ref, old, self._empty_commit(beat_message(revoked)))]
 
@@ -998,6 +1004,14 @@ class Coordinator:
             e.job == job.job and e.token == job.token and e.worker == self.worker
             for e in entries
         )
+
+
+def _worker_name(ref: str) -> list[str]:
+    """The worker a liveness ref belongs to (none for a ref name that is no encoding)."""
+    try:
+        return [decode_component(ref[len(WORKERS_PREFIX):])]
+    except ValueError:
+        return []
 
 
 __all__ = [

@@ -68,6 +68,7 @@ from distribute.core.pacing import (
 )
 from distribute.core.plan import CallNextJobFunction, GiveUp, Retry, others_running
 from distribute.credentials import split_secret
+from distribute.jobfolder import secure_job_folder
 from distribute.orphans import reap_leftover_command
 from distribute.sources import is_repo_only
 from distribute.transport.base import Transport
@@ -550,6 +551,8 @@ class Worker:
                 continue
             if isinstance(outcome, JobHolding):
                 self._retrying(partial(self._checkout_clean, outcome.tip, outcome.branch))
+                # links the remote put in the job's folder would lead writes out of the copy
+                secure_job_folder(self.path, self.job_dir, create=False)
                 self._mark_job()
                 return outcome.job
             if outcome is _Step.NONE:

@@ -117,6 +117,7 @@ from distribute.core.errors import (
 from distribute.core.ledger import LEDGER_FILES
 from distribute.core.lock import lock_message, parse_beat_message, parse_lock_message
 from distribute.core.names import LOCK_REF
+from distribute.jobfolder import secure_job_folder
 from distribute.orphans import (
     ChildRecord,
     clear_child_record,
@@ -276,36 +277,6 @@ def describe_exit(returncode: int) -> str:
 def _open_nofollow(path: str, flags: int, mode: int = 0o644) -> int:
     """``os.open`` that fails (``ELOOP``) rather than follow a symbolic link at ``path``."""
     return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), mode)
-
-
-def secure_job_folder(copy: str, folder: str) -> list[str]:
-    """Make the job's ``folder`` inside the local copy ``copy`` safe to write into; return
-    the links removed (paths relative to ``copy``).
-
-    Every folder on the way from ``copy`` to ``folder`` that is a symbolic link is
-    replaced by a real, empty folder, and every link within ``folder`` whose target
-    (resolved) lies outside ``folder`` is removed.  Only links are removed: their
-    targets, and any other file, stay as they are.  See the module docstring.
-    """
-    removed: list[str] = []
-    here = copy
-    for part in Path(os.path.relpath(folder, copy)).parts:
-        here = os.path.join(here, part)
-        if os.path.islink(here):
-            os.unlink(here)
-            removed.append(os.path.relpath(here, copy))
-        os.makedirs(here, exist_ok=True)
-    inside = os.path.realpath(folder)
-    for top, folders, files in os.walk(folder):  # never descends through a link
-        for name in (*folders, *files):
-            path = os.path.join(top, name)
-            if not os.path.islink(path):
-                continue
-            target = os.path.realpath(path)
-            if os.path.commonpath([inside, target]) != inside:
-                os.unlink(path)
-                removed.append(os.path.relpath(path, copy))
-    return removed
 
 
 def last_line(path: str, limit: int = 4096) -> str:

@@ -26,7 +26,7 @@ import random
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from distribute.core.errors import UsageError
+from distribute.core.errors import RemoteStateError, UsageError
 from distribute.core.names import check_name
 
 if TYPE_CHECKING:
@@ -80,11 +80,22 @@ class QueueJobs:
 
     def __call__(self, worker: Worker) -> str | None:
         path = os.path.join(worker.path, self.filename)
+        if os.path.islink(path):
+            # a link committed as the queue would read and rewrite a file outside the copy
+            raise RemoteStateError(
+                f"{self.filename} on the remote's main branch is a symbolic link; the queue "
+                "must be a plain file: replace it in a clone of the remote and push"
+            )
         try:
             with open(path, encoding="utf-8") as f:
                 jobs = read_queue(f.read())
         except FileNotFoundError:
             return None
+        except UnicodeDecodeError as exc:
+            raise RemoteStateError(
+                f"{self.filename} on the remote's main branch is not UTF-8 text ({exc.reason} "
+                f"at byte {exc.start}); fix it in a clone of the remote and push"
+            ) from None
         if not jobs:
             return None
         job = check_name(jobs[0], "job")

@@ -939,7 +939,8 @@ class GitTransport:
     def commit_message(self, commit: Oid) -> str:
         kind, data = self._repo.read_object(check_oid(commit))
         if kind != "commit":
-            raise TransportError(f"{commit} is a {kind}, not a commit", oid=commit)
+            # what the remote holds is wrong, not the way to it: retrying will not help
+            raise RemoteStateError(f"{commit} is a {kind}, not a commit", oid=commit)
         _, _, message = data.partition(b"\n\n")
         return message.decode("utf-8", errors="replace")
 

@@ -7,10 +7,6 @@ branch names made to look like paths, symbolic links committed into job folders,
 file); real workers (``worker_from_url`` with short leases); the command line as a
 subprocess.  Every worker gets a ``sleep`` that raises :class:`StillWaiting` past a
 deadline, so a worker that would loop fails its test in seconds instead of hanging it.
-
-Tests marked ``xfail(strict=True)`` need a fix in a module this file's author may not
-edit (``dist.py``, ``coordination.py``, ``transport/``, ``sources.py``); the reason names
-the function and the change.
 """
 
 from __future__ import annotations
@@ -230,18 +226,10 @@ def test_work_on_a_damaged_ledger_exits_at_once(remote, tmp_path):
 
 
 # ---- 2. a lock ref that holds no lock record ---------------------------------------------------
-NO_COMMIT = pytest.mark.xfail(strict=True, reason=(
-    "GitTransport.commit_message (transport/git.py; MemoryTransport's too) raises "
-    "TransportError for an object that is not a commit, so Worker._retrying retries "
-    "Coordinator.observe for retry_seconds and reports 'the remote stayed unreachable'. "
-    "Fix: raise RemoteStateError there for a wrong object kind, and in Coordinator.observe "
-    "(coordination.py) read the lock as `try: lock = parse_lock_message(self.transport."
-    "commit_message(lock_oid)) except RemoteStateError as exc: raise bad_lock(str(exc)) "
-    "from None` (bad_lock from distribute.core.lock)"))
 
 
 @pytest.mark.parametrize("kind", [
-    pytest.param("blob", marks=NO_COMMIT), pytest.param("tree", marks=NO_COMMIT),
+    "blob", "tree",
     "commit", "record-missing-field",
 ])
 def test_lock_ref_without_a_lock_record_stops_the_worker_with_the_repair(
@@ -278,12 +266,6 @@ def test_the_repair_the_lock_error_names_works(remote, tmp_path):
     assert show(remote, "done.txt").startswith("j1\t")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A free lock record whose `main` names a commit that is not there makes "
-    "Coordinator.torn (coordination.py) true on every look, so every worker spins on "
-    "'torn-observe' forever (~100 looks a second). Fix: in Coordinator.torn, return False "
-    "once self.watch.expired(LOCK_REF, self.clock()): a torn read lasts one fetch, not a "
-    "lease, so a release that old whose commit is still missing is damage, not a race"))
 def test_lock_record_naming_a_missing_main_commit_does_not_stall_workers(remote, tmp_path):
     message = lock_message(LockState(token=3, main="0" * 40, last="ghost"))
     empty = git(remote, "mktree", data=b"")
@@ -313,26 +295,12 @@ def test_garbage_liveness_record_is_skipped_and_shown_unreadable(remote, tmp_pat
         assert "unreadable:" in table.stdout
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Coordinator.ahead_in_turn (coordination.py) calls decode_component on every liveness "
-    "ref name and lets its ValueError out of get_next_job: a ref whose name is no encoding "
-    "(or, just the same, the hashed ref of a worker whose name is over 160 bytes) stops "
-    "every other worker. Fix: skip a ref whose name does not decode (try/except ValueError), "
-    "or better, take the name from its record (self.beat_at(oid).worker when "
-    "worker_ref(that) == ref)"))
 def test_liveness_ref_whose_name_encodes_no_name_is_skipped(remote, tmp_path):
     git(remote, "update-ref", "refs/distribute/workers/a%ZZ", garbage(remote, "commit"))
     with make_worker(remote, tmp_path) as w:
         assert w.get_next_job(queue_jobs_func) == "j1"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Coordinator._revoke_updates (coordination.py) parses the dead holder's liveness "
-    "record with parse_beat_message(commit_message(old)), so a garbage record makes every "
-    "takeover of its jobs raise (RemoteStateError, or TransportError retried as "
-    "'unreachable' for a blob): the job is stuck and every worker that tries stops. Fix: "
-    "`previous = (self.beat_at(old) if old else None) or Beat(worker=dead, session='')`; "
-    "the push still names `old`, so the compare-and-swap is as safe as before"))
 def test_garbage_record_of_a_dead_holder_does_not_block_the_takeover(remote, tmp_path):
     commit_files(remote, {"jobs.txt": (FILE, b""),
                           "running.txt": (FILE, b"j0\tworker=x\ttoken=1\tattempt=1\n")})
@@ -456,13 +424,6 @@ def test_commit_update_and_finish_do_not_follow_symlinks(remote, tmp_path, outsi
     assert show(remote, f"{job_dir('j1')}/other.txt") == "written by the job"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Worker.job_dir (dist.py) hands out a folder checked out from the remote as is, links "
-    "and all, so the README's own loop (open(join(worker.job_dir, 'log.txt'), 'a')) writes "
-    "through a committed link. Fix: in Worker.get_next_job, right after "
-    "`self._checkout_clean(outcome.tip, outcome.branch)`, call "
-    "distribute.runner.secure_job_folder(self.path, self.job_dir), as JobRunner._run_one "
-    "now does (its removals are then committed by the next commit_update)"))
 @pytest.mark.parametrize("case", ["log-and-metrics-on-main", "job-folder-on-main"])
 def test_a_python_job_writing_its_log_does_not_clobber_a_link_target(
     remote, tmp_path, outside, case
@@ -477,13 +438,6 @@ def test_a_python_job_writing_its_log_does_not_clobber_a_link_target(
     untouched(outside)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "QueueJobs.__call__ (sources.py) opens jobs.txt with open(path) for reading and writing, "
-    "following a committed link: the first line of any file the link names is pushed to the "
-    "remote as a job name, and the file is truncated. Fix: open it with os.O_NOFOLLOW "
-    "(an ELOOP becomes RemoteStateError naming jobs.txt), or refuse when "
-    "os.path.islink(path); and/or clone workers' copies with core.symlinks=false "
-    "(GitLocalCopy.clone, transport/git.py), so links from the remote are never made"))
 def test_queue_file_that_is_a_symlink_is_not_followed(remote, tmp_path, outside):
     (outside / "target").write_text("secret-line\n")
     commit_files(remote, {"jobs.txt": link_to(outside / "target")})
