@@ -134,6 +134,17 @@ def test_a_password_in_the_url_is_never_stored_shown_or_on_a_command_line(
         outputs.extend([out, err])
         cli("work", "--name", "w2", "--lease", "5", "--", PY, "-c", hang)
         cli("unlock")
+        cli("doctor")
+        cli("requeue", url, "--failed", check=False)
+        # a push the server refuses (its hook says why), and a server that is not there
+        hook = bare / "hooks" / "pre-receive"
+        hook.write_text("#!/bin/sh\necho 'no pushes today'\nexit 1\n")
+        hook.chmod(0o755)
+        refused_push = cli("add", url, "refused", check=False)
+        assert refused_push.returncode != 0 and "no pushes today" in refused_push.stderr
+        hook.unlink()
+        gone = f"http://{http_server.user}:{http_server.password}@127.0.0.1:9/remote.git"
+        assert cli("status", check=False, remote=gone).returncode != 0
         # the Python API, and a wrong password
         code = ("import os, sys\nfrom distribute.dist import worker_from_url\n"
                 "w = worker_from_url(os.environ['DISTRIBUTE_REMOTE'], path=sys.argv[1], "
@@ -148,6 +159,7 @@ def test_a_password_in_the_url_is_never_stored_shown_or_on_a_command_line(
     done = subprocess.run(["git", "--git-dir", str(bare), "show", "main:done.txt"],
                           capture_output=True, text=True, check=True).stdout
     assert sorted(line.split("\t")[0] for line in done.splitlines()) == ["a", "b", "c", "hang"]
+    assert len(outputs) > 20
 
     assert files_holding(tmp_path / "cache", canary) == []
     assert files_holding(tmp_path / "tmp", canary) == []
