@@ -93,7 +93,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "torn-never",
         "distribute/coordination.py",
-        "return lock.free and bool(lock.main) and not self._holds(snap.main, lock.main)",
+        "return not self.watch.expired(LOCK_REF, self.clock())",
         "return False",
         "Coordinator.torn never sees a torn read (a released lock next to an older main)",
         (REGRESSIONS,),
