@@ -20,9 +20,8 @@ interleave the steps of several workers in any order.
   by a three-way merge, the ledger by re-applying the core's decision.  The
   function is never run twice for one holding.
 * ``finish`` merges the job branch into the main branch with a tree-only
-  merge and CASes the main branch, deleting the merged job branch in the
-  same atomic push; the ledger transition checks the fencing token, so a
-  holder whose job was taken over is refused.
+  merge and CASes the main branch; the ledger transition checks the fencing
+  token, so a holder whose job was taken over is refused.
 
 The clock and sleep are passed in; the caller decides how long to wait.
 """
@@ -916,12 +915,7 @@ class Coordinator:
                     f"(token {job.token}, attempt {job.attempt})"
                 ),
             )
-            # the job's branch is merged, so its ref can go in the same push: the remote
-            # keeps a bounded number of refs however many jobs are done (its commits stay
-            # reachable from the main branch)
-            finished = [RefUpdate(self.main_ref, main, new_main),
-                        RefUpdate(job.branch_ref, job.tip, None)]
-            if not self.push(finished):
+            if not self.push([RefUpdate(self.main_ref, main, new_main)]):
                 self.stats.count("finish_lost")
                 return None
             self.journal("finish", job=job.job, token=job.token, tip=job.tip)
