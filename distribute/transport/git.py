@@ -377,9 +377,13 @@ class _Repository:
         return read_ref_files(Path(self._repo.common_dir), names)
 
     def set_config(self, section: str, option: str, value: str) -> None:
-        """Write one value into the repository's own configuration file."""
-        with self._repo.config_writer("repository") as config:
-            config.set_value(section, option, value)
+        """Write one value into the repository's own configuration file.
+
+        Through ``git config``, which writes a new file and renames it into place: a
+        process killed meanwhile leaves the old file whole (GitPython's writer rewrites
+        the file in place, and a kill there left a copy with no remote at all)."""
+        self.check(["config", "--file", str(self.git_dir / "config"), "--end-of-options",
+                    f"{section}.{option}", value], "git config")
 
     def objects(self) -> ObjectStore:
         """This repository's object store, for copying objects in this process."""
