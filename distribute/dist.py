@@ -224,7 +224,9 @@ class Worker:
             journal=journal,
         )
         self._closed = False
-        self._resumed_work = False
+        #: links that came with the running job's folder and were removed at its claim
+        #: (paths relative to the copy), for a runner to report
+        self.removed_links: list[str] = []
         atexit.register(self._at_exit)
         self._stop = threading.Event()
         self._beat_thread: threading.Thread | None = None
@@ -552,7 +554,7 @@ class Worker:
             if isinstance(outcome, JobHolding):
                 self._retrying(partial(self._checkout_clean, outcome.tip, outcome.branch))
                 # links the remote put in the job's folder would lead writes out of the copy
-                secure_job_folder(self.path, self.job_dir, create=False)
+                self.removed_links = secure_job_folder(self.path, self.job_dir, create=False)
                 self._mark_job()
                 return outcome.job
             if outcome is _Step.NONE:

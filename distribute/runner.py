@@ -641,7 +641,8 @@ class JobRunner:
             outcome.status, outcome.reason = INTERRUPTED, "interrupted before it started"
             return self._fail(outcome, "interrupted")
         job_dir = worker.job_dir
-        removed = secure_job_folder(worker.path, job_dir)
+        # the worker removed the links its claim brought; this makes the folder, and says so
+        removed = [*worker.removed_links, *secure_job_folder(worker.path, job_dir)]
         return self._run_in(job_dir, outcome, removed)
 
     def _run_in(

@@ -407,6 +407,7 @@ def test_work_never_writes_through_a_symlink_from_the_remote(remote, tmp_path, o
     assert modes[f"{folder}/log.txt"] == modes[f"{folder}/metrics.json"] == FILE
     assert LINK not in modes.values()
     assert "from the job" in show(remote, f"{folder}/log.txt")
+    assert "removed the symbolic link" in show(remote, f"{folder}/log.txt")  # and says so
     assert json.loads(show(remote, f"{folder}/metrics.json")) == {"loss": 1}
 
 

@@ -406,6 +406,7 @@ class FakeWorker:
         self.attempt = None
         self.job_branch = None
         self.resumed_from = None
+        self.removed_links = []
         self.calls = []
         self.outcome = outcome
 

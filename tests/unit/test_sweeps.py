@@ -207,6 +207,7 @@ class Worker:
         self.attempt = None
         self.job_branch = None
         self.resumed_from = None
+        self.removed_links = []
         self.max_attempts = max_attempts
         self.poll_seconds = 0.01
         self.idle_poll_seconds = 0.05
