@@ -54,6 +54,7 @@ import os
 import random
 import re
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -64,7 +65,7 @@ from pathlib import Path
 from types import TracebackType
 
 import git
-from git.exc import GitCommandNotFound, InvalidGitRepositoryError, NoSuchPathError
+from git.exc import InvalidGitRepositoryError, NoSuchPathError
 
 from distribute.core.errors import OutcomeUnknown, RemoteStateError, TransportError, UsageError
 from distribute.core.names import is_valid_ref_component, scrub_url
@@ -199,6 +200,10 @@ def _git_executable() -> str:
     return git.Git.GIT_PYTHON_GIT_EXECUTABLE or "git"
 
 
+#: how long output is still read after a timed-out git is killed
+_AFTER_KILL_SECONDS = 1.0
+
+
 def _execute(
     runner: git.Git,
     args: Sequence[str],
@@ -207,28 +212,47 @@ def _execute(
     env: Mapping[str, str] | None,
     timeout: float,
 ) -> _Result:
-    """Run one git command (the only place this module starts a process)."""
+    """Run one git command (the only place this module starts a process).
+
+    GitPython's runner gives the folder and environment; the process is started here
+    rather than by ``Git.execute``, whose timeout is a non-daemon ``threading.Timer``
+    that is cancelled only when the command returns: an exception raised inside the
+    wait (a signal handler's, as ``distribute work`` raises on SIGTERM) left the timer
+    alive, and the interpreter then waited for it at exit, for the whole timeout.  Here
+    any exception kills git and waits for it, and no thread is involved.
+    """
     command = [_git_executable(), *_CONFIG, *args]
-    with contextlib.ExitStack() as stack:
-        istream = None
-        if stdin is not None:
-            istream = stack.enter_context(tempfile.TemporaryFile())
-            istream.write(stdin)
-            istream.seek(0)
+    environment = dict(os.environ, LANGUAGE="C", LC_ALL="C")
+    environment.update(runner.environment())
+    environment.update(env or {})
+    cwd = runner.working_dir
+    if cwd is not None and not os.access(cwd, os.X_OK):
+        cwd = None
+    try:
+        proc = subprocess.Popen(
+            command, cwd=cwd, env=environment,
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+    except FileNotFoundError as err:
+        raise TransportError("git is not installed or not on PATH") from err
+    with proc:
         try:
-            status, stdout, stderr = runner.execute(
-                command,
-                istream=istream,
-                with_extended_output=True,
-                with_exceptions=False,
-                stdout_as_string=False,
-                strip_newline_in_stdout=False,
-                kill_after_timeout=timeout,
-                env=env,
-            )
-        except GitCommandNotFound as err:
-            raise TransportError("git is not installed or not on PATH") from err
-    return _Result(status, stdout, stderr)
+            stdout, stderr = proc.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            try:
+                stdout, stderr = proc.communicate(timeout=_AFTER_KILL_SECONDS)
+            except subprocess.TimeoutExpired as late:
+                # a child of git (ssh, a remote helper) still holds the pipes: keep what
+                # was read, and do not wait for the child
+                stdout, stderr = late.stdout or b"", late.stderr or b""
+                proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    return _Result(proc.returncode, stdout, stderr.decode("utf-8", "replace").rstrip("\n"))
 
 
 def _failure(what: str, result: _Result, timeout: float, **context: object) -> TransportError:
