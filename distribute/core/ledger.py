@@ -29,7 +29,9 @@ that ended, so the failures are the ended attempts less those.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import collections
+import operator
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from distribute.core.errors import LeaseLost, RemoteStateError, UsageError
@@ -158,9 +160,36 @@ def parse_line(line: str, source: str = "ledger") -> Entry:
 def parse_ledger_text(data: bytes, source: str) -> tuple[Entry, ...]:
     """The entries of one ledger file; a damaged line raises :class:`RemoteStateError`
     naming the file and the line's number (a line ending in ``\\r\\n`` reads as one
-    ending in ``\\n``)."""
+    ending in ``\\n``).
+
+    Ledgers grow at their end (``done.txt`` gains a line per finished job), so the last
+    text parsed for each ``source`` is remembered: a text that merely extends it is
+    parsed from where the last one ended, and a claim or finish costs the same with
+    100,000 jobs done as with none.  The result is the same as a full parse.
+    """
+    last = _PARSED.get(source)
+    if last is not None:
+        old, entries, lines = last
+        if data == old:
+            return entries
+        if (not old or old.endswith(b"\n")) and data.startswith(old):
+            tail = data[len(old):]
+            more = _parse_lines(tail, source, first=lines + 1)
+            result = entries + more
+            _PARSED[source] = (data, result, lines + tail.count(b"\n"))
+            return result
+    result = _parse_lines(data, source, first=1)
+    _PARSED[source] = (data, result, data.count(b"\n"))
+    return result
+
+
+#: per ledger source name: the last text parsed, its entries, and its count of newlines
+_PARSED: dict[str, tuple[bytes, tuple[Entry, ...], int]] = {}
+
+
+def _parse_lines(data: bytes, source: str, first: int) -> tuple[Entry, ...]:
     entries = []
-    for number, raw in enumerate(data.split(b"\n"), 1):
+    for number, raw in enumerate(data.split(b"\n"), first):
         try:
             line = raw.decode("utf-8").removesuffix("\r")
         except UnicodeDecodeError:
@@ -170,8 +199,29 @@ def parse_ledger_text(data: bytes, source: str) -> tuple[Entry, ...]:
     return tuple(entries)
 
 
-def format_ledger_text(entries: Iterable[Entry]) -> bytes:
-    return "".join(format_line(e) + "\n" for e in entries).encode("utf-8")
+def format_ledger_text(entries: tuple[Entry, ...]) -> bytes:
+    """The text of a ledger holding ``entries``, one line each.
+
+    Like parsing, rendering remembers its last few results: ``entries`` that start
+    with the very same entry objects as a text rendered before (a finish appends one
+    to ``done``) are rendered from there.
+    """
+    best: tuple[tuple[Entry, ...], bytes] | None = None
+    for old, text in tuple(_RENDERED):
+        if len(old) <= len(entries) and (best is None or len(old) > len(best[0])) and all(
+            map(operator.is_, old, entries)
+        ):
+            best = (old, text)
+    if best is not None and len(best[0]) == len(entries):
+        return best[1]
+    start, text = (len(best[0]), best[1]) if best is not None else (0, b"")
+    text += "".join(format_line(e) + "\n" for e in entries[start:]).encode("utf-8")
+    _RENDERED.appendleft((entries, text))
+    return text
+
+
+#: the last texts rendered, with the entries they hold
+_RENDERED: collections.deque[tuple[tuple[Entry, ...], bytes]] = collections.deque(maxlen=6)
 
 
 @dataclass(frozen=True, slots=True)

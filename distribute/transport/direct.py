@@ -46,6 +46,7 @@ folder at its old path.  Nothing here creates a missing parent folder.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import os
@@ -207,18 +208,48 @@ def read_ref_files(common: Path, names: Sequence[str]) -> dict[str, Oid]:
                 continue  # deleted meanwhile, or not a ref
             if _OID.fullmatch(text):
                 found[ref] = text
+    packed_names, packed_oids = _packed_refs(os.path.join(common, "packed-refs"))
+    for name in names:
+        if name in packed_oids and name not in found:
+            found[name] = packed_oids[name]
+        prefix = name + "/"
+        at = bisect.bisect_left(packed_names, prefix)
+        while at < len(packed_names) and packed_names[at].startswith(prefix):
+            ref = packed_names[at]
+            found.setdefault(ref, packed_oids[ref])
+            at += 1
+    return found
+
+
+#: the last parse of each ``packed-refs`` file, by path: (its identity, sorted names, values)
+_PACKED: dict[str, tuple[tuple[int, ...], list[str], dict[str, Oid]]] = {}
+
+
+def _packed_refs(path: str) -> tuple[list[str], dict[str, Oid]]:
+    """The refs of a ``packed-refs`` file, sorted, and their values; parsed once per
+    version of the file.  git replaces the file by renaming a new one over it, so a new
+    version has a new inode; with size and modification time that names a version."""
     try:
-        with open(os.path.join(common, "packed-refs"), "rb") as handle:
+        with open(path, "rb") as handle:
+            st = os.fstat(handle.fileno())
+            key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            cached = _PACKED.get(path)
+            if cached is not None and cached[0] == key:
+                return cached[1], cached[2]
             packed = handle.read()
     except FileNotFoundError:
-        packed = b""
+        return [], {}
+    oids: dict[str, Oid] = {}
     for line in packed.decode("utf-8", errors="surrogateescape").splitlines():
         if line and line[0] not in "#^":
             oid, _, ref = line.partition(" ")
-            wanted = any(ref == n or ref.startswith(n + "/") for n in names)
-            if wanted and ref not in found and _OID.fullmatch(oid):
-                found[ref] = oid
-    return found
+            if _OID.fullmatch(oid):
+                oids[ref] = oid
+    ordered = sorted(oids)
+    if len(_PACKED) > 64:
+        _PACKED.clear()
+    _PACKED[path] = (key, ordered, oids)
+    return ordered, oids
 
 
 class ObjectStore:

@@ -910,3 +910,29 @@ def test_a_hooks_explanation_is_part_of_the_refusal(
         t.push([RefUpdate(MAIN, main, second)])
     assert "hunter2" not in str(caught.value)
     assert "admin:***@example.com/policy" in caught.value.context["remote_said"]
+
+
+def test_a_new_packed_refs_file_is_read_again(bare_remote: Path, run_git: RunGit) -> None:
+    """``packed-refs`` is parsed once per version; each rewrite by git is seen."""
+
+    def git(*args: str) -> str:
+        return run_git("--git-dir", bare_remote, *args)
+
+    main = git("rev-parse", MAIN)
+    other = git("commit-tree", "-p", main, "-m", "other", main + "^{tree}")
+    git("update-ref", "refs/distribute/a", main)
+    git("pack-refs", "--all")
+    assert read_ref_files(bare_remote, ["refs/distribute"]) == {"refs/distribute/a": main}
+    git("update-ref", "refs/distribute/a", other)
+    git("update-ref", "refs/distribute/b", main)
+    git("pack-refs", "--all")  # the same size for a, a new line for b
+    assert read_ref_files(bare_remote, ["refs/distribute"]) == {
+        "refs/distribute/a": other, "refs/distribute/b": main,
+    }
+    # a same-size rewrite renamed into place, as git writes it
+    packed = bare_remote / "packed-refs"
+    text = packed.read_text().replace(f"{main} refs/distribute/b", f"{other} refs/distribute/b")
+    fresh = bare_remote / "packed-refs.new"
+    fresh.write_text(text)
+    fresh.replace(packed)
+    assert read_ref_files(bare_remote, ["refs/distribute/b"]) == {"refs/distribute/b": other}

@@ -1,0 +1,97 @@
+"""The ledger's parse and render memos give what a full parse or render gives.
+
+A claim or finish must not re-read all of ``done.txt`` (a sweep's history), so the
+last text parsed per file and the last texts rendered are remembered.  These tests
+compare the memoised functions with the plain ones on growing, shrinking and edited
+ledgers; a memo that returned a stale or partial result fails them.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from distribute.core import ledger as ledger_module
+from distribute.core.errors import RemoteStateError
+from distribute.core.ledger import Entry, format_ledger_text, format_line, parse_ledger_text
+
+
+def plain_parse(data: bytes, source: str) -> tuple[Entry, ...]:
+    return ledger_module._parse_lines(data, source, first=1)
+
+
+def plain_render(entries: tuple[Entry, ...]) -> bytes:
+    return "".join(format_line(e) + "\n" for e in entries).encode()
+
+
+jobs = st.integers(0, 10**6).map(lambda n: f"job-{n}")
+entry_lists = st.lists(st.builds(Entry, job=jobs, worker=st.sampled_from(["", "w1", "w2"]),
+                                 token=st.integers(0, 99)), max_size=12)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["grow", "replace", "edit", "same"]), entry_lists),
+                min_size=1, max_size=8))
+def test_parsing_a_ledger_that_grows_or_changes_matches_a_full_parse(steps):
+    text = b""
+    for kind, more in steps:
+        added = plain_render(tuple(more))
+        if kind == "grow":
+            text += added
+        elif kind == "replace":
+            text = added
+        elif kind == "edit" and text:
+            text = b"x" + text[1:]  # a change inside the part already parsed
+        assert parse_ledger_text(text, "memo.txt") == plain_parse(text, "memo.txt")
+
+
+def test_a_text_that_only_grew_is_parsed_from_where_the_last_one_ended(monkeypatch):
+    base = plain_render(tuple(Entry(job=f"j{i}", worker="w", token=i) for i in range(50)))
+    parse_ledger_text(base, "grow.txt")
+    seen: list[bytes] = []
+    real = ledger_module._parse_lines
+
+    def spy(data: bytes, source: str, first: int) -> tuple[Entry, ...]:
+        seen.append(data)
+        return real(data, source, first)
+
+    monkeypatch.setattr(ledger_module, "_parse_lines", spy)
+    tail = b"j50\tworker=w\ttoken=50\n"
+    assert parse_ledger_text(base + tail, "grow.txt")[-1].job == "j50"
+    assert seen == [tail]
+    assert parse_ledger_text(base + tail, "grow.txt")[-1].job == "j50"
+    assert seen == [tail], "an unchanged text was parsed again"
+
+
+def test_damage_in_the_new_part_names_its_true_line_number():
+    base = b"a\nb\nc\n"
+    parse_ledger_text(base, "lines.txt")
+    with pytest.raises(RemoteStateError, match=r"lines\.txt line 5"):
+        parse_ledger_text(base + b"d\ne\tattempt=zero\n", "lines.txt")
+
+
+def test_a_text_without_a_final_newline_is_not_extended_by_guess():
+    parse_ledger_text(b"a\nb", "partial.txt")
+    # "b" became "bc": a prefix in bytes, but not a line-wise extension
+    assert [e.job for e in parse_ledger_text(b"a\nbc\n", "partial.txt")] == ["a", "bc"]
+
+
+@given(st.lists(st.tuples(st.sampled_from(["append", "drop", "new"]), entry_lists),
+                min_size=1, max_size=8))
+def test_rendering_matches_a_plain_render(steps):
+    entries: tuple[Entry, ...] = ()
+    for kind, more in steps:
+        if kind == "append":
+            entries = (*entries, *more)
+        elif kind == "drop":
+            entries = entries[: len(entries) // 2]
+        else:
+            entries = tuple(more)
+        assert format_ledger_text(entries) == plain_render(entries)
+
+
+def test_equal_but_different_entries_are_rendered_from_their_own_fields():
+    first = (Entry(job="a", worker="w", token=1),)
+    format_ledger_text(first)
+    other = (Entry(job="a", worker="w", token=2),)
+    assert format_ledger_text(other) == plain_render(other)
