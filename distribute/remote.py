@@ -175,10 +175,11 @@ class RemoteView:
 
 @contextmanager
 def remote_view(url: str, branch: str | None = None) -> Iterator[RemoteView]:
-    """A :class:`RemoteView` on a scratch clone that is removed afterwards."""
+    """A :class:`RemoteView` on a scratch clone that is removed afterwards (read through
+    its transport only, so without a working tree)."""
     scratch = tempfile.mkdtemp(prefix="distribute-view-")
     try:
-        copy = GitLocalCopy.clone(url, Path(scratch) / "copy")
+        copy = GitLocalCopy.clone(url, Path(scratch) / "copy", checkout=False)
         yield RemoteView(copy, branch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -1228,8 +1228,14 @@ class GitLocalCopy:
         self._secret = secret
 
     @classmethod
-    def clone(cls, url: str, path: str | os.PathLike[str], *, timeout: float = 600) -> GitLocalCopy:
-        """Clone only the remote's default branch of ``url`` into ``path`` and check it out.
+    def clone(
+        cls, url: str, path: str | os.PathLike[str], *, timeout: float = 600,
+        checkout: bool = True,
+    ) -> GitLocalCopy:
+        """Clone only the remote's default branch of ``url`` into ``path`` and check it out
+        (unless ``checkout`` is false: a copy that is only read through its transport
+        needs no working tree, which for a remote holding many jobs' results is most of
+        a clone's time).
 
         An empty remote gives an empty local copy.  ``path`` must not exist
         or be an empty directory; it is made readable by this user only.  A
@@ -1241,7 +1247,10 @@ class GitLocalCopy:
         """
         split = split_secret(url)
         target = private_folder(Path(path).absolute())
-        args = ["clone", "--quiet", "--single-branch", "--no-tags", "--end-of-options"]
+        args = ["clone", "--quiet", "--single-branch", "--no-tags"]
+        if not checkout:
+            args.append("--no-checkout")
+        args.append("--end-of-options")
         _run_outside([*args, split.public, str(target)], f"git clone of {scrub_url(url)}",
                      timeout=timeout, secret=split.secret)
         return cls.open(target, secret=split.secret)

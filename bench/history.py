@@ -1,0 +1,166 @@
+"""Growth table: what a long sweep's history costs a worker, as ratios to an empty remote.
+
+A remote with N jobs done is made synthetically, in one `git fast-import` stream (a
+real sweep of 10,000 jobs would take hours to make the same state):
+
+* ``done.txt`` on the main branch lists N finished jobs, in the format workers write;
+* each of those jobs has a folder ``updates/<job>/`` with a small ``log.txt`` (as
+  every job run by ``distribute work`` has), unless ``--no-logs``;
+* each has its job branch ``refs/heads/jobs/w/<job>/<token>`` (a finished job's
+  branch stays on the remote today);
+* ``jobs.txt`` queues the jobs the measurement runs; the history is then packed
+  (``git gc``), as a remote's housekeeping would.
+
+For each history size, in the same run, interleaved so a shared machine's drift hits
+every size alike, it measures:
+
+* one worker's milliseconds per no-op job (``get_next_job`` + ``finish_job``, the
+  local copy already made), and the ratio to the empty remote;
+* a fresh worker's start: clone, open and its first job;
+* ``distribute status`` (a separate process, as a person runs it);
+* the refs on the remote and its size on disk.
+
+Usage:
+    python bench/history.py                        # sizes 0, 1000 and 10000
+    python bench/history.py --sizes 0 10000 100000 --jobs 20
+    python bench/history.py --no-logs              # ledgers and refs only
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from distribute.core.ledger import Entry, format_line
+from distribute.core.names import encode_component, job_branch_ref
+from distribute.dist import worker_from_url
+from distribute.sources import QueueJobs
+
+BRANCH = "main"
+
+
+def git(*args: str, inp: bytes | None = None) -> str:
+    done = subprocess.run(["git", *args], input=inp, capture_output=True, check=True)
+    return done.stdout.decode().strip()
+
+
+def make_history(remote: Path, done: int, queued: int, logs: bool) -> None:
+    """A prepared remote whose main branch records ``done`` finished jobs (see above)."""
+    subprocess.run([sys.executable, "-m", "distribute", "init", str(remote), "--no-check"],
+                   check=True, capture_output=True)
+    base = git("--git-dir", str(remote), "rev-parse", BRANCH)
+    names = [f"done-{i:06d}" for i in range(done)]
+    ledger = "".join(format_line(Entry(job=j, worker="w", token=i + 1)) + "\n"
+                     for i, j in enumerate(names)).encode()
+    queue = "".join(f"job-{i:05d}\n" for i in range(queued)).encode()
+    parts: list[bytes] = []
+
+    def blob(mark: int, data: bytes) -> None:
+        parts.append(f"blob\nmark :{mark}\ndata {len(data)}\n".encode() + data + b"\n")
+
+    blob(1, b"one line of a job's log\n")
+    blob(2, ledger)
+    blob(3, queue)
+    message = b"a synthetic history"
+    parts.append(
+        f"commit refs/heads/{BRANCH}\ncommitter bench <bench@invalid> {int(time.time())} +0000\n"
+        f"data {len(message)}\n".encode() + message + f"\nfrom {base}\n".encode()
+    )
+    parts.append(b"M 100644 :2 done.txt\nM 100644 :3 jobs.txt\n")
+    if logs:
+        parts += [f"M 100644 :1 updates/{encode_component(j)}/log.txt\n".encode() for j in names]
+    parts.append(b"\n")
+    parts += [f"reset {job_branch_ref('w', j, i + 1)}\nfrom refs/heads/{BRANCH}\n\n".encode()
+              for i, j in enumerate(names)]
+    git("--git-dir", str(remote), "fast-import", "--quiet", inp=b"".join(parts))
+    git("--git-dir", str(remote), "gc", "--quiet")
+
+
+def per_job_ms(remote: Path, copy: Path, jobs: int) -> float:
+    with worker_from_url(str(remote), path=copy, name="bench", branch=BRANCH) as worker:
+        source = QueueJobs()
+        start = time.perf_counter()
+        for _ in range(jobs):
+            if worker.get_next_job(source) is None:
+                raise SystemExit(f"{remote}: the queue ran dry; raise --queue")
+            worker.finish_job()
+        return (time.perf_counter() - start) / jobs * 1000
+
+
+def fresh_start_s(remote: Path, copy: Path) -> float:
+    start = time.perf_counter()
+    with worker_from_url(str(remote), path=copy, name="fresh", branch=BRANCH) as worker:
+        worker.get_next_job(QueueJobs())
+        worker.finish_job()
+    return time.perf_counter() - start
+
+
+def status_s(remote: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "distribute", "status", str(remote)],
+                   check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def disk_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[0, 1000, 10000],
+                    help="jobs done in each synthetic history")
+    ap.add_argument("--jobs", type=int, default=10, help="no-op jobs per measurement")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per size")
+    ap.add_argument("--no-logs", dest="logs", action="store_false",
+                    help="no updates/<job>/log.txt in the history")
+    args = ap.parse_args()
+    sizes = sorted(set(args.sizes))
+    work = Path(tempfile.mkdtemp(prefix="distribute-history-"))
+    try:
+        remotes = {}
+        for n in sizes:
+            print(f"making a history of {n} done jobs ...", file=sys.stderr, flush=True)
+            remotes[n] = work / f"remote-{n}.git"
+            make_history(remotes[n], n, queued=args.jobs * (args.rounds + 1) + 10,
+                         logs=args.logs)
+        refs = {n: len(git("--git-dir", str(r), "for-each-ref").splitlines())
+                for n, r in remotes.items()}
+        size = {n: disk_mb(r) for n, r in remotes.items()}
+        ms: dict[int, list[float]] = {n: [] for n in sizes}
+        starts: dict[int, list[float]] = {n: [] for n in sizes}
+        status: dict[int, list[float]] = {n: [] for n in sizes}
+        for k in range(args.rounds):
+            for n in sizes:
+                print(f"round {k + 1}/{args.rounds}: {n} done", file=sys.stderr, flush=True)
+                ms[n].append(per_job_ms(remotes[n], work / f"copy-{n}", args.jobs))
+                fresh = work / f"fresh-{n}-{k}"
+                starts[n].append(fresh_start_s(remotes[n], fresh))
+                shutil.rmtree(fresh, ignore_errors=True)
+                status[n].append(status_s(remotes[n]))
+        base = sizes[0]
+        med = {n: statistics.median(ms[n]) for n in sizes}
+        st = {n: statistics.median(starts[n]) for n in sizes}
+        ss = {n: statistics.median(status[n]) for n in sizes}
+        logs = "with" if args.logs else "without"
+        print(f"\nhistory growth ({logs} a log.txt per done job; medians of {args.rounds} "
+              f"rounds of {args.jobs} jobs; ratios to {base} done)")
+        print(f"{'done':>8} {'ms/job':>8} {'ratio':>6} {'start s':>8} {'ratio':>6} "
+              f"{'status s':>9} {'ratio':>6} {'refs':>7} {'MB':>7}")
+        for n in sizes:
+            print(f"{n:>8} {med[n]:>8.0f} {med[n] / med[base]:>6.2f} {st[n]:>8.2f} "
+                  f"{st[n] / st[base]:>6.2f} {ss[n]:>9.2f} {ss[n] / ss[base]:>6.2f} "
+                  f"{refs[n]:>7} {size[n]:>7.1f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
