@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from typing import TypeVar
+
+from distribute.core.errors import OutcomeUnknown, TransportError
+from distribute.core.names import scrub_url
+
+T = TypeVar("T")
 
 
 class Backoff:
@@ -34,3 +41,32 @@ class Backoff:
 
     def reset(self) -> None:
         self._n = 0
+
+
+def retry_transport(
+    step: Callable[[], T],
+    *,
+    seconds: float,
+    backoff: Backoff,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+    failed: str,
+) -> T:
+    """Run ``step``; while it raises :class:`TransportError` (nothing was sent, or the
+    remote did not answer), wait the next ``backoff`` delay and run it again, for at most
+    ``seconds`` by ``clock``.  Then raise ``TransportError("<failed> for N s: <why>")``.
+
+    :class:`OutcomeUnknown` is never retried here: a push whose answer was lost may
+    have landed, and only its caller knows how to find out.
+    """
+    deadline = clock() + seconds
+    while True:
+        try:
+            return step()
+        except OutcomeUnknown:
+            raise
+        except TransportError as err:
+            if clock() >= deadline:
+                why = scrub_url(str(err))
+                raise TransportError(f"{failed} for {seconds:.0f} s: {why}") from None
+            sleep(backoff.next())

@@ -457,16 +457,25 @@ class Coordinator:
                 self.beat, self.beat_oid, self.beat_sent_at = beat, new_oid, sent
                 self.stats.renewals += 1
                 return True
-            current = self.transport.fetch([self.own_ref]).get(self.own_ref)
-            if current is not None:
-                seen = parse_beat_message(self.transport.commit_message(current))
-                if seen.revoked and seen.session == self.session:
-                    self.revoked = True
-                    self.journal("revoked", by=seen.revoked_by, token=seen.token)
-                    return False
+            current, revoked = self._own_record()
+            if revoked is not None:
+                self.revoked = True
+                self.journal("revoked", by=revoked.revoked_by, token=revoked.token)
+                return False
             # our own earlier life wrote it: adopt its value and go on
             self.beat_oid = current
             return False
+
+    def _own_record(self) -> tuple[Oid | None, Beat | None]:
+        """This worker's liveness ref as the remote holds it, and the record there when it
+        says that this session was revoked (a takeover of its job wrote it)."""
+        current = self.transport.fetch([self.own_ref]).get(self.own_ref)
+        self.stats.fetches += 1
+        if current is None:
+            return None, None
+        seen = self.beat_at(current)  # an unreadable record is no revocation: overwritten
+        revoked = seen is not None and seen.revoked and seen.session == self.session
+        return current, seen if revoked else None
 
     def say_gone(self) -> bool:
         """Write this worker's last liveness record (``Beat.gone``): it runs no job and
@@ -485,10 +494,8 @@ class Coordinator:
                     return True
                 # our record moved: written by this worker's earlier life (a restart that
                 # never claimed), or revoked; only a revocation of this session stays
-                old = self.transport.fetch([self.own_ref]).get(self.own_ref)
-                self.stats.fetches += 1
-                seen = self.beat_at(old) if old is not None else None
-                if seen is not None and seen.revoked and seen.session == self.session:
+                old, revoked = self._own_record()
+                if revoked is not None:
                     return False
             return False
 

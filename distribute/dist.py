@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 
 import filelock
 
-from distribute.backoff import Backoff
+from distribute.backoff import Backoff, retry_transport
 from distribute.coordination import Coordinator, JobHolding, Snapshot
 from distribute.core.errors import (
     DirtyWorkingTree,
@@ -48,7 +48,6 @@ from distribute.core.errors import (
     LocalCopyBusy,
     MergeConflict,
     NoRunningJob,
-    OutcomeUnknown,
     TransportError,
     UsageError,
 )
@@ -325,6 +324,8 @@ class Worker:
             path.unlink(missing_ok=True)
 
     def _finish_adopted(self) -> None:
+        """Land the finish of the job this worker holds (a finish begun here, or by an
+        earlier life of this worker that left a marker), retrying transport errors."""
         backoff = Backoff(self.poll_seconds / 4, self.max_poll_seconds, self._rng)
         self._retrying(partial(self.coord.finish, self._sleep, backoff.next))
 
@@ -776,9 +777,8 @@ class Worker:
         self.commit_update(f"final results of {self.running_job}")
         # from here a restarted worker completes this finish instead of running the job again
         self._mark_job(finishing=True)
-        backoff = Backoff(self.poll_seconds / 4, self.max_poll_seconds, self._rng)
         try:
-            self._retrying(partial(self.coord.finish, self._sleep, backoff.next))
+            self._finish_adopted()
         finally:
             if self.coord.job is None:
                 self._mark_job()
@@ -821,19 +821,9 @@ class Worker:
     def _retrying(self, step: Callable[[], T]) -> T:
         """Run ``step``, retrying transport errors with backoff for ``retry_seconds``."""
         backoff = Backoff(max(0.05, self.poll_seconds), max(1.0, self.max_poll_seconds), self._rng)
-        deadline = self._clock() + self.retry_seconds
-        while True:
-            try:
-                return step()
-            except OutcomeUnknown:
-                raise
-            except TransportError as exc:
-                if self._clock() >= deadline:
-                    raise TransportError(
-                        f"the remote stayed unreachable for {self.retry_seconds:.0f} s: "
-                        f"{scrub_url(str(exc))}"
-                    ) from None
-                self._sleep(backoff.next())
+        return retry_transport(step, seconds=self.retry_seconds, backoff=backoff,
+                               clock=self._clock, sleep=self._sleep,
+                               failed="the remote stayed unreachable")
 
 
 def _call_next_job_function(func: NextJobFunction, worker: Worker) -> Any:

@@ -93,7 +93,7 @@ except ImportError as _err:  # pragma: no cover - depends on the environment
         "distribute.optuna needs Optuna 4 or newer: pip install 'distribute[optuna]'"
     ) from _err
 
-from distribute.backoff import Backoff
+from distribute.backoff import Backoff, retry_transport
 from distribute.core.errors import (
     NoRunningJob,
     OutcomeUnknown,
@@ -365,19 +365,8 @@ class GitJournalBackend(BaseJournalBackend):
         return self._synced_at is None or self._clock() - self._synced_at >= self.refresh_seconds
 
     def _retrying(self, step: Callable[[], Any], what: str) -> Any:
-        deadline = self._clock() + self.retry_seconds
-        backoff = Backoff(0.05, 2.0)
-        while True:
-            try:
-                return step()
-            except OutcomeUnknown:
-                raise
-            except TransportError as err:
-                if self._clock() >= deadline:
-                    raise TransportError(
-                        f"{what} failed for {self.retry_seconds:.0f} s: {scrub_url(str(err))}"
-                    ) from None
-                self._sleep(backoff.next())
+        return retry_transport(step, seconds=self.retry_seconds, backoff=Backoff(0.05, 2.0),
+                               clock=self._clock, sleep=self._sleep, failed=f"{what} failed")
 
     def _fetch(self) -> Oid | None:
         values: dict[str, Oid] = self._retrying(

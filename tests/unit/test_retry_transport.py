@@ -1,0 +1,64 @@
+"""The one retry loop for transport errors (workers and the Optuna journal use it)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from distribute.backoff import Backoff, retry_transport
+from distribute.core.errors import OutcomeUnknown, TransportError
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def run(step, clock: Clock, seconds: float = 10.0):
+    return retry_transport(step, seconds=seconds, backoff=Backoff(0.5, 2.0, random.Random(1)),
+                           clock=lambda: clock.now, sleep=clock.sleep, failed="reading x")
+
+
+def test_transport_errors_are_retried_until_the_step_succeeds():
+    clock = Clock()
+    answers = iter([TransportError("down"), TransportError("down"), "ok"])
+
+    def step():
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert run(step, clock) == "ok"
+    assert len(clock.slept) == 2 and all(0 < s <= 2.0 for s in clock.slept)
+
+
+def test_it_gives_up_after_its_seconds_naming_what_failed_without_secrets():
+    clock = Clock()
+
+    def step():
+        raise TransportError("cannot reach https://me:hunter2@example.com/r.git")
+
+    with pytest.raises(TransportError, match=r"^reading x for 10 s: ") as caught:
+        run(step, clock)
+    assert "hunter2" not in str(caught.value)
+    assert 10.0 <= clock.now <= 12.0  # the last wait is at most one backoff cap past
+
+
+def test_an_unknown_outcome_is_never_retried():
+    clock = Clock()
+    calls = []
+
+    def step():
+        calls.append(1)
+        raise OutcomeUnknown("the answer was lost")
+
+    with pytest.raises(OutcomeUnknown):
+        run(step, clock)
+    assert calls == [1] and clock.slept == []
