@@ -705,7 +705,9 @@ class Coordinator:
         start, resumed = new_main, None
         if previous is not None and self.resume:
             start, resumed = self._resume_from(new_main, previous)
-        beat = self.beat.next((name,))
+        # a new holding: a finish's request for its turn belongs to the holding it was
+        # made for, even when this one is of the same job (run again)
+        beat = replace(self.beat.next((name,)), finishing="")
         beat_oid = self._empty_commit(beat_message(beat))
         lock_parents = [lock_old] if lock_old else []
         lock_new = self._empty_commit(lock_message(lock_after(new_main)), lock_parents)

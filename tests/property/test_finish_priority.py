@@ -16,6 +16,7 @@ from test_regressions import Clock, claim, coordinator
 
 from distribute.coordination import FINISH_PRIORITY_AFTER, Coordinator
 from distribute.sources import JOBS_FILE, format_queue, read_queue
+from distribute.transport.base import RefUpdate
 
 MAX_TRIES = 50
 
@@ -79,3 +80,35 @@ def test_without_the_request_honoured_the_step_starves(step):
     starves the finish (the test above would catch such a claimer)."""
     with pytest.raises(Starved):
         race(step, respect=False)
+
+
+def test_a_new_holding_of_the_same_job_does_not_inherit_the_request():
+    """A finish that asked for its turn (``finishing=j0``) landed; the same job is then run
+    again by the same worker (``requeue --done``, or a failed job requeued).  Its new claim
+    must not carry the old request: other workers would hold back every claim for the
+    whole new run."""
+    world, clock = MemoryWorld([f"j{i}" for i in range(10)]), Clock()
+    a, b = coordinator(world, "a", clock), coordinator(world, "b", clock)
+    claim(a, "j0")
+    losses = [0]
+
+    def lose_first_races(name: str, updates) -> None:
+        if name == "a" and any(u.ref == MAIN_REF for u in updates) and losses[0] < 4:
+            losses[0] += 1
+            fast_claimer(world, b)
+
+    world.remote.fault_hook = lose_first_races
+    a.finish(lambda seconds: None, lambda: 0.0)
+    world.remote.fault_hook = None
+    assert a.beat.finishing == "j0", "the finish never asked for its turn: no test"
+    main = world.refs()[MAIN_REF]
+    done = world.read_file(main, "done.txt") or b""
+    rerun = a.transport.write_commit(
+        parents=[main], base=main, message="run j0 again",
+        changes={"done.txt": b"".join(line + b"\n" for line in done.splitlines()
+                                      if not line.startswith(b"j0\t"))},
+    )
+    assert a.transport.push([RefUpdate(MAIN_REF, main, rerun)])
+    claim(a, "j0")
+    assert a.beat.finishing == ""
+    assert b.others_finishing(b.observe()) is None
