@@ -70,7 +70,7 @@ from distribute.dist import worker_from_url  # noqa: E402
 from distribute.remote import LAYOUT_FILE, LAYOUT_TEXT, init_remote, is_local_path  # noqa: E402
 from distribute.sources import JOBS_FILE, QueueJobs, format_queue  # noqa: E402
 from distribute.transport.base import RefUpdate  # noqa: E402
-from distribute.transport.git import GitLocalCopy  # noqa: E402
+from distribute.transport.local_copy import GitLocalCopy  # noqa: E402
 
 #: who the benchmark's own plumbing commits are by (so that a machine with no git identity
 #: can run it)

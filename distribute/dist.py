@@ -71,7 +71,7 @@ from distribute.jobfolder import secure_job_folder
 from distribute.orphans import reap_leftover_command
 from distribute.sources import is_repo_only
 from distribute.transport.base import Transport
-from distribute.transport.git import GitLocalCopy
+from distribute.transport.local_copy import GitLocalCopy
 
 NextJobFunction = Callable[..., Any]
 T = TypeVar("T")

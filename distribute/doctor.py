@@ -34,7 +34,8 @@ from distribute.core.errors import DistributeError, RemoteStateError
 from distribute.core.lock import Beat, beat_message
 from distribute.core.names import WORKERS_PREFIX, scrub_url
 from distribute.transport.base import RefUpdate
-from distribute.transport.git import GitTransport, init_bare_repo
+from distribute.transport.git import GitTransport
+from distribute.transport.repository import init_bare_repo
 
 
 @dataclass(frozen=True, slots=True)

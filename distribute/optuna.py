@@ -104,7 +104,8 @@ from distribute.core.errors import (
 from distribute.core.ledger import DONE, FAILED, RUNNING, Ledger
 from distribute.core.names import check_name, encode_component, scrub_url
 from distribute.transport.base import Oid, RefUpdate, Transport, holds
-from distribute.transport.git import GitTransport, init_bare_repo
+from distribute.transport.git import GitTransport
+from distribute.transport.repository import init_bare_repo
 
 if TYPE_CHECKING:
     from distribute.dist import Worker

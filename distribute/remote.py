@@ -25,7 +25,8 @@ from distribute.core.lock import LockState, lock_message, parse_lock_message
 from distribute.core.names import LOCK_REF, check_name
 from distribute.sources import JOBS_FILE
 from distribute.transport.base import Oid, RefUpdate, Transport
-from distribute.transport.git import GitLocalCopy, init_bare_repo
+from distribute.transport.local_copy import GitLocalCopy
+from distribute.transport.repository import init_bare_repo
 
 LAYOUT_FILE = "DISTRIBUTE.md"
 LAYOUT_TEXT = """\

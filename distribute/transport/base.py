@@ -20,15 +20,43 @@ Two implementations keep this contract: :mod:`distribute.transport.git`
 (real git through GitPython) and :mod:`distribute.transport.memory` (an
 in-memory remote with latency and fault hooks).  One contract test suite runs
 against both.
+
+Both check what they are given by the same rules, kept here: full ref names
+(:func:`check_ref_name`, :func:`check_ref_pattern`, :func:`check_ref_prefix`),
+full hex object ids (:func:`check_oid`), file paths a tree can hold
+(:func:`check_tree_path`), commit messages (:func:`check_message`) and pushes
+(:func:`check_updates`).  Each returns what it was given or raises
+:class:`~distribute.core.errors.UsageError`.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from distribute.core.errors import UsageError
+from distribute.core.names import is_valid_ref_component
+
+__all__ = [
+    "MergeResult",
+    "Oid",
+    "RefUpdate",
+    "Transport",
+    "check_message",
+    "check_oid",
+    "check_ref_name",
+    "check_ref_pattern",
+    "check_ref_prefix",
+    "check_tree_path",
+    "check_updates",
+    "holds",
+]
+
 Oid = str
+
+_OID = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,3 +171,79 @@ def holds(transport: Transport, current: Oid | None, commit: Oid | None) -> bool
     if current is None or commit is None:
         return False
     return transport.is_ancestor(commit, current)
+
+
+# ---- the contract's rules for names, ids and paths --------------------------
+
+
+def check_ref_name(ref: str) -> str:
+    """Return ``ref`` if it is a full ref name git accepts (``refs/...``).
+
+    Raises:
+        UsageError: naming the rule broken.  A name that could be read as an
+            option (``-x``) never starts with ``refs/`` and is refused here.
+    """
+    if not isinstance(ref, str) or not ref.startswith("refs/"):
+        raise UsageError(f"{ref!r} is not a full ref name (it must start with 'refs/')", ref=ref)
+    if not all(is_valid_ref_component(part) for part in ref.split("/")[1:]):
+        raise UsageError(f"{ref!r} is not a valid ref name (see git check-ref-format)", ref=ref)
+    return ref
+
+
+def check_ref_pattern(pattern: str) -> str:
+    """Return ``pattern``: a full ref name, or one followed by ``/*`` (every ref below it)."""
+    if isinstance(pattern, str) and pattern.endswith("/*"):
+        check_ref_name(pattern[:-2])
+        return pattern
+    return check_ref_name(pattern)
+
+
+def check_ref_prefix(prefix: str) -> str:
+    """Return ``prefix``: ``refs/`` or a ref name, optionally ending in ``/``."""
+    if prefix != "refs/":
+        check_ref_name(prefix[:-1] if isinstance(prefix, str) and prefix.endswith("/") else prefix)
+    return prefix
+
+
+def check_oid(oid: str) -> Oid:
+    """Return ``oid`` if it is a full lower-case hex object id (SHA-1 or SHA-256)."""
+    if not isinstance(oid, str) or not _OID.fullmatch(oid):
+        raise UsageError(f"{oid!r} is not a full hex object id", oid=oid)
+    return oid
+
+
+def check_tree_path(path: str) -> str:
+    """Return ``path`` if a git tree can hold it as a file path.
+
+    ``/``-separated, non-empty components, none of them ``.``, ``..`` or
+    ``.git`` (in any case), no NUL.  Spaces, unicode, newlines and leading
+    dashes are fine.
+    """
+    if not isinstance(path, str) or path == "" or "\0" in path:
+        raise UsageError(f"{path!r} is not a file path a commit can hold", path=path)
+    for part in path.split("/"):
+        if part in ("", ".", "..") or part.lower() == ".git":
+            raise UsageError(
+                f"{path!r} is not a file path a commit can hold (component {part!r})", path=path
+            )
+    return path
+
+
+def check_message(message: str) -> str:
+    if not isinstance(message, str) or "\0" in message:
+        raise UsageError("a commit message must be text without NUL characters")
+    return message
+
+
+def check_updates(updates: Sequence[RefUpdate]) -> list[RefUpdate]:
+    """Validate a push: full ref names, hex ids, each ref at most once."""
+    seen: set[str] = set()
+    for update in updates:
+        check_ref_name(update.ref)
+        for oid in (update.old, update.new):
+            if oid is not None:
+                check_oid(oid)
+        if update.ref in seen:
+            raise UsageError(f"{update.ref!r} appears twice in one push", ref=update.ref)
+        seen.add(update.ref)
+    return list(updates)

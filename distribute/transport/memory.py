@@ -45,15 +45,15 @@ Faults and latency are deterministic hooks:
   (fetch, list_refs, push), outside the lock; local object operations cost
   nothing.
 
-The name and path rules here (:func:`check_ref_name`, :func:`check_tree_path`
-and friends) are the contract's rules; the git transport uses them too.
+The name and path rules (:func:`check_ref_name`, :func:`check_tree_path` and
+friends) are the contract's, in :mod:`distribute.transport.base`; they are
+imported from there, and this module still offers them under their names.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
-import re
 import threading
 import time
 from collections import deque
@@ -61,8 +61,18 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from distribute.core.errors import OutcomeUnknown, TransportError, UsageError
-from distribute.core.names import is_valid_ref_component
-from distribute.transport.base import MergeResult, Oid, RefUpdate
+from distribute.transport.base import (
+    MergeResult,
+    Oid,
+    RefUpdate,
+    check_message,
+    check_oid,
+    check_ref_name,
+    check_ref_pattern,
+    check_ref_prefix,
+    check_tree_path,
+    check_updates,
+)
 
 __all__ = [
     "FetchFaultHook",
@@ -85,83 +95,9 @@ FetchFaultHook = Callable[[str, Sequence[str]], "str | None"]
 
 _PUSH_FAULTS = frozenset({"drop", "unknown-applied", "unknown-lost"})
 _FETCH_FAULTS = frozenset({"drop", "torn"})
-_OID = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
 
 
-# ---- the contract's rules for names, ids and paths --------------------------
-
-
-def check_ref_name(ref: str) -> str:
-    """Return ``ref`` if it is a full ref name git accepts (``refs/...``).
-
-    Raises:
-        UsageError: naming the rule broken.  A name that could be read as an
-            option (``-x``) never starts with ``refs/`` and is refused here.
-    """
-    if not isinstance(ref, str) or not ref.startswith("refs/"):
-        raise UsageError(f"{ref!r} is not a full ref name (it must start with 'refs/')", ref=ref)
-    if not all(is_valid_ref_component(part) for part in ref.split("/")[1:]):
-        raise UsageError(f"{ref!r} is not a valid ref name (see git check-ref-format)", ref=ref)
-    return ref
-
-
-def check_ref_pattern(pattern: str) -> str:
-    """Return ``pattern``: a full ref name, or one followed by ``/*`` (every ref below it)."""
-    if isinstance(pattern, str) and pattern.endswith("/*"):
-        check_ref_name(pattern[:-2])
-        return pattern
-    return check_ref_name(pattern)
-
-
-def check_ref_prefix(prefix: str) -> str:
-    """Return ``prefix``: ``refs/`` or a ref name, optionally ending in ``/``."""
-    if prefix != "refs/":
-        check_ref_name(prefix[:-1] if isinstance(prefix, str) and prefix.endswith("/") else prefix)
-    return prefix
-
-
-def check_oid(oid: str) -> Oid:
-    """Return ``oid`` if it is a full lower-case hex object id (SHA-1 or SHA-256)."""
-    if not isinstance(oid, str) or not _OID.fullmatch(oid):
-        raise UsageError(f"{oid!r} is not a full hex object id", oid=oid)
-    return oid
-
-
-def check_tree_path(path: str) -> str:
-    """Return ``path`` if a git tree can hold it as a file path.
-
-    ``/``-separated, non-empty components, none of them ``.``, ``..`` or
-    ``.git`` (in any case), no NUL.  Spaces, unicode, newlines and leading
-    dashes are fine.
-    """
-    if not isinstance(path, str) or path == "" or "\0" in path:
-        raise UsageError(f"{path!r} is not a file path a commit can hold", path=path)
-    for part in path.split("/"):
-        if part in ("", ".", "..") or part.lower() == ".git":
-            raise UsageError(
-                f"{path!r} is not a file path a commit can hold (component {part!r})", path=path
-            )
-    return path
-
-
-def check_message(message: str) -> str:
-    if not isinstance(message, str) or "\0" in message:
-        raise UsageError("a commit message must be text without NUL characters")
-    return message
-
-
-def check_updates(updates: Sequence[RefUpdate]) -> list[RefUpdate]:
-    """Validate a push: full ref names, hex ids, each ref at most once."""
-    seen: set[str] = set()
-    for update in updates:
-        check_ref_name(update.ref)
-        for oid in (update.old, update.new):
-            if oid is not None:
-                check_oid(oid)
-        if update.ref in seen:
-            raise UsageError(f"{update.ref!r} appears twice in one push", ref=update.ref)
-        seen.add(update.ref)
-    return list(updates)
+# ---- paths -----------------------------------------------------------------
 
 
 def directory_file_clashes(paths: Iterable[str]) -> list[str]:

@@ -635,9 +635,9 @@ def test_a_lock_file_left_by_a_dead_git_is_a_clear_error_a_fresh_one_a_lost_race
     import os
     import time
 
-    import distribute.transport.git as git_module
+    import distribute.transport.direct_remote as direct_remote_module
 
-    monkeypatch.setattr(git_module, "_STALE_LOCK_SECONDS", 0.3)
+    monkeypatch.setattr(direct_remote_module, "_STALE_LOCK_SECONDS", 0.3)
     t = clone(str(bare_remote), "w")
     assert t._direct is not None
     t._direct.timeout = 0.5  # so a stale lock is one seen for over 1 s

@@ -15,7 +15,7 @@ import time
 import git
 import pytest
 
-from distribute.transport import git as transport
+from distribute.transport import process as transport
 
 
 class _Stop(BaseException):

@@ -34,7 +34,7 @@ WALL_CLOCKS = frozenset({
 
 #: (module, wall clock it may use) -> why that use is right.
 ALLOWED: dict[tuple[str, str], str] = {
-    ("distribute.transport.git", "time.time"): (
+    ("distribute.transport.repository", "time.time"): (
         "the author and committer date of the commits Distribute writes itself: git needs "
         "one, people read it in `git log`, and no decision is ever made from it"
     ),

@@ -1,0 +1,226 @@
+"""A bare repository on this machine, written directly instead of pushed to.
+
+Theory of operation
+-------------------
+:class:`~distribute.transport.git.GitTransport` writes a remote that is a
+bare repository on this machine directly when a push would do nothing more
+(no hooks, no receive or transfer rules; see :mod:`distribute.transport.direct`
+for the checks and for how objects and ref files are handled): refs are read
+from its files, objects linked or copied in this process, and each
+compare-and-swap is one ``git update-ref --stdin`` transaction in it
+(:meth:`_DirectRemote.update_refs`), under the same ref locks and checks as
+``receive-pack``.  A hook or rule that appears later is noticed
+(:meth:`_DirectRemote.refusal`, re-read when the remote's config, hooks or
+object info change), and the transport pushes again.  A ``file://`` URL
+always pushes.
+
+Its folder is pinned when the transport is made: once the path no longer
+leads to that folder (moved away, deleted, unmounted, replaced by another),
+every fetch, look and push fails with ``TransportError`` before anything is
+read or written there, and git runs inside the folder (``-C``,
+``GIT_DIR=.``), never by a path that could be made anew (see
+:meth:`_DirectRemote.run`).
+
+git never removes another process's ref lock: one left by a git that died
+would make every compare-and-swap look like a lost race for ever.  A lock
+this process has seen in the way, unchanged, for longer than any git run of
+ours may last (:data:`_STALE_LOCK_SECONDS`, or twice the git timeout) is
+reported as a :class:`~distribute.core.errors.RemoteStateError` instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import git
+
+from distribute.core.errors import OutcomeUnknown, RemoteStateError, TransportError
+from distribute.transport.base import Oid, RefUpdate
+from distribute.transport.direct import (
+    ObjectStore,
+    RepositoryFolder,
+    direct_refusal,
+    read_ref_files,
+    stamp,
+)
+from distribute.transport.process import _ENV, _execute, _failure, _Result, _tail
+
+_ZERO_OID = "0" * 40
+_PACKED_REFS_BUSY = "packed-refs.lock': File exists"
+_LOCK_FILE = re.compile(r"Unable to create '([^']+\.lock)': File exists")
+#: A ref lock this old (or twice the git timeout) is taken for one a dead git left.
+_STALE_LOCK_SECONDS = 120.0
+#: One in this many direct ref updates runs ``git gc --auto`` in the remote (as receive-pack
+#: does after every push; it packs loose objects once there are enough of them).
+_GC_EVERY = 100
+#: A process's own working directory, wherever it has moved (Linux).  git makes the path
+#: of every lock file absolute when it takes the lock, and prefers ``$PWD`` to
+#: ``getcwd()`` for that when both are the same folder; given this, a ref's lock, and its
+#: rename into place, still find the remote if it is moved while git holds the lock.
+_OWN_CWD = "/proc/self/cwd"
+_HAS_OWN_CWD = os.path.isdir(_OWN_CWD)
+
+
+class _DirectRemote:
+    """A bare repository on this machine written directly (see :mod:`.direct`), pinned to
+    the folder first found at its path."""
+
+    def __init__(self, folder: RepositoryFolder, *, timeout: float) -> None:
+        self.folder = folder
+        self.git_dir = folder.path
+        self.timeout = timeout
+        self.store = ObjectStore(self.git_dir / "objects", folder=folder)
+        self._stamp: tuple[float, ...] | None = None
+        self._refusal: str | None = None
+        self._checking = threading.Lock()
+        self._locks_seen: dict[str, tuple[tuple[int, int], float]] = {}
+
+    def check(self) -> None:
+        """``TransportError`` unless the path still leads to the repository first found there."""
+        self.folder.check()
+
+    def run(self, args: Sequence[str], *, stdin: bytes | None = None) -> _Result:
+        """Run git in the remote, once it is checked to be still there.
+
+        git starts inside the folder (``-C``) and names it ``.``.  With the path in
+        ``GIT_DIR``, a folder moved away after git had found it came back as a new
+        folder at the old path, made by git for a ref's lock file; and a folder moved
+        while git held its ref locks kept them for ever (git removes or renames a lock
+        by the path it had when taken) with part of the transaction applied.  This
+        way git's reads and writes follow the folder it found (see ``_OWN_CWD``)."""
+        self.check()
+        env = dict(_ENV, GIT_DIR=".")
+        if _HAS_OWN_CWD:
+            env["PWD"] = _OWN_CWD
+        args = ["-C", str(self.git_dir), *args]
+        result = _execute(git.Git(), args, stdin=stdin, env=env, timeout=self.timeout)
+        if _OWN_CWD not in result.stderr:
+            return result
+        # messages name the remote's folder, not what git knew it as
+        stderr = result.stderr.replace(f"{_OWN_CWD}/./", f"{self.git_dir}/")
+        stderr = stderr.replace(_OWN_CWD, str(self.git_dir))
+        return _Result(result.status, result.stdout, stderr)
+
+    def refusal(self) -> str | None:
+        """Why this remote must be pushed to after all (a hook or a rule appeared), or
+        ``None``; re-read only when its config, hooks or object info change."""
+        with self._checking:  # the heartbeat thread asks too
+            return self._refusal_now()
+
+    def _refusal_now(self) -> str | None:
+        now = stamp(self.git_dir)
+        if now != self._stamp:
+            try:
+                result = self.run(["config", "--list", "--show-scope", "-z"])
+            except TransportError as err:
+                self._refusal, self._stamp = err.message, now
+                return self._refusal
+            if result.status != 0:
+                self._refusal = f"git config failed: {_tail(result.stderr)}"
+            else:
+                config: dict[str, str] = {}
+                fields = result.stdout.split(b"\0")
+                for scope, entry in zip(fields[0::2], fields[1::2], strict=False):
+                    if scope != b"command":  # the -c options every command gets (_CONFIG)
+                        key, _, value = entry.decode("utf-8", "replace").partition("\n")
+                        config[key.lower()] = value
+                self._refusal = direct_refusal(self.git_dir, config)
+            self._stamp = now
+        return self._refusal
+
+    def read_refs(self, names: Sequence[str]) -> dict[str, Oid]:
+        """The refs' values from the remote's files.  A folder that is gone (moved or
+        deleted since it was checked) finds no ref file at all, which must not read as
+        "no such refs", and one put in its place holds other refs: either is a transport
+        error, as a failed ``ls-remote`` would be.  Checked before and after reading."""
+        self.check()
+        found = read_ref_files(self.git_dir, names)
+        self.check()
+        return found
+
+    def _check_stale_lock(self, stderr: str) -> None:
+        """A ref's ``.lock`` file that this process has seen in the way, unchanged, for
+        longer than any git run of ours may last was left by a git that died (git never
+        removes another process's lock): say so, instead of reporting a lost race again
+        and again for ever.  Only this process's own clock is used: a file server's
+        time stamps may come from another clock."""
+        match = _LOCK_FILE.search(stderr)
+        if match is None:
+            return
+        path = Path(match.group(1))
+        try:
+            info = path.stat()
+        except OSError:
+            return  # gone meanwhile: it was a writer at work
+        now = time.monotonic()
+        identity = (info.st_ino, info.st_mtime_ns)
+        first = self._locks_seen.get(str(path))
+        if first is None or first[0] != identity:
+            self._locks_seen[str(path)] = (identity, now)
+            return
+        waited = now - first[1]
+        if waited > max(_STALE_LOCK_SECONDS, 2 * self.timeout):
+            raise RemoteStateError(
+                f"{path} has been in the way for {waited:.0f} s: a git process that changed "
+                "the remote died while it held this ref; if no git process is using the "
+                "remote now, delete that file",
+                path=str(path),
+            )
+
+    def update_refs(self, updates: Sequence[RefUpdate]) -> bool:
+        """Compare-and-swap ``updates`` in one ``git update-ref --stdin`` transaction."""
+        current = self.read_refs([u.ref for u in updates])
+        pending = [u for u in updates if u.new is None or current.get(u.ref) != u.new]
+        if not pending:
+            return True
+        commands = b""
+        for u in pending:
+            old = (u.old or _ZERO_OID).encode("ascii")
+            if u.new is None and u.old is None:  # "absent", and stays so
+                commands += b"verify %s\0%s\0" % (u.ref.encode("utf-8"), old)
+            elif u.new is None:
+                commands += b"delete %s\0%s\0" % (u.ref.encode("utf-8"), old)
+            else:
+                commands += b"update %s\0%s\0%s\0" % (u.ref.encode("utf-8"), u.new.encode(), old)
+        result = self.run(["update-ref", "--stdin", "-z"], stdin=commands)
+        if result.status == 0:
+            if random.random() < 1 / _GC_EVERY:  # however short-lived the transports
+                # what receive-pack does after a push; the update stands even if the
+                # folder went away meanwhile
+                with contextlib.suppress(TransportError):
+                    self.run(["gc", "--auto", "--quiet"])
+            return True
+        if result.killed:
+            try:
+                now = self.read_refs([u.ref for u in pending])
+            except TransportError as err:
+                raise OutcomeUnknown(
+                    f"git update-ref timed out and reading the refs back failed too: {err}",
+                    refs=[u.ref for u in pending],
+                ) from err
+            return _settle(pending, now, "git update-ref timed out")
+        self.check()  # the folder went away meanwhile: say so, not git's words for it
+        if "cannot lock ref" in result.stderr or _PACKED_REFS_BUSY in result.stderr:
+            self._check_stale_lock(result.stderr)
+            return False  # moved since it was read, or another writer holds its lock
+        raise _failure(f"git update-ref in {self.git_dir}", result, self.timeout)
+
+
+def _settle(updates: Sequence[RefUpdate], now: Mapping[str, Oid], what: str) -> bool:
+    """The outcome of a compare-and-swap whose answer was lost, from the refs read back:
+    all new values, it landed; all old ones, it did not (yet); anything else is unknown."""
+    if all(now.get(u.ref) == u.new for u in updates):
+        return True
+    if all(now.get(u.ref) == u.old for u in updates):
+        return False
+    raise OutcomeUnknown(
+        f"{what}; the refs now hold neither the old nor the new values",
+        refs=[u.ref for u in updates],
+    )

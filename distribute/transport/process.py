@@ -1,0 +1,176 @@
+"""How the git transport starts git: one function, :func:`_execute`, starts every process.
+
+Theory of operation
+-------------------
+Every git command of :mod:`distribute.transport.git` and of the modules it is
+made of (:mod:`.repository`, :mod:`.direct_remote`, :mod:`.local_copy`) is
+started by :func:`_execute` (the one exception: GitPython's persistent
+``cat-file --batch``, see :meth:`~.repository._Repository.read_object`, which
+gets the same options and environment), with an explicit argument list
+(never a shell) and ``-c core.hooksPath=/dev/null -c core.fsmonitor=false``
+in front.  Its
+environment is this process's with fixed values on top (:data:`_ENV`, which
+every caller passes): no terminal or askpass prompts, ``LC_ALL=C`` so
+messages can be parsed, and a fixed identity (:data:`IDENTITY`) so commits
+work on machines without one.  A command run in a repository gets its
+``GIT_DIR`` (and work tree and index) set explicitly by its caller, so a
+stray value in this process's environment cannot redirect it.
+
+User-supplied values never sit where git reads options: ref names and object
+ids are validated (full ``refs/...`` names, hex ids; see
+:mod:`distribute.transport.base`) before they are used, refspecs are built
+only from them, remote names, URLs and paths follow ``--end-of-options``,
+and file paths and messages travel on standard input.  A password is handed
+to git on request (:mod:`distribute.credentials`), never on its command
+line.  The message of every error is passed through
+:func:`~distribute.core.names.scrub_url` (:func:`_tail`, :func:`_remote_says`).
+
+:func:`_execute` starts the process itself rather than through GitPython's
+``Git.execute``; its docstring says why.  A command killed at its timeout
+reads as :attr:`_Result.killed`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import git
+
+from distribute.core.errors import TransportError
+from distribute.core.names import scrub_url
+from distribute.credentials import git_env, git_options
+
+__all__ = ["IDENTITY"]
+
+#: Author and committer of every commit the git transport writes.
+IDENTITY = ("distribute", "distribute@localhost")
+
+#: In front of every git command: no hooks, no file system monitor.
+_CONFIG = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false")
+#: In front of the commands that ask a remote for refs (``fetch``, ``ls-remote``).
+_PROTOCOL_V2 = ("-c", "protocol.version=2")
+#: The fixed part of every git command's environment.
+_ENV = {
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_ASKPASS": "",
+    "GCM_INTERACTIVE": "never",
+    "LC_ALL": "C",
+    "LANGUAGE": "C",
+    "GIT_AUTHOR_NAME": IDENTITY[0],
+    "GIT_AUTHOR_EMAIL": IDENTITY[1],
+    "GIT_COMMITTER_NAME": IDENTITY[0],
+    "GIT_COMMITTER_EMAIL": IDENTITY[1],
+}
+
+#: how long output is still read after a timed-out git is killed
+_AFTER_KILL_SECONDS = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Result:
+    status: int
+    stdout: bytes
+    stderr: str
+
+    @property
+    def killed(self) -> bool:
+        """Ended by a signal: our timeout's SIGKILL, or someone else's."""
+        return self.status < 0
+
+
+def _tail(text: str, lines: int = 12) -> str:
+    return scrub_url("\n".join(text.strip().splitlines()[-lines:]))
+
+
+def _git_executable() -> str:
+    return git.Git.GIT_PYTHON_GIT_EXECUTABLE or "git"
+
+
+def _execute(
+    runner: git.Git,
+    args: Sequence[str],
+    *,
+    stdin: bytes | None,
+    env: Mapping[str, str] | None,
+    timeout: float,
+) -> _Result:
+    """Run one git command (the only place the git transport starts a process).
+
+    GitPython's runner gives the folder and environment; the process is started here
+    rather than by ``Git.execute``, whose timeout is a non-daemon ``threading.Timer``
+    that is cancelled only when the command returns: an exception raised inside the
+    wait (a signal handler's, as ``distribute work`` raises on SIGTERM) left the timer
+    alive, and the interpreter then waited for it at exit, for the whole timeout.  Here
+    any exception kills git and waits for it, and no thread is involved.
+    """
+    command = [_git_executable(), *_CONFIG, *args]
+    environment = dict(os.environ, LANGUAGE="C", LC_ALL="C")
+    environment.update(runner.environment())
+    environment.update(env or {})
+    cwd = runner.working_dir
+    if cwd is not None and not os.access(cwd, os.X_OK):
+        cwd = None
+    try:
+        proc = subprocess.Popen(
+            command, cwd=cwd, env=environment,
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+    except FileNotFoundError as err:
+        raise TransportError("git is not installed or not on PATH") from err
+    with proc:
+        try:
+            stdout, stderr = proc.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            try:
+                stdout, stderr = proc.communicate(timeout=_AFTER_KILL_SECONDS)
+            except subprocess.TimeoutExpired as late:
+                # a child of git (ssh, a remote helper) still holds the pipes: keep what
+                # was read, and do not wait for the child
+                stdout, stderr = late.stdout or b"", late.stderr or b""
+                proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    return _Result(proc.returncode, stdout, stderr.decode("utf-8", "replace").rstrip("\n"))
+
+
+def _failure(what: str, result: _Result, timeout: float, **context: object) -> TransportError:
+    if result.killed:
+        return TransportError(f"{what} timed out after {timeout:g} s", **context)
+    return TransportError(
+        f"{what} failed (exit {result.status}): {_tail(result.stderr)}",
+        status=result.status,
+        stderr=_tail(result.stderr),
+        **context,
+    )
+
+
+def _run_outside(
+    args: Sequence[str], what: str, *, timeout: float, secret: str | None = None
+) -> _Result:
+    """Run a git command that needs no repository (init, clone); ``secret`` is handed to
+    git on request (:mod:`distribute.credentials`), never on its command line."""
+    env = dict(_ENV, **git_env(secret))
+    result = _execute(git.Git(), [*git_options(secret), *args], stdin=None, env=env,
+                      timeout=timeout)
+    if result.status != 0:
+        raise _failure(what, result, timeout)
+    return result
+
+
+def _remote_says(stderr: str, limit: int = 600) -> str:
+    """What a server's hooks explained (the ``remote:`` lines of a push), scrubbed, on
+    one line: a refusal's reason is often there and nowhere else."""
+    lines = []
+    for line in stderr.splitlines():
+        if line.startswith("remote:"):
+            text = line[len("remote:"):].strip()
+            if text and not text.lower().startswith(("resolving deltas", "counting objects")):
+                lines.append(text)
+    return scrub_url(" / ".join(lines))[:limit]

@@ -1,0 +1,407 @@
+"""One git repository on this machine: running git in it, and its objects.
+
+Theory of operation
+-------------------
+:class:`_Repository` is a GitPython ``Repo`` (bare, or with a working tree)
+and the one way git is run in it, :meth:`_Repository.run`: through
+:func:`~distribute.transport.process._execute` (see :mod:`.process` for how),
+with ``GIT_DIR``, ``GIT_WORK_TREE`` and ``GIT_INDEX_FILE`` set explicitly so
+that a stray value in this process's environment cannot redirect a command,
+and with the remote's password, if any, given to git through a credential
+helper (:mod:`distribute.credentials`).  Its refs are read from the ref files
+in this process when they are stored as files.
+
+Local objects
+    A loose object is read here; any other through GitPython's persistent
+    ``cat-file --batch`` (one process per repository, guarded by a lock);
+    trees are walked and edited here.  Commits are written as loose objects
+    here (SHA-1) or with ``hash-object``/``mktree``/``commit-tree`` -- so no
+    index or working tree is touched.  ``merge`` is ``git merge-tree
+    --write-tree`` (git >= 2.38).  Whether one commit descends from another
+    is walked here for a few steps, then asked of
+    ``git merge-base --is-ancestor``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import git
+from git.exc import InvalidGitRepositoryError, NoSuchPathError
+
+from distribute.core.errors import TransportError, UsageError
+from distribute.credentials import git_env, git_options
+from distribute.transport.base import (
+    MergeResult,
+    Oid,
+    check_message,
+    check_oid,
+    check_ref_name,
+)
+from distribute.transport.direct import ObjectStore, read_ref_files, tree_entries
+from distribute.transport.process import (
+    _CONFIG,
+    _ENV,
+    IDENTITY,
+    _execute,
+    _failure,
+    _Result,
+    _run_outside,
+)
+
+__all__ = ["init_bare_repo"]
+
+_EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+
+_MODE_TREE = 0o040000
+_MODE_FILE = 0o100644
+_MODE_EXECUTABLE = 0o100755
+_MODE_SYMLINK = 0o120000
+_MODE_GITLINK = 0o160000
+
+#: commits :meth:`_Repository.is_ancestor` walks in this process before it asks git
+_ANCESTRY_WALK = 64
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    mode: int
+    oid: Oid
+
+    @property
+    def is_tree(self) -> bool:
+        return self.mode == _MODE_TREE
+
+    @property
+    def kind(self) -> str:
+        if self.mode == _MODE_TREE:
+            return "tree"
+        return "commit" if self.mode == _MODE_GITLINK else "blob"
+
+
+def _check_branch(branch: str) -> str:
+    """A short branch name (``jobs/w1/job%20x``) that git accepts and cannot read as an option."""
+    if not isinstance(branch, str) or branch.startswith("-") or branch == "HEAD":
+        raise UsageError(f"{branch!r} is not a valid branch name", branch=branch)
+    check_ref_name("refs/heads/" + branch)
+    return branch
+
+
+def init_bare_repo(
+    path: str | os.PathLike[str], branch: str = "main", *, timeout: float = 60
+) -> Path:
+    """Create an empty bare repository whose ``HEAD`` names ``branch``; return its path.
+
+    Raises:
+        UsageError: ``branch`` is not a valid branch name.
+        TransportError: git failed (for example, ``path`` is not writable).
+    """
+    _check_branch(branch)
+    target = Path(path).absolute()
+    _run_outside(
+        [
+            "init",
+            "--quiet",
+            "--bare",
+            f"--initial-branch={branch}",
+            "--end-of-options",
+            str(target),
+        ],
+        f"git init of {target}",
+        timeout=timeout,
+    )
+    return target
+
+
+class _Repository:
+    """A GitPython ``Repo`` and the one way git is run in it."""
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, timeout: float, secret: str | None = None
+    ) -> None:
+        # the remote's password, if its URL had one: given to the git commands run here
+        # through a credential helper and their environment, never stored or in argv
+        self._auth = git_options(secret)
+        self._auth_env = git_env(secret)
+        try:
+            self._repo = git.Repo(os.fspath(path))
+        except (InvalidGitRepositoryError, NoSuchPathError) as err:
+            raise UsageError(f"{os.fspath(path)} is not a git repository", path=str(path)) from err
+        self.timeout = timeout
+        self.git_dir = Path(self._repo.git_dir).resolve()
+        tree = self._repo.working_tree_dir
+        self.work_tree = Path(tree).resolve() if tree is not None and not self._repo.bare else None
+        env = dict(_ENV, GIT_DIR=str(self.git_dir))
+        if self.work_tree is not None:
+            env.update(GIT_WORK_TREE=str(self.work_tree), GIT_INDEX_FILE=str(self.index_file))
+        self._repo.git.update_environment(**env)
+        self._repo.git.set_persistent_git_options(c=[_CONFIG[1], _CONFIG[3]])
+        self._objects_lock = threading.Lock()
+        with self._repo.config_reader("repository") as config:
+            formats = config.get_value("extensions", "objectformat", "sha1")
+            storage = config.get_value("extensions", "refstorage", "files")
+        self.sha1 = str(formats).lower() == "sha1"
+        self.ref_storage = str(storage).lower()
+        # GitPython's own object database starts `git hash-object` for every write
+        self._store_view: ObjectStore | None = None
+
+    @property
+    def index_file(self) -> Path:
+        return self.git_dir / "index"
+
+    def run(
+        self,
+        args: Sequence[str],
+        *,
+        stdin: bytes | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> _Result:
+        if self._auth:
+            args = [*self._auth, *args]
+            env = {**self._auth_env, **(env or {})}
+        return _execute(self._repo.git, args, stdin=stdin, env=env, timeout=timeout or self.timeout)
+
+    def check(
+        self,
+        args: Sequence[str],
+        what: str,
+        *,
+        stdin: bytes | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> bytes:
+        """Run ``args``; return standard output, raise ``TransportError`` on failure."""
+        result = self.run(args, stdin=stdin, env=env)
+        if result.status != 0:
+            raise _failure(what, result, self.timeout)
+        return result.stdout
+
+    def close(self) -> None:
+        self._repo.git.clear_cache()
+
+    # ---- refs ---------------------------------------------------------------------
+    def read_refs(self, names: Sequence[str]) -> dict[str, Oid] | None:
+        """Values of the refs ``names`` and of those below them, read from the ref files
+        in this process (no ``git for-each-ref``); ``None`` when the refs are not stored
+        as files (a reftable repository): ask git then."""
+        if self.ref_storage != "files":
+            return None
+        return read_ref_files(Path(self._repo.common_dir), names)
+
+    def set_config(self, section: str, option: str, value: str) -> None:
+        """Write one value into the repository's own configuration file.
+
+        Through ``git config``, which writes a new file and renames it into place: a
+        process killed meanwhile leaves the old file whole (GitPython's writer rewrites
+        the file in place, and a kill there left a copy with no remote at all)."""
+        self.check(["config", "--file", str(self.git_dir / "config"), "--end-of-options",
+                    f"{section}.{option}", value], "git config")
+
+    def objects(self) -> ObjectStore:
+        """This repository's object store, for copying objects in this process."""
+        if self._store_view is None:
+            self._store_view = ObjectStore(Path(self._repo.common_dir) / "objects")
+        return self._store_view
+
+    def config_value(self, section: str, option: str) -> str | None:
+        """One value of the repository's own configuration file (read here, no git);
+        ``section`` as GitPython names it (``remote "origin"``)."""
+        with self._repo.config_reader("repository") as config:
+            if not config.has_option(section, option):
+                return None
+            return str(config.get_value(section, option))
+
+    # ---- objects -----------------------------------------------------------------
+    def read_object(self, oid: Oid) -> tuple[str, bytes]:
+        """Type and contents of ``oid``: a loose object is read here (most objects a worker
+        reads were just written or fetched, so they are loose), any other from the
+        persistent ``cat-file --batch``, which costs a round trip to another process."""
+        check_oid(oid)
+        if self.sha1:
+            loose = self.objects().read_loose(oid)
+            if loose is not None:
+                return loose
+        with self._objects_lock:
+            for attempt in (1, 2):
+                try:
+                    _, kind, _, data = self._repo.git.get_object_data(oid)
+                    return kind.decode("ascii") if isinstance(kind, bytes) else kind, data
+                except ValueError as err:  # cat-file answered "<oid> missing"
+                    raise TransportError(
+                        f"object {oid} is not in the local repository (fetch it first)", oid=oid
+                    ) from err
+                except (OSError, git.GitCommandError) as err:
+                    self._repo.git.clear_cache()
+                    if attempt == 2:
+                        raise TransportError(f"git cat-file failed: {err}", oid=oid) from err
+        raise AssertionError("unreachable")
+
+    def commit_tree(self, commit: Oid) -> Oid:
+        kind, data = self.read_object(check_oid(commit))
+        if kind != "commit" or not data.startswith(b"tree "):
+            raise TransportError(f"{commit} is a {kind}, not a commit", oid=commit)
+        return data[5 : data.index(b"\n")].decode("ascii")
+
+    def tree_entries(self, tree: Oid) -> dict[bytes, _Entry]:
+        kind, data = self.read_object(tree)
+        if kind != "tree":
+            raise TransportError(f"{tree} is a {kind}, not a tree", oid=tree)
+        parsed = tree_entries(data, len(tree) // 2)
+        return {name: _Entry(mode, oid) for name, (mode, oid) in parsed.items()}
+
+    def _store(self, kind: str, data: bytes) -> Oid:
+        """Write one loose object in this process (gitdb), without starting git: what git
+        itself would write.  Only for SHA-1 repositories."""
+        return self.objects().put(kind, data)
+
+    def write_blobs(self, contents: Sequence[bytes]) -> list[Oid]:
+        """Write blobs (no filters); return their ids in order."""
+        if not contents:
+            return []
+        if self.sha1:
+            return [self._store("blob", data) for data in contents]
+        with tempfile.TemporaryDirectory(prefix="distribute-blobs-") as scratch:
+            paths = []
+            for number, data in enumerate(contents):
+                path = Path(scratch) / str(number)
+                path.write_bytes(data)
+                paths.append(str(path))
+            out = self.check(["hash-object", "-w", "--no-filters", "--", *paths], "git hash-object")
+        oids = out.decode("ascii").split()
+        if len(oids) != len(contents):
+            raise TransportError("git hash-object returned the wrong number of ids")
+        return oids
+
+    def write_tree(self, entries: Mapping[bytes, _Entry]) -> Oid:
+        if self.sha1:
+            # git orders entries by name, a tree's name as if it ended in "/"
+            def order(item: tuple[bytes, _Entry]) -> bytes:
+                return item[0] + b"/" if item[1].is_tree else item[0]
+
+            body = b"".join(
+                b"%o %s\0" % (entry.mode, name) + bytes.fromhex(entry.oid)
+                for name, entry in sorted(entries.items(), key=order)
+            )
+            return self._store("tree", body)
+        lines = b"".join(
+            b"%06o %s %s\t%s\0" % (entry.mode, entry.kind.encode(), entry.oid.encode(), name)
+            for name, entry in entries.items()
+        )
+        return self.check(["mktree", "-z", "--missing"], "git mktree", stdin=lines).decode().strip()
+
+    def write_commit(self, tree: Oid, parents: Sequence[Oid], message: str) -> Oid:
+        text = check_message(message)
+        if self.sha1:
+            stamp = f"{IDENTITY[0]} <{IDENTITY[1]}> {int(time.time())} +0000"
+            head = [f"tree {check_oid(tree)}"]
+            head += [f"parent {check_oid(parent)}" for parent in parents]
+            head += [f"author {stamp}", f"committer {stamp}"]
+            return self._store("commit", ("\n".join(head) + "\n\n" + text).encode("utf-8"))
+        args = ["commit-tree", "--no-gpg-sign"]
+        for parent in parents:
+            args += ["-p", check_oid(parent)]
+        args.append(check_oid(tree))
+        out = self.check(args, "git commit-tree", stdin=check_message(message).encode("utf-8"))
+        return out.decode("ascii").strip()
+
+    def edit_tree(
+        self, tree: Oid | None, changes: Mapping[tuple[bytes, ...], Oid | None], where: bytes
+    ) -> Oid | None:
+        """Apply ``changes`` (path parts -> blob id, ``None`` deletes) below ``tree``.
+
+        Returns the new tree's id, or ``None`` when it ends up empty.
+        """
+        entries = self.tree_entries(tree) if tree is not None else {}
+        files: dict[bytes, Oid | None] = {}
+        below: dict[bytes, dict[tuple[bytes, ...], Oid | None]] = {}
+        for parts, blob in changes.items():
+            if len(parts) == 1:
+                files[parts[0]] = blob
+            else:
+                below.setdefault(parts[0], {})[parts[1:]] = blob
+        for name, blob in files.items():
+            current = entries.get(name)
+            if blob is None:
+                if current is not None and not current.is_tree:
+                    del entries[name]
+                continue
+            if name in below or (current is not None and current.is_tree):
+                raise _clash(where + name)
+            keep = current is not None and current.mode in (_MODE_FILE, _MODE_EXECUTABLE)
+            entries[name] = _Entry(current.mode if keep and current else _MODE_FILE, blob)
+        for name, sub in below.items():
+            current = entries.get(name)
+            if current is not None and not current.is_tree:
+                raise _clash(where + name)
+            subtree = self.edit_tree(current.oid if current else None, sub, where + name + b"/")
+            if subtree is None:
+                entries.pop(name, None)
+            else:
+                entries[name] = _Entry(_MODE_TREE, subtree)
+        if not entries:
+            return None
+        return self.write_tree(entries)
+
+    def merge(self, ours: Oid, theirs: Oid) -> MergeResult:
+        """``git merge-tree --write-tree``: a clean merged tree, or the conflicting paths.
+
+        Unrelated histories merge against an empty tree.
+        """
+        args = ["merge-tree", "--write-tree", "--name-only", "-z", "--no-messages"]
+        args += ["--allow-unrelated-histories", check_oid(ours), check_oid(theirs)]
+        result = self.run(args)
+        fields = result.stdout.split(b"\0")
+        if result.status == 0:
+            return MergeResult(fields[0].decode("ascii"))
+        if result.status == 1:
+            conflicts: set[str] = set()
+            for field in fields[1:]:
+                if not field:
+                    break
+                conflicts.add(field.decode("utf-8", errors="surrogateescape"))
+            return MergeResult(None, tuple(sorted(conflicts)))
+        raise _failure("git merge-tree", result, self.timeout)
+
+    def is_ancestor(self, ancestor: Oid, descendant: Oid) -> bool:
+        """Is ``ancestor`` reachable from ``descendant``?  Usually a few steps back, so the
+        history is walked here first (through the open ``cat-file``); a longer walk, or a
+        commit not in the local store, is left to ``git merge-base --is-ancestor``."""
+        check_oid(ancestor)
+        check_oid(descendant)
+        if ancestor == descendant:
+            return True
+        seen, frontier = {descendant}, [descendant]
+        with contextlib.suppress(TransportError):
+            while frontier and len(seen) <= _ANCESTRY_WALK:
+                kind, data = self.read_object(frontier.pop(0))
+                if kind != "commit":
+                    break
+                for line in data.split(b"\n\n", 1)[0].split(b"\n"):
+                    if not line.startswith(b"parent "):
+                        continue
+                    parent = line[7:].decode("ascii")
+                    if parent == ancestor:
+                        return True
+                    if parent not in seen:
+                        seen.add(parent)
+                        frontier.append(parent)
+            else:
+                if not frontier:
+                    return False  # the whole history was walked
+        args = ["merge-base", "--is-ancestor", ancestor, descendant]
+        result = self.run(args)
+        if result.status in (0, 1):
+            return result.status == 0
+        raise _failure("git merge-base --is-ancestor", result, self.timeout)
+
+
+def _clash(path: bytes) -> UsageError:
+    text = path.decode("utf-8", errors="replace")
+    return UsageError(f"{text!r} would be both a file and a directory", path=text)
