@@ -57,9 +57,13 @@ _PACKED_REFS_BUSY = "packed-refs.lock': File exists"
 _LOCK_FILE = re.compile(r"Unable to create '([^']+\.lock)': File exists")
 #: A ref lock this old (or twice the git timeout) is taken for one a dead git left.
 _STALE_LOCK_SECONDS = 120.0
-#: One in this many direct ref updates runs ``git gc --auto`` in the remote (as receive-pack
-#: does after every push; it packs loose objects once there are enough of them).
+#: One in this many direct ref updates looks after the remote's objects (see
+#: :meth:`_DirectRemote.housekeeping`), as receive-pack runs ``git gc --auto`` after a push.
 _GC_EVERY = 100
+#: Loose objects (git's own ``gc.auto`` default) past which the remote is packed.
+_LOOSE_LIMIT = 6700
+#: Packs past which they are packed into one (git's ``gc.autoPackLimit`` default).
+_PACK_LIMIT = 50
 #: A process's own working directory, wherever it has moved (Linux).  git makes the path
 #: of every lock file absolute when it takes the lock, and prefers ``$PWD`` to
 #: ``getcwd()`` for that when both are the same folder; given this, a ref's lock, and its
@@ -85,6 +89,31 @@ class _DirectRemote:
     def check(self) -> None:
         """``TransportError`` unless the path still leads to the repository first found there."""
         self.folder.check()
+
+    def housekeeping(self) -> bool:
+        """Pack the remote when loose objects or packs pile up; return whether it did.
+
+        ``git gc --auto`` is not enough here: the objects of a lost race (written
+        before the compare-and-swap) are unreachable and younger than git's prune
+        expiry, so they stay loose; once they pass ``gc.auto`` git warns in
+        ``gc.log`` and then refuses to run automatically for a day, while the remote
+        grows.  ``git gc --cruft`` puts them in a cruft pack instead (pruned when
+        they expire, as usual), so the remote stays packed.  Objects written a moment
+        ago by a writer whose update is still to come are kept, as git always does.
+        """
+        counts: dict[str, int] = {}
+        listing = self.run(["count-objects", "-v"]).stdout.decode("ascii", "replace")
+        for line in listing.splitlines():
+            key, _, value = line.partition(": ")
+            if value.strip().isdigit():
+                counts[key] = int(value)
+        if counts.get("count", 0) <= _LOOSE_LIMIT and counts.get("packs", 0) <= _PACK_LIMIT:
+            return False
+        (self.git_dir / "gc.log").unlink(missing_ok=True)
+        result = self.run(["gc", "--cruft", "--quiet"])
+        if result.status != 0:
+            raise _failure(f"git gc in {self.git_dir}", result, self.timeout)
+        return True
 
     def run(self, args: Sequence[str], *, stdin: bytes | None = None) -> _Result:
         """Run git in the remote, once it is checked to be still there.
@@ -192,10 +221,9 @@ class _DirectRemote:
         result = self.run(["update-ref", "--stdin", "-z"], stdin=commands)
         if result.status == 0:
             if random.random() < 1 / _GC_EVERY:  # however short-lived the transports
-                # what receive-pack does after a push; the update stands even if the
-                # folder went away meanwhile
+                # the update stands even if the folder went away meanwhile
                 with contextlib.suppress(TransportError):
-                    self.run(["gc", "--auto", "--quiet"])
+                    self.housekeeping()
             return True
         if result.killed:
             try:

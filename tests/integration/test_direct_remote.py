@@ -936,3 +936,34 @@ def test_a_new_packed_refs_file_is_read_again(bare_remote: Path, run_git: RunGit
     fresh.write_text(text)
     fresh.replace(packed)
     assert read_ref_files(bare_remote, ["refs/distribute/b"]) == {"refs/distribute/b": other}
+
+
+def test_the_remote_stays_packed_when_lost_races_leave_objects_behind(
+    bare_remote: Path, clone: Callable[[str, str], GitTransport], run_git: RunGit,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Objects of lost races are unreachable and young: ``git gc --auto`` leaves them loose,
+    then warns in ``gc.log`` and stops running for a day while the remote grows.  The
+    direct path's housekeeping packs them into a cruft pack instead."""
+    import distribute.transport.direct_remote as direct_remote_module
+
+    monkeypatch.setattr(direct_remote_module, "_GC_EVERY", 1)
+    monkeypatch.setattr(direct_remote_module, "_LOOSE_LIMIT", 40)
+    blobs = "".join(f"what a lost race wrote {i}\n" for i in range(120))
+    for line in blobs.splitlines():
+        run_git("--git-dir", bare_remote, "hash-object", "-w", "--stdin",
+                input=(line + "\n").encode())
+    (bare_remote / "gc.log").write_text("warning: There are too many unreachable loose objects\n")
+    t = clone(str(bare_remote), "w")
+    assert t._direct is not None
+    main = t.fetch([MAIN])[MAIN]
+    assert t.push([RefUpdate(MAIN, main, child(t, main, "x", x=b"1"))])
+    counts = dict(line.split(": ") for line in
+                  run_git("--git-dir", bare_remote, "count-objects", "-v").splitlines())
+    assert int(counts["count"]) < 40, counts
+    assert not (bare_remote / "gc.log").exists()
+    assert list((bare_remote / "objects" / "pack").glob("*.mtimes")), "no cruft pack"
+    # the unreachable objects are kept (young), only packed
+    one = run_git("--git-dir", bare_remote, "hash-object", "--stdin",
+                  input=b"what a lost race wrote 7\n")
+    assert run_git("--git-dir", bare_remote, "cat-file", "-t", one) == "blob"
