@@ -221,24 +221,28 @@ def read_ref_files(common: Path, names: Sequence[str]) -> dict[str, Oid]:
     return found
 
 
-#: the last parse of each ``packed-refs`` file, by path: (its identity, sorted names, values)
-_PACKED: dict[str, tuple[tuple[int, ...], list[str], dict[str, Oid]]] = {}
+#: the last parse of each ``packed-refs`` file, by path: (its text, sorted names, values)
+_PACKED: dict[str, tuple[bytes, list[str], dict[str, Oid]]] = {}
 
 
 def _packed_refs(path: str) -> tuple[list[str], dict[str, Oid]]:
-    """The refs of a ``packed-refs`` file, sorted, and their values; parsed once per
-    version of the file.  git replaces the file by renaming a new one over it, so a new
-    version has a new inode; with size and modification time that names a version."""
+    """The refs of a ``packed-refs`` file, sorted, and their values.
+
+    The file is read every time (one read of a few hundred kilobytes at most) and parsed
+    only when its text differs from the last one parsed.  Its identity on disk is no
+    guide: file times are coarse (many writes share one time stamp) and a rewritten
+    file can get a freed inode back with the same size, so a cache keyed by ``stat``
+    returned an old ``main`` for ever once git packed the refs (seen in the simulator:
+    every push was refused against a value the remote no longer held).
+    """
     try:
         with open(path, "rb") as handle:
-            st = os.fstat(handle.fileno())
-            key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-            cached = _PACKED.get(path)
-            if cached is not None and cached[0] == key:
-                return cached[1], cached[2]
             packed = handle.read()
     except FileNotFoundError:
         return [], {}
+    cached = _PACKED.get(path)
+    if cached is not None and cached[0] == packed:
+        return cached[1], cached[2]
     oids: dict[str, Oid] = {}
     for line in packed.decode("utf-8", errors="surrogateescape").splitlines():
         if line and line[0] not in "#^":
@@ -248,7 +252,7 @@ def _packed_refs(path: str) -> tuple[list[str], dict[str, Oid]]:
     ordered = sorted(oids)
     if len(_PACKED) > 64:
         _PACKED.clear()
-    _PACKED[path] = (key, ordered, oids)
+    _PACKED[path] = (packed, ordered, oids)
     return ordered, oids
 
 

@@ -12,6 +12,7 @@ What happens when the remote's folder is moved away or replaced while workers us
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import threading
@@ -936,6 +937,15 @@ def test_a_new_packed_refs_file_is_read_again(bare_remote: Path, run_git: RunGit
     fresh.write_text(text)
     fresh.replace(packed)
     assert read_ref_files(bare_remote, ["refs/distribute/b"]) == {"refs/distribute/b": other}
+    # a version with the same inode, size and time stamp as one read before: file times
+    # are coarse and inodes are reused, so nothing about the file but its text tells
+    before = packed.stat()
+    packed.write_text(text.replace(f"{other} refs/distribute/b", f"{main} refs/distribute/b"))
+    os.utime(packed, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = packed.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino, before.st_size, before.st_mtime_ns)
+    assert read_ref_files(bare_remote, ["refs/distribute/b"]) == {"refs/distribute/b": main}
 
 
 def test_the_remote_stays_packed_when_lost_races_leave_objects_behind(
