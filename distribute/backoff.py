@@ -51,21 +51,32 @@ def retry_transport(
     clock: Callable[[], float],
     sleep: Callable[[float], None],
     failed: str,
+    answered: Callable[[], int] | None = None,
 ) -> T:
     """Run ``step``; while it raises :class:`TransportError` (nothing was sent, or the
     remote did not answer), wait the next ``backoff`` delay and run it again, for at most
     ``seconds`` by ``clock``.  Then raise ``TransportError("<failed> for N s: <why>")``.
 
+    ``answered``: a count of the remote's answers (a refused push is one).  When it grew
+    since the last failure the remote was reachable meanwhile, so the failures start
+    counting again: a step that kept losing races for a while and then met one
+    transient error is retried, not given up as "unreachable for N s".
+
     :class:`OutcomeUnknown` is never retried here: a push whose answer was lost may
     have landed, and only its caller knows how to find out.
     """
     deadline = clock() + seconds
+    heard = answered() if answered is not None else 0
     while True:
         try:
             return step()
         except OutcomeUnknown:
             raise
         except TransportError as err:
+            if answered is not None and answered() != heard:
+                heard = answered()
+                deadline = clock() + seconds
+                backoff.reset()
             if clock() >= deadline:
                 why = scrub_url(str(err))
                 raise TransportError(f"{failed} for {seconds:.0f} s: {why}") from None

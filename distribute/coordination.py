@@ -126,6 +126,9 @@ class Stats:
     takeovers: int = 0
     renewals: int = 0
     fetches: int = 0
+    #: fetches, looks and pushes the remote answered (a refused push is an answer): a
+    #: retry loop that sees this grow knows the remote is reachable, whatever failed
+    answers: int = 0
     extra: dict[str, int] = field(default_factory=dict)
 
     def count(self, name: str) -> None:
@@ -228,6 +231,7 @@ class Coordinator:
         except OutcomeUnknown:
             self.stats.unknown_outcomes += 1
             ok = self.resolve_unknown(updates)
+        self.stats.answers += 1
         if not ok:
             self.stats.lost_races += 1
         return ok
@@ -262,6 +266,7 @@ class Coordinator:
         with self.mutex:
             values = self.transport.fetch([self.main_ref, LOCK_REF, WORKERS_PREFIX + "*"])
             self.stats.fetches += 1
+            self.stats.answers += 1
             now = self.clock()
             main = values.get(self.main_ref)
             if main is None:
@@ -371,6 +376,7 @@ class Coordinator:
         with self.mutex:
             values = self.transport.list_refs("refs/distribute/")
             self.stats.count("peeks")
+            self.stats.answers += 1
             self.watch.observe(LOCK_REF, values.get(LOCK_REF), self.clock())
             return values
 

@@ -62,3 +62,41 @@ def test_an_unknown_outcome_is_never_retried():
     with pytest.raises(OutcomeUnknown):
         run(step, clock)
     assert calls == [1] and clock.slept == []
+
+
+def test_failures_count_from_the_last_answer_of_the_remote():
+    """A step that kept losing races (the remote answered) for longer than the retry
+    window and then met one transient error is retried: the remote was reachable."""
+    clock = Clock()
+    answers = [0]
+    calls = []
+
+    def step():
+        calls.append(clock.now)
+        if len(calls) == 1:
+            clock.now += 25.0  # 25 s of refused pushes: answers from the remote
+            answers[0] += 40
+            raise TransportError("one transient error")
+        if len(calls) == 2:
+            clock.now += 25.0
+            answers[0] += 40
+            raise TransportError("another, much later")
+        return "landed"
+
+    result = retry_transport(step, seconds=10.0, backoff=Backoff(0.5, 2.0, random.Random(1)),
+                             clock=lambda: clock.now, sleep=clock.sleep, failed="finishing",
+                             answered=lambda: answers[0])
+    assert result == "landed" and len(calls) == 3
+
+
+def test_without_answers_the_window_still_closes():
+    clock = Clock()
+
+    def step():
+        clock.now += 4.0  # a slow failure, with no answer from the remote
+        raise TransportError("connection timed out")
+
+    with pytest.raises(TransportError, match="finishing for 10 s"):
+        retry_transport(step, seconds=10.0, backoff=Backoff(0.5, 2.0, random.Random(1)),
+                        clock=lambda: clock.now, sleep=clock.sleep, failed="finishing",
+                        answered=lambda: 0)
