@@ -16,8 +16,11 @@ usage.
 
 Profiles (2 cores; scale down ``--workers`` on smaller machines)::
 
-    # the integration test's profile, ~30 s
-    python -m sim --workers 6 --jobs 60 --lease 1.5 --kill-rate 0.3 --pause-rate 0.2 --seed 1
+    # the default profile: 8 workers, 80 jobs, every fault; ~20-35 s
+    python -m sim
+
+    # the integration test's profile (tests/integration/test_sim.py), ~20 s
+    python -m sim --workers 6 --jobs 40 --lease 1.5 --job-seconds 0.4 --seed 20241126
 
     # mid-sized: every fault at once, over git daemon
     python -m sim --workers 12 --jobs 300 --lease 2 --kill-rate 0.3 --pause-rate 0.2 \\

@@ -6,13 +6,34 @@ import argparse
 import json
 import random
 import sys
+import textwrap
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from .coverage import COVERAGE, EXIT_NOT_ENOUGH_COVERAGE
 from .report import print_report, summary, write_timeline
 from .runner import SimConfig, run
+
+COVERAGE_NOTE = textwrap.fill(
+    "coverage: every run counts, from its journals, how often each fault and each interesting "
+    f"event happened ({', '.join(i.name for i in COVERAGE)}), and prints them as a table (and "
+    "under coverage in --json).  The minimums are stated in one table, COVERAGE in "
+    "sim/coverage.py, for the default profile; they are scaled down for smaller runs and "
+    "lower rates, and an item whose faults are switched off is not required.", width=88)
+
+EPILOG = f"""\
+exit status:
+  0  every guarantee held and the run reached its coverage minimums
+  1  the checker found a violation (the command that repeats the run is printed)
+  2  bad usage
+  {EXIT_NOT_ENOUGH_COVERAGE}  not enough coverage: every guarantee held, but the run saw fewer
+     faults or events than sim/coverage.py asks of a run with its settings; the
+     message names each count that fell short and by how much
+
+{COVERAGE_NOTE}
+"""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -20,6 +41,7 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m sim",
         description="Simulate many Distribute workers against one remote, with faults, "
         "and check the protocol's guarantees (docs/protocol.md) on the history.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     d = SimConfig()
     p.add_argument("--workers", type=int, default=d.workers, help="worker processes")
@@ -41,11 +63,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lease", type=float, default=d.lease, help="lease period in seconds")
     p.add_argument("--poll", type=float, default=d.poll, help="first lock polling delay")
     p.add_argument("--max-attempts", type=int, default=d.max_attempts)
-    p.add_argument("--kill-rate", type=float, default=0.0, help="kill -9 per second (fleet)")
-    p.add_argument("--pause-rate", type=float, default=0.0, help="SIGSTOP per second (fleet)")
-    p.add_argument("--push-fail-rate", type=float, default=0.0,
+    p.add_argument("--kill-rate", type=float, default=d.kill_rate,
+                   help="kill -9 per second (fleet); 0: none")
+    p.add_argument("--pause-rate", type=float, default=d.pause_rate,
+                   help="SIGSTOP per second (fleet); 0: none")
+    p.add_argument("--push-fail-rate", type=float, default=d.push_fail_rate,
                    help="probability a push fails before sending")
-    p.add_argument("--unknown-rate", type=float, default=0.0,
+    p.add_argument("--unknown-rate", type=float, default=d.unknown_rate,
                    help="probability a push's outcome is unknown")
     p.add_argument("--latency", type=float, default=0.0,
                    help="mean seconds added to each fetch and push")
@@ -53,6 +77,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--clock-skew", type=float, default=d.clock_skew, metavar="SECONDS",
                    help="each worker's wall clock is off by up to this much either way and "
                    "drifts up to 5%% (0: the real clock)")
+    p.add_argument("--min-coverage", default=d.min_coverage, metavar="auto|off|NAME=N,...",
+                   help="the coverage minimums: auto (sim/coverage.py, scaled to the run), "
+                   "off (count, but require nothing), or NAME=N,... to require those counts "
+                   "instead of the table's")
+    p.add_argument("--max-faults", type=int, default=d.max_faults, metavar="N",
+                   help="at most N kills and N pauses in the run (0: no cap), so that a "
+                   "loaded machine, where restarts are slow, still finishes")
+    p.add_argument("--no-faults", action="store_true",
+                   help="shorthand for --kill-rate 0 --pause-rate 0 --push-fail-rate 0 "
+                   "--unknown-rate 0")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--out", default="", metavar="DIR", help="write journals, SVG and summary here")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no table")
@@ -61,19 +95,24 @@ def parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**6)
-    return SimConfig(
+    config = SimConfig(
         workers=args.workers, jobs=args.jobs, next_job_func=args.next_job_func,
         job_func=args.job_func, job_seconds=args.job_seconds, job_fail_rate=args.job_fail_rate,
         seed=seed, duration=args.duration, remote=args.remote, keep=args.keep, lease=args.lease,
         poll=args.poll, max_attempts=args.max_attempts, kill_rate=args.kill_rate,
         pause_rate=args.pause_rate, push_fail_rate=args.push_fail_rate,
         unknown_rate=args.unknown_rate, latency=args.latency, lie_rate=args.lie_rate,
-        out=args.out, clock_skew=args.clock_skew,
+        out=args.out, clock_skew=args.clock_skew, min_coverage=args.min_coverage,
+        max_faults=args.max_faults,
     )
+    if args.no_faults:
+        config.kill_rate = config.pause_rate = config.push_fail_rate = config.unknown_rate = 0.0
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the simulator; return the exit status (0 ok, 1 violations, 2 usage)."""
+    """Run the simulator; return the exit status (0 ok, 1 violations, 2 usage, 3 not enough
+    coverage)."""
     args = parser().parse_args(argv)
     config = config_from_args(args)
     try:
@@ -121,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
             for v in outcome.result.violations[:20]:
                 print(f"{v.rule}: {v.message}", file=sys.stderr)
         return 1
+    if not outcome.coverage.ok:
+        err.print(f"[red]{outcome.coverage.message()}[/red]; seed {config.seed}; reproduce "
+                  f"with:\n  {config.command()}", soft_wrap=True, highlight=False)
+        return EXIT_NOT_ENOUGH_COVERAGE
     return 0
 
 

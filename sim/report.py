@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .checker import RULES, CheckResult, Holding, proc_key
+from .coverage import table_rows
 
 if TYPE_CHECKING:
     from .runner import RunOutcome
@@ -41,13 +42,15 @@ def summary(outcome: RunOutcome) -> dict[str, Any]:
     """The ``--json`` summary: settings, figures, violations and how to repeat the run."""
     result = outcome.result
     return {
-        "ok": result.ok,
+        "ok": result.ok and outcome.coverage.ok,
+        "verdict": outcome.verdict,
         "seed": outcome.config.seed,
         "command": outcome.config.command(),
         "config": asdict(outcome.config),
         "figures": result.stats,
         "violations": [v.to_dict() for v in result.violations],
         "violations_by_rule": result.by_rule(),
+        "coverage": outcome.coverage.to_dict(),
         "timed_out": outcome.timed_out,
         "workdir": str(outcome.workdir) if outcome.kept else None,
         "journal": str(outcome.journal_dir) if outcome.kept or outcome.config.out else None,
@@ -89,6 +92,9 @@ def print_report(outcome: RunOutcome, console: Console) -> None:
     for name, value in rows:
         table.add_row(name, str(value))
     console.print(table)
+    console.print(coverage_table(outcome))
+    if not outcome.coverage.ok:
+        console.print(f"[red]{outcome.coverage.message()}[/red]", soft_wrap=True)
     if outcome.result.violations:
         vt = Table(title="violations", show_header=True, header_style="bold red")
         vt.add_column("rule")
@@ -100,6 +106,21 @@ def print_report(outcome: RunOutcome, console: Console) -> None:
         console.print(vt)
         for rule in sorted(outcome.result.by_rule()):
             console.print(f"[red]{rule}[/red]: {RULES[rule]}")
+
+
+def coverage_table(outcome: RunOutcome) -> Table:
+    """How often each fault and event happened, against its minimum (sim/coverage.py)."""
+    coverage = outcome.coverage
+    title = "fault coverage" + ("" if coverage.checked else " (minimums off)")
+    table = Table(title=title, show_header=True)
+    table.add_column("fault or event")
+    table.add_column("count", justify="right")
+    table.add_column("minimum", justify="right")
+    table.add_column("")
+    for name, got, need, verdict in table_rows(coverage):
+        style = "red" if verdict.startswith("SHORT") else None
+        table.add_row(name, str(got), need, verdict, style=style)
+    return table
 
 
 # ---- the timeline ---------------------------------------------------------------------
@@ -248,4 +269,11 @@ def write_timeline(path: Path, outcome: RunOutcome) -> Path:
     return path
 
 
-__all__ = ["CheckResult", "print_report", "summary", "timeline_svg", "write_timeline"]
+__all__ = [
+    "CheckResult",
+    "coverage_table",
+    "print_report",
+    "summary",
+    "timeline_svg",
+    "write_timeline",
+]

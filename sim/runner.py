@@ -8,8 +8,11 @@ Theory of operation
 then loops -- at most until the duration cap -- reaping processes and
 injecting faults drawn from one seeded :class:`random.Random`:
 
-* kill: ``SIGKILL`` a running worker, then restart it after a short delay
-  with the same name and local copy (a new *life*, a new journal file);
+* kill: ``SIGKILL`` a running worker process (not the git commands it started),
+  then restart it after a short delay
+  with the same name and local copy (a new *life*, a new journal file); four
+  kills in five only hit a worker whose current life has opened its Worker,
+  so that slow restarts on a loaded machine cannot starve the fleet;
 * pause: ``SIGSTOP`` a running worker for 1.5 to 3 leases, then ``SIGCONT``.
 
 Each worker life also gets a wall clock of its own (``--clock-skew``): its
@@ -45,6 +48,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .checker import CheckResult, check, proc_key
+from .coverage import Coverage, check_spec, count, evaluate
 from .journal import Journal, read_journals
 from .worker import CLONED_SUFFIX, RESULT_FILE, WorkerConfig
 
@@ -58,6 +62,8 @@ Progress = Callable[[int, "int | None", dict[str, int]], None]
 MAX_CLOCK_SKEW = 86400.0
 #: How far a worker's wall clock may run fast or slow (``--clock-skew`` above zero).
 MAX_CLOCK_DRIFT = 0.05
+#: The share of kills that may hit a process still starting (see ``_Fleet.kill_targets``).
+STARTUP_KILL_SHARE = 0.2
 
 
 @dataclass(slots=True)
@@ -68,7 +74,7 @@ class SimConfig:
     jobs: int = 80
     next_job_func: str = ""
     job_func: str = ""
-    job_seconds: float = 0.05
+    job_seconds: float = 0.3
     job_fail_rate: float = 0.0
     seed: int = 0
     duration: float = 120.0
@@ -77,15 +83,23 @@ class SimConfig:
     lease: float = 2.0
     poll: float = 0.05
     max_attempts: int = 50
-    kill_rate: float = 0.0
-    pause_rate: float = 0.0
-    push_fail_rate: float = 0.0
-    unknown_rate: float = 0.0
+    # the default profile injects every fault (see sim.coverage.REFERENCE)
+    kill_rate: float = 0.6
+    pause_rate: float = 0.6
+    push_fail_rate: float = 0.05
+    unknown_rate: float = 0.08
     latency: float = 0.0
     lie_rate: float = 0.0
     out: str = ""
     restart_delay: float = 0.3
     clock_skew: float = 600.0
+    #: ``auto`` (the minimums of sim.coverage, scaled to this run), ``off``, or
+    #: ``NAME=N,...``: those minimums instead of the table's
+    min_coverage: str = "auto"
+    #: at most this many kills and this many pauses in a run (0: no cap).  Faults come at
+    #: a rate per second while progress comes with CPU time: on a loaded machine an
+    #: uncapped rate can restart workers faster than they get work done.
+    max_faults: int = 40
 
     def validate(self) -> None:
         if self.workers < 1 or self.jobs < 0 or self.duration <= 0 or self.lease <= 0:
@@ -95,8 +109,11 @@ class SimConfig:
         rates = (self.push_fail_rate, self.unknown_rate, self.lie_rate, self.job_fail_rate)
         if any(not 0 <= r <= 1 for r in rates) or self.kill_rate < 0 or self.pause_rate < 0:
             raise ValueError("fault rates must be >= 0 (push and job rates at most 1)")
+        if self.max_faults < 0:
+            raise ValueError("--max-faults must be >= 0 (0: no cap)")
         if not 0 <= self.clock_skew <= MAX_CLOCK_SKEW:
             raise ValueError(f"--clock-skew must be between 0 and {MAX_CLOCK_SKEW:g} seconds")
+        check_spec(self.min_coverage)
 
     @property
     def queue(self) -> list[str]:
@@ -107,10 +124,7 @@ class SimConfig:
         defaults = SimConfig()
         args = ["python", "-m", "sim"]
         for name, value in asdict(self).items():
-            if name in ("keep", "out") or value == getattr(defaults, name):
-                continue
-            if name not in ("workers", "jobs", "seed", "lease", "duration", "clock_skew") \
-                    and not value:
+            if name in ("keep", "out", "restart_delay") or value == getattr(defaults, name):
                 continue
             args += [f"--{name.replace('_', '-')}", str(value)]
         if "--seed" not in args:
@@ -148,10 +162,20 @@ class RunOutcome:
     kept: bool
     expected_jobs: list[str] | None = None
     notes: list[str] = field(default_factory=list)
+    coverage: Coverage = field(default_factory=lambda: Coverage({}, {}, checked=False))
 
     @property
     def ok(self) -> bool:
+        """The checker found no violation (coverage aside: see :attr:`verdict`)."""
         return self.result.ok
+
+    @property
+    def verdict(self) -> str:
+        """``ok``, ``violations``, or ``not enough coverage`` (guarantees kept, but the run
+        saw fewer faults or events than :mod:`sim.coverage` asks for)."""
+        if not self.result.ok:
+            return "violations"
+        return "ok" if self.coverage.ok else "not enough coverage"
 
 
 def git(git_dir: Path, *args: str, check: bool = True, timeout: float = 120) -> str:
@@ -205,6 +229,18 @@ def git_daemon(base: Path, log: Path) -> Any:
             yield f"git://127.0.0.1:{port}"
         finally:
             _kill_group(proc)
+
+
+def _kill_worker(proc: subprocess.Popen[bytes]) -> None:
+    """``kill -9`` of the worker process alone, as a user or the OOM killer does it: a git
+    command it started finishes what it began (a push may land after its worker died).
+    Killing git as well could leave a ref's lock file in the remote, which no git ever
+    removes (the library reports one it saw unchanged for two minutes, naming the file
+    to delete): the run would then stall on that, not on the protocol."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -274,11 +310,30 @@ class _Fleet:
     def running(self) -> list[_Slot]:
         return [s for s in self.slots if s.proc is not None and s.paused_until is None]
 
+    def up(self, slot: _Slot) -> bool:
+        """Has the slot's current life opened its Worker (journalled its session)?"""
+        path = self.journal_dir / f"{slot.name}.{slot.life:03d}.jsonl"
+        try:
+            return '"kind": "session"' in path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+
+    def kill_targets(self) -> list[_Slot]:
+        """Who a kill may hit: mostly processes that are up and working.  Were every
+        running process a target, a loaded machine (slow restarts) would let the kills
+        catch the restarted lives while they start, again and again, and the fleet would
+        stop making progress; one kill in :data:`STARTUP_KILL_SHARE` may still hit a
+        process that is starting."""
+        running = self.running()
+        if self.rng.random() < STARTUP_KILL_SHARE:
+            return running
+        return [s for s in running if self.up(s)]
+
     def kill(self, slot: _Slot, now: float) -> None:
         assert slot.proc is not None
         self.counts["kills"] += 1
         self.fault("kill", slot)
-        _kill_group(slot.proc)
+        _kill_worker(slot.proc)
         slot.proc = None
         slot.restart_at = now + self.config.restart_delay * self.rng.uniform(0.5, 1.5)
 
@@ -336,8 +391,18 @@ class _Fleet:
                     self.resume(slot)
                 if slot.restart_at is not None and now >= slot.restart_at and not slot.done:
                     self.spawn(slot)
+            # once a worker has left its loop the queue is drained: the faults stop, so that
+            # kills cannot keep restarting the last workers on a loaded machine
+            drained = any(s.done for s in self.slots)
+            capped = c.max_faults > 0
+            if now >= next_kill and (drained or capped and self.counts["kills"] >= c.max_faults):
+                next_kill = float("inf")
+            if now >= next_pause and (
+                drained or capped and self.counts["pauses"] >= c.max_faults
+            ):
+                next_pause = float("inf")
             if now >= next_kill:
-                targets = self.running()
+                targets = self.kill_targets()
                 if targets:
                     self.kill(self.rng.choice(targets), now)
                 next_kill = now + self.next_gap(c.kill_rate)
@@ -482,6 +547,7 @@ def run(config: SimConfig, progress: Progress | None = None) -> RunOutcome:
             config=config, workdir=workdir, journal_dir=journal_dir, url=url, records=records,
             final=final, result=result, wall_seconds=time.monotonic() - started,
             timed_out=timed_out, kept=config.keep, expected_jobs=queue or None,
+            coverage=evaluate(count(records), config),
         )
     finally:
         if fleet is not None:

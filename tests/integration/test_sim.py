@@ -11,15 +11,22 @@ from rich.console import Console
 
 from sim.checker import check, idle_tail_bound
 from sim.cli import main
+from sim.coverage import EXIT_NOT_ENOUGH_COVERAGE, ITEMS
 from sim.report import print_report, timeline_svg
 from sim.runner import SimConfig, run
 
 pytestmark = pytest.mark.timeout(240)
 
-#: 6 workers, 40 jobs, lease 1.5 s, about 7 kills and 7 pauses: ~25 s on 2 idle cores.
-# fault rates are per second: high enough that even a fast run sees several of each
-PROFILE = dict(workers=6, jobs=40, lease=1.5, kill_rate=0.6, pause_rate=0.6, job_seconds=0.4,
-               duration=100, seed=20241126)
+#: 6 workers, 40 jobs, lease 1.5 s, every fault of the default profile: ~20 s on 2 idle
+#: cores.  Fault rates are per second (kills, pauses) or per push: high enough that even a
+#: fast run reaches the coverage minimums of sim/coverage.py with a wide margin.
+PROFILE = dict(workers=6, jobs=40, lease=1.5, kill_rate=0.6, pause_rate=0.6,
+               push_fail_rate=0.05, unknown_rate=0.08, job_seconds=0.4, duration=100,
+               seed=20241126, max_faults=15)
+#: For the tests of other things: no injected faults (so no coverage asked of them), and
+#: short jobs.
+NO_FAULTS = dict(kill_rate=0.0, pause_rate=0.0, push_fail_rate=0.0, unknown_rate=0.0,
+                 job_seconds=0.05)
 
 
 def explain(outcome):
@@ -42,12 +49,26 @@ def test_short_run_with_kills_and_pauses_passes_the_checker(faulty_run):
     stats = faulty_run.result.stats
     assert faulty_run.ok, explain(faulty_run)
     assert stats["jobs_done"] == PROFILE["jobs"] and not faulty_run.timed_out
-    assert stats["kills"] >= 2 and stats["pauses"] >= 2, stats
     assert stats["claims"] >= PROFILE["jobs"]
     assert stats["wall_s"] < 120, stats
     svg = timeline_svg(faulty_run.records, faulty_run.result.holdings)
     assert ET.fromstring(svg).tag.endswith("svg")
     assert (faulty_run.journal_dir / "injector.jsonl").exists()
+
+
+def test_the_test_profile_reaches_its_coverage_minimums(faulty_run):
+    coverage = faulty_run.coverage
+    assert coverage.checked and faulty_run.verdict == "ok", coverage.message()
+    # the profile is the reference size, so every minimum of the table applies in full
+    for name, item in ITEMS.items():
+        if name != "job_failures":
+            assert coverage.minimums[name] == item.minimum, name
+    assert coverage.counts["kills"] == faulty_run.result.stats["kills"] > 0
+    assert coverage.counts["pauses"] == faulty_run.result.stats["pauses"] > 0
+    console = Console(record=True, width=120)
+    print_report(faulty_run, console)
+    table = console.export_text()
+    assert "fault coverage" in table and "unknown_not_landed" in table
 
 
 def test_checker_catches_a_finish_erased_from_done_txt(faulty_run):
@@ -76,7 +97,7 @@ def test_checker_catches_a_transport_that_reports_unsent_pushes_as_applied(tmp_p
     # push that changed nothing lasting (a liveness beat) leaves no trace, so the run
     # makes enough pushes that some lie surely matters, however fast the machine
     outcome = run(SimConfig(workers=3, jobs=24, lease=1.5, lie_rate=0.15, seed=5, duration=60,
-                            out=str(tmp_path)))
+                            out=str(tmp_path), **NO_FAULTS))
     assert outcome.result.stats["lies"] > 0
     assert not outcome.ok
     assert "lost-write" in outcome.result.by_rule(), explain(outcome)
@@ -84,10 +105,12 @@ def test_checker_catches_a_transport_that_reports_unsent_pushes_as_applied(tmp_p
 
 def test_command_line_json_summary_and_timeline(tmp_path, capsys):
     code = main(["--workers", "2", "--jobs", "4", "--seed", "3", "--lease", "1.5", "-q",
-                 "--json", "--out", str(tmp_path)])
+                 "--no-faults", "--json", "--out", str(tmp_path)])
     data = json.loads(capsys.readouterr().out)
     assert code == 0, data["violations"]
     assert data["ok"] and data["figures"]["jobs_done"] == 4
+    assert data["verdict"] == "ok" and data["coverage"]["checked"]
+    assert data["coverage"]["counts"]["kills"] == 0 and not data["coverage"]["short"]
     assert data["command"].startswith("python -m sim ") and "--seed 3" in data["command"]
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["seed"] == 3
@@ -102,7 +125,7 @@ def test_a_short_run_reports_its_idle_tail_and_keeps_within_the_bound(tmp_path):
     # six workers wait for the last jobs together; a worker that waits a lease for a free
     # lock at the end (the stall users saw) fails the run's liveness check. ~4 s
     outcome = run(SimConfig(workers=6, jobs=12, lease=2.0, seed=1, duration=60,
-                            out=str(tmp_path)))
+                            out=str(tmp_path), **NO_FAULTS))
     stats = outcome.result.stats
     assert "idle-tail" not in outcome.result.by_rule(), explain(outcome)
     assert outcome.ok, explain(outcome)
@@ -124,6 +147,24 @@ def test_a_short_run_reports_its_idle_tail_and_keeps_within_the_bound(tmp_path):
 def test_command_line_rejects_bad_options(capsys):
     assert main(["--workers", "0", "-q"]) == 2
     assert "--workers" in capsys.readouterr().err
+    assert main(["--min-coverage", "kills", "-q"]) == 2
+    assert "--min-coverage" in capsys.readouterr().err
+
+
+def test_a_run_short_of_its_minimums_fails_with_not_enough_coverage(tmp_path, capsys):
+    # faults switched off, yet kills and pauses required: every guarantee holds, and the run
+    # still fails, with its own verdict and exit status. ~3 s
+    code = main(["--workers", "2", "--jobs", "4", "--seed", "3", "--lease", "1.5", "-q",
+                 "--no-faults", "--json", "--min-coverage", "kills=1,pauses=2"])
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)
+    assert data["violations"] == []
+    assert code == EXIT_NOT_ENOUGH_COVERAGE
+    assert data["verdict"] == "not enough coverage" and not data["ok"]
+    assert data["coverage"]["short"] == {"kills": {"count": 0, "minimum": 1, "missing": 1},
+                                         "pauses": {"count": 0, "minimum": 2, "missing": 2}}
+    assert "not enough coverage: kills: 0 < 1 (short by 1); pauses: 0 < 2 (short by 2)" in \
+        captured.err.replace("\n", " ")
 
 
 @pytest.mark.slow

@@ -34,7 +34,7 @@ RATES = st.sampled_from([0.0, 0.1, 0.3])
 def test_simulated_fleet_keeps_the_guarantees(workers, jobs, kill_rate, pause_rate,
                                               push_fail_rate, unknown_rate, seed):
     config = sim_runner.SimConfig(
-        workers=workers, jobs=jobs, seed=seed, duration=90.0, lease=2.0,
+        workers=workers, jobs=jobs, seed=seed, duration=90.0, lease=2.0, job_seconds=0.05,
         kill_rate=kill_rate, pause_rate=pause_rate, push_fail_rate=push_fail_rate,
         unknown_rate=unknown_rate,
     )
