@@ -23,8 +23,11 @@ Exit codes: 0 success; 1 an error (one line ``error: ...`` on stderr, no
 traceback unless ``-v``); 2 a usage error; 3 the breaker stopped ``work`` (its
 command could not start or failed at once several times in a row; one
 ``error: ...`` line names the command and the last error); 4 every job ``work``
-ran failed; 128 + signum when a signal stopped ``work``.  Remote URLs are
-printed with their credentials removed.
+ran failed; 128 + signum when a signal stopped ``work``.  ``logs --follow``
+exits 0 when the job is done and 1 when it failed; ``cancel`` exits 1 when any
+named job was not cancelled; ``work --gpus`` combines its workers' codes (see
+:func:`distribute.gpus.combined_exit_code`).  Remote URLs are printed with
+their credentials removed.
 
 The ``status --json`` document (``"schema": 1``)::
 
@@ -93,6 +96,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -124,7 +128,6 @@ from distribute.core.lock import (
     parse_lock_message,
 )
 from distribute.core.names import (
-    JOB_BRANCH_PREFIX,
     LOCK_REF,
     WORKERS_PREFIX,
     check_name,
@@ -132,11 +135,10 @@ from distribute.core.names import (
     encode_component,
     forbidden_character,
     job_branch,
-    job_dir,
     scrub_url,
 )
 from distribute.credentials import private_folder
-from distribute.fenced import FencedEdit, cli_holder, queue_edit, requeue_edit
+from distribute.fenced import FencedEdit, cancel_edit, cli_holder, queue_edit, requeue_edit
 from distribute.transport.base import RefUpdate
 
 if TYPE_CHECKING:
@@ -510,49 +512,23 @@ def find_log(view: RemoteView, job: str) -> tuple[bytes, str]:
     """The job's ``log.txt`` and where it came from (``main`` or a job branch).
 
     Done jobs are read from the main branch; others from their job branch:
-    the one the ledger names, else the newest job branch of that job.
+    the one the ledger names, else the newest job branch of that job (see
+    :func:`distribute.follow.locate_log`).
 
     Raises:
         UsageError: the job is unknown or has no log yet.
     """
-    from distribute.sources import read_queue
+    from distribute.follow import UNKNOWN, locate_log
 
-    transport = view.transport
-    main = view.main()
-    ledger = view.ledger(main)
-    path = f"{job_dir(job)}/{LOG_FILE}"
-    state = ledger.state_of(job)
-    if state == "done":
-        data = transport.read_file(main, path)
-        if data is not None:
-            return data, view.branch
-    entry = ledger.running_entry(job) or next((e for e in ledger.failed if e.job == job), None)
-    candidates: list[str] = []
-    if entry is not None and entry.worker:
-        candidates.append(job_branch(entry.worker, job, entry.token))
-    encoded = encode_component(job)
-    branches = transport.list_refs("refs/heads/" + JOB_BRANCH_PREFIX)
-    mine: list[tuple[int, str]] = []
-    for ref in branches:
-        parts = ref[len("refs/heads/"):].split("/")
-        if len(parts) == 4 and parts[2] == encoded and parts[3].isdigit():
-            mine.append((int(parts[3]), "/".join(parts)))
-    preferred = [b for t, b in mine if entry is not None and t == entry.token]
-    candidates += preferred + [b for _, b in sorted(mine, reverse=True)]
-    for name in dict.fromkeys(candidates):
-        ref = "refs/heads/" + name
-        tip = transport.fetch([ref]).get(ref)
-        if tip is None:
-            continue
-        data = transport.read_file(tip, path)
-        if data is not None:
-            return data, name
-    queue = read_queue((transport.read_file(main, JOBS_FILE) or b"").decode("utf-8"))
-    if state is None and job not in queue:
+    found = locate_log(view, job)
+    if found.data is not None and found.where is not None:
+        return found.data, found.where
+    if found.state == UNKNOWN:
         raise UsageError(f"job {job!r} is not known to this remote (not queued, running, done "
                          "or failed)")
-    where = state or "queued"
-    raise UsageError(f"job {job!r} is {where} and has no {LOG_FILE} yet")
+    where = "running" if found.state == "released" else found.state
+    raise UsageError(f"job {job!r} is {where} and has no {LOG_FILE} yet; "
+                     f"`distribute logs --follow REMOTE JOB` waits for it")
 
 
 def break_lock(view: RemoteView) -> tuple[LockState, LockState | None]:
@@ -1069,6 +1045,8 @@ Examples:
   distribute work ./remote.git -- python train.py --lr {lr} --seed {seed}
   distribute work ./remote.git -- python train.py {args}    # --lr=0.1 --seed=0
   distribute work ./remote.git --wait-for-jobs --idle-exit 3600 -- python train.py {args}
+  distribute work ./remote.git --gpus 4 -- python train.py {args}
+  distribute work ./remote.git --gpus 0,1,3 -- python train.py {args}
 
 \b
 The command gets the job as one argument ({job} is replaced inside each
@@ -1117,7 +1095,18 @@ SIGINT/SIGTERM reach the command; the attempt then ends as "interrupted"
 --max-interruptions) and work exits with 128+signal.
 The command never outlives work: on Linux it is killed when work dies, and
 whatever it left running (e.g. its own children) is stopped when its job
-ends or, after a crash, by the next work on the same copy.""",
+ends or, after a crash, by the next work on the same copy.
+
+\b
+--gpus N (GPUs 0..N-1) or --gpus 0,1,3 (those ids; one id alone: --gpus 3,)
+starts one worker per GPU, each a slot worker as above (<host>-1, ...) with
+CUDA_VISIBLE_DEVICES set to its GPU for every job's command; the other options
+apply to each worker (--max-jobs K: K jobs each). Their output is prefixed
+with [gpu G: worker]. Ctrl-C and SIGTERM reach every worker; if work itself
+is killed, its workers and their commands die with it. Exit code: 128+N when
+signal N stopped them; else 1 if any worker ended with an error; else 3 if
+any worker's breaker stopped it; else 4 if every job of every worker failed;
+else 0.""",
 )
 @_remote_argument()
 @click.option("--path", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -1158,6 +1147,9 @@ ends or, after a crash, by the next work on the same copy.""",
 @click.option("--breaker-seconds", type=click.FloatRange(min=0), default=5.0,
               show_default=True, metavar="S",
               help="A non-zero exit within S seconds of starting is a failure at once.")
+@click.option("--gpus", default=None, metavar="N|IDS",
+              help="One worker per GPU: N GPUs (0..N-1) or ids 0,1,3; each job's command "
+                   "gets CUDA_VISIBLE_DEVICES. See below.")
 @_branch_option()
 @click.pass_context
 def work(
@@ -1165,7 +1157,8 @@ def work(
     max_jobs: int | None, timeout: float | None, lease: float, max_attempts: int,
     max_interruptions: int, max_file_mb: float, resume: bool, shell: bool,
     commit_every: float, grace: float, wait: bool, wait_for_jobs: bool,
-    idle_exit: float | None, breaker: int, breaker_seconds: float, branch: str | None,
+    idle_exit: float | None, breaker: int, breaker_seconds: float, gpus: str | None,
+    branch: str | None,
 ) -> int:
     """Take jobs from the jobs.txt queue and run a command for each.
 
@@ -1181,6 +1174,8 @@ def work(
             "no command given: put the command to run after `--`, "
             "e.g. distribute work REMOTE -- python train.py {job}"
         )
+    if gpus is not None:
+        return _work_on_gpus(ctx, gpus, remote, command, out)
     url = resolve_remote(remote)
     wait_for_jobs = wait_for_jobs or idle_exit is not None
     options: dict[str, Any] = {
@@ -1231,6 +1226,53 @@ def work(
         out.info(f"every job this worker ran failed (exit code {summary.exit_code}); "
                  "see `distribute status` and `distribute logs`")
     return summary.exit_code
+
+
+def _work_on_gpus(
+    ctx: click.Context, spec: str, remote: str, command: Sequence[str], out: Output
+) -> int:
+    """``work --gpus``: one child ``work`` per GPU, supervised (see :mod:`distribute.gpus`)."""
+    from click.core import ParameterSource
+
+    from distribute.gpus import GpuWorkers, parse_gpus
+
+    for taken in ("name", "path"):
+        if ctx.get_parameter_source(taken) not in (None, ParameterSource.DEFAULT):
+            raise click.UsageError(
+                f"--gpus starts one worker per GPU, each in a slot of its own "
+                f"(<host>-1, <host>-2, ...); it does not go with --{taken}: leave --{taken} "
+                "out, or start one `work` per GPU by hand with CUDA_VISIBLE_DEVICES set"
+            )
+    try:
+        devices = parse_gpus(spec)
+    except UsageError as exc:
+        raise click.UsageError(str(exc)) from None
+    url = resolve_remote(remote)
+    options: list[str] = []
+    for param in ctx.command.params:
+        if not isinstance(param, click.Option) or param.name in (None, "gpus", "help"):
+            continue
+        if ctx.get_parameter_source(param.name) in (None, ParameterSource.DEFAULT):
+            continue
+        value = ctx.params[param.name]
+        flag = max(param.opts, key=len)
+        if param.is_flag:
+            if param.secondary_opts:
+                options.append(flag if value else max(param.secondary_opts, key=len))
+            elif value:
+                options.append(flag)
+        elif value is not None:
+            options += [flag, str(value)]
+    verbosity = ["-q"] if _VERBOSITY < 0 else ["-v"] * _VERBOSITY
+    # the URL or an absolute path: never read as an option by the child
+    argv = [sys.executable, "-m", "distribute", *verbosity, "work", url, *options, "--",
+            *command]
+    out.info(f"starting {len(devices)} workers on {scrub_url(url)}, one per GPU: "
+             f"{', '.join(devices)}")
+    workers = GpuWorkers(devices, argv, _child_env(), sys.stdout, sys.stderr)
+    code = workers.run()
+    out.info(workers.summary() + f"; exit code {code}")
+    return code
 
 
 @cli.command(
@@ -1284,22 +1326,76 @@ def status(
     epilog="""\b
 Examples:
   distribute logs ./remote.git "lr=0.1 seed=1"
-  distribute logs ./remote.git my-job | tail -n 20""",
+  distribute logs ./remote.git my-job | tail -n 20
+  distribute logs ./remote.git "lr=0.1 seed=1" --follow
+  distribute logs ./remote.git my-job --follow --interval 10 | grep loss
+
+\b
+--follow prints the log, then what the job's worker adds to it (it commits
+the log every `work --commit-every` seconds), until the job is done (exit 0)
+or failed for good (exit 1), or Ctrl-C. A queued job, or a running one whose
+log has not been committed yet, is waited for; an attempt that fails and is
+retried is followed into the next one. Each look first reads two ref values
+only (the main branch and the job's branch); it looks every --interval
+seconds, and up to four times that while nothing changes.""",
 )
 @_remote_argument()
 @click.argument("job")
+@click.option("-f", "--follow", is_flag=True,
+              help="Keep printing what is added until the job is done or failed.")
+@click.option("--interval", type=click.FloatRange(min=0.05), default=None, metavar="S",
+              help="With --follow: seconds between looks at the remote (default 5).")
 @_branch_option()
 @click.pass_context
-def logs(ctx: click.Context, remote: str, job: str, branch: str | None) -> None:
+def logs(
+    ctx: click.Context, remote: str, job: str, follow: bool, interval: float | None,
+    branch: str | None,
+) -> int:
     """Print a job's log.txt: from the main branch when done, else from its job branch."""
     out = _output(ctx)
+    if interval is not None and not follow:
+        raise click.UsageError("--interval S sets the pace of --follow: give --follow too")
     check_name(job, "job")
+    if follow:
+        return _follow_log(out, remote, job, 5.0 if interval is None else interval, branch)
     with open_remote(remote, branch) as view:
         data, where = find_log(view, job)
     out.debug(f"read from {where}")
+    _write_out(data)
+    return 0
+
+
+def _write_out(data: bytes) -> None:
     sys.stdout.flush()
     sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
+
+
+class _Stopped(Exception):
+    """Internal: SIGTERM while following a log (so that the scratch clone is removed)."""
+
+
+def _follow_log(out: Output, remote: str, job: str, interval: float, branch: str | None) -> int:
+    from distribute.follow import DONE, LogWatcher, follow
+
+    def on_term(signum: int, frame: object) -> None:
+        raise _Stopped()
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        with open_remote(remote, branch) as view:
+            last = follow(LogWatcher(view, job).look, job, _write_out, out.info,
+                          interval=interval)
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+    except _Stopped:
+        return 128 + signal.SIGTERM
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return 0 if last.state == DONE else 1
 
 
 @cli.command(
@@ -1308,11 +1404,22 @@ def logs(ctx: click.Context, remote: str, job: str, branch: str | None) -> None:
 Examples:
   distribute requeue ./remote.git --failed        # every failed job, attempts reset
   distribute requeue ./remote.git "lr=0.1 seed=1"
-  distribute requeue ./remote.git stuck-job --force""",
+  distribute requeue ./remote.git stuck-job --force
+  distribute requeue ./remote.git --done "lr=0.1 seed=1"   # run a done job again
+
+\b
+--done JOB... runs done jobs again: each leaves done.txt in the same commit
+that puts it first in the queue, and is then claimed as a new job (attempt 1,
+a new branch). Its folder on the main branch keeps the last run's files, so
+the new run starts with them (its log.txt goes on after the old one) and its
+finish replaces what it rewrites; until then `results` shows the old files.
+The last run's branch stays on the remote.""",
 )
 @_remote_argument()
 @click.argument("jobs", nargs=-1, metavar="[JOB]...")
 @click.option("--failed", "all_failed", is_flag=True, help="Requeue every failed job.")
+@click.option("--done", is_flag=True,
+              help="Run the named done jobs again (see below).")
 @click.option("--force", is_flag=True,
               help="Also requeue jobs that a worker still holds (only if it is gone).")
 @click.option("--wait", default=60.0, show_default=True, metavar="S",
@@ -1320,29 +1427,88 @@ Examples:
 @_branch_option()
 @click.pass_context
 def requeue(
-    ctx: click.Context, remote: str, jobs: tuple[str, ...], all_failed: bool, force: bool,
-    wait: float, branch: str | None,
+    ctx: click.Context, remote: str, jobs: tuple[str, ...], all_failed: bool, done: bool,
+    force: bool, wait: float, branch: str | None,
 ) -> None:
     """Run failed jobs again: forget them in the ledgers, put them first in jobs.txt.
 
     One commit, made under the remote lock.  Attempts start again at 1.
     """
     out = _output(ctx)
+    if done and all_failed:
+        raise click.UsageError("--done runs named done jobs again; it does not go with "
+                               "--failed (run the two commands one after the other)")
+    if done and not jobs:
+        raise click.UsageError("--done needs the JOB names to run again")
     if bool(jobs) == all_failed:
         raise click.UsageError("give JOB names or --failed (one of the two)")
     validate_jobs(jobs)
     result: dict[str, list[str]] = {}
     with open_remote(remote, branch) as view:
         FencedEdit(view, cli_holder(), wait).apply(
-            requeue_edit(None if all_failed else jobs, force, result)
+            requeue_edit(None if all_failed else jobs, force, result, done)
         )
-    done = result.get("requeued", [])
+    requeued = result.get("requeued", [])
     skipped = result.get("skipped", [])
     note = f" ({len(skipped)} already queued)" if skipped else ""
-    if not done and not skipped:
+    if not requeued and not skipped:
         out.result("no failed jobs to requeue")
     else:
-        out.result(f"requeued {len(done)} job(s){note}")
+        out.result(f"requeued {len(requeued)} job(s){note}")
+
+
+@cli.command(
+    context_settings=_CONTEXT,
+    epilog="""\b
+Examples:
+  distribute cancel ./remote.git "lr=0.3 seed=0" "lr=0.3 seed=1"
+  distribute cancel ./remote.git --file wrong-jobs.txt
+  distribute status ./remote.git --json | jq -r '.queued[]' | grep 'lr=0.3' \\
+      | distribute cancel ./remote.git --file -
+  distribute cancel ./remote.git -- --job-starting-with-a-dash
+
+\b
+A queued job is taken out of jobs.txt (`add` queues it again). A job whose
+last attempt ended and that waits for another one (no worker holds it) is
+moved to failed.txt with the reason "cancelled" (`requeue` runs it again).
+A job a worker is running cannot be cancelled: stop that worker (Ctrl-C or
+SIGTERM on its machine), which puts the job back for another attempt, then
+cancel it. A done or failed job has nothing to cancel. One line per job says
+what was done; the exit code is 1 when any named job was not cancelled.
+The edit is made under the remote lock, like `add`, so running workers are
+never disturbed.""",
+)
+@_remote_argument()
+@click.argument("jobs", nargs=-1, metavar="[JOB]...")
+@click.option("-f", "--file", "files", multiple=True, metavar="F",
+              help="Read job names from F, one per line ('-': stdin). Repeatable.")
+@click.option("--wait", default=60.0, show_default=True, metavar="S",
+              help="Seconds to wait for a lock that does not change.")
+@_branch_option()
+@click.pass_context
+def cancel(
+    ctx: click.Context, remote: str, jobs: tuple[str, ...], files: tuple[str, ...],
+    wait: float, branch: str | None,
+) -> int:
+    """Take queued jobs out of the queue, so that no worker runs them."""
+    out = _output(ctx)
+    names = list(jobs)
+    for f in files:
+        names += read_job_file(f)
+    if not names:
+        raise click.UsageError("no jobs given: pass JOB arguments or --file F")
+    validate_jobs(names)
+    result: dict[str, list[str]] = {}
+    holder = cli_holder()
+    with open_remote(remote, branch) as view:
+        FencedEdit(view, holder, wait).apply(cancel_edit(names, result, holder))
+    for line in result.get("notes", []) + result.get("refused", []):
+        out.result(line)
+    refused = len(result.get("refused", []))
+    if refused:
+        _error(f"{refused} of {len(dict.fromkeys(names))} jobs were not cancelled (see above)")
+        return 1
+    return 0
 
 
 @cli.command(
@@ -1352,7 +1518,9 @@ Example:
   distribute unlock ./remote.git
 
 A worker that still held the lock finds its next push refused (the token
-moved on); jobs it runs are not affected.""",
+moved on); jobs it runs are not affected. A lock ref that holds no lock
+record (written by something else, or damaged) is replaced by a free lock
+whose token is above every token the remote records.""",
 )
 @_remote_argument()
 @_branch_option()
@@ -1361,6 +1529,15 @@ def unlock(ctx: click.Context, remote: str, branch: str | None) -> None:
     """Break the remote lock (compare-and-swap to free, next token)."""
     out = _output(ctx)
     with open_remote(remote, branch) as view:
+        repaired = view.repair_lock()
+        if repaired is not None:
+            damaged, state = repaired
+            out.result(
+                f"the lock ({LOCK_REF} at {damaged[:10]}) held no lock record; replaced it "
+                f"with a free lock, next token {state.token + 1} (above every token the "
+                "remote records)"
+            )
+            return
         before, after = break_lock(view)
     if after is None:
         out.result(f"the lock is free already (last token {before.token}); nothing to do")

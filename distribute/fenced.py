@@ -18,6 +18,7 @@ import platform
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from distribute.backoff import Backoff
@@ -185,13 +186,16 @@ def queue_edit(jobs: Sequence[str], result: dict[str, list[str]]) -> Edit:
 
 
 def requeue_edit(
-    jobs: Sequence[str] | None, force: bool, result: dict[str, list[str]]
+    jobs: Sequence[str] | None, force: bool, result: dict[str, list[str]],
+    done: bool = False,
 ) -> Edit:
     """An edit that forgets failed (or released) jobs and puts them at the front of the queue.
 
     ``jobs=None`` means every failed job.  A job a live worker holds needs
-    ``force``; a done or unknown job is an error.  Nothing changes unless every
-    job can be requeued.
+    ``force``; a done job needs ``done`` (its line in ``done.txt`` is removed in
+    the same commit that queues it, so that a worker claims it as a new job; its
+    files stay on the main branch and its branch on the remote); an unknown job
+    is an error.  Nothing changes unless every job can be requeued.
     """
 
     def edit(ledger: Ledger, queue: list[str]) -> tuple[Ledger, list[str], str] | None:
@@ -202,7 +206,8 @@ def requeue_edit(
         for job in targets:
             state = ledger.state_of(job)
             entry = ledger.running_entry(job)
-            if state == "failed" or (entry is not None and (entry.released or force)):
+            rerun = state == "done" and done
+            if rerun or state == "failed" or (entry is not None and (entry.released or force)):
                 chosen.append(job)
             elif entry is not None:
                 problems.append(
@@ -210,7 +215,7 @@ def requeue_edit(
                     "pass --force only if that worker is gone"
                 )
             elif state == "done":
-                problems.append(f"{job!r} is done")
+                problems.append(f"{job!r} is done (pass --done to run it again)")
             elif job in queue:
                 skipped.append(job)
             else:
@@ -220,13 +225,75 @@ def requeue_edit(
         result["requeued"], result["skipped"] = chosen, skipped
         if not chosen:
             return None
-        new = ledger
+        again = {job for job in chosen if ledger.is_done(job)}
+        # a done job leaves done.txt as it enters the queue: claimed, it is a new job
+        new = replace(ledger, done=tuple(e for e in ledger.done if e.job not in again))
         for job in chosen:
-            new = new.requeue(job)
+            if job not in again:
+                new = new.requeue(job)
         rest = [j for j in queue if j not in set(chosen)]
         return new, chosen + rest, f"distribute: requeue {len(chosen)} job(s)"
 
     return edit
 
 
-__all__ = ["Edit", "FencedEdit", "cli_holder", "queue_edit", "requeue_edit"]
+def cancel_edit(jobs: Sequence[str], result: dict[str, list[str]], who: str = "") -> Edit:
+    """An edit that takes queued jobs out of ``jobs.txt``.
+
+    A job released for another attempt (its worker stopped or failed it, and no
+    worker holds it now) is moved to ``failed.txt`` with the reason ``cancelled``,
+    so that ``requeue`` can bring it back.  Any other job is left alone, and
+    ``result["refused"]`` holds one line per such job saying why and what to do
+    instead; ``result["cancelled"]`` and ``result["notes"]`` (what each
+    cancellation did) are in the order the jobs were named.
+    """
+
+    def edit(ledger: Ledger, queue: list[str]) -> tuple[Ledger, list[str], str] | None:
+        queued = set(queue)
+        cancelled: list[str] = []
+        notes: list[str] = []
+        refused: list[str] = []
+        new = ledger
+        for job in dict.fromkeys(jobs):
+            entry = ledger.running_entry(job)
+            if job in queued:
+                cancelled.append(job)
+                notes.append(f"cancelled {job!r} (it was queued; it is no longer)")
+            elif entry is not None and entry.released:
+                cancelled.append(job)
+                new = new.expire(job, "cancelled" + (f" by {who}" if who else ""))
+                notes.append(
+                    f"cancelled {job!r} (it was waiting for attempt {entry.attempt + 1}); "
+                    "it is in failed.txt now, and `distribute requeue` runs it again"
+                )
+            elif entry is not None:
+                refused.append(
+                    f"not cancelled {job!r}: it is running on worker {entry.worker!r} "
+                    f"(attempt {entry.attempt}), and a running job cannot be cancelled; stop "
+                    "that worker (Ctrl-C or SIGTERM), which puts the job back for another "
+                    "attempt, then cancel it -- or let it end"
+                )
+            elif ledger.is_done(job):
+                refused.append(
+                    f"not cancelled {job!r}: it is done already; its results stay on the main "
+                    "branch (`distribute requeue --done` runs it again)"
+                )
+            elif any(e.job == job for e in ledger.failed):
+                refused.append(
+                    f"not cancelled {job!r}: it has failed for good already, and nothing runs "
+                    "it (`distribute requeue` would run it again)"
+                )
+            else:
+                refused.append(f"not cancelled {job!r}: it is not known to this remote (not "
+                               "queued, running, done or failed)")
+        result["cancelled"], result["notes"], result["refused"] = cancelled, notes, refused
+        if not cancelled:
+            return None
+        gone = set(cancelled)
+        rest = [j for j in queue if j not in gone]
+        return new, rest, f"distribute: cancel {len(cancelled)} job(s)"
+
+    return edit
+
+
+__all__ = ["Edit", "FencedEdit", "cancel_edit", "cli_holder", "queue_edit", "requeue_edit"]

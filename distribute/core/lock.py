@@ -154,10 +154,9 @@ def lock_message(state: LockState) -> str:
 #: moves the lock on from the record it reads.  ``distribute init`` writes a free lock
 #: only where there is none, so the ref goes first.
 LOCK_REPAIR = (
-    "no worker can take the lock until it is repaired, and `distribute unlock` cannot "
-    f"repair it: delete the ref (`git update-ref -d {LOCK_REF}` in the remote repository, "
-    f"or `git push REMOTE :{LOCK_REF}` from any clone), then run `distribute init REMOTE`, "
-    "which writes a free lock and keeps everything else"
+    "no worker can take the lock until it is repaired: run `distribute unlock REMOTE`, "
+    "which replaces it with a free lock whose token is above every token the remote "
+    "records, and keeps everything else"
 )
 _MISSING: Any = object()
 

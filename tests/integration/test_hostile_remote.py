@@ -242,7 +242,7 @@ def test_lock_ref_without_a_lock_record_stops_the_worker_with_the_repair(
     assert time.monotonic() - started < BOUND
     message = str(caught.value)
     assert message.startswith(f"{LOCK_REF} on the remote does not hold a lock record")
-    assert f"git update-ref -d {LOCK_REF}" in message and "distribute init" in message
+    assert "`distribute unlock REMOTE`" in message
 
 
 @pytest.mark.parametrize("kind", GARBAGE_KINDS)
@@ -250,20 +250,51 @@ def test_status_names_the_lock_ref_and_the_repair(remote, tmp_path, kind):
     git(remote, "update-ref", LOCK_REF, garbage(remote, kind))
     error = one_error_line(cli(tmp_path, "status", remote))
     assert error.startswith(f"error: {LOCK_REF} on the remote does not hold a lock record")
-    assert f"git update-ref -d {LOCK_REF}" in error and "`distribute init REMOTE`" in error
+    assert "`distribute unlock REMOTE`" in error
     if kind in ("blob", "tree"):
         assert f"it points at a {kind}, not a commit" in error
 
 
-def test_the_repair_the_lock_error_names_works(remote, tmp_path):
-    git(remote, "update-ref", LOCK_REF, garbage(remote, "commit"))
-    assert "distribute unlock` cannot" in one_error_line(cli(tmp_path, "unlock", remote))
-    git(remote, "update-ref", "-d", LOCK_REF)  # the repair, as the message words it
-    assert cli(tmp_path, "init", remote).returncode == 0
+def _claim_token(remote, job):
+    line = next(x for x in show(remote, "running.txt").splitlines() if x.startswith(job + "\t"))
+    return int(line.split("token=")[1].split("\t")[0])
+
+
+@pytest.mark.parametrize("kind", GARBAGE_KINDS)
+def test_unlock_repairs_a_lock_without_a_record_above_every_recorded_token(
+    remote, tmp_path, kind
+):
+    with make_worker(remote, tmp_path) as w:  # a job done: its token is on record
+        assert w.get_next_job(queue_jobs_func) == "j1"
+        w.finish_job()
+    recorded = int(show(remote, "done.txt").split("token=")[1].split("\t")[0])
+    assert cli(tmp_path, "add", remote, "j2").returncode == 0
+    git(remote, "update-ref", LOCK_REF, garbage(remote, kind))
+    result = cli(tmp_path, "unlock", remote)
+    assert result.returncode == 0, result.stderr
+    assert "held no lock record" in result.stdout and f"next token {recorded + 1}" in result.stdout
+    with make_worker(remote, tmp_path, name="w2") as w:
+        assert w.get_next_job(queue_jobs_func) == "j2"
+        assert _claim_token(remote, "j2") > recorded
+        w.finish_job()
+
+
+def test_a_lock_written_anew_by_init_starts_above_the_recorded_tokens(remote, tmp_path):
+    """Deleting the lock ref and running init (the repair older versions named) must not
+    hand out tokens again: a claim under a reused token could pass a stale holder's
+    fencing check."""
     with make_worker(remote, tmp_path) as w:
         assert w.get_next_job(queue_jobs_func) == "j1"
         w.finish_job()
-    assert show(remote, "done.txt").startswith("j1\t")
+    recorded = int(show(remote, "done.txt").split("token=")[1].split("\t")[0])
+    assert cli(tmp_path, "add", remote, "j2").returncode == 0
+    git(remote, "update-ref", "-d", LOCK_REF)
+    assert cli(tmp_path, "init", remote).returncode == 0
+    with make_worker(remote, tmp_path, name="w2") as w:
+        assert w.get_next_job(queue_jobs_func) == "j2"
+        assert _claim_token(remote, "j2") > recorded
+        w.finish_job()
+    assert len(show(remote, "done.txt").splitlines()) == 2
 
 
 def test_lock_record_naming_a_missing_main_commit_does_not_stall_workers(remote, tmp_path):
