@@ -1445,8 +1445,12 @@ def requeue(
     validate_jobs(jobs)
     result: dict[str, list[str]] = {}
     with open_remote(remote, branch) as view:
+        seen = None
+        if force:  # what the operator judged: --force takes those holdings, no later one
+            ledger = view.ledger(view.main())
+            seen = {e.job: (e.worker, e.token) for e in ledger.running if not e.released}
         FencedEdit(view, cli_holder(), wait).apply(
-            requeue_edit(None if all_failed else jobs, force, result, done)
+            requeue_edit(None if all_failed else jobs, force, result, done, seen)
         )
     requeued = result.get("requeued", [])
     skipped = result.get("skipped", [])

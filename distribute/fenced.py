@@ -17,7 +17,7 @@ import os
 import platform
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -187,7 +187,7 @@ def queue_edit(jobs: Sequence[str], result: dict[str, list[str]]) -> Edit:
 
 def requeue_edit(
     jobs: Sequence[str] | None, force: bool, result: dict[str, list[str]],
-    done: bool = False,
+    done: bool = False, seen: Mapping[str, tuple[str, int]] | None = None,
 ) -> Edit:
     """An edit that forgets failed (or released) jobs and puts them at the front of the queue.
 
@@ -196,6 +196,11 @@ def requeue_edit(
     the same commit that queues it, so that a worker claims it as a new job; its
     files stay on the main branch and its branch on the remote); an unknown job
     is an error.  Nothing changes unless every job can be requeued.
+
+    ``seen``: for ``force``, the holding (worker, token) of each job when the
+    operator decided that its worker was gone.  A job held under another holding
+    by the time the edit runs (the worker came back and retried it while the
+    command waited for the lock) is not taken: that is a live worker's job.
     """
 
     def edit(ledger: Ledger, queue: list[str]) -> tuple[Ledger, list[str], str] | None:
@@ -207,8 +212,20 @@ def requeue_edit(
             state = ledger.state_of(job)
             entry = ledger.running_entry(job)
             rerun = state == "done" and done
-            if rerun or state == "failed" or (entry is not None and (entry.released or force)):
+            changed = (
+                entry is not None and not entry.released and seen is not None
+                and seen.get(job) != (entry.worker, entry.token)
+            )
+            if rerun or state == "failed" or (
+                entry is not None and (entry.released or (force and not changed))
+            ):
                 chosen.append(job)
+            elif entry is not None and changed:
+                problems.append(
+                    f"{job!r} is held by worker {entry.worker!r} under token {entry.token} now, "
+                    "not by the holding this command saw when it started (that worker came "
+                    "back, or another took the job over); run it again if that one is gone too"
+                )
             elif entry is not None:
                 problems.append(
                     f"{job!r} is running on worker {entry.worker!r} (attempt {entry.attempt}); "
