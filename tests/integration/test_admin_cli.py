@@ -20,35 +20,16 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_run import TIMEOUT, cli_env, ok, run
 
 from distribute.core.names import job_dir
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
-TIMEOUT = 90
 WAIT = 60  # seconds any one thing may take on a loaded machine before the test fails
 
 
-def cli_env(tmp_path, **extra):
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("DISTRIBUTE_") and k != "CUDA_VISIBLE_DEVICES"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
-    (tmp_path / "tmp").mkdir(exist_ok=True)
-    env["TMPDIR"] = str(tmp_path / "tmp")
-    env.update(extra)
-    return env
 
-
-def run(tmp_path, *args, timeout=TIMEOUT):
-    return subprocess.run([PY, "-m", "distribute", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=cli_env(tmp_path), cwd=tmp_path)
-
-
-def ok(tmp_path, *args, **kw):
-    result = run(tmp_path, *args, **kw)
-    assert result.returncode == 0, f"{args}: rc={result.returncode}\n{result.stderr}"
-    return result
 
 
 class Proc:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_run import cli_env as env_for
+from cli_run import ok, run
 
 from distribute.core.lock import parse_lock_message
 from distribute.core.names import job_dir
@@ -22,27 +23,9 @@ from distribute.sweeps import random_search
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
-TIMEOUT = 90
 
 
-def env_for(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTRIBUTE_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
-    (tmp_path / "tmp").mkdir(exist_ok=True)
-    env["TMPDIR"] = str(tmp_path / "tmp")
-    return env
 
-
-def run(tmp_path, *args, timeout=TIMEOUT):
-    return subprocess.run([PY, "-m", "distribute", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=env_for(tmp_path), cwd=tmp_path)
-
-
-def ok(tmp_path, *args, **kw):
-    result = run(tmp_path, *args, **kw)
-    assert result.returncode == 0, f"{args}: rc={result.returncode}\n{result.stderr}"
-    return result
 
 
 def start(tmp_path, *args):
