@@ -126,8 +126,10 @@ class Stats:
     takeovers: int = 0
     renewals: int = 0
     fetches: int = 0
-    #: fetches, looks and pushes the remote answered (a refused push is an answer): a
-    #: retry loop that sees this grow knows the remote is reachable, whatever failed
+    #: pushes the remote answered, landed or refused as a lost race: a retry loop that sees
+    #: this grow knows the remote took pushes meanwhile, so an error after that starts a
+    #: new window (reads alone do not count: a remote that answers fetches but can store
+    #: nothing, a full disk, must still end the retries)
     answers: int = 0
     extra: dict[str, int] = field(default_factory=dict)
 
@@ -266,7 +268,6 @@ class Coordinator:
         with self.mutex:
             values = self.transport.fetch([self.main_ref, LOCK_REF, WORKERS_PREFIX + "*"])
             self.stats.fetches += 1
-            self.stats.answers += 1
             now = self.clock()
             main = values.get(self.main_ref)
             if main is None:
@@ -376,7 +377,6 @@ class Coordinator:
         with self.mutex:
             values = self.transport.list_refs("refs/distribute/")
             self.stats.count("peeks")
-            self.stats.answers += 1
             self.watch.observe(LOCK_REF, values.get(LOCK_REF), self.clock())
             return values
 

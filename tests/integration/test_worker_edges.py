@@ -17,6 +17,7 @@ from distribute.core.errors import (
     MergeConflict,
     NoRunningJob,
     RemoteStateError,
+    TransportError,
 )
 from distribute.dist import worker_from_url
 from distribute.remote import init_remote
@@ -531,3 +532,44 @@ def test_a_file_over_the_size_limit_is_refused_before_anything_is_pushed(remote,
         assert w.fail_job("oversized output") == "retry"
     running = show(remote, "running.txt")
     assert "not committed: updates/big/weights.bin too large" in running
+
+
+class _PushesFail:
+    """A transport whose fetches work and whose pushes of the main branch fail before
+    anything is sent (the remote cannot store objects: a full disk)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.failing = False
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def push(self, updates):
+        if self.failing and any(u.ref == "refs/heads/main" for u in updates):
+            raise TransportError("the remote could not store the pushed objects: disk full")
+        return self.inner.push(updates)
+
+
+def test_a_remote_that_answers_reads_but_takes_no_push_ends_the_retries(remote, tmp_path):
+    """Retries restart their window only when the remote took a push meanwhile (a finish
+    that lost races for long, see tests/unit/test_retry_transport.py); a remote that
+    answers reads but stores no push (a full disk) ends a finish's retries within
+    retry_seconds, with the reason."""
+    now = [0.0]
+    wrapped = []
+
+    def wrap(transport):
+        wrapped.append(_PushesFail(transport))
+        return wrapped[-1]
+
+    init_remote(remote, jobs=["j"])
+    with make(remote, tmp_path, clock=lambda: now[0],
+              sleep=lambda s: now.__setitem__(0, now[0] + s), heartbeat=False,
+              retry_seconds=20, wrap_transport=wrap) as w:
+        assert w.get_next_job(QueueJobs()) == "j"
+        wrapped[0].failing = True
+        started = now[0]
+        with pytest.raises(TransportError, match="stayed unreachable for 20 s"):
+            w.finish_job()
+        assert now[0] - started < 60
