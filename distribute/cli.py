@@ -1209,6 +1209,7 @@ def work(
                 commit_every=commit_every, max_jobs=max_jobs, grace=grace, report=out.info,
                 breaker=breaker, breaker_seconds=breaker_seconds,
                 wait_for_jobs=wait_for_jobs, idle_exit=idle_exit,
+                echo=_job_echo(out) if out.verbosity >= 0 else None,
             )
             summary = runner.run()
         finally:
@@ -1226,6 +1227,15 @@ def work(
         out.info(f"every job this worker ran failed (exit code {summary.exit_code}); "
                  "see `distribute status` and `distribute logs`")
     return summary.exit_code
+
+
+def _job_echo(out: Output) -> Callable[[str, str], None]:
+    """Each line of a job's output on stderr, after the job's name (``-q`` hides them)."""
+
+    def echo(job: str, line: str) -> None:
+        out.err.print(f"{job} | {line}", markup=False, highlight=False)
+
+    return echo
 
 
 def _work_on_gpus(

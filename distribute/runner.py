@@ -326,15 +326,51 @@ class LogSink:
             yield
 
 
-def _pump(stream: int, sink: LogSink) -> None:
-    while True:
-        try:
-            chunk = os.read(stream, 65536)
-        except OSError:
-            return
-        if not chunk:
-            return
-        sink.write(chunk)
+class LineEcho:
+    """Hands the command's output on line by line (``echo(job, line)``), for a person
+    watching ``distribute work``; a last line without a newline is handed on at the end.
+    A line rewritten with carriage returns (a progress bar) is handed on as it ends up,
+    once, when it ends; one left unfinished keeps only its last 64 KiB."""
+
+    def __init__(self, job: str, echo: Callable[[str, str], None]) -> None:
+        self.job = job
+        self.echo = echo
+        self._partial = b""
+
+    def feed(self, data: bytes) -> None:
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        if len(self._partial) > 65536:
+            self._partial = self._partial.rsplit(b"\r", 1)[-1][-65536:]
+        for line in lines:
+            self._say(line)
+
+    def close(self) -> None:
+        if self._partial:
+            self._say(self._partial)
+            self._partial = b""
+
+    def _say(self, line: bytes) -> None:
+        shown = line.rstrip(b"\r").rsplit(b"\r", 1)[-1]
+        with contextlib.suppress(Exception):  # a closed terminal never stops the job
+            self.echo(self.job, shown.decode("utf-8", "replace"))
+
+
+def _pump(stream: int, sink: LogSink, echo: LineEcho | None = None) -> None:
+    try:
+        while True:
+            try:
+                chunk = os.read(stream, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            sink.write(chunk)
+            if echo is not None:
+                echo.feed(chunk)
+    finally:
+        if echo is not None:
+            echo.close()
 
 
 #: The child can be waited for without being reaped (see the module docstring).
@@ -482,6 +518,7 @@ class JobRunner:
         breaker_seconds: float = 5.0,
         wait_for_jobs: bool = False,
         idle_exit: float | None = None,
+        echo: Callable[[str, str], None] | None = None,
     ) -> None:
         if not command:
             raise UsageError("no command given: put the command to run after `--`")
@@ -507,6 +544,7 @@ class JobRunner:
         self.breaker_seconds = breaker_seconds
         self.wait_for_jobs = wait_for_jobs or idle_exit is not None
         self.idle_exit = idle_exit
+        self.echo = echo
         self._clock: Callable[[], float] = time.monotonic
         self._sleep: Callable[[float], None] = time.sleep
         self._worked = False  # the command has once succeeded or run past breaker_seconds
@@ -692,7 +730,8 @@ class JobRunner:
         record = self._record_child(proc, job)
         if self._signum is not None:  # a signal came just before the child existed
             _signal_group(proc, self._signum)
-        pump = threading.Thread(target=_pump, args=(read_end, sink), daemon=True)
+        echo = LineEcho(job, self.echo) if self.echo is not None else None
+        pump = threading.Thread(target=_pump, args=(read_end, sink, echo), daemon=True)
         pump.start()
         timed_out = lost = False
         try:

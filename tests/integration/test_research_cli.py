@@ -208,3 +208,17 @@ def test_demo_ends_with_the_results_table(tmp_path):
     r = ok(tmp_path, "demo", "--workers", "2", "--jobs", "4", "--seconds", "0", timeout=120)
     tail = r.stdout[r.stdout.index("Results"):]
     assert "loss" in tail and "mlp lr=0.1 seed=0" in tail and "epochs" in tail
+
+
+def test_work_shows_each_jobs_output_after_its_name_and_q_hides_it(tmp_path, remote):
+    init_remote(remote, "main", ["a", "b"])
+    script = "import sys; print('hello from', sys.argv[1]); print('to stderr', file=sys.stderr)"
+    shown = ok(tmp_path, "work", remote, "--name", "w", "--", PY, "-c", script, "{job}")
+    assert "a | hello from a" in shown.stderr and "b | to stderr" in shown.stderr
+    assert "hello" not in shown.stdout
+    init_remote(remote, "main", ["c"])
+    quiet = ok(tmp_path, "-q", "work", remote, "--name", "w", "--", PY, "-c", script, "{job}")
+    assert "hello from" not in quiet.stderr + quiet.stdout
+    log = subprocess.run(["git", "--git-dir", str(remote), "show", f"main:{job_dir('c')}/log.txt"],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    assert "hello from c" in log  # the log has it either way
