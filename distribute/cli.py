@@ -36,7 +36,8 @@ The ``status --json`` document (``"schema": 1``)::
       "remote": str,                  # URL or path, credentials removed
       "branch": str,                  # the main branch
       "main": str,                    # its commit id
-      "watched_seconds": float,       # --watch; 0 for a single observation
+      "watched_seconds": float,       # --watch, or the time since the last look compared
+      "compared_with_last_look": bool, # the second look is this machine's last status
       "counts": {"queued": int, "running": int, "done": int, "failed": int},
       "queued": [str, ...],           # jobs.txt, in order
       "running": [{
@@ -79,6 +80,9 @@ record exists; whether it is still renewed needs a second look).  With
 ``--watch S`` the liveness refs are read twice, S seconds apart:
 ``renewed`` (the record changed: the worker is alive) or ``unchanged`` (it did
 not; after more than a lease period the job is offered to other workers).
+Without ``--watch``, the second look is this machine's last ``status`` of the same
+remote and branch (``compared_with_last_look`` is then true and ``watched_seconds``
+says how long ago it was; see :mod:`distribute.looks`).
 Keys are only ever added within one schema version.
 """
 
@@ -369,9 +373,16 @@ def status_document(
 
 
 def observe_status(
-    view: RemoteView, remote: str, watch: float = 0.0, sleep: Callable[[float], None] = time.sleep
+    view: RemoteView, remote: str, watch: float = 0.0, sleep: Callable[[float], None] = time.sleep,
+    memory: Path | None = None,
 ) -> dict[str, Any]:
-    """Read the remote once (twice, ``watch`` seconds apart) and build the status document."""
+    """Read the remote once (twice, ``watch`` seconds apart) and build the status document.
+
+    Without ``watch``, a ``memory`` file (see :mod:`distribute.looks`) gives the second
+    look: this machine's last ``status`` of the same remote and branch.  This look is
+    remembered for the next one either way.
+    """
+    from distribute import looks
     from distribute.sources import read_queue
 
     transport = view.transport
@@ -402,17 +413,32 @@ def observe_status(
             beat_refs[beat.worker] = ref
     lock_changed: bool | None = None
     renewed: dict[str, bool] | None = None
+    watched = watch
+    compared = False
+    seen = {ref: oid for ref, oid in values.items()
+            if ref == LOCK_REF or ref.startswith(WORKERS_PREFIX)}
     if watch > 0:
         sleep(watch)
         later = transport.list_refs(WORKERS_PREFIX)
         later_lock = transport.list_refs(LOCK_REF).get(LOCK_REF)
         lock_changed = later_lock != lock_oid
         renewed = {w: later.get(ref) != values.get(ref) for w, ref in beat_refs.items()}
-    return status_document(
+        seen = {**later, **({LOCK_REF: later_lock} if later_lock else {})}
+    elif memory is not None:
+        comparison = looks.compare(looks.recall(memory), seen, looks.now())
+        if comparison is not None:
+            compared, watched = True, round(comparison.seconds, 1)
+            lock_changed = comparison.changed.get(LOCK_REF, lock_oid is not None)
+            renewed = {w: comparison.changed.get(ref, True) for w, ref in beat_refs.items()}
+    if memory is not None:
+        looks.remember(memory, seen, looks.now())
+    doc = status_document(
         remote=remote, branch=view.branch, main=main, ledger=ledger, queue=queue, lock=lock,
-        beats=beats, watched_seconds=watch, lock_changed=lock_changed, renewed=renewed,
+        beats=beats, watched_seconds=watched, lock_changed=lock_changed, renewed=renewed,
         unreadable=unreadable,
     )
+    doc["compared_with_last_look"] = compared
+    return doc
 
 
 def _ref_name(component: str) -> str:
@@ -489,7 +515,12 @@ def render_status(doc: dict[str, Any], console: Console, limit: int | None = 20)
     else:
         line = f"lock: free (last token {lock['token']})"
     if lock["changed"] is not None:
-        line += " · changed while watched" if lock["changed"] else " · unchanged while watched"
+        if doc.get("compared_with_last_look"):
+            since = f"since this machine's last look {doc['watched_seconds']:g} s ago"
+            line += f" · changed {since}" if lock["changed"] else f" · unchanged {since}"
+        else:
+            line += (" · changed while watched" if lock["changed"]
+                     else " · unchanged while watched")
     console.print(line)
     if doc["workers"]:
         table = Table(title="workers", title_justify="left")
@@ -506,6 +537,14 @@ def render_status(doc: dict[str, Any], console: Console, limit: int | None = 20)
             table.add_row(_cell(w["name"]), _cell(", ".join(w["jobs"]) or "-"), seq,
                           _cell(state))
         console.print(table)
+        if doc.get("compared_with_last_look"):
+            console.print(
+                f"liveness: compared with this machine's last look, {doc['watched_seconds']:g} s "
+                "ago (renewed: the worker wrote its record since; unchanged: silent at least "
+                "that long)", style="dim", markup=False)
+        elif not doc["watched_seconds"]:
+            console.print("liveness: run status again (or use --watch S) to see who renews",
+                          style="dim", markup=False)
 
 
 def find_log(view: RemoteView, job: str) -> tuple[bytes, str]:
@@ -1322,9 +1361,12 @@ def status(
       workers: [{name, session|null, seq|null, jobs, revoked_by|null, renewed|null,
                  gone, unreadable|null}]
     """
+    from distribute.looks import memory_path
+
     url = resolve_remote(remote)
     with open_remote(url, branch) as view:
-        doc = observe_status(view, url, watch)
+        doc = observe_status(view, url, watch,
+                             memory=memory_path(user_cache_dir(), url, view.branch))
     if as_json:
         click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
         return

@@ -34,6 +34,11 @@ WALL_CLOCKS = frozenset({
 
 #: (module, wall clock it may use) -> why that use is right.
 ALLOWED: dict[tuple[str, str], str] = {
+    ("distribute.looks", "time.time"): (
+        "`distribute status` compares a look with the one this machine's last status "
+        "remembered, across two runs of the command: only this machine's own clock, "
+        "never a time another machine wrote, and it decides nothing but a label"
+    ),
     ("distribute.transport.repository", "time.time"): (
         "the author and committer date of the commits Distribute writes itself: git needs "
         "one, people read it in `git log`, and no decision is ever made from it"
