@@ -67,6 +67,8 @@ The ``status --json`` document (``"schema": 1``)::
           "revoked_by": str | null,   # who took its jobs over, if anyone did
           "renewed": bool | null,     # seen to renew during --watch; null without it
           "gone": bool,               # its last record says it left
+          "silent_seconds": float | null,  # how long this machine's looks have seen
+                                      # its record unchanged (null: not compared)
           "unreadable": str | null    # why its ref holds no liveness record (then the
                                       # name is the ref's, session and seq are null)
       }, ...]
@@ -424,20 +426,26 @@ def observe_status(
         lock_changed = later_lock != lock_oid
         renewed = {w: later.get(ref) != values.get(ref) for w, ref in beat_refs.items()}
         seen = {**later, **({LOCK_REF: later_lock} if later_lock else {})}
-    elif memory is not None:
-        comparison = looks.compare(looks.recall(memory), seen, looks.now())
+    silent: dict[str, float] = {}
+    previous = looks.recall(memory) if memory is not None else None
+    if watch <= 0 and memory is not None:
+        comparison = looks.compare(previous, seen, looks.now())
         if comparison is not None:
             compared, watched = True, round(comparison.seconds, 1)
             lock_changed = comparison.changed.get(LOCK_REF, lock_oid is not None)
             renewed = {w: comparison.changed.get(ref, True) for w, ref in beat_refs.items()}
+            silent = {w: round(comparison.unchanged_for[ref], 1)
+                      for w, ref in beat_refs.items() if ref in comparison.unchanged_for}
     if memory is not None:
-        looks.remember(memory, seen, looks.now())
+        looks.remember(memory, seen, looks.now(), previous)
     doc = status_document(
         remote=remote, branch=view.branch, main=main, ledger=ledger, queue=queue, lock=lock,
         beats=beats, watched_seconds=watched, lock_changed=lock_changed, renewed=renewed,
         unreadable=unreadable,
     )
     doc["compared_with_last_look"] = compared
+    for row in doc["workers"]:
+        row["silent_seconds"] = silent.get(row["name"])
     return doc
 
 
@@ -472,6 +480,18 @@ def _lock_at(view: RemoteView, oid: str) -> LockState:
 
 def _cell(text: object) -> str:
     return escape(str(text))
+
+
+#: A worker whose last record says it left, seen so for this long, drops out of the table.
+GONE_HIDDEN_AFTER = 3600.0
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def render_status(doc: dict[str, Any], console: Console, limit: int | None = 20) -> None:
@@ -522,15 +542,23 @@ def render_status(doc: dict[str, Any], console: Console, limit: int | None = 20)
             line += (" · changed while watched" if lock["changed"]
                      else " · unchanged while watched")
     console.print(line)
-    if doc["workers"]:
+    workers = doc["workers"]
+    hidden = 0
+    if limit is not None:  # workers gone for long drop out of the table (--all keeps them)
+        kept = [w for w in workers if not (w.get("gone") and not w["jobs"] and (
+            w.get("silent_seconds") or 0) >= GONE_HIDDEN_AFTER)]
+        hidden, workers = len(workers) - len(kept), kept
+    if workers:
         table = Table(title="workers", title_justify="left")
         for col in ("worker", "running", "beats", "liveness"):
             table.add_column(col, overflow="fold")
-        for w in doc["workers"]:
+        for w in workers:
             state = f"revoked by {w['revoked_by']}" if w["revoked_by"] else (
                 "gone" if w.get("gone") else
                 "-" if w["renewed"] is None else ("renewed" if w["renewed"] else "unchanged")
             )
+            if w.get("silent_seconds") and not w["renewed"]:
+                state += f" (silent {_duration(w['silent_seconds'])}+)"
             if w.get("unreadable"):
                 state = f"unreadable: {w['unreadable']}"
             seq = "-" if w["seq"] is None else str(w["seq"])
@@ -545,6 +573,9 @@ def render_status(doc: dict[str, Any], console: Console, limit: int | None = 20)
         elif not doc["watched_seconds"]:
             console.print("liveness: run status again (or use --watch S) to see who renews",
                           style="dim", markup=False)
+    if hidden:
+        console.print(f"{hidden} worker(s) gone for over {_duration(GONE_HIDDEN_AFTER)} not "
+                      "shown (--all shows them)", style="dim", markup=False)
 
 
 def find_log(view: RemoteView, job: str) -> tuple[bytes, str]:

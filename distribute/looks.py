@@ -38,10 +38,13 @@ class Comparison:
         seconds: how long ago (by this machine's clock) the last look was.
         changed: by ref, whether its value differs from the last look's (a ref the last
             look did not see counts as changed).
+        unchanged_for: by ref whose value did not change, how long (by this machine's
+            clock) looks have seen that value: since the first look that saw it.
     """
 
     seconds: float
     changed: dict[str, bool]
+    unchanged_for: dict[str, float]
 
 
 def memory_path(cache: Path, remote: str, branch: str) -> Path:
@@ -62,7 +65,15 @@ def compare(previous: Mapping[str, object] | None, refs: Mapping[str, str],
     ago = now - float(at)
     if not 0 < ago <= FORGET_AFTER:
         return None
-    return Comparison(ago, {ref: seen.get(ref) != oid for ref, oid in refs.items()})
+    since = previous.get("since")
+    since = since if isinstance(since, dict) else {}
+    changed = {ref: seen.get(ref) != oid for ref, oid in refs.items()}
+    unchanged_for = {}
+    for ref, moved in changed.items():
+        first = since.get(ref, at)
+        if not moved and isinstance(first, int | float) and first <= now:
+            unchanged_for[ref] = now - float(first)
+    return Comparison(ago, changed, unchanged_for)
 
 
 def recall(path: Path) -> dict[str, object] | None:
@@ -74,15 +85,26 @@ def recall(path: Path) -> dict[str, object] | None:
     return data if isinstance(data, dict) else None
 
 
-def remember(path: Path, refs: Mapping[str, str], now: float) -> None:
-    """Remember this look (best effort: a cache that cannot be written costs only the
-    next comparison)."""
+def remember(path: Path, refs: Mapping[str, str], now: float,
+             previous: Mapping[str, object] | None = None) -> None:
+    """Remember this look, and since when each value has been seen (carried over from
+    ``previous`` for a value that did not change).  Best effort: a cache that cannot be
+    written costs only the next comparison."""
+    since: dict[str, float] = {}
+    if previous and compare(previous, refs, now) is not None:
+        old_refs, old_since = previous.get("refs"), previous.get("since")
+        assert isinstance(old_refs, dict)
+        old_since = old_since if isinstance(old_since, dict) else {}
+        for ref, oid in refs.items():
+            first = old_since.get(ref, previous.get("at"))
+            if old_refs.get(ref) == oid and isinstance(first, int | float):
+                since[ref] = float(first)
     with contextlib.suppress(OSError):
         private_folder(path.parent)
         scratch = path.with_name(f".{path.name}.{os.getpid()}")
         fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump({"at": now, "refs": dict(refs)}, handle)
+            json.dump({"at": now, "refs": dict(refs), "since": since}, handle)
         os.replace(scratch, path)
 
 

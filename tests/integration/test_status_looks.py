@@ -42,3 +42,27 @@ def test_the_second_status_says_who_renewed_since_the_first(tmp_path):
         assert alive["running"][0]["lease"] == "renewed"
         assert worker_row(alive, "w")["renewed"] is True
         w.finish_job()
+
+
+def test_workers_gone_for_long_drop_out_of_the_table_and_all_shows_them(tmp_path):
+    remote = tmp_path / "remote.git"
+    init_remote(remote, jobs=["j"])
+    with worker_from_url(str(remote), path=tmp_path / "copy", name="old-w",
+                         heartbeat=False) as w:
+        assert w.get_next_job(QueueJobs()) == "j"
+        w.finish_job()
+    # closed: its last record says it left
+    assert worker_row(status(tmp_path, remote), "old-w")["gone"] is True
+    shown = status(tmp_path, remote)
+    assert worker_row(shown, "old-w")["silent_seconds"] is not None
+    assert "gone (silent" in ok(tmp_path, "status", remote).stdout  # its row, shown
+    # this machine's looks have seen the record unchanged for two hours
+    (memory,) = (tmp_path / "cache" / "distribute" / "looks").glob("*.json")
+    data = json.loads(memory.read_text())
+    data["since"] = {ref: data["at"] - 7200 for ref in data["refs"]}
+    memory.write_text(json.dumps(data))
+    table = ok(tmp_path, "status", remote).stdout
+    assert "gone (silent" not in table
+    assert "1 worker(s) gone for over 60 min not shown" in table
+    everything = ok(tmp_path, "status", remote, "--all").stdout
+    assert "gone (silent" in everything and "not shown" not in everything

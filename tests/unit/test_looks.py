@@ -28,7 +28,7 @@ def test_the_memory_is_private_holds_no_secret_and_survives_damage(tmp_path):
     assert path == memory_path(tmp_path / "cache", "https://me:other@example.com/r.git", "main")
     assert path != memory_path(tmp_path / "cache", "https://me@example.com/r.git", "dev")
     remember(path, {"refs/distribute/lock": "1" * 40}, 7.0)
-    assert recall(path) == {"at": 7.0, "refs": {"refs/distribute/lock": "1" * 40}}
+    assert recall(path) == {"at": 7.0, "refs": {"refs/distribute/lock": "1" * 40}, "since": {}}
     assert "hunter2" not in path.read_text() and "hunter2" not in str(path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
@@ -36,3 +36,16 @@ def test_the_memory_is_private_holds_no_secret_and_survives_damage(tmp_path):
     assert recall(path) is None
     path.write_text(json.dumps([1, 2]))
     assert recall(path) is None
+
+
+def test_how_long_a_value_has_been_seen_carries_over_looks(tmp_path):
+    path = tmp_path / "look.json"
+    refs = {"w": "1" * 40, "v": "2" * 40}
+    remember(path, refs, 100.0)
+    remember(path, refs, 200.0, recall(path))
+    moved = {"w": "1" * 40, "v": "3" * 40}
+    got = compare(recall(path), moved, now=250.0)
+    assert got is not None and got.unchanged_for == {"w": 150.0}  # since the look at 100
+    remember(path, moved, 250.0, recall(path))
+    later = compare(recall(path), moved, now=300.0)
+    assert later is not None and later.unchanged_for == {"w": 200.0, "v": 50.0}
