@@ -102,7 +102,7 @@ WRITE = textwrap.dedent("""
 """)
 
 STATUS_KEYS = {"schema", "remote", "branch", "main", "watched_seconds", "counts", "queued",
-               "running", "done", "failed", "lock", "workers"}
+               "running", "done", "failed", "lock", "workers", "compared_with_last_look"}
 
 
 def test_full_flow_two_workers(tmp_path, remote):
