@@ -1683,7 +1683,7 @@ the metrics. --sort COLUMN sorts numbers as numbers (-COLUMN: descending);
 --where takes COLUMN=VALUE, COLUMN<VALUE, COLUMN>VALUE (also !=, <=, >=) and
 may be repeated. --plot METRIC writes a PNG of METRIC against --by (default:
 the first parameter that varies); it needs matplotlib: pip install
-'distribute[plot]'.""",
+'distribute-jobs[plot]'.""",
 )
 @_remote_argument()
 @click.option("--file", "file_name", default="metrics.json", show_default=True, metavar="NAME",

@@ -1,6 +1,6 @@
 """Optuna studies kept in the git remote, and trials handed out as Distribute jobs.
 
-Install with ``pip install 'distribute[optuna]'``.
+Install with ``pip install 'distribute-jobs[optuna]'``.
 
 Theory of operation
 -------------------
@@ -90,7 +90,7 @@ try:
     from optuna.trial import FrozenTrial, TrialState
 except ImportError as _err:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "distribute.optuna needs Optuna 4 or newer: pip install 'distribute[optuna]'"
+        "distribute.optuna needs Optuna 4 or newer: pip install 'distribute-jobs[optuna]'"
     ) from _err
 
 from distribute.backoff import Backoff, retry_transport

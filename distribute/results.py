@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 DEFAULT_FILE = "metrics.json"
 #: Columns every row has, besides the parameters.
 JOB, STATE, ATTEMPT, WORKER, ERROR = "job", "state", "attempt", "worker", "error"
-PLOT_EXTRA = "pip install 'distribute[plot]'"
+PLOT_EXTRA = "pip install 'distribute-jobs[plot]'"
 
 Row = dict[str, Any]
 

@@ -99,7 +99,7 @@ def test_grid_sweep_runs_and_its_results_come_back_as_one_table(tmp_path, remote
 
     if importlib.util.find_spec("matplotlib") is None:
         r = run(tmp_path, "results", remote, "--plot", "loss")
-        assert r.returncode == 1 and "pip install 'distribute[plot]'" in r.stderr
+        assert r.returncode == 1 and "pip install 'distribute-jobs[plot]'" in r.stderr
         return
     r = ok(tmp_path, "results", remote, "--plot", "loss", "--by", "lr", "--out", "p/loss.png")
     assert r.stdout.strip() == f"wrote {Path('p') / 'loss.png'}"

@@ -147,7 +147,7 @@ def test_plot_writes_a_png(tmp_path):
 
 def test_plot_without_matplotlib_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    with pytest.raises(UsageError, match=r"pip install 'distribute\[plot\]'"):
+    with pytest.raises(UsageError, match=r"pip install 'distribute-jobs\[plot\]'"):
         plot(ROWS, "loss", out=tmp_path / "x.png")
 
 
