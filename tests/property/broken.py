@@ -111,9 +111,10 @@ class Catch:
     deviations: int
 
 
-def hunt(name: str, cls: type[Broken], base: type[ProtocolMachine] = ProtocolMachine,
-         **overrides: Any) -> Catch:
-    """Run the machine ``base`` with every worker on ``cls`` until it finds a violation.
+def hunt(name: str, cls: type, base: type[ProtocolMachine] = ProtocolMachine,
+         make: Any = variant, **overrides: Any) -> Catch:
+    """Run the machine ``make(cls, base)`` (by default: ``base`` with every worker on
+    ``cls``) until it finds a violation.
 
     Shrinking is skipped (only the verdict matters).  Raises :class:`NotCaught` unless
     the machine raised a :class:`Violation` in a run in which ``cls`` had deviated
@@ -125,7 +126,7 @@ def hunt(name: str, cls: type[Broken], base: type[ProtocolMachine] = ProtocolMac
         phases=[Phase.generate], report_multiple_bugs=False, print_blob=False, **overrides)
     raised: Violation | None = None
     try:
-        run_state_machine_as_test(variant(cls, base), settings=settings)
+        run_state_machine_as_test(make(cls, base), settings=settings)
     except Violation as exc:
         raised = exc
     except Exception as exc:

@@ -75,7 +75,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from hypothesis import HealthCheck, note, settings
 from hypothesis import strategies as st
@@ -91,7 +91,13 @@ from hypothesis.stateful import (
 )
 
 from distribute.coordination import Coordinator, JobHolding
-from distribute.core.errors import LeaseLost, MergeConflict, OutcomeUnknown
+from distribute.core.errors import (
+    LeaseLost,
+    MergeConflict,
+    OutcomeUnknown,
+    RemoteStateError,
+    UsageError,
+)
 from distribute.core.ledger import (
     DONE,
     FAILED,
@@ -114,6 +120,9 @@ from distribute.sources import JOBS_FILE, format_queue, read_queue
 from distribute.transport.base import Oid, RefUpdate
 from distribute.transport.memory import MemoryRemote
 
+if TYPE_CHECKING:
+    from distribute.fenced import FencedEdit
+
 BRANCH = "main"
 MAIN_REF = "refs/heads/" + BRANCH
 #: Lease periods, drawn per run, in scheduling rounds (one step of every worker; a step
@@ -131,6 +140,11 @@ JOB_NAMES = (
     "job 00", "a/b", "ünï", "-dash", "x@{1}", "end.lock", "job 06", "job 07", "job 08",
 )
 LATE_JOBS = ("late 1", "late 2", "late 3")
+#: Jobs an administrator adds with ``distribute add`` (the real fenced edit).
+NEW_JOBS = ("new 1", "new/2")
+#: The administrator's commands (``distribute add``, ``requeue``, ``requeue --done``,
+#: ``requeue --force``, ``cancel``), run through :class:`~distribute.fenced.FencedEdit`.
+ADMIN_OPS = ("add", "requeue", "requeue-done", "requeue-force", "cancel")
 #: Delays in leases: moments, a third of a lease, just past lease + margin, three leases.
 DELAYS = (0.05, 0.1, 0.2, 0.4, 1.3, 3.0)
 #: How long a suspended host sleeps, in leases.
@@ -408,6 +422,54 @@ class Wire:
 
     def push(self, updates: Sequence[RefUpdate]) -> bool:
         return self.machine.push_through(self.machine.by_name[self.ws_name], self.inner, updates)
+
+
+@dataclass
+class AdminOp:
+    """One administrator command as the audit sees it: what was asked (``op`` is ``add``,
+    ``requeue``, ``cancel`` or ``unlock``; the named ``jobs``; ``--force``, ``--done``) and
+    the lock identity its :class:`~distribute.fenced.FencedEdit` writes."""
+
+    op: str
+    jobs: tuple[str, ...] = ()
+    force: bool = False
+    done: bool = False
+    who: str = ""
+    session: str = ""
+    #: worker steps taken right after its acquire landed (the command's process stalls)
+    stall: int = 0
+
+    def describe(self) -> str:
+        flags = " --force" * self.force + " --done" * self.done
+        return f"the administrator ({self.op}{flags} {list(self.jobs)})"
+
+
+class AdminWire:
+    """The administrator's transport: every push it makes is audited like a worker's."""
+
+    def __init__(self, inner: Any, machine: AdminMachine) -> None:
+        self.inner = inner
+        self.machine = machine
+        self.op: AdminOp = AdminOp("none")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def push(self, updates: Sequence[RefUpdate]) -> bool:
+        return self.machine.admin_push(self.op, self.inner, updates)
+
+
+class AdminCopy:
+    """Stands in for the scratch clone a :class:`~distribute.remote.RemoteView` reads."""
+
+    def __init__(self, wire: AdminWire) -> None:
+        self.wire = wire
+
+    def transport(self) -> AdminWire:
+        return self.wire
+
+    def default_branch(self) -> str:
+        return BRANCH
 
 
 # ---- the ideal serial system --------------------------------------------------------
@@ -1659,6 +1721,392 @@ class ProtocolMachine(RuleBasedStateMachine):
                 require(lock_oid in ws.believed, f"{ws.name!r} holds the lock on the remote "
                         f"({lock}) but never learned that its push landed")
                 self.count("phantom-holding")  # dropped as lost or expired; waits out one lease
+
+
+class AdminMachine(ProtocolMachine):
+    """The protocol machine plus an administrator whose commands (the real fenced edits of
+    ``distribute add / requeue [--done|--force] / cancel`` and ``unlock``) interleave with
+    the workers' steps, every push audited (:meth:`audit_admin`).
+
+    With ``requeue --done`` a job runs again: each run must be claimed anew and finished at
+    most once, so this machine keeps which run each claim belongs to and which runs
+    finished.
+
+    A subclass, and everything it needs lives here (its model of re-runs, its checks, its
+    budget, overrides of whole base methods rather than hooks in the base class), so that
+    the base machine's derandomized runs stay exactly as they were: Hypothesis seeds a
+    derandomized state machine from the source of its class (comments and blank lines
+    aside), and draws constants from the source of the project modules loaded when it
+    runs, which is why this module imports :mod:`distribute.fenced`, :mod:`distribute.remote`
+    and :mod:`distribute.cli` only in :meth:`run_admin`."""
+
+    budgets: dict[str, int] = {**BUDGET, "admin": 2}
+    #: The administrator's fenced edit (``None``: the real
+    #: :class:`~distribute.fenced.FencedEdit`; ``broken_admin.py`` swaps in broken ones),
+    #: the commands it runs, and the jobs it waits for before its first: ``"done"`` or
+    #: ``"held"`` (a job a worker runs), or ``""`` (any moment).
+    fenced_edit_class: type[FencedEdit] | None = None
+    admin_ops: tuple[str, ...] = ADMIN_OPS
+    admin_waits_for: str = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.admin_wire: AdminWire | None = None
+        self.admins = itertools.count(1)
+        #: lock commits written by ``distribute unlock`` (held -> free, next token)
+        self.lock_breaks: set[Oid] = set()
+        #: how often each job was put back after it was done (``requeue --done``): each time
+        #: it starts a new run, which must be claimed anew and may be finished once
+        self.runs_of: dict[str, int] = {}
+        #: the run of its job each claim belongs to
+        self.claim_run: dict[tuple[str, int], int] = {}
+        #: (job, run) -> the token its finish landed under
+        self.finished: dict[tuple[str, int], int] = {}
+
+    # ---- the base machine's audit, aware of re-runs -------------------------------------
+    def record_claim(self, ws: WorkerState, job: str, token: int, commit: Oid) -> None:
+        require((job, token) not in self.model.claims,
+                f"{ws.name!r} claimed {job!r} under token {token}, which an earlier claim of "
+                "it used already")
+        self.claim_run[(job, token)] = self.runs_of.get(job, 0)
+        super().record_claim(ws, job, token, commit)
+
+    def audit_main(self, ws: WorkerState | None, who: str, pre: dict[str, Oid],
+                   post: dict[str, Oid]) -> None:
+        """The base audit; then, for a finish, that this run of the job was not finished
+        already (a finish under a token of an earlier run would do the job twice)."""
+        m = self.model
+        running, done = dict(m.running), set(m.done)
+        super().audit_main(ws, who, pre, post)
+        for job in [j for j in m.done if j in running and j not in done]:
+            token = running[job].token
+            run = self.claim_run.get((job, token))
+            require(run == self.runs_of.get(job, 0) and (job, run) not in self.finished,
+                    f"{who} finished {job!r} under token {token}, but this run of it (run "
+                    f"{run}; the job's current run is {self.runs_of.get(job, 0)}) was finished "
+                    f"already under token {self.finished.get((job, run))} (run {run}): the "
+                    "job is done twice")
+            self.finished[(job, run)] = token  # type: ignore[index]
+
+    def was_finished(self, job: str, token: int) -> bool:
+        """Did a finish of ``job`` land under ``token`` (in this run of it or an earlier
+        one)?"""
+        return self.finished.get((job, self.claim_run.get((job, token), -1))) == token
+
+    def merged_branch(self, ref: str, old: Oid | None, post: dict[str, Oid]) -> bool:
+        """As the base machine's, with "finished" meaning a finish of the run the branch's
+        claim belongs to (the job may be done again, or queued again, since)."""
+        if ref not in self.branch_job or old is None:
+            return False
+        job, token = self.branch_job[ref]
+        return (self.was_finished(job, token)
+                and self.world.is_ancestor(old, post[MAIN_REF]))
+
+    def check_branches(self, refs: dict[str, Oid]) -> None:
+        """As the base machine's, with "finished" as in :meth:`merged_branch`."""
+        for (job, token), claim in self.model.claims.items():
+            ref = claim.branch(job, token)
+            if ref not in refs and self.was_finished(job, token):
+                for tip in self.model.tips.get((job, token), [])[-1:]:
+                    require(self.world.is_ancestor(tip, refs[MAIN_REF]),
+                            f"the update {tip[:10]} of finished {job!r} is not on the main "
+                            "branch, and its branch is gone")
+                continue
+            require(ref in refs, f"the branch {ref} of job {job!r} (token {token}) is missing")
+            for tip in self.model.tips.get((job, token), [])[-1:]:
+                require(self.world.is_ancestor(tip, refs[ref]),
+                        f"the update {tip[:10]} of {job!r} is gone from {ref}")
+
+    @invariant()
+    def lock_tokens_increase(self) -> None:
+        """As the base machine's (same name: it replaces it), but a break by ``distribute
+        unlock`` (held -> free under the next token) is a step too."""
+        cur: Oid | None = self.world.refs()[LOCK_REF]
+        while cur is not None and cur not in self.lock_checked:
+            parents = self.world.parents(cur)
+            if parents:
+                p, c = self.lock_at(parents[0]), self.lock_at(cur)
+                require(lock_step_ok(p, c) or cur in self.lock_breaks,
+                        f"lock history: {p} is followed by {c}")
+            else:
+                require(self.lock_at(cur).token == 0, "the lock's first commit has a token")
+            self.lock_checked.add(cur)
+            cur = parents[0] if parents else None
+
+    @invariant()
+    def queue_lists_no_job_twice(self) -> None:
+        main = self.world.refs()[MAIN_REF]
+        running, done, failed = ledger_tables(self.ledger_at(main))
+        queue = self.queue_at(main)
+        require(not set(queue) & (set(running) | set(done) | set(failed))
+                and len(set(queue)) == len(queue),
+                f"jobs.txt lists a job twice or one that is in a ledger: {queue}")
+
+    # ---- pushes by the administrator -------------------------------------------------------
+    def admin_push(self, op: AdminOp, inner: Any, updates: Sequence[RefUpdate]) -> bool:
+        """Push for the administrator and audit it; a stalled command lets the workers take
+        ``op.stall`` steps right after its acquire landed (before it edits)."""
+        pre = self.world.refs()
+        try:
+            ok = bool(inner.push(updates))
+        finally:
+            post = self.world.refs()
+            if pre != post:
+                self.audit_admin(op, pre, post)
+        acquired = post.get(LOCK_REF) != pre.get(LOCK_REF) and not self.lock_at(
+            post.get(LOCK_REF)).free
+        if ok and acquired and op.stall:
+            self.say(lambda: f"{op.describe()} stalls {op.stall} steps holding the lock")
+            for _ in range(op.stall):
+                self.schedule(None)
+                self.recheck()
+        return ok
+
+    # ---- the audit of an administrator's push ---------------------------------------------
+    def audit_admin(self, a: AdminOp, pre: dict[str, Oid], post: dict[str, Oid]) -> None:
+        """An admin command writes the main branch and the lock only; the lock by acquire
+        (a free lock, for itself), release (its own holding), or, for ``unlock``, a break of
+        a holding that is no longer valid; the main branch only fenced by its own holding."""
+        who = a.describe()
+        changed = sorted(r for r in set(pre) | set(post) if pre.get(r) != post.get(r))
+        for ref in changed:
+            require(ref in (MAIN_REF, LOCK_REF) and post.get(ref) is not None,
+                    f"{who} changed {ref} ({pre.get(ref)} -> {post.get(ref)}), which an admin "
+                    "command never writes or deletes")
+        if LOCK_REF in changed:
+            self.audit_admin_lock(a, who, pre[LOCK_REF], post[LOCK_REF])
+        if MAIN_REF in changed:
+            self.audit_admin_main(a, who, pre, post)
+        self.check_branches(post)
+
+    def audit_admin_lock(self, a: AdminOp, who: str, old: Oid, new: Oid) -> None:
+        chain = []
+        cur = new
+        while cur != old:
+            chain.append(cur)
+            parents = self.world.parents(cur)
+            require(len(parents) == 1, f"{who} set the lock to {new[:10]}, which does not "
+                    "descend from its previous value: the lock was forced")
+            cur = parents[0]
+        for child in reversed(chain):
+            p, c = self.lock_at(self.world.parents(child)[0]), self.lock_at(child)
+            if p.free and not c.free and c.token == p.token + 1 and a.op != "unlock":
+                require((c.holder, c.session) == (a.who, a.session),
+                        f"{who} wrote a holding for {c.holder!r}")
+            elif not p.free and c.free and c.token == p.token and p.session == a.session:
+                pass  # its own release
+            elif not p.free and c.free and c.token == p.token + 1 and a.op == "unlock":
+                for other in self.live():
+                    h = other.coord.holding
+                    if h is not None and h.state.token == p.token and other.session == p.session:
+                        require(self.now >= other.holding_valid_until(),
+                                f"{who} broke the lock of {other.name!r}, whose holding (token "
+                                f"{p.token}) is valid until t={other.holding_valid_until():.3f}; "
+                                f"now t={self.now:.3f}")
+                self.lock_breaks.add(child)
+                self.count("admin-unlock")
+            else:
+                violation(f"{who} moved the lock from {p} to {c}")
+
+    def holder_is_gone(self, job: str, e: Entry) -> bool:
+        """Is the session that claimed ``job``'s running attempt dead (killed; its worker's
+        name may live on in a new process)?"""
+        claim = self.model.claims.get((job, e.token))
+        return claim is not None and all(ws.session != claim.session for ws in self.live())
+
+    def audit_admin_main(self, a: AdminOp, who: str, pre: dict[str, Oid],
+                         post: dict[str, Oid]) -> None:
+        old, new = pre[MAIN_REF], post[MAIN_REF]
+        require(self.world.is_ancestor(old, new),
+                f"{who} moved the main branch from {old[:10]} to {new[:10]}, which does not "
+                "contain it: history on the main branch was lost")
+        lock = self.lock_at(pre.get(LOCK_REF))
+        require(a.op != "unlock" and not lock.free and lock.session == a.session
+                and pre.get(LOCK_REF) != post.get(LOCK_REF),
+                f"{who} moved the main branch while the lock was {lock}: an admin edit must "
+                "land fenced by its own holding (and release it in the same push)")
+        ledger, queue = self.ledger_at(new), self.queue_at(new)
+        try:
+            ledger.validate()
+        except AssertionError as exc:
+            violation(f"after a push by {who}: {exc}")
+        running, done, failed = ledger_tables(ledger)
+        listed = set(running) | set(done) | set(failed)
+        require(not set(queue) & listed and len(set(queue)) == len(queue),
+                f"after a push by {who} jobs.txt lists {queue}: a job twice, or one that is in "
+                f"a ledger too ({sorted(set(queue) & listed)})")
+        m = self.model
+        real = Model(queue, running, done, failed)
+        jobs = listed | set(queue) | set(m.running) | set(m.done) | set(m.failed) | set(m.queue)
+        moved = sorted(j for j in jobs if real.state(j)[0] != m.state(j)[0]
+                       or not same_line(real.state(j)[1], m.state(j)[1]))
+        extra = sorted(set(moved) - set(a.jobs))
+        require(not extra, f"{who} changed jobs it was not asked to change: {extra}")
+        require(moved, f"{who} pushed an edit that moves no job (jobs.txt {queue})")
+        for job in moved:
+            was, before = m.state(job)
+            now_kind, after = real.state(job)
+            story = f"{who} moved job {job!r} from {was} {before} to {now_kind} {after}"
+            if was == "running" and before is not None and not before.released:
+                require(a.force and a.op == "requeue" and self.holder_is_gone(job, before),
+                        f"{story}, but worker {before.worker!r} holds it and its process is "
+                        "alive: an admin edit changed a job a live worker holds")
+            if a.op == "add":
+                ok = was is None and now_kind == "queued"
+            elif a.op == "cancel":
+                ok = (was == "queued" and now_kind is None) or (
+                    was == "running" and now_kind == "failed" and before is not None
+                    and after is not None and before.released and after.released
+                    and (after.token, after.attempt) == (before.token, before.attempt))
+            elif a.op == "requeue":
+                ok = now_kind == "queued" and (
+                    was in ("failed", "running") or (was == "done" and a.done))
+            else:
+                ok = False
+            require(ok, f"illegal admin transition: {story}")
+        into = [j for j in moved if real.state(j)[0] == "queued"]
+        rest = [j for j in m.queue if j not in moved]
+        if a.op == "add":
+            expected = rest + [j for j in queue if j in into]
+        else:  # requeue puts its jobs first; cancel only takes out
+            expected = [j for j in queue if j in into] + rest
+        require(queue == expected and set(queue) == set(rest) | set(into),
+                f"after a push by {who} jobs.txt lists {queue}, the model {expected}")
+        states = {job: (m.state(job), real.state(job)) for job in moved}  # before m.queue moves
+        m.queue = queue
+        for job in moved:
+            (was, before), (now_kind, after) = states[job]
+            self.count(f"admin-{a.op}-{was}-{now_kind}")
+            for kind, table in (("running", m.running), ("done", m.done), ("failed", m.failed)):
+                table.pop(job, None)
+                if now_kind == kind:
+                    table[job] = after  # type: ignore[assignment]
+            if was == "running" and before is not None:
+                m.taken_over.add((job, before.token))
+            if was == "done":
+                self.runs_of[job] = self.runs_of.get(job, 0) + 1
+        require((running, done, failed) == (m.running, m.done, m.failed),
+                f"after a push by {who} the ledgers differ from the model")
+
+    # ---- the administrator's commands: the real fenced edits, audited like the workers ---------
+    def admin_ready(self) -> bool:
+        m, wants = self.model, self.admin_waits_for
+        return self.budget["admin"] > 0 and (
+            not wants or (wants == "done" and bool(m.done))
+            or (wants == "held" and any(not e.released for e in m.running.values())))
+
+    def admin_targets(self, data: Any, op: str) -> list[str]:
+        """Jobs for ``op``: mostly ones it applies to; for ``cancel`` (and when nothing
+        fits) any job, which the command must refuse."""
+        m = self.model
+        released = [j for j, e in m.running.items() if e.released]
+        gone = [j for j, e in m.running.items() if not e.released and self.holder_is_gone(j, e)]
+        known = sorted({*m.queue, *m.running, *m.done, *m.failed})
+        pool = {
+            "add": [j for j in NEW_JOBS if m.state(j)[0] is None] + known[:1],
+            "requeue": sorted([*m.failed, *released]) or known,
+            "requeue-done": sorted(m.done) or known,
+            # --force on a job a live worker holds is the operator's error, not the code's
+            "requeue-force": sorted([*gone, *m.failed, *released]),
+            "cancel": known,
+        }[op]
+        if not pool:
+            return []
+        return data.draw(st.lists(st.sampled_from(pool), min_size=1, max_size=2, unique=True),
+                         label="jobs")
+
+    def may_break(self, lock: LockState) -> bool:
+        """Would an operator who knows the machine run ``distribute unlock`` now: the holder's
+        process is dead, or its holding ran out?"""
+        if lock.free:
+            return False
+        holders = [ws for ws in self.live() if ws.session == lock.session]
+        return all(self.now >= ws.holding_valid_until() for ws in holders)
+
+    def admin_sleep(self, seconds: float) -> None:
+        """``FencedEdit`` waits for a busy lock: the workers go on meanwhile.  Its backoff's
+        delays are random and at most a second; it waits a second every time (two steps), so
+        that a run replays exactly."""
+        self.count("admin-waits")
+        for _ in range(2):
+            self.schedule(None)
+            self.recheck()
+
+    def run_admin(self, op: str, jobs: list[str], stall: int, unlock: bool) -> None:
+        # imported here, not with the module: Hypothesis draws constants from the source of
+        # the project's imported modules, so importing these at the top would change what
+        # the base machine's derandomized runs draw (test_coverage_minimums.py)
+        from distribute.cli import break_lock
+        from distribute.fenced import FencedEdit, cancel_edit, queue_edit, requeue_edit
+        from distribute.remote import RemoteView
+
+        if self.admin_wire is None:
+            self.admin_wire = AdminWire(self.world.transport("admin-cli"), self)
+        wire = self.admin_wire
+        view = RemoteView(AdminCopy(wire), BRANCH)  # type: ignore[arg-type]
+        m = self.model
+        if unlock and self.may_break(self.lock_at(self.world.refs()[LOCK_REF])):
+            wire.op = AdminOp("unlock")
+            self.say(lambda: "the administrator: distribute unlock")
+            break_lock(view)
+        kind = op.split("-")[0]
+        seen = None
+        if op == "requeue-force":  # as the CLI does: --force takes the holdings seen now
+            ledger = view.ledger(view.main())
+            seen = {e.job: (e.worker, e.token) for e in ledger.running if not e.released}
+        fe = (self.fenced_edit_class or FencedEdit)(
+            view, f"cli@admin-{next(self.admins)}", 3 * self.lease, sleep=self.admin_sleep,
+            clock=lambda: self.now)
+        a = AdminOp(kind, tuple(jobs), op == "requeue-force", op == "requeue-done", fe.who,
+                    fe.session, stall)
+        wire.op = a
+        fe.op = a  # type: ignore[attr-defined]  # what a broken variant may look at
+        result: dict[str, list[str]] = {}
+        edit = {"add": lambda: queue_edit(jobs, result),
+                "requeue": lambda: requeue_edit(jobs, a.force, result, done=a.done, seen=seen),
+                "cancel": lambda: cancel_edit(jobs, result, fe.who)}[kind]()
+
+        def can(job: str) -> bool:
+            e = m.running.get(job)
+            return {"add": m.state(job)[0] is None,
+                    "cancel": job in m.queue or (e is not None and e.released),
+                    "requeue": job in m.failed or (job in m.done and a.done) or (
+                        e is not None and (e.released or a.force))}[kind]
+
+        want = {j: ("queued" if kind != "cancel" else None if j in m.queue else "failed")
+                for j in jobs if can(j)}
+        waits = self.events.get("admin-waits", 0)
+        self.say(lambda: f"{a.describe()}")
+        try:
+            fe.apply(edit)
+        except UsageError:
+            self.count("admin-refused")
+        except RemoteStateError:
+            self.count("admin-gave-up")
+            return
+        if self.events.get("admin-waits", 0) != waits:
+            return  # the workers moved on while it waited: what it could do has changed
+        if kind == "requeue" and len(want) < len(jobs):
+            return  # refused whole
+        for job, expected in want.items():
+            after = m.state(job)[0]
+            require(after == expected, f"{a.describe()} left {job!r} {after}, though it "
+                    f"could have made it {expected}")
+
+    @precondition(lambda self: self.admin_ready())
+    @rule(data=st.data(), op=st.sampled_from(ADMIN_OPS), stall=st.sampled_from((0, 0, 1, 3)),
+          unlock=st.booleans())
+    def admin_command(self, data: Any, op: str, stall: int, unlock: bool) -> None:
+        """An administrator runs ``distribute add / requeue [--done|--force] / cancel`` on
+        one or two jobs, after ``distribute unlock`` if it chose to and the lock is held by a
+        process that is dead or whose holding ran out; the command may stall for ``stall``
+        worker steps right after its acquire landed."""
+        self.budget["admin"] -= 1
+        if op not in self.admin_ops:  # a machine restricted to some commands
+            op = self.admin_ops[ADMIN_OPS.index(op) % len(self.admin_ops)]
+        jobs = self.admin_targets(data, op)
+        if jobs:
+            self.run_admin(op, jobs, stall, unlock)
 
 
 def machine_settings(**overrides: Any) -> settings:
