@@ -1555,15 +1555,14 @@ Examples:
   distribute cancel ./remote.git -- --job-starting-with-a-dash
 
 \b
-A queued job is taken out of jobs.txt (`add` queues it again). A job whose
-last attempt ended and that waits for another one (no worker holds it) is
-moved to failed.txt with the reason "cancelled" (`requeue` runs it again).
-A job a worker is running cannot be cancelled: stop that worker (Ctrl-C or
-SIGTERM on its machine), which puts the job back for another attempt, then
-cancel it. A done or failed job has nothing to cancel. One line per job says
-what was done; the exit code is 1 when any named job was not cancelled.
-The edit is made under the remote lock, like `add`, so running workers are
-never disturbed.""",
+A queued job is taken out of jobs.txt (`add` queues it again). A running job,
+or one that waits for another attempt, is moved to failed.txt with the reason
+"cancelled" (`requeue` runs it again); the worker running it learns it at its
+next heartbeat (within a third of its lease), stops the command and goes on
+with other jobs; what the job had committed stays on its branch. A done or
+failed job has nothing to cancel. One line per job says what was done; the
+exit code is 1 when any named job was not cancelled. The edit is made under
+the remote lock, like `add`, so no next-job function is disturbed.""",
 )
 @_remote_argument()
 @click.argument("jobs", nargs=-1, metavar="[JOB]...")
@@ -1577,7 +1576,7 @@ def cancel(
     ctx: click.Context, remote: str, jobs: tuple[str, ...], files: tuple[str, ...],
     wait: float, branch: str | None,
 ) -> int:
-    """Take queued jobs out of the queue, so that no worker runs them."""
+    """Take jobs out of the queue, or out of the run: no worker runs them (any more)."""
     out = _output(ctx)
     names = list(jobs)
     for f in files:

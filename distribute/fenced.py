@@ -8,6 +8,13 @@ one atomic push.  If the lock was broken meanwhile (``distribute unlock``)
 the push is refused whole and the edit is redone on what is there now.
 An edit is a pure function ``edit(ledger, queue) -> (ledger, queue,
 message) | None`` so that it can run again on a newer state.
+
+An edit that takes a job from a live holding (``cancel`` of a running job,
+``requeue --force``) revokes that holder's liveness record in the same atomic
+push, as a takeover by another worker does: the holder learns it at its next
+heartbeat, stops the job's command, and can no longer finish or update it (its
+ledger line is gone).  If the holder wrote its record meanwhile the push is
+refused and the edit is made again on the new values.
 """
 
 from __future__ import annotations
@@ -23,9 +30,9 @@ from typing import TYPE_CHECKING
 
 from distribute.backoff import Backoff
 from distribute.core.errors import DistributeError, RemoteStateError, UsageError
-from distribute.core.ledger import Ledger
-from distribute.core.lock import LockState, lock_message
-from distribute.core.names import LOCK_REF
+from distribute.core.ledger import Entry, Ledger
+from distribute.core.lock import Beat, LockState, beat_message, lock_message, parse_beat_message
+from distribute.core.names import LOCK_REF, worker_ref
 from distribute.sources import JOBS_FILE, format_queue, read_queue
 from distribute.transport.base import Oid, RefUpdate
 
@@ -143,13 +150,36 @@ class FencedEdit:
             released = transport.write_commit(
                 parents=[held_oid], message=lock_message(state.released(new_main)), changes={}
             )
+            revocations = self._revocations(ledger, out[0], state.token)
             if transport.push(
-                [_update(self.view.main_ref, main, new_main), _update(LOCK_REF, held_oid, released)]
+                [_update(self.view.main_ref, main, new_main), _update(LOCK_REF, held_oid, released),
+                 *revocations]
             ):
                 return True
             if transport.list_refs(LOCK_REF).get(LOCK_REF) != held_oid:
                 raise _LockLost()
         raise RemoteStateError("the main branch kept moving; try again")
+
+    def _revocations(self, before: Ledger, after: Ledger, token: int) -> list[RefUpdate]:
+        """The liveness records to revoke: those of workers whose live holding of a job
+        ``after`` no longer shows (compare-and-swap from their current values)."""
+        taken = sorted({
+            e.worker for e in before.running
+            if not e.released and not _same_holding(after.running_entry(e.job), e)
+        })
+        updates = []
+        transport = self.view.transport
+        for worker in taken:
+            ref = worker_ref(worker)
+            old = transport.fetch([ref]).get(ref)
+            record = Beat(worker=worker, session="")
+            if old is not None:
+                with contextlib.suppress(DistributeError):
+                    record = parse_beat_message(transport.commit_message(old))
+            revoked = record.revoke(by=self.who, token=token)
+            new = transport.write_commit(parents=[], message=beat_message(revoked), changes={})
+            updates.append(_update(ref, old, new))
+        return updates
 
     def _release(self, held: tuple[Oid, LockState]) -> None:
         transport = self.view.transport
@@ -163,6 +193,10 @@ class FencedEdit:
 
 def _update(ref: str, old: Oid | None, new: Oid | None) -> RefUpdate:
     return RefUpdate(ref, old, new)
+
+
+def _same_holding(entry: Entry | None, held: Entry) -> bool:
+    return entry is not None and (entry.worker, entry.token) == (held.worker, held.token)
 
 
 def cli_holder() -> str:
@@ -255,11 +289,13 @@ def requeue_edit(
 
 
 def cancel_edit(jobs: Sequence[str], result: dict[str, list[str]], who: str = "") -> Edit:
-    """An edit that takes queued jobs out of ``jobs.txt``.
+    """An edit that takes queued jobs out of ``jobs.txt``, and running ones out of the run.
 
-    A job released for another attempt (its worker stopped or failed it, and no
-    worker holds it now) is moved to ``failed.txt`` with the reason ``cancelled``,
-    so that ``requeue`` can bring it back.  Any other job is left alone, and
+    A running job, or one released for another attempt (its worker stopped or
+    failed it), is moved to ``failed.txt`` with the reason ``cancelled``, so that
+    ``requeue`` can bring it back; a worker running it learns it from its revoked
+    liveness record (see the module docstring) and stops its command.  Any other
+    job is left alone, and
     ``result["refused"]`` holds one line per such job saying why and what to do
     instead; ``result["cancelled"]`` and ``result["notes"]`` (what each
     cancellation did) are in the order the jobs were named.
@@ -284,11 +320,12 @@ def cancel_edit(jobs: Sequence[str], result: dict[str, list[str]], who: str = ""
                     "it is in failed.txt now, and `distribute requeue` runs it again"
                 )
             elif entry is not None:
-                refused.append(
-                    f"not cancelled {job!r}: it is running on worker {entry.worker!r} "
-                    f"(attempt {entry.attempt}), and a running job cannot be cancelled; stop "
-                    "that worker (Ctrl-C or SIGTERM), which puts the job back for another "
-                    "attempt, then cancel it -- or let it end"
+                cancelled.append(job)
+                new = new.expire(job, "cancelled" + (f" by {who}" if who else ""))
+                notes.append(
+                    f"cancelled {job!r} (it was running on worker {entry.worker!r}, attempt "
+                    f"{entry.attempt}): that worker stops its command at its next heartbeat; "
+                    "the job is in failed.txt, and `distribute requeue` runs it again"
                 )
             elif ledger.is_done(job):
                 refused.append(

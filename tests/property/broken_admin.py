@@ -56,32 +56,21 @@ def admin_variant(cls: type[FencedEdit], base: type[ProtocolMachine] = AdminHeav
     return type(f"{base.__name__}With{cls.__name__}", (base,), extra)
 
 
-class CancelTakesAHeldJob(BrokenFencedEdit):
-    """(A1) ``cancel`` also ends a named job a worker is running (to ``failed.txt``, reason
-    "cancelled") instead of refusing it."""
+class CancelLeavesTheHolderRunning(BrokenFencedEdit):
+    """(A1) ``cancel`` of a running job moves it to ``failed.txt`` but does not revoke its
+    holder's liveness record, so the holder goes on running a job no one will merge."""
 
-    seam = "FencedEdit.apply (cancel)"
+    seam = "FencedEdit._revocations (cancel)"
     ops = ("cancel",)
     waits_for = "held"
 
-    def apply(self, edit: Edit) -> bool:
+    def _revocations(self, before: Ledger, after: Ledger, token: int) -> list[RefUpdate]:
         self.reached()
-        if self.op is None or self.op.op != "cancel":
-            return super().apply(edit)
-        named = self.op.jobs
-
-        def broken(ledger: Ledger, queue: list[str]) -> tuple[Ledger, list[str], str] | None:
-            out = edit(ledger, queue)
-            new, rest, message = out if out is not None else (ledger, queue, "cancel")
-            held = [e.job for e in new.running if e.job in named and not e.released]
-            for job in held:
-                new = new.expire(job, "cancelled")
-            if held:
-                self.deviated()
-                return new, rest, message
-            return out
-
-        return super().apply(broken)
+        revocations = super()._revocations(before, after, token)
+        if self.op is not None and self.op.op == "cancel" and revocations:
+            self.deviated()
+            return []
+        return revocations
 
 
 class EditWithoutTheLock(BrokenFencedEdit):
@@ -137,7 +126,7 @@ class RequeueDoneKeepsTheDoneLine(BrokenFencedEdit):
 
 
 ADMIN_VARIANTS: dict[str, type[BrokenFencedEdit]] = {
-    "A1 cancel takes a held job": CancelTakesAHeldJob,
+    "A1 cancel leaves the holder running": CancelLeavesTheHolderRunning,
     "A2 edit without the lock": EditWithoutTheLock,
     "A3 requeue --done keeps the done line": RequeueDoneKeepsTheDoneLine,
 }

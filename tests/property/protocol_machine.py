@@ -1869,14 +1869,25 @@ class AdminMachine(ProtocolMachine):
         a holding that is no longer valid; the main branch only fenced by its own holding."""
         who = a.describe()
         changed = sorted(r for r in set(pre) | set(post) if pre.get(r) != post.get(r))
+        revoked = set()
         for ref in changed:
+            if ref.startswith(WORKERS_PREFIX) and post.get(ref) is not None:
+                # an edit that takes a live holding away revokes its holder's record
+                beat = parse_beat_message(self.world.message(post[ref]))  # type: ignore[arg-type]
+                require(ref == worker_ref(beat.worker) and beat.revoked_by == a.who
+                        and a.op in ("cancel", "requeue"),
+                        f"{who} wrote {beat} to {ref}, which is no revocation of its own")
+                revoked.add(beat.worker)
+                continue
             require(ref in (MAIN_REF, LOCK_REF) and post.get(ref) is not None,
                     f"{who} changed {ref} ({pre.get(ref)} -> {post.get(ref)}), which an admin "
                     "command never writes or deletes")
+        require(not revoked or MAIN_REF in changed,
+                f"{who} revoked {sorted(revoked)} without an edit of the main branch")
         if LOCK_REF in changed:
             self.audit_admin_lock(a, who, pre[LOCK_REF], post[LOCK_REF])
         if MAIN_REF in changed:
-            self.audit_admin_main(a, who, pre, post)
+            self.audit_admin_main(a, who, pre, post, revoked)
         self.check_branches(post)
 
     def audit_admin_lock(self, a: AdminOp, who: str, old: Oid, new: Oid) -> None:
@@ -1915,7 +1926,8 @@ class AdminMachine(ProtocolMachine):
         return claim is not None and all(ws.session != claim.session for ws in self.live())
 
     def audit_admin_main(self, a: AdminOp, who: str, pre: dict[str, Oid],
-                         post: dict[str, Oid]) -> None:
+                         post: dict[str, Oid], revoked: frozenset[str] | set[str] = frozenset(),
+                         ) -> None:
         old, new = pre[MAIN_REF], post[MAIN_REF]
         require(self.world.is_ancestor(old, new),
                 f"{who} moved the main branch from {old[:10]} to {new[:10]}, which does not "
@@ -1948,7 +1960,11 @@ class AdminMachine(ProtocolMachine):
             now_kind, after = real.state(job)
             story = f"{who} moved job {job!r} from {was} {before} to {now_kind} {after}"
             if was == "running" and before is not None and not before.released:
-                require(a.force and a.op == "requeue" and self.holder_is_gone(job, before),
+                require(before.worker in revoked,
+                        f"{story}, but did not revoke the liveness record of its holder "
+                        f"{before.worker!r}, which would go on running it")
+                require(a.op == "cancel" or (a.force and a.op == "requeue"
+                                             and self.holder_is_gone(job, before)),
                         f"{story}, but worker {before.worker!r} holds it and its process is "
                         "alive: an admin edit changed a job a live worker holds")
             if a.op == "add":
@@ -1956,8 +1972,9 @@ class AdminMachine(ProtocolMachine):
             elif a.op == "cancel":
                 ok = (was == "queued" and now_kind is None) or (
                     was == "running" and now_kind == "failed" and before is not None
-                    and after is not None and before.released and after.released
-                    and (after.token, after.attempt) == (before.token, before.attempt))
+                    and after is not None
+                    and (after.token, after.attempt) == (before.token, before.attempt)
+                    and after.interrupted == before.interrupted + (0 if before.released else 1))
             elif a.op == "requeue":
                 ok = now_kind == "queued" and (
                     was in ("failed", "running") or (was == "done" and a.done))
