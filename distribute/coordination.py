@@ -210,6 +210,9 @@ class Coordinator:
         self.beat_oid: Oid | None = None
         self.beat_sent_at = float("-inf")
         self.revoked = False
+        #: who revoked this worker's record (a worker that took its job over, or the
+        #: lock holder name of an admin command such as ``distribute cancel``)
+        self.revoked_by = ""
         self.stats = Stats()
         self.mutex = threading.RLock()
         self._journal = journal
@@ -466,6 +469,7 @@ class Coordinator:
             current, revoked = self._own_record()
             if revoked is not None:
                 self.revoked = True
+                self.revoked_by = revoked.revoked_by
                 self.journal("revoked", by=revoked.revoked_by, token=revoked.token)
                 return False
             # our own earlier life wrote it: adopt its value and go on

@@ -749,10 +749,15 @@ class JobRunner:
         outcome.seconds = time.monotonic() - started
         sink.note(f"{describe_exit(proc.returncode)} after {outcome.seconds:.1f} s")
         if lost:
+            by = getattr(self.worker.coord, "revoked_by", "")
             outcome.status = LOST
-            outcome.reason = "taken over by another worker"
-            self.report(f"job {job!r}: lost -- another worker took it over; its updates stay "
-                        f"on branch {branch}")
+            if by.startswith("cli@"):
+                outcome.reason = f"cancelled by {by}"
+                self.report(f"job {job!r}: cancelled ({by}); its updates stay on branch {branch}")
+            else:
+                outcome.reason = "taken over by another worker"
+                self.report(f"job {job!r}: lost -- another worker took it over; its updates "
+                            f"stay on branch {branch}")
             self._drop_lost_job()
             return outcome
         if self._signum is not None:
@@ -829,9 +834,10 @@ class JobRunner:
         next_commit = started + self.commit_every
         stop_sent: float | None = None
         timed_out = too_large = False
+        lost = False
         while True:
             if _wait_exit(proc, 0.1):
-                return timed_out, False
+                return timed_out, lost
             now = time.monotonic()
             if self._signum is not None and stop_sent is None:
                 stop_sent = now  # forwarded by the handler; start the grace period
@@ -849,8 +855,10 @@ class JobRunner:
                     with sink.paused():
                         self.worker.commit_update(f"progress of {self.worker.running_job}")
                 except LeaseLost:
-                    _signal_group(proc, signal.SIGKILL)  # reaped by the caller
-                    return timed_out, True
+                    # taken over or cancelled: the command stops, with its grace period
+                    lost, stop_sent = True, now
+                    sink.note("the job was taken away from this worker: stopping the command")
+                    _signal_group(proc, signal.SIGTERM)
                 except TransportError as exc:
                     # the remote is away; the heartbeat decides about the lease
                     self.report(f"could not push the log ({exc}); will try again")
