@@ -427,17 +427,16 @@ def observe_status(
         renewed = {w: later.get(ref) != values.get(ref) for w, ref in beat_refs.items()}
         seen = {**later, **({LOCK_REF: later_lock} if later_lock else {})}
     silent: dict[str, float] = {}
-    previous = looks.recall(memory) if memory is not None else None
-    if watch <= 0 and memory is not None:
-        comparison = looks.compare(previous, seen, looks.now())
-        if comparison is not None:
+    if memory is not None:
+        now = looks.now()
+        comparison = looks.compare(looks.recall(memory), seen, now)
+        if comparison is not None and watch <= 0:
             compared, watched = True, round(comparison.seconds, 1)
             lock_changed = comparison.changed.get(LOCK_REF, lock_oid is not None)
             renewed = {w: comparison.changed.get(ref, True) for w, ref in beat_refs.items()}
-            silent = {w: round(comparison.unchanged_for[ref], 1)
-                      for w, ref in beat_refs.items() if ref in comparison.unchanged_for}
-    if memory is not None:
-        looks.remember(memory, seen, looks.now(), previous)
+            quiet = comparison.unchanged_for
+            silent = {w: round(quiet[ref], 1) for w, ref in beat_refs.items() if ref in quiet}
+        looks.remember(memory, seen, now, comparison)
     doc = status_document(
         remote=remote, branch=view.branch, main=main, ledger=ledger, queue=queue, lock=lock,
         beats=beats, watched_seconds=watched, lock_changed=lock_changed, renewed=renewed,

@@ -38,13 +38,20 @@ class Comparison:
         seconds: how long ago (by this machine's clock) the last look was.
         changed: by ref, whether its value differs from the last look's (a ref the last
             look did not see counts as changed).
-        unchanged_for: by ref whose value did not change, how long (by this machine's
-            clock) looks have seen that value: since the first look that saw it.
+        since: by ref whose value did not change, when (by this machine's clock) looks
+            first saw that value.
+        now: the time of this look.
     """
 
     seconds: float
     changed: dict[str, bool]
-    unchanged_for: dict[str, float]
+    since: dict[str, float]
+    now: float
+
+    @property
+    def unchanged_for(self) -> dict[str, float]:
+        """By ref whose value did not change, how long looks have seen that value."""
+        return {ref: self.now - first for ref, first in self.since.items()}
 
 
 def memory_path(cache: Path, remote: str, branch: str) -> Path:
@@ -65,15 +72,15 @@ def compare(previous: Mapping[str, object] | None, refs: Mapping[str, str],
     ago = now - float(at)
     if not 0 < ago <= FORGET_AFTER:
         return None
-    since = previous.get("since")
-    since = since if isinstance(since, dict) else {}
+    known = previous.get("since")
+    known = known if isinstance(known, dict) else {}
     changed = {ref: seen.get(ref) != oid for ref, oid in refs.items()}
-    unchanged_for = {}
+    since = {}
     for ref, moved in changed.items():
-        first = since.get(ref, at)
+        first = known.get(ref, at)
         if not moved and isinstance(first, int | float) and first <= now:
-            unchanged_for[ref] = now - float(first)
-    return Comparison(ago, changed, unchanged_for)
+            since[ref] = float(first)
+    return Comparison(ago, changed, since, now)
 
 
 def recall(path: Path) -> dict[str, object] | None:
@@ -86,19 +93,11 @@ def recall(path: Path) -> dict[str, object] | None:
 
 
 def remember(path: Path, refs: Mapping[str, str], now: float,
-             previous: Mapping[str, object] | None = None) -> None:
+             comparison: Comparison | None = None) -> None:
     """Remember this look, and since when each value has been seen (carried over from
-    ``previous`` for a value that did not change).  Best effort: a cache that cannot be
-    written costs only the next comparison."""
-    since: dict[str, float] = {}
-    if previous and compare(previous, refs, now) is not None:
-        old_refs, old_since = previous.get("refs"), previous.get("since")
-        assert isinstance(old_refs, dict)
-        old_since = old_since if isinstance(old_since, dict) else {}
-        for ref, oid in refs.items():
-            first = old_since.get(ref, previous.get("at"))
-            if old_refs.get(ref) == oid and isinstance(first, int | float):
-                since[ref] = float(first)
+    ``comparison`` with the last look for a value that did not change).  Best effort: a
+    cache that cannot be written costs only the next comparison."""
+    since = comparison.since if comparison is not None else {}
     with contextlib.suppress(OSError):
         private_folder(path.parent)
         scratch = path.with_name(f".{path.name}.{os.getpid()}")

@@ -42,10 +42,10 @@ def test_how_long_a_value_has_been_seen_carries_over_looks(tmp_path):
     path = tmp_path / "look.json"
     refs = {"w": "1" * 40, "v": "2" * 40}
     remember(path, refs, 100.0)
-    remember(path, refs, 200.0, recall(path))
+    remember(path, refs, 200.0, compare(recall(path), refs, now=200.0))
     moved = {"w": "1" * 40, "v": "3" * 40}
     got = compare(recall(path), moved, now=250.0)
     assert got is not None and got.unchanged_for == {"w": 150.0}  # since the look at 100
-    remember(path, moved, 250.0, recall(path))
+    remember(path, moved, 250.0, got)
     later = compare(recall(path), moved, now=300.0)
     assert later is not None and later.unchanged_for == {"w": 200.0, "v": 50.0}
