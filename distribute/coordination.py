@@ -552,8 +552,7 @@ class Coordinator:
         ref = worker_ref(dead)
         old = snap.refs.get(ref)
         # an unreadable record is replaced all the same: the push still names its value
-        previous = (self.beat_at(old) if old else None) or Beat(worker=dead, session="")
-        revoked = previous.revoke(by=self.worker, token=token)
+        revoked = Beat.revoking(self.beat_at(old) if old else None, dead, self.worker, token)
         return [RefUpdate(ref, old, self._empty_commit(beat_message(revoked)))]
 
     def claim(

@@ -167,16 +167,17 @@ class FencedEdit:
             e.worker for e in before.running
             if not e.released and not _same_holding(after.running_entry(e.job), e)
         })
-        updates = []
         transport = self.view.transport
+        current = transport.fetch([worker_ref(w) for w in taken]) if taken else {}
+        updates = []
         for worker in taken:
             ref = worker_ref(worker)
-            old = transport.fetch([ref]).get(ref)
-            record = Beat(worker=worker, session="")
+            old = current.get(ref)
+            record = None
             if old is not None:
                 with contextlib.suppress(DistributeError):
                     record = parse_beat_message(transport.commit_message(old))
-            revoked = record.revoke(by=self.who, token=token)
+            revoked = Beat.revoking(record, worker, self.who, token)
             new = transport.write_commit(parents=[], message=beat_message(revoked), changes={})
             updates.append(_update(ref, old, new))
         return updates

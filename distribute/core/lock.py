@@ -119,6 +119,13 @@ class Beat:
         return replace(self, revoked_by=by, token=token, seq=self.seq + 1, gone=False,
                        finishing="")
 
+    @staticmethod
+    def revoking(record: Beat | None, worker: str, by: str, token: int) -> Beat:
+        """The record that revokes ``worker``'s liveness (its current ``record``, or
+        ``None`` when it has none or it cannot be read): written by whoever takes a job
+        from that worker, a worker's takeover or an admin edit."""
+        return (record or Beat(worker=worker, session="")).revoke(by=by, token=token)
+
     def left(self) -> Beat:
         """The worker's last beat: it holds nothing and asks for nothing any more."""
         return replace(self.next(()), gone=True)
