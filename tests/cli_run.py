@@ -26,10 +26,13 @@ def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def run(tmp_path: Path, *args: Any, timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
-    """``distribute ARGS`` in ``tmp_path``, its output captured."""
+def run(tmp_path: Path, *args: Any, timeout: float = TIMEOUT, env: dict[str, str] | None = None,
+        input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``distribute ARGS`` in ``tmp_path``, its output captured (``env``: instead of
+    :func:`cli_env`'s; ``input``: its standard input)."""
     return subprocess.run([PY, "-m", "distribute", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=cli_env(tmp_path), cwd=tmp_path)
+                          text=True, timeout=timeout, env=env or cli_env(tmp_path),
+                          cwd=tmp_path, input=input)
 
 
 def ok(tmp_path: Path, *args: Any, **kw: Any) -> subprocess.CompletedProcess[str]:

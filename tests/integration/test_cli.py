@@ -7,7 +7,6 @@ that goes wrong fails in seconds rather than hanging.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -17,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_run import cli_env, ok, run
 
 from distribute.core.lock import LockState, lock_message
 from distribute.core.names import job_dir
@@ -24,29 +24,6 @@ from distribute.core.names import job_dir
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
 TIMEOUT = 90
-
-
-def cli_env(tmp_path, **extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTRIBUTE_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
-    (tmp_path / "tmp").mkdir(exist_ok=True)
-    env["TMPDIR"] = str(tmp_path / "tmp")  # scratch clones and the demo's remote stay in here
-    env.update(extra)
-    return env
-
-
-def run(tmp_path, *args, timeout=TIMEOUT, env=None, input=None):
-    return subprocess.run(
-        [PY, "-m", "distribute", *map(str, args)], capture_output=True, text=True,
-        timeout=timeout, env=env or cli_env(tmp_path), cwd=tmp_path, input=input,
-    )
-
-
-def ok(tmp_path, *args, **kw):
-    result = run(tmp_path, *args, **kw)
-    assert result.returncode == 0, f"{args}: rc={result.returncode}\n{result.stderr}"
-    return result
 
 
 def start(tmp_path, *args, **popen):

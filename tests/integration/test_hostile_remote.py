@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
+from cli_run import cli_env
 
 from distribute.core.errors import DistributeError, RemoteStateError
 from distribute.core.lock import LockState, lock_message
@@ -29,7 +30,6 @@ from distribute.dist import Worker, worker_from_url
 from distribute.remote import init_remote
 from distribute.sources import queue_jobs_func
 
-REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
 TIMEOUT = 60
 #: Seconds a worker may wait in all before :class:`StillWaiting` ends its test.
@@ -122,15 +122,6 @@ def tree_of(bare: Path, rev: str = "main") -> dict[str, str]:
 
 def show(bare: Path, path: str, rev: str = "main") -> str:
     return git(bare, "show", f"{rev}:{path}")
-
-
-def cli_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTRIBUTE_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
-    (tmp_path / "tmp").mkdir(exist_ok=True)
-    env["TMPDIR"] = str(tmp_path / "tmp")
-    return env
 
 
 def cli(tmp_path: Path, *args: object) -> subprocess.CompletedProcess[str]:

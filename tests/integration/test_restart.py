@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_run import cli_env
 
-REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
 TIMEOUT = 30
 PROC = Path("/proc")
@@ -36,20 +36,11 @@ pytestmark = pytest.mark.skipif(
 
 
 # ---- processes and the command line -----------------------------------------------------------
-def cli_env(tmp_path, extra=None):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTRIBUTE_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
-    (tmp_path / "tmp").mkdir(exist_ok=True)
-    env["TMPDIR"] = str(tmp_path / "tmp")
-    env.update(extra or {})
-    return env
-
 
 def run(tmp_path, *args, timeout=TIMEOUT, env=None):
     return subprocess.run(
         [PY, "-m", "distribute", *map(str, args)], capture_output=True, text=True,
-        timeout=timeout, env=cli_env(tmp_path, env), cwd=tmp_path,
+        timeout=timeout, env=cli_env(tmp_path, **(env or {})), cwd=tmp_path,
     )
 
 
@@ -62,7 +53,7 @@ def ok(tmp_path, *args, **kw):
 def start(tmp_path, *args, env=None):
     return subprocess.Popen(
         [PY, "-m", "distribute", *map(str, args)], stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, env=cli_env(tmp_path, env), cwd=tmp_path,
+        stderr=subprocess.PIPE, text=True, env=cli_env(tmp_path, **(env or {})), cwd=tmp_path,
     )
 
 

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_run import cli_env as env_for
 
-REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
 TIMEOUT = 60
 
@@ -59,15 +59,6 @@ class CommandLines:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
-
-
-def env_for(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTRIBUTE_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
-    env["TMPDIR"] = str(tmp_path / "tmp")
-    (tmp_path / "tmp").mkdir(exist_ok=True)
-    return env
 
 
 def files_holding(root: Path, needle: bytes) -> list[str]:
