@@ -12,12 +12,14 @@ naming the Debian packages to install, unless ``CI`` is set: then they fail.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from servers import HttpServer, LatencyProxy, ServerStartError, SshServer, Unavailable
@@ -168,6 +170,23 @@ def _hosted(request: pytest.FixtureRequest, check: Callable[[], None]) -> None:
         pytest.skip(str(err))
 
 
+_S = TypeVar("_S", SshServer, HttpServer, LatencyProxy)
+
+
+@contextlib.contextmanager
+def _running(server: _S) -> Iterator[_S]:
+    """``server`` started (a start that fails fails the test, with the server's reason)
+    and stopped at the end."""
+    try:
+        server.start()
+    except ServerStartError as err:
+        pytest.fail(str(err))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def ssh_server(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -175,16 +194,9 @@ def ssh_server(
     """A running :class:`servers.SshServer`; ``GIT_SSH_COMMAND`` (inherited by worker
     processes) points git at its throw-away keys for the test."""
     _hosted(request, SshServer.check_available)
-    server = SshServer(tmp_path / "sshd")
-    try:
-        server.start()
-    except ServerStartError as err:
-        pytest.fail(str(err))
-    monkeypatch.setenv("GIT_SSH_COMMAND", server.ssh_command)
-    try:
+    with _running(SshServer(tmp_path / "sshd")) as server:
+        monkeypatch.setenv("GIT_SSH_COMMAND", server.ssh_command)
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -197,30 +209,16 @@ def ssh_remote(ssh_server: SshServer) -> tuple[str, Path]:
 def ssh_latency_remote(ssh_server: SshServer) -> Iterator[tuple[str, Path]]:
     """:func:`ssh_remote` reached through a proxy adding :data:`HOSTED_LATENCY_MS` each way."""
     _, path = ssh_server.remote("remote.git", init=make_bare_remote)
-    proxy = LatencyProxy(ssh_server.port, HOSTED_LATENCY_MS, lifetime=600)
-    try:
-        proxy.start()
-    except ServerStartError as err:
-        pytest.fail(str(err))
-    try:
+    with _running(LatencyProxy(ssh_server.port, HOSTED_LATENCY_MS, lifetime=600)) as proxy:
         yield ssh_server.url(path, port=proxy.port), path
-    finally:
-        proxy.stop()
 
 
 @pytest.fixture
 def http_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HttpServer]:
     """A running :class:`servers.HttpServer` (lighttpd + ``git http-backend``, basic auth)."""
     _hosted(request, HttpServer.check_available)
-    server = HttpServer(tmp_path / "http")
-    try:
-        server.start()
-    except ServerStartError as err:
-        pytest.fail(str(err))
-    try:
+    with _running(HttpServer(tmp_path / "http")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

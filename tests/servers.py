@@ -208,6 +208,21 @@ class _Server:
     def _ready(self, port: int) -> bool:
         return _accepts(port)
 
+    # servers of repositories: the folder they serve (``repos``), and a repository's URL
+    root: Path
+
+    def _repo_url(self, name: str, path: Path) -> str:
+        raise NotImplementedError
+
+    def remote(self, name: str = "remote.git", *, init: Callable[[Path], object] | None = None
+               ) -> tuple[str, Path]:  # fmt: skip
+        """Create the bare repository ``repos/<name>`` (with ``init(path)`` if given,
+        else an empty one on ``main``); return its URL and its path on disk."""
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        (init or _init_bare)(path)
+        return self._repo_url(name, path), path
+
     def start(self) -> _Server:
         if self._proc is not None:
             return self
@@ -433,14 +448,8 @@ class SshServer(_Server):
             self.trust_port(port)
         return f"ssh://{self.user}@{LOOPBACK}:{port or self.port}{Path(path).absolute()}"
 
-    def remote(self, name: str = "remote.git", *, init: Callable[[Path], object] | None = None
-               ) -> tuple[str, Path]:  # fmt: skip
-        """Create the bare repository ``repos/<name>`` (with ``init(path)`` if given,
-        else an empty one on ``main``); return its URL and its path on disk."""
-        path = self.root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        (init or _init_bare)(path)
-        return self.url(path), path
+    def _repo_url(self, name: str, path: Path) -> str:
+        return self.url(path)
 
 
 class HttpServer(_Server):
@@ -546,14 +555,8 @@ auth.require = ("/" => ("method" => "basic", "realm" => "distribute tests",
         secret = self.password if password is None else password
         return f"http://{self.user}:{secret}@{LOOPBACK}:{port or self.port}/{name}"
 
-    def remote(self, name: str = "remote.git", *, init: Callable[[Path], object] | None = None
-               ) -> tuple[str, Path]:  # fmt: skip
-        """Create the bare repository ``repos/<name>`` (with ``init(path)`` if given,
-        else an empty one on ``main``); return its URL and its path on disk."""
-        path = self.root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        (init or _init_bare)(path)
-        return self.url(name), path
+    def _repo_url(self, name: str, path: Path) -> str:
+        return self.url(name)
 
 
 class LatencyProxy:
