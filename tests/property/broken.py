@@ -91,6 +91,21 @@ class Broken(Coordinator):
     def deviated(self) -> None:
         note_deviation(type(self))
 
+    def force_record(self, jobs: tuple[str, ...]) -> bool:
+        """Rewrite this worker's liveness record from whatever value it has now, not from
+        its last one (a revocation written meanwhile is overwritten): the deviation of
+        the variants that renew by force.  Call with the mutex held."""
+        beat: Beat = self.beat.next(jobs)
+        new_oid = self._empty_commit(beat_message(beat))
+        sent = self.clock()
+        now = self.transport.list_refs(self.own_ref).get(self.own_ref)
+        if now != self.beat_oid:
+            self.deviated()  # the CAS from its last value would have been refused
+        if self.push([RefUpdate(self.own_ref, now, new_oid)]):
+            self.beat, self.beat_oid, self.beat_sent_at = beat, new_oid, sent
+            return True
+        return False
+
 
 def remote_refs(c: Coordinator) -> dict[str, Oid] | None:
     """The refs on the remote as the machine's auditor sees them, without a fetch (a fetch
@@ -363,17 +378,7 @@ class ForcedRenewBeat(Broken):
     def renew_beat(self) -> bool:
         self.reached()
         with self.mutex:
-            jobs = (self.job.job,) if self.job else ()
-            beat: Beat = self.beat.next(jobs)
-            new_oid = self._empty_commit(beat_message(beat))
-            sent = self.clock()
-            now = self.transport.list_refs(self.own_ref).get(self.own_ref)
-            if now != self.beat_oid:
-                self.deviated()  # the CAS from its last value would have been refused
-            if self.push([RefUpdate(self.own_ref, now, new_oid)]):
-                self.beat, self.beat_oid, self.beat_sent_at = beat, new_oid, sent
-                return True
-            return False
+            return self.force_record((self.job.job,) if self.job else ())
 
 
 class UpdateRenewsByForce(Broken):
@@ -388,14 +393,7 @@ class UpdateRenewsByForce(Broken):
         if self.job is None:
             return
         with self.mutex:
-            beat = self.beat.next((self.job.job,))
-            new_oid = self._empty_commit(beat_message(beat))
-            sent = self.clock()
-            now = self.transport.list_refs(self.own_ref).get(self.own_ref)
-            if now != self.beat_oid:
-                self.deviated()  # the CAS from its last value would have been refused
-            if self.push([RefUpdate(self.own_ref, now, new_oid)]):
-                self.beat, self.beat_oid, self.beat_sent_at = beat, new_oid, sent
+            self.force_record((self.job.job,))
 
 
 class UnknownMeansFailed(Broken):
