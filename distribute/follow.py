@@ -212,11 +212,9 @@ def follow(
     backoff = Backoff(interval, interval * MAX_BACKOFF_FACTOR, rng, spread=0.25)
     shown = b""
     said = ""
-    current: LogLook | None = None
     while True:
         found = look()
         if found is not None:
-            current = found
             if found.state == UNKNOWN:
                 raise UsageError(
                     f"job {job!r} is not known to this remote (not queued, running, done or "
@@ -239,7 +237,6 @@ def follow(
                 return found
             if moved:
                 backoff.reset()
-        assert current is not None, "the first look always reads"
         sleep(backoff.next())
 
 
