@@ -1054,17 +1054,20 @@ def _stop_leftovers(copy: Path, out: Output) -> None:
 
 
 def _open_worker(
-    url: str, copy: Path, name: str, out: Output, **options: Any
+    url: str, copy: Path, name: str, out: Output, *, cached: bool = False, **options: Any
 ) -> tuple[Worker, bool]:
     """A worker named ``name`` on ``copy`` (cloned if missing), once leftovers are stopped;
-    and whether ``copy`` was made just now."""
+    and whether ``copy`` was made just now.  A ``cached`` copy (in the remote's cache
+    folder) borrows its objects from the store the remote's cached copies share."""
     from distribute.dist import worker_from_url
+    from distribute.transport.shared_objects import STORE_NAME
 
     private_folder(copy.parent)
     out.debug(f"worker {name}, local copy {copy}")
     _stop_leftovers(copy, out)
     fresh = not copy.exists()
-    return worker_from_url(url, path=copy, name=name, **options), fresh
+    shared = copy.parent / STORE_NAME if cached else None
+    return worker_from_url(url, path=copy, name=name, shared_objects=shared, **options), fresh
 
 
 def _open_slot_worker(
@@ -1087,7 +1090,7 @@ def _open_slot_worker(
         except filelock.Timeout:
             continue
         try:
-            opened = _open_worker(url, copy, name, out, **options)
+            opened = _open_worker(url, copy, name, out, cached=True, **options)
         except LocalCopyBusy:
             claim.release()
             continue
@@ -1152,7 +1155,9 @@ after S seconds without a job; SIGTERM stops it at any time (exit 143).
 
 \b
 The local copy defaults to <cache>/distribute/<remote>-<hash>/<name>, where
-<cache> is $XDG_CACHE_HOME or ~/.cache, and is kept for the next run.
+<cache> is $XDG_CACHE_HOME or ~/.cache, and is kept for the next run. Such
+copies of one remote share one object store (.objects.git beside them): a
+second worker on this machine downloads and stores only what the first lacks.
 Without --name the worker is <host>-1, <host>-2, ...: the lowest slot whose
 copy no running worker uses (with --path: <host>-<hash of the path>). So a
 worker restarted after a crash gets its old name and copy back and resumes
@@ -1169,9 +1174,12 @@ ends or, after a crash, by the next work on the same copy.
 \b
 --gpus N (GPUs 0..N-1) or --gpus 0,1,3 (those ids; one id alone: --gpus 3,)
 starts one worker per GPU, each a slot worker as above (<host>-1, ...) with
-CUDA_VISIBLE_DEVICES set to its GPU for every job's command; the other options
-apply to each worker (--max-jobs K: K jobs each). Their output is prefixed
-with [gpu G: worker]. Ctrl-C and SIGTERM reach every worker; if work itself
+CUDA_VISIBLE_DEVICES set to its GPU for every job's command; --slots N starts
+N such workers without setting it. The other options apply to each worker
+(--max-jobs K: K jobs each). Each worker's commands get {slot} and
+DISTRIBUTE_SLOT: 0, 1, ... in the order of the GPUs (0 for a lone worker,
+unless --slot says otherwise). Their output is prefixed with [gpu G: worker]
+or [slot S: worker]. Ctrl-C and SIGTERM reach every worker; if work itself
 is killed, its workers and their commands die with it. Exit code: 128+N when
 signal N stopped them; else 1 if any worker ended with an error; else 3 if
 any worker's breaker stopped it; else 4 if every job of every worker failed;
@@ -1219,6 +1227,11 @@ else 0.""",
 @click.option("--gpus", default=None, metavar="N|IDS",
               help="One worker per GPU: N GPUs (0..N-1) or ids 0,1,3; each job's command "
                    "gets CUDA_VISIBLE_DEVICES. See below.")
+@click.option("--slots", type=click.IntRange(min=1), default=None, metavar="N",
+              help="N workers on this machine from one command (as --gpus, without GPUs).")
+@click.option("--slot", type=click.IntRange(min=0), default=0, envvar="DISTRIBUTE_SLOT",
+              show_default=True, metavar="S",
+              help="This worker's slot number, for {slot} (set by --gpus and --slots).")
 @_branch_option()
 @click.pass_context
 def work(
@@ -1227,7 +1240,7 @@ def work(
     max_interruptions: int, max_file_mb: float, resume: bool, shell: bool,
     commit_every: float, grace: float, wait: bool, wait_for_jobs: bool,
     idle_exit: float | None, breaker: int, breaker_seconds: float, gpus: str | None,
-    branch: str | None,
+    slots: int | None, slot: int, branch: str | None,
 ) -> int:
     """Take jobs from the jobs.txt queue and run a command for each.
 
@@ -1243,8 +1256,8 @@ def work(
             "no command given: put the command to run after `--`, "
             "e.g. distribute work REMOTE -- python train.py {job}"
         )
-    if gpus is not None:
-        return _work_on_gpus(ctx, gpus, remote, command, out)
+    if gpus is not None or slots is not None:
+        return _work_on_gpus(ctx, gpus, slots, remote, command, out)
     url = resolve_remote(remote)
     wait_for_jobs = wait_for_jobs or idle_exit is not None
     options: dict[str, Any] = {
@@ -1259,7 +1272,8 @@ def work(
         if name is not None:
             worker_name = check_name(name, "worker")
             copy = path if path is not None else default_copy_path(url, worker_name)
-            worker, fresh = _open_worker(url, copy, worker_name, out, **options)
+            worker, fresh = _open_worker(url, copy, worker_name, out, cached=path is None,
+                                         **options)
         elif path is not None:
             worker, fresh = _open_worker(url, path, copy_worker_name(path), out, **options)
         else:
@@ -1278,7 +1292,7 @@ def work(
                 commit_every=commit_every, max_jobs=max_jobs, grace=grace, report=out.info,
                 breaker=breaker, breaker_seconds=breaker_seconds,
                 wait_for_jobs=wait_for_jobs, idle_exit=idle_exit,
-                echo=_job_echo(out) if out.verbosity >= 0 else None,
+                echo=_job_echo(out) if out.verbosity >= 0 else None, slot=slot,
             )
             summary = runner.run()
         finally:
@@ -1308,28 +1322,40 @@ def _job_echo(out: Output) -> Callable[[str, str], None]:
 
 
 def _work_on_gpus(
-    ctx: click.Context, spec: str, remote: str, command: Sequence[str], out: Output
+    ctx: click.Context, spec: str | None, slots: int | None, remote: str,
+    command: Sequence[str], out: Output,
 ) -> int:
-    """``work --gpus``: one child ``work`` per GPU, supervised (see :mod:`distribute.gpus`)."""
+    """``work --gpus`` or ``--slots``: one child ``work`` per slot, supervised (see
+    :mod:`distribute.gpus`)."""
     from click.core import ParameterSource
 
     from distribute.gpus import GpuWorkers, parse_gpus
 
+    flag = "--gpus" if spec is not None else "--slots"
+    if spec is not None and slots is not None:
+        raise click.UsageError("--gpus and --slots both say how many workers to start; "
+                               "give one (--gpus for one worker per GPU)")
     for taken in ("name", "path"):
         if ctx.get_parameter_source(taken) not in (None, ParameterSource.DEFAULT):
             raise click.UsageError(
-                f"--gpus starts one worker per GPU, each in a slot of its own "
+                f"{flag} starts workers in slots of their own "
                 f"(<host>-1, <host>-2, ...); it does not go with --{taken}: leave --{taken} "
-                "out, or start one `work` per GPU by hand with CUDA_VISIBLE_DEVICES set"
+                "out, or start each `work` by hand"
+                + (" with CUDA_VISIBLE_DEVICES set" if spec is not None else "")
             )
-    try:
-        devices = parse_gpus(spec)
-    except UsageError as exc:
-        raise click.UsageError(str(exc)) from None
+    devices: list[str | None]
+    if spec is None:
+        devices = [None] * (slots or 1)
+    else:
+        try:
+            devices = list(parse_gpus(spec))
+        except UsageError as exc:
+            raise click.UsageError(str(exc)) from None
     url = resolve_remote(remote)
     options: list[str] = []
     for param in ctx.command.params:
-        if not isinstance(param, click.Option) or param.name in (None, "gpus", "help"):
+        if not isinstance(param, click.Option) or param.name in (
+                None, "gpus", "slots", "slot", "help"):
             continue
         if ctx.get_parameter_source(param.name) in (None, ParameterSource.DEFAULT):
             continue
@@ -1346,8 +1372,11 @@ def _work_on_gpus(
     # the URL or an absolute path: never read as an option by the child
     argv = [sys.executable, "-m", "distribute", *verbosity, "work", url, *options, "--",
             *command]
-    out.info(f"starting {len(devices)} workers on {scrub_url(url)}, one per GPU: "
-             f"{', '.join(devices)}")
+    if spec is not None:
+        out.info(f"starting {len(devices)} workers on {scrub_url(url)}, one per GPU: "
+                 f"{', '.join(d for d in devices if d is not None)}")
+    else:
+        out.info(f"starting {len(devices)} workers on {scrub_url(url)}")
     workers = GpuWorkers(devices, argv, _child_env(), sys.stdout, sys.stderr)
     code = workers.run()
     out.info(workers.summary() + f"; exit code {code}")

@@ -72,6 +72,7 @@ from distribute.orphans import reap_leftover_command
 from distribute.sources import is_repo_only
 from distribute.transport.base import Transport
 from distribute.transport.local_copy import GitLocalCopy
+from distribute.transport.shared_objects import refresh_shared_objects
 
 NextJobFunction = Callable[..., Any]
 T = TypeVar("T")
@@ -842,17 +843,24 @@ def _call_next_job_function(func: NextJobFunction, worker: Worker) -> Any:
 
 
 def worker_from_url(
-    url: str, path: str | os.PathLike[str], name: str | None = None, **options: Any
+    url: str, path: str | os.PathLike[str], name: str | None = None, *,
+    shared_objects: str | os.PathLike[str] | None = None, **options: Any
 ) -> Worker:
     """A worker on ``path``, cloning ``url`` there first if the path does not exist.
 
     An existing local copy is reused; it must be a clone of the same remote.
+    ``shared_objects``: a folder for an object store that this machine's copies of
+    the remote share (:mod:`distribute.transport.shared_objects`); a new copy then
+    borrows the objects the store has instead of downloading and keeping its own.
     Options are those of :class:`Worker`.
     """
     target = Path(path)
     split = split_secret(url)
     if not target.exists() or (target.is_dir() and not any(target.iterdir())):
-        GitLocalCopy.clone(url, target)
+        store = None
+        if shared_objects is not None:
+            store = refresh_shared_objects(url, shared_objects, branch=options.get("branch"))
+        GitLocalCopy.clone(url, target, reference=store)
     else:
         # opening cleans a password an older copy kept in its config
         copy = GitLocalCopy.open(target, secret=split.secret)

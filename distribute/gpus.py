@@ -1,15 +1,21 @@
-"""One worker per GPU from one command: ``distribute work REMOTE --gpus N -- cmd``.
+"""Several workers from one command: ``distribute work REMOTE --gpus N`` (or ``--slots N``).
 
 Theory of operation
 -------------------
 ``work --gpus`` starts one child process per GPU, each an ordinary ``distribute
 work`` without ``--name``, so that each takes a slot of this machine
 (``<host>-1``, ``<host>-2``, ...) and keeps it across restarts, exactly like
-workers started by hand.  A child's environment has ``CUDA_VISIBLE_DEVICES`` set
-to its GPU, and a job's command inherits it.  The parent only supervises:
+workers started by hand; ``work --slots N`` does the same for N workers that
+share this machine's devices.  The children's copies of the remote share one
+object store (:mod:`distribute.transport.shared_objects`), so N workers cost one
+download and one store of the remote's history, not N.  A child's environment
+has ``DISTRIBUTE_SLOT`` set to its number among the children (0, 1, ...: the
+``{slot}`` of its jobs' commands) and, with ``--gpus``, ``CUDA_VISIBLE_DEVICES``
+set to its GPU; a job's command inherits both.  The parent only supervises:
 
 * each line a child prints is printed by the parent with a ``[gpu G: worker]``
-  prefix (``[gpu G]`` until the child has named itself), on the same stream;
+  (or ``[slot S: worker]``) prefix, before the child has named itself
+  ``[gpu G]``, on the same stream;
 * every SIGINT and SIGTERM the parent gets is passed on to every child, which
   stops as a lone ``work`` would (the command is stopped, the attempt ends as
   interrupted, what the worker held is released); a second signal makes the
@@ -38,6 +44,7 @@ from typing import IO
 
 from distribute.core.errors import UsageError
 from distribute.orphans import parent_death_guard
+from distribute.runner import SLOT_ENV
 
 #: The environment variable that tells CUDA (and the frameworks on it) which GPU to use.
 DEVICE_ENV = "CUDA_VISIBLE_DEVICES"
@@ -96,28 +103,31 @@ def combined_exit_code(codes: Sequence[int], signum: int | None = None) -> int:
 class Child:
     """One worker process and what the parent learnt of it."""
 
-    gpu: str
+    slot: int
+    gpu: str | None
     proc: subprocess.Popen[bytes]
     name: str = ""
     readers: list[threading.Thread] = field(default_factory=list)
 
     @property
     def label(self) -> str:
-        return f"gpu {self.gpu}" + (f": {self.name}" if self.name else "")
+        where = f"slot {self.slot}" if self.gpu is None else f"gpu {self.gpu}"
+        return where + (f": {self.name}" if self.name else "")
 
 
 class GpuWorkers:
-    """Start ``argv`` once per GPU and supervise the children (see the module docstring).
+    """Start ``argv`` once per slot and supervise the children (see the module docstring).
 
     Args:
-        gpus: the GPU ids, one worker each.
+        gpus: per slot, its GPU id, or ``None`` for a slot without a GPU of its own.
         argv: the child's command line (a ``distribute work`` without ``--gpus``).
-        env: the children's environment; each gets ``CUDA_VISIBLE_DEVICES`` on top.
+        env: the children's environment; each gets ``DISTRIBUTE_SLOT`` and, for a slot
+            with a GPU, ``CUDA_VISIBLE_DEVICES`` on top.
         out, err: where the children's prefixed stdout and stderr lines go.
     """
 
     def __init__(
-        self, gpus: Sequence[str], argv: Sequence[str], env: Mapping[str, str],
+        self, gpus: Sequence[str | None], argv: Sequence[str], env: Mapping[str, str],
         out: IO[str], err: IO[str],
     ) -> None:
         self.gpus = list(gpus)
@@ -166,10 +176,10 @@ class GpuWorkers:
                 previous[sig] = signal.signal(sig, self._on_signal)
         finished = False
         try:
-            for gpu in self.gpus:
+            for slot, gpu in enumerate(self.gpus):
                 if self.signum is not None:
                     break
-                self._start(gpu)
+                self._start(slot, gpu)
             # the readers start once every child is: no fork while threads of ours run
             for child in self.children:
                 for reader in child.readers:
@@ -189,13 +199,15 @@ class GpuWorkers:
         codes = [c.proc.returncode for c in self.children]
         return combined_exit_code(codes, self.signum)
 
-    def _start(self, gpu: str) -> None:
-        env = {**self.env, DEVICE_ENV: gpu}
+    def _start(self, slot: int, gpu: str | None) -> None:
+        env = {**self.env, SLOT_ENV: str(slot)}
+        if gpu is not None:
+            env[DEVICE_ENV] = gpu
         proc = subprocess.Popen(
             self.argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, start_new_session=True, preexec_fn=parent_death_guard(),
         )
-        child = Child(gpu, proc)
+        child = Child(slot, gpu, proc)
         self.children.append(child)
         if self.signum is not None:  # a signal came while it was being started
             self._send(child, self.signum)
@@ -215,7 +227,7 @@ class GpuWorkers:
                 child.proc.wait()
 
     def summary(self) -> str:
-        """One line: each worker, its GPU and how it ended."""
+        """One line: each worker, its GPU or slot and how it ended."""
 
         def ended(code: int | None) -> str:
             if code is None:

@@ -7,7 +7,8 @@ a time and runs one child process per job.  The job reaches the child as one
 argument (every ``{job}`` in the command is replaced; with ``shell=True`` the
 command is one ``/bin/sh -c`` script and the job is shell-quoted) and through
 the environment (``DISTRIBUTE_JOB``, ``DISTRIBUTE_WORKER``,
-``DISTRIBUTE_ATTEMPT``, ``DISTRIBUTE_JOB_DIR``, ``DISTRIBUTE_RESUMED_FROM``).
+``DISTRIBUTE_ATTEMPT``, ``DISTRIBUTE_JOB_DIR``, ``DISTRIBUTE_RESUMED_FROM``,
+and ``DISTRIBUTE_SLOT``, the worker's slot, which also fills ``{slot}``).
 A job named by parameters (``lr=0.1 seed=0``, see :mod:`distribute.sweeps`)
 also fills ``{lr}``, ``{seed}`` and ``{args}`` (``--lr=0.1 --seed=0``: separate
 arguments when ``{args}`` is a whole argument), and each parameter is in
@@ -134,6 +135,8 @@ if TYPE_CHECKING:
 
 JOB_PLACEHOLDER = "{job}"
 ARGS_PLACEHOLDER = "{args}"
+#: The environment variable that holds a worker's slot number, and fills ``{slot}``.
+SLOT_ENV = "DISTRIBUTE_SLOT"
 LOG_FILE = "log.txt"
 METRICS_FILE = "metrics.json"
 PARAM_ENV_PREFIX = "DISTRIBUTE_PARAM_"
@@ -178,13 +181,16 @@ def _missing(name: str, job: str, params: Mapping[str, str]) -> CommandTemplateE
 def command_for_job(
     command: Sequence[str], job: str, *, shell: bool = False,
     params: Mapping[str, str] | None = None, known: Iterable[str] | None = None,
+    slot: str | None = None,
 ) -> list[str]:
     """The argument list that runs ``command`` for ``job``.
 
     Placeholders: ``{job}`` is the job name, ``{NAME}`` the value of its parameter
     NAME (``params``, by default :func:`~distribute.sweeps.parse_job` of the name),
     and ``{args}`` every parameter as ``--NAME=VALUE``: separate arguments when
-    ``{args}`` is a whole argument, else joined by spaces.  ``{{NAME}}`` stays as
+    ``{args}`` is a whole argument, else joined by spaces.  ``{slot}`` is ``slot``, the
+    worker's slot number (a job parameter named ``slot`` comes first; without a
+    ``slot``, ``{slot}`` is an unknown name like any other).  ``{{NAME}}`` stays as
     a literal ``{NAME}``, and so does ``${NAME}`` (a shell variable).  Without
     ``shell`` an argument stays one argument whatever the values hold; nothing is
     parsed by a shell.  With ``shell`` the arguments are joined with spaces into
@@ -217,6 +223,8 @@ def command_for_job(
                 return " ".join(quote(flag) for flag in flags)
             if name in values:
                 return quote(values[name])
+            if name == "slot" and slot is not None:
+                return quote(slot)
             if sweep is not None and name not in sweep:
                 return match.group(0)
             raise _missing(name, job, values)
@@ -242,6 +250,7 @@ def param_env_name(key: str) -> str:
 def job_environment(
     base: Mapping[str, str], *, job: str, worker: str, attempt: int, job_dir: str,
     resumed_from: str | None = None, params: Mapping[str, str] | None = None,
+    slot: int = 0,
 ) -> dict[str, str]:
     """``base`` plus the ``DISTRIBUTE_*`` variables a job's command receives.
 
@@ -249,7 +258,8 @@ def job_environment(
     folder starts with (empty for a fresh start): a job that finds it set may go on
     from its last checkpoint.  Each parameter of the job (``params``, by default read
     from its name) is in ``DISTRIBUTE_PARAM_<NAME>`` (see :func:`param_env_name`);
-    such variables inherited from ``base`` are dropped.
+    such variables inherited from ``base`` are dropped.  ``DISTRIBUTE_SLOT`` is the
+    worker's ``slot`` number.
     """
     env = {k: v for k, v in base.items() if not k.startswith(PARAM_ENV_PREFIX)}
     env.update(
@@ -259,6 +269,7 @@ def job_environment(
         DISTRIBUTE_JOB_DIR=job_dir,
         DISTRIBUTE_RESUMED_FROM=resumed_from or "",
     )
+    env[SLOT_ENV] = str(slot)
     for key, value in (parse_job(job) if params is None else params).items():
         env[param_env_name(key)] = value
     return env
@@ -499,6 +510,8 @@ class JobRunner:
         wait_for_jobs: when there is no job, wait for new ones instead of returning.
         idle_exit: with ``wait_for_jobs``, return after this many seconds without a job
             (``None``: wait until a signal).
+        slot: this worker's slot number among the workers of one ``work --gpus`` or
+            ``--slots`` (0 for a lone worker): ``{slot}`` and ``DISTRIBUTE_SLOT``.
     """
 
     def __init__(
@@ -519,6 +532,7 @@ class JobRunner:
         wait_for_jobs: bool = False,
         idle_exit: float | None = None,
         echo: Callable[[str, str], None] | None = None,
+        slot: int = 0,
     ) -> None:
         if not command:
             raise UsageError("no command given: put the command to run after `--`")
@@ -544,6 +558,7 @@ class JobRunner:
         self.breaker_seconds = breaker_seconds
         self.wait_for_jobs = wait_for_jobs or idle_exit is not None
         self.idle_exit = idle_exit
+        self.slot = slot
         self.echo = echo
         self._clock: Callable[[], float] = time.monotonic
         self._sleep: Callable[[float], None] = time.sleep
@@ -697,13 +712,14 @@ class JobRunner:
             sink.note(note)
             self.report(f"job {job!r}: {note}")
         try:
-            argv = command_for_job(self.command, job, shell=self.shell, known=self._sweep_keys())
+            argv = command_for_job(self.command, job, shell=self.shell, known=self._sweep_keys(),
+                                   slot=str(self.slot))
         except CommandTemplateError as exc:
             sink.note(str(exc))
             return self._failed_at_once(outcome, str(exc))
         env = job_environment(
             os.environ, job=job, worker=worker.name, attempt=attempt, job_dir=job_dir,
-            resumed_from=worker.resumed_from,
+            resumed_from=worker.resumed_from, slot=self.slot,
         )
         sink.note(f"job {job!r} attempt {attempt} on worker {worker.name}: {shlex.join(argv)}")
         read_end, write_end = os.pipe()

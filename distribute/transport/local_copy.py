@@ -29,6 +29,7 @@ from distribute.credentials import private_folder, split_secret
 from distribute.transport.base import Oid, check_oid, check_ref_name
 from distribute.transport.process import _PROTOCOL_V2, _run_outside
 from distribute.transport.repository import _check_branch, _Repository
+from distribute.transport.shared_objects import missing_alternates
 
 if TYPE_CHECKING:
     from distribute.transport.git import GitTransport
@@ -53,7 +54,7 @@ class GitLocalCopy:
     @classmethod
     def clone(
         cls, url: str, path: str | os.PathLike[str], *, timeout: float = 600,
-        checkout: bool = True,
+        checkout: bool = True, reference: str | os.PathLike[str] | None = None,
     ) -> GitLocalCopy:
         """Clone only the remote's default branch of ``url`` into ``path`` and check it out
         (unless ``checkout`` is false: a copy that is only read through its transport
@@ -63,7 +64,9 @@ class GitLocalCopy:
         An empty remote gives an empty local copy.  ``path`` must not exist
         or be an empty directory; it is made readable by this user only.  A
         password in ``url`` is kept in memory (:mod:`distribute.credentials`):
-        the clone's config holds the URL without it.
+        the clone's config holds the URL without it.  ``reference``: a repository on
+        this machine whose objects the copy borrows instead of downloading them
+        (:mod:`~distribute.transport.shared_objects`); ignored when it is not one.
 
         Raises:
             TransportError: the clone failed (the URL in the message is scrubbed).
@@ -73,6 +76,8 @@ class GitLocalCopy:
         args = ["clone", "--quiet", "--single-branch", "--no-tags"]
         if not checkout:
             args.append("--no-checkout")
+        if reference is not None:
+            args.append(f"--reference-if-able={Path(reference).absolute()}")
         args.append("--end-of-options")
         _run_outside([*args, split.public, str(target)], f"git clone of {scrub_url(url)}",
                      timeout=timeout, secret=split.secret)
@@ -89,6 +94,13 @@ class GitLocalCopy:
         password leaves the config, and is used when ``secret`` is not given.
         """
         repo = _Repository(path, timeout=timeout)
+        gone = missing_alternates(repo.git_dir)
+        if gone:
+            repo.close()
+            raise UsageError(
+                f"the local copy {repo.work_tree or path} borrows objects from "
+                f"{', '.join(gone)}, which no longer exists; delete the copy's folder "
+                "(it is a cache: the next worker clones it again)", path=str(path))
         stored = repo.run(["config", "--get", "remote.origin.url"])
         if stored.status == 0:
             split = split_secret(stored.stdout.decode("utf-8").strip())

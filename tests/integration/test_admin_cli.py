@@ -205,6 +205,8 @@ def barrier_job(folder: Path, count: int, go: Path | None = None) -> str:
         gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
         with open(os.path.join(os.environ["DISTRIBUTE_JOB_DIR"], "gpu.txt"), "w") as f:
             f.write(gpu)
+        with open(os.path.join(os.environ["DISTRIBUTE_JOB_DIR"], "slot.txt"), "w") as f:
+            f.write(os.environ["DISTRIBUTE_SLOT"] + " " + " ".join(sys.argv[1:]))
         with open(os.path.join(folder, "pid-" + job), "w") as f:
             f.write(str(os.getpid()))
         open(os.path.join(folder, "started-" + job), "w").close()
@@ -248,7 +250,7 @@ def test_gpus_runs_one_slot_worker_per_gpu_each_with_its_device(tmp_path, remote
     marks = tmp_path / "marks"
     marks.mkdir()
     proc = Proc(tmp_path, "work", remote, "--gpus", "0,2", "--lease", "5", "--",
-                PY, "-c", barrier_job(marks, 2))
+                PY, "-c", barrier_job(marks, 2), "slot={slot}")
     rc, out, err = proc.finish()
     assert rc == 0, err
     doc = status(tmp_path, remote)
@@ -256,6 +258,9 @@ def test_gpus_runs_one_slot_worker_per_gpu_each_with_its_device(tmp_path, remote
     gpus = {job: (remote_file(remote, job, "gpu.txt")) for job in "abc"}
     # the first two jobs ran at once, so each worker ran at least one of them
     assert set(gpus.values()) == {"0", "2"}, gpus
+    # the slot follows the order of the GPUs, in the environment and in {slot}
+    slots = {job: remote_file(remote, job, "slot.txt") for job in "abc"}
+    assert all(slots[j] == {"0": "0 slot=0", "2": "1 slot=1"}[gpus[j]] for j in "abc"), slots
     workers = {e["worker"] for e in doc["done"]}
     assert len(workers) == 2 and all(w.rsplit("-", 1)[1] in ("1", "2") for w in workers)
     lines = err.splitlines()
@@ -317,10 +322,32 @@ def test_gpus_killed_parent_leaves_no_worker_or_command_running(tmp_path, remote
                "the workers and their commands died with their parent")
 
 
+def test_slots_start_workers_without_gpus_sharing_one_object_store(tmp_path, remote):
+    ok(tmp_path, "init", remote, "a", "b")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    proc = Proc(tmp_path, "work", f"file://{remote}", "--slots", "2", "--lease", "5", "--",
+                PY, "-c", barrier_job(marks, 2), "{slot}")
+    rc, _, err = proc.finish()
+    assert rc == 0, err
+    assert {remote_file(remote, job, "gpu.txt") for job in "ab"} == {"unset"}
+    assert {remote_file(remote, job, "slot.txt") for job in "ab"} == {"0 0", "1 1"}
+    assert any(line.startswith("[slot 1: ") for line in err.splitlines()), err
+    copies = [p for p in (tmp_path / "cache" / "distribute").glob("*/*") if p.is_dir()]
+    store = [p for p in copies if p.name == ".objects.git"]
+    assert len(store) == 1 and len(copies) == 3, copies
+    for copy in set(copies) - set(store):
+        alternates = (copy / ".git" / "objects" / "info" / "alternates").read_text()
+        assert Path(alternates.strip()) == store[0] / "objects"
+
+
 def test_gpus_usage_errors_name_the_fix(tmp_path, remote):
     ok(tmp_path, "init", remote)
     for args, text in ((["--gpus", "0"], "--gpus 3,"), (["--gpus", "a b"], "GPU"),
                        (["--gpus", "1,1"], "twice"),
+                       (["--gpus", "2", "--slots", "2"], "give one"),
+                       (["--slots", "0"], "--slots"),
+                       (["--slots", "2", "--path", "x"], "--path"),
                        (["--gpus", "2", "--name", "x"], "--name")):
         r = run(tmp_path, "work", remote, *args, "--", PY, "-c", "pass")
         assert r.returncode == 2 and text in r.stderr, (args, r.stderr)

@@ -80,10 +80,22 @@ def test_environment_names_the_job():
     env = job_environment({"A": "1"}, job="j k", worker="w", attempt=2, job_dir="/x")
     assert env == {"A": "1", "DISTRIBUTE_JOB": "j k", "DISTRIBUTE_WORKER": "w",
                    "DISTRIBUTE_ATTEMPT": "2", "DISTRIBUTE_JOB_DIR": "/x",
-                   "DISTRIBUTE_RESUMED_FROM": ""}
+                   "DISTRIBUTE_RESUMED_FROM": "", "DISTRIBUTE_SLOT": "0"}
     env = job_environment({}, job="j", worker="w", attempt=3, job_dir="/x",
-                          resumed_from="jobs/v/j/7")
+                          resumed_from="jobs/v/j/7", slot=2)
     assert env["DISTRIBUTE_RESUMED_FROM"] == "jobs/v/j/7"
+    assert env["DISTRIBUTE_SLOT"] == "2"
+
+
+def test_slot_fills_its_placeholder_unless_the_job_has_a_parameter_of_that_name():
+    command = ["run", "--port=60{slot}", "{slot}", "{{slot}}"]
+    assert command_for_job(command, "lr=1", slot="3") == ["run", "--port=603", "3", "{slot}"]
+    assert command_for_job(command, "slot=a", slot="3") == ["run", "--port=60a", "a", "{slot}"]
+    assert command_for_job(["run", "{slot}"], "lr=1", slot="3", known=["lr"]) == ["run", "3"]
+    # without a slot, {slot} is a name like any other: left alone when no job has it
+    assert command_for_job(["run", "{slot}"], "lr=1", known=["lr"]) == ["run", "{slot}"]
+    assert shlex.split(command_for_job(["echo", "{slot}"], "j", shell=True, slot="1")[2]) == [
+        "echo", "1"]
 
 
 def test_describe_exit():

@@ -1,0 +1,115 @@
+"""One object store on this machine for every local copy of one remote.
+
+Theory of operation
+-------------------
+Four workers of one machine (``work --gpus 4``, or four ``work`` started by
+hand) each keep a local copy of the remote.  Cloned one by one, each copy
+would download and store every result the remote holds: four times the
+transfer and the disk.  Instead, the copies that live in the remote's cache
+folder borrow their objects from one bare repository beside them, the
+*shared store*:
+
+* before a copy is cloned, :func:`refresh_shared_objects` fetches the main
+  branch into the store (under a file lock, so workers starting together
+  fetch it once);
+* the copy is then cloned with ``--reference-if-able`` on the store: git
+  writes the store's ``objects`` folder into the copy's
+  ``objects/info/alternates`` and downloads only what the store lacks;
+* what a copy fetches later (other workers' results, as main moves on) goes
+  into the copy's own objects, as before.
+
+A borrowed object must never vanish from the store, so the store is only ever
+fetched into: it runs no automatic ``gc`` or maintenance, its ``gc`` would
+keep unreachable objects, and the main branch it follows only moves forward
+in this protocol (old tips stay reachable from new ones).  Deleting the store
+breaks the copies that borrow from it; :func:`missing_alternates` finds that,
+and opening such a copy says to delete it (a copy is a cache, remade on the
+next start).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import filelock
+
+from distribute.core.errors import TransportError
+from distribute.credentials import private_folder, split_secret
+from distribute.transport.process import _run_outside
+from distribute.transport.repository import _check_branch
+
+#: The store's folder name inside the remote's cache folder.  Worker copies are named by
+#: encoded worker names, which never begin with a dot, so no copy can take this name.
+STORE_NAME = ".objects.git"
+#: Where the store keeps the tip of a main branch as last fetched (the remote's default
+#: branch under ``HEAD``, another one under its name).
+STORE_REFS = "refs/shared/"
+#: Settings that keep the store from ever dropping an object a copy may borrow.
+_STORE_CONFIG = (
+    ("gc.auto", "0"),
+    ("maintenance.auto", "false"),
+    ("gc.pruneExpire", "never"),
+    ("gc.reflogExpireUnreachable", "never"),
+    ("core.logAllRefUpdates", "false"),
+)
+
+
+def refresh_shared_objects(
+    url: str, store: str | os.PathLike[str], *, branch: str | None = None,
+    timeout: float = 600,
+) -> Path | None:
+    """Fetch ``branch`` of ``url`` (its default branch when ``None``) into the bare
+    repository ``store``, made if missing; return the store's path, or ``None`` when
+    it holds nothing to borrow (an empty remote, or a first fetch that failed: the
+    clone that follows then fetches everything itself and reports any real error).
+    """
+    target = private_folder(Path(store).absolute())
+    source = "HEAD" if branch is None else "refs/heads/" + _check_branch(branch)
+    kept = STORE_REFS + source
+    split = split_secret(url)
+    with filelock.FileLock(str(target.parent / f"{target.name}.lock"), timeout=timeout):
+        if not (target / "objects").is_dir():
+            _git(["init", "--quiet", "--bare", "--end-of-options", str(target)], target,
+                 "git init of the shared object store", timeout)
+            for key, value in _STORE_CONFIG:
+                _git(["--git-dir", str(target), "config", key, value], target,
+                     "git config of the shared object store", timeout)
+        try:
+            _run_outside(
+                ["--git-dir", str(target), "fetch", "--quiet", "--no-tags",
+                 "--no-write-fetch-head", "--end-of-options", split.public,
+                 f"+{source}:{kept}"],
+                "git fetch into the shared object store", timeout=timeout, secret=split.secret,
+            )
+        except TransportError:
+            if not (target / kept).exists() and not _packed(target, kept):
+                return None
+    return target
+
+
+def missing_alternates(git_dir: str | os.PathLike[str]) -> list[str]:
+    """The object folders that ``git_dir``'s ``objects/info/alternates`` names and that
+    do not exist (an empty list for a copy that borrows nothing)."""
+    listing = Path(git_dir, "objects", "info", "alternates")
+    try:
+        lines = listing.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+    except FileNotFoundError:
+        return []
+    folders = [line for line in lines if line.strip() and not line.startswith("#")]
+    base = listing.parent.parent
+    return [f for f in folders if not (base / f).is_dir()]
+
+
+def _packed(store: Path, ref: str) -> bool:
+    try:
+        return f" {ref}\n" in (store / "packed-refs").read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return False
+
+
+def _git(args: list[str], store: Path, what: str, timeout: float) -> None:
+    _run_outside(args, f"{what} ({store})", timeout=timeout)
+
+
+__all__ = ["STORE_NAME", "STORE_REFS", "missing_alternates", "refresh_shared_objects"]

@@ -1,0 +1,112 @@
+"""Workers of one machine share one object store for a remote (distribute.transport.shared_objects):
+real clones over file:// (so that objects travel as packs, as over a network) and the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from cli_run import PY, ok, run
+
+from distribute.dist import worker_from_url
+from distribute.sources import QueueJobs
+from distribute.transport.shared_objects import (
+    STORE_NAME,
+    missing_alternates,
+    refresh_shared_objects,
+)
+
+MB = 1_000_000
+
+
+def git(*args: str, cwd: Path | None = None) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True,
+                          timeout=60).stdout
+
+
+def size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def heavy(tmp_path):
+    """A remote with three jobs queued and 3 MB of earlier results on its main branch."""
+    remote = tmp_path / "remote.git"
+    ok(tmp_path, "init", remote, "a", "b", "c")
+    work = tmp_path / "seed"
+    git("clone", "-q", str(remote), str(work))
+    for i in range(3):
+        folder = work / "updates" / f"old{i}"
+        folder.mkdir(parents=True)
+        (folder / "weights.bin").write_bytes(os.urandom(MB))
+    git("add", "-A", cwd=work)
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "old results", cwd=work)
+    git("push", "-q", "origin", "HEAD", cwd=work)
+    return remote
+
+
+def cache_folder(tmp_path: Path) -> Path:
+    (folder,) = (tmp_path / "cache" / "distribute").iterdir()
+    return folder
+
+
+def test_a_second_worker_borrows_the_history_instead_of_downloading_it(tmp_path, heavy):
+    url = f"file://{heavy}"
+    for name in ("w1", "w2"):
+        ok(tmp_path, "work", url, "--name", name, "--max-jobs", "1", "--", PY, "-c", "pass")
+    folder = cache_folder(tmp_path)
+    store = folder / STORE_NAME
+    assert size(store / "objects") > 3 * MB
+    for name in ("w1", "w2"):
+        objects = folder / name / ".git" / "objects"
+        assert size(objects) < MB // 2, f"{name} keeps {size(objects)} bytes of objects"
+        assert (objects / "info" / "alternates").read_text().strip() == str(store / "objects")
+        # and git finds every object of the history through the store
+        git("fsck", "--connectivity-only", "--no-dangling", cwd=folder / name)
+
+
+def test_a_copy_whose_store_was_deleted_says_to_delete_it_and_then_works_again(tmp_path, heavy):
+    url = f"file://{heavy}"
+    ok(tmp_path, "work", url, "--name", "w1", "--max-jobs", "1", "--", PY, "-c", "pass")
+    folder = cache_folder(tmp_path)
+    for path in sorted((folder / STORE_NAME).rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    (folder / STORE_NAME).rmdir()
+    assert missing_alternates(folder / "w1" / ".git") == [str(folder / STORE_NAME / "objects")]
+    failed = run(tmp_path, "work", url, "--name", "w1", "--max-jobs", "1", "--", PY, "-c", "pass")
+    assert failed.returncode == 1
+    assert "no longer exists" in failed.stderr and "delete the copy's folder" in failed.stderr
+    subprocess.run(["rm", "-rf", str(folder / "w1")], check=True, timeout=60)
+    ok(tmp_path, "work", url, "--name", "w1", "--max-jobs", "1", "--", PY, "-c", "pass")
+    assert (folder / STORE_NAME / "objects").is_dir()
+
+
+def test_a_copy_at_a_path_of_the_users_choice_borrows_nothing(tmp_path, heavy):
+    copy = tmp_path / "mine"
+    ok(tmp_path, "work", f"file://{heavy}", "--path", copy, "--max-jobs", "1", "--", PY, "-c",
+       "pass")
+    assert not (copy / ".git" / "objects" / "info" / "alternates").exists()
+    assert size(copy / ".git" / "objects") > 3 * MB
+
+
+def test_the_store_of_an_empty_remote_gives_nothing_to_borrow_and_keeps_every_object(tmp_path):
+    remote = tmp_path / "empty.git"
+    git("init", "-q", "--bare", str(remote))
+    store = tmp_path / "store"
+    assert refresh_shared_objects(f"file://{remote}", store) is None
+    assert git("--git-dir", str(store), "config", "gc.auto").strip() == "0"
+    assert git("--git-dir", str(store), "config", "gc.pruneExpire").strip() == "never"
+
+
+def test_the_python_api_shares_objects_too(tmp_path, heavy):
+    store = tmp_path / "shared"
+    worker = worker_from_url(f"file://{heavy}", tmp_path / "copy", "w1", shared_objects=store)
+    try:
+        assert worker.get_next_job(QueueJobs()) == "a"
+        worker.finish_job()
+    finally:
+        worker.close()
+    assert size(tmp_path / "copy" / ".git" / "objects") < MB // 2
+    assert size(store / "objects") > 3 * MB
