@@ -69,6 +69,9 @@ The ``status --json`` document (``"schema": 1``)::
           "gone": bool,               # its last record says it left
           "silent_seconds": float | null,  # how long this machine's looks have seen
                                       # its record unchanged (null: not compared)
+          "lease_seconds": float | null,   # the lease its record states (null: none)
+          "past_lease": bool | null,  # seen silent for longer than that lease: presumed
+                                      # dead (null: not known, or it left or was revoked)
           "unreadable": str | null    # why its ref holds no liveness record (then the
                                       # name is the ref's, session and seq are null)
       }, ...]
@@ -146,6 +149,7 @@ from distribute.core.names import (
 from distribute.credentials import private_folder
 from distribute.fenced import FencedEdit, cancel_edit, cli_holder, queue_edit, requeue_edit
 from distribute.transport.base import RefUpdate
+from distribute.transport.shared_objects import STORE_NAME
 
 if TYPE_CHECKING:
     from distribute.dist import Worker
@@ -360,6 +364,7 @@ def status_document(
                 "revoked_by": b.revoked_by or None,
                 "renewed": None if renewed is None else bool(renewed.get(name)),
                 "gone": b.gone,
+                "lease_seconds": b.lease or None,
                 "unreadable": None,
             }
             for name, b in sorted(beats.items())
@@ -367,7 +372,7 @@ def status_document(
             {
                 "name": name, "session": None, "seq": None, "jobs": [], "revoked_by": None,
                 "renewed": None if renewed is None else bool(renewed.get(name)),
-                "gone": False, "unreadable": why,
+                "gone": False, "lease_seconds": None, "unreadable": why,
             }
             for name, why in sorted((unreadable or {}).items())
         ],
@@ -445,6 +450,12 @@ def observe_status(
     doc["compared_with_last_look"] = compared
     for row in doc["workers"]:
         row["silent_seconds"] = silent.get(row["name"])
+        still = row["silent_seconds"]
+        if still is None and watch > 0 and row["renewed"] is False:
+            still = watch
+        lease = row["lease_seconds"]
+        row["past_lease"] = (None if still is None or not lease or row["gone"]
+                             or row["revoked_by"] else still > lease)
     return doc
 
 
@@ -556,7 +567,11 @@ def render_status(doc: dict[str, Any], console: Console, limit: int | None = 20)
                 "gone" if w.get("gone") else
                 "-" if w["renewed"] is None else ("renewed" if w["renewed"] else "unchanged")
             )
-            if w.get("silent_seconds") and not w["renewed"]:
+            if w.get("past_lease"):
+                quiet = w["silent_seconds"] or doc["watched_seconds"]
+                state = (f"gone? silent {_duration(quiet)}+, "
+                         f"past its {_duration(w['lease_seconds'])} lease")
+            elif w.get("silent_seconds") and not w["renewed"]:
                 state += f" (silent {_duration(w['silent_seconds'])}+)"
             if w.get("unreadable"):
                 state = f"unreadable: {w['unreadable']}"
@@ -842,7 +857,8 @@ Examples:
 Looks at the local copies `work` keeps in the cache folder (see `work --help`).
 A copy a running worker uses (it holds the copy's file lock) is never touched.
 A copy whose worker died in the middle of a job holds that job's last files:
---keep-running-jobs keeps such copies for a restart to resume from.""",
+--keep-running-jobs keeps such copies for a restart to resume from. The object
+store that a remote's copies share (.objects.git) goes with the last of them.""",
 )
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 @click.option("--keep-running-jobs", is_flag=True,
@@ -854,6 +870,7 @@ def clean(ctx: click.Context, dry_run: bool, keep_running_jobs: bool) -> None:
 
     out = _output(ctx)
     freed = removed = kept = 0
+    gone: set[Path] = set()
     for copy in cached_copies(user_cache_dir()):
         lock = filelock.FileLock(str(copy / ".git" / _LOCK_FILE))
         try:
@@ -873,13 +890,53 @@ def clean(ctx: click.Context, dry_run: bool, keep_running_jobs: bool) -> None:
                 shutil.rmtree(copy, ignore_errors=True)
                 with contextlib.suppress(OSError):
                     copy.parent.rmdir()  # the remote's folder, once empty
+            gone.add(copy)
             freed += size
             removed += 1
         finally:
             lock.release()
+    for size in _clean_stores(out, gone, dry_run):
+        freed += size
     verb = "would free" if dry_run else "freed"
     out.result(f"{removed} cop{'y' if removed == 1 else 'ies'}, {verb} {freed / 1e6:.1f} MB; "
                f"{kept} kept")
+
+
+def _clean_stores(out: Output, gone: set[Path], dry_run: bool) -> Iterator[int]:
+    """Remove the shared object stores that no cached copy borrows from any more (the
+    copies in ``gone`` count as removed); yield the size of each."""
+    root = user_cache_dir()
+    for store in sorted(root.glob(f"*/{STORE_NAME}")) if root.is_dir() else []:
+        size = _drop_unborrowed_store(store, gone, dry_run)
+        if size is None:
+            continue
+        out.result(f"{'would remove' if dry_run else 'removed'} {store} "
+                   f"({size / 1e6:.1f} MB, the objects its copies shared)")
+        yield size
+
+
+def _drop_unborrowed_store(store: Path, gone: set[Path], dry_run: bool = False) -> int | None:
+    """Remove the shared object store ``store`` if no copy beside it (but those in
+    ``gone``) may borrow from it and no clone from it is under way; its size, or
+    ``None`` when it stays."""
+    from distribute.transport.shared_objects import store_lock
+
+    if not store.is_dir():
+        return None
+    lock = store_lock(store)
+    try:
+        lock.acquire(timeout=0)  # held while a new copy is cloned from it
+    except filelock.Timeout:
+        return None
+    try:
+        if any((p / ".git").exists() and p not in gone for p in store.parent.iterdir()):
+            return None
+        size = _size(store)
+        if not dry_run:
+            shutil.rmtree(store, ignore_errors=True)
+        return size
+    finally:
+        lock.release()
 
 
 def _assignments(texts: Sequence[str], option: str) -> dict[str, str]:
@@ -1060,7 +1117,6 @@ def _open_worker(
     and whether ``copy`` was made just now.  A ``cached`` copy (in the remote's cache
     folder) borrows its objects from the store the remote's cached copies share."""
     from distribute.dist import worker_from_url
-    from distribute.transport.shared_objects import STORE_NAME
 
     private_folder(copy.parent)
     out.debug(f"worker {name}, local copy {copy}")
@@ -1284,6 +1340,7 @@ def work(
             worker.close()
             if fresh:  # a clone made just now, of a remote no worker can use yet
                 shutil.rmtree(worker.path, ignore_errors=True)
+                _drop_unborrowed_store(Path(worker.path).parent / STORE_NAME, set())
             raise
         try:
             out.info(f"worker {worker.name} on {scrub_url(url)}")

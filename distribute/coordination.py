@@ -206,7 +206,7 @@ class Coordinator:
         self.watch = LeaseWatch(lease, margin)
         self.holding: Holding | None = None
         self.job: JobHolding | None = None
-        self.beat = Beat(worker=worker, session=session)
+        self.beat = Beat(worker=worker, session=session, lease=lease)
         self.beat_oid: Oid | None = None
         self.beat_sent_at = float("-inf")
         self.revoked = False

@@ -857,10 +857,11 @@ def worker_from_url(
     target = Path(path)
     split = split_secret(url)
     if not target.exists() or (target.is_dir() and not any(target.iterdir())):
-        store = None
-        if shared_objects is not None:
-            store = refresh_shared_objects(url, shared_objects, branch=options.get("branch"))
-        GitLocalCopy.clone(url, target, reference=store)
+        if shared_objects is None:
+            GitLocalCopy.clone(url, target)
+        else:
+            with refresh_shared_objects(url, shared_objects, branch=options.get("branch")) as got:
+                GitLocalCopy.clone(url, target, reference=got)
     else:
         # opening cleans a password an older copy kept in its config
         copy = GitLocalCopy.open(target, secret=split.secret)

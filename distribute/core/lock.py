@@ -95,6 +95,9 @@ class Beat:
         finishing: the job whose finish has lost several races in a row: other
             workers claim nothing until it is finished (or its lease expires),
             so that the finish gets its turn (see ``Coordinator.finish``).
+        lease: the worker's lease period in seconds (0: not said, as in records of
+            older versions): a person reading the remote can tell a worker silent
+            for longer than that from one that is merely slow.
     """
 
     worker: str
@@ -105,6 +108,7 @@ class Beat:
     token: int = 0
     gone: bool = False
     finishing: str = ""
+    lease: float = 0.0
 
     @property
     def revoked(self) -> bool:
@@ -113,7 +117,7 @@ class Beat:
     def next(self, jobs: tuple[str, ...]) -> Beat:
         finishing = self.finishing if self.finishing in jobs else ""
         return Beat(worker=self.worker, session=self.session, seq=self.seq + 1, jobs=jobs,
-                    finishing=finishing)
+                    finishing=finishing, lease=self.lease)
 
     def revoke(self, by: str, token: int) -> Beat:
         return replace(self, revoked_by=by, token=token, seq=self.seq + 1, gone=False,
@@ -244,6 +248,9 @@ def parse_beat_message(message: str) -> Beat:
     gone = data.get("gone", False)
     if not isinstance(gone, bool):
         raise RemoteStateError(f"not a worker record: {_wrong('gone', gone, 'true or false')}")
+    lease = data.get("lease", 0.0)
+    if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not lease >= 0:
+        raise RemoteStateError(f"not a worker record: {_wrong('lease', lease, 'seconds')}")
     try:
         return Beat(
             worker=_str(data, "worker"),
@@ -254,6 +261,7 @@ def parse_beat_message(message: str) -> Beat:
             token=_int(data, "token", 0),
             gone=gone,
             finishing=_str(data, "finishing", ""),
+            lease=float(lease),
         )
     except RemoteStateError as exc:
         raise RemoteStateError(f"not a worker record: {exc}") from None

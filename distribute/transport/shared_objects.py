@@ -10,9 +10,11 @@ folder borrow their objects from one bare repository beside them, the
 *shared store*:
 
 * before a copy is cloned, :func:`refresh_shared_objects` fetches the main
-  branch into the store (under a file lock, so workers starting together
-  fetch it once);
-* the copy is then cloned with ``--reference-if-able`` on the store: git
+  branch into the store, under the store's file lock (so workers starting
+  together fetch it once), and keeps the lock while the copy is cloned
+  (``distribute clean`` removes a store no copy borrows from only under that
+  lock);
+* the copy is cloned with ``--reference-if-able`` on the store: git
   writes the store's ``objects`` folder into the copy's
   ``objects/info/alternates`` and downloads only what the store lacks;
 * what a copy fetches later (other workers' results, as main moves on) goes
@@ -29,7 +31,9 @@ next start).
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import filelock
@@ -55,20 +59,29 @@ _STORE_CONFIG = (
 )
 
 
+def store_lock(store: str | os.PathLike[str]) -> filelock.FileLock:
+    """The file lock beside ``store`` under which it is fetched into, cloned from, or
+    removed."""
+    path = Path(store).absolute()
+    return filelock.FileLock(str(path.parent / f"{path.name}.lock"))
+
+
+@contextlib.contextmanager
 def refresh_shared_objects(
     url: str, store: str | os.PathLike[str], *, branch: str | None = None,
     timeout: float = 600,
-) -> Path | None:
+) -> Iterator[Path | None]:
     """Fetch ``branch`` of ``url`` (its default branch when ``None``) into the bare
-    repository ``store``, made if missing; return the store's path, or ``None`` when
-    it holds nothing to borrow (an empty remote, or a first fetch that failed: the
-    clone that follows then fetches everything itself and reports any real error).
+    repository ``store``, made if missing, and hold the store's lock until the block
+    ends (the clone that borrows from it goes there).  Gives the store's path, or
+    ``None`` when it holds nothing to borrow (an empty remote, or a first fetch that
+    failed: the clone then fetches everything itself and reports any real error).
     """
     target = private_folder(Path(store).absolute())
     source = "HEAD" if branch is None else "refs/heads/" + _check_branch(branch)
     kept = STORE_REFS + source
     split = split_secret(url)
-    with filelock.FileLock(str(target.parent / f"{target.name}.lock"), timeout=timeout):
+    with store_lock(target).acquire(timeout=timeout):
         if not (target / "objects").is_dir():
             _git(["init", "--quiet", "--bare", "--end-of-options", str(target)], target,
                  "git init of the shared object store", timeout)
@@ -84,8 +97,9 @@ def refresh_shared_objects(
             )
         except TransportError:
             if not (target / kept).exists() and not _packed(target, kept):
-                return None
-    return target
+                yield None
+                return
+        yield target
 
 
 def missing_alternates(git_dir: str | os.PathLike[str]) -> list[str]:
@@ -112,4 +126,6 @@ def _git(args: list[str], store: Path, what: str, timeout: float) -> None:
     _run_outside(args, f"{what} ({store})", timeout=timeout)
 
 
-__all__ = ["STORE_NAME", "STORE_REFS", "missing_alternates", "refresh_shared_objects"]
+__all__ = [
+    "STORE_NAME", "STORE_REFS", "missing_alternates", "refresh_shared_objects", "store_lock",
+]

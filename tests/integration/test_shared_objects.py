@@ -95,7 +95,8 @@ def test_the_store_of_an_empty_remote_gives_nothing_to_borrow_and_keeps_every_ob
     remote = tmp_path / "empty.git"
     git("init", "-q", "--bare", str(remote))
     store = tmp_path / "store"
-    assert refresh_shared_objects(f"file://{remote}", store) is None
+    with refresh_shared_objects(f"file://{remote}", store) as got:
+        assert got is None
     assert git("--git-dir", str(store), "config", "gc.auto").strip() == "0"
     assert git("--git-dir", str(store), "config", "gc.pruneExpire").strip() == "never"
 
@@ -110,3 +111,19 @@ def test_the_python_api_shares_objects_too(tmp_path, heavy):
         worker.close()
     assert size(tmp_path / "copy" / ".git" / "objects") < MB // 2
     assert size(store / "objects") > 3 * MB
+
+
+def test_clean_removes_the_store_with_the_last_copy_that_borrows_from_it(tmp_path, heavy):
+    url = f"file://{heavy}"
+    ok(tmp_path, "work", url, "--name", "w1", "--max-jobs", "1", "--", PY, "-c", "pass")
+    folder = cache_folder(tmp_path)
+    dry = ok(tmp_path, "clean", "--dry-run").stdout
+    assert f"would remove {folder / STORE_NAME}" in dry and (folder / STORE_NAME).is_dir()
+    ok(tmp_path, "work", url, "--name", "w2", "--max-jobs", "1", "--", PY, "-c", "pass")
+    # a copy that still borrows keeps the store: here w2, kept for a job to resume
+    (folder / "w2" / ".git" / "distribute-job.json").write_text("{}")
+    kept = ok(tmp_path, "clean", "--keep-running-jobs").stdout
+    assert not (folder / "w1").exists() and (folder / STORE_NAME).is_dir(), kept
+    ok(tmp_path, "clean")
+    assert not (folder / "w2").exists() and not (folder / STORE_NAME).exists()
+    ok(tmp_path, "work", url, "--name", "w1", "--max-jobs", "1", "--", PY, "-c", "pass")
