@@ -68,7 +68,7 @@ from distribute.core.pacing import (
 from distribute.core.plan import CallNextJobFunction, GiveUp, Retry, others_running
 from distribute.credentials import split_secret
 from distribute.jobfolder import secure_job_folder
-from distribute.orphans import reap_leftover_command
+from distribute.orphans import kill_git_left_in, reap_leftover_command
 from distribute.sources import is_repo_only
 from distribute.transport.base import Transport
 from distribute.transport.local_copy import GitLocalCopy
@@ -351,6 +351,8 @@ class Worker:
         git_dir = Path(self.path) / ".git"
         # a job's command the dead process left running would write beside the restart
         reap_leftover_command(git_dir)
+        # and a git command it left running would race with the clean-up below
+        kill_git_left_in(git_dir)
         names = ("index.lock", "HEAD.lock", "config.lock", "packed-refs.lock", "shallow.lock")
         stale = [git_dir / name for name in names]
         stale += git_dir.glob("distribute-snapshot-*")

@@ -311,6 +311,40 @@ def reap_leftover_command(git_dir: str | os.PathLike[str], grace: float = 5.0) -
         clear_child_record(git_dir)
 
 
+def kill_git_left_in(git_dir: str | os.PathLike[str], wait: float = _AFTER_SIGKILL) -> list[int]:
+    """Kill the processes that a dead worker left working in its copy ``git_dir``: git
+    commands (and what they started) whose environment has ``GIT_DIR=git_dir``, as
+    every git command a worker runs in its copy has; return their pids.
+
+    The caller holds the copy's file lock, so no live worker runs git there: such a
+    process outlived the worker that started it (``kill -9`` of the worker does not
+    reach its git), and would race with the restart that is about to remove git's
+    lock files and check out.  Linux only (it reads ``/proc/<pid>/environ``); elsewhere
+    it finds nothing.
+    """
+    wanted = b"GIT_DIR=" + os.fsencode(str(Path(git_dir).resolve()))
+    found = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(_PROC):
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                environ = Path(entry.path, "environ").read_bytes()
+            except OSError:
+                continue  # gone meanwhile, or not ours to read
+            if wanted in environ.split(b"\0"):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(int(entry.name), signal.SIGKILL)
+                    found.append(int(entry.name))
+    deadline = time.monotonic() + wait
+    while found and time.monotonic() < deadline:
+        table = _proc_table()
+        if all(pid not in table or table[pid].zombie for pid in found):
+            break
+        time.sleep(0.02)
+    return found
+
+
 def _pids(members: list[ProcessInfo]) -> str:
     return ", ".join(str(p.pid) for p in sorted(members, key=lambda p: p.pid))
 
@@ -363,6 +397,7 @@ __all__ = [
     "ChildRecord",
     "ProcessInfo",
     "clear_child_record",
+    "kill_git_left_in",
     "kill_leftovers",
     "leftover_members",
     "parent_death_guard",
