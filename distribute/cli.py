@@ -119,7 +119,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from distribute import __version__
+from distribute import __version__, coordination
 from distribute.core.errors import (
     DistributeError,
     InvalidName,
@@ -132,7 +132,6 @@ from distribute.core.lock import (
     Beat,
     LockState,
     bad_lock,
-    lock_message,
     parse_beat_message,
     parse_lock_message,
 )
@@ -148,7 +147,6 @@ from distribute.core.names import (
 )
 from distribute.credentials import private_folder
 from distribute.fenced import FencedEdit, cancel_edit, cli_holder, queue_edit, requeue_edit
-from distribute.transport.base import RefUpdate
 from distribute.transport.shared_objects import STORE_NAME
 
 if TYPE_CHECKING:
@@ -616,32 +614,8 @@ def find_log(view: RemoteView, job: str) -> tuple[bytes, str]:
 
 
 def break_lock(view: RemoteView) -> tuple[LockState, LockState | None]:
-    """CAS the lock from its observed value to free with the next token.
-
-    Returns:
-        ``(observed, new)``; ``new`` is ``None`` when the lock was free already.
-
-    Raises:
-        RemoteStateError: no lock ref, or the lock changed meanwhile.
-    """
-    oid, state = view.lock()
-    if oid is None:
-        raise RemoteStateError(
-            "the remote has no lock (refs/distribute/lock); prepare it with `distribute init`"
-        )
-    if state.free:
-        return state, None
-    new = LockState(token=state.token + 1)
-    transport = view.transport
-    commit = transport.write_commit(parents=[oid], message=lock_message(new), changes={})
-    if not transport.push([RefUpdate(LOCK_REF, oid, commit)]):
-        _, now = view.lock()
-        who = f"held by {now.holder!r} (token {now.token})" if not now.free else "free"
-        raise RemoteStateError(
-            f"the lock changed while it was being broken (it is now {who}); nothing was "
-            "written -- look again with `distribute status` before retrying"
-        )
-    return state, new
+    """``distribute unlock``: :func:`distribute.coordination.break_lock` on ``view``'s remote."""
+    return coordination.break_lock(view.transport)
 
 
 # ---- default local copy -------------------------------------------------------------------

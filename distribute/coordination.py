@@ -24,16 +24,32 @@ interleave the steps of several workers in any order.
   token, so a holder whose job was taken over is refused.
 
 The clock and sleep are passed in; the caller decides how long to wait.
+
+The one writer
+--------------
+This module is the only code that writes the remote's coordination state: the
+lock ref, the liveness refs and the ledgers.  Besides a worker's steps that is
+the writing done from outside any worker's steps, at the end of this file:
+:class:`FencedEdit` (``add``, ``requeue``, ``cancel``: an edit of the queue and
+the ledgers under the lock), :func:`break_lock` (``unlock``), :func:`new_lock`
+(a lock written anew by ``init`` or by the repair of a damaged one), and
+:meth:`Coordinator.release_leftovers` (what a stopped worker process still
+holds).  Other modules read through it or call it; none builds an update of
+those refs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable, Sequence
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
+from distribute.backoff import Backoff
 from distribute.core.errors import (
     DistributeError,
     LeaseLost,
@@ -44,7 +60,14 @@ from distribute.core.errors import (
     TransportError,
 )
 from distribute.core.lease import LeaseWatch
-from distribute.core.ledger import LEDGER_FILES, MAX_INTERRUPTIONS, Entry, Ledger
+from distribute.core.ledger import (
+    DONE,
+    LEDGER_FILES,
+    MAX_INTERRUPTIONS,
+    RUNNING,
+    Entry,
+    Ledger,
+)
 from distribute.core.lock import (
     Acquire,
     Beat,
@@ -58,6 +81,7 @@ from distribute.core.lock import (
     parse_lock_message,
 )
 from distribute.core.names import (
+    JOB_BRANCH_PREFIX,
     LOCK_REF,
     WORKERS_PREFIX,
     decode_component,
@@ -72,6 +96,7 @@ from distribute.core.plan import (
     ahead_in_turn,
     plan_claim,
 )
+from distribute.sources import JOBS_FILE, format_queue, read_queue
 from distribute.transport.base import Oid, RefUpdate, Transport, holds
 
 T = TypeVar("T")
@@ -508,6 +533,52 @@ class Coordinator:
                 if revoked is not None:
                     return False
             return False
+
+    def release_leftovers(self, reason: str) -> None:
+        """Release the lock and fail (as interrupted) the jobs that this worker's session
+        holds on the remote, as its process stops without its steps having done so.
+
+        Only what carries this session is touched: the lock when its holder and
+        session are ours, and the jobs named by our liveness record when that record
+        carries our session (each failed under its own token, so a job taken over
+        meanwhile is left alone).  Best effort: a lost race is tried again a few times.
+        """
+        values = self.transport.fetch([self.main_ref, LOCK_REF, self.own_ref])
+        lock_oid = values.get(LOCK_REF)
+        if lock_oid is not None:
+            state = parse_lock_message(self.transport.commit_message(lock_oid))
+            if state.holder == self.worker and state.session == self.session:
+                released = self._empty_commit(lock_message(state.released()), [lock_oid])
+                self.transport.push([RefUpdate(LOCK_REF, lock_oid, released)])
+        beat_oid = values.get(self.own_ref)
+        main = values.get(self.main_ref)
+        if beat_oid is None or main is None:
+            return
+        beat = parse_beat_message(self.transport.commit_message(beat_oid))
+        if beat.session != self.session or not beat.jobs:
+            return
+        for _ in range(20):
+            ledger = self.read_ledger(main)
+            after = ledger
+            for job in beat.jobs:
+                entry = after.running_entry(job)
+                if entry is not None and entry.worker == self.worker:
+                    after = after.fail(
+                        job, self.worker, entry.token, reason, self.max_attempts,
+                        interrupted=True, max_interruptions=self.max_interruptions,
+                    )
+            changes = after.changed_files(ledger)
+            if not changes:
+                return
+            new = self.transport.write_commit(
+                parents=[main], base=main, changes=changes,
+                message=f"distribute: {self.worker} {reason}; releasing {', '.join(beat.jobs)}",
+            )
+            if self.transport.push([RefUpdate(self.main_ref, main, new)]):
+                return
+            main = self.transport.fetch([self.main_ref]).get(self.main_ref)
+            if main is None:
+                return
 
     # ---- claiming ----------------------------------------------------------
     def plan(self, snap: Snapshot) -> ClaimPlan:
@@ -1018,6 +1089,324 @@ class Coordinator:
         )
 
 
+# ---- writes from outside a worker's steps ------------------------------------------------
+def read_lock(transport: Transport) -> tuple[Oid | None, LockState]:
+    """The lock ref's value and the lock record there (``None`` and a free lock: no ref)."""
+    oid = transport.fetch([LOCK_REF]).get(LOCK_REF)
+    if oid is None:
+        return None, LockState()
+    return oid, parse_lock_message(transport.commit_message(oid))
+
+
+def _no_lock() -> RemoteStateError:
+    return RemoteStateError(
+        "the remote has no lock (refs/distribute/lock); prepare it with `distribute init REMOTE`"
+    )
+
+
+def break_lock(transport: Transport) -> tuple[LockState, LockState | None]:
+    """CAS the lock from its observed value to free with the next token: a holder that
+    was alive finds its next push refused (``distribute unlock``).
+
+    Returns:
+        ``(observed, new)``; ``new`` is ``None`` when the lock was free already.
+
+    Raises:
+        RemoteStateError: no lock ref, or the lock changed meanwhile.
+    """
+    oid, state = read_lock(transport)
+    if oid is None:
+        raise _no_lock()
+    if state.free:
+        return state, None
+    new = LockState(token=state.token + 1)
+    commit = transport.write_commit(parents=[oid], message=lock_message(new), changes={})
+    if not transport.push([RefUpdate(LOCK_REF, oid, commit)]):
+        _, now = read_lock(transport)
+        who = f"held by {now.holder!r} (token {now.token})" if not now.free else "free"
+        raise RemoteStateError(
+            f"the lock changed while it was being broken (it is now {who}); nothing was "
+            "written -- look again with `distribute status` before retrying"
+        )
+    return state, new
+
+
+def new_lock(transport: Transport, old: Oid | None, token: int) -> RefUpdate:
+    """The update that writes a lock anew: a free lock at ``token`` on a commit of its own,
+    by compare-and-swap from ``old`` (``None``: the ref does not exist; else the damaged
+    value being replaced).  ``token`` must be above every token the remote records, so
+    that no later claim reuses one (see :func:`highest_token`)."""
+    lock = transport.write_commit(
+        parents=[], message=lock_message(LockState(token=token)), changes={}
+    )
+    return RefUpdate(LOCK_REF, old, lock)
+
+
+def highest_token(transport: Transport, main: Oid, branch: str) -> int:
+    """The highest fencing token the remote records: in the ledgers at ``main`` and in
+    the names of job branches (``jobs/<worker>/<job>/<token>``).  A lock written anew
+    starts from it, so every later claim gets a token no earlier holding had (a lock
+    holding that claimed nothing leaves no record, and needs none: its pushes name
+    the old lock commit, which is gone)."""
+    highest = 0
+    files = {n: transport.read_file(main, n) for n in LEDGER_FILES}
+    if all(files.get(n) is not None for n in (RUNNING, DONE)):
+        ledger = Ledger.from_files(files, branch)
+        for entry in (*ledger.running, *ledger.done, *ledger.failed):
+            highest = max(highest, entry.token)
+    for ref in transport.list_refs("refs/heads/" + JOB_BRANCH_PREFIX):
+        last = ref.rsplit("/", 1)[-1]
+        if last.isascii() and last.isdigit() and len(last) <= 18:
+            highest = max(highest, int(last))
+    return highest
+
+
+def prepare_remote(transport: Transport, branch: str, files: Mapping[str, bytes]) -> None:
+    """Make a remote ready for workers: the ledgers and ``files`` (name: content) on the
+    main branch where missing, and the lock ref, in one atomic push (what exists is
+    kept).  A remote whose lock was deleted (the repair of a damaged one) gets a lock
+    above the tokens it records (:func:`highest_token`).
+
+    Raises:
+        RemoteStateError: the remote kept changing.
+    """
+    main_ref = "refs/heads/" + branch
+    wanted = {**{name: b"" for name in LEDGER_FILES}, **files}
+    for _ in range(20):
+        values = transport.fetch([main_ref, LOCK_REF])
+        main = values.get(main_ref)
+        changes: dict[str, bytes | None] = {
+            name: content for name, content in wanted.items()
+            if main is None or transport.read_file(main, name) is None
+        }
+        updates = []
+        if changes:
+            new = transport.write_commit(
+                parents=[main] if main else [], base=main, changes=changes,
+                message="distribute: prepare the remote",
+            )
+            updates.append(RefUpdate(main_ref, main, new))
+        if LOCK_REF not in values:
+            token = highest_token(transport, main, branch) if main is not None else 0
+            updates.append(new_lock(transport, None, token))
+        if not updates or transport.push(updates):
+            return
+    raise RemoteStateError("the remote kept changing while it was being prepared; try again")
+
+
+def repair_lock(transport: Transport, branch: str) -> tuple[Oid, LockState] | None:
+    """Replace a lock ref that holds no lock record with a free lock whose token is
+    above every token the remote records (compare-and-swap from the damaged value).
+
+    Returns:
+        ``(the damaged value, the new state)``, or ``None`` when the lock is readable
+        (nothing to repair; see :func:`break_lock`).
+
+    Raises:
+        RemoteStateError: no lock ref, or it changed meanwhile.
+    """
+    main_ref = "refs/heads/" + branch
+    values = transport.fetch([main_ref, LOCK_REF])
+    damaged = values.get(LOCK_REF)
+    if damaged is None:
+        raise _no_lock()
+    try:
+        parse_lock_message(transport.commit_message(damaged))
+        return None
+    except RemoteStateError:
+        pass
+    main = values.get(main_ref)
+    state = LockState(token=highest_token(transport, main, branch) if main is not None else 0)
+    if not transport.push([new_lock(transport, damaged, state.token)]):
+        raise RemoteStateError(
+            "the lock changed while it was being repaired; nothing was written -- look "
+            "again with `distribute status` before retrying"
+        )
+    return damaged, state
+
+
+Edit = Callable[[Ledger, list[str]], "tuple[Ledger, list[str], str] | None"]
+
+
+class EditTarget(Protocol):
+    """What :class:`FencedEdit` reads the remote through (``distribute.remote.RemoteView``)."""
+
+    transport: Transport
+    main_ref: str
+
+    def main(self) -> Oid: ...
+
+    def ledger(self, main: Oid) -> Ledger: ...
+
+
+class _LockLost(Exception):
+    """Internal: the lock was broken while we edited under it."""
+
+
+class FencedEdit:
+    """Edit ``jobs.txt`` and the ledgers under the remote lock, in one atomic push.
+
+    A worker's next-job function reads ``jobs.txt`` while it holds the lock; an
+    edit made beside it (queueing, requeueing, cancelling) would make its claim
+    conflict.  So every such edit takes the lock like a worker does
+    (compare-and-swap from the observed value), then pushes ``{main branch: the
+    edit, lock: released}`` in one atomic push.  If the lock was broken
+    meanwhile (``distribute unlock``) the push is refused whole and the edit is
+    redone on what is there now.  An edit is a pure function ``edit(ledger,
+    queue) -> (ledger, queue, message) | None`` so that it can run again on a
+    newer state (the edits themselves are in :mod:`distribute.fenced`).
+
+    An edit that takes a job from a live holding (``cancel`` of a running job,
+    ``requeue --force``) revokes that holder's liveness record in the same atomic
+    push, as a takeover by another worker does: the holder learns it at its next
+    heartbeat, stops the job's command, and can no longer finish or update it
+    (its ledger line is gone).  If the holder wrote its record meanwhile the push
+    is refused and the edit is made again on the new values.
+
+    Args:
+        view: the remote.
+        who: the lock holder name written to the lock record.
+        wait: seconds to wait for a lock whose record does not change before
+            giving up (a dead holder's lock; ``distribute unlock`` breaks it).
+    """
+
+    def __init__(
+        self,
+        view: EditTarget,
+        who: str,
+        wait: float = 60.0,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.view = view
+        self.who = who
+        self.wait = wait
+        self.session = uuid.uuid4().hex
+        self._sleep = sleep
+        self._clock = clock
+
+    def apply(self, edit: Edit) -> bool:
+        """Apply ``edit(ledger, queue) -> (ledger, queue, message) | None``.
+
+        ``edit`` may run more than once (on newer states after lost races); it
+        must be a pure function of its arguments.  Returns ``True`` when a
+        commit was pushed, ``False`` when ``edit`` had nothing to change.
+        """
+        self.view.ledger(self.view.main())  # a remote without ledgers: say so before locking
+        backoff = Backoff(0.05, 1.0)
+        for _ in range(100):
+            held = self._acquire()
+            try:
+                return self._edit(held, edit)
+            except _LockLost:
+                self._sleep(backoff.next())
+            except BaseException:
+                self._release(held)
+                raise
+        raise RemoteStateError("the lock kept being broken while editing; try again")
+
+    def _acquire(self) -> tuple[Oid, LockState]:
+        transport = self.view.transport
+        backoff = Backoff(0.05, 1.0)
+        seen: str | None = None
+        since = started = self._clock()
+        while True:
+            if self._clock() - started > 5 * self.wait:
+                raise RemoteStateError(
+                    f"the lock stayed busy for {5 * self.wait:.0f} s (workers kept taking it); "
+                    "try again"
+                )
+            oid, state = read_lock(transport)
+            if oid is None:
+                raise _no_lock()
+            if state.free:
+                held = state.acquired_by(self.who, self.session, uuid.uuid4().hex[:12])
+                new = transport.write_commit(parents=[oid], message=lock_message(held), changes={})
+                if transport.push([RefUpdate(LOCK_REF, oid, new)]):
+                    return new, held
+                continue
+            now = self._clock()
+            if oid != seen:
+                seen, since = oid, now
+            elif now - since >= self.wait:
+                raise RemoteStateError(
+                    f"the lock is held by {state.holder!r} (token {state.token}) and has not "
+                    f"changed for {self.wait:.0f} s; if that worker is dead, break the lock "
+                    "with `distribute unlock REMOTE`, or try again later"
+                )
+            self._sleep(backoff.next())
+
+    def _edit(self, held: tuple[Oid, LockState], edit: Edit) -> bool:
+        transport = self.view.transport
+        held_oid, state = held
+        for _ in range(50):
+            main = self.view.main()
+            ledger = self.view.ledger(main)
+            queue = read_queue((transport.read_file(main, JOBS_FILE) or b"").decode("utf-8"))
+            out = edit(ledger, queue)
+            changes: dict[str, bytes | None] = {}
+            if out is not None:
+                new_ledger, new_queue, message = out
+                changes = new_ledger.changed_files(ledger)
+                if new_queue != queue:
+                    changes[JOBS_FILE] = format_queue(new_queue).encode("utf-8")
+            if not changes:
+                self._release(held)
+                return False
+            assert out is not None
+            new_main = transport.write_commit(
+                parents=[main], base=main, changes=changes, message=out[2]
+            )
+            released = transport.write_commit(
+                parents=[held_oid], message=lock_message(state.released(new_main)), changes={}
+            )
+            revocations = self._revocations(ledger, out[0], state.token)
+            if transport.push(
+                [RefUpdate(self.view.main_ref, main, new_main),
+                 RefUpdate(LOCK_REF, held_oid, released), *revocations]
+            ):
+                return True
+            if transport.list_refs(LOCK_REF).get(LOCK_REF) != held_oid:
+                raise _LockLost()
+        raise RemoteStateError("the main branch kept moving; try again")
+
+    def _revocations(self, before: Ledger, after: Ledger, token: int) -> list[RefUpdate]:
+        """The liveness records to revoke: those of workers whose live holding of a job
+        ``after`` no longer shows (compare-and-swap from their current values)."""
+        taken = sorted({
+            e.worker for e in before.running
+            if not e.released and not _same_holding(after.running_entry(e.job), e)
+        })
+        transport = self.view.transport
+        current = transport.fetch([worker_ref(w) for w in taken]) if taken else {}
+        updates = []
+        for worker in taken:
+            ref = worker_ref(worker)
+            old = current.get(ref)
+            record = None
+            if old is not None:
+                with contextlib.suppress(DistributeError):
+                    record = parse_beat_message(transport.commit_message(old))
+            revoked = Beat.revoking(record, worker, self.who, token)
+            new = transport.write_commit(parents=[], message=beat_message(revoked), changes={})
+            updates.append(RefUpdate(ref, old, new))
+        return updates
+
+    def _release(self, held: tuple[Oid, LockState]) -> None:
+        transport = self.view.transport
+        held_oid, state = held
+        with contextlib.suppress(DistributeError):
+            released = transport.write_commit(
+                parents=[held_oid], message=lock_message(state.released()), changes={}
+            )
+            transport.push([RefUpdate(LOCK_REF, held_oid, released)])
+
+
+def _same_holding(entry: Entry | None, held: Entry) -> bool:
+    return entry is not None and (entry.worker, entry.token) == (held.worker, held.token)
+
+
 def _worker_name(ref: str) -> list[str]:
     """The worker a liveness ref belongs to (none for a ref name that is no encoding)."""
     try:
@@ -1028,9 +1417,18 @@ def _worker_name(ref: str) -> list[str]:
 
 __all__ = [
     "Coordinator",
+    "Edit",
+    "EditTarget",
+    "FencedEdit",
     "Holding",
     "JobHolding",
     "LostHolding",
     "Snapshot",
     "Stats",
+    "break_lock",
+    "highest_token",
+    "new_lock",
+    "prepare_remote",
+    "read_lock",
+    "repair_lock",
 ]

@@ -19,12 +19,13 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from distribute.coordination import FencedEdit, prepare_remote, read_lock, repair_lock
 from distribute.core.errors import RemoteStateError, UsageError
 from distribute.core.ledger import DONE, FAILED, RUNNING, Ledger
-from distribute.core.lock import LockState, lock_message, parse_lock_message
-from distribute.core.names import JOB_BRANCH_PREFIX, LOCK_REF, check_name
+from distribute.core.lock import LockState
+from distribute.core.names import check_name
 from distribute.sources import JOBS_FILE
-from distribute.transport.base import Oid, RefUpdate, Transport
+from distribute.transport.base import Oid, Transport
 from distribute.transport.local_copy import GitLocalCopy
 from distribute.transport.repository import init_bare_repo
 
@@ -114,83 +115,15 @@ class RemoteView:
         self.main_ref = "refs/heads/" + self.branch
 
     def prepare(self, branch: str) -> None:
+        """Write what the remote lacks of the ledgers, ``jobs.txt``, ``DISTRIBUTE.md`` and
+        the lock (:func:`distribute.coordination.prepare_remote`)."""
         self.branch, self.main_ref = branch, "refs/heads/" + branch
-        for _ in range(20):
-            values = self.transport.fetch([self.main_ref, LOCK_REF])
-            main = values.get(self.main_ref)
-            changes: dict[str, bytes | None] = {}
-            for name, default in ((RUNNING, b""), (DONE, b""), (FAILED, b""), (JOBS_FILE, b""),
-                                  (LAYOUT_FILE, LAYOUT_TEXT.encode())):
-                if main is None or self.transport.read_file(main, name) is None:
-                    changes[name] = default
-            updates = []
-            if changes:
-                new = self.transport.write_commit(
-                    parents=[main] if main else [], base=main, changes=changes,
-                    message="distribute: prepare the remote",
-                )
-                updates.append(RefUpdate(self.main_ref, main, new))
-            if LOCK_REF not in values:
-                # a remote whose lock was deleted (the repair of a damaged one) has
-                # used tokens: the new lock starts above them, so no claim reuses one
-                token = self.highest_token(main) if main is not None else 0
-                lock = self.transport.write_commit(
-                    parents=[], message=lock_message(LockState(token=token)), changes={}
-                )
-                updates.append(RefUpdate(LOCK_REF, None, lock))
-            if not updates or self.transport.push(updates):
-                return
-        raise RemoteStateError("the remote kept changing while it was being prepared; try again")
-
-    def highest_token(self, main: Oid) -> int:
-        """The highest fencing token the remote records: in the ledgers at ``main`` and in
-        the names of job branches (``jobs/<worker>/<job>/<token>``).  A lock written anew
-        starts from it, so every later claim gets a token no earlier holding had (a lock
-        holding that claimed nothing leaves no record, and needs none: its pushes name
-        the old lock commit, which is gone)."""
-        highest = 0
-        files = {n: self.transport.read_file(main, n) for n in (RUNNING, DONE, FAILED)}
-        if files[RUNNING] is not None and files[DONE] is not None:
-            ledger = Ledger.from_files(files, self.branch)
-            for entry in (*ledger.running, *ledger.done, *ledger.failed):
-                highest = max(highest, entry.token)
-        for ref in self.transport.list_refs("refs/heads/" + JOB_BRANCH_PREFIX):
-            last = ref.rsplit("/", 1)[-1]
-            if last.isascii() and last.isdigit() and len(last) <= 18:
-                highest = max(highest, int(last))
-        return highest
+        prepare_remote(self.transport, branch,
+                       {JOBS_FILE: b"", LAYOUT_FILE: LAYOUT_TEXT.encode()})
 
     def repair_lock(self) -> tuple[Oid, LockState] | None:
-        """Replace a lock ref that holds no lock record with a free lock whose token is
-        above every token the remote records (compare-and-swap from the damaged value).
-
-        Returns:
-            ``(the damaged value, the new state)``, or ``None`` when the lock is readable
-            (nothing to repair; see :func:`distribute.cli.break_lock`).
-
-        Raises:
-            RemoteStateError: no lock ref, or it changed meanwhile.
-        """
-        values = self.transport.fetch([self.main_ref, LOCK_REF])
-        damaged = values.get(LOCK_REF)
-        if damaged is None:
-            raise RemoteStateError(
-                "the remote has no lock (refs/distribute/lock); prepare it with `distribute init`"
-            )
-        try:
-            parse_lock_message(self.transport.commit_message(damaged))
-            return None
-        except RemoteStateError:
-            pass
-        main = values.get(self.main_ref)
-        state = LockState(token=self.highest_token(main) if main is not None else 0)
-        lock = self.transport.write_commit(parents=[], message=lock_message(state), changes={})
-        if not self.transport.push([RefUpdate(LOCK_REF, damaged, lock)]):
-            raise RemoteStateError(
-                "the lock changed while it was being repaired; nothing was written -- look "
-                "again with `distribute status` before retrying"
-            )
-        return damaged, state
+        """:func:`distribute.coordination.repair_lock` on this remote's main branch."""
+        return repair_lock(self.transport, self.branch)
 
     def ledger(self, main: Oid) -> Ledger:
         files = {n: self.transport.read_file(main, n) for n in (RUNNING, DONE, FAILED)}
@@ -205,10 +138,7 @@ class RemoteView:
         return main
 
     def lock(self) -> tuple[Oid | None, LockState]:
-        oid = self.transport.fetch([LOCK_REF]).get(LOCK_REF)
-        if oid is None:
-            return None, LockState()
-        return oid, parse_lock_message(self.transport.commit_message(oid))
+        return read_lock(self.transport)
 
     def add_jobs(self, jobs: list[str], wait: float = 60.0) -> list[str]:
         """Queue the jobs not already queued, running, done or failed; return those added.
@@ -216,7 +146,7 @@ class RemoteView:
         The edit is made under the remote lock (see :mod:`distribute.fenced`),
         so a worker's next-job function never sees ``jobs.txt`` change under it.
         """
-        from distribute.fenced import FencedEdit, cli_holder, queue_edit
+        from distribute.fenced import cli_holder, queue_edit
 
         if not jobs:
             raise UsageError("no jobs given")

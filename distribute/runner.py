@@ -116,8 +116,6 @@ from distribute.core.errors import (
     UsageError,
 )
 from distribute.core.ledger import LEDGER_FILES
-from distribute.core.lock import lock_message, parse_beat_message, parse_lock_message
-from distribute.core.names import LOCK_REF
 from distribute.jobfolder import secure_job_folder
 from distribute.orphans import (
     ChildRecord,
@@ -128,7 +126,6 @@ from distribute.orphans import (
 )
 from distribute.sources import JOBS_FILE
 from distribute.sweeps import KEY_PATTERN, parse_job
-from distribute.transport.base import RefUpdate
 
 if TYPE_CHECKING:
     from distribute.dist import Worker
@@ -964,54 +961,9 @@ class JobRunner:
 
 
 def release_own_leftovers(worker: Worker, reason: str) -> None:
-    """Release the lock and fail the jobs that this worker process holds on the remote.
-
-    Only what carries this process's session is touched: the lock when its
-    holder and session are ours, and the jobs named by our liveness record
-    when that record carries our session (each failed under its own token, so
-    a job taken over meanwhile is left alone).
-    """
-    transport = worker.transport
-    coord = worker.coord
-    own_ref = coord.own_ref
-    values = transport.fetch([coord.main_ref, LOCK_REF, own_ref])
-    lock_oid = values.get(LOCK_REF)
-    if lock_oid is not None:
-        state = parse_lock_message(transport.commit_message(lock_oid))
-        if state.holder == worker.name and state.session == worker.session:
-            released = transport.write_commit(
-                parents=[lock_oid], message=lock_message(state.released()), changes={}
-            )
-            transport.push([RefUpdate(LOCK_REF, lock_oid, released)])
-    beat_oid = values.get(own_ref)
-    main = values.get(coord.main_ref)
-    if beat_oid is None or main is None:
-        return
-    beat = parse_beat_message(transport.commit_message(beat_oid))
-    if beat.session != worker.session or not beat.jobs:
-        return
-    for _ in range(20):
-        ledger = coord.read_ledger(main)
-        after = ledger
-        for job in beat.jobs:
-            entry = after.running_entry(job)
-            if entry is not None and entry.worker == worker.name:
-                after = after.fail(
-                    job, worker.name, entry.token, reason, worker.max_attempts,
-                    interrupted=True, max_interruptions=worker.coord.max_interruptions,
-                )
-        changes = after.changed_files(ledger)
-        if not changes:
-            return
-        new = transport.write_commit(
-            parents=[main], base=main, changes=changes,
-            message=f"distribute: {worker.name} {reason}; releasing {', '.join(beat.jobs)}",
-        )
-        if transport.push([RefUpdate(coord.main_ref, main, new)]):
-            return
-        main = transport.fetch([coord.main_ref]).get(coord.main_ref)
-        if main is None:
-            return
+    """Release the lock and fail the jobs that this worker process holds on the remote
+    (see :meth:`distribute.coordination.Coordinator.release_leftovers`)."""
+    worker.coord.release_leftovers(reason)
 
 
 # ---- the README's loop, for the demo ------------------------------------------------
