@@ -842,6 +842,13 @@ class Coordinator:
             "claim", job=job.job, token=job.token, attempt=job.attempt, branch=job.branch,
             revoked=claim.revoke,
         )
+        if holder_verdict(sent, self.clock(), self.lease) == "lost" and not self.renew_beat():
+            # the push's answer came a whole lease after it was sent (it stalled, or its
+            # answer was lost and read back later): the job may have been taken over
+            # meanwhile, and a holder stops acting a lease after its send.  If our record
+            # says so, the job is dropped before anything runs it; else it was renewed.
+            if self.revoked:
+                self.job = None
         return True
 
     def _replan(self, snap: Snapshot) -> JobHolding | None:

@@ -205,3 +205,37 @@ def test_known_bug_helpers_hold_their_assumptions():
     world.fail_next_push(c.transport, "unknown-applied")
     assert c.push([RefUpdate(job.branch_ref, job.tip, before)])  # resolved by reading
     assert world.refs()[job.branch_ref] == before
+
+
+def test_a_claim_whose_answer_came_after_a_takeover_is_dropped_not_run():
+    """Found by the base machine (a stalled push with a lost answer, 1 run in ~3500): a's
+    claim landed, its answer took longer than a lease, and b meanwhile took the job over
+    (legally: a's record stood still for a lease and a margin).  Reading back that its
+    claim landed, a must not start the job: its record says it was revoked."""
+    world, clock = MemoryWorld(["j1"]), Clock()
+    a, b = coordinator(world, "a", clock), coordinator(world, "b", clock)
+    snap = a.observe()
+    assert a.try_acquire(snap)
+    taken = []
+
+    def a_loses_the_answer(name, updates):
+        return "unknown-applied" if name == "a" and not taken else None
+
+    def b_takes_over_before_a_reads_back(name, refs):
+        if name == "a" and not taken:
+            taken.append(True)
+            b.observe()
+            clock.now += LEASE + MARGIN + 1  # a's record stands still all that time
+            seen = b.observe()
+            assert b.try_acquire(seen)
+            plan = b.plan(seen)
+            assert plan.__class__.__name__ == "Retry", plan
+            assert b.claim(seen, plan, None) is not None
+        return None
+
+    world.remote.fault_hook = a_loses_the_answer
+    world.remote.fetch_fault_hook = b_takes_over_before_a_reads_back
+    assert a.claim(snap, CallNextJobFunction(), "j1", None) is None
+    assert a.job is None and a.revoked
+    running = b.read_ledger(world.refs()[MAIN_REF]).running_entry("j1")
+    assert running is not None and running.worker == "b"
