@@ -127,3 +127,22 @@ def test_clean_removes_the_store_with_the_last_copy_that_borrows_from_it(tmp_pat
     ok(tmp_path, "clean")
     assert not (folder / "w2").exists() and not (folder / STORE_NAME).exists()
     ok(tmp_path, "work", url, "--name", "w1", "--max-jobs", "1", "--", PY, "-c", "pass")
+
+
+@pytest.mark.hosted
+def test_workers_over_http_with_a_password_share_the_store_and_write_no_secret(
+    http_remote, tmp_path
+):
+    url, _ = http_remote
+    password = url.split("@", 1)[0].rsplit(":", 1)[1]
+    ok(tmp_path, "init", url, "a", "b")
+    for name in ("w1", "w2"):
+        ok(tmp_path, "work", url, "--name", name, "--max-jobs", "1", "--", PY, "-c", "pass")
+    folder = cache_folder(tmp_path)
+    assert (folder / STORE_NAME / "objects").is_dir()
+    for name in ("w1", "w2"):
+        alternates = folder / name / ".git" / "objects" / "info" / "alternates"
+        assert alternates.read_text().strip() == str(folder / STORE_NAME / "objects")
+    leaked = [p for p in (tmp_path / "cache").rglob("*")
+              if p.is_file() and password.encode() in p.read_bytes()]
+    assert not leaked, leaked
