@@ -50,6 +50,7 @@ from functools import partial
 from typing import Protocol, TypeVar
 
 from distribute.backoff import Backoff
+from distribute.core import events as ev
 from distribute.core.errors import (
     DistributeError,
     LeaseLost,
@@ -245,9 +246,10 @@ class Coordinator:
         self._beats: dict[Oid, Beat | None] = {}
 
     # ---- small helpers -----------------------------------------------------
-    def journal(self, event: str, **fields: object) -> None:
+    def journal(self, event: ev.Event) -> None:
+        """Report ``event`` to the journal callback, if any, as ``(kind, **fields)``."""
         if self._journal is not None:
-            self._journal(event, **fields)
+            self._journal(event.kind, **ev.fields_of(event))
 
     def read_ledger(self, commit: Oid) -> Ledger:
         files = {name: self.transport.read_file(commit, name) for name in LEDGER_FILES}
@@ -372,7 +374,7 @@ class Coordinator:
         """Try to take the lock from the value observed in ``snap``."""
         with self.mutex:
             if self.torn(snap):
-                self.journal("torn-observe", lock_main=snap.lock.main, main=snap.main)
+                self.journal(ev.TornObserve(lock_main=snap.lock.main, main=snap.main))
                 self.stats.count("torn_observes")
                 return False
             expired = self.watch.expired(LOCK_REF, self.clock())
@@ -389,12 +391,9 @@ class Coordinator:
             if decision.takeover:
                 self.stats.takeovers += 1
             self.holding = Holding(decision.new, new_oid, sent)
-            self.journal(
-                "lock-acquire",
-                token=decision.new.token,
-                takeover=decision.takeover,
-                previous=snap.lock.holder,
-            )
+            self.journal(ev.LockAcquire(
+                token=decision.new.token, takeover=decision.takeover, previous=snap.lock.holder,
+            ))
             return True
 
     def peek(self) -> dict[str, Oid]:
@@ -446,7 +445,7 @@ class Coordinator:
                 new_oid = self._empty_commit(lock_message(h.state.released(main or "")), [h.oid])
                 if self.push([RefUpdate(LOCK_REF, h.oid, new_oid)]):
                     self.holding = None
-                    self.journal("lock-release", token=h.state.token, ok=True)
+                    self.journal(ev.LockRelease(token=h.state.token, ok=True))
                     return
                 if self._forget_if_lock_moved(h):
                     return
@@ -459,7 +458,7 @@ class Coordinator:
         if current == h.oid:
             return False
         self.holding = None
-        self.journal("lock-lost", token=h.state.token)
+        self.journal(ev.LockLost(token=h.state.token))
         return True
 
     def renew(self) -> None:
@@ -474,7 +473,7 @@ class Coordinator:
                 if self.push([RefUpdate(LOCK_REF, h.oid, new_oid)]):
                     self.holding = Holding(state, new_oid, sent)
                     self.stats.renewals += 1
-                    self.journal("lock-renew", token=state.token)
+                    self.journal(ev.LockRenew(token=state.token))
                 else:
                     self._forget_if_lock_moved(h)  # still ours: the next tick tries again
             if self.job is not None and now - self.beat_sent_at >= self.lease / 3:
@@ -495,7 +494,7 @@ class Coordinator:
             if revoked is not None:
                 self.revoked = True
                 self.revoked_by = revoked.revoked_by
-                self.journal("revoked", by=revoked.revoked_by, token=revoked.token)
+                self.journal(ev.Revoked(by=revoked.revoked_by, token=revoked.token))
                 return False
             # our own earlier life wrote it: adopt its value and go on
             self.beat_oid = current
@@ -525,7 +524,7 @@ class Coordinator:
             for _ in range(2):
                 if self.push([RefUpdate(self.own_ref, old, new_oid)]):
                     self.beat, self.beat_oid = beat, new_oid
-                    self.journal("gone")
+                    self.journal(ev.Gone())
                     return True
                 # our record moved: written by this worker's earlier life (a restart that
                 # never claimed), or revoked; only a revocation of this session stays
@@ -611,7 +610,7 @@ class Coordinator:
             sent = self.clock()
             if self.push(updates):
                 self.holding = Holding(state, lock_oid, sent)
-                self.journal("give-up", job=plan.entry.job, reason=plan.reason)
+                self.journal(ev.GiveUp(job=plan.entry.job, reason=plan.reason))
             snap = self.observe()
             if self.holding is not None and snap.lock_oid != self.holding.oid:
                 self.holding = None
@@ -668,7 +667,7 @@ class Coordinator:
                     if snap.main != first_main and snap.ledger.state_of(job) is not None:
                         # the function decided on a main branch that was not the newest
                         # (a claim landed unseen); its answer is stale, so start over
-                        self.journal("stale-decision", job=job)
+                        self.journal(ev.StaleDecision(job=job))
                         self.release(snap.main)
                         return None
                     ledger = snap.ledger.claim(job, self.worker, token)
@@ -697,7 +696,7 @@ class Coordinator:
                 snap = self.observe()
                 if snap.lock_oid != h.oid:
                     self.holding = None
-                    self.journal("lock-lost", token=token)
+                    self.journal(ev.LockLost(token=token))
                     return None
                 if snap.refs.get(self.own_ref) != claim.own_old:
                     self.beat_oid = snap.refs.get(self.own_ref)
@@ -818,7 +817,7 @@ class Coordinator:
             return new_main, None
         merged = self.transport.merge(new_main, tip)
         if not merged.clean:
-            self.journal("resume-conflict", job=previous.job, branch=branch)
+            self.journal(ev.ResumeConflict(job=previous.job, branch=branch))
             return new_main, None
         start = self.transport.write_commit(
             parents=[new_main, tip], tree=merged.tree,
@@ -836,19 +835,19 @@ class Coordinator:
         self.revoked = False
         self.job = job
         if unlocked:
-            self.journal("lock-acquire", token=job.token, takeover=False, previous="",
-                         unlocked=True)
-        self.journal(
-            "claim", job=job.job, token=job.token, attempt=job.attempt, branch=job.branch,
+            self.journal(ev.LockAcquire(token=job.token, takeover=False, previous="",
+                                        unlocked=True))
+        self.journal(ev.Claim(
+            job=job.job, token=job.token, attempt=job.attempt, branch=job.branch,
             revoked=claim.revoke,
-        )
-        if holder_verdict(sent, self.clock(), self.lease) == "lost" and not self.renew_beat():
-            # the push's answer came a whole lease after it was sent (it stalled, or its
-            # answer was lost and read back later): the job may have been taken over
-            # meanwhile, and a holder stops acting a lease after its send.  If our record
-            # says so, the job is dropped before anything runs it; else it was renewed.
-            if self.revoked:
-                self.job = None
+        ))
+        # the push's answer came a whole lease after it was sent (it stalled, or its answer
+        # was lost and read back later): the job may have been taken over meanwhile, and a
+        # holder stops acting a lease after its send.  If our record says so, the job is
+        # dropped before anything runs it; else the renewal confirms it.
+        stale = holder_verdict(sent, self.clock(), self.lease) == "lost"
+        if stale and not self.renew_beat() and self.revoked:
+            self.job = None
         return True
 
     def _replan(self, snap: Snapshot) -> JobHolding | None:
@@ -865,7 +864,7 @@ class Coordinator:
             if self.job is not None:
                 raise DistributeError(f"this worker already runs {self.job.job!r}")
             self.job = job
-            self.journal("adopt", job=job.job, token=job.token, tip=job.tip)
+            self.journal(ev.Adopt(job=job.job, token=job.token, tip=job.tip))
 
     def drop_job(self) -> None:
         """Forget the running job without writing anything (after :meth:`adopt` only
@@ -897,7 +896,7 @@ class Coordinator:
                     f"the update of branch {job.branch} was refused three times; retrying"
                 )
             job.tip = tip
-            self.journal("update", job=job.job, token=job.token, tip=tip)
+            self.journal(ev.Update(job=job.job, token=job.token, tip=tip))
             if self.revoked:
                 self.job = None
                 raise LeaseLost(
@@ -958,7 +957,7 @@ class Coordinator:
                 return False  # revoked, or our record moved: the finish itself will tell
             self.beat, self.beat_oid, self.beat_sent_at = beat, new_oid, sent
             self.stats.count("priority_requests")
-            self.journal("finish-priority", job=job.job, token=job.token)
+            self.journal(ev.FinishPriority(job=job.job, token=job.token))
             return True
 
     def others_finishing(self, snap: Snapshot) -> str | None:
@@ -989,13 +988,13 @@ class Coordinator:
             ledger = self.read_ledger(main)
             if self._recorded(ledger.done, job):
                 # an earlier try landed though its answer was lost
-                self.journal("finish", job=job.job, token=job.token, tip=job.tip)
+                self.journal(ev.Finish(job=job.job, token=job.token, tip=job.tip))
                 self.job = None
                 return main
             try:
                 done = ledger.finish(job.job, self.worker, job.token)
             except LeaseLost:
-                self.journal("finish-refused", job=job.job, token=job.token)
+                self.journal(ev.FinishRefused(job=job.job, token=job.token))
                 self.job = None
                 raise
             merged = self.transport.merge(main, job.tip)
@@ -1014,7 +1013,7 @@ class Coordinator:
             if not self.push([RefUpdate(self.main_ref, main, new_main)]):
                 self.stats.count("finish_lost")
                 return None
-            self.journal("finish", job=job.job, token=job.token, tip=job.tip)
+            self.journal(ev.Finish(job=job.job, token=job.token, tip=job.tip))
             self.job = None
             return new_main
 
@@ -1028,7 +1027,7 @@ class Coordinator:
             message=f"distribute: job {job.job} failed: {reason}",
         )
         if self.push([RefUpdate(self.main_ref, main, new_main)]):
-            self.journal("fail", job=job.job, token=job.token, reason=reason)
+            self.journal(ev.Fail(job=job.job, token=job.token, reason=reason))
             self.job = None
             raise MergeConflict(
                 f"job {job.job!r} conflicts with the main branch in {', '.join(conflicts)}; it is "
@@ -1057,7 +1056,7 @@ class Coordinator:
             ledger = self.read_ledger(main)
             landed = self._landed_fail(ledger, job)
             if landed is not None:
-                self.journal("fail", job=job.job, token=job.token, reason=reason, outcome=landed)
+                self.journal(ev.Fail(job=job.job, token=job.token, reason=reason, outcome=landed))
                 self.job = None
                 return landed
             try:
@@ -1075,7 +1074,7 @@ class Coordinator:
             )
             if not self.push([RefUpdate(self.main_ref, main, new_main)]):
                 return None
-            self.journal("fail", job=job.job, token=job.token, reason=reason, outcome=outcome)
+            self.journal(ev.Fail(job=job.job, token=job.token, reason=reason, outcome=outcome))
             self.job = None
             return outcome
 

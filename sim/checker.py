@@ -37,6 +37,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from distribute.core.events import EVENT_KINDS
+
 LOCK_REF = "refs/distribute/lock"
 WORKERS_PREFIX = "refs/distribute/workers/"
 
@@ -258,6 +260,10 @@ class _History:
         return cls(dict(by_proc), faults, claims, kill_at)
 
     def events(self, name: str) -> Iterable[tuple[str, Mapping[str, Any]]]:
+        """The journalled events of kind ``name`` (one of :data:`EVENT_KINDS`: a misspelt
+        kind would silently match nothing, and a check on it would pass for ever)."""
+        if name not in EVENT_KINDS:
+            raise ValueError(f"{name!r} is no event a worker reports; see distribute.core.events")
         for proc, recs in self.by_proc.items():
             for r in recs:
                 if r.get("kind") == "event" and r.get("event") == name:
