@@ -1693,6 +1693,46 @@ def unlock(ctx: click.Context, remote: str, branch: str | None) -> None:
     )
 
 
+@cli.command(
+    context_settings=_CONTEXT,
+    epilog="""\b
+Examples:
+  distribute gc ./remote.git --dry-run     # what would go
+  distribute gc git@host:me/runs.git
+
+Every finished job's branch is merged into the main branch (its last commit is
+a parent of the finish commit), so its ref is only a cost: every ref is
+advertised on every fetch and push. Workers delete the branches of the jobs
+they finished as they go (a batch every 16 jobs, and when they stop); gc
+deletes what is left, for example the branches of a remote filled by an older
+version. Branches of running, failed and taken-over attempts are kept, and so
+is any branch that moved since the main branch merged it.""",
+)
+@_remote_argument()
+@click.option("--dry-run", is_flag=True, help="Only say how many branches would be deleted.")
+@_branch_option()
+@click.pass_context
+def gc(ctx: click.Context, remote: str, dry_run: bool, branch: str | None) -> None:
+    """Delete the branches of done jobs (the main branch holds their commits)."""
+    out = _output(ctx)
+    with open_remote(remote, branch) as view:
+        found = coordination.merged_branches(view.transport, view.branch)
+        if not found:
+            out.result("no branch of a done job is left on the remote; nothing to do")
+            return
+        if dry_run:
+            out.result(f"{len(found)} branch(es) of done jobs would be deleted")
+            return
+        total = len(found)
+
+        def say(done: int) -> None:
+            out.info(f"deleted {done} of {total} branches")
+
+        deleted = coordination.delete_merged_branches(view.transport, found, progress=say)
+    out.result(f"deleted {deleted} branch(es) of done jobs"
+               + (f"; {total - deleted} moved meanwhile and were kept" if deleted < total else ""))
+
+
 # ---- results ---------------------------------------------------------------------------
 def render_results(rows: Sequence[dict[str, Any]], console: Console) -> None:
     """Print result rows as a rich table (wide enough for its columns when not on a

@@ -180,6 +180,10 @@ class _Claim:
 UNLOCKED_TRIES = 3
 #: lost races in a row after which a finish (or fail) asks the others to let it through
 FINISH_PRIORITY_AFTER = 3
+#: finished jobs whose branches a worker deletes together, in one push
+PRUNE_BATCH = 16
+#: branches ``distribute gc`` deletes per push
+GC_BATCH = 500
 
 
 class LostHolding(Exception):
@@ -239,6 +243,9 @@ class Coordinator:
         #: who revoked this worker's record (a worker that took its job over, or the
         #: lock holder name of an admin command such as ``distribute cancel``)
         self.revoked_by = ""
+        #: (branch ref, tip) of the jobs this worker finished whose branch is still on the
+        #: remote: the main branch holds each tip (a finish commit's second parent)
+        self.merged: list[tuple[str, Oid]] = []
         self.stats = Stats()
         self.mutex = threading.RLock()
         self._journal = journal
@@ -989,6 +996,7 @@ class Coordinator:
             if self._recorded(ledger.done, job):
                 # an earlier try landed though its answer was lost
                 self.journal(ev.Finish(job=job.job, token=job.token, tip=job.tip))
+                self.merged.append((job.branch_ref, job.tip))
                 self.job = None
                 return main
             try:
@@ -1014,8 +1022,29 @@ class Coordinator:
                 self.stats.count("finish_lost")
                 return None
             self.journal(ev.Finish(job=job.job, token=job.token, tip=job.tip))
+            self.merged.append((job.branch_ref, job.tip))
             self.job = None
             return new_main
+
+    def prune_merged(self, at_least: int = PRUNE_BATCH) -> int:
+        """Delete the remote branches of the jobs this worker finished, once ``at_least``
+        of them wait, in one atomic push of deletions (each from the tip it merged, so a
+        branch that moved stays); return how many went.
+
+        A finished job's commits stay on the remote: the main branch's finish commit
+        has the branch's tip as its second parent, so the ref only costs (every ref is
+        advertised on every fetch and push).  Best effort: a refused or failed push
+        leaves that batch of branches in place (``distribute gc`` deletes them later).
+        """
+        with self.mutex:
+            if not self.merged or len(self.merged) < at_least:
+                return 0
+            batch, self.merged = self.merged, []
+            try:
+                landed = self.push([RefUpdate(ref, tip, None) for ref, tip in batch])
+            except DistributeError:
+                return 0
+            return len(batch) if landed else 0
 
     def _record_conflict(
         self, main: Oid, ledger: Ledger, job: JobHolding, conflicts: Sequence[str]
@@ -1409,6 +1438,47 @@ class FencedEdit:
             transport.push([RefUpdate(LOCK_REF, held_oid, released)])
 
 
+def merged_branches(transport: Transport, branch: str) -> dict[str, Oid]:
+    """The job branches on the remote whose job ``done.txt`` lists under that branch's
+    token and whose tip the main branch holds: what :func:`delete_merged_branches`
+    deletes (ref name: tip)."""
+    main_ref = "refs/heads/" + branch
+    main = transport.fetch([main_ref]).get(main_ref)
+    if main is None:
+        raise RemoteStateError(f"the remote has no branch {branch!r}")
+    files = {n: transport.read_file(main, n) for n in LEDGER_FILES}
+    ledger = Ledger.from_files(files, branch)
+    done = {"refs/heads/" + job_branch(e.worker, e.job, e.token) for e in ledger.done}
+    found = {}
+    for ref, tip in transport.list_refs("refs/heads/" + JOB_BRANCH_PREFIX).items():
+        if ref in done:
+            with contextlib.suppress(DistributeError):  # a tip not in main's history: kept
+                if holds(transport, main, tip):
+                    found[ref] = tip
+    return found
+
+
+def delete_merged_branches(
+    transport: Transport, branches: Mapping[str, Oid], *,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Delete ``branches`` (ref name: tip, from :func:`merged_branches`) in pushes of
+    :data:`GC_BATCH`, each deletion from the tip seen (``distribute gc``); return how
+    many went.  A batch refused because one of its branches moved is tried again one
+    branch at a time."""
+    items = sorted(branches.items())
+    deleted = 0
+    for start in range(0, len(items), GC_BATCH):
+        batch = items[start:start + GC_BATCH]
+        if transport.push([RefUpdate(ref, tip, None) for ref, tip in batch]):
+            deleted += len(batch)
+        else:
+            deleted += sum(transport.push([RefUpdate(ref, tip, None)]) for ref, tip in batch)
+        if progress is not None:
+            progress(deleted)
+    return deleted
+
+
 def _same_holding(entry: Entry | None, held: Entry) -> bool:
     return entry is not None and (entry.worker, entry.token) == (held.worker, held.token)
 
@@ -1432,7 +1502,9 @@ __all__ = [
     "Snapshot",
     "Stats",
     "break_lock",
+    "delete_merged_branches",
     "highest_token",
+    "merged_branches",
     "new_lock",
     "prepare_remote",
     "read_lock",

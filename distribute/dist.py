@@ -388,6 +388,7 @@ class Worker:
             if self.coord.holding is not None:
                 with contextlib.suppress(TransportError):
                     self.coord.release()
+            self.coord.prune_merged(at_least=1)
             self._say_gone()
         finally:
             if self._filelock.is_locked:
@@ -785,6 +786,9 @@ class Worker:
         finally:
             if self.coord.job is None:
                 self._mark_job()
+        # every few jobs, the branches of the jobs finished here leave the remote (their
+        # commits stay: the main branch holds them), so refs do not grow with the sweep
+        self.coord.prune_merged()
 
     def fail_job(self, reason: str = "failed", *, interrupted: bool = False) -> str:
         """Record that the job failed; it is retried while attempts are left.
