@@ -429,8 +429,18 @@ class Coordinator:
         return not self.watch.expired(LOCK_REF, self.clock())
 
     def holding_valid(self) -> bool:
+        """Is the lock ours, and not a full lease past our last send (``holder_verdict``)?"""
         h = self.holding
         return h is not None and holder_verdict(h.sent_at, self.clock(), self.lease) != "lost"
+
+    def keep_valid_holding(self) -> bool:
+        """:meth:`holding_valid`; a holding that is not is forgotten (another worker may
+        hold the lock by now, so nothing may be done under it)."""
+        with self.mutex:
+            if self.holding_valid():
+                return True
+            self.holding = None
+            return False
 
     def release(self, main: Oid | None = None) -> None:
         """Release the lock without claiming (the next-job function had no job).

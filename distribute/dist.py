@@ -663,10 +663,10 @@ class Worker:
                 if isinstance(plan, Retry):
                     got = self._retrying(partial(coord.claim, snap, plan, None))
                     return got if got is not None else _Step.AGAIN
-                if not coord.holding_valid():
+                if not coord.keep_valid_holding():
                     # paused past the lease since the acquire: another worker may hold
-                    # the lock now, so the function must not run on this holding
-                    coord.holding = None
+                    # the lock now, so the function must not run on this holding (and
+                    # the coordinator forgot it)
                     return _Step.AGAIN
                 job, edits = self._run_next_job_function(snap, func)
                 if job is None:
