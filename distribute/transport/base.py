@@ -17,8 +17,10 @@ A transport is one worker's view of one remote. It has two halves:
 
 Object ids are hex strings.  ``None`` for a ref value means "does not exist".
 Two implementations keep this contract: :mod:`distribute.transport.git`
-(real git through GitPython) and :mod:`distribute.transport.memory` (an
-in-memory remote with latency and fault hooks).  One contract test suite runs
+(real git through GitPython, one class per way of reaching a remote, picked
+by :func:`~distribute.transport.git.open_transport`) and
+:mod:`distribute.transport.memory` (an in-memory remote with latency and
+fault hooks).  One contract test suite runs
 against both.
 
 Both check what they are given by the same rules, kept here: full ref names
@@ -52,6 +54,7 @@ __all__ = [
     "check_tree_path",
     "check_updates",
     "holds",
+    "ref_matches",
 ]
 
 Oid = str
@@ -196,6 +199,12 @@ def check_ref_pattern(pattern: str) -> str:
         check_ref_name(pattern[:-2])
         return pattern
     return check_ref_name(pattern)
+
+
+def ref_matches(ref: str, patterns: Sequence[str]) -> bool:
+    """Is ``ref`` one of ``patterns`` (checked by :func:`check_ref_pattern`), or below one
+    that ends in ``/*``?"""
+    return any(ref == p or (p.endswith("/*") and ref.startswith(p[:-1])) for p in patterns)
 
 
 def check_ref_prefix(prefix: str) -> str:

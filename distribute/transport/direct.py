@@ -23,8 +23,10 @@ process:
   ``receive-pack`` uses for ``push --atomic --force-with-lease``, so direct
   writers and pushing writers can share one remote safely.
 
-Anything the checks do not recognise falls back to the pack protocol; a
-``file://`` URL always does, as it does for ``git clone``.
+Anything the checks (:func:`~.direct_remote.direct_refusal`) do not
+recognise falls back to the pack protocol; a ``file://`` URL always does, as
+it does for ``git clone``.  This module is the plumbing; the transport that
+uses it is :mod:`.direct_transport`.
 
 Only ever the repository first found there
 ------------------------------------------
@@ -51,11 +53,10 @@ import contextlib
 import hashlib
 import os
 import re
-import stat
 import threading
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,7 +69,6 @@ __all__ = [
     "ObjectStore",
     "RepositoryFolder",
     "copy_objects",
-    "direct_refusal",
     "read_ref_files",
     "tree_entries",
 ]
@@ -77,15 +77,6 @@ _OID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _KINDS = (b"blob", b"tree", b"commit", b"tag")
 _MODE_TREE = 0o040000
 _MODE_GITLINK = 0o160000
-_NOT_PLAIN_KEYS = (
-    "receive.",
-    "transfer.",
-    "uploadpack.",
-    "core.sharedrepository",
-    "core.hookspath",
-    "include",
-)
-_SAFE_EXTENSIONS = {"extensions.objectformat": "sha1", "extensions.refstorage": "files"}
 #: How a folder is opened to work below it: never created, never a file.
 _FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 #: What makes a folder a repository for git (``is_git_directory``).
@@ -514,69 +505,3 @@ def copy_objects(source: ObjectStore, target: ObjectStore, tips: Iterable[Oid]) 
     for oid in order:
         target.copy_from(source, oid)
     return len(order)
-
-
-# ---- may this remote be written directly? -------------------------------------------------
-
-
-def direct_refusal(git_dir: Path, config: Mapping[str, str]) -> str | None:
-    """Why the bare repository ``git_dir`` must be reached through git's pack protocol, or
-    ``None`` when writing it directly is what a push would do.
-
-    ``config`` is its effective configuration (``git config --list``, keys lower-case).
-    """
-    for part in ("objects", "refs", "HEAD"):
-        if not (git_dir / part).exists():
-            return f"{git_dir} is not a bare repository (no {part})"
-    if config.get("core.bare", "false").lower() not in ("true", "yes", "on", "1"):
-        return "the remote is not bare"
-    if config.get("core.repositoryformatversion", "0") not in ("0", "1"):
-        return "unknown repository format"
-    for key, value in config.items():
-        if key.startswith(_NOT_PLAIN_KEYS):
-            return f"the remote sets {key}"
-        if key.startswith("extensions.") and _SAFE_EXTENSIONS.get(key) != value.lower():
-            return f"the remote sets {key}"
-    for extra in ("objects/info/alternates", "shallow", "objects/info/http-alternates"):
-        if (git_dir / extra).exists():
-            return f"the remote has {extra}"
-    try:
-        if os.stat(git_dir).st_uid != os.geteuid():
-            return "the remote belongs to another user"
-    except OSError as err:
-        return f"cannot read the remote: {err.strerror}"
-    hooks = git_dir / "hooks"
-    if hooks.is_dir():
-        for hook in hooks.iterdir():
-            if hook.name.endswith(".sample"):
-                continue
-            with contextlib.suppress(OSError):
-                if hook.stat().st_mode & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH):
-                    return f"the remote has a {hook.name} hook"
-    return None
-
-
-def _user_config_files() -> list[str]:
-    """The global and system configuration files git reads (they may set ``receive.*``)."""
-    home = os.path.expanduser("~")
-    xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
-    files = [os.path.join(home, ".gitconfig"), os.path.join(xdg, "git", "config")]
-    files += [os.environ.get("GIT_CONFIG_GLOBAL", ""), os.environ.get("GIT_CONFIG_SYSTEM", "")]
-    return [*files, "/etc/gitconfig"]
-
-
-def stamp(git_dir: Path) -> tuple[float, ...]:
-    """Changes whenever what :func:`direct_refusal` reads may have changed: the remote's
-    config and hook files (a hook made executable changes no folder), its object info,
-    and the user's and system's git config files.  A few ``stat`` calls."""
-    paths = [str(git_dir / p) for p in ("config", "hooks", "objects/info", "shallow")]
-    with contextlib.suppress(OSError), os.scandir(git_dir / "hooks") as hooks:
-        paths += sorted(h.path for h in hooks if not h.name.endswith(".sample"))
-    values: list[float] = []
-    for path in [*paths, *_user_config_files()]:
-        try:
-            info = os.stat(path) if path else None
-        except OSError:
-            info = None
-        values += [info.st_mtime_ns, info.st_size, info.st_ino, info.st_mode] if info else [-1]
-    return tuple(values)

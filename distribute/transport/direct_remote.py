@@ -2,17 +2,19 @@
 
 Theory of operation
 -------------------
-:class:`~distribute.transport.git.GitTransport` writes a remote that is a
-bare repository on this machine directly when a push would do nothing more
-(no hooks, no receive or transfer rules; see :mod:`distribute.transport.direct`
-for the checks and for how objects and ref files are handled): refs are read
-from its files, objects linked or copied in this process, and each
-compare-and-swap is one ``git update-ref --stdin`` transaction in it
-(:meth:`_DirectRemote.update_refs`), under the same ref locks and checks as
-``receive-pack``.  A hook or rule that appears later is noticed
-(:meth:`_DirectRemote.refusal`, re-read when the remote's config, hooks or
-object info change), and the transport pushes again.  A ``file://`` URL
-always pushes.
+:class:`_DirectRemote` is the remote of a
+:class:`~distribute.transport.git.DirectGitTransport` (whose direct way,
+:class:`~distribute.transport.direct_transport.DirectWriting`, uses it): a
+bare repository on this machine, written directly when a push would do
+nothing more (no hooks, no receive or transfer rules: :func:`direct_refusal`
+here; see :mod:`distribute.transport.direct` for how objects and ref files
+are handled): refs are read from its files, objects linked or copied in this
+process, and each compare-and-swap is one ``git update-ref --stdin``
+transaction in it (:meth:`_DirectRemote.update_refs`), under the same ref
+locks and checks as ``receive-pack``.  A hook or rule that appears later is
+noticed (:meth:`_DirectRemote.refusal`, re-read when the remote's config,
+hooks or object info change: :func:`stamp`), and the transport pushes
+again.  A ``file://`` URL always pushes.
 
 Its folder is pinned when the transport is made: once the path no longer
 leads to that folder (moved away, deleted, unmounted, replaced by another),
@@ -34,6 +36,7 @@ import contextlib
 import os
 import random
 import re
+import stat
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -43,16 +46,19 @@ import git
 
 from distribute.core.errors import OutcomeUnknown, RemoteStateError, TransportError
 from distribute.transport.base import Oid, RefUpdate
-from distribute.transport.direct import (
-    ObjectStore,
-    RepositoryFolder,
-    direct_refusal,
-    read_ref_files,
-    stamp,
-)
+from distribute.transport.direct import ObjectStore, RepositoryFolder, read_ref_files
 from distribute.transport.process import _ENV, _execute, _failure, _Result, _tail
 
 _ZERO_OID = "0" * 40
+_NOT_PLAIN_KEYS = (
+    "receive.",
+    "transfer.",
+    "uploadpack.",
+    "core.sharedrepository",
+    "core.hookspath",
+    "include",
+)
+_SAFE_EXTENSIONS = {"extensions.objectformat": "sha1", "extensions.refstorage": "files"}
 _PACKED_REFS_BUSY = "packed-refs.lock': File exists"
 _LOCK_FILE = re.compile(r"Unable to create '([^']+\.lock)': File exists")
 #: A ref lock this old (or twice the git timeout) is taken for one a dead git left.
@@ -252,3 +258,69 @@ def _settle(updates: Sequence[RefUpdate], now: Mapping[str, Oid], what: str) -> 
         f"{what}; the refs now hold neither the old nor the new values",
         refs=[u.ref for u in updates],
     )
+
+
+# ---- may this remote be written directly? -------------------------------------------------
+
+
+def direct_refusal(git_dir: Path, config: Mapping[str, str]) -> str | None:
+    """Why the bare repository ``git_dir`` must be reached through git's pack protocol, or
+    ``None`` when writing it directly is what a push would do.
+
+    ``config`` is its effective configuration (``git config --list``, keys lower-case).
+    """
+    for part in ("objects", "refs", "HEAD"):
+        if not (git_dir / part).exists():
+            return f"{git_dir} is not a bare repository (no {part})"
+    if config.get("core.bare", "false").lower() not in ("true", "yes", "on", "1"):
+        return "the remote is not bare"
+    if config.get("core.repositoryformatversion", "0") not in ("0", "1"):
+        return "unknown repository format"
+    for key, value in config.items():
+        if key.startswith(_NOT_PLAIN_KEYS):
+            return f"the remote sets {key}"
+        if key.startswith("extensions.") and _SAFE_EXTENSIONS.get(key) != value.lower():
+            return f"the remote sets {key}"
+    for extra in ("objects/info/alternates", "shallow", "objects/info/http-alternates"):
+        if (git_dir / extra).exists():
+            return f"the remote has {extra}"
+    try:
+        if os.stat(git_dir).st_uid != os.geteuid():
+            return "the remote belongs to another user"
+    except OSError as err:
+        return f"cannot read the remote: {err.strerror}"
+    hooks = git_dir / "hooks"
+    if hooks.is_dir():
+        for hook in hooks.iterdir():
+            if hook.name.endswith(".sample"):
+                continue
+            with contextlib.suppress(OSError):
+                if hook.stat().st_mode & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH):
+                    return f"the remote has a {hook.name} hook"
+    return None
+
+
+def _user_config_files() -> list[str]:
+    """The global and system configuration files git reads (they may set ``receive.*``)."""
+    home = os.path.expanduser("~")
+    xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
+    files = [os.path.join(home, ".gitconfig"), os.path.join(xdg, "git", "config")]
+    files += [os.environ.get("GIT_CONFIG_GLOBAL", ""), os.environ.get("GIT_CONFIG_SYSTEM", "")]
+    return [*files, "/etc/gitconfig"]
+
+
+def stamp(git_dir: Path) -> tuple[float, ...]:
+    """Changes whenever what :func:`direct_refusal` reads may have changed: the remote's
+    config and hook files (a hook made executable changes no folder), its object info,
+    and the user's and system's git config files.  A few ``stat`` calls."""
+    paths = [str(git_dir / p) for p in ("config", "hooks", "objects/info", "shallow")]
+    with contextlib.suppress(OSError), os.scandir(git_dir / "hooks") as hooks:
+        paths += sorted(h.path for h in hooks if not h.name.endswith(".sample"))
+    values: list[float] = []
+    for path in [*paths, *_user_config_files()]:
+        try:
+            info = os.stat(path) if path else None
+        except OSError:
+            info = None
+        values += [info.st_mtime_ns, info.st_size, info.st_ino, info.st_mode] if info else [-1]
+    return tuple(values)

@@ -1,20 +1,33 @@
-"""Real git through GitPython: the transport workers use, and the local copy they own.
+"""Real git through GitPython: the transports workers use, one class per way of reaching
+a remote, and the factory that picks one.
 
 Theory of operation
 -------------------
-:class:`GitTransport` keeps the :class:`~distribute.transport.base.Transport`
-contract over a local repository and a remote.  It is made of these modules:
+A transport keeps the :class:`~distribute.transport.base.Transport` contract
+over a local repository and a remote.  :func:`open_transport` (which
+``GitTransport(...)`` calls) opens the local repository and picks the class
+by how the remote can be reached:
+
+* :class:`GitTransport`, the pack-protocol client: ``git fetch``,
+  ``git push`` and ``git ls-remote`` run in the local repository, for any
+  remote git can reach (a server, a ``file://`` URL, ``direct=False``);
+* :class:`DirectGitTransport`, for a path to a bare repository on this
+  machine: :class:`~.direct_transport.DirectWriting` reads and writes it in
+  place of git while a push would do nothing more, and hands each step back
+  to :class:`GitTransport` (``super()``) while a hook or rule says otherwise.
+
+The other modules:
 
 * :mod:`.process` starts every git command (explicit argument lists, no
   shell, a fixed environment, ``--end-of-options``, scrubbed messages);
 * :mod:`.repository` is the local repository: git run in it, its refs and
   objects read, trees and commits written there, merges and ancestry;
-* :mod:`.direct_remote` writes a bare repository on this machine directly
-  (with :mod:`.direct`) instead of pushing to it;
-* :mod:`.local_copy` is a worker's clone with its working tree
-  (:class:`GitLocalCopy`, offered here too).
+* :mod:`.direct_remote` and :mod:`.direct` are the bare repository written
+  directly: its folder pinned, its refs and objects, its ref transactions;
+* :mod:`.local_copy` is a worker's clone (:class:`~.local_copy.GitLocalCopy`);
+  it imports this module, which imports :mod:`.direct_transport`: one way.
 
-Remote refs
+Remote refs through the pack protocol
     ``fetch`` is one ``git fetch`` of exactly the requested refs into a
     private namespace (``refs/distribute-mirror/<remote>/...``) with
     ``--prune``, then the mirror's ref files are read here.  A requested
@@ -23,14 +36,9 @@ Remote refs
     one ``ls-remote``.  ``push`` is one ``git push --atomic --porcelain
     --no-verify`` with a ``--force-with-lease`` per ref: a compare-and-swap
     the server checks under its ref locks.  A push whose answer was lost is
-    settled by reading the refs back.
-
-A bare repository on this machine
-    is written directly when a push would do nothing more (see
-    :mod:`.direct_remote`): its refs are read from its files, objects are
-    copied in this process, and each compare-and-swap is one
-    ``git update-ref --stdin`` transaction in it; no mirror refs are written.
-    Whether it may be is checked again at every fetch and push.
+    settled by reading the refs back.  ``fetch`` and ``push`` check what they
+    are given, then reach the remote in :meth:`GitTransport._fetch_refs` and
+    :meth:`GitTransport._push_checked`: the steps ``DirectWriting`` replaces.
 
 Local objects
     are read and written in the local repository without touching an index
@@ -42,14 +50,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import threading
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from types import TracebackType
+from typing import NoReturn, TypeVar
 
 from distribute.core.errors import OutcomeUnknown, RemoteStateError, TransportError, UsageError
-from distribute.core.names import is_valid_ref_component, scrub_url
+from distribute.core.names import scrub_url
 from distribute.credentials import split_secret
 from distribute.transport.base import (
     MergeResult,
@@ -61,173 +68,100 @@ from distribute.transport.base import (
     check_ref_prefix,
     check_tree_path,
     check_updates,
+    ref_matches,
 )
-from distribute.transport.direct import RepositoryFolder, copy_objects
 from distribute.transport.direct_remote import _DirectRemote, _settle
-from distribute.transport.local_copy import GitLocalCopy
-from distribute.transport.process import _PROTOCOL_V2, IDENTITY, _failure, _remote_says
-from distribute.transport.repository import _Repository, init_bare_repo
+from distribute.transport.direct_transport import DirectWriting, remote_folder
+from distribute.transport.process import (
+    _ATOMIC_UNSUPPORTED,
+    _PROTOCOL_V2,
+    _TRANSIENT_REFUSALS,
+    _UNREACHABLE,
+    IDENTITY,
+    _failure,
+    _is_race,
+    _push_rejections,
+    _remote_says,
+)
+from distribute.transport.repository import _Repository, init_bare_repo, is_remote_name
 
-__all__ = ["IDENTITY", "MIRROR_PREFIX", "GitLocalCopy", "GitTransport", "init_bare_repo"]
+__all__ = [
+    "IDENTITY",
+    "MIRROR_PREFIX",
+    "DirectGitTransport",
+    "GitTransport",
+    "init_bare_repo",
+    "open_transport",
+]
 
 #: Where fetched remote refs are kept in the local repository.
 MIRROR_PREFIX = "refs/distribute-mirror/"
 
-#: Reasons in a rejected push that mean another writer got there first.
-_RACE_REASONS = (
-    "stale info",
-    "fetch first",
-    "non-fast-forward",
-    "failed to update ref",
-    "cannot lock ref",
-    "atomic push failed",
-    "atomic transaction failed",
-)
-#: Refusals that say the remote failed to receive or check the pack (its folder moved,
-#: a full disk): nothing landed, and trying again later may work; not a rule.
-_TRANSIENT_REFUSALS = ("unpacker error", "missing necessary objects")
-#: git's words for "never got through to the remote", so nothing was sent.
-_UNREACHABLE = (
-    "could not read from remote repository",
-    "unable to access",
-    "unable to connect",
-    "could not resolve host",
-    "connection refused",
-    "no route to host",
-    "network is unreachable",
-    "does not appear to be a git repository",
-    "repository not found",
-    "' not found",  # git over http(s): fatal: repository '<url>' not found
-    "authentication failed",
-    "terminal prompts disabled",
-    "could not read username",
-)
-_ATOMIC_UNSUPPORTED = "does not support --atomic"
-_PORCELAIN_REASON = re.compile(r"\((.*)\)\s*$")
-_REMOTE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-
-def _is_race(reason: str) -> bool:
-    return reason.startswith(_RACE_REASONS)
+_Transport = TypeVar("_Transport", bound="GitTransport")
 
 
 def _path_parts(path: str) -> tuple[bytes, ...]:
     return tuple(part.encode("utf-8") for part in path.split("/"))
 
 
-def _matches(ref: str, patterns: Sequence[str]) -> bool:
-    return any(ref == p or (p.endswith("/*") and ref.startswith(p[:-1])) for p in patterns)
-
-
 class GitTransport:
-    """One worker's connection to a git remote, through its local repository.
+    """One worker's connection to a git remote through git's pack protocol, and its local
+    repository.
 
-    Args:
-        repo_path: the local repository (bare or with a working tree) whose
-            object store holds what is fetched and written.
-        remote: a remote name configured there, or a URL or path.
-        timeout: seconds after which any one git command is killed.
+    ``GitTransport(...)`` is :func:`open_transport` (same arguments): a remote that
+    is a bare repository on this machine gives a :class:`DirectGitTransport`, which
+    is a ``GitTransport`` too.
 
     Keeps the :class:`~distribute.transport.base.Transport` contract; see the
     module docstring for how.
     """
 
-    def __init__(
-        self,
+    remote: str
+    timeout: float
+    mirror_prefix: str
+    _repo: _Repository
+    _fetch_lock: threading.Lock
+
+    def __new__(
+        cls,
         repo_path: str | os.PathLike[str],
         remote: str = "origin",
         *,
         timeout: float = 60,
         direct: bool | None = None,
         secret: str | None = None,
-    ) -> None:
-        # a password in a URL is taken out here: git sees the URL without it
-        split = split_secret(remote)
-        remote, secret = split.public, secret or split.secret
-        self._repo = _Repository(repo_path, timeout=timeout, secret=secret)
-        self.remote = remote
-        self.timeout = timeout
+    ) -> GitTransport:
+        # no __init__: open_transport returns a transport ready for use
+        return open_transport(repo_path, remote, timeout=timeout, direct=direct, secret=secret)
+
+    @classmethod
+    def _on(cls: type[_Transport], repo: _Repository, remote: str, timeout: float) -> _Transport:
+        """A transport of this very class over ``repo`` (for :func:`open_transport`, which
+        opened it and chose the class; calling the class would choose again)."""
+        transport = object.__new__(cls)
+        transport._repo = repo
+        transport.remote = remote
+        transport.timeout = timeout
         key = remote
-        named = bool(_REMOTE_NAME.fullmatch(remote) and is_valid_ref_component(remote))
-        if not named:
+        if not is_remote_name(remote):
             key = "url-" + hashlib.sha256(remote.encode("utf-8")).hexdigest()[:16]
-        self.mirror_prefix = f"{MIRROR_PREFIX}{key}/"
-        self._fetch_lock = threading.Lock()
-        self._direct: _DirectRemote | None = None
-        self._kept = False  # gc.pruneExpire checked
-        if direct is not False:
-            folder = self._local_remote(named)
-            if folder is not None:
-                self._direct = _DirectRemote(folder, timeout=timeout)
-            refusal = "it is not a path on this machine" if folder is None else None
-            refusal = refusal or (self._direct.refusal() if self._direct else None)
-            if direct and refusal:
-                raise UsageError(
-                    f"cannot write the remote {scrub_url(remote)} directly: {refusal}; "
-                    "leave direct unset to push to it instead",
-                    reason=refusal,
-                )
+        transport.mirror_prefix = f"{MIRROR_PREFIX}{key}/"
+        transport._fetch_lock = threading.Lock()
+        return transport
 
     def remote_url(self) -> str:
         """The remote's URL (or path) as git sees it: a named remote's configured URL;
         never a password (see :mod:`distribute.credentials`)."""
-        named = bool(_REMOTE_NAME.fullmatch(self.remote) and is_valid_ref_component(self.remote))
-        if named:
+        if is_remote_name(self.remote):
             out = self._repo.check(["config", "--get", f"remote.{self.remote}.url"], "git config")
             return split_secret(out.decode("utf-8").strip()).public
         return self.remote
 
     @property
     def direct(self) -> bool:
-        """Does this transport write the remote directly (a bare repository on this
-        machine) rather than through ``git push`` and ``git fetch``?  Checked again at
-        every fetch and push: a hook or rule added later makes it push.  ``False``
-        while its folder is gone or replaced (then nothing reaches it)."""
-        try:
-            return self._direct_now() is not None
-        except TransportError:
-            return False
-
-    def _keep_fetched_objects(self) -> None:
-        """Set ``gc.pruneExpire=never`` in the local repository unless it says otherwise:
-        directly fetched objects are referenced by no local ref, and a ``git gc`` that
-        pruned part of what a copied commit names would break the next copy's walk."""
-        if self._repo.config_value("gc", "pruneExpire") is None:
-            self._repo.set_config("gc", "pruneExpire", "never")
-
-    def _direct_now(self) -> _DirectRemote | None:
-        """The direct remote when it may be written directly now; ``None`` when it is to
-        be pushed to.  A remote on this machine whose folder is gone or was replaced is
-        neither: ``TransportError``, before git could push into whatever is there now.
-        """
-        if self._direct is None:
-            return None
-        self._direct.check()
-        if self._direct.refusal() is not None:
-            return None
-        if not self._kept:
-            self._keep_fetched_objects()
-            self._kept = True
-        return self._direct
-
-    def _local_remote(self, named: bool) -> RepositoryFolder | None:
-        """The remote's folder, pinned as found now, when it is given as an absolute path
-        (not ``file://``, which asks for git's pack protocol, as with ``git clone``)."""
-        url: str | None = self.remote
-        if named:
-            section = f'remote "{self.remote}"'
-            url = self._repo.config_value(section, "url")
-            if url is None or self._repo.config_value(section, "pushurl") is not None:
-                return None
-        if url is None or "://" in url or not os.path.isabs(url):
-            return None
-        path = Path(url)
-        if not path.is_dir() or (path / ".git").exists():
-            return None
-        try:
-            return RepositoryFolder(path.resolve())
-        except OSError:
-            return None  # gone again already: git push and fetch will say so
+        """Does this transport write the remote directly rather than through ``git push``
+        and ``git fetch``?  Never for this class (see :class:`DirectGitTransport`)."""
+        return False
 
     def __enter__(self) -> GitTransport:
         return self
@@ -256,28 +190,10 @@ class GitTransport:
         if not patterns:
             return {}
         with self._fetch_lock:
-            direct = self._direct_now()
-            if direct is not None:
-                return self._fetch_direct(direct, patterns)
-            wanted = patterns
-            for _ in range(3):
-                if self._fetch_into_mirror(wanted):
-                    return self._read_mirror(wanted)
-                exact = [ref for ref in patterns if not ref.endswith("/*")]
-                present = self._ls_remote(exact)
-                self._drop_mirror([ref for ref in exact if ref not in present])
-                wanted = [ref for ref in patterns if ref.endswith("/*") or ref in present]
-            raise TransportError("git fetch kept failing: requested refs keep vanishing")
+            return self._fetch_refs(patterns)
 
     def list_refs(self, prefix: str) -> dict[str, Oid]:
         """Values of the remote refs whose names start with ``prefix`` (one ``ls-remote``)."""
-        direct = self._direct_now()
-        if direct is not None:
-            check_ref_prefix(prefix)
-            # the folder that holds every ref starting with the prefix
-            folder = prefix[:-1] if prefix.endswith("/") else prefix.rpartition("/")[0]
-            found = direct.read_refs([folder])
-            return {ref: oid for ref, oid in found.items() if ref.startswith(prefix)}
         return self._ls_remote([check_ref_prefix(prefix) + "*"], prefix=prefix)
 
     def push(self, updates: Sequence[RefUpdate]) -> bool:
@@ -318,26 +234,30 @@ class GitTransport:
         for update in updates:
             if update.new is not None:
                 self._repo.read_object(update.new)
-        direct = self._direct_now()
-        if direct is not None:
-            news = [u.new for u in updates if u.new is not None]
-            try:
-                copy_objects(self._repo.objects(), direct.store, news)
-            except KeyError as err:
-                raise TransportError(f"object {err} is not in the local repository") from err
-            except OSError as err:
-                direct.check()
-                raise TransportError(
-                    f"the remote {direct.git_dir} could not store the pushed objects: {err}"
-                ) from err
-            return direct.update_refs(updates)
+        return self._push_checked(updates)
+
+    # ---- the steps that reach the remote (DirectWriting replaces them) -------------------
+    def _fetch_refs(self, patterns: Sequence[str]) -> dict[str, Oid]:
+        """:meth:`fetch` of the checked ``patterns``, under the fetch lock."""
+        wanted = patterns
+        for _ in range(3):
+            if self._fetch_into_mirror(wanted):
+                return self._read_mirror(wanted)
+            exact = [ref for ref in patterns if not ref.endswith("/*")]
+            present = self._ls_remote(exact)
+            self._drop_mirror([ref for ref in exact if ref not in present])
+            wanted = [ref for ref in patterns if ref.endswith("/*") or ref in present]
+        raise TransportError("git fetch kept failing: requested refs keep vanishing")
+
+    def _push_checked(self, updates: Sequence[RefUpdate]) -> bool:
+        """:meth:`push` of the checked, non-empty ``updates`` whose new objects are here."""
         args = ["push", "--atomic", "--porcelain", "--no-verify", "--no-follow-tags"]
         args.append("--recurse-submodules=no")
         args += [f"--force-with-lease={u.ref}:{u.old or ''}" for u in updates]
         args += ["--end-of-options", self.remote]
         args += [f"{u.new or ''}:{u.ref}" for u in updates]
         result = self._repo.run(args)
-        rejected = self._rejections(result.stdout)
+        rejected = _push_rejections(result.stdout)
         if rejected:
             refused = {ref: why for ref, why in rejected.items() if not _is_race(why)}
             if any(word in why for why in refused.values() for word in _TRANSIENT_REFUSALS):
@@ -452,25 +372,6 @@ class GitTransport:
         self._repo.close()
 
     # ---- helpers -------------------------------------------------------------------------
-    def _fetch_direct(self, direct: _DirectRemote, patterns: Sequence[str]) -> dict[str, Oid]:
-        """Read the refs from the remote's files and copy the objects they need.
-
-        No mirror refs are written (each would cost a file): the local repository is
-        set never to prune unreachable objects (:meth:`_keep_fetched_objects`), so a
-        commit or tree copied here keeps everything below it, which the next copy's
-        walk relies on."""
-        found = direct.read_refs([p[:-2] if p.endswith("/*") else p for p in patterns])
-        values = {ref: oid for ref, oid in found.items() if _matches(ref, patterns)}
-        try:
-            copy_objects(direct.store, self._repo.objects(), values.values())
-        except KeyError as err:
-            direct.check()  # gone meanwhile, rather than missing an object
-            raise TransportError(f"the remote {direct.git_dir} lacks object {err}") from err
-        except OSError as err:
-            direct.check()
-            raise TransportError(f"reading the remote {direct.git_dir} failed: {err}") from err
-        return values
-
     def _mirror(self, ref: str) -> str:
         return self.mirror_prefix + ref[len("refs/") :]
 
@@ -505,7 +406,7 @@ class GitTransport:
         values: dict[str, Oid] = {}
         for mirror, oid in found.items():
             ref = "refs/" + mirror[len(self.mirror_prefix) :]
-            if _matches(ref, patterns):
+            if ref_matches(ref, patterns):
                 values[ref] = oid
         return values
 
@@ -529,18 +430,6 @@ class GitTransport:
                 values[ref] = oid
         return values
 
-    @staticmethod
-    def _rejections(porcelain: bytes) -> dict[str, str]:
-        """``ref -> reason`` for every ``!`` line of ``push --porcelain`` output."""
-        rejected: dict[str, str] = {}
-        for line in porcelain.decode("utf-8", errors="replace").splitlines():
-            fields = line.split("\t")
-            if len(fields) >= 3 and fields[0] == "!":
-                ref = fields[1].rpartition(":")[2]
-                match = _PORCELAIN_REASON.search(fields[2])
-                rejected[ref] = match.group(1) if match else fields[2]
-        return rejected
-
     def _resolve(self, updates: Sequence[RefUpdate], what: str) -> bool:
         refs = [update.ref for update in updates]
         try:
@@ -550,3 +439,59 @@ class GitTransport:
                 f"git push {what} and reading the refs back failed too: {err}", refs=refs
             ) from err
         return _settle(updates, now, f"git push {what}")
+
+
+class DirectGitTransport(DirectWriting, GitTransport):
+    """A :class:`GitTransport` whose remote is a bare repository on this machine, written
+    directly while a push would do nothing more (see :mod:`.direct_transport`)."""
+
+
+def open_transport(
+    repo_path: str | os.PathLike[str],
+    remote: str = "origin",
+    *,
+    timeout: float = 60,
+    direct: bool | None = None,
+    secret: str | None = None,
+) -> GitTransport:
+    """A transport on the local repository ``repo_path`` for ``remote``, of the class that
+    fits the way the remote is reached (see the module docstring).
+
+    Args:
+        repo_path: the local repository (bare or with a working tree) whose
+            object store holds what is fetched and written.
+        remote: a remote name configured there, or a URL or path.  A password in
+            a URL is taken out here: git sees the URL without it.
+        timeout: seconds after which any one git command is killed.
+        direct: ``None``: a :class:`DirectGitTransport` when the remote is a path to
+            a bare repository on this machine (written directly whenever a push
+            would do nothing more), else a :class:`GitTransport`; ``False``: a
+            :class:`GitTransport`, always; ``True``: a :class:`DirectGitTransport`,
+            or ``UsageError`` (with the ``reason``) when the remote may not be
+            written directly now.
+        secret: the remote's password, if not in the URL.
+    """
+    split = split_secret(remote)
+    remote, secret = split.public, secret or split.secret
+    repo = _Repository(repo_path, timeout=timeout, secret=secret)
+    folder = None if direct is False else remote_folder(repo, remote)
+    if folder is None:
+        if direct:
+            _cannot_write_directly(repo, remote, "it is not a path on this machine")
+        return GitTransport._on(repo, remote, timeout)
+    target = _DirectRemote(folder, timeout=timeout)
+    refusal = target.refusal()
+    if direct and refusal:
+        _cannot_write_directly(repo, remote, refusal)
+    transport = DirectGitTransport._on(repo, remote, timeout)
+    transport._write_to(target)
+    return transport
+
+
+def _cannot_write_directly(repo: _Repository, remote: str, refusal: str) -> NoReturn:
+    repo.close()
+    raise UsageError(
+        f"cannot write the remote {scrub_url(remote)} directly: {refusal}; "
+        "leave direct unset to push to it instead",
+        reason=refusal,
+    )

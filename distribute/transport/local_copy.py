@@ -10,8 +10,10 @@ of the working tree are written with a temporary index (``git add`` and
 are; checking out, advancing and cleaning use git's own ``checkout``,
 ``update-ref``/``reset`` and ``reset --hard``/``clean``.  Git is run in it
 as in any repository (:class:`~.repository._Repository`), and its refs and
-objects are reached through a :class:`~distribute.transport.git.GitTransport`
-made by :meth:`GitLocalCopy.transport`.
+objects are reached through a transport made by :meth:`GitLocalCopy.transport`
+with :func:`~distribute.transport.git.open_transport`, which picks the class
+for the way ``origin`` is reached (see :mod:`distribute.transport.git`).  This
+module imports :mod:`.git`; :mod:`.git` does not import it.
 """
 
 from __future__ import annotations
@@ -21,18 +23,15 @@ import shutil
 import uuid
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
 
 from distribute.core.errors import UsageError
 from distribute.core.names import scrub_url
 from distribute.credentials import private_folder, split_secret
 from distribute.transport.base import Oid, check_oid, check_ref_name
+from distribute.transport.git import GitTransport, open_transport
 from distribute.transport.process import _PROTOCOL_V2, _run_outside
 from distribute.transport.repository import _check_branch, _Repository
 from distribute.transport.shared_objects import missing_alternates
-
-if TYPE_CHECKING:
-    from distribute.transport.git import GitTransport
 
 __all__ = ["GitLocalCopy"]
 
@@ -125,11 +124,10 @@ class GitLocalCopy:
         self.close()
 
     def transport(self, *, timeout: float = 60) -> GitTransport:
-        """A new :class:`GitTransport` on this copy for ``origin``; the caller closes it."""
-        # imported here: distribute.transport.git imports this module to offer GitLocalCopy
-        from distribute.transport.git import GitTransport
-
-        return GitTransport(self._work_tree, "origin", timeout=timeout, secret=self._secret)
+        """A new transport on this copy for ``origin`` (:func:`open_transport`: a
+        :class:`~distribute.transport.git.DirectGitTransport` when ``origin`` is a bare
+        repository on this machine); the caller closes it."""
+        return open_transport(self._work_tree, "origin", timeout=timeout, secret=self._secret)
 
     def remote_url(self) -> str:
         """The URL of ``origin`` as configured (no password: see :meth:`open`)."""

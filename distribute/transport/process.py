@@ -27,12 +27,15 @@ line.  The message of every error is passed through
 
 :func:`_execute` starts the process itself rather than through GitPython's
 ``Git.execute``; its docstring says why.  A command killed at its timeout
-reads as :attr:`_Result.killed`.
+reads as :attr:`_Result.killed`.  What ``git push --porcelain`` answers is
+read here too (:func:`_push_rejections`, and the words that tell a lost race,
+a refusal worth retrying and an unreachable remote apart).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -174,3 +177,54 @@ def _remote_says(stderr: str, limit: int = 600) -> str:
             if text and not text.lower().startswith(("resolving deltas", "counting objects")):
                 lines.append(text)
     return scrub_url(" / ".join(lines))[:limit]
+
+
+# ---- what git push says -----------------------------------------------------------------
+#: Reasons in a rejected push that mean another writer got there first.
+_RACE_REASONS = (
+    "stale info",
+    "fetch first",
+    "non-fast-forward",
+    "failed to update ref",
+    "cannot lock ref",
+    "atomic push failed",
+    "atomic transaction failed",
+)
+#: Refusals that say the remote failed to receive or check the pack (its folder moved,
+#: a full disk): nothing landed, and trying again later may work; not a rule.
+_TRANSIENT_REFUSALS = ("unpacker error", "missing necessary objects")
+#: git's words for "never got through to the remote", so nothing was sent.
+_UNREACHABLE = (
+    "could not read from remote repository",
+    "unable to access",
+    "unable to connect",
+    "could not resolve host",
+    "connection refused",
+    "no route to host",
+    "network is unreachable",
+    "does not appear to be a git repository",
+    "repository not found",
+    "' not found",  # git over http(s): fatal: repository '<url>' not found
+    "authentication failed",
+    "terminal prompts disabled",
+    "could not read username",
+)
+_ATOMIC_UNSUPPORTED = "does not support --atomic"
+_PORCELAIN_REASON = re.compile(r"\((.*)\)\s*$")
+
+
+def _is_race(reason: str) -> bool:
+    return reason.startswith(_RACE_REASONS)
+
+
+def _push_rejections(porcelain: bytes) -> dict[str, str]:
+    """``ref -> reason`` for every ``!`` line of ``push --porcelain`` output."""
+    rejected: dict[str, str] = {}
+    for line in porcelain.decode("utf-8", errors="replace").splitlines():
+        fields = line.split("\t")
+        if len(fields) >= 3 and fields[0] == "!":
+            ref = fields[1].rpartition(":")[2]
+            match = _PORCELAIN_REASON.search(fields[2])
+            rejected[ref] = match.group(1) if match else fields[2]
+    return rejected
+

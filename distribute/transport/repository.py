@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 import threading
 import time
@@ -37,6 +38,7 @@ import git
 from git.exc import InvalidGitRepositoryError, NoSuchPathError
 
 from distribute.core.errors import TransportError, UsageError
+from distribute.core.names import is_valid_ref_component
 from distribute.credentials import git_env, git_options
 from distribute.transport.base import (
     MergeResult,
@@ -68,6 +70,7 @@ _MODE_GITLINK = 0o160000
 
 #: commits :meth:`_Repository.is_ancestor` walks in this process before it asks git
 _ANCESTRY_WALK = 64
+_REMOTE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +95,12 @@ def _check_branch(branch: str) -> str:
         raise UsageError(f"{branch!r} is not a valid branch name", branch=branch)
     check_ref_name("refs/heads/" + branch)
     return branch
+
+
+def is_remote_name(remote: str) -> bool:
+    """Is ``remote`` the name of a remote configured in a repository (``origin``), rather
+    than a URL or a path?"""
+    return bool(_REMOTE_NAME.fullmatch(remote) and is_valid_ref_component(remote))
 
 
 def init_bare_repo(

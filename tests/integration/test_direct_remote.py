@@ -27,7 +27,8 @@ from hypothesis import strategies as st
 from distribute.core.errors import RemoteStateError, TransportError, UsageError
 from distribute.transport.base import Oid, RefUpdate
 from distribute.transport.direct import ObjectStore, copy_objects, read_ref_files
-from distribute.transport.git import GitLocalCopy, GitTransport
+from distribute.transport.git import GitTransport
+from distribute.transport.local_copy import GitLocalCopy
 
 MAIN = "refs/heads/main"
 WORKERS = "refs/distribute/workers/"

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from distribute.transport.base import RefUpdate
-from distribute.transport.git import GitLocalCopy
+from distribute.transport.local_copy import GitLocalCopy
 
 MAIN = "refs/heads/main"
 

@@ -25,7 +25,8 @@ from distribute.core.errors import OutcomeUnknown, RemoteStateError, TransportEr
 from distribute.dist import worker_from_url
 from distribute.remote import init_remote
 from distribute.transport.base import RefUpdate
-from distribute.transport.git import GitLocalCopy, GitTransport
+from distribute.transport.git import GitTransport
+from distribute.transport.local_copy import GitLocalCopy
 
 MAIN = "refs/heads/main"
 LOCK = "refs/distribute/lock"

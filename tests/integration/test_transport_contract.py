@@ -31,7 +31,8 @@ from distribute.core.errors import (
     UsageError,
 )
 from distribute.transport.base import Oid, RefUpdate, Transport
-from distribute.transport.git import GitLocalCopy, GitTransport, init_bare_repo
+from distribute.transport.git import GitTransport, init_bare_repo
+from distribute.transport.local_copy import GitLocalCopy
 from distribute.transport.memory import MemoryRemote
 
 MAIN = "refs/heads/main"

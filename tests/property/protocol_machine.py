@@ -282,7 +282,7 @@ class GitWorld:
         self._clones = itertools.count()
 
     def transport(self, name: str) -> Any:
-        from distribute.transport.git import GitLocalCopy
+        from distribute.transport.local_copy import GitLocalCopy
 
         path = self.root / f"copy{next(self._clones)}"
         return GitLocalCopy.clone(self.url, path).transport()
