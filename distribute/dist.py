@@ -78,6 +78,8 @@ NextJobFunction = Callable[..., Any]
 T = TypeVar("T")
 
 _LOCK_FILE = "distribute.lock"
+#: Finished jobs between two looks at whether the local copy needs packing.
+_HOUSEKEEPING_EVERY = 100
 _OWNER_FILE = "distribute-owner.json"
 #: Present while the working tree holds a next-job function's edits that no job
 #: branch checkout has replaced yet; a worker opening the copy after a crash
@@ -190,6 +192,7 @@ class Worker:
             self.branch = branch or self.copy.default_branch() or "main"
             check_name(self.branch, "branch")
             self._recover_from_crash()
+            self._housekeeping()
         except BaseException:
             self._filelock.release()
             raise
@@ -224,6 +227,7 @@ class Worker:
             journal=journal,
         )
         self._closed = False
+        self._finished = 0  # jobs finished by this worker object
         #: links that came with the running job's folder and were removed at its claim
         #: (paths relative to the copy), for a runner to report
         self.removed_links: list[str] = []
@@ -329,6 +333,12 @@ class Worker:
         earlier life of this worker that left a marker), retrying transport errors."""
         backoff = Backoff(self.poll_seconds / 4, self.max_poll_seconds, self._rng)
         self._retrying(partial(self.coord.finish, self._sleep, backoff.next))
+
+    def _housekeeping(self) -> None:
+        """Pack the local copy when its loose objects pile up (best effort: a failure
+        leaves it as it was, and the worker goes on)."""
+        with contextlib.suppress(DistributeError):
+            self.copy.housekeeping()
 
     def _function_marker(self) -> Path:
         return Path(self.path) / ".git" / _FUNCTION_MARKER
@@ -789,6 +799,9 @@ class Worker:
         # every few jobs, the branches of the jobs finished here leave the remote (their
         # commits stay: the main branch holds them), so refs do not grow with the sweep
         self.coord.prune_merged()
+        self._finished += 1
+        if self._finished % _HOUSEKEEPING_EVERY == 0:
+            self._housekeeping()
 
     def fail_job(self, reason: str = "failed", *, interrupted: bool = False) -> str:
         """Record that the job failed; it is retried while attempts are left.

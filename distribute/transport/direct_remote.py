@@ -47,7 +47,14 @@ import git
 from distribute.core.errors import OutcomeUnknown, RemoteStateError, TransportError
 from distribute.transport.base import Oid, RefUpdate
 from distribute.transport.direct import ObjectStore, RepositoryFolder, read_ref_files
-from distribute.transport.process import _ENV, _execute, _failure, _Result, _tail
+from distribute.transport.process import (
+    _ENV,
+    _execute,
+    _failure,
+    _Result,
+    _tail,
+    pack_when_piled_up,
+)
 
 _ZERO_OID = "0" * 40
 _NOT_PLAIN_KEYS = (
@@ -97,29 +104,13 @@ class _DirectRemote:
         self.folder.check()
 
     def housekeeping(self) -> bool:
-        """Pack the remote when loose objects or packs pile up; return whether it did.
-
-        ``git gc --auto`` is not enough here: the objects of a lost race (written
-        before the compare-and-swap) are unreachable and younger than git's prune
-        expiry, so they stay loose; once they pass ``gc.auto`` git warns in
-        ``gc.log`` and then refuses to run automatically for a day, while the remote
-        grows.  ``git gc --cruft`` puts them in a cruft pack instead (pruned when
-        they expire, as usual), so the remote stays packed.  Objects written a moment
-        ago by a writer whose update is still to come are kept, as git always does.
+        """Pack the remote when loose objects or packs pile up (the objects of lost races,
+        written before the compare-and-swap, are unreachable and young): see
+        :func:`~.process.pack_when_piled_up`; return whether it did.  Objects written a
+        moment ago by a writer whose update is still to come are kept, as git always does.
         """
-        counts: dict[str, int] = {}
-        listing = self.run(["count-objects", "-v"]).stdout.decode("ascii", "replace")
-        for line in listing.splitlines():
-            key, _, value = line.partition(": ")
-            if value.strip().isdigit():
-                counts[key] = int(value)
-        if counts.get("count", 0) <= _LOOSE_LIMIT and counts.get("packs", 0) <= _PACK_LIMIT:
-            return False
-        (self.git_dir / "gc.log").unlink(missing_ok=True)
-        result = self.run(["gc", "--cruft", "--quiet"])
-        if result.status != 0:
-            raise _failure(f"git gc in {self.git_dir}", result, self.timeout)
-        return True
+        return pack_when_piled_up(self.run, self.git_dir, loose_limit=_LOOSE_LIMIT,
+                                  pack_limit=_PACK_LIMIT, timeout=self.timeout)
 
     def run(self, args: Sequence[str], *, stdin: bytes | None = None) -> _Result:
         """Run git in the remote, once it is checked to be still there.

@@ -29,11 +29,15 @@ from distribute.core.names import scrub_url
 from distribute.credentials import private_folder, split_secret
 from distribute.transport.base import Oid, check_oid, check_ref_name
 from distribute.transport.git import GitTransport, open_transport
-from distribute.transport.process import _PROTOCOL_V2, _run_outside
+from distribute.transport.process import _PROTOCOL_V2, _run_outside, pack_when_piled_up
 from distribute.transport.repository import _check_branch, _Repository
 from distribute.transport.shared_objects import missing_alternates
 
-__all__ = ["GitLocalCopy"]
+__all__ = ["COPY_LOOSE_LIMIT", "COPY_PACK_LIMIT", "GitLocalCopy"]
+
+#: Loose objects and packs (git's own ``gc.auto`` and ``gc.autoPackLimit`` defaults) past
+#: which a local copy is packed (:meth:`GitLocalCopy.housekeeping`).
+COPY_LOOSE_LIMIT, COPY_PACK_LIMIT = 6700, 50
 
 
 class GitLocalCopy:
@@ -241,6 +245,16 @@ class GitLocalCopy:
         check_ref_name(remote_ref)
         self._repo.check(["config", f"branch.{branch}.remote", "origin"], "git config")
         self._repo.check(["config", f"branch.{branch}.merge", remote_ref], "git config")
+
+    def housekeeping(self) -> bool:
+        """Pack the copy once its loose objects or packs pile up (snapshots and fetches
+        from a remote on this machine write loose objects, and nothing else would pack
+        them): :func:`~distribute.transport.process.pack_when_piled_up` with git's own
+        limits; return whether it did.  For a copy no git command runs in meanwhile."""
+        return pack_when_piled_up(
+            self._repo.run, self._repo.git_dir, loose_limit=COPY_LOOSE_LIMIT,
+            pack_limit=COPY_PACK_LIMIT, timeout=self._repo.timeout,
+        )
 
     def close(self) -> None:
         self._repo.close()

@@ -37,8 +37,9 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import git
 
@@ -165,6 +166,35 @@ def _run_outside(
     if result.status != 0:
         raise _failure(what, result, timeout)
     return result
+
+
+def pack_when_piled_up(
+    run: Callable[[Sequence[str]], _Result], git_dir: Path, *, loose_limit: int,
+    pack_limit: int, timeout: float,
+) -> bool:
+    """Pack a repository with ``git gc --cruft`` once it holds more than ``loose_limit``
+    loose objects or ``pack_limit`` packs (``run`` runs git in it); return whether it did.
+
+    ``git gc --auto`` is not enough: unreachable objects younger than git's prune
+    expiry (a lost race's, a discarded snapshot's) stay loose under it; once they pass
+    ``gc.auto`` git warns in ``gc.log`` and then refuses to run automatically for a
+    day, while the repository grows.  ``--cruft`` puts them in a cruft pack instead
+    (pruned when they expire, as usual).  Objects borrowed from an alternate store
+    stay there (git repacks only a repository's own objects).
+    """
+    counts: dict[str, int] = {}
+    listing = run(["count-objects", "-v"]).stdout.decode("ascii", "replace")
+    for line in listing.splitlines():
+        key, _, value = line.partition(": ")
+        if value.strip().isdigit():
+            counts[key] = int(value)
+    if counts.get("count", 0) <= loose_limit and counts.get("packs", 0) <= pack_limit:
+        return False
+    (git_dir / "gc.log").unlink(missing_ok=True)
+    result = run(["gc", "--cruft", "--quiet"])
+    if result.status != 0:
+        raise _failure(f"git gc in {git_dir}", result, timeout)
+    return True
 
 
 def _remote_says(stderr: str, limit: int = 600) -> str:
