@@ -20,8 +20,13 @@ every size alike, it measures:
 * ``distribute status`` (a separate process, as a person runs it);
 * the refs on the remote and its size on disk.
 
+With ``--gc`` each history's job branches are first deleted with ``distribute gc``
+(timed): what a remote written by this version holds, since workers delete the branches
+of the jobs they finish.
+
 Usage:
     python bench/history.py                        # sizes 0, 1000 and 10000
+    python bench/history.py --gc                   # the same without the done jobs' branches
     python bench/history.py --sizes 0 10000 100000 --jobs 20
     python bench/history.py --no-logs              # ledgers and refs only
 """
@@ -120,6 +125,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per size")
     ap.add_argument("--no-logs", dest="logs", action="store_false",
                     help="no updates/<job>/log.txt in the history")
+    ap.add_argument("--gc", action="store_true",
+                    help="delete the done jobs' branches (distribute gc, timed) first")
     args = ap.parse_args()
     sizes = sorted(set(args.sizes))
     work = Path(tempfile.mkdtemp(prefix="distribute-history-"))
@@ -130,6 +137,12 @@ def main() -> int:
             remotes[n] = work / f"remote-{n}.git"
             make_history(remotes[n], n, queued=args.jobs * (args.rounds + 1) + 10,
                          logs=args.logs)
+            if args.gc:
+                start = time.perf_counter()
+                subprocess.run([sys.executable, "-m", "distribute", "gc", str(remotes[n])],
+                               check=True, capture_output=True)
+                print(f"distribute gc of {n} done jobs' branches: "
+                      f"{time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
         refs = {n: len(git("--git-dir", str(r), "for-each-ref").splitlines())
                 for n, r in remotes.items()}
         size = {n: disk_mb(r) for n, r in remotes.items()}
@@ -148,8 +161,9 @@ def main() -> int:
         med = {n: statistics.median(ms[n]) for n in sizes}
         st = {n: statistics.median(starts[n]) for n in sizes}
         ss = {n: statistics.median(status[n]) for n in sizes}
-        logs = "with" if args.logs else "without"
-        print(f"\nhistory growth ({logs} a log.txt per done job; medians of {args.rounds} "
+        logs = ("with" if args.logs else "without") + " a log.txt per done job"
+        logs += ", their branches deleted by distribute gc" if args.gc else ""
+        print(f"\nhistory growth ({logs}; medians of {args.rounds} "
               f"rounds of {args.jobs} jobs; ratios to {base} done)")
         print(f"{'done':>8} {'ms/job':>8} {'ratio':>6} {'start s':>8} {'ratio':>6} "
               f"{'status s':>9} {'ratio':>6} {'refs':>7} {'MB':>7}")
