@@ -903,7 +903,11 @@ def _drop_unborrowed_store(store: Path, gone: set[Path], dry_run: bool = False) 
     except filelock.Timeout:
         return None
     try:
-        if any((p / ".git").exists() and p not in gone for p in store.parent.iterdir()):
+        # under the store's lock no clone from it is under way: a copy there now (even one
+        # made again after this clean removed it) borrows from it; a dry run counts the
+        # copies it would have removed as gone
+        if any((p / ".git").exists() and not (dry_run and p in gone)
+               for p in store.parent.iterdir()):
             return None
         size = _size(store)
         if not dry_run:
@@ -1091,12 +1095,15 @@ def _open_worker(
     and whether ``copy`` was made just now.  A ``cached`` copy (in the remote's cache
     folder) borrows its objects from the store the remote's cached copies share."""
     from distribute.dist import worker_from_url
+    from distribute.remote import is_local_path
 
     private_folder(copy.parent)
     out.debug(f"worker {name}, local copy {copy}")
     _stop_leftovers(copy, out)
     fresh = not copy.exists()
-    shared = copy.parent / STORE_NAME if cached else None
+    # a clone of a path hard-links the remote's objects already: a store would only
+    # add a copy of them
+    shared = copy.parent / STORE_NAME if cached and not is_local_path(url) else None
     return worker_from_url(url, path=copy, name=name, shared_objects=shared, **options), fresh
 
 
@@ -1186,8 +1193,9 @@ after S seconds without a job; SIGTERM stops it at any time (exit 143).
 \b
 The local copy defaults to <cache>/distribute/<remote>-<hash>/<name>, where
 <cache> is $XDG_CACHE_HOME or ~/.cache, and is kept for the next run. Such
-copies of one remote share one object store (.objects.git beside them): a
-second worker on this machine downloads and stores only what the first lacks.
+copies of a remote reached by URL share one object store (.objects.git beside
+them): a second worker on this machine downloads and stores only what the
+first lacks.
 Without --name the worker is <host>-1, <host>-2, ...: the lowest slot whose
 copy no running worker uses (with --path: <host>-<hash of the path>). So a
 worker restarted after a crash gets its old name and copy back and resumes

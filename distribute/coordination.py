@@ -862,9 +862,15 @@ class Coordinator:
         # was lost and read back later): the job may have been taken over meanwhile, and a
         # holder stops acting a lease after its send.  If our record says so, the job is
         # dropped before anything runs it; else the renewal confirms it.
-        stale = holder_verdict(sent, self.clock(), self.lease) == "lost"
-        if stale and not self.renew_beat() and self.revoked:
-            self.job = None
+        if holder_verdict(sent, self.clock(), self.lease) == "lost":
+            try:
+                renewed = self.renew_beat()
+            except DistributeError:
+                # the claim landed; whether it was revoked since is for the heartbeat to
+                # learn (a retry of the whole claim would find the holding expired)
+                return True
+            if not renewed and self.revoked:
+                self.job = None
         return True
 
     def _replan(self, snap: Snapshot) -> JobHolding | None:

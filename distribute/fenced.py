@@ -49,7 +49,8 @@ def requeue_edit(
     ``jobs=None`` means every failed job.  A job a live worker holds needs
     ``force``; a done job needs ``done`` (its line in ``done.txt`` is removed in
     the same commit that queues it, so that a worker claims it as a new job; its
-    files stay on the main branch and its branch on the remote); an unknown job
+    files stay on the main branch, and its commits too, as the second parent of its
+    finish commit); an unknown job
     is an error.  Nothing changes unless every job can be requeued.
 
     ``seen``: for ``force``, the holding (worker, token) of each job when the

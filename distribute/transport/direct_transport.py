@@ -58,8 +58,12 @@ __all__ = ["DirectWriting", "remote_folder"]
 def remote_folder(repo: _Repository, remote: str) -> RepositoryFolder | None:
     """The folder of ``remote`` (a remote name configured in ``repo``, or a URL or path),
     pinned as found now, when it is given as an absolute path to a folder that is not a
-    working tree; ``None`` otherwise.  A ``file://`` URL asks for git's pack protocol, as
-    with ``git clone``, and so does a named remote with a ``pushurl``."""
+    working tree and ``repo`` keeps all its objects itself; ``None`` otherwise.  A
+    ``file://`` URL asks for git's pack protocol, as with ``git clone``, and so does a
+    named remote with a ``pushurl``."""
+    if _borrows_objects(repo):
+        # the in-process object reader does not follow objects/info/alternates
+        return None
     url: str | None = remote
     if is_remote_name(remote):
         section = f'remote "{remote}"'
@@ -75,6 +79,15 @@ def remote_folder(repo: _Repository, remote: str) -> RepositoryFolder | None:
         return RepositoryFolder(path.resolve())
     except OSError:
         return None  # gone again already: git push and fetch will say so
+
+
+def _borrows_objects(repo: _Repository) -> bool:
+    """Does ``repo`` borrow objects from another store (``objects/info/alternates``)?"""
+    try:
+        listing = (repo.git_dir / "objects" / "info" / "alternates").read_text("utf-8")
+    except OSError:
+        return False
+    return any(line.strip() and not line.startswith("#") for line in listing.splitlines())
 
 
 class DirectWriting(_PackClient):

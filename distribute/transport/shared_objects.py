@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,20 +75,30 @@ def refresh_shared_objects(
     """Fetch ``branch`` of ``url`` (its default branch when ``None``) into the bare
     repository ``store``, made if missing, and hold the store's lock until the block
     ends (the clone that borrows from it goes there).  Gives the store's path, or
-    ``None`` when it holds nothing to borrow (an empty remote, or a first fetch that
-    failed: the clone then fetches everything itself and reports any real error).
+    ``None`` when there is nothing to borrow: an empty remote, a first fetch that
+    failed (the clone then fetches everything itself and reports any real error), or
+    a store that another worker kept locked for ``timeout`` seconds (this clone then
+    goes its own way rather than waiting longer).
+
+    A store is made in a folder beside it and renamed into place once configured, so
+    that no store without its settings (no ``gc``, no pruning) is ever used; a
+    folder at ``store`` without them (a store whose making was cut short) is made
+    again.
     """
-    target = private_folder(Path(store).absolute())
+    target = Path(store).absolute()
+    private_folder(target.parent)
     source = "HEAD" if branch is None else "refs/heads/" + _check_branch(branch)
     kept = STORE_REFS + source
     split = split_secret(url)
-    with store_lock(target).acquire(timeout=timeout):
-        if not (target / "objects").is_dir():
-            _git(["init", "--quiet", "--bare", "--end-of-options", str(target)], target,
-                 "git init of the shared object store", timeout)
-            for key, value in _STORE_CONFIG:
-                _git(["--git-dir", str(target), "config", key, value], target,
-                     "git config of the shared object store", timeout)
+    lock = store_lock(target)
+    try:
+        lock.acquire(timeout=timeout)
+    except filelock.Timeout:
+        yield None
+        return
+    try:
+        if not _configured(target):
+            _make_store(target, timeout)
         try:
             _run_outside(
                 ["--git-dir", str(target), "fetch", "--quiet", "--no-tags",
@@ -100,6 +111,33 @@ def refresh_shared_objects(
                 yield None
                 return
         yield target
+    finally:
+        lock.release()
+
+
+def _configured(store: Path) -> bool:
+    """Was ``store`` made to the end?  (Its last setting is written last.)"""
+    key, value = _STORE_CONFIG[-1]
+    try:
+        text = (store / "config").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return f"{key.split('.', 1)[1]} = {value}" in text and (store / "objects").is_dir()
+
+
+def _make_store(target: Path, timeout: float) -> None:
+    """A new bare repository at ``target`` with :data:`_STORE_CONFIG`, renamed into place
+    (under the store's lock, so no one else makes or uses it meanwhile)."""
+    fresh = target.with_name(f"{target.name}.new")
+    shutil.rmtree(fresh, ignore_errors=True)
+    _git(["init", "--quiet", "--bare", "--end-of-options", str(fresh)], fresh,
+         "git init of the shared object store", timeout)
+    for key, value in _STORE_CONFIG:
+        _git(["--git-dir", str(fresh), "config", key, value], fresh,
+             "git config of the shared object store", timeout)
+    os.chmod(fresh, 0o700)
+    shutil.rmtree(target, ignore_errors=True)  # what a cut-short making left
+    os.rename(fresh, target)
 
 
 def missing_alternates(git_dir: str | os.PathLike[str]) -> list[str]:

@@ -146,3 +146,62 @@ def test_workers_over_http_with_a_password_share_the_store_and_write_no_secret(
     leaked = [p for p in (tmp_path / "cache").rglob("*")
               if p.is_file() and password.encode() in p.read_bytes()]
     assert not leaked, leaked
+
+
+def test_a_remote_given_as_a_path_gets_no_store(tmp_path, heavy):
+    ok(tmp_path, "work", heavy, "--name", "w1", "--max-jobs", "1", "--", PY, "-c", "pass")
+    folder = cache_folder(tmp_path)
+    assert not (folder / STORE_NAME).exists()  # the clone hard-links the remote's objects
+    assert not (folder / "w1" / ".git" / "objects" / "info" / "alternates").exists()
+
+
+def test_a_copy_that_borrows_objects_is_never_written_to_a_path_remote_directly(tmp_path, heavy):
+    from distribute.transport.git import DirectGitTransport, open_transport
+    from distribute.transport.local_copy import GitLocalCopy
+
+    with refresh_shared_objects(f"file://{heavy}", tmp_path / "store") as store:
+        copy = GitLocalCopy.clone(str(heavy), tmp_path / "copy", reference=store)
+    try:
+        # the in-process object reader of direct writes does not follow alternates
+        with open_transport(copy.path, str(heavy)) as t:
+            assert not isinstance(t, DirectGitTransport)
+        with open_transport(copy.path, str(heavy), direct=False) as t:
+            assert t.fetch(["refs/heads/main"])
+    finally:
+        copy.close()
+
+
+def test_a_store_whose_making_was_cut_short_is_made_again(tmp_path, heavy):
+    store = tmp_path / "store"
+    git("init", "-q", "--bare", str(store))  # no settings: a making killed after git init
+    with refresh_shared_objects(f"file://{heavy}", store) as got:
+        assert got == store
+    assert git("--git-dir", str(store), "config", "gc.pruneExpire").strip() == "never"
+    assert not store.with_name("store.new").exists()
+
+
+def test_a_store_locked_for_too_long_is_not_waited_for(tmp_path, heavy):
+    from distribute.transport.shared_objects import store_lock
+
+    store = tmp_path / "store"
+    other = store_lock(store)
+    other.acquire()
+    try:
+        with refresh_shared_objects(f"file://{heavy}", store, timeout=0.2) as got:
+            assert got is None  # the clone then goes its own way
+    finally:
+        other.release()
+
+
+def test_clean_keeps_a_store_that_a_copy_made_again_meanwhile_borrows_from(tmp_path, heavy):
+    from distribute.cli import _drop_unborrowed_store
+
+    url = f"file://{heavy}"
+    ok(tmp_path, "work", url, "--name", "w1", "--max-jobs", "1", "--", PY, "-c", "pass")
+    folder = cache_folder(tmp_path)
+    # clean removed w1, and a worker cloned w1 again before clean reached the store
+    assert _drop_unborrowed_store(folder / STORE_NAME, {folder / "w1"}) is None
+    assert (folder / STORE_NAME).is_dir()
+    # a dry run counts the copies it would remove as gone
+    assert _drop_unborrowed_store(folder / STORE_NAME, {folder / "w1"}, dry_run=True)
+    assert (folder / STORE_NAME).is_dir()

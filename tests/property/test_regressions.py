@@ -239,3 +239,25 @@ def test_a_claim_whose_answer_came_after_a_takeover_is_dropped_not_run():
     assert a.job is None and a.revoked
     running = b.read_ledger(world.refs()[MAIN_REF]).running_entry("j1")
     assert running is not None and running.worker == "b"
+
+
+def test_a_late_claim_whose_renewal_fails_is_still_held_not_retried():
+    """Found in review: the renewal that confirms a late claim (above) met a transport
+    error, the caller retried the whole claim, found its holding expired and got None,
+    while the coordinator held the job: a job held but never run."""
+    world, clock = MemoryWorld(["j1", "j2"]), Clock()
+    a = coordinator(world, "a", clock)
+    snap = a.observe()
+    assert a.try_acquire(snap)
+    pushes = []
+
+    def late_then_dropped(name, updates):
+        pushes.append(name)
+        if len(pushes) == 1:  # the claim lands, its answer a whole lease later
+            clock.now += LEASE + 1
+            return None
+        return "drop" if len(pushes) == 2 else None  # the renewal meets a network error
+
+    world.remote.fault_hook = late_then_dropped
+    got = a.claim(snap, CallNextJobFunction(), "j1", None)
+    assert got is not None and a.job is got and got.job == "j1"
