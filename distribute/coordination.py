@@ -246,6 +246,7 @@ class Coordinator:
         #: (branch ref, tip) of the jobs this worker finished whose branch is still on the
         #: remote: the main branch holds each tip (a finish commit's second parent)
         self.merged: list[tuple[str, Oid]] = []
+        self._answered_here: dict[int, int] = {}  # thread id: answered pushes
         self.stats = Stats()
         self.mutex = threading.RLock()
         self._journal = journal
@@ -271,9 +272,17 @@ class Coordinator:
             self.stats.unknown_outcomes += 1
             ok = self.resolve_unknown(updates)
         self.stats.answers += 1
+        here = threading.get_ident()
+        self._answered_here[here] = self._answered_here.get(here, 0) + 1
         if not ok:
             self.stats.lost_races += 1
         return ok
+
+    def answers_here(self) -> int:
+        """Pushes the remote answered for the calling thread: what a retry loop of that
+        thread counts (``stats.answers`` counts every thread's; a worker's heartbeat,
+        answered in its own thread, says nothing of a step that keeps failing here)."""
+        return self._answered_here.get(threading.get_ident(), 0)
 
     def resolve_unknown(self, updates: Sequence[RefUpdate]) -> bool:
         """Learn whether a push whose answer was lost landed, by reading the refs.

@@ -841,11 +841,10 @@ class Worker:
     def _retrying(self, step: Callable[[], T]) -> T:
         """Run ``step``, retrying transport errors with backoff for ``retry_seconds``."""
         backoff = Backoff(max(0.05, self.poll_seconds), max(1.0, self.max_poll_seconds), self._rng)
-        stats = self.coord.stats
         return retry_transport(step, seconds=self.retry_seconds, backoff=backoff,
                                clock=self._clock, sleep=self._sleep,
                                failed="the remote stayed unreachable",
-                               answered=lambda: stats.answers)
+                               answered=self.coord.answers_here)
 
 
 def _call_next_job_function(func: NextJobFunction, worker: Worker) -> Any:

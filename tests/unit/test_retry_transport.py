@@ -100,3 +100,35 @@ def test_without_answers_the_window_still_closes():
         retry_transport(step, seconds=10.0, backoff=Backoff(0.5, 2.0, random.Random(1)),
                         clock=lambda: clock.now, sleep=clock.sleep, failed="finishing",
                         answered=lambda: 0)
+
+
+def test_answers_to_another_thread_do_not_keep_a_failing_step_alive():
+    """Found in review: a step that failed the same way every time (an object missing
+    from the local copy) was retried for ever, because the worker's heartbeat, answered
+    in its own thread, kept restarting the window.  Only this thread's answers count."""
+    import threading
+
+    from distribute.coordination import Coordinator, prepare_remote
+    from distribute.transport.memory import MemoryRemote
+
+    remote = MemoryRemote()
+    prepare_remote(remote.transport("init"), "main", {"jobs.txt": b"j\n"})
+    clock = Clock()
+    c = Coordinator(remote.transport("w"), worker="w", session="s", branch="main", lease=30,
+                    margin=5, max_attempts=2, clock=lambda: clock.now)
+    tries = []
+
+    def step():
+        tries.append(1)
+        assert len(tries) < 200, "retried for ever"
+        beat = threading.Thread(target=c.renew_beat)  # the heartbeat, answered
+        beat.start()
+        beat.join()
+        raise TransportError("object 3b6b is not in the local repository")
+
+    before = c.stats.answers
+    with pytest.raises(TransportError, match="for 10 s"):
+        retry_transport(step, seconds=10.0, backoff=Backoff(0.5, 2.0, random.Random(1)),
+                        clock=lambda: clock.now, sleep=clock.sleep, failed="pushing",
+                        answered=c.answers_here)
+    assert c.stats.answers > before and c.answers_here() == 0
