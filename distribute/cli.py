@@ -53,7 +53,9 @@ The ``status --json`` document (``"schema": 1``)::
           "failures": int             # ended attempts that failed (max_attempts counts these)
       }, ...],
       "done":   [{"job": str, "worker": str, "token": int, "attempt": int,
-                  "branch": str | null}, ...],
+                  "branch": str | null}, ...],  # the branch of a done job is deleted
+                                      # once merged: its tip is the second parent of
+                                      # the main branch's "finish <job>" commit
       "failed": [{"job": str, "worker": str, "token": int, "attempt": int,
                   "reason": str, "branch": str | null}, ...],
       "lock": {
