@@ -1095,12 +1095,12 @@ class Coordinator:
     def fail(
         self, reason: str, sleep: Callable[[float], None], delays: Callable[[], float],
         interrupted: bool = False,
-    ) -> str:
-        """Record a failed (or ``interrupted``) attempt; return ``"retry"`` or ``"failed"``.
+    ) -> ev.FailOutcome:
+        """Record a failed (or ``interrupted``) attempt; return what it did to the job.
         Retries lost races."""
         return self._until_landed(partial(self.fail_step, reason, interrupted), sleep, delays)
 
-    def fail_step(self, reason: str, interrupted: bool = False) -> str | None:
+    def fail_step(self, reason: str, interrupted: bool = False) -> ev.FailOutcome | None:
         """One try of :meth:`fail`: ``None`` when the push lost a race."""
         job = self._job()
         with self.mutex:
@@ -1121,7 +1121,8 @@ class Coordinator:
             except LeaseLost:
                 self.job = None
                 raise
-            outcome = "retry" if after.running_entry(job.job) else "failed"
+            retry = after.running_entry(job.job) is not None
+            outcome = ev.FailOutcome.RETRY if retry else ev.FailOutcome.FAILED
             new_main = self.transport.write_commit(
                 parents=[main], base=main, changes=after.changed_files(ledger),
                 message=f"distribute: job {job.job} attempt {job.attempt} failed ({outcome})",
@@ -1132,13 +1133,13 @@ class Coordinator:
             self.job = None
             return outcome
 
-    def _landed_fail(self, ledger: Ledger, job: JobHolding) -> str | None:
+    def _landed_fail(self, ledger: Ledger, job: JobHolding) -> ev.FailOutcome | None:
         """Did an earlier try of :meth:`fail_step` land (its answer lost)?"""
         entry = ledger.running_entry(job.job)
         if entry is not None and entry.released and entry.token == job.token:
-            return "retry"
+            return ev.FailOutcome.RETRY
         if self._recorded(ledger.failed, job):
-            return "failed"
+            return ev.FailOutcome.FAILED
         return None
 
     def _recorded(self, entries: Sequence[Entry], job: JobHolding) -> bool:

@@ -51,6 +51,7 @@ from distribute.core.errors import (
     TransportError,
     UsageError,
 )
+from distribute.core.events import FailOutcome
 from distribute.core.ledger import MAX_INTERRUPTIONS
 from distribute.core.names import LOCK_REF, WORKERS_PREFIX, check_name, job_dir, scrub_url
 from distribute.core.pacing import (
@@ -803,7 +804,7 @@ class Worker:
         if self._finished % _HOUSEKEEPING_EVERY == 0:
             self._housekeeping()
 
-    def fail_job(self, reason: str = "failed", *, interrupted: bool = False) -> str:
+    def fail_job(self, reason: str = "failed", *, interrupted: bool = False) -> FailOutcome:
         """Record that the job failed; it is retried while attempts are left.
 
         Uncommitted changes are committed to the job branch first.
@@ -815,7 +816,8 @@ class Worker:
                 (only toward the generous ``max_interruptions``).
 
         Returns:
-            ``"retry"`` or ``"failed"`` (no attempts left; see ``failed.txt``).
+            ``FailOutcome.RETRY`` or ``FailOutcome.FAILED`` (no attempts left; see
+            ``failed.txt``), strings that equal ``"retry"`` and ``"failed"``.
         """
         self._job()
         try:

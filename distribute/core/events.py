@@ -12,7 +12,16 @@ journals and what its checker and coverage count read back: both use the
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from enum import StrEnum
 from typing import ClassVar
+
+
+class FailOutcome(StrEnum):
+    """What an ended attempt did to its job: queued it for another attempt, or failed it
+    for good (``failed.txt``).  A ``str``, so ``outcome == "retry"`` still reads."""
+
+    RETRY = "retry"
+    FAILED = "failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +178,7 @@ class Fail(Event):
     job: str
     token: int
     reason: str
-    outcome: str | None = None
+    outcome: FailOutcome | None = None
 
 
 #: Every kind of event a worker reports.
@@ -193,6 +202,7 @@ __all__ = [
     "Claim",
     "Event",
     "Fail",
+    "FailOutcome",
     "Finish",
     "FinishPriority",
     "FinishRefused",

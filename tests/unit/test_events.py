@@ -56,3 +56,19 @@ def test_the_checker_refuses_to_count_an_event_no_worker_reports():
     with pytest.raises(ValueError, match="no event"):
         list(history.events("claimed"))
     assert set(JOB_ENDS) <= ev.EVENT_KINDS
+
+
+def test_a_failed_attempt_says_what_it_did_as_a_typed_value_that_reads_as_a_string():
+    remote = MemoryRemote()
+    prepare_remote(remote.transport("init"), "main", {"jobs.txt": b"j1\n"})
+    c = Coordinator(remote.transport("w"), worker="w", session="s", branch="main", lease=10,
+                    margin=2, max_attempts=2, clock=lambda: 0.0)
+    for expected in (ev.FailOutcome.RETRY, ev.FailOutcome.FAILED):
+        snap = c.observe()
+        assert c.try_acquire(snap)
+        plan = c.plan(snap)
+        job = c.claim(snap, plan if plan.__class__.__name__ == "Retry" else
+                      CallNextJobFunction(), "j1", None)
+        assert job is not None
+        outcome = c.fail_step("boom")
+        assert outcome is expected and outcome == expected.value
