@@ -260,8 +260,7 @@ class Coordinator:
             self._journal(event.kind, **ev.fields_of(event))
 
     def read_ledger(self, commit: Oid) -> Ledger:
-        files = {name: self.transport.read_file(commit, name) for name in LEDGER_FILES}
-        return Ledger.from_files(files, self.branch)
+        return read_ledger(self.transport, commit, self.branch)
 
     def push(self, updates: Sequence[RefUpdate]) -> bool:
         """Atomic CAS push; an unknown outcome is resolved by reading the refs."""
@@ -1203,6 +1202,15 @@ def new_lock(transport: Transport, old: Oid | None, token: int) -> RefUpdate:
     return RefUpdate(LOCK_REF, old, lock)
 
 
+def _ledger_files(transport: Transport, commit: Oid) -> dict[str, bytes | None]:
+    return {name: transport.read_file(commit, name) for name in LEDGER_FILES}
+
+
+def read_ledger(transport: Transport, commit: Oid, branch: str) -> Ledger:
+    """The ledgers of the main branch ``branch`` at ``commit``."""
+    return Ledger.from_files(_ledger_files(transport, commit), branch)
+
+
 def highest_token(transport: Transport, main: Oid, branch: str) -> int:
     """The highest fencing token the remote records: in the ledgers at ``main`` and in
     the names of job branches (``jobs/<worker>/<job>/<token>``).  A lock written anew
@@ -1210,7 +1218,7 @@ def highest_token(transport: Transport, main: Oid, branch: str) -> int:
     holding that claimed nothing leaves no record, and needs none: its pushes name
     the old lock commit, which is gone)."""
     highest = 0
-    files = {n: transport.read_file(main, n) for n in LEDGER_FILES}
+    files = _ledger_files(transport, main)
     if all(files.get(n) is not None for n in (RUNNING, DONE)):
         ledger = Ledger.from_files(files, branch)
         for entry in (*ledger.running, *ledger.done, *ledger.failed):
@@ -1472,8 +1480,7 @@ def merged_branches(transport: Transport, branch: str) -> dict[str, Oid]:
     main = transport.fetch([main_ref]).get(main_ref)
     if main is None:
         raise RemoteStateError(f"the remote has no branch {branch!r}")
-    files = {n: transport.read_file(main, n) for n in LEDGER_FILES}
-    ledger = Ledger.from_files(files, branch)
+    ledger = read_ledger(transport, main, branch)
     done = {"refs/heads/" + job_branch(e.worker, e.job, e.token) for e in ledger.done}
     found = {}
     for ref, tip in transport.list_refs("refs/heads/" + JOB_BRANCH_PREFIX).items():
@@ -1533,6 +1540,7 @@ __all__ = [
     "merged_branches",
     "new_lock",
     "prepare_remote",
+    "read_ledger",
     "read_lock",
     "repair_lock",
 ]

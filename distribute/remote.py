@@ -19,9 +19,15 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from distribute.coordination import FencedEdit, prepare_remote, read_lock, repair_lock
+from distribute.coordination import (
+    FencedEdit,
+    prepare_remote,
+    read_ledger,
+    read_lock,
+    repair_lock,
+)
 from distribute.core.errors import RemoteStateError, UsageError
-from distribute.core.ledger import DONE, FAILED, RUNNING, Ledger
+from distribute.core.ledger import Ledger
 from distribute.core.lock import LockState
 from distribute.core.names import check_name
 from distribute.sources import JOBS_FILE
@@ -126,8 +132,7 @@ class RemoteView:
         return repair_lock(self.transport, self.branch)
 
     def ledger(self, main: Oid) -> Ledger:
-        files = {n: self.transport.read_file(main, n) for n in (RUNNING, DONE, FAILED)}
-        return Ledger.from_files(files, self.branch)
+        return read_ledger(self.transport, main, self.branch)
 
     def main(self) -> Oid:
         main = self.transport.fetch([self.main_ref]).get(self.main_ref)
