@@ -45,6 +45,7 @@ from distribute.transport.base import Oid, RefUpdate, check_ref_prefix, ref_matc
 from distribute.transport.direct import RepositoryFolder, copy_objects
 from distribute.transport.direct_remote import _DirectRemote
 from distribute.transport.repository import _Repository, is_remote_name
+from distribute.transport.shared_objects import alternates
 
 if TYPE_CHECKING:
     # the pack-protocol client this class is layered over (see the module docstring)
@@ -84,10 +85,9 @@ def remote_folder(repo: _Repository, remote: str) -> RepositoryFolder | None:
 def _borrows_objects(repo: _Repository) -> bool:
     """Does ``repo`` borrow objects from another store (``objects/info/alternates``)?"""
     try:
-        listing = (repo.git_dir / "objects" / "info" / "alternates").read_text("utf-8")
+        return bool(alternates(repo.git_dir))
     except OSError:
         return False
-    return any(line.strip() and not line.startswith("#") for line in listing.splitlines())
 
 
 class DirectWriting(_PackClient):

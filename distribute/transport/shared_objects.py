@@ -140,17 +140,26 @@ def _make_store(target: Path, timeout: float) -> None:
     os.rename(fresh, target)
 
 
-def missing_alternates(git_dir: str | os.PathLike[str]) -> list[str]:
-    """The object folders that ``git_dir``'s ``objects/info/alternates`` names and that
-    do not exist (an empty list for a copy that borrows nothing)."""
+def alternates(git_dir: str | os.PathLike[str]) -> list[str]:
+    """The object folders ``git_dir`` borrows from, as its ``objects/info/alternates``
+    names them (relative ones from its ``objects`` folder); empty when it borrows none.
+
+    Raises:
+        OSError: the list exists but cannot be read.
+    """
     listing = Path(git_dir, "objects", "info", "alternates")
     try:
         lines = listing.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
     except FileNotFoundError:
         return []
-    folders = [line for line in lines if line.strip() and not line.startswith("#")]
-    base = listing.parent.parent
-    return [f for f in folders if not (base / f).is_dir()]
+    return [line for line in lines if line.strip() and not line.startswith("#")]
+
+
+def missing_alternates(git_dir: str | os.PathLike[str]) -> list[str]:
+    """The object folders that ``git_dir`` borrows from (:func:`alternates`) and that do
+    not exist (an empty list for a copy that borrows nothing)."""
+    base = Path(git_dir, "objects")
+    return [f for f in alternates(git_dir) if not (base / f).is_dir()]
 
 
 def _packed(store: Path, ref: str) -> bool:
@@ -165,5 +174,10 @@ def _git(args: list[str], store: Path, what: str, timeout: float) -> None:
 
 
 __all__ = [
-    "STORE_NAME", "STORE_REFS", "missing_alternates", "refresh_shared_objects", "store_lock",
+    "STORE_NAME",
+    "STORE_REFS",
+    "alternates",
+    "missing_alternates",
+    "refresh_shared_objects",
+    "store_lock",
 ]
