@@ -51,7 +51,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -115,19 +115,26 @@ def _parse_stat(pid: int, text: str) -> ProcessInfo | None:
         return None
 
 
-def _proc_table() -> dict[int, ProcessInfo]:
-    table: dict[int, ProcessInfo] = {}
+def _each_process(name: str) -> Iterator[tuple[int, bytes]]:
+    """``(pid, content of /proc/<pid>/<name>)`` of every process whose file can be read
+    (one gone meanwhile, or not ours to read, is left out)."""
     with contextlib.suppress(OSError):
         for entry in os.scandir(_PROC):
             if not entry.name.isdigit():
                 continue
             try:
-                text = Path(entry.path, "stat").read_text(encoding="utf-8", errors="replace")
+                content = Path(entry.path, name).read_bytes()
             except OSError:
-                continue  # gone meanwhile
-            info = _parse_stat(int(entry.name), text)
-            if info is not None:
-                table[info.pid] = info
+                continue
+            yield int(entry.name), content
+
+
+def _proc_table() -> dict[int, ProcessInfo]:
+    table: dict[int, ProcessInfo] = {}
+    for pid, stat in _each_process("stat"):
+        info = _parse_stat(pid, stat.decode("utf-8", errors="replace"))
+        if info is not None:
+            table[info.pid] = info
     return table
 
 
@@ -324,18 +331,11 @@ def kill_git_left_in(git_dir: str | os.PathLike[str], wait: float = _AFTER_SIGKI
     """
     wanted = b"GIT_DIR=" + os.fsencode(str(Path(git_dir).resolve()))
     found = []
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(_PROC):
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                continue
-            try:
-                environ = Path(entry.path, "environ").read_bytes()
-            except OSError:
-                continue  # gone meanwhile, or not ours to read
-            if wanted in environ.split(b"\0"):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(int(entry.name), signal.SIGKILL)
-                    found.append(int(entry.name))
+    for pid, environ in _each_process("environ"):
+        if pid != os.getpid() and wanted in environ.split(b"\0"):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+                found.append(pid)
     deadline = time.monotonic() + wait
     while found and time.monotonic() < deadline:
         table = _proc_table()
