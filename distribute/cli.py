@@ -149,7 +149,7 @@ from distribute.core.names import (
 )
 from distribute.credentials import private_folder
 from distribute.fenced import FencedEdit, cancel_edit, cli_holder, queue_edit, requeue_edit
-from distribute.transport.shared_objects import STORE_NAME
+from distribute.transport.shared_objects import STORE_NAME, store_lock
 
 if TYPE_CHECKING:
     from distribute.dist import Worker
@@ -895,8 +895,6 @@ def _drop_unborrowed_store(store: Path, gone: set[Path], dry_run: bool = False) 
     """Remove the shared object store ``store`` if no copy beside it (but those in
     ``gone``) may borrow from it and no clone from it is under way; its size, or
     ``None`` when it stays."""
-    from distribute.transport.shared_objects import store_lock
-
     if not store.is_dir():
         return None
     lock = store_lock(store)
