@@ -46,6 +46,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from enum import Enum
 from functools import partial
 from typing import Protocol, TypeVar
 
@@ -73,6 +74,7 @@ from distribute.core.lock import (
     Acquire,
     Beat,
     LockState,
+    Parked,
     bad_lock,
     beat_message,
     decide_acquire,
@@ -98,14 +100,32 @@ from distribute.core.plan import (
     plan_claim,
 )
 from distribute.sources import JOBS_FILE, format_queue, read_queue
-from distribute.transport.base import Oid, RefUpdate, Transport, holds
+from distribute.transport.base import MergeResult, Oid, RefUpdate, Transport, holds
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
+class Folds:
+    """The parked finishes one observation found, folded onto its main branch: commits
+    written in the local object store, not pushed.  ``entries`` holds, per finish, its
+    worker, the record and whether its branch merged cleanly (else the fold records
+    the job as failed by a merge conflict, as the worker's own finish would have)."""
+
+    tip: Oid
+    ledger: Ledger
+    entries: tuple[tuple[str, Parked, bool], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
-    """What one ``observe`` saw on the remote."""
+    """What one ``observe`` saw on the remote.
+
+    ``main`` and ``ledger`` are the main branch as the remote holds it (what a push
+    names as the old value); :attr:`base` and :attr:`view` are the same with the
+    parked finishes folded in (:class:`Folds`), which is what any step that moves
+    the main branch builds on and decides by.
+    """
 
     main: Oid
     ledger: Ledger
@@ -114,6 +134,17 @@ class Snapshot:
     refs: dict[str, Oid]
     at: float
     gone: frozenset[str] = frozenset()  # workers whose record says they left
+    folds: Folds | None = None
+
+    @property
+    def base(self) -> Oid:
+        """The commit a move of the main branch builds on: the folds' tip, or ``main``."""
+        return self.folds.tip if self.folds else self.main
+
+    @property
+    def view(self) -> Ledger:
+        """The ledgers once the parked finishes are folded in: parked jobs are done."""
+        return self.folds.ledger if self.folds else self.ledger
 
 
 @dataclass(slots=True)
@@ -174,6 +205,7 @@ class _Claim:
     beat_oid: Oid
     own_old: Oid | None
     revoke: str
+    folds: Folds | None = None
 
 
 #: pushes an unlocked claim tries while only finishes move the main branch under it
@@ -184,6 +216,13 @@ FINISH_PRIORITY_AFTER = 3
 PRUNE_BATCH = 16
 #: branches ``distribute gc`` deletes per push
 GC_BATCH = 500
+
+
+class _Lost(Enum):
+    """Which push of a finish's try lost its race for the main branch."""
+
+    MAIN = "the finish"
+    CONFLICT = "the record of its merge conflict"
 
 
 class LostHolding(Exception):
@@ -252,6 +291,7 @@ class Coordinator:
         self._journal = journal
         self._acquires = 0
         self._beats: dict[Oid, Beat | None] = {}
+        self._folded: dict[tuple[Oid, tuple[tuple[str, Parked], ...]], Folds] = {}
 
     # ---- small helpers -----------------------------------------------------
     def journal(self, event: ev.Event) -> None:
@@ -307,6 +347,11 @@ class Coordinator:
     def _empty_commit(self, message: str, parents: Sequence[Oid] = ()) -> Oid:
         return self.transport.write_commit(parents=list(parents), message=message, changes={})
 
+    def _beat_commit(self, beat: Beat) -> Oid:
+        """A liveness record's commit: its parked finishes' tips are its parents, so the
+        results travel with every fetch of the liveness refs."""
+        return self._empty_commit(beat_message(beat), record_parents(beat))
+
     # ---- observe -----------------------------------------------------------
     def observe(self) -> Snapshot:
         """Fetch the main branch, the lock and the liveness refs; feed the lease watch."""
@@ -339,7 +384,121 @@ class Coordinator:
                 b.worker for b in (self.beat_at(values[r]) for r in listed)
                 if b is not None and b.gone
             )
-            return Snapshot(main, ledger, lock_oid, lock, values, now, gone)
+            self._sync_parked(values.get(self.own_ref), ledger)
+            parked = self.parked_in(values, ledger)
+            folds = self._fold(main, ledger, parked) if parked else None
+            return Snapshot(main, ledger, lock_oid, lock, values, now, gone, folds)
+
+    # ---- parked finishes -------------------------------------------------------
+    def parked_in(self, refs: Mapping[str, Oid], ledger: Ledger) -> list[tuple[str, Parked]]:
+        """The parked finishes the liveness records in ``refs`` hold that ``ledger`` still
+        lists as running under that worker and token (a parked finish is folded in once;
+        after that, or once its job was given to someone else, it is stale and ignored)."""
+        found: list[tuple[str, Parked]] = []
+        seen: set[tuple[str, int]] = set()
+        for ref in sorted(refs):
+            if not ref.startswith(WORKERS_PREFIX):
+                continue
+            beat = self.beat_at(refs[ref])
+            if beat is None or [beat.worker] != _worker_name(ref):
+                continue
+            for p in beat.parked:
+                if (p.job, p.token) not in seen and parked_valid(ledger, beat.worker, p):
+                    seen.add((p.job, p.token))
+                    found.append((beat.worker, p))
+        return found
+
+    def _sync_parked(self, own: Oid | None, ledger: Ledger) -> None:
+        """Keep this worker's parked finishes in step with the remote: take up those its
+        record holds (written by an earlier life of this worker), and drop those the
+        main branch lists by now (a branch merged that way joins :attr:`merged`)."""
+        with self.mutex:
+            if own:
+                self._carry_parked(own)
+            mine = self.beat.parked
+            keep = tuple(p for p in mine if parked_valid(ledger, self.worker, p))
+            for p in mine:
+                if p not in keep and any(
+                    e.job == p.job and e.token == p.token and e.worker == self.worker
+                    for e in ledger.done
+                ):
+                    self.merged.append(("refs/heads/" + job_branch(self.worker, p.job, p.token),
+                                        p.tip))
+            if keep != self.beat.parked:
+                self.beat = replace(self.beat, parked=keep)
+
+    def _carry_parked(self, oid: Oid) -> None:
+        """Take up the parked finishes this worker's record at ``oid`` holds and its own
+        record lacks (an earlier life of this worker parked them): every record it
+        writes keeps them until the main branch lists them."""
+        record = self.beat_at(oid)
+        if record is None or record.worker != self.worker:
+            return
+        have = {(p.job, p.token) for p in self.beat.parked}
+        extra = tuple(p for p in record.parked if (p.job, p.token) not in have)
+        if extra:
+            self.beat = replace(self.beat, parked=self.beat.parked + extra)
+
+    def _fold(self, main: Oid, ledger: Ledger, parked: Sequence[tuple[str, Parked]]) -> Folds:
+        """Write the commits that fold ``parked`` onto ``main`` (cached: a waiting worker
+        looks at the same parked finishes again and again)."""
+        key = (main, tuple(parked))
+        folds = self._folded.get(key)
+        if folds is not None:
+            return folds
+        tip, entries = main, []
+        for worker, p in parked:
+            branch = job_branch(worker, p.job, p.token)
+            merged = self._merge_parked(tip, p.tip, branch)
+            if merged.clean:
+                after = ledger.finish(p.job, worker, p.token)
+                tip = self.transport.write_commit(
+                    parents=[tip, p.tip], tree=merged.tree, changes=after.to_files(),
+                    message=(f"distribute: finish {p.job} by {worker} "
+                             f"(token {p.token}, attempt {p.attempt})"),
+                )
+            else:
+                reason = (f"merge conflict in {', '.join(merged.conflicts)}; results kept on "
+                          f"branch {branch}")
+                after = ledger.fail(p.job, worker, p.token, reason, max_attempts=0)
+                tip = self.transport.write_commit(
+                    parents=[tip], base=tip, changes=after.changed_files(ledger),
+                    message=f"distribute: job {p.job} failed: {reason}",
+                )
+            ledger = after
+            entries.append((worker, p, merged.clean))
+        folds = Folds(tip, ledger, tuple(entries))
+        if len(self._folded) > 64:
+            self._folded.clear()
+        self._folded[key] = folds
+        return folds
+
+    def _merge_parked(self, base: Oid, tip: Oid, branch: str) -> MergeResult:
+        """Merge a parked finish's ``tip`` onto ``base``; its objects came with its
+        record, or else (a record rewritten by a revocation) are fetched by its branch."""
+        try:
+            return self.transport.merge(base, tip)
+        except DistributeError:
+            self.transport.fetch(["refs/heads/" + branch])
+            self.stats.fetches += 1
+            return self.transport.merge(base, tip)
+
+    def _journal_folds(self, folds: Folds | None) -> None:
+        for worker, p, clean in folds.entries if folds else ():
+            self.stats.count("folds")
+            self.journal(ev.Fold(job=p.job, token=p.token, parker=worker, merged=clean))
+
+    def fold(self, snap: Snapshot) -> bool:
+        """Push the parked finishes ``snap`` shows onto the main branch, alone (a worker
+        with no job to claim folds them so that none waits for the next claim).  Returns
+        whether the push landed; ``False``: the main branch moved, look again."""
+        with self.mutex:
+            if snap.folds is None:
+                return True
+            if not self.push([RefUpdate(self.main_ref, snap.main, snap.folds.tip)]):
+                return False
+            self._journal_folds(snap.folds)
+            return True
 
     def beat_at(self, oid: Oid) -> Beat | None:
         """The liveness record at ``oid`` (``None`` when it cannot be read); cached."""
@@ -364,7 +523,7 @@ class Coordinator:
         moved within the last lease period (so the dead drop out), and no running job.
         Each of them moves its ref when it claims, so a :meth:`peek` tells who is left."""
         now = self.clock()
-        running = {e.worker for e in snap.ledger.running}
+        running = {e.worker for e in snap.view.running}
         listed = (
             name
             for ref in snap.refs
@@ -372,7 +531,7 @@ class Coordinator:
             for name in _worker_name(ref)
         )
         idle = [w for w in listed if w not in running and w not in snap.gone]
-        return [worker_ref(w) for w in ahead_in_turn(idle, self.worker, snap.ledger)]
+        return [worker_ref(w) for w in ahead_in_turn(idle, self.worker, snap.view)]
 
     def expired_workers(self, snap: Snapshot) -> set[str]:
         """Holders of running jobs whose lease is over: their liveness record was seen
@@ -380,7 +539,7 @@ class Coordinator:
         giving its job back makes no one wait a lease for it)."""
         now = self.clock()
         return {
-            w for w in snap.ledger.holders()
+            w for w in snap.view.holders()
             if w != self.worker and (self.watch.expired(worker_ref(w), now) or w in snap.gone)
         }
 
@@ -509,7 +668,7 @@ class Coordinator:
         with self.mutex:
             jobs = (self.job.job,) if self.job else ()
             beat = self.beat.next(jobs)
-            new_oid = self._empty_commit(beat_message(beat))
+            new_oid = self._beat_commit(beat)
             sent = self.clock()
             if self.push([RefUpdate(self.own_ref, self.beat_oid, new_oid)]):
                 self.beat, self.beat_oid, self.beat_sent_at = beat, new_oid, sent
@@ -521,7 +680,8 @@ class Coordinator:
                 self.revoked_by = revoked.revoked_by
                 self.journal(ev.Revoked(by=revoked.revoked_by, token=revoked.token))
                 return False
-            # our own earlier life wrote it: adopt its value and go on
+            # our own earlier life wrote it: adopt its value (and, through _own_record, the
+            # finishes it parked there) and go on
             self.beat_oid = current
             return False
 
@@ -532,6 +692,7 @@ class Coordinator:
         self.stats.fetches += 1
         if current is None:
             return None, None
+        self._carry_parked(current)
         seen = self.beat_at(current)  # an unreadable record is no revocation: overwritten
         revoked = seen is not None and seen.revoked and seen.session == self.session
         return current, seen if revoked else None
@@ -543,10 +704,10 @@ class Coordinator:
         with self.mutex:
             if self.job is not None or self.holding is not None:
                 return False
-            beat = self.beat.left()
-            new_oid = self._empty_commit(beat_message(beat))
             old = self.beat_oid
             for _ in range(2):
+                beat = self.beat.left()
+                new_oid = self._beat_commit(beat)
                 if self.push([RefUpdate(self.own_ref, old, new_oid)]):
                     self.beat, self.beat_oid = beat, new_oid
                     self.journal(ev.Gone())
@@ -607,18 +768,18 @@ class Coordinator:
     # ---- claiming ----------------------------------------------------------
     def plan(self, snap: Snapshot) -> ClaimPlan:
         return plan_claim(
-            snap.ledger, self.worker, self.expired_workers(snap), self.max_attempts,
+            snap.view, self.worker, self.expired_workers(snap), self.max_attempts,
             self.max_interruptions,
         )
 
     def give_up(self, snap: Snapshot, plan: GiveUp) -> Snapshot:
         """Move a job with no attempts left to ``failed.txt`` (under the lock)."""
         with self.mutex:
-            new_ledger = snap.ledger.expire(plan.entry.job, plan.reason)
+            new_ledger = snap.view.expire(plan.entry.job, plan.reason)
             new_main = self.transport.write_commit(
-                parents=[snap.main],
-                base=snap.main,
-                changes=new_ledger.changed_files(snap.ledger),
+                parents=[snap.base],
+                base=snap.base,
+                changes=new_ledger.changed_files(snap.view),
                 message=f"distribute: job {plan.entry.job} failed: {plan.reason}",
             )
             h = self.holding
@@ -635,6 +796,7 @@ class Coordinator:
             sent = self.clock()
             if self.push(updates):
                 self.holding = Holding(state, lock_oid, sent)
+                self._journal_folds(snap.folds)
                 self.journal(ev.GiveUp(job=plan.entry.job, reason=plan.reason))
             snap = self.observe()
             if self.holding is not None and snap.lock_oid != self.holding.oid:
@@ -648,7 +810,7 @@ class Coordinator:
         old = snap.refs.get(ref)
         # an unreadable record is replaced all the same: the push still names its value
         revoked = Beat.revoking(self.beat_at(old) if old else None, dead, self.worker, token)
-        return [RefUpdate(ref, old, self._empty_commit(beat_message(revoked)))]
+        return [RefUpdate(ref, old, self._beat_commit(revoked))]
 
     def claim(
         self,
@@ -679,26 +841,26 @@ class Coordinator:
                 h = self.holding
                 token = h.state.token
                 if isinstance(plan, Retry):
-                    entry = snap.ledger.running_entry(plan.entry.job)
+                    entry = snap.view.running_entry(plan.entry.job)
                     if entry is None or entry != plan.entry:
                         return self._replan(snap)
                     name, attempt = entry.job, entry.attempt + 1
-                    ledger = snap.ledger.retry(
+                    ledger = snap.view.retry(
                         name, self.worker, token, interrupted=plan.interrupted
                     )
                 else:
                     assert job is not None
                     name, attempt = job, 1
-                    if snap.main != first_main and snap.ledger.state_of(job) is not None:
+                    if snap.main != first_main and snap.view.state_of(job) is not None:
                         # the function decided on a main branch that was not the newest
                         # (a claim landed unseen); its answer is stale, so start over
                         self.journal(ev.StaleDecision(job=job))
                         self.release(snap.main)
                         return None
-                    ledger = snap.ledger.claim(job, self.worker, token)
+                    ledger = snap.view.claim(job, self.worker, token)
                 tree = self.transport.commit_tree(edits) if edits else None
-                if edits and snap.main != first_main:
-                    merged = self.transport.merge(snap.main, edits)
+                if edits and snap.base != first_main:
+                    merged = self.transport.merge(snap.base, edits)
                     if not merged.clean:
                         self.release(snap.main)
                         raise MergeConflict(
@@ -759,15 +921,15 @@ class Coordinator:
                 if snap.lock_oid != first.lock_oid or not snap.lock.free or self.torn(snap):
                     return None
                 if snap is not first and (
-                    snap.ledger.state_of(job) is not None
+                    snap.view.state_of(job) is not None
                     or not isinstance(self.plan(snap), CallNextJobFunction)
                 ):
                     return None  # the job is known by now, or an orphan must go first
                 token = snap.lock.token + 1
-                ledger = snap.ledger.claim(job, self.worker, token)
+                ledger = snap.view.claim(job, self.worker, token)
                 tree = self.transport.commit_tree(edits) if edits else None
-                if edits and snap is not first:
-                    merged = self.transport.merge(snap.main, edits)
+                if edits and snap.base != first.main:
+                    merged = self.transport.merge(snap.base, edits)
                     if not merged.clean:
                         return None  # the function must see the new files: ask it again
                     tree = merged.tree
@@ -799,10 +961,10 @@ class Coordinator:
     ) -> _Claim:
         """The commits and ref updates of one claim (see :meth:`claim`)."""
         new_main = self.transport.write_commit(
-            parents=[snap.main],
-            base=None if tree else snap.main,
+            parents=[snap.base],
+            base=None if tree else snap.base,
             tree=tree,
-            changes=ledger.changed_files(snap.ledger),
+            changes=ledger.changed_files(snap.view),
             message=f"distribute: claim {name} by {self.worker} (token {token}, attempt {attempt})",
         )
         branch = job_branch(self.worker, name, token)
@@ -810,9 +972,12 @@ class Coordinator:
         if previous is not None and self.resume:
             start, resumed = self._resume_from(new_main, previous)
         # a new holding: a finish's request for its turn belongs to the holding it was
-        # made for, even when this one is of the same job (run again)
-        beat = replace(self.beat.next((name,)), finishing="")
-        beat_oid = self._empty_commit(beat_message(beat))
+        # made for, even when this one is of the same job (run again); this worker's
+        # parked finishes that this push folds in leave its record
+        folded = {p for w, p, _ in snap.folds.entries if w == self.worker} if snap.folds else set()
+        beat = replace(self.beat.next((name,)), finishing="",
+                       parked=tuple(p for p in self.beat.parked if p not in folded))
+        beat_oid = self._beat_commit(beat)
         lock_parents = [lock_old] if lock_old else []
         lock_new = self._empty_commit(lock_message(lock_after(new_main)), lock_parents)
         own_old = snap.refs.get(self.own_ref) if self.beat_oid is None else self.beat_oid
@@ -824,7 +989,7 @@ class Coordinator:
             *self._revoke_updates(snap, revoke, token),
         ]
         job = JobHolding(name, token, attempt, branch, start, resumed)
-        return _Claim(updates, job, beat, beat_oid, own_old, revoke)
+        return _Claim(updates, job, beat, beat_oid, own_old, revoke, snap.folds)
 
     def _resume_from(self, new_main: Oid, previous: Entry) -> tuple[Oid, str | None]:
         """Where a retried job's branch starts: the claim's main branch commit merged with
@@ -859,6 +1024,7 @@ class Coordinator:
         self.beat, self.beat_oid, self.beat_sent_at = claim.beat, claim.beat_oid, sent
         self.revoked = False
         self.job = job
+        self._journal_folds(claim.folds)
         if unlocked:
             self.journal(ev.LockAcquire(token=job.token, takeover=False, previous="",
                                         unlocked=True))
@@ -941,19 +1107,72 @@ class Coordinator:
             raise NoRunningJob("this worker runs no job; call get_next_job first")
         return self.job
 
-    def finish(self, sleep: Callable[[float], None], delays: Callable[[], float]) -> Oid:
+    def finish(
+        self, sleep: Callable[[float], None], delays: Callable[[], float], park: bool = True,
+    ) -> ev.FinishOutcome:
         """Merge the job branch into the main branch and move the job to ``done.txt``.
 
-        Retries lost races, sleeping ``delays()`` between tries.
-
-        Returns:
-            The new main branch commit.
+        With ``park``, a finish whose push lost the race for the main branch (someone
+        else moved it meanwhile) is recorded on this worker's own liveness record
+        instead (:meth:`park_step`): durable there, fenced like the finish itself, and
+        folded into the main branch by the next worker that moves it.  So a finish
+        never races a second time, and a job moves the main branch once when several
+        workers run.  Without ``park``, lost races are retried, sleeping ``delays()``
+        between tries.
 
         Raises:
             LeaseLost: the job was taken over; nothing changed, the branch stays.
             MergeConflict: the job is recorded in ``failed.txt``; the branch stays.
         """
-        return self._until_landed(self.finish_step, sleep, delays)
+        def step() -> ev.FinishOutcome | None:
+            landed = self._finish_try()
+            if not isinstance(landed, _Lost):
+                return ev.FinishOutcome.MERGED
+            if landed is _Lost.MAIN and park:
+                for _ in range(3):
+                    if self.park_step():
+                        return ev.FinishOutcome.PARKED
+                # our record kept moving (an earlier life of this worker); try again
+            return None
+
+        return self._until_landed(step, sleep, delays)
+
+    def park_step(self) -> bool:
+        """Record the running job's finish on this worker's liveness record (see
+        :meth:`finish`).  The push is a compare-and-swap from this worker's last record,
+        which a takeover of its job replaces (revoked) by a compare-and-swap too, so at
+        most one of the two lands.  Returns whether it landed; ``False``: the record
+        moved (an earlier life of this worker wrote it), try again.
+
+        Raises:
+            LeaseLost: the record says this worker's job was taken over.
+        """
+        with self.mutex:
+            job = self._job()
+            entry = Parked(job.job, job.token, job.attempt, job.tip)
+            beat = replace(self.beat.next(()), finishing="", parked=(*self.beat.parked, entry))
+            new_oid = self._beat_commit(beat)
+            sent = self.clock()
+            if self.push([RefUpdate(self.own_ref, self.beat_oid, new_oid)]):
+                self.beat, self.beat_oid, self.beat_sent_at = beat, new_oid, sent
+                self.stats.count("parked")
+                self.journal(ev.Finish(job=job.job, token=job.token, tip=job.tip,
+                                       outcome=ev.FinishOutcome.PARKED))
+                self.job = None
+                return True
+            current, revoked = self._own_record()
+            if revoked is not None:
+                self.revoked, self.revoked_by = True, revoked.revoked_by
+                self.journal(ev.Revoked(by=revoked.revoked_by, token=revoked.token))
+                self.journal(ev.FinishRefused(job=job.job, token=job.token))
+                self.job = None
+                raise LeaseLost(
+                    f"job {job.job!r} was taken over by {revoked.revoked_by or 'another worker'} "
+                    f"before its finish landed; its results stay on branch {job.branch}",
+                    job=job.job,
+                )
+            self.beat_oid = current
+            return False
 
     def _until_landed(
         self, step: Callable[[], T | None], sleep: Callable[[float], None],
@@ -982,7 +1201,7 @@ class Coordinator:
         with self.mutex:
             job = self._job()
             beat = replace(self.beat.next((job.job,)), finishing=job.job)
-            new_oid = self._empty_commit(beat_message(beat))
+            new_oid = self._beat_commit(beat)
             sent = self.clock()
             if not self.push([RefUpdate(self.own_ref, self.beat_oid, new_oid)]):
                 return False  # revoked, or our record moved: the finish itself will tell
@@ -1009,7 +1228,14 @@ class Coordinator:
         return None
 
     def finish_step(self) -> Oid | None:
-        """One try of :meth:`finish`: ``None`` when the push lost a race."""
+        """One try of :meth:`finish` without parking: the new main branch commit, or
+        ``None`` when the push lost a race."""
+        landed = self._finish_try()
+        return None if isinstance(landed, _Lost) else landed
+
+    def _finish_try(self) -> Oid | _Lost:
+        """One try of the finish on the main branch: the new main branch commit, or
+        which push lost its race (the finish's own, or a merge conflict's record)."""
         job = self._job()
         with self.mutex:
             main = self.transport.fetch([self.main_ref]).get(self.main_ref)
@@ -1032,7 +1258,7 @@ class Coordinator:
             merged = self.transport.merge(main, job.tip)
             if not merged.clean:
                 self._record_conflict(main, ledger, job, merged.conflicts)
-                return None
+                return _Lost.CONFLICT
             new_main = self.transport.write_commit(
                 parents=[main, job.tip],
                 tree=merged.tree,
@@ -1044,7 +1270,7 @@ class Coordinator:
             )
             if not self.push([RefUpdate(self.main_ref, main, new_main)]):
                 self.stats.count("finish_lost")
-                return None
+                return _Lost.MAIN
             self.journal(ev.Finish(job=job.job, token=job.token, tip=job.tip))
             self.merged.append((job.branch_ref, job.tip))
             self.job = None
@@ -1147,6 +1373,22 @@ class Coordinator:
             e.job == job.job and e.token == job.token and e.worker == self.worker
             for e in entries
         )
+
+
+def record_parents(beat: Beat) -> list[Oid]:
+    """The parents of a liveness record's (empty) commit: the tips of the finishes it
+    parks, so that a fetch of the record brings their results along."""
+    return list(dict.fromkeys(p.tip for p in beat.parked))
+
+
+def parked_valid(ledger: Ledger, worker: str, parked: Parked) -> bool:
+    """Is a finish that ``worker`` parked still to be folded: does ``ledger`` list its job
+    as running under that worker and token?  Once folded (in ``done.txt`` or, on a
+    merge conflict, ``failed.txt``), or once an admin command or a takeover changed the
+    line, it is not: fencing tokens never repeat, so that line never comes back."""
+    entry = ledger.running_entry(parked.job)
+    return (entry is not None and not entry.released and entry.worker == worker
+            and entry.token == parked.token)
 
 
 # ---- writes from outside a worker's steps ------------------------------------------------
@@ -1458,7 +1700,9 @@ class FencedEdit:
                 with contextlib.suppress(DistributeError):
                     record = parse_beat_message(transport.commit_message(old))
             revoked = Beat.revoking(record, worker, self.who, token)
-            new = transport.write_commit(parents=[], message=beat_message(revoked), changes={})
+            new = transport.write_commit(
+                parents=record_parents(revoked), message=beat_message(revoked), changes={}
+            )
             updates.append(RefUpdate(ref, old, new))
         return updates
 

@@ -399,11 +399,25 @@ class Worker:
             if self.coord.holding is not None:
                 with contextlib.suppress(TransportError):
                     self.coord.release()
+            self._fold_own_parked()
             self.coord.prune_merged(at_least=1)
             self._say_gone()
         finally:
             if self._filelock.is_locked:
                 self._filelock.release()
+
+    def _fold_own_parked(self) -> None:
+        """Closing: fold this worker's parked finishes into the main branch, so that a
+        script that stops after ``finish_job()`` leaves ``done.txt`` complete (best
+        effort: a few tries; whatever is left, the next worker to look folds)."""
+        for _ in range(5):
+            if not self.coord.beat.parked:
+                return
+            try:
+                if self.coord.fold(self.coord.observe()):
+                    return
+            except DistributeError:
+                return
 
     def _at_exit(self) -> None:
         with contextlib.suppress(Exception):
@@ -526,10 +540,12 @@ class Worker:
             if (
                 snap.main == idle_main
                 and isinstance(self.coord.plan(snap), CallNextJobFunction)
-                and others_running(snap.ledger, self.name)
+                and others_running(snap.view, self.name)
             ):
                 # draining: the function had no job on this very main branch, and no
-                # job is orphaned; ask it again only once something changed
+                # job is orphaned; ask it again only once something changed (finishes
+                # parked meanwhile are folded in, so done.txt does not wait for a claim)
+                self._fold_parked(snap)
                 self._sleep(backoff.next())
                 continue
             if not self.coord.registered(snap):
@@ -574,16 +590,26 @@ class Worker:
                 self._mark_job()
                 return outcome.job
             if outcome is _Step.NONE:
+                if not self._fold_parked(snap):
+                    continue  # the main branch moved: look again, then fold what is left
                 self._say_gone()
                 return None
             if outcome is _Step.WAIT:
                 idle_main = snap.main
+                self._fold_parked(snap)
                 self._sleep(backoff.next())
             elif outcome is _Step.LOST:
                 # someone claimed or finished first; if the lock did not move it is still
                 # our turn, so look again almost at once
                 self._sleep(self._rng.uniform(0, self.poll_seconds / 4))
             # _Step.AGAIN: the holding was lost; start over at once
+
+    def _fold_parked(self, snap: Snapshot) -> bool:
+        """Fold the finishes parked on liveness records into the main branch (see
+        :meth:`~distribute.coordination.Coordinator.fold`); a worker with no job to claim
+        does it, so that ``done.txt`` lists them without waiting for the next claim and
+        the last worker leaves none behind.  ``False``: the main branch moved first."""
+        return self._retrying(partial(self.coord.fold, snap))
 
     def _look(self) -> Snapshot:
         """A full look at the remote, timed for the pacer."""
@@ -648,7 +674,7 @@ class Worker:
     def _no_job(self, snap: Snapshot) -> _Step:
         """The function had no job: wait while other workers still run one (it may come
         back), else none."""
-        waiting = self.wait_for_running and others_running(snap.ledger, self.name)
+        waiting = self.wait_for_running and others_running(snap.view, self.name)
         return _Step.WAIT if waiting else _Step.NONE
 
     def _claim_or_undo(

@@ -118,6 +118,10 @@ COVERAGE: tuple[Item, ...] = (
          "(the finish is retried)", ("jobs", "workers"), 2),
     Item("job_failures", "a job function failed and its attempt was recorded (fail_job)",
          ("job_fail_rate",), 0),
+    Item("parked_finishes", "a finish that lost its race was parked on its worker's own "
+         "liveness record", ("jobs", "workers"), 1),
+    Item("folds_by_others", "a parked finish folded into the main branch by another worker's "
+         "push", ("jobs", "workers"), 0),
 )
 
 ITEMS: dict[str, Item] = {item.name: item for item in COVERAGE}
@@ -378,6 +382,10 @@ def count(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
                 elif event == "fail":
                     n["job_failures"] += 1
                     failed.add((str(r.get("job")), int(r.get("token", 0))))
+                elif event == "finish" and r.get("outcome") == "parked":
+                    n["parked_finishes"] += 1
+                elif event == "fold" and r.get("parker") != r.get("worker"):
+                    n["folds_by_others"] += 1
                 elif event == "adopt":
                     n["restart_adopts"] += 1
                 elif event == "revoked":

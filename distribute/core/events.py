@@ -24,6 +24,15 @@ class FailOutcome(StrEnum):
     FAILED = "failed"
 
 
+class FinishOutcome(StrEnum):
+    """How a finish landed: merged into the main branch by its worker, or *parked* on
+    the worker's own liveness record because the main branch moved under it (durable
+    there; the next move of the main branch by any worker folds it in)."""
+
+    MERGED = "merged"
+    PARKED = "parked"
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """One reported step; ``kind`` names it in journals."""
@@ -159,6 +168,20 @@ class Finish(Event):
     job: str
     token: int
     tip: str
+    outcome: FinishOutcome = FinishOutcome.MERGED
+
+
+@dataclass(frozen=True, slots=True)
+class Fold(Event):
+    """A finish that worker ``parker`` (possibly this one) parked landed on the main
+    branch in a push of this worker (``merged``: its results merged; else recorded as
+    failed, a merge conflict)."""
+
+    kind: ClassVar[str] = "fold"
+    job: str
+    token: int
+    parker: str
+    merged: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +209,7 @@ EVENT_KINDS = frozenset({
     TornObserve.kind, LockAcquire.kind, LockRelease.kind, LockLost.kind, LockRenew.kind,
     Revoked.kind, Gone.kind, GiveUp.kind, StaleDecision.kind, ResumeConflict.kind,
     Claim.kind, Adopt.kind, Update.kind, FinishPriority.kind, Finish.kind,
-    FinishRefused.kind, Fail.kind,
+    FinishRefused.kind, Fail.kind, Fold.kind,
 })
 
 
@@ -205,7 +228,9 @@ __all__ = [
     "FailOutcome",
     "Finish",
     "FinishPriority",
+    "FinishOutcome",
     "FinishRefused",
+    "Fold",
     "GiveUp",
     "Gone",
     "LockAcquire",

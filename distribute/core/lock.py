@@ -79,6 +79,20 @@ class LockState:
 
 
 @dataclass(frozen=True, slots=True)
+class Parked:
+    """A finish recorded on its worker's own liveness record instead of the main branch
+    (the main branch moved under it): the job ``job``, held under ``token`` in attempt
+    ``attempt``, ended with its branch at ``tip``.  Whoever moves the main branch next
+    folds it in (see ``Coordinator.folds``); until then the record's commit has ``tip``
+    as a parent, so a fetch of the liveness refs brings the results along."""
+
+    job: str
+    token: int
+    attempt: int
+    tip: str
+
+
+@dataclass(frozen=True, slots=True)
 class Beat:
     """What one commit of a worker's liveness ref says.
 
@@ -98,6 +112,9 @@ class Beat:
         lease: the worker's lease period in seconds (0: not said, as in records of
             older versions): a person reading the remote can tell a worker silent
             for longer than that from one that is merely slow.
+        parked: finishes this worker recorded here because the main branch moved
+            under them (:class:`Parked`); kept in every record it writes until the
+            main branch lists them.
     """
 
     worker: str
@@ -109,6 +126,7 @@ class Beat:
     gone: bool = False
     finishing: str = ""
     lease: float = 0.0
+    parked: tuple[Parked, ...] = ()
 
     @property
     def revoked(self) -> bool:
@@ -117,7 +135,7 @@ class Beat:
     def next(self, jobs: tuple[str, ...]) -> Beat:
         finishing = self.finishing if self.finishing in jobs else ""
         return Beat(worker=self.worker, session=self.session, seq=self.seq + 1, jobs=jobs,
-                    finishing=finishing, lease=self.lease)
+                    finishing=finishing, lease=self.lease, parked=self.parked)
 
     def revoke(self, by: str, token: int) -> Beat:
         return replace(self, revoked_by=by, token=token, seq=self.seq + 1, gone=False,
@@ -231,7 +249,35 @@ def beat_message(beat: Beat) -> str:
         summary = f"distribute worker {beat.worker}: alive (seq {beat.seq})"
     payload = asdict(beat)
     payload["jobs"] = list(beat.jobs)
+    if beat.parked:
+        payload["parked"] = [[p.job, p.token, p.attempt, p.tip] for p in beat.parked]
+    else:
+        payload.pop("parked")  # records without parked finishes read as before
     return _encode("worker", summary, payload)
+
+
+def _parked(data: dict[str, Any]) -> tuple[Parked, ...]:
+    raw = data.get("parked", [])
+    wrong = RemoteStateError(
+        f"not a worker record: {_wrong('parked', raw, 'a list of [job, token, attempt, tip]')}"
+    )
+    if not isinstance(raw, list):
+        raise wrong
+    out = []
+    for item in raw:
+        if not (isinstance(item, list) and len(item) == 4):
+            raise wrong
+        job, token, attempt, tip = item
+        if not (isinstance(job, str) and isinstance(tip, str) and _is_oid(tip)
+                and type(token) is int and type(attempt) is int
+                and 0 <= token < 2**63 and 0 < attempt < 2**63):
+            raise wrong
+        out.append(Parked(job, token, attempt, tip))
+    return tuple(out)
+
+
+def _is_oid(text: str) -> bool:
+    return len(text) in (40, 64) and all(c in "0123456789abcdef" for c in text)
 
 
 def parse_beat_message(message: str) -> Beat:
@@ -262,6 +308,7 @@ def parse_beat_message(message: str) -> Beat:
             gone=gone,
             finishing=_str(data, "finishing", ""),
             lease=float(lease),
+            parked=_parked(data),
         )
     except RemoteStateError as exc:
         raise RemoteStateError(f"not a worker record: {exc}") from None

@@ -61,7 +61,7 @@ def race(step: str, *, respect: bool = True) -> int:
 
     world.remote.fault_hook = before_each_push
     if step == "finish":
-        a.finish(lambda seconds: None, lambda: 0.0)
+        a.finish(lambda seconds: None, lambda: 0.0, park=False)
         assert b"j0" in (world.read_file(world.refs()[MAIN_REF], "done.txt") or b"")
     else:
         assert a.fail("boom", lambda seconds: None, lambda: 0.0) == "retry"
@@ -98,7 +98,7 @@ def test_a_new_holding_of_the_same_job_does_not_inherit_the_request():
             fast_claimer(world, b)
 
     world.remote.fault_hook = lose_first_races
-    a.finish(lambda seconds: None, lambda: 0.0)
+    a.finish(lambda seconds: None, lambda: 0.0, park=False)
     world.remote.fault_hook = None
     assert a.beat.finishing == "j0", "the finish never asked for its turn: no test"
     main = world.refs()[MAIN_REF]
