@@ -484,9 +484,20 @@ class Coordinator:
             return self.transport.merge(base, tip)
 
     def _journal_folds(self, folds: Folds | None) -> None:
+        """After a push with ``folds`` landed: report them, and forget this worker's own
+        (their branches, merged, go with the next pruning)."""
+        mine = set()
         for worker, p, clean in folds.entries if folds else ():
             self.stats.count("folds")
             self.journal(ev.Fold(job=p.job, token=p.token, parker=worker, merged=clean))
+            if worker == self.worker:
+                mine.add(p)
+                if clean:
+                    self.merged.append(
+                        ("refs/heads/" + job_branch(self.worker, p.job, p.token), p.tip))
+        if mine:
+            self.beat = replace(self.beat, parked=tuple(
+                p for p in self.beat.parked if p not in mine))
 
     def fold(self, snap: Snapshot) -> bool:
         """Push the parked finishes ``snap`` shows onto the main branch, alone (a worker

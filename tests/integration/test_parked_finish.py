@@ -1,0 +1,158 @@
+"""Parked finishes with real workers and real git: a finish that loses its race for the
+main branch is recorded on its worker's liveness record, ``finish_job()`` returns, and the
+results reach the main branch by the next move of it (a claim, a worker with no job, or
+``close()``), from this process or from a later one with the same name."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from distribute.core.lock import parse_beat_message
+from distribute.dist import Worker, worker_from_url
+from distribute.remote import add_jobs, init_remote
+
+MAIN = "refs/heads/main"
+
+
+def git(remote: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=remote, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def done(remote: Path) -> str:
+    return git(remote, "show", f"{MAIN}:done.txt")
+
+
+def record(remote: Path, worker: str) -> Any:
+    return parse_beat_message(git(remote, "log", "-1", "--format=%B",
+                                  f"refs/distribute/workers/{worker}"))
+
+
+def pop_queue(worker: Worker) -> str | None:
+    path = Path(worker.path) / "jobs.txt"
+    lines = path.read_text().splitlines()
+    if not lines:
+        return None
+    path.write_text("".join(line + "\n" for line in lines[1:]))
+    return lines[0]
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> Path:
+    bare = tmp_path / "remote.git"
+    init_remote(bare)
+    add_jobs(str(bare), ["job-a", "job-b", "job-c"])
+    return bare
+
+
+def open_worker(remote: Path, tmp_path: Path, name: str) -> Worker:
+    return worker_from_url(f"file://{remote}", path=str(tmp_path / name), name=name,
+                           lease_seconds=30, poll_seconds=0.05)
+
+
+def lose_the_next_race(loser: Worker, winner_moves: Callable[[], None]) -> None:
+    """Make ``loser``'s next fetch of the main branch return, then let ``winner_moves``
+    move the main branch before ``loser`` pushes: its finish loses the race for real."""
+    transport = loser.coord.transport
+    real_fetch = transport.fetch
+    armed = [True]
+
+    def fetch(refs: Any) -> Any:
+        got = real_fetch(refs)
+        if armed[0] and list(refs) == [MAIN]:
+            armed[0] = False
+            winner_moves()
+        return got
+
+    transport.fetch = fetch  # type: ignore[method-assign]
+
+
+def two_running(remote: Path, tmp_path: Path) -> tuple[Worker, Worker]:
+    a, b = open_worker(remote, tmp_path, "a"), open_worker(remote, tmp_path, "b")
+    assert a.get_next_job(pop_queue) == "job-a"
+    assert b.get_next_job(pop_queue) == "job-b"
+    for w in (a, b):
+        Path(w.path, w.job_dir).mkdir(parents=True, exist_ok=True)
+        Path(w.path, w.job_dir, "result.txt").write_text(f"{w.running_job}\n")
+    return a, b
+
+
+def test_a_finish_that_loses_its_race_parks_and_the_next_claim_folds_it(remote, tmp_path):
+    a, b = two_running(remote, tmp_path)
+    lose_the_next_race(a, b.finish_job)
+    a.finish_job()  # returns: durable on a's record
+    assert "job-b" in done(remote) and "job-a" not in done(remote)
+    parked = record(remote, "a").parked
+    assert [p.job for p in parked] == ["job-a"]
+    token = parked[0].token
+    # the record's commit carries the results: its parent is the job branch's tip
+    assert git(remote, "rev-parse", "refs/distribute/workers/a^1") == parked[0].tip
+
+    assert b.get_next_job(pop_queue) == "job-c"  # b's claim folds a's finish in
+    assert f"job-a\tworker=a\ttoken={token}" in done(remote)
+    assert git(remote, "merge-base", "--is-ancestor", parked[0].tip, MAIN) == ""
+    assert git(remote, "show", f"{MAIN}:updates/job-a/result.txt") == "job-a"
+    subjects = git(remote, "log", "--format=%s", MAIN).splitlines()
+    assert sum(s.startswith("distribute: finish job-a by a ") for s in subjects) == 1
+    b.finish_job()
+    assert a.get_next_job(pop_queue) is None
+    assert record(remote, "a").parked == () and record(remote, "a").gone
+    a.close()
+    b.close()
+
+
+def test_the_last_worker_folds_its_own_parked_finish_before_returning_none(remote, tmp_path):
+    a, b = two_running(remote, tmp_path)
+    lose_the_next_race(a, b.finish_job)
+    a.finish_job()
+    b.close()  # b leaves without looking again
+    assert "job-a" not in done(remote)
+    assert a.get_next_job(pop_queue) == "job-c"  # a's own claim folds it
+    assert "job-a\tworker=a" in done(remote)
+    a.finish_job()
+    assert a.get_next_job(pop_queue) is None
+    assert all(j in done(remote) for j in ("job-a", "job-b", "job-c"))
+    assert git(remote, "show", f"{MAIN}:running.txt") == ""
+    a.close()
+
+
+def test_close_folds_a_parked_finish(remote, tmp_path):
+    a, b = two_running(remote, tmp_path)
+    lose_the_next_race(a, b.finish_job)
+    a.finish_job()
+    a.close()  # a script that stops right after finish_job()
+    assert "job-a\tworker=a\t" in done(remote)
+    assert record(remote, "a").gone and record(remote, "a").parked == ()
+    b.close()
+
+
+def test_a_restarted_worker_keeps_and_folds_what_its_dead_life_parked(remote, tmp_path):
+    a, b = two_running(remote, tmp_path)
+    lose_the_next_race(a, b.finish_job)
+    a.finish_job()
+    # a dies here: no close, no atexit; its copy's file lock goes with the process
+    a._stop.set()
+    a._filelock.release()
+    b.close()
+    again = open_worker(remote, tmp_path, "a")
+    assert "job-a" not in done(remote)
+    assert again.get_next_job(pop_queue) == "job-c"  # not job-a again: it is finished
+    assert "job-a\tworker=a\t" in done(remote)
+    again.finish_job()
+    assert again.get_next_job(pop_queue) is None
+    assert [line.split("\t")[0] for line in done(remote).splitlines()].count("job-a") == 1
+    again.close()
+
+
+def test_a_lone_worker_never_parks(remote, tmp_path):
+    a = open_worker(remote, tmp_path, "a")
+    while a.get_next_job(pop_queue) is not None:
+        a.finish_job()
+    assert a.coord.stats.extra.get("parked", 0) == 0
+    assert len(done(remote).splitlines()) == 3
+    a.close()
