@@ -48,7 +48,9 @@ The ``status --json`` document (``"schema": 1``)::
           "reason": str,              # why the previous attempt failed ("" if none)
           "branch": str | null,       # jobs/<worker>/<job>/<token>
           "lease": "released" | "revoked" | "gone" | "no-record" | "unknown"
-                   | "renewed" | "unchanged",
+                   | "renewed" | "unchanged"
+                   | "finished",          # its finish is parked on its worker's record:
+                                      # done, listed in done.txt at the next claim
           "interrupted": int,         # ended attempts that were interrupted, not failed
           "failures": int             # ended attempts that failed (max_attempts counts these)
       }, ...],
@@ -302,6 +304,8 @@ def status_document(
         beat = beats.get(entry.worker)
         if beat is None:
             return "no-record"
+        if any((p.job, p.token) == (entry.job, entry.token) for p in beat.parked):
+            return "finished"  # parked: the next move of the main branch lists it as done
         if beat.revoked:
             return "revoked"
         if beat.gone:

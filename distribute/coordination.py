@@ -100,7 +100,7 @@ from distribute.core.plan import (
     plan_claim,
 )
 from distribute.sources import JOBS_FILE, format_queue, read_queue
-from distribute.transport.base import MergeResult, Oid, RefUpdate, Transport, holds
+from distribute.transport.base import Oid, RefUpdate, Transport, holds
 
 T = TypeVar("T")
 
@@ -394,19 +394,7 @@ class Coordinator:
         """The parked finishes the liveness records in ``refs`` hold that ``ledger`` still
         lists as running under that worker and token (a parked finish is folded in once;
         after that, or once its job was given to someone else, it is stale and ignored)."""
-        found: list[tuple[str, Parked]] = []
-        seen: set[tuple[str, int]] = set()
-        for ref in sorted(refs):
-            if not ref.startswith(WORKERS_PREFIX):
-                continue
-            beat = self.beat_at(refs[ref])
-            if beat is None or [beat.worker] != _worker_name(ref):
-                continue
-            for p in beat.parked:
-                if (p.job, p.token) not in seen and parked_valid(ledger, beat.worker, p):
-                    seen.add((p.job, p.token))
-                    found.append((beat.worker, p))
-        return found
+        return find_parked(refs, ledger, self.beat_at)
 
     def _sync_parked(self, own: Oid | None, ledger: Ledger) -> None:
         """Keep this worker's parked finishes in step with the remote: take up those its
@@ -444,44 +432,12 @@ class Coordinator:
         looks at the same parked finishes again and again)."""
         key = (main, tuple(parked))
         folds = self._folded.get(key)
-        if folds is not None:
-            return folds
-        tip, entries = main, []
-        for worker, p in parked:
-            branch = job_branch(worker, p.job, p.token)
-            merged = self._merge_parked(tip, p.tip, branch)
-            if merged.clean:
-                after = ledger.finish(p.job, worker, p.token)
-                tip = self.transport.write_commit(
-                    parents=[tip, p.tip], tree=merged.tree, changes=after.to_files(),
-                    message=(f"distribute: finish {p.job} by {worker} "
-                             f"(token {p.token}, attempt {p.attempt})"),
-                )
-            else:
-                reason = (f"merge conflict in {', '.join(merged.conflicts)}; results kept on "
-                          f"branch {branch}")
-                after = ledger.fail(p.job, worker, p.token, reason, max_attempts=0)
-                tip = self.transport.write_commit(
-                    parents=[tip], base=tip, changes=after.changed_files(ledger),
-                    message=f"distribute: job {p.job} failed: {reason}",
-                )
-            ledger = after
-            entries.append((worker, p, merged.clean))
-        folds = Folds(tip, ledger, tuple(entries))
-        if len(self._folded) > 64:
-            self._folded.clear()
-        self._folded[key] = folds
+        if folds is None:
+            folds = fold_parked(self.transport, main, ledger, parked)
+            if len(self._folded) > 64:
+                self._folded.clear()
+            self._folded[key] = folds
         return folds
-
-    def _merge_parked(self, base: Oid, tip: Oid, branch: str) -> MergeResult:
-        """Merge a parked finish's ``tip`` onto ``base``; its objects came with its
-        record, or else (a record rewritten by a revocation) are fetched by its branch."""
-        try:
-            return self.transport.merge(base, tip)
-        except DistributeError:
-            self.transport.fetch(["refs/heads/" + branch])
-            self.stats.fetches += 1
-            return self.transport.merge(base, tip)
 
     def _journal_folds(self, folds: Folds | None) -> None:
         """After a push with ``folds`` landed: report them, and forget this worker's own
@@ -1392,6 +1348,63 @@ def record_parents(beat: Beat) -> list[Oid]:
     return list(dict.fromkeys(p.tip for p in beat.parked))
 
 
+def find_parked(
+    refs: Mapping[str, Oid], ledger: Ledger, beat_at: Callable[[Oid], Beat | None],
+) -> list[tuple[str, Parked]]:
+    """The parked finishes the liveness records among ``refs`` hold (read by ``beat_at``)
+    that are still to be folded (:func:`parked_valid`), as (worker, entry), in ref order."""
+    found: list[tuple[str, Parked]] = []
+    seen: set[tuple[str, int]] = set()
+    for ref in sorted(refs):
+        if not ref.startswith(WORKERS_PREFIX):
+            continue
+        beat = beat_at(refs[ref])
+        if beat is None or [beat.worker] != _worker_name(ref):
+            continue
+        for p in beat.parked:
+            if (p.job, p.token) not in seen and parked_valid(ledger, beat.worker, p):
+                seen.add((p.job, p.token))
+                found.append((beat.worker, p))
+    return found
+
+
+def fold_parked(
+    transport: Transport, main: Oid, ledger: Ledger, parked: Sequence[tuple[str, Parked]],
+) -> Folds:
+    """Write, on ``main``, one commit per parked finish: the merge of its branch's tip with
+    its ledger line moved to ``done.txt`` (the commit a finish of its own worker would
+    have written), or on a merge conflict its line moved to ``failed.txt`` with the
+    branch kept.  Nothing is pushed; the caller's push names ``main`` as the old value."""
+    tip, entries = main, []
+    for worker, p in parked:
+        branch = job_branch(worker, p.job, p.token)
+        try:
+            merged = transport.merge(tip, p.tip)
+        except DistributeError:
+            # the objects come with the record's fetch; a record rewritten by a
+            # revocation may lack them, and the job's branch still holds them
+            transport.fetch(["refs/heads/" + branch])
+            merged = transport.merge(tip, p.tip)
+        if merged.clean:
+            after = ledger.finish(p.job, worker, p.token)
+            tip = transport.write_commit(
+                parents=[tip, p.tip], tree=merged.tree, changes=after.to_files(),
+                message=(f"distribute: finish {p.job} by {worker} "
+                         f"(token {p.token}, attempt {p.attempt})"),
+            )
+        else:
+            reason = (f"merge conflict in {', '.join(merged.conflicts)}; results kept on "
+                      f"branch {branch}")
+            after = ledger.fail(p.job, worker, p.token, reason, max_attempts=0)
+            tip = transport.write_commit(
+                parents=[tip], base=tip, changes=after.changed_files(ledger),
+                message=f"distribute: job {p.job} failed: {reason}",
+            )
+        ledger = after
+        entries.append((worker, p, merged.clean))
+    return Folds(tip, ledger, tuple(entries))
+
+
 def parked_valid(ledger: Ledger, worker: str, parked: Parked) -> bool:
     """Is a finish that ``worker`` parked still to be folded: does ``ledger`` list its job
     as running under that worker and token?  Once folded (in ``done.txt`` or, on a
@@ -1664,7 +1677,12 @@ class FencedEdit:
         held_oid, state = held
         for _ in range(50):
             main = self.view.main()
-            ledger = self.view.ledger(main)
+            raw = self.view.ledger(main)
+            # finishes parked on liveness records are folded in first, in the same push:
+            # an edit must see a job whose finish landed as done, not as running
+            records = transport.fetch([WORKERS_PREFIX + "*"])
+            folds = fold_parked(transport, main, raw, find_parked(records, raw, self._beat_at))
+            base, ledger = folds.tip, folds.ledger
             queue = read_queue((transport.read_file(main, JOBS_FILE) or b"").decode("utf-8"))
             out = edit(ledger, queue)
             changes: dict[str, bytes | None] = {}
@@ -1678,7 +1696,7 @@ class FencedEdit:
                 return False
             assert out is not None
             new_main = transport.write_commit(
-                parents=[main], base=main, changes=changes, message=out[2]
+                parents=[base], base=base, changes=changes, message=out[2]
             )
             released = transport.write_commit(
                 parents=[held_oid], message=lock_message(state.released(new_main)), changes={}
@@ -1692,6 +1710,12 @@ class FencedEdit:
             if transport.list_refs(LOCK_REF).get(LOCK_REF) != held_oid:
                 raise _LockLost()
         raise RemoteStateError("the main branch kept moving; try again")
+
+    def _beat_at(self, oid: Oid) -> Beat | None:
+        try:
+            return parse_beat_message(self.view.transport.commit_message(oid))
+        except DistributeError:
+            return None
 
     def _revocations(self, before: Ledger, after: Ledger, token: int) -> list[RefUpdate]:
         """The liveness records to revoke: those of workers whose live holding of a job

@@ -5,12 +5,14 @@ results reach the main branch by the next move of it (a claim, a worker with no 
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_run import ok
 
 from distribute.core.lock import parse_beat_message
 from distribute.dist import Worker, worker_from_url
@@ -92,6 +94,8 @@ def test_a_finish_that_loses_its_race_parks_and_the_next_claim_folds_it(remote, 
     token = parked[0].token
     # the record's commit carries the results: its parent is the job branch's tip
     assert git(remote, "rev-parse", "refs/distribute/workers/a^1") == parked[0].tip
+    status = json.loads(ok(tmp_path, "status", str(remote), "--json").stdout)
+    assert [(r["job"], r["lease"]) for r in status["running"]] == [("job-a", "finished")]
 
     assert b.get_next_job(pop_queue) == "job-c"  # b's claim folds a's finish in
     assert f"job-a\tworker=a\ttoken={token}" in done(remote)
@@ -156,3 +160,17 @@ def test_a_lone_worker_never_parks(remote, tmp_path):
     assert a.coord.stats.extra.get("parked", 0) == 0
     assert len(done(remote).splitlines()) == 3
     a.close()
+
+
+def test_an_admin_edit_folds_parked_finishes_before_editing(remote, tmp_path):
+    """``add`` (any edit under the lock) sees a parked job as done and lists it so."""
+    a, b = two_running(remote, tmp_path)
+    lose_the_next_race(a, b.finish_job)
+    a.finish_job()
+    assert "job-a" not in done(remote)
+    assert add_jobs(str(remote), ["job-d"]) == ["job-d"]
+    assert "job-a\tworker=a\t" in done(remote)
+    assert git(remote, "show", f"{MAIN}:running.txt") == ""
+    assert "job-d" in git(remote, "show", f"{MAIN}:jobs.txt")
+    a.close()
+    b.close()
