@@ -292,6 +292,9 @@ class Coordinator:
         self._acquires = 0
         self._beats: dict[Oid, Beat | None] = {}
         self._folded: dict[tuple[Oid, tuple[tuple[str, Parked], ...]], Folds] = {}
+        #: this worker's parked finishes known to be folded (or void): never taken up again
+        #: from a record of ours that still lists them
+        self._settled: set[Parked] = set()
 
     # ---- small helpers -----------------------------------------------------
     def journal(self, event: ev.Event) -> None:
@@ -406,7 +409,10 @@ class Coordinator:
             mine = self.beat.parked
             keep = tuple(p for p in mine if parked_valid(ledger, self.worker, p))
             for p in mine:
-                if p not in keep and any(
+                if p in keep:
+                    continue
+                self._settled.add(p)
+                if any(
                     e.job == p.job and e.token == p.token and e.worker == self.worker
                     for e in ledger.done
                 ):
@@ -423,7 +429,8 @@ class Coordinator:
         if record is None or record.worker != self.worker:
             return
         have = {(p.job, p.token) for p in self.beat.parked}
-        extra = tuple(p for p in record.parked if (p.job, p.token) not in have)
+        extra = tuple(p for p in record.parked
+                      if (p.job, p.token) not in have and p not in self._settled)
         if extra:
             self.beat = replace(self.beat, parked=self.beat.parked + extra)
 
@@ -448,6 +455,7 @@ class Coordinator:
             self.journal(ev.Fold(job=p.job, token=p.token, parker=worker, merged=clean))
             if worker == self.worker:
                 mine.add(p)
+                self._settled.add(p)
                 if clean:
                     self.merged.append(
                         ("refs/heads/" + job_branch(self.worker, p.job, p.token), p.tip))
@@ -1256,7 +1264,7 @@ class Coordinator:
         with self.mutex:
             if not self.merged or len(self.merged) < at_least:
                 return 0
-            batch, self.merged = self.merged, []
+            batch, self.merged = list(dict.fromkeys(self.merged)), []
             try:
                 landed = self.push([RefUpdate(ref, tip, None) for ref, tip in batch])
             except DistributeError:

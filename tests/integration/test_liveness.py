@@ -282,7 +282,7 @@ def test_a_finish_cut_off_by_the_network_is_completed_by_the_restart(remote, tmp
     def unreachable(*args, **kwargs):
         raise TransportError("the remote is unreachable")
 
-    dead.coord.finish_step = unreachable
+    dead.coord._finish_try = unreachable
     with pytest.raises(TransportError):
         dead.finish_job()
     abandon(dead)
