@@ -295,6 +295,8 @@ class Coordinator:
         #: this worker's parked finishes known to be folded (or void): never taken up again
         #: from a record of ours that still lists them
         self._settled: set[Parked] = set()
+        #: the last observation: whether other workers are about (see :meth:`finish`)
+        self.last_seen: Snapshot | None = None
 
     # ---- small helpers -----------------------------------------------------
     def journal(self, event: ev.Event) -> None:
@@ -390,7 +392,9 @@ class Coordinator:
             self._sync_parked(values.get(self.own_ref), ledger)
             parked = self.parked_in(values, ledger)
             folds = self._fold(main, ledger, parked) if parked else None
-            return Snapshot(main, ledger, lock_oid, lock, values, now, gone, folds)
+            snap = Snapshot(main, ledger, lock_oid, lock, values, now, gone, folds)
+            self.last_seen = snap
+            return snap
 
     # ---- parked finishes -------------------------------------------------------
     def parked_in(self, refs: Mapping[str, Oid], ledger: Ledger) -> list[tuple[str, Parked]]:
@@ -464,16 +468,44 @@ class Coordinator:
                 p for p in self.beat.parked if p not in mine))
 
     def fold(self, snap: Snapshot) -> bool:
-        """Push the parked finishes ``snap`` shows onto the main branch, alone (a worker
-        with no job to claim folds them so that none waits for the next claim).  Returns
-        whether the push landed; ``False``: the main branch moved, look again."""
+        """Push onto the main branch, alone, the parked finishes ``snap`` shows of this
+        worker and of workers that left or fell silent for a lease (a worker with no job
+        to claim does this, so that its own finishes reach ``done.txt`` before it leaves
+        and a dead worker's do not wait for a claim; a live worker's are left to it and
+        to the next claim, so idle workers do not all race to fold the same finish).
+        Returns whether the push landed (or there was nothing to fold); ``False``: the
+        main branch moved, look again."""
         with self.mutex:
             if snap.folds is None:
                 return True
-            if not self.push([RefUpdate(self.main_ref, snap.main, snap.folds.tip)]):
+            now = self.clock()
+            chosen = [
+                (w, p) for w, p, _ in snap.folds.entries
+                if w == self.worker or w in snap.gone or self.watch.expired(worker_ref(w), now)
+            ]
+            if not chosen:
+                return True
+            folds = (snap.folds if len(chosen) == len(snap.folds.entries)
+                     else self._fold(snap.main, snap.ledger, chosen))
+            if not self.push([RefUpdate(self.main_ref, snap.main, folds.tip)]):
                 return False
-            self._journal_folds(snap.folds)
+            self._journal_folds(folds)
             return True
+
+    def others_about(self) -> bool:
+        """Did the last observation show another worker whose record is live (neither
+        gone nor silent for a lease)?  Then a finish is parked at once (see
+        :meth:`finish`): the next claim, by anyone, folds it."""
+        snap = self.last_seen
+        if snap is None:
+            return False
+        now = self.clock()
+        return any(
+            ref.startswith(WORKERS_PREFIX) and ref != self.own_ref
+            and not self.watch.expired(ref, now)
+            and not any(w in snap.gone for w in _worker_name(ref))
+            for ref in snap.refs
+        )
 
     def beat_at(self, oid: Oid) -> Beat | None:
         """The liveness record at ``oid`` (``None`` when it cannot be read); cached."""
@@ -1084,6 +1116,7 @@ class Coordinator:
 
     def finish(
         self, sleep: Callable[[float], None], delays: Callable[[], float], park: bool = True,
+        park_first: bool = False,
     ) -> ev.FinishOutcome:
         """Merge the job branch into the main branch and move the job to ``done.txt``.
 
@@ -1093,12 +1126,20 @@ class Coordinator:
         folded into the main branch by the next worker that moves it.  So a finish
         never races a second time, and a job moves the main branch once when several
         workers run.  Without ``park``, lost races are retried, sleeping ``delays()``
-        between tries.
+        between tries.  With ``park_first`` (other workers are about, so one of them
+        claims soon), the finish is parked without a try on the main branch, unless its
+        branch does not merge cleanly into the main branch last seen: then the finish
+        goes to the main branch, which records the conflict and raises.
 
         Raises:
             LeaseLost: the job was taken over; nothing changed, the branch stays.
             MergeConflict: the job is recorded in ``failed.txt``; the branch stays.
         """
+        if park and park_first and self._merges_cleanly():
+            for _ in range(3):
+                if self.park_step():
+                    return ev.FinishOutcome.PARKED
+
         def step() -> ev.FinishOutcome | None:
             landed = self._finish_try()
             if not isinstance(landed, _Lost):
@@ -1111,6 +1152,16 @@ class Coordinator:
             return None
 
         return self._until_landed(step, sleep, delays)
+
+    def _merges_cleanly(self) -> bool:
+        """Does the running job's branch merge cleanly into the main branch last seen?"""
+        snap = self.last_seen
+        if snap is None:
+            return False
+        try:
+            return self.transport.merge(snap.base, self._job().tip).clean
+        except DistributeError:
+            return False
 
     def park_step(self) -> bool:
         """Record the running job's finish on this worker's liveness record (see
@@ -1213,29 +1264,44 @@ class Coordinator:
         which push lost its race (the finish's own, or a merge conflict's record)."""
         job = self._job()
         with self.mutex:
-            main = self.transport.fetch([self.main_ref]).get(self.main_ref)
+            # the parked finishes go first (as at any move of the main branch): a finish
+            # that lands after them is merged onto their results
+            values = self.transport.fetch([self.main_ref, WORKERS_PREFIX + "*"])
             self.stats.fetches += 1
+            main = values.get(self.main_ref)
             if main is None:
                 raise RemoteStateError(f"the remote lost its branch {self.branch!r}")
-            ledger = self.read_ledger(main)
-            if self._recorded(ledger.done, job):
+            raw = self.read_ledger(main)
+            if not parked_valid(raw, self.worker, Parked(job.job, job.token, 1, job.tip)):
+                # not ours by this read; but a fetch reads refs one at a time, and the
+                # liveness refs sort before the main branch: a push of both (our own
+                # claim, say) can show here with the main branch from before it.  The
+                # verdict (refused, or landed earlier) is made on the main branch alone
+                main = self.transport.fetch([self.main_ref]).get(self.main_ref) or main
+                self.stats.fetches += 1
+                raw = self.read_ledger(main)
+            if self._recorded(raw.done, job):
                 # an earlier try landed though its answer was lost
                 self.journal(ev.Finish(job=job.job, token=job.token, tip=job.tip))
                 self.merged.append((job.branch_ref, job.tip))
                 self.job = None
                 return main
+            self._sync_parked(values.get(self.own_ref), raw)
+            parked = self.parked_in(values, raw)
+            folds = self._fold(main, raw, parked) if parked else None
+            base, ledger = (folds.tip, folds.ledger) if folds else (main, raw)
             try:
                 done = ledger.finish(job.job, self.worker, job.token)
             except LeaseLost:
                 self.journal(ev.FinishRefused(job=job.job, token=job.token))
                 self.job = None
                 raise
-            merged = self.transport.merge(main, job.tip)
+            merged = self.transport.merge(base, job.tip)
             if not merged.clean:
-                self._record_conflict(main, ledger, job, merged.conflicts)
+                self._record_conflict(main, base, ledger, job, merged.conflicts, folds)
                 return _Lost.CONFLICT
             new_main = self.transport.write_commit(
-                parents=[main, job.tip],
+                parents=[base, job.tip],
                 tree=merged.tree,
                 changes=done.to_files(),
                 message=(
@@ -1246,6 +1312,7 @@ class Coordinator:
             if not self.push([RefUpdate(self.main_ref, main, new_main)]):
                 self.stats.count("finish_lost")
                 return _Lost.MAIN
+            self._journal_folds(folds)
             self.journal(ev.Finish(job=job.job, token=job.token, tip=job.tip))
             self.merged.append((job.branch_ref, job.tip))
             self.job = None
@@ -1272,15 +1339,19 @@ class Coordinator:
             return len(batch) if landed else 0
 
     def _record_conflict(
-        self, main: Oid, ledger: Ledger, job: JobHolding, conflicts: Sequence[str]
+        self, main: Oid, base: Oid, ledger: Ledger, job: JobHolding, conflicts: Sequence[str],
+        folds: Folds | None = None,
     ) -> None:
+        """Move the job to ``failed.txt`` (its branch kept), on ``base`` (``main`` with the
+        ``folds`` that ``ledger`` includes); raise :class:`MergeConflict` once it landed."""
         reason = f"merge conflict in {', '.join(conflicts)}; results kept on branch {job.branch}"
         failed = ledger.fail(job.job, self.worker, job.token, reason, max_attempts=0)
         new_main = self.transport.write_commit(
-            parents=[main], base=main, changes=failed.changed_files(ledger),
+            parents=[base], base=base, changes=failed.changed_files(ledger),
             message=f"distribute: job {job.job} failed: {reason}",
         )
         if self.push([RefUpdate(self.main_ref, main, new_main)]):
+            self._journal_folds(folds)
             self.journal(ev.Fail(job=job.job, token=job.token, reason=reason))
             self.job = None
             raise MergeConflict(

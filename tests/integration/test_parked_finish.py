@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from cli_run import ok
 
+from distribute.core.errors import MergeConflict
 from distribute.core.lock import parse_beat_message
 from distribute.dist import Worker, worker_from_url
 from distribute.remote import add_jobs, init_remote
@@ -66,7 +67,7 @@ def lose_the_next_race(loser: Worker, winner_moves: Callable[[], None]) -> None:
 
     def fetch(refs: Any) -> Any:
         got = real_fetch(refs)
-        if armed[0] and list(refs) == [MAIN]:
+        if armed[0] and MAIN in refs:
             armed[0] = False
             winner_moves()
         return got
@@ -84,21 +85,38 @@ def two_running(remote: Path, tmp_path: Path) -> tuple[Worker, Worker]:
     return a, b
 
 
-def test_a_finish_that_loses_its_race_parks_and_the_next_claim_folds_it(remote, tmp_path):
+def a_parks(remote: Path, tmp_path: Path) -> tuple[Worker, Worker, int]:
+    """a and b run a job each; a finishes with b about: parked at once."""
     a, b = two_running(remote, tmp_path)
-    lose_the_next_race(a, b.finish_job)
+    a.coord.observe()  # a sees b's record (b claimed after a's last look)
+    a.finish_job()
+    parked = record(remote, "a").parked
+    assert [p.job for p in parked] == ["job-a"]
+    return a, b, parked[0].token
+
+
+def test_with_another_worker_about_a_finish_parks_at_once(remote, tmp_path):
+    a, b = two_running(remote, tmp_path)
+    a.coord.observe()
+    a.commit_update()
+    main_before = git(remote, "rev-parse", MAIN)
+    pushes = a.coord.stats.pushes
     a.finish_job()  # returns: durable on a's record
-    assert "job-b" in done(remote) and "job-a" not in done(remote)
+    assert git(remote, "rev-parse", MAIN) == main_before
+    assert a.coord.stats.pushes == pushes + 1  # one push of a's own record, no race
     parked = record(remote, "a").parked
     assert [p.job for p in parked] == ["job-a"]
     token = parked[0].token
     # the record's commit carries the results: its parent is the job branch's tip
     assert git(remote, "rev-parse", "refs/distribute/workers/a^1") == parked[0].tip
     status = json.loads(ok(tmp_path, "status", str(remote), "--json").stdout)
-    assert [(r["job"], r["lease"]) for r in status["running"]] == [("job-a", "finished")]
+    rows = {r["job"]: r["lease"] for r in status["running"]}
+    assert rows["job-a"] == "finished" and rows["job-b"] != "finished"
 
-    assert b.get_next_job(pop_queue) == "job-c"  # b's claim folds a's finish in
-    assert f"job-a\tworker=a\ttoken={token}" in done(remote)
+    b.finish_job()  # parked too: a is about
+    assert "job-a" not in done(remote) and "job-b" not in done(remote)
+    assert b.get_next_job(pop_queue) == "job-c"  # b's claim folds both finishes in
+    assert f"job-a\tworker=a\ttoken={token}" in done(remote) and "job-b\tworker=b" in done(remote)
     assert git(remote, "merge-base", "--is-ancestor", parked[0].tip, MAIN) == ""
     assert git(remote, "show", f"{MAIN}:updates/job-a/result.txt") == "job-a"
     subjects = git(remote, "log", "--format=%s", MAIN).splitlines()
@@ -108,17 +126,32 @@ def test_a_finish_that_loses_its_race_parks_and_the_next_claim_folds_it(remote, 
     assert record(remote, "a").parked == () and record(remote, "a").gone
     a.close()
     b.close()
+    assert sorted(line.split("\t")[0] for line in done(remote).splitlines()) == [
+        "job-a", "job-b", "job-c"]
+
+
+def test_a_finish_that_loses_its_race_parks(remote, tmp_path):
+    a = open_worker(remote, tmp_path, "a")
+    assert a.get_next_job(pop_queue) == "job-a"
+    assert not a.coord.others_about()  # alone: the finish goes to the main branch first
+    lose_the_next_race(a, lambda: add_jobs(str(remote), ["job-z"]))
+    a.finish_job()
+    assert "job-a" not in done(remote)
+    assert [p.job for p in record(remote, "a").parked] == ["job-a"]
+    assert a.get_next_job(pop_queue) == "job-b"  # its own claim folds it
+    assert "job-a\tworker=a" in done(remote)
+    a.close()
 
 
 def test_the_last_worker_folds_its_own_parked_finish_before_returning_none(remote, tmp_path):
-    a, b = two_running(remote, tmp_path)
-    lose_the_next_race(a, b.finish_job)
-    a.finish_job()
-    b.close()  # b leaves without looking again
+    a, b, _ = a_parks(remote, tmp_path)
+    b.finish_job()
+    b.close()  # b leaves without claiming again
     assert "job-a" not in done(remote)
     assert a.get_next_job(pop_queue) == "job-c"  # a's own claim folds it
     assert "job-a\tworker=a" in done(remote)
-    a.finish_job()
+    a.finish_job()  # alone now (b said it left): straight to the main branch
+    assert "job-c\tworker=a" in done(remote)
     assert a.get_next_job(pop_queue) is None
     assert all(j in done(remote) for j in ("job-a", "job-b", "job-c"))
     assert git(remote, "show", f"{MAIN}:running.txt") == ""
@@ -126,27 +159,24 @@ def test_the_last_worker_folds_its_own_parked_finish_before_returning_none(remot
 
 
 def test_close_folds_a_parked_finish(remote, tmp_path):
-    a, b = two_running(remote, tmp_path)
-    lose_the_next_race(a, b.finish_job)
-    a.finish_job()
+    a, b, token = a_parks(remote, tmp_path)
     a.close()  # a script that stops right after finish_job()
-    assert "job-a\tworker=a\t" in done(remote)
+    assert f"job-a\tworker=a\ttoken={token}" in done(remote)
     assert record(remote, "a").gone and record(remote, "a").parked == ()
     b.close()
 
 
 def test_a_restarted_worker_keeps_and_folds_what_its_dead_life_parked(remote, tmp_path):
-    a, b = two_running(remote, tmp_path)
-    lose_the_next_race(a, b.finish_job)
-    a.finish_job()
+    a, b, token = a_parks(remote, tmp_path)
     # a dies here: no close, no atexit; its copy's file lock goes with the process
     a._stop.set()
     a._filelock.release()
+    b.finish_job()
     b.close()
     again = open_worker(remote, tmp_path, "a")
     assert "job-a" not in done(remote)
     assert again.get_next_job(pop_queue) == "job-c"  # not job-a again: it is finished
-    assert "job-a\tworker=a\t" in done(remote)
+    assert f"job-a\tworker=a\ttoken={token}" in done(remote)
     again.finish_job()
     assert again.get_next_job(pop_queue) is None
     assert [line.split("\t")[0] for line in done(remote).splitlines()].count("job-a") == 1
@@ -164,13 +194,30 @@ def test_a_lone_worker_never_parks(remote, tmp_path):
 
 def test_an_admin_edit_folds_parked_finishes_before_editing(remote, tmp_path):
     """``add`` (any edit under the lock) sees a parked job as done and lists it so."""
-    a, b = two_running(remote, tmp_path)
-    lose_the_next_race(a, b.finish_job)
-    a.finish_job()
+    a, b, _ = a_parks(remote, tmp_path)
     assert "job-a" not in done(remote)
     assert add_jobs(str(remote), ["job-d"]) == ["job-d"]
     assert "job-a\tworker=a\t" in done(remote)
-    assert git(remote, "show", f"{MAIN}:running.txt") == ""
     assert "job-d" in git(remote, "show", f"{MAIN}:jobs.txt")
+    a.close()
+    b.close()
+
+
+def test_a_conflicting_finish_is_not_parked_but_raises(remote, tmp_path):
+    """Parking at once is only for a branch that merges cleanly: a conflict is reported by
+    finish_job() itself, as without parking."""
+    a, b = two_running(remote, tmp_path)
+    Path(a.path, "shared.txt").write_text("from a\n")
+    Path(b.path, "shared.txt").write_text("from b\n")
+    b.finish_job()  # parked (a is about): shared.txt from b goes first
+    assert [p.job for p in record(remote, "b").parked] == ["job-b"]
+    a.coord.observe()
+    assert a.coord.others_about()
+    with pytest.raises(MergeConflict):
+        a.finish_job()
+    assert "job-a" in git(remote, "show", f"{MAIN}:failed.txt")
+    assert "job-b\tworker=b" in done(remote)  # folded in the same push as a's record
+    assert git(remote, "show", f"{MAIN}:shared.txt") == "from b"
+    assert record(remote, "a").parked == ()
     a.close()
     b.close()

@@ -90,7 +90,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from distribute.coordination import Coordinator, JobHolding
+from distribute.coordination import Coordinator, JobHolding, _Lost
 from distribute.core.errors import (
     LeaseLost,
     MergeConflict,
@@ -108,6 +108,7 @@ from distribute.core.ledger import (
     Ledger,
 )
 from distribute.core.lock import (
+    Beat,
     LockState,
     holder_verdict,
     lock_message,
@@ -167,7 +168,7 @@ KNOWN_BUGS: frozenset[str] = frozenset()  # none open; test_regressions.py keeps
 #: Per run, at most this many of each disruption, so that most steps are protocol steps;
 #: the last three are the targeted scenarios (see "targeted rules" below).
 BUDGET = {"crash": 2, "suspend": 3, "fault": 6, "time": 4, "release": 2, "fail": 3,
-          "stale-wake": 1, "lost-answer": 1, "restart": 1}
+          "stale-wake": 1, "lost-answer": 1, "restart": 1, "park": 3}
 
 
 class Found(NamedTuple):
@@ -496,6 +497,13 @@ class Model:
     claims: dict[tuple[str, int], Claim] = field(default_factory=dict)
     taken_over: set[tuple[str, int]] = field(default_factory=set)
     tips: dict[tuple[str, int], list[Oid]] = field(default_factory=dict)
+    #: (job, token) -> (worker, tip) of every finish parked on a liveness record (kept after
+    #: it was folded in: records may carry a folded entry until their worker looks again)
+    parked: dict[tuple[str, int], tuple[str, Oid]] = field(default_factory=dict)
+    #: (job, token) of every finish a push moved to done.txt (its worker's own, or a fold)
+    landed: set[tuple[str, int]] = field(default_factory=set)
+    #: (job, token) -> worker, for every finish whose worker believes it landed or parked
+    believed: dict[tuple[str, int], str] = field(default_factory=dict)
 
     def state(self, job: str) -> tuple[str | None, Entry | None]:
         for kind, table in (("running", self.running), ("done", self.done),
@@ -507,6 +515,13 @@ class Model:
     def runs(self, job: str, worker: str, token: int) -> bool:
         e = self.running.get(job)
         return e is not None and e.worker == worker and e.token == token
+
+    def parked_line(self, job: str) -> bool:
+        """Is ``job``'s running line one whose holder parked its finish?  Then the job is
+        finished: only a fold may move it (to done, or failed by a merge conflict)."""
+        e = self.running.get(job)
+        p = self.parked.get((job, e.token)) if e is not None else None
+        return e is not None and not e.released and p is not None and p[0] == e.worker
 
 
 def ledger_tables(ledger: Ledger) -> tuple[dict[str, Entry], ...]:
@@ -640,12 +655,14 @@ class ProtocolMachine(RuleBasedStateMachine):
         for ws in self.workers_list:
             ws.host.sleeps = [(start, min(end, self.now)) for start, end in ws.host.sleeps]
             ws.fault = None
+        self.budget["park"] = 0
         jobs = len(self.model.queue) + len(self.model.running) + len(self.model.done) + len(
             self.model.failed)
         rounds = (jobs * self.max_attempts + 2) * (self.lease / STEP_SECONDS + 20)
         for _ in range(int(rounds) * 2):
             if not self.model.queue and not self.model.running and all(
                     ws.coord.job is None for ws in self.workers_list):
+                self.check_believed_finishes()
                 return
             self.schedule(None)
             STATS["drain steps"] += 1
@@ -653,6 +670,25 @@ class ProtocolMachine(RuleBasedStateMachine):
         violation(f"progress: with every worker up and no more faults, the work did not end "
                   f"within {int(rounds) * 2} steps (queue {self.model.queue}, running "
                   f"{sorted(self.model.running)})")
+
+    def check_believed_finishes(self) -> None:
+        """Every finish a worker believed landed or parked is in ``done.txt`` under its
+        token, unless an administrator took the job away meanwhile, or its parked finish
+        was folded in as failed because its branch no longer merged."""
+        _, done, failed = ledger_tables(self.ledger_at(self.world.refs()[MAIN_REF]))
+        for (job, token), worker in sorted(self.model.believed.items()):
+            e, f = done.get(job), failed.get(job)
+            conflict = (f is not None and f.token == token and (job, token) in self.model.parked
+                        and "merge conflict" in f.reason)
+            require((job, token) in self.model.taken_over or conflict or (
+                (job, token) in self.model.landed and self.finish_kept(job, token, e)),
+                    f"{worker!r} believed its finish of {job!r} (token {token}) landed, but "
+                    f"done.txt lists {e} after the drain")
+
+    def finish_kept(self, job: str, token: int, done: Entry | None) -> bool:
+        """Does ``done.txt`` (its line ``done`` for ``job``) keep the finish of ``job``
+        under ``token``?"""
+        return done is not None and done.token == token
 
     def recheck(self) -> None:
         """The invariants, for steps taken inside one rule (the drain, targeted scenarios)."""
@@ -710,7 +746,7 @@ class ProtocolMachine(RuleBasedStateMachine):
         if kind == "kill-before":
             raise Killed(ws.name)
         if stall_first:
-            self.interlude(ws, fault)
+            self.interlude(ws, fault, updates[0].ref)
         if kind in ("unknown-applied", "unknown-lost"):
             self.world.fail_next_push(inner, kind)  # the remote's own fault_hook
         ok = kind != "timeout-lost" and self.audited_push(ws, inner, updates)
@@ -828,9 +864,19 @@ class ProtocolMachine(RuleBasedStateMachine):
             m.done) | set(m.failed) | set(m.queue)
         moved = sorted(j for j in jobs if real.state(j)[0] != m.state(j)[0]
                        or not same_line(real.state(j)[1], m.state(j)[1]))
-        require(len(moved) == 1,
-                f"{who} changed the state of {len(moved)} jobs in one push: {moved}")
-        job = moved[0]
+        folded = [j for j in moved if m.parked_line(j)]
+        rest = [j for j in moved if j not in folded]
+        require(moved and len(rest) <= 1,
+                f"{who} changed the state of {len(rest)} jobs in one push besides folding "
+                f"parked finishes ({folded}): {rest}")
+        self.audit_folds(who, folded, real, new)
+        if not rest:
+            require(queue == m.queue, f"after a push by {who} jobs.txt lists {queue}, the "
+                    f"model {m.queue}")
+            require((running, done, failed) == (m.running, m.done, m.failed),
+                    f"after a push by {who} the ledgers differ from the model")
+            return
+        job = rest[0]
         was, before = m.state(job)
         now_kind, after = real.state(job)
         mine = ws.coord.job if ws.coord.job is not None and ws.coord.job.job == job else None
@@ -881,6 +927,7 @@ class ProtocolMachine(RuleBasedStateMachine):
             for tip in [*m.tips.get((job, before.token), []), mine.tip]:
                 require(self.world.is_ancestor(tip, new),
                         f"{story}, but its update {tip[:10]} is not part of the main branch")
+            m.landed.add((job, before.token))
             self.count("finish")
         elif was == "running" and now_kind == "failed":
             assert before is not None and after is not None
@@ -907,6 +954,63 @@ class ProtocolMachine(RuleBasedStateMachine):
                 table[job] = after  # type: ignore[assignment]
         require((running, done, failed) == (m.running, m.done, m.failed),
                 f"after a push by {who} the ledgers differ from the model")
+
+    def audit_folds(self, who: str, folded: list[str], real: Model, new: Oid) -> None:
+        """The jobs a push moved whose finish was parked: each must be folded in as its
+        parker's finish under the parked token (to done, with the parked tip and every
+        update of it on the new main branch; or to failed by a merge conflict), never
+        claimed again, taken over or given up."""
+        m = self.model
+        for job in folded:
+            before = m.running[job]
+            parker, tip = m.parked[(job, before.token)]
+            now_kind, after = real.state(job)
+            story = (f"{who} moved job {job!r} from running {before} to {now_kind} {after}; its "
+                     f"finish was parked by {parker!r} under token {before.token}")
+            require(after is not None and (after.worker, after.token, after.attempt) == (
+                before.worker, before.token, before.attempt) and (
+                    now_kind == "done" or (now_kind == "failed"
+                                           and "merge conflict" in after.reason)),
+                    f"{story}: a parked job is finished; only its fold may move it")
+            if now_kind == "done":
+                for t in [*m.tips.get((job, before.token), []), tip]:
+                    require(self.world.is_ancestor(t, new),
+                            f"{story}, but its tip {t[:10]} is not part of the main branch")
+                m.landed.add((job, before.token))
+            self.count("fold" if now_kind == "done" else "fold-conflict")
+            del m.running[job]
+            (m.done if now_kind == "done" else m.failed)[job] = after  # type: ignore[assignment]
+
+    def audit_parked(self, ws: WorkerState, who: str, ref: str, beat: Beat) -> None:
+        """The parked finishes a liveness record lists: a new one only from the worker
+        session that runs that job under that token, with the job branch's tip; none of
+        its worker's parked finishes that are still to be folded left out."""
+        m = self.model
+        refs = self.world.refs()
+        listed = {(p.job, p.token) for p in beat.parked}
+        for p in beat.parked:
+            known = m.parked.get((p.job, p.token))
+            if known is not None:
+                require(known == (beat.worker, p.tip),
+                        f"{who} wrote {ref} with a parked finish {p} that was parked as {known}")
+                continue
+            e = m.running.get(p.job)
+            claim = m.claims.get((p.job, p.token))
+            require(not beat.revoked and e is not None and e.worker == ws.name
+                    and e.token == p.token and e.attempt == p.attempt and claim is not None
+                    and claim.session == ws.session,
+                    f"{who} parked a finish of {p.job!r} (token {p.token}) it does not hold: "
+                    f"the ledger says {m.state(p.job)}")
+            assert claim is not None
+            require(refs.get(claim.branch(p.job, p.token)) == p.tip,
+                    f"{who} parked {p.job!r} at {p.tip[:10]}, which is not its branch's tip")
+            m.parked[(p.job, p.token)] = (beat.worker, p.tip)
+            self.count("park")
+        for (job, token), (parker, _) in m.parked.items():
+            require(parker != beat.worker or (job, token) in listed
+                    or not m.runs(job, parker, token),
+                    f"{who} wrote {ref} without the parked finish of {job!r} (token {token}), "
+                    "which is not folded in yet: the finish is lost")
 
     def record_claim(self, ws: WorkerState, job: str, token: int, commit: Oid) -> None:
         claim = Claim(ws.name, ws.session, commit)
@@ -977,6 +1081,7 @@ class ProtocolMachine(RuleBasedStateMachine):
     def audit_beat(self, ws: WorkerState, who: str, ref: str, new: Oid) -> None:
         beat = parse_beat_message(self.world.message(new))
         require(ref == worker_ref(beat.worker), f"{who} wrote {beat} to {ref}")
+        self.audit_parked(ws, who, ref, beat)
         if beat.revoked:
             require(ref in self.expect_revoke and beat.revoked_by == ws.name,
                     f"{who} revoked {ref} without taking over one of its jobs")
@@ -1099,6 +1204,7 @@ class ProtocolMachine(RuleBasedStateMachine):
         ws.fresh = False
         pending = self.next_job_function(ws)
         if pending is None:
+            self.fold_idle(ws)
             return
         job, edits = pending
         refs = self.world.refs()
@@ -1132,6 +1238,21 @@ class ProtocolMachine(RuleBasedStateMachine):
             ws.pending = self.next_job_function(ws)
             if ws.pending is None:
                 c.release()
+                self.fold_idle(ws)
+
+    def fold_idle(self, ws: WorkerState) -> None:
+        """A worker with no job to claim folds the parked finishes it saw, alone; from a
+        current look and with no fault, that push must land."""
+        snap, quiet = ws.snap, ws.fault is None
+        if snap.folds is None:
+            return
+        landed = ws.coord.fold(snap)
+        main = self.world.refs()[MAIN_REF]
+        require(landed or not quiet or main != snap.main,
+                f"{ws.name!r} failed to fold the parked finishes on a main branch that did "
+                "not move")
+        if main != snap.main:
+            self.count("fold-alone" if landed else "fold-alone-lost")
 
     def next_job_function(self, ws: WorkerState) -> tuple[str, Oid | None] | None:
         """The queue's next-job function: take the first line of ``jobs.txt``."""
@@ -1196,9 +1317,17 @@ class ProtocolMachine(RuleBasedStateMachine):
         c = ws.coord
         job = c.job
         assert job is not None
-        quiet = ws.fault is None
+        # a torn read shows the main branch from before the latest push: its CAS loses
+        quiet = ws.fault is None and not self.read_will_tear(c)
+        park = (job.token + ws.updates) % 2 == 0  # else lost races are retried unparked
+        race = None
+        if park and quiet and self.depth == 0 and self.budget["park"] > 0:
+            # the others move the main branch between this finish's look and its push
+            self.budget["park"] -= 1
+            race = ws.fault = Fault("pause", aim="main", until_moved=True)
+            quiet = False
         try:
-            landed = c.finish_step()
+            landed = self.finish_or_park(ws, park)
         except LeaseLost:
             require(not self.model.runs(job.job, ws.name, job.token),
                     f"{ws.name!r}: finishing {job.job!r} was refused though it still holds it")
@@ -1214,11 +1343,35 @@ class ProtocolMachine(RuleBasedStateMachine):
                         "any other push")
                 require(c.job is job, f"{ws.name!r} dropped its job after a lost race")
                 return
+            if landed == "parked":
+                self.count("park-believed")
             e = self.model.done.get(job.job)
-            require(e is not None and e.token == job.token,
-                    f"{ws.name!r} believes it finished {job.job!r}; the ledger says "
+            parked = self.model.parked.get((job.job, job.token))
+            require((e is not None and e.token == job.token) or (
+                landed == "parked" and parked is not None and parked[0] == ws.name),
+                    f"{ws.name!r} believes it finished {job.job!r} ({landed}); the ledger says "
                     f"{self.model.state(job.job)}")
+            self.model.believed[(job.job, job.token)] = ws.name
+        finally:
+            if ws.fault is race:
+                ws.fault = None
         require(c.job is None, f"{ws.name!r} still holds {job.job!r} after finishing it")
+
+    def read_will_tear(self, c: Coordinator) -> bool:
+        world = self.world
+        return isinstance(world, MemoryWorld) and c.transport.inner.name in world._torn
+
+    def finish_or_park(self, ws: WorkerState, park: bool) -> Oid | str | None:
+        """One try of the finish: the new main branch commit, ``"parked"`` when it lost its
+        race and parked itself on the worker's record (with ``park``), or ``None``."""
+        c = ws.coord
+        if not park:
+            return c.finish_step()
+        landed = c._finish_try()
+        if landed is _Lost.MAIN:
+            self.count("finish-lost")
+            return "parked" if c.park_step() else None
+        return None if isinstance(landed, _Lost) else landed
 
     def do_fail(self, ws: WorkerState) -> None:
         c = ws.coord
@@ -1710,8 +1863,8 @@ class ProtocolMachine(RuleBasedStateMachine):
                 claim = m.claims.get((e.job, e.token))
                 mine = c.job is not None and (c.job.job, c.job.token) == (e.job, e.token)
                 require(e.worker != ws.name or claim is None or claim.session != ws.session
-                        or mine, f"{ws.name!r} holds {e.job!r} on the remote (token {e.token}) "
-                        "but does not know it")
+                        or mine or m.parked_line(e.job), f"{ws.name!r} holds {e.job!r} on the "
+                        f"remote (token {e.token}) but does not know it")
             if c.holding is not None:
                 ws.believed.add(c.holding.oid)
                 require(self.world.is_ancestor(c.holding.oid, lock_oid),
@@ -1792,6 +1945,11 @@ class AdminMachine(ProtocolMachine):
         """Did a finish of ``job`` land under ``token`` (in this run of it or an earlier
         one)?"""
         return self.finished.get((job, self.claim_run.get((job, token), -1))) == token
+
+    def finish_kept(self, job: str, token: int, done: Entry | None) -> bool:
+        """A finish is kept once it landed in its run (a later ``requeue --done`` starts a
+        new run of the job; ``done.txt`` then lists that one, or none)."""
+        return self.was_finished(job, token)
 
     def merged_branch(self, ref: str, old: Oid | None, post: dict[str, Oid]) -> bool:
         """As the base machine's, with "finished" meaning a finish of the run the branch's
@@ -1949,6 +2107,7 @@ class AdminMachine(ProtocolMachine):
                 f"a ledger too ({sorted(set(queue) & listed)})")
         m = self.model
         real = Model(queue, running, done, failed)
+        self.admin_folds(a, who, real, new)
         jobs = listed | set(queue) | set(m.running) | set(m.done) | set(m.failed) | set(m.queue)
         moved = sorted(j for j in jobs if real.state(j)[0] != m.state(j)[0]
                        or not same_line(real.state(j)[1], m.state(j)[1]))
@@ -2004,6 +2163,26 @@ class AdminMachine(ProtocolMachine):
                 self.runs_of[job] = self.runs_of.get(job, 0) + 1
         require((running, done, failed) == (m.running, m.done, m.failed),
                 f"after a push by {who} the ledgers differ from the model")
+
+    def admin_folds(self, a: AdminOp, who: str, real: Model, new: Oid) -> None:
+        """An edit folds the parked finishes in first, in its own push: audit those folds
+        as a worker's, and move the model on, so that the edit is audited on what it saw.
+        A job requeued in the same push was folded to done (``--done``) or, by a merge
+        conflict, to failed."""
+        m = self.model
+        folded = [j for j in sorted(m.running) if m.parked_line(j)
+                  and not same_line(real.running.get(j), m.running[j])]
+        requeued = [j for j in folded if real.state(j)[0] == "queued" and a.op == "requeue"]
+        self.audit_folds(who, [j for j in folded if j not in requeued], real, new)
+        for job in requeued:
+            e = m.running.pop(job)
+            (m.done if a.done else m.failed)[job] = e
+            self.count("fold-requeued")
+        for job in folded:
+            e = m.done.get(job)
+            if e is not None:
+                m.landed.add((job, e.token))
+                self.finished[(job, self.claim_run.get((job, e.token), 0))] = e.token
 
     # ---- the administrator's commands: the real fenced edits, audited like the workers ---------
     def admin_ready(self) -> bool:
