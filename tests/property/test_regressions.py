@@ -261,3 +261,18 @@ def test_a_late_claim_whose_renewal_fails_is_still_held_not_retried():
     world.remote.fault_hook = late_then_dropped
     got = a.claim(snap, CallNextJobFunction(), "j1", None)
     assert got is not None and a.job is got and got.job == "j1"
+
+
+def test_a_torn_read_at_finish_does_not_make_a_live_holder_drop_its_job():
+    """A finish reads the main branch and the liveness records in one fetch.  The records
+    sort first, so a read torn by the holder's own claim shows its new record beside the
+    main branch from before the claim, where the job is not its own.  That read must not
+    become a ``LeaseLost``: the verdict is made on the main branch alone."""
+    world, clock = MemoryWorld(["j1"]), Clock()
+    c = coordinator(world, "w", clock)
+    job = claim(c, "j1")
+    world.tear_next_read(c.transport)
+    assert c.finish_step() is not None  # before the fix: LeaseLost, and the job dropped
+    assert c.job is None
+    done = world.read_file(world.refs()[MAIN_REF], "done.txt") or b""
+    assert done.startswith(f"j1\tworker=w\ttoken={job.token}".encode())
