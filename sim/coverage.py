@@ -112,16 +112,19 @@ COVERAGE: tuple[Item, ...] = (
          ("pause_rate", "jobs", "workers"), 0),
     Item("late_finishes_refused", "finish_job or fail_job of a job taken over was refused "
          "(LeaseLost)", ("pause_rate", "jobs", "workers"), 0),
+    # races for the main branch are rare since finishes park (a finish moves the main
+    # branch only when its worker is alone): counted and shown, not required; the property
+    # machine forces them instead
     Item("claim_races", "a claim push lost a race (the claim is replayed or dropped)",
-         ("jobs", "workers"), 3),
+         ("jobs", "workers"), 0),
     Item("finish_races", "a finish push lost a race to another push of the main branch "
-         "(the finish is retried)", ("jobs", "workers"), 2),
+         "(the finish parks, or is retried)", ("jobs", "workers"), 0),
     Item("job_failures", "a job function failed and its attempt was recorded (fail_job)",
          ("job_fail_rate",), 0),
     Item("parked_finishes", "a finish that lost its race was parked on its worker's own "
-         "liveness record", ("jobs", "workers"), 1),
+         "liveness record", ("jobs", "workers"), 10),
     Item("folds_by_others", "a parked finish folded into the main branch by another worker's "
-         "push", ("jobs", "workers"), 0),
+         "push", ("jobs", "workers"), 6),
 )
 
 ITEMS: dict[str, Item] = {item.name: item for item in COVERAGE}
