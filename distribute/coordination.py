@@ -467,21 +467,23 @@ class Coordinator:
             self.beat = replace(self.beat, parked=tuple(
                 p for p in self.beat.parked if p not in mine))
 
-    def fold(self, snap: Snapshot) -> bool:
+    def fold(self, snap: Snapshot, everyone: bool = False) -> bool:
         """Push onto the main branch, alone, the parked finishes ``snap`` shows of this
         worker and of workers that left or fell silent for a lease (a worker with no job
         to claim does this, so that its own finishes reach ``done.txt`` before it leaves
         and a dead worker's do not wait for a claim; a live worker's are left to it and
         to the next claim, so idle workers do not all race to fold the same finish).
-        Returns whether the push landed (or there was nothing to fold); ``False``: the
-        main branch moved, look again."""
+        With ``everyone``, all of them (a worker leaving because no job is left: it may
+        be the last to look).  Returns whether the push landed (or there was nothing to
+        fold); ``False``: the main branch moved, look again."""
         with self.mutex:
             if snap.folds is None:
                 return True
             now = self.clock()
             chosen = [
                 (w, p) for w, p, _ in snap.folds.entries
-                if w == self.worker or w in snap.gone or self.watch.expired(worker_ref(w), now)
+                if everyone or w == self.worker or w in snap.gone
+                or self.watch.expired(worker_ref(w), now)
             ]
             if not chosen:
                 return True

@@ -594,7 +594,7 @@ class Worker:
                 self._mark_job()
                 return outcome.job
             if outcome is _Step.NONE:
-                if not self._fold_parked(snap):
+                if not self._fold_parked(snap, everyone=True):
                     continue  # the main branch moved: look again, then fold what is left
                 self._say_gone()
                 return None
@@ -608,12 +608,13 @@ class Worker:
                 self._sleep(self._rng.uniform(0, self.poll_seconds / 4))
             # _Step.AGAIN: the holding was lost; start over at once
 
-    def _fold_parked(self, snap: Snapshot) -> bool:
+    def _fold_parked(self, snap: Snapshot, everyone: bool = False) -> bool:
         """Fold the finishes parked on liveness records into the main branch (see
         :meth:`~distribute.coordination.Coordinator.fold`); a worker with no job to claim
-        does it, so that ``done.txt`` lists them without waiting for the next claim and
-        the last worker leaves none behind.  ``False``: the main branch moved first."""
-        return self._retrying(partial(self.coord.fold, snap))
+        does it, so that ``done.txt`` lists them without waiting for the next claim, and
+        one that leaves folds every one it sees, so the last to leave leaves none behind.
+        ``False``: the main branch moved first."""
+        return self._retrying(partial(self.coord.fold, snap, everyone))
 
     def _look(self) -> Snapshot:
         """A full look at the remote, timed for the pacer."""

@@ -221,3 +221,21 @@ def test_a_conflicting_finish_is_not_parked_but_raises(remote, tmp_path):
     assert record(remote, "a").parked == ()
     a.close()
     b.close()
+
+
+def test_the_last_worker_to_leave_folds_what_a_dead_worker_parked(remote, tmp_path):
+    """b parks its finish and dies before folding it; a, leaving because no job is left,
+    folds b's entry too (its record still looks alive), so done.txt is complete."""
+    a, b = two_running(remote, tmp_path)
+    b.coord.observe()
+    b.finish_job()
+    assert [p.job for p in record(remote, "b").parked] == ["job-b"]
+    b._stop.set()  # b dies: no close, no fold of its own
+    b._filelock.release()
+    a.coord.observe()
+    a.finish_job()  # parked too: b's record looks alive
+    assert "job-a" not in done(remote) and "job-b" not in done(remote)
+    assert a.get_next_job(lambda: None) is None
+    assert "job-a\tworker=a" in done(remote) and "job-b\tworker=b" in done(remote)
+    assert git(remote, "show", f"{MAIN}:running.txt") == ""
+    a.close()
