@@ -1178,7 +1178,10 @@ class Coordinator:
         with self.mutex:
             job = self._job()
             entry = Parked(job.job, job.token, job.attempt, job.tip)
-            beat = replace(self.beat.next(()), finishing="", parked=(*self.beat.parked, entry))
+            # already listed when an earlier try landed unseen and was taken up from our
+            # record (its answer was lost, and the retry's CAS met it)
+            parked = self.beat.parked + (() if entry in self.beat.parked else (entry,))
+            beat = replace(self.beat.next(()), finishing="", parked=parked)
             new_oid = self._beat_commit(beat)
             sent = self.clock()
             if self.push([RefUpdate(self.own_ref, self.beat_oid, new_oid)]):
