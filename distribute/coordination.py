@@ -828,6 +828,17 @@ class Coordinator:
         job: str | None,
         edits: Oid | None = None,
     ) -> JobHolding | None:
+        """:meth:`claim_step`, for callers that only ask whether it claimed."""
+        got = self.claim_step(snap, plan, job, edits)
+        return got if isinstance(got, JobHolding) else None
+
+    def claim_step(
+        self,
+        snap: Snapshot,
+        plan: Retry | CallNextJobFunction,
+        job: str | None,
+        edits: Oid | None = None,
+    ) -> JobHolding | ev.NotClaimed:
         """Claim a job and release the lock in one atomic push.
 
         Args:
@@ -838,15 +849,15 @@ class Coordinator:
                 next-job function's file edits, or ``None``.
 
         Returns:
-            The new :class:`JobHolding`, or ``None`` when the lock was taken
-            over meanwhile (nothing was written; start again).
+            The new :class:`JobHolding`, or why nothing was claimed
+            (:class:`~distribute.core.events.NotClaimed`; start again).
         """
         with self.mutex:
             first_main = snap.main
             while True:
                 if self.holding is None or not self.holding_valid():
                     self.holding = None
-                    return None
+                    return ev.NotClaimed.LOCK_LOST
                 h = self.holding
                 token = h.state.token
                 if isinstance(plan, Retry):
@@ -865,7 +876,7 @@ class Coordinator:
                         # (a claim landed unseen); its answer is stale, so start over
                         self.journal(ev.StaleDecision(job=job))
                         self.release(snap.main)
-                        return None
+                        return ev.NotClaimed.STALE
                     ledger = snap.view.claim(job, self.worker, token)
                 tree = self.transport.commit_tree(edits) if edits else None
                 if edits and snap.base != first_main:
@@ -886,14 +897,14 @@ class Coordinator:
                 )
                 if self._push_claim(claim):
                     self.holding = None
-                    return self.job
+                    return self.job or ev.NotClaimed.DROPPED
                 # lost: learn why and replay on what is there now
                 self.stats.replays += 1
                 snap = self.observe()
                 if snap.lock_oid != h.oid:
                     self.holding = None
                     self.journal(ev.LockLost(token=token))
-                    return None
+                    return ev.NotClaimed.LOCK_LOST
                 if snap.refs.get(self.own_ref) != claim.own_old:
                     self.beat_oid = snap.refs.get(self.own_ref)
                 if isinstance(plan, Retry):
@@ -902,6 +913,13 @@ class Coordinator:
     def claim_unlocked(
         self, snap: Snapshot, job: str, edits: Oid | None = None
     ) -> JobHolding | None:
+        """:meth:`claim_unlocked_step`, for callers that only ask whether it claimed."""
+        got = self.claim_unlocked_step(snap, job, edits)
+        return got if isinstance(got, JobHolding) else None
+
+    def claim_unlocked_step(
+        self, snap: Snapshot, job: str, edits: Oid | None = None
+    ) -> JobHolding | ev.NotClaimed:
         """Claim a new job with no separate acquire: a holding of zero length.
 
         One atomic push moves the lock from the free value observed in
@@ -919,8 +937,9 @@ class Coordinator:
         at once, and a run whose claim lost leaves no trace.
 
         Returns:
-            The new :class:`JobHolding`, or ``None`` when someone else claimed
-            first (or the replays ran out, or the edits no longer merge).
+            The new :class:`JobHolding`, or ``NotClaimed.TAKEN`` when someone else
+            claimed first (or the replays ran out, or the edits no longer merge),
+            ``NotClaimed.DROPPED`` when it landed too late to run.
         """
         with self.mutex:
             if self.holding is not None or self.job is not None:
@@ -928,19 +947,19 @@ class Coordinator:
             first = snap
             for _ in range(UNLOCKED_TRIES):
                 if snap.lock_oid != first.lock_oid or not snap.lock.free or self.torn(snap):
-                    return None
+                    return ev.NotClaimed.TAKEN
                 if snap is not first and (
                     snap.view.state_of(job) is not None
                     or not isinstance(self.plan(snap), CallNextJobFunction)
                 ):
-                    return None  # the job is known by now, or an orphan must go first
+                    return ev.NotClaimed.TAKEN  # the job is known by now, or an orphan first
                 token = snap.lock.token + 1
                 ledger = snap.view.claim(job, self.worker, token)
                 tree = self.transport.commit_tree(edits) if edits else None
                 if edits and snap.base != first.main:
                     merged = self.transport.merge(snap.base, edits)
                     if not merged.clean:
-                        return None  # the function must see the new files: ask it again
+                        return ev.NotClaimed.TAKEN  # the function must see the new files
                     tree = merged.tree
                 freed = partial(snap.lock.claimed_unlocked, self.worker)
                 claim = self._build_claim(
@@ -948,12 +967,12 @@ class Coordinator:
                 )
                 if self._push_claim(claim, unlocked=True):
                     self.stats.count("unlocked_claims")
-                    return self.job
+                    return self.job or ev.NotClaimed.DROPPED
                 self.stats.count("unlocked_lost")
                 self.beat_oid = None  # a stale liveness value may have refused it: re-read
                 snap = self.observe()
                 self.stats.replays += 1
-            return None
+            return ev.NotClaimed.TAKEN
 
     def _build_claim(
         self,
@@ -1056,10 +1075,10 @@ class Coordinator:
                 self.job = None
         return True
 
-    def _replan(self, snap: Snapshot) -> JobHolding | None:
+    def _replan(self, snap: Snapshot) -> ev.NotClaimed:
         """The orphan we meant to retry changed; release and let the caller start over."""
         self.release(snap.main)
-        return None
+        return ev.NotClaimed.REPLAN
 
     # ---- while running -------------------------------------------------------
     def adopt(self, job: JobHolding) -> None:

@@ -51,7 +51,7 @@ from distribute.core.errors import (
     TransportError,
     UsageError,
 )
-from distribute.core.events import FailOutcome
+from distribute.core.events import FailOutcome, NotClaimed
 from distribute.core.ledger import MAX_INTERRUPTIONS
 from distribute.core.names import LOCK_REF, WORKERS_PREFIX, check_name, job_dir, scrub_url
 from distribute.core.pacing import (
@@ -674,8 +674,11 @@ class Worker:
         job, edits = self._run_next_job_function(snap, func)
         if job is None:
             return self._no_job(snap)
-        got = self._claim_or_undo(snap, partial(self.coord.claim_unlocked, snap, job, edits))
-        return got if got is not None else _Step.LOST
+        got = self._claim_or_undo(
+            snap, partial(self.coord.claim_unlocked_step, snap, job, edits))
+        # not claimed: someone claimed first (look again at once: the lock may still be
+        # free and ours in turn), or the claim landed too late to run
+        return got if isinstance(got, JobHolding) else _Step.LOST
 
     def _no_job(self, snap: Snapshot) -> _Step:
         """The function had no job: wait while other workers still run one (it may come
@@ -684,8 +687,8 @@ class Worker:
         return _Step.WAIT if waiting else _Step.NONE
 
     def _claim_or_undo(
-        self, snap: Snapshot, claim: Callable[[], JobHolding | None]
-    ) -> JobHolding | None:
+        self, snap: Snapshot, claim: Callable[[], JobHolding | NotClaimed]
+    ) -> JobHolding | NotClaimed:
         """Run ``claim``; if it did not claim, undo the next-job function's edits."""
         try:
             return self._retrying(claim)
@@ -704,8 +707,9 @@ class Worker:
                     snap = self._retrying(partial(coord.give_up, snap, plan))
                     continue
                 if isinstance(plan, Retry):
-                    got = self._retrying(partial(coord.claim, snap, plan, None))
-                    return got if got is not None else _Step.AGAIN
+                    got = self._retrying(partial(coord.claim_step, snap, plan, None))
+                    # any NotClaimed: the holding or the plan is gone, start over at once
+                    return got if isinstance(got, JobHolding) else _Step.AGAIN
                 if not coord.keep_valid_holding():
                     # paused past the lease since the acquire: another worker may hold
                     # the lock now, so the function must not run on this holding (and
@@ -715,9 +719,9 @@ class Worker:
                 if job is None:
                     self._retrying(partial(coord.release, snap.main))
                     return self._no_job(snap)
-                claim = partial(coord.claim, snap, CallNextJobFunction(), job, edits)
+                claim = partial(coord.claim_step, snap, CallNextJobFunction(), job, edits)
                 got = self._claim_or_undo(snap, claim)
-                return got if got is not None else _Step.AGAIN
+                return got if isinstance(got, JobHolding) else _Step.AGAIN
         except BaseException:
             if coord.holding is not None:
                 with contextlib.suppress(TransportError):  # else the lease expires

@@ -24,6 +24,22 @@ class FailOutcome(StrEnum):
     FAILED = "failed"
 
 
+class NotClaimed(StrEnum):
+    """Why a claim wrote nothing (``Coordinator.claim_step``): the caller starts over
+    with a new look.  The value says it for a log."""
+
+    #: the lock holding ran past its lease, or was taken over or broken meanwhile
+    LOCK_LOST = "the lock holding was lost"
+    #: the next-job function decided on a main branch that was not the newest
+    STALE = "the next-job function's answer was stale"
+    #: the orphaned job to retry changed meanwhile (finished, retried or failed)
+    REPLAN = "the orphaned job changed"
+    #: with no lock: someone else claimed first, or the job is known by now
+    TAKEN = "another worker claimed first"
+    #: the claim landed a lease after it was sent, and the job was taken over meanwhile
+    DROPPED = "the claim landed too late to run"
+
+
 class FinishOutcome(StrEnum):
     """How a finish landed: merged into the main branch by its worker, or *parked* on
     the worker's own liveness record because the main branch moved under it (durable
@@ -237,6 +253,7 @@ __all__ = [
     "LockLost",
     "LockRelease",
     "LockRenew",
+    "NotClaimed",
     "ResumeConflict",
     "Revoked",
     "StaleDecision",
