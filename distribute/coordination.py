@@ -219,10 +219,12 @@ GC_BATCH = 500
 
 
 class _Lost(Enum):
-    """Which push of a finish's try lost its race for the main branch."""
+    """A finish's try that did not land on the main branch: which push lost its race,
+    or the finish was parked already (an earlier try's park landed unseen)."""
 
     MAIN = "the finish"
     CONFLICT = "the record of its merge conflict"
+    PARKED = "parked already"
 
 
 class LostHolding(Exception):
@@ -297,6 +299,7 @@ class Coordinator:
         self._settled: set[Parked] = set()
         #: the last observation: whether other workers are about (see :meth:`finish`)
         self.last_seen: Snapshot | None = None
+        self._finish_main: Oid = ""  # the main branch the last finish try read
 
     # ---- small helpers -----------------------------------------------------
     def journal(self, event: ev.Event) -> None:
@@ -1163,6 +1166,8 @@ class Coordinator:
 
         def step() -> ev.FinishOutcome | None:
             landed = self._finish_try()
+            if landed is _Lost.PARKED:
+                return ev.FinishOutcome.PARKED
             if not isinstance(landed, _Lost):
                 return ev.FinishOutcome.MERGED
             if landed is _Lost.MAIN and park:
@@ -1281,6 +1286,8 @@ class Coordinator:
         """One try of :meth:`finish` without parking: the new main branch commit, or
         ``None`` when the push lost a race."""
         landed = self._finish_try()
+        if landed is _Lost.PARKED:
+            return self._finish_main  # finished: the main branch it saw
         return None if isinstance(landed, _Lost) else landed
 
     def _finish_try(self) -> Oid | _Lost:
@@ -1295,6 +1302,7 @@ class Coordinator:
             main = values.get(self.main_ref)
             if main is None:
                 raise RemoteStateError(f"the remote lost its branch {self.branch!r}")
+            self._finish_main = main
             raw = self.read_ledger(main)
             if not parked_valid(raw, self.worker, Parked(job.job, job.token, 1, job.tip)):
                 # not ours by this read; but a fetch reads refs one at a time, and the
@@ -1312,6 +1320,13 @@ class Coordinator:
                 return main
             self._sync_parked(values.get(self.own_ref), raw)
             parked = self.parked_in(values, raw)
+            if (self.worker, Parked(job.job, job.token, job.attempt, job.tip)) in parked:
+                # an earlier try parked it, and the answer was lost: it is finished
+                self.stats.count("parked")
+                self.journal(ev.Finish(job=job.job, token=job.token, tip=job.tip,
+                                       outcome=ev.FinishOutcome.PARKED))
+                self.job = None
+                return _Lost.PARKED
             folds = self._fold(main, raw, parked) if parked else None
             base, ledger = (folds.tip, folds.ledger) if folds else (main, raw)
             try:
@@ -1786,7 +1801,8 @@ class FencedEdit:
             records = transport.fetch([WORKERS_PREFIX + "*"])
             folds = fold_parked(transport, main, raw, find_parked(records, raw, self._beat_at))
             base, ledger = folds.tip, folds.ledger
-            queue = read_queue((transport.read_file(main, JOBS_FILE) or b"").decode("utf-8"))
+            # the queue as the folds left it: a job's results may edit jobs.txt
+            queue = read_queue((transport.read_file(base, JOBS_FILE) or b"").decode("utf-8"))
             out = edit(ledger, queue)
             changes: dict[str, bytes | None] = {}
             if out is not None:
@@ -1804,7 +1820,9 @@ class FencedEdit:
             released = transport.write_commit(
                 parents=[held_oid], message=lock_message(state.released(new_main)), changes={}
             )
-            revocations = self._revocations(ledger, out[0], state.token)
+            # revoked from the very values the folds were read from: a park that landed
+            # since then refuses this push (at most one of a park and a revocation lands)
+            revocations = self._revocations(ledger, out[0], state.token, records)
             if transport.push(
                 [RefUpdate(self.view.main_ref, main, new_main),
                  RefUpdate(LOCK_REF, held_oid, released), *revocations]
@@ -1820,15 +1838,17 @@ class FencedEdit:
         except DistributeError:
             return None
 
-    def _revocations(self, before: Ledger, after: Ledger, token: int) -> list[RefUpdate]:
+    def _revocations(
+        self, before: Ledger, after: Ledger, token: int, current: Mapping[str, Oid],
+    ) -> list[RefUpdate]:
         """The liveness records to revoke: those of workers whose live holding of a job
-        ``after`` no longer shows (compare-and-swap from their current values)."""
+        ``after`` no longer shows (compare-and-swap from their values in ``current``,
+        the read the edit was decided on)."""
         taken = sorted({
             e.worker for e in before.running
             if not e.released and not _same_holding(after.running_entry(e.job), e)
         })
         transport = self.view.transport
-        current = transport.fetch([worker_ref(w) for w in taken]) if taken else {}
         updates = []
         for worker in taken:
             ref = worker_ref(worker)
