@@ -818,7 +818,13 @@ class Worker:
     def finish_job(self) -> None:
         """Merge the job branch into the main branch; move the job to ``done.txt``.
 
-        Uncommitted changes are committed first.
+        Uncommitted changes are committed first.  When this returns, the results are
+        on the remote and the job can no longer be taken over.  With other workers
+        about, the finish is *parked* on this worker's liveness record and the next
+        move of the main branch (any worker's claim, or this worker's next
+        ``get_next_job``) merges it and lists the job in ``done.txt``; a job whose
+        branch no longer merges by then (another job wrote the same file first) is
+        recorded in ``failed.txt`` with its branch kept, as a conflict found here is.
 
         Raises:
             LeaseLost: the job was taken over; the main branch is unchanged.
