@@ -1320,7 +1320,8 @@ class Coordinator:
                 return main
             self._sync_parked(values.get(self.own_ref), raw)
             parked = self.parked_in(values, raw)
-            if (self.worker, Parked(job.job, job.token, job.attempt, job.tip)) in parked:
+            if any(w == self.worker and (p.job, p.token) == (job.job, job.token)
+                   for w, p in parked):
                 # an earlier try parked it, and the answer was lost: it is finished
                 self.stats.count("parked")
                 self.journal(ev.Finish(job=job.job, token=job.token, tip=job.tip,

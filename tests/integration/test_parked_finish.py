@@ -239,3 +239,33 @@ def test_the_last_worker_to_leave_folds_what_a_dead_worker_parked(remote, tmp_pa
     assert "job-a\tworker=a" in done(remote) and "job-b\tworker=b" in done(remote)
     assert git(remote, "show", f"{MAIN}:running.txt") == ""
     a.close()
+
+
+def test_a_restart_whose_dead_life_parked_its_finish_does_not_call_it_refused(remote, tmp_path):
+    """Killed after its park landed but before it noted so in its copy, a worker's next
+    life completes "a finish that had begun": it finds the finish parked on its own
+    record, and reports it finished, not taken over (nothing was)."""
+    a, b = two_running(remote, tmp_path)
+    a.coord.observe()
+    job = a.coord.job
+    assert job is not None
+    marker = json.dumps({"job": job.job, "token": job.token, "attempt": job.attempt,
+                         "branch": job.branch, "finishing": True})
+    a.finish_job()
+    assert [p.job for p in record(remote, "a").parked] == ["job-a"]
+    a._job_marker().write_text(marker)  # as if killed before the note was cleared
+    a._stop.set()
+    a._filelock.release()
+    events: list[str] = []
+    again = worker_from_url(f"file://{remote}", path=str(tmp_path / "a"), name="a",
+                            lease_seconds=30, poll_seconds=0.05,
+                            journal=lambda kind, **fields: events.append(kind))
+    assert again.get_next_job(pop_queue) == "job-c"
+    assert "finish-refused" not in events and "finish" in events
+    assert [line.split("\t")[0] for line in done(remote).splitlines()].count("job-a") == 1
+    again.finish_job()
+    b.finish_job()
+    assert again.get_next_job(pop_queue) is None
+    again.close()
+    b.close()
+    assert git(remote, "for-each-ref", "refs/heads/jobs/a/") == ""  # merged, then pruned
