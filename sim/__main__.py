@@ -27,6 +27,12 @@ Profiles (2 cores; scale down ``--workers`` on smaller machines)::
         --push-fail-rate 0.03 --unknown-rate 0.03 --latency 0.01 --remote daemon \\
         --duration 600 --seed 7 --out sim-runs/mid
 
+    # over real hosting on 127.0.0.1: sshd (key authentication) or smart HTTP (lighttpd
+    # and git http-backend, basic authentication), started from the repository's
+    # tests/servers.py and stopped at the end; a missing program is named with its package
+    python -m sim --workers 8 --jobs 60 --kill-rate 0.3 --pause-rate 0.2 \\
+        --push-fail-rate 0.03 --unknown-rate 0.03 --remote ssh --seed 3
+
     # large: 32 workers, 2,000 jobs, hundreds of faults (tens of minutes on 2 cores)
     python -m sim --workers 32 --jobs 2000 --lease 3 --kill-rate 0.3 --pause-rate 0.3 \\
         --push-fail-rate 0.02 --unknown-rate 0.02 --duration 3600 --seed 11 --out sim-runs/large

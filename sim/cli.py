@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
+import signal
 import sys
 import textwrap
 from pathlib import Path
@@ -14,7 +16,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .coverage import COVERAGE, EXIT_NOT_ENOUGH_COVERAGE
 from .report import print_report, summary, write_timeline
-from .runner import SimConfig, run
+from .runner import REMOTE_KINDS, RemoteUnavailable, RunOutcome, SimConfig, run
+from .runner import Progress as OnProgress
 
 COVERAGE_NOTE = textwrap.fill(
     "coverage: every run counts, from its journals, how often each fault and each interesting "
@@ -57,8 +60,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="seed of every random draw")
     p.add_argument("--duration", type=float, default=d.duration,
                    help="cap in seconds; the run stops by itself")
-    p.add_argument("--remote", choices=("file", "daemon"), default=d.remote,
-                   help="a bare repo by path, or served by git daemon on 127.0.0.1")
+    p.add_argument("--remote", choices=REMOTE_KINDS, default=d.remote,
+                   help="a bare repo by path (file), or served on 127.0.0.1 by git daemon "
+                   "(daemon), by sshd with key authentication (ssh: needs openssh-server "
+                   "and openssh-client), or by smart HTTP with basic authentication "
+                   "(http: lighttpd and git http-backend); ssh and http use the servers "
+                   "of the repository's tests/servers.py and stop them at the end")
     p.add_argument("--keep", action="store_true", help="keep the remote and local copies")
     p.add_argument("--lease", type=float, default=d.lease, help="lease period in seconds")
     p.add_argument("--poll", type=float, default=d.poll, help="first lock polling delay")
@@ -110,10 +117,31 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     return config
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the simulator; return the exit status (0 ok, 1 violations, 2 usage, 3 not enough
-    coverage)."""
+    """Run the simulator; return the exit status (0 ok, 1 violations, 2 usage or a remote
+    that cannot be served, 3 not enough coverage, 130 interrupted).  Ctrl-C and SIGTERM
+    stop the workers and any server the run started before returning."""
     args = parser().parse_args(argv)
+    # SIGTERM as Ctrl-C, so that the run's clean-up (workers, servers) happens for both;
+    # only the main thread may set handlers, and the previous one comes back at the end
+    previous = None
+    with contextlib.suppress(ValueError):
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _main(args)
+    except KeyboardInterrupt:
+        print("python -m sim: interrupted; workers and servers stopped", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     try:
         config.validate()
@@ -137,9 +165,11 @@ def main(argv: list[str] | None = None) -> int:
                            description=f"jobs done ({counts.get('kills', 0)} kills, "
                            f"{counts.get('pauses', 0)} pauses)")
 
-            outcome = run(config, progress)
+            outcome = _run(config, progress)
     else:
-        outcome = run(config)
+        outcome = _run(config)
+    if outcome is None:
+        return 2
     data = summary(outcome)
     if config.out:
         folder = Path(config.out)
@@ -149,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(data, indent=2))
     elif show:
         print_report(outcome, out)
+    for note in outcome.notes:
+        err.print(f"note: {note}", soft_wrap=True, highlight=False)
     if outcome.kept:
         err.print(f"kept the remote and local copies in {outcome.workdir}")
     if config.out and show:
@@ -165,6 +197,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"with:\n  {config.command()}", soft_wrap=True, highlight=False)
         return EXIT_NOT_ENOUGH_COVERAGE
     return 0
+
+
+def _run(config: SimConfig, progress: OnProgress | None = None) -> RunOutcome | None:
+    """:func:`run`, or ``None`` (said on stderr) when the remote cannot be served."""
+    try:
+        return run(config, progress)
+    except RemoteUnavailable as exc:
+        print(f"python -m sim: cannot serve {exc}", file=sys.stderr)
+        return None
 
 
 __all__ = ["config_from_args", "main", "parser"]

@@ -2,8 +2,9 @@
 
 Theory of operation
 -------------------
-:func:`run` prepares a bare repository (served from the file system or by a
-``git daemon`` on 127.0.0.1), starts one OS process per worker
+:func:`run` prepares a bare repository (served from the file system, by a
+``git daemon``, by sshd or by smart HTTP on 127.0.0.1; see :func:`hosted_remote`),
+starts one OS process per worker
 (``python -m sim.worker``, each with its own local copy and journal), and
 then loops -- at most until the duration cap -- reaping processes and
 injecting faults drawn from one seeded :class:`random.Random`:
@@ -22,7 +23,8 @@ not care: it times leases on the monotonic clock only.
 
 Kills, pauses, resumes and restarts go to the injector's journal.  When every
 worker has left its loop (or the cap is hit) every process still there is
-killed, the daemon stopped, and the remote read with git: the ledgers on the
+killed, the daemon or server stopped, and the remote read with git (by path: it is
+on this machine whatever serves it): the ledgers on the
 main branch, the lock ref's history, the job branches and which journalled
 commits the main branch reaches.  That plain data and the journals go to the
 pure :func:`sim.checker.check`.  Every process this module starts is killed
@@ -32,6 +34,7 @@ in a ``finally``.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import random
 import shlex
@@ -42,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -64,6 +67,16 @@ MAX_CLOCK_SKEW = 86400.0
 MAX_CLOCK_DRIFT = 0.05
 #: The share of kills that may hit a process still starting (see ``_Fleet.kill_targets``).
 STARTUP_KILL_SHARE = 0.2
+#: What ``--remote`` takes: a path, git daemon, sshd, smart HTTP (the last three on 127.0.0.1).
+REMOTE_KINDS = ("file", "daemon", "ssh", "http")
+#: The remotes served by the repository's test servers (``tests/servers.py``).
+HOSTED_KINDS = ("ssh", "http")
+#: How long a hosted server outlives the run's duration cap before it stops by itself
+#: (it is stopped at the end of the run; this only bounds one left behind by ``kill -9``).
+SERVER_GRACE = 600.0
+#: How long to wait, after the servers stopped, for git processes still working in the
+#: remote on their behalf (a push whose client was killed may still be landing).
+QUIET_SECONDS = 15.0
 
 
 @dataclass(slots=True)
@@ -104,8 +117,9 @@ class SimConfig:
     def validate(self) -> None:
         if self.workers < 1 or self.jobs < 0 or self.duration <= 0 or self.lease <= 0:
             raise ValueError("need --workers >= 1, --jobs >= 0, --duration > 0, --lease > 0")
-        if self.remote not in ("file", "daemon"):
-            raise ValueError(f"--remote must be file or daemon, not {self.remote!r}")
+        if self.remote not in REMOTE_KINDS:
+            raise ValueError(f"--remote must be one of {', '.join(REMOTE_KINDS)}, "
+                             f"not {self.remote!r}")
         rates = (self.push_fail_rate, self.unknown_rate, self.lie_rate, self.job_fail_rate)
         if any(not 0 <= r <= 1 for r in rates) or self.kill_rate < 0 or self.pause_rate < 0:
             raise ValueError("fault rates must be >= 0 (push and job rates at most 1)")
@@ -231,6 +245,96 @@ def git_daemon(base: Path, log: Path) -> Any:
             _kill_group(proc)
 
 
+class RemoteUnavailable(RuntimeError):
+    """The server a ``--remote`` kind needs could not be started: a program or the
+    repository's ``tests/servers.py`` is missing, or the server did not come up.  The
+    message says which, and for a missing program the Debian packages to install."""
+
+
+def _test_servers() -> Any:
+    """The repository's ``tests/servers.py`` (sshd and smart HTTP on 127.0.0.1; it needs
+    no pytest), imported as the module ``servers`` the way the test suite and the
+    benchmark import it, so that a test run shares one copy with its fixtures."""
+    loaded = sys.modules.get("servers")
+    if loaded is not None and hasattr(loaded, "SshServer") and hasattr(loaded, "HttpServer"):
+        return loaded
+    for folder in (PACKAGE_ROOT / "tests", Path.cwd() / "tests"):
+        if (folder / "servers.py").is_file():
+            if str(folder) not in sys.path:
+                sys.path.insert(0, str(folder))
+            return importlib.import_module("servers")
+    raise RemoteUnavailable(
+        "the ssh and http remotes are served by tests/servers.py of the Distribute "
+        "repository, which is not here: run the simulator from a checkout of the repository"
+    )
+
+
+@contextlib.contextmanager
+def hosted_remote(
+    kind: str, base: Path, jobs: list[str], lifetime: float
+) -> Iterator[tuple[str, Path, dict[str, str]]]:
+    """Start the ``kind`` server (``ssh``: sshd, key authentication only, for the user
+    running this; ``http``: lighttpd and ``git http-backend`` behind basic authentication)
+    on 127.0.0.1 with its files in ``base``, and a prepared bare repository in its folder
+    of repositories; yield the repository's URL, its path on disk, and the environment
+    variables git needs to reach it (for ssh, ``GIT_SSH_COMMAND`` with the throw-away
+    keys).  Kills and pauses signal a worker process or its own session, never the
+    server; it is stopped when the block ends, however it ends (errors, Ctrl-C)."""
+    servers = _test_servers()
+    try:
+        if kind == "ssh":
+            server = servers.SshServer(base, lifetime=lifetime)
+        elif kind == "http":
+            server = servers.HttpServer(base, lifetime=lifetime)
+        else:
+            raise ValueError(f"not a hosted remote: {kind!r}")
+    except servers.Unavailable as err:
+        raise RemoteUnavailable(f"--remote {kind}: {err}") from err
+    try:
+        server.start()
+    except servers.ServerStartError as err:
+        server.stop()
+        raise RemoteUnavailable(f"--remote {kind}: {err}") from err
+    try:
+        url, path = server.remote("remote.git", init=lambda p: prepare_remote(p, jobs))
+        env = {"GIT_SSH_COMMAND": server.ssh_command} if kind == "ssh" else {}
+        yield url, path, env
+    finally:
+        server.stop()
+
+
+def _busy_in(path: Path) -> list[int]:
+    """Processes working in the repository at ``path`` (their current directory is in it,
+    as for git's upload-pack and receive-pack); empty where ``/proc`` cannot tell."""
+    root = path.resolve()
+    pids: list[int] = []
+    with contextlib.suppress(OSError):
+        entries = os.listdir("/proc")
+        for entry in entries:
+            if not entry.isdigit():
+                continue
+            try:
+                cwd = Path(os.readlink(f"/proc/{entry}/cwd"))
+            except OSError:
+                continue
+            if cwd == root or root in cwd.parents:
+                pids.append(int(entry))
+    return pids
+
+
+def wait_until_quiet(path: Path, timeout: float = QUIET_SECONDS) -> bool:
+    """Wait until no process works in the repository at ``path`` any more, at most
+    ``timeout`` seconds; return whether it got quiet.  A server's git commands outlive
+    the client that was killed: a push whose pack had arrived still updates its refs, and
+    the final state must be read after that, not halfway through."""
+    deadline = time.monotonic() + timeout
+    while _busy_in(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def _kill_worker(proc: subprocess.Popen[bytes]) -> None:
     """``kill -9`` of the worker process alone, as a user or the OOM killer does it: a git
     command it started finishes what it began (a push may land after its worker died).
@@ -255,7 +359,10 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 class _Fleet:
     """The worker processes and the fault injector."""
 
-    def __init__(self, config: SimConfig, url: str, workdir: Path, journal_dir: Path) -> None:
+    def __init__(
+        self, config: SimConfig, url: str, workdir: Path, journal_dir: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.config = config
         self.url = url
         self.workdir = workdir
@@ -266,7 +373,7 @@ class _Fleet:
         self.exits: dict[str, int] = {}
         self.counts: dict[str, int] = {"kills": 0, "pauses": 0}
         self.deadline = 0.0
-        env = dict(os.environ)
+        env = {**os.environ, **(env or {})}
         paths = [str(PACKAGE_ROOT), os.getcwd(), env.get("PYTHONPATH", "")]
         env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         self.env = env
@@ -511,15 +618,24 @@ def run(config: SimConfig, progress: Progress | None = None) -> RunOutcome:
     started = time.monotonic()
     timed_out = False
     fleet: _Fleet | None = None
+    url = ""
     try:
-        prepare_remote(remote, queue)
         with contextlib.ExitStack() as stack:
+            env: dict[str, str] = {}
+            if config.remote in HOSTED_KINDS:
+                # the server's own folder of repositories holds the remote: smart HTTP
+                # serves nothing else
+                url, remote, env = stack.enter_context(hosted_remote(
+                    config.remote, workdir / config.remote, queue,
+                    lifetime=config.duration + SERVER_GRACE))
+            else:
+                prepare_remote(remote, queue)
             if config.remote == "daemon":
                 prefix = stack.enter_context(git_daemon(workdir, journal_dir / "daemon.log"))
                 url = f"{prefix}/{remote.name}"
-            else:
+            elif config.remote not in HOSTED_KINDS:
                 url = str(remote)
-            fleet = _Fleet(config, url, workdir, journal_dir)
+            fleet = _Fleet(config, url, workdir, journal_dir, env)
             fleet.deadline = started + config.duration
 
             def tick() -> None:
@@ -534,6 +650,10 @@ def run(config: SimConfig, progress: Progress | None = None) -> RunOutcome:
                 fleet.stop()
             if progress is not None:
                 tick()
+        notes: list[str] = []
+        if config.remote in HOSTED_KINDS and not wait_until_quiet(remote):
+            notes.append(f"git processes still worked in the remote {QUIET_SECONDS:g} s "
+                         "after the server stopped; its final state was read regardless")
         records = read_journals(journal_dir)
         final = read_final_state(remote, records, with_results=not config.job_func)
         final["timed_out"] = timed_out
@@ -547,7 +667,7 @@ def run(config: SimConfig, progress: Progress | None = None) -> RunOutcome:
             config=config, workdir=workdir, journal_dir=journal_dir, url=url, records=records,
             final=final, result=result, wall_seconds=time.monotonic() - started,
             timed_out=timed_out, kept=config.keep, expected_jobs=queue or None,
-            coverage=evaluate(count(records), config),
+            coverage=evaluate(count(records), config), notes=notes,
         )
     finally:
         if fleet is not None:
@@ -558,11 +678,16 @@ def run(config: SimConfig, progress: Progress | None = None) -> RunOutcome:
 
 __all__ = [
     "CLONED_SUFFIX",
+    "HOSTED_KINDS",
+    "REMOTE_KINDS",
+    "RemoteUnavailable",
     "RunOutcome",
     "SimConfig",
     "count_done",
     "git_daemon",
+    "hosted_remote",
     "proc_key",
     "read_final_state",
     "run",
+    "wait_until_quiet",
 ]

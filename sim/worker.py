@@ -34,6 +34,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from distribute.core.names import scrub_url
+
 from .faults import FaultPlan, FaultyTransport
 from .journal import Journal
 
@@ -194,7 +196,7 @@ class SimWorker:
         from distribute.sources import QueueJobs
 
         c = self.config
-        self.journal.record("start", copy=c.copy, lease=c.lease, url=c.url)
+        self.journal.record("start", copy=c.copy, lease=c.lease, url=scrub_url(c.url))
         copy = Path(c.copy)
         removed_clone = c.life > 0 and remove_unfinished_clone(copy)
         fault_rng = random.Random(f"{c.seed}/{c.name}/{c.life}/faults")
