@@ -565,8 +565,7 @@ class Worker:
             verdict = after_look(watching, self._turn_wait(len(ahead)))
             if isinstance(verdict, KeepWatching):
                 # idle workers take turns at a free lock; ours comes after those ``ahead``
-                # (the next in turn looks in full over a network: see peek_worthwhile)
-                watch = verdict.watch if self._pacer.peek_worthwhile(len(ahead)) else None
+                watch = verdict.watch
                 self._sleep(min(verdict.wake_by or 0.0, self._poll_delay(len(ahead))))
                 continue
             if self.coord.others_finishing(snap):

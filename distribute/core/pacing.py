@@ -224,20 +224,6 @@ class Pacer:
         turns, seconds = self.turns
         return seconds / turns if turns >= 1 else self.poll
 
-    def peek_worthwhile(self, ahead: int) -> bool:
-        """Should a worker waiting its turn at a free lock peek, rather than look in full?
-
-        Those further back peek: a peek tells them who has had a turn, and costs less
-        than a look.  The next in turn (``ahead`` at most 1) peeks only while a peek
-        costs well under a look (under half of it, as measured here: a remote on this
-        machine, whose ref files a peek reads).  Over a network both are one round trip,
-        so the next in turn looks in full: when the turn before it ends, its look
-        already holds what its claim needs, which saves a round trip per claim.
-        """
-        if ahead > 1 or self.peek_seconds == 0 or self.observe_seconds == 0:
-            return True
-        return self.peek_seconds < self.observe_seconds / 2
-
     def poll_delay(self, ahead: int) -> float:
         """The longest wait before the next look (the caller draws from ``[d/2, d]``).
 

@@ -93,20 +93,3 @@ def test_the_pacer_learns_and_stays_under_its_ceiling():
     pacer.count_turns({A: "r0", B: "r0"}, 0.0, "refs/distribute/workers/")
     pacer.count_turns({A: "r1", B: "r1"}, 1.0, "refs/distribute/workers/")
     assert pacer.turn_pace() == pytest.approx(0.5)
-
-
-def test_the_next_in_turn_looks_in_full_when_a_peek_costs_as_much_as_a_look():
-    """Over a network a peek and a look are one round trip each: the next in turn looks
-    in full, so that its look already holds what its claim needs.  Those further back,
-    and everyone on a remote whose ref files a peek reads, keep peeking."""
-    network = Pacer(poll=0.1, ceiling=5.0)
-    network.peeked(0.15)
-    network.looked(0.2)
-    assert not network.peek_worthwhile(0) and not network.peek_worthwhile(1)
-    assert network.peek_worthwhile(2) and network.peek_worthwhile(7)
-    local = Pacer(poll=0.1, ceiling=5.0)
-    local.peeked(0.001)
-    local.looked(0.02)
-    assert all(local.peek_worthwhile(ahead) for ahead in range(5))
-    unmeasured = Pacer(poll=0.1, ceiling=5.0)
-    assert unmeasured.peek_worthwhile(1)  # nothing measured yet: the cheap default
