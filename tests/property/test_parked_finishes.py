@@ -14,16 +14,11 @@ from typing import Any
 
 import pytest
 from broken import Broken, hunt
-from hypothesis.stateful import run_state_machine_as_test
 from protocol_machine import (
-    EVENTS,
     MAIN_REF,
     AdminMachine,
     MemoryWorld,
-    ProtocolMachine,
-    machine_settings,
 )
-from test_coverage_minimums import EXAMPLES, STEPS, shortfalls
 from test_regressions import LEASE, MARGIN, Clock, claim, coordinator
 
 from distribute.coordination import Coordinator, Folds, fold_parked
@@ -226,21 +221,3 @@ RERUNS = type("Reruns", (AdminMachine,), {
 def test_the_machine_catches_a_fold_under_another_token():
     catch = hunt("fold ignores the token", FoldIgnoresTheToken, RERUNS)
     assert catch.deviations > 0
-
-
-#: Event -> the least a derandomized batch of the protocol machine must count (about a
-#: third of the count when this was set, in brackets), as in test_coverage_minimums.py.
-PARK_MINIMUMS = {
-    "park": 15,  # (45) a finish lost its race and parked on its worker's record
-    "fold": 13,  # (39) a parked finish folded into done.txt by a push that moved main
-}
-
-
-def test_the_machine_parks_and_folds_often_enough():
-    before = dict(EVENTS)
-    run_state_machine_as_test(ProtocolMachine, settings=machine_settings(
-        max_examples=EXAMPLES, stateful_step_count=STEPS, derandomize=True, database=None,
-    ))
-    counts = {name: EVENTS.get(name, 0) - before.get(name, 0) for name in EVENTS}
-    short = shortfalls(counts, PARK_MINIMUMS)
-    assert not short, "not enough parked finishes: " + "; ".join(short)
