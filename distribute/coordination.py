@@ -225,6 +225,7 @@ class _Lost(Enum):
     MAIN = "the finish"
     CONFLICT = "the record of its merge conflict"
     PARKED = "parked already"
+    READY = "merges cleanly onto the main branch as it is: to be parked"
 
 
 class LostHolding(Exception):
@@ -1159,10 +1160,19 @@ class Coordinator:
             LeaseLost: the job was taken over; nothing changed, the branch stays.
             MergeConflict: the job is recorded in ``failed.txt``; the branch stays.
         """
-        if park and park_first and self._merges_cleanly():
-            for _ in range(3):
-                if self.park_step():
-                    return ev.FinishOutcome.PARKED
+        if park and park_first:
+            # one look at the main branch as it is now (with what is parked on it): a
+            # branch that conflicts is recorded failed and raises here, as without
+            # parking; one that merges cleanly is parked, with no race for the branch
+            tried = self._finish_try(park_instead=True)
+            if tried is _Lost.PARKED:
+                return ev.FinishOutcome.PARKED
+            if not isinstance(tried, _Lost):
+                return ev.FinishOutcome.MERGED  # an earlier try had landed
+            if tried is _Lost.READY:
+                for _ in range(3):
+                    if self.park_step():
+                        return ev.FinishOutcome.PARKED
 
         def step() -> ev.FinishOutcome | None:
             landed = self._finish_try()
@@ -1178,16 +1188,6 @@ class Coordinator:
             return None
 
         return self._until_landed(step, sleep, delays)
-
-    def _merges_cleanly(self) -> bool:
-        """Does the running job's branch merge cleanly into the main branch last seen?"""
-        snap = self.last_seen
-        if snap is None:
-            return False
-        try:
-            return self.transport.merge(snap.base, self._job().tip).clean
-        except DistributeError:
-            return False
 
     def park_step(self) -> bool:
         """Record the running job's finish on this worker's liveness record (see
@@ -1290,9 +1290,11 @@ class Coordinator:
             return self._finish_main  # finished: the main branch it saw
         return None if isinstance(landed, _Lost) else landed
 
-    def _finish_try(self) -> Oid | _Lost:
+    def _finish_try(self, park_instead: bool = False) -> Oid | _Lost:
         """One try of the finish on the main branch: the new main branch commit, or
-        which push lost its race (the finish's own, or a merge conflict's record)."""
+        which push lost its race (the finish's own, or a merge conflict's record).
+        With ``park_instead``, a branch that merges cleanly is not pushed: ``READY``
+        says it is to be parked (:meth:`park_step`)."""
         job = self._job()
         with self.mutex:
             # the parked finishes go first (as at any move of the main branch): a finish
@@ -1340,6 +1342,8 @@ class Coordinator:
             if not merged.clean:
                 self._record_conflict(main, base, ledger, job, merged.conflicts, folds)
                 return _Lost.CONFLICT
+            if park_instead:
+                return _Lost.READY
             new_main = self.transport.write_commit(
                 parents=[base, job.tip],
                 tree=merged.tree,

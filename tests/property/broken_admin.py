@@ -12,6 +12,7 @@ to the edit as ``op``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -21,7 +22,7 @@ from protocol_machine import BUDGET, AdminMachine, ProtocolMachine
 from distribute.core.ledger import Ledger
 from distribute.fenced import Edit, FencedEdit
 from distribute.sources import JOBS_FILE, format_queue, read_queue
-from distribute.transport.base import RefUpdate
+from distribute.transport.base import Oid, RefUpdate
 
 
 class BrokenFencedEdit(FencedEdit):
@@ -64,9 +65,10 @@ class CancelLeavesTheHolderRunning(BrokenFencedEdit):
     ops = ("cancel",)
     waits_for = "held"
 
-    def _revocations(self, before: Ledger, after: Ledger, token: int) -> list[RefUpdate]:
+    def _revocations(self, before: Ledger, after: Ledger, token: int,
+                     current: Mapping[str, Oid]) -> list[RefUpdate]:
         self.reached()
-        revocations = super()._revocations(before, after, token)
+        revocations = super()._revocations(before, after, token, current)
         if self.op is not None and self.op.op == "cancel" and revocations:
             self.deviated()
             return []
