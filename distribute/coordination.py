@@ -22,6 +22,12 @@ interleave the steps of several workers in any order.
 * ``finish`` merges the job branch into the main branch with a tree-only
   merge and CASes the main branch; the ledger transition checks the fencing
   token, so a holder whose job was taken over is refused.
+* ``park_step`` records a finish on the worker's own liveness ref instead (a
+  CAS from its last value, which a takeover's revocation also CASes from), when
+  other workers are about or the finish lost its race; ``observe`` folds every
+  valid parked finish onto the main branch it read (:class:`Folds`), and every
+  step that moves the main branch builds on that and pushes the folds with its
+  own change (docs/protocol.md, steps 8 and 9).
 
 The clock and sleep are passed in; the caller decides how long to wait.
 
