@@ -399,9 +399,7 @@ class Coordinator:
                 b.worker for b in (self.beat_at(values[r]) for r in listed)
                 if b is not None and b.gone
             )
-            self._sync_parked(values.get(self.own_ref), ledger)
-            parked = self.parked_in(values, ledger)
-            folds = self._fold(main, ledger, parked) if parked else None
+            _, folds = self._folds_at(values, main, ledger)
             snap = Snapshot(main, ledger, lock_oid, lock, values, now, gone, folds)
             self.last_seen = snap
             return snap
@@ -413,6 +411,16 @@ class Coordinator:
         after that, or once its job was given to someone else, it is stale and ignored)."""
         return find_parked(refs, ledger, self.beat_at)
 
+    def _folds_at(
+        self, refs: Mapping[str, Oid], main: Oid, ledger: Ledger,
+    ) -> tuple[list[tuple[str, Parked]], Folds | None]:
+        """The parked finishes the records among ``refs`` hold that ``ledger`` (at
+        ``main``) still lists as running, and those folded onto ``main``; this worker's
+        own parked finishes are brought in step with them first."""
+        self._sync_parked(refs.get(self.own_ref), ledger)
+        parked = self.parked_in(refs, ledger)
+        return parked, self._fold(main, ledger, parked) if parked else None
+
     def _sync_parked(self, own: Oid | None, ledger: Ledger) -> None:
         """Keep this worker's parked finishes in step with the remote: take up those its
         record holds (written by an earlier life of this worker), and drop those the
@@ -423,17 +431,20 @@ class Coordinator:
             mine = self.beat.parked
             keep = tuple(p for p in mine if parked_valid(ledger, self.worker, p))
             for p in mine:
-                if p in keep:
-                    continue
-                self._settled.add(p)
-                if any(
-                    e.job == p.job and e.token == p.token and e.worker == self.worker
-                    for e in ledger.done
-                ):
-                    self.merged.append(("refs/heads/" + job_branch(self.worker, p.job, p.token),
-                                        p.tip))
+                if p not in keep:
+                    self._settle(p, merged=any(
+                        (e.job, e.token, e.worker) == (p.job, p.token, self.worker)
+                        for e in ledger.done
+                    ))
             if keep != self.beat.parked:
                 self.beat = replace(self.beat, parked=keep)
+
+    def _settle(self, p: Parked, merged: bool) -> None:
+        """This worker's parked finish ``p`` is folded (or void): never take it up again
+        from a record of ours; a ``merged`` branch joins those to prune."""
+        self._settled.add(p)
+        if merged:
+            self.merged.append(("refs/heads/" + job_branch(self.worker, p.job, p.token), p.tip))
 
     def _carry_parked(self, oid: Oid) -> None:
         """Take up the parked finishes this worker's record at ``oid`` holds and its own
@@ -469,10 +480,7 @@ class Coordinator:
             self.journal(ev.Fold(job=p.job, token=p.token, parker=worker, merged=clean))
             if worker == self.worker:
                 mine.add(p)
-                self._settled.add(p)
-                if clean:
-                    self.merged.append(
-                        ("refs/heads/" + job_branch(self.worker, p.job, p.token), p.tip))
+                self._settle(p, merged=clean)
         if mine:
             self.beat = replace(self.beat, parked=tuple(
                 p for p in self.beat.parked if p not in mine))
@@ -1158,9 +1166,9 @@ class Coordinator:
         never races a second time, and a job moves the main branch once when several
         workers run.  Without ``park``, lost races are retried, sleeping ``delays()``
         between tries.  With ``park_first`` (other workers are about, so one of them
-        claims soon), the finish is parked without a try on the main branch, unless its
-        branch does not merge cleanly into the main branch last seen: then the finish
-        goes to the main branch, which records the conflict and raises.
+        claims soon), the finish is parked without a push of the main branch, after one
+        fetch of it: a branch that does not merge cleanly onto it (with what is parked
+        folded in) is recorded failed and raises, as without parking.
 
         Raises:
             LeaseLost: the job was taken over; nothing changed, the branch stays.
@@ -1175,10 +1183,8 @@ class Coordinator:
                 return ev.FinishOutcome.PARKED
             if not isinstance(tried, _Lost):
                 return ev.FinishOutcome.MERGED  # an earlier try had landed
-            if tried is _Lost.READY:
-                for _ in range(3):
-                    if self.park_step():
-                        return ev.FinishOutcome.PARKED
+            if tried is _Lost.READY and self._park():
+                return ev.FinishOutcome.PARKED
 
         def step() -> ev.FinishOutcome | None:
             landed = self._finish_try()
@@ -1186,14 +1192,16 @@ class Coordinator:
                 return ev.FinishOutcome.PARKED
             if not isinstance(landed, _Lost):
                 return ev.FinishOutcome.MERGED
-            if landed is _Lost.MAIN and park:
-                for _ in range(3):
-                    if self.park_step():
-                        return ev.FinishOutcome.PARKED
-                # our record kept moving (an earlier life of this worker); try again
+            if landed is _Lost.MAIN and park and self._park():
+                return ev.FinishOutcome.PARKED
             return None
 
         return self._until_landed(step, sleep, delays)
+
+    def _park(self) -> bool:
+        """:meth:`park_step`, a few times: ``False`` when our record kept moving (an
+        earlier life of this worker writing it); the caller tries the finish again."""
+        return any(self.park_step() for _ in range(3))
 
     def park_step(self) -> bool:
         """Record the running job's finish on this worker's liveness record (see
@@ -1312,7 +1320,7 @@ class Coordinator:
                 raise RemoteStateError(f"the remote lost its branch {self.branch!r}")
             self._finish_main = main
             raw = self.read_ledger(main)
-            if not parked_valid(raw, self.worker, Parked(job.job, job.token, 1, job.tip)):
+            if not runs(raw, job.job, self.worker, job.token):
                 # not ours by this read; but a fetch reads refs one at a time, and the
                 # liveness refs sort before the main branch: a push of both (our own
                 # claim, say) can show here with the main branch from before it.  The
@@ -1326,8 +1334,7 @@ class Coordinator:
                 self.merged.append((job.branch_ref, job.tip))
                 self.job = None
                 return main
-            self._sync_parked(values.get(self.own_ref), raw)
-            parked = self.parked_in(values, raw)
+            parked, folds = self._folds_at(values, main, raw)
             if any(w == self.worker and (p.job, p.token) == (job.job, job.token)
                    for w, p in parked):
                 # an earlier try parked it, and the answer was lost: it is finished
@@ -1336,7 +1343,6 @@ class Coordinator:
                                        outcome=ev.FinishOutcome.PARKED))
                 self.job = None
                 return _Lost.PARKED
-            folds = self._fold(main, raw, parked) if parked else None
             base, ledger = (folds.tip, folds.ledger) if folds else (main, raw)
             try:
                 done = ledger.finish(job.job, self.worker, job.token)
@@ -1394,7 +1400,7 @@ class Coordinator:
     ) -> None:
         """Move the job to ``failed.txt`` (its branch kept), on ``base`` (``main`` with the
         ``folds`` that ``ledger`` includes); raise :class:`MergeConflict` once it landed."""
-        reason = f"merge conflict in {', '.join(conflicts)}; results kept on branch {job.branch}"
+        reason = conflict_reason(conflicts, job.branch)
         failed = ledger.fail(job.job, self.worker, job.token, reason, max_attempts=0)
         new_main = self.transport.write_commit(
             parents=[base], base=base, changes=failed.changed_files(ledger),
@@ -1522,8 +1528,7 @@ def fold_parked(
                          f"(token {p.token}, attempt {p.attempt})"),
             )
         else:
-            reason = (f"merge conflict in {', '.join(merged.conflicts)}; results kept on "
-                      f"branch {branch}")
+            reason = conflict_reason(merged.conflicts, branch)
             after = ledger.fail(p.job, worker, p.token, reason, max_attempts=0)
             tip = transport.write_commit(
                 parents=[tip], base=tip, changes=after.changed_files(ledger),
@@ -1534,14 +1539,24 @@ def fold_parked(
     return Folds(tip, ledger, tuple(entries))
 
 
+def conflict_reason(conflicts: Sequence[str], branch: str) -> str:
+    """The reason ``failed.txt`` gives for a finish whose branch did not merge."""
+    return f"merge conflict in {', '.join(conflicts)}; results kept on branch {branch}"
+
+
 def parked_valid(ledger: Ledger, worker: str, parked: Parked) -> bool:
     """Is a finish that ``worker`` parked still to be folded: does ``ledger`` list its job
     as running under that worker and token?  Once folded (in ``done.txt`` or, on a
     merge conflict, ``failed.txt``), or once an admin command or a takeover changed the
     line, it is not: fencing tokens never repeat, so that line never comes back."""
-    entry = ledger.running_entry(parked.job)
+    return runs(ledger, parked.job, worker, parked.token)
+
+
+def runs(ledger: Ledger, job: str, worker: str, token: int) -> bool:
+    """Does ``ledger`` list ``job`` as running under ``worker`` and ``token``?"""
+    entry = ledger.running_entry(job)
     return (entry is not None and not entry.released and entry.worker == worker
-            and entry.token == parked.token)
+            and entry.token == token)
 
 
 # ---- writes from outside a worker's steps ------------------------------------------------
