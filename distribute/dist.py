@@ -333,8 +333,9 @@ class Worker:
         """Land the finish of the job this worker holds (a finish begun here, or by an
         earlier life of this worker that left a marker), retrying transport errors."""
         backoff = Backoff(self.poll_seconds / 4, self.max_poll_seconds, self._rng)
-        # with other workers about, the finish is parked at once: one push of this
-        # worker's own record, no race for the main branch; the next claim folds it in
+        # with other workers about, the finish is parked at once: a fetch to check the
+        # merge, then one push of this worker's own record, no race for the main branch;
+        # the next claim folds it in
         park_first = self.coord.others_about()
         self._retrying(partial(self.coord.finish, self._sleep, backoff.next,
                                park_first=park_first))
