@@ -43,9 +43,12 @@ def check_operation_lines(out: str, workers: int) -> None:
     assert re.search(rf"the whole wait: {NUMBER} git operations per idle worker-minute", out)
     assert re.search(rf"the waiting workers left -?{NUMBER} to -?{NUMBER} s after the job's "
                      "finish landed", out), out
-    for found in (solo, many, idle):  # the total is the sum of its parts (each rounded)
+    # The total is the sum of its parts. Each of the four figures is rounded to one decimal
+    # on its own, so they may disagree by up to 4 x 0.05 (4.75 + 3.75 + 2.75 = 11.25 prints
+    # as 4.8 + 3.8 + 2.8 against 11.2).
+    for found in (solo, many, idle):
         parts = sum(float(found[k]) for k in ("fetches", "pushes", "peeks"))
-        assert float(found["all"]) == pytest.approx(parts, abs=0.16), found[0]
+        assert float(found["all"]) == pytest.approx(parts, abs=0.2 + 1e-9), found[0]
     # no password of a URL is ever printed
     assert not re.search(r"://[^/\s:@]+:(?!\*\*\*@)[^/\s@]+@", out), out
 
