@@ -1250,6 +1250,9 @@ else 0.""",
               help="Refuse to commit a file larger than this (git hosts refuse 100 MB).")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Start a job's next attempt with the files its last attempt committed.")
+@click.option("--all-results", is_flag=True,
+              help="Keep every job's folder under updates/ on disk, not only the running "
+                   "job's (the others stay on the remote either way).")
 @click.option("--shell", is_flag=True, help="Run the command with /bin/sh -c.")
 @click.option("--commit-every", type=click.FloatRange(min=0, min_open=True), default=5.0,
               show_default=True, metavar="S", help="Seconds between commits of the log.")
@@ -1279,7 +1282,7 @@ else 0.""",
 def work(
     ctx: click.Context, remote: str, path: Path | None, name: str | None,
     max_jobs: int | None, timeout: float | None, lease: float, max_attempts: int,
-    max_interruptions: int, max_file_mb: float, resume: bool, shell: bool,
+    max_interruptions: int, max_file_mb: float, resume: bool, all_results: bool, shell: bool,
     commit_every: float, grace: float, wait: bool, wait_for_jobs: bool,
     idle_exit: float | None, breaker: int, breaker_seconds: float, gpus: str | None,
     slots: int | None, slot: int, branch: str | None,
@@ -1309,6 +1312,7 @@ def work(
         # --idle-exit is heeded
         "wait_for_running": wait and not wait_for_jobs,
         "max_file_bytes": int(max_file_mb * 1_000_000),
+        "all_results": all_results,
     }
     with contextlib.ExitStack() as hold:
         if name is not None:

@@ -53,7 +53,14 @@ from distribute.core.errors import (
 )
 from distribute.core.events import FailOutcome, NotClaimed
 from distribute.core.ledger import MAX_INTERRUPTIONS
-from distribute.core.names import LOCK_REF, WORKERS_PREFIX, check_name, job_dir, scrub_url
+from distribute.core.names import (
+    LOCK_REF,
+    WORKERS_PREFIX,
+    check_name,
+    job_dir,
+    scrub_url,
+    tree_patterns,
+)
 from distribute.core.pacing import (
     TURNS_WAITED,
     KeepWatching,
@@ -70,7 +77,7 @@ from distribute.core.plan import CallNextJobFunction, GiveUp, Retry, others_runn
 from distribute.credentials import split_secret
 from distribute.jobfolder import secure_job_folder
 from distribute.orphans import kill_git_left_in, reap_leftover_command
-from distribute.sources import is_repo_only
+from distribute.sources import decides_from_files, is_repo_only
 from distribute.transport.base import Transport
 from distribute.transport.local_copy import GitLocalCopy
 from distribute.transport.shared_objects import refresh_shared_objects
@@ -144,6 +151,12 @@ class Worker:
             commit (50 MB by default: git hosts warn at 50 MB and refuse
             100 MB); a larger one is refused, naming it, before anything is
             pushed.  ``None`` for no limit.
+        all_results: keep every job's folder under ``updates/`` on disk.  By
+            default the working tree holds every file of the remote except other
+            jobs' folders there: only the running job's own is checked out, so a
+            remote with thousands of finished jobs costs a worker what a young one
+            does.  The folders left out stay on the main branch and in the index;
+            nothing a job commits loses them.
         heartbeat: run the background heartbeat thread.
         journal: optional ``callback(event, **fields)`` for every protocol step.
         wrap_transport: optional function that wraps the git transport (the
@@ -168,6 +181,7 @@ class Worker:
         wait_for_running: bool = True,
         retry_seconds: float = 60.0,
         max_file_bytes: int | None = MAX_FILE_BYTES,
+        all_results: bool = False,
         heartbeat: bool = True,
         margin_seconds: float | None = None,
         journal: Callable[..., None] | None = None,
@@ -184,6 +198,7 @@ class Worker:
                 "max_interruptions >= 1"
             )
         self.path = str(Path(path).resolve())
+        self.all_results = all_results
         self._filelock = self._lock_local_copy()
         try:
             self.copy = GitLocalCopy.open(self.path, secret=secret)
@@ -349,9 +364,15 @@ class Worker:
     def _function_marker(self) -> Path:
         return Path(self.path) / ".git" / _FUNCTION_MARKER
 
-    def _checkout_clean(self, commit: str, branch: str | None) -> None:
-        """Check out ``commit``, replacing any next-job function edits, and say so."""
+    def _checkout(self, commit: str, branch: str | None, job: str | None) -> None:
+        """Check out ``commit`` with ``job``'s folder and no other job's on disk (every
+        job's with ``all_results``; see :func:`~distribute.core.names.tree_patterns`)."""
+        self.copy.narrow(tree_patterns(job, all_jobs=self.all_results))
         self.copy.checkout(commit, branch)
+
+    def _checkout_clean(self, commit: str, branch: str | None, job: str | None) -> None:
+        """Check out ``commit``, replacing any next-job function edits, and say so."""
+        self._checkout(commit, branch, job)
         self._function_marker().unlink(missing_ok=True)
 
     def _recover_from_crash(self) -> None:
@@ -589,7 +610,8 @@ class Worker:
                 self._sleep(self._poll_delay(len(ahead)))
                 continue
             if isinstance(outcome, JobHolding):
-                self._retrying(partial(self._checkout_clean, outcome.tip, outcome.branch))
+                self._retrying(partial(self._checkout_clean, outcome.tip, outcome.branch,
+                                       outcome.job))
                 # links the remote put in the job's folder would lead writes out of the copy
                 self.removed_links = secure_job_folder(self.path, self.job_dir, create=False)
                 self._mark_job()
@@ -675,7 +697,7 @@ class Worker:
         if job is None:
             return self._no_job(snap)
         got = self._claim_or_undo(
-            snap, partial(self.coord.claim_unlocked_step, snap, job, edits))
+            snap, func, partial(self.coord.claim_unlocked_step, snap, job, edits))
         # not claimed: someone claimed first (look again at once: the lock may still be
         # free and ours in turn), or the claim landed too late to run
         return got if isinstance(got, JobHolding) else _Step.LOST
@@ -687,14 +709,16 @@ class Worker:
         return _Step.WAIT if waiting else _Step.NONE
 
     def _claim_or_undo(
-        self, snap: Snapshot, claim: Callable[[], JobHolding | NotClaimed]
+        self, snap: Snapshot, func: NextJobFunction,
+        claim: Callable[[], JobHolding | NotClaimed],
     ) -> JobHolding | NotClaimed:
-        """Run ``claim``; if it did not claim, undo the next-job function's edits."""
+        """Run ``claim``; if it did not claim, undo the next-job function's edits of the
+        working tree (a function that decides from files made none)."""
         try:
             return self._retrying(claim)
         finally:
-            if self.coord.job is None:
-                self._checkout_clean(snap.main, None)
+            if self.coord.job is None and not decides_from_files(func):
+                self._checkout_clean(snap.main, None, None)
 
     def _under_lock(self, snap: Snapshot, func: NextJobFunction) -> JobHolding | _Step:
         coord = self.coord
@@ -720,7 +744,7 @@ class Worker:
                     self._retrying(partial(coord.release, snap.main))
                     return self._no_job(snap)
                 claim = partial(coord.claim_step, snap, CallNextJobFunction(), job, edits)
-                got = self._claim_or_undo(snap, claim)
+                got = self._claim_or_undo(snap, func, claim)
                 return got if isinstance(got, JobHolding) else _Step.AGAIN
         except BaseException:
             if coord.holding is not None:
@@ -731,7 +755,19 @@ class Worker:
     def _run_next_job_function(
         self, snap: Snapshot, func: NextJobFunction
     ) -> tuple[str | None, str | None]:
-        self.copy.checkout(snap.main, None)
+        if decides_from_files(func):
+            # the queue's answer comes from the fetched main branch's files, and its edit
+            # is written as a commit straight away: no checkout, no snapshot
+            answer = func.next_job_from_files(partial(self.transport.read_file, snap.main))
+            if answer is None:
+                return None, None
+            name = check_name(answer[0], "job")
+            commit = self.transport.write_commit(
+                parents=[snap.main], base=snap.main, changes=answer[1],
+                message="distribute: next-job function edits",
+            )
+            return name, commit
+        self._checkout(snap.main, None, None)
         self._function_marker().touch()
         job = None
         try:
@@ -746,7 +782,7 @@ class Worker:
             if job is None:
                 # no claim follows (none, or an error): undo the function's edits now;
                 # after a claim, checking out the job branch does it
-                self._checkout_clean(snap.main, None)
+                self._checkout_clean(snap.main, None, None)
 
     def commit_update(self, message: str | None = None) -> bool:
         """Commit the working tree's changes to the job branch and push them.
@@ -919,11 +955,13 @@ def worker_from_url(
     target = Path(path)
     split = split_secret(url)
     if not target.exists() or (target.is_dir() and not any(target.iterdir())):
+        # the first checkout already leaves other jobs' folders out (see ``all_results``)
+        patterns = tree_patterns(None, all_jobs=bool(options.get("all_results", False)))
         if shared_objects is None:
-            GitLocalCopy.clone(url, target)
+            GitLocalCopy.clone(url, target, patterns=patterns).close()
         else:
             with refresh_shared_objects(url, shared_objects, branch=options.get("branch")) as got:
-                GitLocalCopy.clone(url, target, reference=got)
+                GitLocalCopy.clone(url, target, reference=got, patterns=patterns).close()
     else:
         # opening cleans a password an older copy kept in its config
         copy = GitLocalCopy.open(target, secret=split.secret)

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, TypeVar
 
 from distribute.core.errors import RemoteStateError, UsageError
 from distribute.core.names import check_name
@@ -54,6 +54,20 @@ def is_repo_only(func: object) -> bool:
     return getattr(func, "repo_only", False) is True
 
 
+class DecidesFromFiles(Protocol):
+    """A next-job function that can answer from the main branch's files alone
+    (:meth:`QueueJobs.next_job_from_files`); a worker then needs no working tree for it."""
+
+    def next_job_from_files(
+        self, read: Callable[[str], bytes | None]
+    ) -> tuple[str, dict[str, bytes | None]] | None: ...
+
+
+def decides_from_files(func: object) -> TypeGuard[DecidesFromFiles]:
+    """Does ``func`` offer ``next_job_from_files(read)``?"""
+    return callable(getattr(func, "next_job_from_files", None))
+
+
 def read_queue(text: str) -> list[str]:
     """Jobs listed in a queue file: one per line, blank lines skipped."""
     return [line.strip() for line in text.split("\n") if line.strip()]
@@ -68,7 +82,10 @@ class QueueJobs:
 
     The first line is removed and returned; the shortened file is committed
     with the claim.  Returns ``None`` when the queue is empty or missing.
-    It reads and writes only that file, so it is :func:`repo_only`.
+    It reads and writes only that file, so it is :func:`repo_only`, and a worker
+    asks :meth:`next_job_from_files` instead of calling it: the queue is read from
+    the fetched main branch, and the working tree is neither checked out nor
+    snapshotted for it.
     """
 
     repo_only = True
@@ -87,10 +104,35 @@ class QueueJobs:
                 "must be a plain file: replace it in a clone of the remote and push"
             )
         try:
-            with open(path, encoding="utf-8") as f:
-                jobs = read_queue(f.read())
+            with open(path, "rb") as f:
+                answer = self._next(f.read())
         except FileNotFoundError:
             return None
+        if answer is None:
+            return None
+        job, rest = answer
+        with open(path, "wb") as f:
+            f.write(rest)
+        return job
+
+    def next_job_from_files(
+        self, read: Callable[[str], bytes | None]
+    ) -> tuple[str, dict[str, bytes | None]] | None:
+        """The next job and the file changes that take it off the queue, decided from the
+        main branch's files (``read(path)``: a file's contents, ``None`` when absent);
+        ``None`` when the queue is empty or missing.  The same answer as calling the
+        object on a working tree at that commit."""
+        data = read(self.filename)
+        answer = None if data is None else self._next(data)
+        if answer is None:
+            return None
+        job, rest = answer
+        return job, {self.filename: rest}
+
+    def _next(self, data: bytes) -> tuple[str, bytes] | None:
+        """The first job in a queue file's contents, and the contents without it."""
+        try:
+            jobs = read_queue(data.decode("utf-8"))
         except UnicodeDecodeError as exc:
             raise RemoteStateError(
                 f"{self.filename} on the remote's main branch is not UTF-8 text ({exc.reason} "
@@ -98,10 +140,7 @@ class QueueJobs:
             ) from None
         if not jobs:
             return None
-        job = check_name(jobs[0], "job")
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(format_queue(jobs[1:]))
-        return job
+        return check_name(jobs[0], "job"), format_queue(jobs[1:]).encode("utf-8")
 
 
 class RandomJobs:
@@ -125,8 +164,12 @@ class RandomJobs:
 
 @repo_only
 def queue_jobs_func(worker: Worker) -> str | None:
-    """The ``jobs.txt`` queue as a plain function."""
+    """The ``jobs.txt`` queue as a plain function (a worker asks its
+    ``next_job_from_files``, :meth:`QueueJobs.next_job_from_files`)."""
     return QueueJobs()(worker)
+
+
+queue_jobs_func.next_job_from_files = QueueJobs().next_job_from_files  # type: ignore[attr-defined]
 
 
 def whetlab_make_next_jobs_func(worker: Worker, experiment: Any) -> Any:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -38,6 +39,13 @@ GIT_ENV = {
     "LC_ALL": "C",
 }
 DAEMON_START_SECONDS = 10.0
+
+# A suite started in the background of a shell without job control inherits SIGINT
+# ignored, and every program a test starts would inherit that too: the tests that send
+# SIGINT (a terminal's Ctrl-C) would then wait in vain.  A handler, unlike an ignored
+# signal, is not inherited across exec, so the children start with the default.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def git(*args: str | os.PathLike[str], input: bytes | None = None) -> str:

@@ -167,9 +167,32 @@ def worker_ref(worker: str) -> str:
     return WORKERS_PREFIX + encode_component(worker)
 
 
+#: The folder holding one folder per job (:func:`job_dir`).
+JOBS_FOLDER = "updates"
+
+
 def job_dir(job: str) -> str:
     """Relative folder where a job's updates belong: ``updates/<encoded job>``."""
-    return "updates/" + encode_component(job)
+    return f"{JOBS_FOLDER}/{encode_component(job)}"
+
+
+def tree_patterns(job: str | None, *, all_jobs: bool = False) -> list[str]:
+    """The sparse-checkout patterns of a worker's working tree: every file of the
+    remote except the folders under ``updates/``, of which only ``job``'s is kept
+    (with ``all_jobs``, every file).
+
+    Non-cone patterns in the syntax of ``.gitignore``: ``/*`` takes everything at the
+    top, ``!/updates/*/`` leaves out each folder directly under ``updates/`` (files
+    directly in it stay), and ``/updates/<encoded job>/`` takes that one back.  An
+    encoded component holds only letters, digits and ``._-%``, none of which a pattern
+    reads specially, so no job name can widen or break the patterns.
+    """
+    if all_jobs:
+        return ["/*"]
+    patterns = ["/*", f"!/{JOBS_FOLDER}/*/"]
+    if job is not None:
+        patterns.append(f"/{job_dir(job)}/")
+    return patterns
 
 
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")

@@ -8,7 +8,10 @@ password, if any, is kept in memory, never in the clone's config.  Snapshots
 of the working tree are written with a temporary index (``git add`` and
 ``git write-tree``), so the user's ``HEAD``, branches and index stay as they
 are; checking out, advancing and cleaning use git's own ``checkout``,
-``update-ref``/``reset`` and ``reset --hard``/``clean``.  Git is run in it
+``update-ref``/``reset`` and ``reset --hard``/``clean``.  A copy may hold less than
+the whole tree on disk (:meth:`GitLocalCopy.narrow`, git's sparse checkout in
+non-cone mode): the paths left out stay in the index, marked skip-worktree, so
+every commit made from the working tree keeps them as they are.  Git is run in it
 as in any repository (:class:`~.repository._Repository`), and its refs and
 objects are reached through a transport made by :meth:`GitLocalCopy.transport`
 with :func:`~distribute.transport.git.open_transport`, which picks the class
@@ -21,6 +24,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -53,11 +57,13 @@ class GitLocalCopy:
         self._repo = repo
         self._work_tree = repo.work_tree
         self._secret = secret
+        self._sparse: bool | None = None  # core.sparseCheckout, once read
 
     @classmethod
     def clone(
         cls, url: str, path: str | os.PathLike[str], *, timeout: float = 600,
         checkout: bool = True, reference: str | os.PathLike[str] | None = None,
+        patterns: Sequence[str] | None = None,
     ) -> GitLocalCopy:
         """Clone only the remote's default branch of ``url`` into ``path`` and check it out
         (unless ``checkout`` is false: a copy that is only read through its transport
@@ -70,6 +76,7 @@ class GitLocalCopy:
         the clone's config holds the URL without it.  ``reference``: a repository on
         this machine whose objects the copy borrows instead of downloading them
         (:mod:`~distribute.transport.shared_objects`); ignored when it is not one.
+        ``patterns``: check out only the paths they take (:meth:`narrow`).
 
         Raises:
             TransportError: the clone failed (the URL in the message is scrubbed).
@@ -77,14 +84,24 @@ class GitLocalCopy:
         split = split_secret(url)
         target = private_folder(Path(path).absolute())
         args = ["clone", "--quiet", "--single-branch", "--no-tags"]
-        if not checkout:
+        if not checkout or patterns is not None:
             args.append("--no-checkout")
         if reference is not None:
             args.append(f"--reference-if-able={Path(reference).absolute()}")
         args.append("--end-of-options")
         _run_outside([*args, split.public, str(target)], f"git clone of {scrub_url(url)}",
                      timeout=timeout, secret=split.secret)
-        return cls.open(target, secret=split.secret)
+        copy = cls.open(target, secret=split.secret)
+        if checkout and patterns is not None:
+            try:
+                copy.narrow(patterns)
+                if copy.head() is not None:  # an empty remote has nothing to check out
+                    copy._repo.check(["reset", "--quiet", "--hard", "HEAD", "--"],
+                                     "git reset --hard (first checkout)")
+            except BaseException:
+                copy.close()
+                raise
+        return copy
 
     @classmethod
     def open(
@@ -163,6 +180,36 @@ class GitLocalCopy:
             if entry
         ]
 
+    def narrow(self, patterns: Sequence[str]) -> None:
+        """From the next checkout on, keep on disk only the paths ``patterns`` take:
+        git's sparse checkout, in non-cone mode (the syntax of ``.gitignore``; ``["/*"]``
+        takes everything).  Paths left out stay in the index, marked skip-worktree, and
+        every commit made here keeps them as the checked-out commit has them.  Patterns
+        that did not change cost no write.
+        """
+        text = "".join(f"{p}\n" for p in patterns)
+        if any("\n" in p or "\r" in p for p in patterns):
+            raise UsageError(f"a sparse-checkout pattern holds a line break: {patterns!r}")
+        if self._sparse is None:
+            found = self._repo.run(["config", "--type=bool", "--get", "core.sparseCheckout"])
+            cone = self._repo.run(["config", "--type=bool", "--get", "core.sparseCheckoutCone"])
+            self._sparse = (found.stdout.strip() == b"true"
+                            and cone.stdout.strip() == b"false")
+        target = self._repo.git_dir / "info" / "sparse-checkout"
+        try:
+            if target.read_text(encoding="utf-8") == text and self._sparse:
+                return
+        except (FileNotFoundError, UnicodeDecodeError):
+            pass
+        target.parent.mkdir(parents=True, exist_ok=True)
+        scratch = target.with_name(f"sparse-checkout.{uuid.uuid4().hex}.new")
+        scratch.write_text(text, encoding="utf-8")
+        os.replace(scratch, target)
+        if not self._sparse:
+            self._repo.check(["config", "core.sparseCheckoutCone", "false"], "git config")
+            self._repo.check(["config", "core.sparseCheckout", "true"], "git config")
+            self._sparse = True
+
     def snapshot(self, parent: Oid, message: str, *, only: str | None = None) -> Oid:
         """Commit the whole working tree (tracked and untracked, not ignored) onto ``parent``.
 
@@ -192,7 +239,11 @@ class GitLocalCopy:
                 # would look unchanged and be left out
                 shutil.copy2(self._repo.index_file, index)
             env = {"GIT_INDEX_FILE": str(index)}
-            self._repo.check(["add", "--all", *pathspec], "git add (snapshot)", env=env)
+            # --sparse: files written where the copy's patterns leave paths out (say, a
+            # job's folder before it was checked out) are taken too; paths left out and
+            # not written keep their skip-worktree entries, so the tree keeps them
+            self._repo.check(["add", "--all", "--sparse", *pathspec], "git add (snapshot)",
+                             env=env)
             tree = self._repo.check(["write-tree"], "git write-tree", env=env).decode().strip()
         finally:
             index.unlink(missing_ok=True)
