@@ -765,7 +765,7 @@ def init(
         if path.is_dir() and not any(path.iterdir()):  # `mkdir remote.git` first is fine
             from distribute.transport.git import init_bare_repo
 
-            init_bare_repo(path, branch)
+            init_bare_repo(path, branch, serve_partial_clones=True)
         remote = str(path)
     url = init_remote(remote, branch)
     out.result(f"prepared {scrub_url(url)} (branch {branch})")

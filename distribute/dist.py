@@ -98,6 +98,11 @@ _FUNCTION_MARKER = "distribute-next-job"
 #: whether its finish had begun.  A worker opening the copy after a crash saves what the
 #: dead attempt left in the job's folder to that branch, and completes a begun finish.
 _JOB_MARKER = "distribute-job.json"
+#: A new worker's clone leaves files of this size or more on the remote until a checkout
+#: needs them (a partial clone, where the remote allows it): other jobs' large results are
+#: not downloaded by every worker that joins.  Far above what a ledger holds (``done.txt``
+#: passes it at tens of thousands of jobs), which every look reads.
+LAZY_BLOB_BYTES = 4 << 20
 #: The default largest file a job may commit (see ``Worker(max_file_bytes=...)``).
 MAX_FILE_BYTES = 50 * 1024 * 1024
 
@@ -956,9 +961,11 @@ def worker_from_url(
     split = split_secret(url)
     if not target.exists() or (target.is_dir() and not any(target.iterdir())):
         # the first checkout already leaves other jobs' folders out (see ``all_results``)
-        patterns = tree_patterns(None, all_jobs=bool(options.get("all_results", False)))
+        everything = bool(options.get("all_results", False))
+        patterns = tree_patterns(None, all_jobs=everything)
         if shared_objects is None:
-            GitLocalCopy.clone(url, target, patterns=patterns).close()
+            lazy = None if everything else LAZY_BLOB_BYTES
+            GitLocalCopy.clone(url, target, patterns=patterns, lazy_blobs_from=lazy).close()
         else:
             with refresh_shared_objects(url, shared_objects, branch=options.get("branch")) as got:
                 GitLocalCopy.clone(url, target, reference=got, patterns=patterns).close()

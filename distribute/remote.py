@@ -82,7 +82,7 @@ def init_remote(
     if is_local_path(url):
         path = Path(url)
         if not path.exists():
-            init_bare_repo(path, branch)
+            init_bare_repo(path, branch, serve_partial_clones=True)
         url = str(path.resolve())
     jobs = list(jobs)
     for job in jobs:

@@ -57,6 +57,9 @@ from distribute.transport.process import (
 )
 
 _ZERO_OID = "0" * 40
+#: Settings that only widen what ``upload-pack`` serves to a fetch (partial clones and
+#: the fetches of their missing objects); writing directly does not depend on them.
+_SERVING_KEYS = frozenset({"uploadpack.allowfilter", "uploadpack.allowanysha1inwant"})
 _NOT_PLAIN_KEYS = (
     "receive.",
     "transfer.",
@@ -268,7 +271,7 @@ def direct_refusal(git_dir: Path, config: Mapping[str, str]) -> str | None:
     if config.get("core.repositoryformatversion", "0") not in ("0", "1"):
         return "unknown repository format"
     for key, value in config.items():
-        if key.startswith(_NOT_PLAIN_KEYS):
+        if key.startswith(_NOT_PLAIN_KEYS) and key not in _SERVING_KEYS:
             return f"the remote sets {key}"
         if key.startswith("extensions.") and _SAFE_EXTENSIONS.get(key) != value.lower():
             return f"the remote sets {key}"

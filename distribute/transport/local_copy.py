@@ -63,7 +63,7 @@ class GitLocalCopy:
     def clone(
         cls, url: str, path: str | os.PathLike[str], *, timeout: float = 600,
         checkout: bool = True, reference: str | os.PathLike[str] | None = None,
-        patterns: Sequence[str] | None = None,
+        patterns: Sequence[str] | None = None, lazy_blobs_from: int | None = None,
     ) -> GitLocalCopy:
         """Clone only the remote's default branch of ``url`` into ``path`` and check it out
         (unless ``checkout`` is false: a copy that is only read through its transport
@@ -77,6 +77,13 @@ class GitLocalCopy:
         this machine whose objects the copy borrows instead of downloading them
         (:mod:`~distribute.transport.shared_objects`); ignored when it is not one.
         ``patterns``: check out only the paths they take (:meth:`narrow`).
+        ``lazy_blobs_from``: a partial clone (``--filter=blob:limit=``) where the
+        remote allows it: files of that many bytes or more are left on the remote
+        until a checkout or a merge needs them, and git then fetches them itself
+        (with the password, if any: every git command here carries it).  A remote
+        that does not allow filters sends everything, as for a plain clone, and a
+        remote on this machine given as a path is copied whole (its objects are
+        linked, not copied, so there is nothing to save).
 
         Raises:
             TransportError: the clone failed (the URL in the message is scrubbed).
@@ -88,6 +95,8 @@ class GitLocalCopy:
             args.append("--no-checkout")
         if reference is not None:
             args.append(f"--reference-if-able={Path(reference).absolute()}")
+        if lazy_blobs_from is not None and not os.path.isdir(split.public):
+            args.append(f"--filter=blob:limit={int(lazy_blobs_from)}")
         args.append("--end-of-options")
         _run_outside([*args, split.public, str(target)], f"git clone of {scrub_url(url)}",
                      timeout=timeout, secret=split.secret)

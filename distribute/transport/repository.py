@@ -104,9 +104,15 @@ def is_remote_name(remote: str) -> bool:
 
 
 def init_bare_repo(
-    path: str | os.PathLike[str], branch: str = "main", *, timeout: float = 60
+    path: str | os.PathLike[str], branch: str = "main", *, timeout: float = 60,
+    serve_partial_clones: bool = False,
 ) -> Path:
     """Create an empty bare repository whose ``HEAD`` names ``branch``; return its path.
+
+    ``serve_partial_clones``: for a remote that workers clone; it lets a clone over a
+    URL (``file://``, ssh, HTTP) leave large files behind and fetch them by id when
+    needed (``uploadpack.allowFilter``, ``uploadpack.allowAnySHA1InWant``), as
+    GitHub and GitLab do.
 
     Raises:
         UsageError: ``branch`` is not a valid branch name.
@@ -126,6 +132,10 @@ def init_bare_repo(
         f"git init of {target}",
         timeout=timeout,
     )
+    if serve_partial_clones:
+        for key in ("uploadpack.allowFilter", "uploadpack.allowAnySHA1InWant"):
+            _run_outside(["--git-dir", str(target), "config", key, "true"],
+                         f"git config of {target}", timeout=timeout)
     return target
 
 
@@ -150,8 +160,12 @@ class _Repository:
         env = dict(_ENV, GIT_DIR=str(self.git_dir))
         if self.work_tree is not None:
             env.update(GIT_WORK_TREE=str(self.work_tree), GIT_INDEX_FILE=str(self.index_file))
+        # the persistent ``cat-file --batch`` gets the password too: in a partial clone
+        # (see GitLocalCopy.clone) it fetches a missing object from the remote itself
+        env.update(self._auth_env)
         self._repo.git.update_environment(**env)
-        self._repo.git.set_persistent_git_options(c=[_CONFIG[1], _CONFIG[3]])
+        self._repo.git.set_persistent_git_options(
+            c=[_CONFIG[1], _CONFIG[3], *self._auth[1::2]])
         self._objects_lock = threading.Lock()
         with self._repo.config_reader("repository") as config:
             formats = config.get_value("extensions", "objectformat", "sha1")
