@@ -6,8 +6,10 @@ real sweep of 10,000 jobs would take hours to make the same state):
 * ``done.txt`` on the main branch lists N finished jobs, in the format workers write;
 * each of those jobs has a folder ``updates/<job>/`` with a small ``log.txt`` (as
   every job run by ``distribute work`` has), unless ``--no-logs``;
-* each has its job branch ``refs/heads/jobs/w/<job>/<token>`` (a finished job's
-  branch stays on the remote today);
+* each has its job branch ``refs/heads/jobs/w/<job>/<token>`` (as an older version
+  left them; workers now delete the branches of the jobs they finish);
+* with ``--big K MB``, K of them also wrote a ``model.bin`` of MB megabytes of
+  random bytes (large results, which a partial clone leaves on the remote);
 * ``jobs.txt`` queues the jobs the measurement runs; the history is then packed
   (``git gc``), as a remote's housekeeping would.
 
@@ -16,7 +18,9 @@ every size alike, it measures:
 
 * one worker's milliseconds per no-op job (``get_next_job`` + ``finish_job``, the
   local copy already made), and the ratio to the empty remote;
-* a fresh worker's start: clone, open and its first job;
+* a fresh worker's start: clone, open and its first job, from the remote's path
+  (a local clone, which links the objects) and from its ``file://`` URL (the pack
+  protocol, as a worker on another machine clones it);
 * ``distribute status`` (a separate process, as a person runs it);
 * the refs on the remote and its size on disk.
 
@@ -29,11 +33,13 @@ Usage:
     python bench/history.py --gc                   # the same without the done jobs' branches
     python bench/history.py --sizes 0 10000 100000 --jobs 20
     python bench/history.py --no-logs              # ledgers and refs only
+    python bench/history.py --sizes 0 10000 --big 100 5   # and 500 MB of results
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import shutil
 import statistics
 import subprocess
@@ -55,8 +61,10 @@ def git(*args: str, inp: bytes | None = None) -> str:
     return done.stdout.decode().strip()
 
 
-def make_history(remote: Path, done: int, queued: int, logs: bool) -> None:
-    """A prepared remote whose main branch records ``done`` finished jobs (see above)."""
+def make_history(remote: Path, done: int, queued: int, logs: bool,
+                 big: tuple[int, float] = (0, 0.0)) -> None:
+    """A prepared remote whose main branch records ``done`` finished jobs (see above);
+    ``big``: how many of them also wrote a ``model.bin`` of random bytes, and its MB."""
     subprocess.run([sys.executable, "-m", "distribute", "init", str(remote), "--no-check"],
                    check=True, capture_output=True)
     base = git("--git-dir", str(remote), "rev-parse", BRANCH)
@@ -80,6 +88,11 @@ def make_history(remote: Path, done: int, queued: int, logs: bool) -> None:
     parts.append(b"M 100644 :2 done.txt\nM 100644 :3 jobs.txt\n")
     if logs:
         parts += [f"M 100644 :1 updates/{encode_component(j)}/log.txt\n".encode() for j in names]
+    count, mb = big
+    for i, j in enumerate(names[:count]):
+        data = random.Random(i).randbytes(int(mb * 1e6))
+        parts.insert(0, f"blob\nmark :{100 + i}\ndata {len(data)}\n".encode() + data + b"\n")
+        parts.append(f"M 100644 :{100 + i} updates/{encode_component(j)}/model.bin\n".encode())
     parts.append(b"\n")
     parts += [f"reset {job_branch_ref('w', j, i + 1)}\nfrom refs/heads/{BRANCH}\n\n".encode()
               for i, j in enumerate(names)]
@@ -98,7 +111,7 @@ def per_job_ms(remote: Path, copy: Path, jobs: int) -> float:
         return (time.perf_counter() - start) / jobs * 1000
 
 
-def fresh_start_s(remote: Path, copy: Path) -> float:
+def fresh_start_s(remote: Path | str, copy: Path) -> float:
     start = time.perf_counter()
     with worker_from_url(str(remote), path=copy, name="fresh", branch=BRANCH) as worker:
         worker.get_next_job(QueueJobs())
@@ -125,6 +138,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per size")
     ap.add_argument("--no-logs", dest="logs", action="store_false",
                     help="no updates/<job>/log.txt in the history")
+    ap.add_argument("--big", type=float, nargs=2, default=(0, 0), metavar=("K", "MB"),
+                    help="K of the done jobs also wrote a model.bin of MB random megabytes")
     ap.add_argument("--gc", action="store_true",
                     help="delete the done jobs' branches (distribute gc, timed) first")
     args = ap.parse_args()
@@ -135,8 +150,8 @@ def main() -> int:
         for n in sizes:
             print(f"making a history of {n} done jobs ...", file=sys.stderr, flush=True)
             remotes[n] = work / f"remote-{n}.git"
-            make_history(remotes[n], n, queued=args.jobs * (args.rounds + 1) + 10,
-                         logs=args.logs)
+            make_history(remotes[n], n, queued=args.jobs * (args.rounds + 2) + 10,
+                         logs=args.logs, big=(min(n, int(args.big[0])), args.big[1]))
             if args.gc:
                 start = time.perf_counter()
                 subprocess.run([sys.executable, "-m", "distribute", "gc", str(remotes[n])],
@@ -148,6 +163,7 @@ def main() -> int:
         size = {n: disk_mb(r) for n, r in remotes.items()}
         ms: dict[int, list[float]] = {n: [] for n in sizes}
         starts: dict[int, list[float]] = {n: [] for n in sizes}
+        urls: dict[int, list[float]] = {n: [] for n in sizes}
         status: dict[int, list[float]] = {n: [] for n in sizes}
         for k in range(args.rounds):
             for n in sizes:
@@ -156,21 +172,27 @@ def main() -> int:
                 fresh = work / f"fresh-{n}-{k}"
                 starts[n].append(fresh_start_s(remotes[n], fresh))
                 shutil.rmtree(fresh, ignore_errors=True)
+                urls[n].append(fresh_start_s(remotes[n].as_uri(), fresh))
+                shutil.rmtree(fresh, ignore_errors=True)
                 status[n].append(status_s(remotes[n]))
         base = sizes[0]
         med = {n: statistics.median(ms[n]) for n in sizes}
         st = {n: statistics.median(starts[n]) for n in sizes}
         ss = {n: statistics.median(status[n]) for n in sizes}
+        su = {n: statistics.median(urls[n]) for n in sizes}
         logs = ("with" if args.logs else "without") + " a log.txt per done job"
         logs += ", their branches deleted by distribute gc" if args.gc else ""
+        if args.big[0]:
+            logs += f", {int(args.big[0])} of them with a {args.big[1]:g} MB model.bin"
         print(f"\nhistory growth ({logs}; medians of {args.rounds} "
               f"rounds of {args.jobs} jobs; ratios to {base} done)")
         print(f"{'done':>8} {'ms/job':>8} {'ratio':>6} {'start s':>8} {'ratio':>6} "
-              f"{'status s':>9} {'ratio':>6} {'refs':>7} {'MB':>7}")
+              f"{'file:// s':>9} {'ratio':>6} {'status s':>9} {'ratio':>6} {'refs':>7} "
+              f"{'MB':>7}")
         for n in sizes:
             print(f"{n:>8} {med[n]:>8.0f} {med[n] / med[base]:>6.2f} {st[n]:>8.2f} "
-                  f"{st[n] / st[base]:>6.2f} {ss[n]:>9.2f} {ss[n] / ss[base]:>6.2f} "
-                  f"{refs[n]:>7} {size[n]:>7.1f}")
+                  f"{st[n] / st[base]:>6.2f} {su[n]:>9.2f} {su[n] / su[base]:>6.2f} "
+                  f"{ss[n]:>9.2f} {ss[n] / ss[base]:>6.2f} {refs[n]:>7} {size[n]:>7.1f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
