@@ -34,11 +34,14 @@ Usage:
     python bench/history.py --sizes 0 10000 100000 --jobs 20
     python bench/history.py --no-logs              # ledgers and refs only
     python bench/history.py --sizes 0 10000 --big 100 5   # and 500 MB of results
+    python bench/history.py --ssh                  # a new worker's start over ssh too
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import random
 import shutil
 import statistics
@@ -46,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from distribute.core.ledger import Entry, format_line
@@ -140,12 +144,24 @@ def main() -> int:
                     help="no updates/<job>/log.txt in the history")
     ap.add_argument("--big", type=float, nargs=2, default=(0, 0), metavar=("K", "MB"),
                     help="K of the done jobs also wrote a model.bin of MB random megabytes")
+    ap.add_argument("--ssh", action="store_true",
+                    help="also time a new worker's start over ssh (the test suite's sshd on "
+                         "127.0.0.1, tests/servers.py)")
     ap.add_argument("--gc", action="store_true",
                     help="delete the done jobs' branches (distribute gc, timed) first")
     args = ap.parse_args()
     sizes = sorted(set(args.sizes))
     work = Path(tempfile.mkdtemp(prefix="distribute-history-"))
+    stack = contextlib.ExitStack()
     try:
+        via: dict[str, Callable[[Path], str]] = {"file://": lambda path: path.as_uri()}
+        if args.ssh:
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+            import servers
+
+            sshd = stack.enter_context(servers.SshServer(work / "sshd", lifetime=3600))
+            os.environ["GIT_SSH_COMMAND"] = sshd.ssh_command  # for the workers' git
+            via["ssh"] = sshd.url
         remotes = {}
         for n in sizes:
             print(f"making a history of {n} done jobs ...", file=sys.stderr, flush=True)
@@ -163,7 +179,7 @@ def main() -> int:
         size = {n: disk_mb(r) for n, r in remotes.items()}
         ms: dict[int, list[float]] = {n: [] for n in sizes}
         starts: dict[int, list[float]] = {n: [] for n in sizes}
-        urls: dict[int, list[float]] = {n: [] for n in sizes}
+        urls: dict[tuple[str, int], list[float]] = {(k, n): [] for k in via for n in sizes}
         status: dict[int, list[float]] = {n: [] for n in sizes}
         for k in range(args.rounds):
             for n in sizes:
@@ -172,28 +188,31 @@ def main() -> int:
                 fresh = work / f"fresh-{n}-{k}"
                 starts[n].append(fresh_start_s(remotes[n], fresh))
                 shutil.rmtree(fresh, ignore_errors=True)
-                urls[n].append(fresh_start_s(remotes[n].as_uri(), fresh))
-                shutil.rmtree(fresh, ignore_errors=True)
+                for kind, url in via.items():
+                    urls[kind, n].append(fresh_start_s(url(remotes[n]), fresh))
+                    shutil.rmtree(fresh, ignore_errors=True)
                 status[n].append(status_s(remotes[n]))
         base = sizes[0]
         med = {n: statistics.median(ms[n]) for n in sizes}
         st = {n: statistics.median(starts[n]) for n in sizes}
         ss = {n: statistics.median(status[n]) for n in sizes}
-        su = {n: statistics.median(urls[n]) for n in sizes}
+        su = {key: statistics.median(found) for key, found in urls.items()}
         logs = ("with" if args.logs else "without") + " a log.txt per done job"
         logs += ", their branches deleted by distribute gc" if args.gc else ""
         if args.big[0]:
             logs += f", {int(args.big[0])} of them with a {args.big[1]:g} MB model.bin"
         print(f"\nhistory growth ({logs}; medians of {args.rounds} "
               f"rounds of {args.jobs} jobs; ratios to {base} done)")
-        print(f"{'done':>8} {'ms/job':>8} {'ratio':>6} {'start s':>8} {'ratio':>6} "
-              f"{'file:// s':>9} {'ratio':>6} {'status s':>9} {'ratio':>6} {'refs':>7} "
-              f"{'MB':>7}")
+        heads = "".join(f" {kind + ' s':>9} {'ratio':>6}" for kind in via)
+        print(f"{'done':>8} {'ms/job':>8} {'ratio':>6} {'start s':>8} {'ratio':>6}{heads} "
+              f"{'status s':>9} {'ratio':>6} {'refs':>7} {'MB':>7}")
         for n in sizes:
+            cells = "".join(f" {su[k, n]:>9.2f} {su[k, n] / su[k, base]:>6.2f}" for k in via)
             print(f"{n:>8} {med[n]:>8.0f} {med[n] / med[base]:>6.2f} {st[n]:>8.2f} "
-                  f"{st[n] / st[base]:>6.2f} {su[n]:>9.2f} {su[n] / su[base]:>6.2f} "
+                  f"{st[n] / st[base]:>6.2f}{cells} "
                   f"{ss[n]:>9.2f} {ss[n] / ss[base]:>6.2f} {refs[n]:>7} {size[n]:>7.1f}")
     finally:
+        stack.close()
         shutil.rmtree(work, ignore_errors=True)
     return 0
 
