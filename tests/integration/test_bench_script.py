@@ -158,3 +158,23 @@ def test_a_remote_given_by_url_is_asked_for_then_reset_before_each_run(tmp_path:
     assert len(done_txt.splitlines()) == 3
     assert subprocess.run([*show, "main:jobs.txt"], capture_output=True, text=True,
                           check=True).stdout == ""
+
+
+HISTORY = BENCH.with_name("history.py")
+
+
+def test_the_growth_table_prints_a_row_per_history_size():
+    out = subprocess.run(
+        [sys.executable, str(HISTORY), "--sizes", "0", "30", "--big", "2", "0.1", "--jobs", "2",
+         "--rounds", "1", "--gc"],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout
+    assert "2 of them with a 0.1 MB model.bin" in out, out
+    header = re.search(r"done +ms/job +ratio +start s +ratio +file:// s +ratio +status s +ratio "
+                       r"+refs +MB", out)
+    assert header, out
+    rows = {int(m[1]): m[2].split() for m in re.finditer(r"^ +(\d+) +([\d. ]+)$", out, re.M)}
+    assert set(rows) == {0, 30}, out
+    assert all(len(cells) == 10 for cells in rows.values()), rows
+    assert rows[0][1] == "1.00"  # ratios are to the empty remote
+    assert rows[30][8] == "2"  # no branches left: refs are the lock and the main branch
