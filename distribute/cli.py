@@ -786,8 +786,10 @@ Examples:
 \b
 Each check is a small push of scratch refs (named doctor-<random>), deleted
 again: whether the remote answers, takes atomic pushes, takes refs under
-refs/distribute/ and forced updates there, and job branches. Exit 0 when
-workers can use the remote, 1 when not; each failure names its fix.""",
+refs/distribute/ and forced updates there, and job branches. It also says
+whether the remote serves partial clones (advice: without them every new
+worker downloads every job's results). Exit 0 when workers can use the
+remote, 1 when not; each failure and each advice names its fix.""",
 )
 @_remote_argument()
 @click.pass_context
@@ -800,10 +802,10 @@ def doctor(ctx: click.Context, remote: str) -> int:
     checks = diagnose(url)
     for c in checks:
         detail = f": {c.detail}" if c.detail else ""
-        out.result(f"{'ok  ' if c.ok else 'FAIL'}  {c.name}{detail}")
+        out.result(f"{'ok  ' if c.ok else 'FAIL' if c.required else 'note'}  {c.name}{detail}")
         if not c.ok:
             out.result(f"      fix: {c.fix}")
-    failed = [c.name for c in checks if not c.ok]
+    failed = [c.name for c in checks if not c.ok and c.required]
     out.result(f"{scrub_url(url)}: " + (f"not ready ({', '.join(failed)})" if failed
                                         else "ready for workers"))
     return 1 if failed else 0

@@ -13,7 +13,9 @@ protocol's own pushes would, made through the same transport, then undone:
 * custom refs: refs under ``refs/distribute/`` can be created and deleted;
 * forced updates there: a liveness record is replaced by a commit that does
   not descend from it (every renewal does that);
-* job branches: a branch under ``refs/heads/jobs/`` can be created and deleted.
+* job branches: a branch under ``refs/heads/jobs/`` can be created and deleted;
+* partial clones (advice, not a need): the remote serves ``git clone --filter``,
+  so a new worker leaves other jobs' large files on it.
 
 Scratch refs carry a random name under ``doctor-`` and a "gone" liveness
 record, so a worker that sees one meanwhile neither waits for it nor counts
@@ -46,6 +48,8 @@ class Check:
     ok: bool
     detail: str = ""
     fix: str = ""
+    #: workers cannot use the remote without it; an unmet advice only costs speed
+    required: bool = True
 
 
 FIXES = {
@@ -59,6 +63,10 @@ FIXES = {
                       "replaced at each renewal); protect only your main branch",
     "job branches": "allow creating and deleting branches under jobs/ (each job's "
                     "results go to its own branch)",
+    "partial clones": "run `git config uploadpack.allowFilter true` and `git config "
+                      "uploadpack.allowAnySHA1InWant true` in the repository on the server "
+                      "(GitHub and GitLab allow them); until then every new worker downloads "
+                      "every job's results",
 }
 
 
@@ -120,6 +128,13 @@ def _diagnose(t: GitTransport) -> list[Check]:
     attempt("job branches", lambda: t.push([RefUpdate(branch, None, first)]),
             "creating a branch under refs/heads/jobs/ was refused")
     _clean(t, [scratch, record, branch])
+    try:
+        served = t.serves_filters()
+        detail = "" if served else "the remote does not offer git's filters"
+    except DistributeError as err:
+        served, detail = False, scrub_url(str(err))
+    checks.append(Check("partial clones", served, detail,
+                        "" if served else FIXES["partial clones"], required=False))
     return checks
 
 
@@ -138,7 +153,7 @@ def _clean(t: GitTransport, refs: list[str]) -> None:
 def require_ready(url: str, *, timeout: float = 60) -> list[Check]:
     """:func:`diagnose`, raising ``RemoteStateError`` naming each failed need and its fix."""
     checks = diagnose(url, timeout=timeout)
-    failed = [c for c in checks if not c.ok]
+    failed = [c for c in checks if not c.ok and c.required]
     if failed:
         raise RemoteStateError(
             f"the remote {scrub_url(url)} does not allow what workers need: "

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from types import TracebackType
@@ -102,6 +103,10 @@ _Transport = TypeVar("_Transport", bound="GitTransport")
 
 def _path_parts(path: str) -> tuple[bytes, ...]:
     return tuple(part.encode("utf-8") for part in path.split("/"))
+
+
+#: A packet git received, as ``GIT_TRACE_PACKET`` shows it (``packet:  ls-remote< ...``).
+_RECEIVED_PACKET = re.compile(r"packet:\s+\S+< (.*)$")
 
 
 class GitTransport:
@@ -414,6 +419,28 @@ class GitTransport:
         if refs:
             commands = b"".join(b"delete %s\0\0" % self._mirror(ref).encode() for ref in refs)
             self._repo.check(["update-ref", "--stdin", "-z"], "git update-ref", stdin=commands)
+
+    def serves_filters(self) -> bool:
+        """Does the remote serve partial clones (``git clone --filter``)?  Read from what it
+        advertises to one ``ls-remote``: ``filter`` among the ``fetch=`` features of
+        protocol v2, or among the capabilities after the first ref of protocol v0."""
+        args = [*_PROTOCOL_V2, "ls-remote", "--refs", "--end-of-options", self.remote,
+                "refs/heads/*"]
+        result = self._repo.run(args, env={"GIT_TRACE_PACKET": "1"})
+        if result.status != 0:
+            raise _failure(f"git ls-remote of {scrub_url(self.remote)}", result, self.timeout)
+        for line in result.stderr.splitlines():
+            found = _RECEIVED_PACKET.search(line)
+            if found is None:
+                continue
+            packet = found.group(1)
+            if packet.startswith("fetch="):
+                features = packet[len("fetch="):].split()
+            else:
+                features = packet.partition("\\0")[2].split()
+            if "filter" in features:
+                return True
+        return False
 
     def _ls_remote(self, patterns: Sequence[str], prefix: str | None = None) -> dict[str, Oid]:
         """Remote values of the exact refs ``patterns`` (or, given ``prefix``, of refs under it)."""

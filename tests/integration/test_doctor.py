@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +30,8 @@ def refs(path: Path) -> str:
 
 
 def verdicts(url: str) -> dict[str, bool]:
-    return {c.name: c.ok for c in diagnose(url)}
+    """The verdicts on what workers need (advice left out)."""
+    return {c.name: c.ok for c in diagnose(url) if c.required}
 
 
 def test_a_plain_bare_repository_allows_everything_and_keeps_nothing(tmp_path):
@@ -69,7 +71,7 @@ def test_a_host_that_refuses_forced_updates_everywhere_is_named(tmp_path):
     assert not checks["forced updates"].ok
     assert "forced updates are not allowed" in checks["forced updates"].detail
     assert "forced updates of refs/distribute/*" in checks["forced updates"].fix
-    assert all(c.ok for n, c in checks.items() if n != "forced updates")
+    assert all(c.ok for n, c in checks.items() if n != "forced updates" and c.required)
     assert refs(path) == ""
 
 
@@ -101,6 +103,35 @@ def test_init_refuses_a_remote_workers_cannot_use_and_writes_nothing(tmp_path):
 
 
 def test_an_unreachable_remote_fails_every_check_with_a_reason(tmp_path):
-    checks = diagnose((tmp_path / "missing.git").as_uri(), timeout=20)
+    checks = [c for c in diagnose((tmp_path / "missing.git").as_uri(), timeout=20)
+              if c.required]
     assert [c.ok for c in checks] == [False] * 5
     assert "not checked" in checks[1].detail
+
+
+def test_partial_clones_are_advice_named_with_their_fix(tmp_path):
+    plain = bare(tmp_path)  # git's defaults serve no filters
+    served = bare(tmp_path, "served.git")
+    for key in ("uploadpack.allowFilter", "uploadpack.allowAnySHA1InWant"):
+        git("--git-dir", str(served), "config", key, "true")
+    for version in ("0", "2"):  # the features are read from either protocol's answer
+        os.environ["GIT_CONFIG_PARAMETERS"] = f"'protocol.version={version}'"
+        try:
+            advice = {c.name: c for c in diagnose(plain.as_uri())}["partial clones"]
+            assert not advice.ok and not advice.required
+            assert "uploadpack.allowFilter" in advice.fix
+            assert {c.name: c for c in diagnose(served.as_uri())}["partial clones"].ok
+        finally:
+            del os.environ["GIT_CONFIG_PARAMETERS"]
+    # an unmet advice does not make the remote unready, and is shown as a note
+    doctor = subprocess.run([PY, "-m", "distribute", "doctor", plain.as_uri()],
+                            capture_output=True, text=True, timeout=120)
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    assert "note  partial clones" in doctor.stdout and "ready for workers" in doctor.stdout
+    require_ready(plain.as_uri())  # init goes ahead
+
+
+def test_a_remote_made_by_init_serves_partial_clones(tmp_path):
+    made = tmp_path / "made.git"
+    subprocess.run([PY, "-m", "distribute", "init", str(made)], check=True, capture_output=True)
+    assert {c.name: c for c in diagnose(made.as_uri())}["partial clones"].ok

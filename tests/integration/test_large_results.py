@@ -20,6 +20,7 @@ import pytest
 from conftest import make_bare_remote
 
 from distribute.dist import LAZY_BLOB_BYTES, worker_from_url
+from distribute.doctor import diagnose
 from distribute.remote import init_remote
 
 BIG = LAZY_BLOB_BYTES + 1024
@@ -101,8 +102,10 @@ def test_a_retried_job_finds_its_large_checkpoint_on_disk(tmp_path):
 @pytest.mark.parametrize("kind", ["http_remote", "ssh_remote"])
 def test_a_retried_job_fetches_its_checkpoint_from_a_hosted_remote(request, tmp_path, kind):
     url, path = request.getfixturevalue(kind)
+    assert not advice(url).ok  # the server's git defaults serve no filters
     for key in ("uploadpack.allowFilter", "uploadpack.allowAnySHA1InWant"):
         git("--git-dir", str(path), "config", key, "true")
+    assert advice(url).ok  # `distribute doctor` tells
     init_remote(url)
     # over HTTP the password is only in the URL given to the worker: git's own fetch of
     # the missing file must get it from the worker's process, never from a file
@@ -110,6 +113,10 @@ def test_a_retried_job_fetches_its_checkpoint_from_a_hosted_remote(request, tmp_
     password = urlsplit(url).password
     if password:
         assert password not in (tmp_path / "copy-b" / ".git" / "config").read_text()
+
+
+def advice(url: str):
+    return {c.name: c for c in diagnose(url)}["partial clones"]
 
 
 def test_a_remote_that_allows_no_filters_is_cloned_whole(tmp_path):
