@@ -597,14 +597,19 @@ class Coordinator:
             ))
             return True
 
-    def peek(self) -> dict[str, Oid]:
+    def peek(self, shared: Mapping[str, Oid] | None = None) -> dict[str, Oid]:
         """Cheap poll while waiting: the lock's and the liveness refs' values, read with no
         fetch (one ``ls-remote``, or the ref files of a remote on this machine).  The
         lease watch sees the lock's value, so its expiry is judged exactly as by
-        :meth:`observe`."""
+        :meth:`observe`.  ``shared``: what another worker of this machine just peeked
+        (:mod:`distribute.shared_peeks`), taken instead of asking the remote."""
         with self.mutex:
-            values = self.transport.list_refs("refs/distribute/")
-            self.stats.count("peeks")
+            if shared is None:
+                values = self.transport.list_refs("refs/distribute/")
+                self.stats.count("peeks")
+            else:
+                values = dict(shared)
+                self.stats.count("shared_peeks")
             self.watch.observe(LOCK_REF, values.get(LOCK_REF), self.clock())
             return values
 

@@ -77,6 +77,8 @@ from distribute.core.plan import CallNextJobFunction, GiveUp, Retry, others_runn
 from distribute.credentials import split_secret
 from distribute.jobfolder import secure_job_folder
 from distribute.orphans import kill_git_left_in, reap_leftover_command
+from distribute.remote import is_local_path
+from distribute.shared_peeks import SharedPeeks
 from distribute.sources import decides_from_files, is_repo_only
 from distribute.transport.base import Transport
 from distribute.transport.local_copy import GitLocalCopy
@@ -162,6 +164,10 @@ class Worker:
             remote with thousands of finished jobs costs a worker what a young one
             does.  The folders left out stay on the main branch and in the index;
             nothing a job commits loses them.
+        share_peeks: workers of this machine on the same remote share what their
+            peeks at it read while they wait for a turn (see
+            :mod:`distribute.shared_peeks`), so several workers on one machine cost
+            the host about what one does.
         heartbeat: run the background heartbeat thread.
         journal: optional ``callback(event, **fields)`` for every protocol step.
         wrap_transport: optional function that wraps the git transport (the
@@ -187,6 +193,7 @@ class Worker:
         retry_seconds: float = 60.0,
         max_file_bytes: int | None = MAX_FILE_BYTES,
         all_results: bool = False,
+        share_peeks: bool = True,
         heartbeat: bool = True,
         margin_seconds: float | None = None,
         journal: Callable[..., None] | None = None,
@@ -212,6 +219,7 @@ class Worker:
                 self.transport = wrap_transport(self.transport)
             self.branch = branch or self.copy.default_branch() or "main"
             check_name(self.branch, "branch")
+            self._shared_peeks = self._share_peeks(share_peeks)
             self._recover_from_crash()
             self._housekeeping()
         except BaseException:
@@ -261,6 +269,19 @@ class Worker:
                 target=self._heartbeat, name=f"distribute-heartbeat-{self.name}", daemon=True
             )
             self._beat_thread.start()
+
+    def _share_peeks(self, share: bool) -> SharedPeeks | None:
+        """Shared peeks for a remote reached over the network (a remote on this machine
+        is peeked at by reading its ref files, which costs less than sharing)."""
+        if not share:
+            return None
+        url = self.copy.remote_url()
+        if is_local_path(url) or url.startswith("file:"):
+            return None
+        try:
+            return SharedPeeks(url, self.branch)
+        except OSError:
+            return None  # no private temporary folder: every worker peeks for itself
 
     # ---- local copy ownership ------------------------------------------------
     def _lock_local_copy(self) -> filelock.BaseFileLock:
@@ -655,9 +676,10 @@ class Worker:
         """One peek while waiting (:func:`~distribute.core.pacing.after_peek`): sleep and
         return the updated watch, or ``None`` when a full look is due."""
         looked = self._clock()
-        refs = self._retrying(self.coord.peek)
+        refs, asked = self._peek_refs(len(watch.ahead))
         now = self._clock()
-        self._pacer.peeked(now - looked)
+        if asked:  # another worker's answer took no time, which says nothing of a peek's
+            self._pacer.peeked(now - looked)
         self._pacer.count_turns(refs, now, WORKERS_PREFIX)
         verdict = after_peek(
             watch, refs, LOCK_REF,
@@ -671,6 +693,19 @@ class Worker:
             delay = min(delay, verdict.wake_by)  # wake when it is our turn
         self._sleep(delay)
         return verdict.watch
+
+    def _peek_refs(self, ahead: int) -> tuple[dict[str, str], bool]:
+        """The refs a peek reads, and whether this worker asked the remote: workers of this
+        machine share their peeks (:mod:`distribute.shared_peeks`) when they are no older
+        than half the wait this worker would sleep between two peeks of its own."""
+        if self._shared_peeks is None:
+            return self._retrying(self.coord.peek), True
+        max_age = self._pacer.poll_delay(ahead) / 2
+        refs, asked = self._retrying(
+            partial(self._shared_peeks.get, self.coord.peek, max_age))
+        if not asked:
+            refs = self.coord.peek(refs)
+        return refs, asked
 
     def _turn_wait(self, ahead: int) -> float:
         """Seconds left before a free lock is ours to try (:func:`~distribute.core.pacing.
