@@ -544,6 +544,9 @@ class Worker:
         Its file edits (say, a shortened ``jobs.txt``) are committed with the
         claim.  A :func:`~distribute.sources.repo_only` function instead runs
         with the lock free and claims in the same push that moves the lock on.
+        One that answers from files (``next_job_from_files``, as
+        :class:`~distribute.sources.QueueJobs` does) reads the fetched main
+        branch and leaves the working tree alone.
 
         Idle workers take turns at a free lock, least recently served first
         (:func:`~distribute.core.plan.ahead_in_turn`): the first in line tries
@@ -555,7 +558,8 @@ class Worker:
         Returns:
             The job name, or ``None`` when the function has no job and no
             other worker still runs one (with ``wait_for_running=False``: as
-            soon as the function has none).
+            soon as the function has none); the working tree then holds the
+            main branch as the last look saw it.
 
         Raises:
             JobAlreadyRunning: finish or fail the running job first.
@@ -645,6 +649,10 @@ class Worker:
             if outcome is _Step.NONE:
                 if not self._fold_parked(snap, everyone=True):
                     continue  # the main branch moved: look again, then fold what is left
+                if decides_from_files(next_job_func):
+                    # as after a function that ran on the working tree: it holds the
+                    # main branch the last look saw
+                    self._retrying(partial(self._checkout_clean, snap.main, None, None))
                 self._say_gone()
                 return None
             if outcome is _Step.WAIT:

@@ -69,7 +69,8 @@ def hand_written_queue(worker) -> str | None:
                          ids=["QueueJobs", "queue_jobs_func", "working-tree"])
 def test_a_claim_from_the_files_checks_out_only_the_job(tmp_path, func):
     """Both paths give the same jobs and the same queue on main; the files path checks
-    out the job's branch and nothing else, the working-tree path the main branch too."""
+    out the jobs' branches and, at the end, the main branch; the working-tree path the
+    main branch before every call too."""
     bare = tmp_path / "remote.git"
     init_remote(bare)
     add_jobs(str(bare), ["one", "two", "three"])
@@ -82,11 +83,17 @@ def test_a_claim_from_the_files_checks_out_only_the_job(tmp_path, func):
         while (job := w.get_next_job(func)) is not None:
             got.append(job)
             w.finish_job()
+        # with no job left, the working tree holds the main branch, whichever path decided
+        done = (Path(w.path) / "done.txt").read_text().splitlines()
+        assert [line.split("\t")[0] for line in done] == ["one", "two", "three"]
+        assert w.copy.head() == git("rev-parse", "main", cwd=bare).strip()
     assert got == ["one", "two", "three"]
     assert git("show", "main:jobs.txt", cwd=bare) == ""
     job_checkouts = [b for b in checkouts if b is not None]
     assert len(job_checkouts) == 3
     if func is hand_written_queue:
-        assert None in checkouts  # the main branch, for the function to read
+        # the main branch before each call, for the function to read
+        assert checkouts.count(None) >= 4
     else:
-        assert checkouts == job_checkouts
+        # each job's branch, then the main branch once, when no job is left
+        assert checkouts == [*job_checkouts, None]
