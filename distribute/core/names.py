@@ -185,14 +185,29 @@ def tree_patterns(job: str | None, *, all_jobs: bool = False) -> list[str]:
     top, ``!/updates/*/`` leaves out each folder directly under ``updates/`` (files
     directly in it stay), and ``/updates/<encoded job>/`` takes that one back.  An
     encoded component holds only letters, digits and ``._-%``, none of which a pattern
-    reads specially, so no job name can widen or break the patterns.
+    reads specially, so no job name can widen or break the patterns.  A name that
+    encodes to something else and is one path component also keeps ``updates/<name>``,
+    every special character escaped.
     """
     if all_jobs:
         return ["/*"]
     patterns = ["/*", f"!/{JOBS_FOLDER}/*/"]
     if job is not None:
         patterns.append(f"/{job_dir(job)}/")
+        if encode_component(job) != job and "/" not in job and job not in (".", ".."):
+            # code in the original project's style builds the folder from the raw name
+            # (``updates/<job>``); that folder is kept too, its name escaped
+            patterns.append(f"/{JOBS_FOLDER}/{_escape_pattern(job)}/")
     return patterns
+
+
+def _escape_pattern(text: str) -> str:
+    """``text`` matched literally by a ``.gitignore``-style pattern: every character a
+    pattern reads specially (``\\ * ? [ ] !  #`` and spaces) gets a backslash."""
+    return "".join(f"\\{c}" if c in _PATTERN_SPECIAL else c for c in text)
+
+
+_PATTERN_SPECIAL = frozenset("\\*?[]!# ")
 
 
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")

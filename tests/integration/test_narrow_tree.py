@@ -173,3 +173,20 @@ def test_a_job_writing_outside_its_folder_still_commits_it(remote, tmp_path):
         b.finish_job()
     on_main = files_on_main(remote)
     assert {"updates/one/log.txt", "updates/one/note.txt", "summary.txt"} <= on_main
+
+
+def test_a_retried_job_in_the_original_style_finds_its_raw_named_folder(remote, tmp_path):
+    """The original project's example writes to ``updates/<job>`` with the raw name;
+    a retry of such a job has that folder on disk too."""
+    job = "lr=0.1 bs=32"
+    with make(remote, tmp_path, "a") as a:
+        assert a.get_next_job(lambda: job) == job
+        folder = Path(a.path) / "updates" / job
+        folder.mkdir(parents=True)
+        (folder / "checkpoint").write_text("epoch 2\n")
+        a.commit_update()
+        a.fail_job("preempted")
+    with make(remote, tmp_path, "b") as b:
+        assert b.get_next_job(lambda: None) == job
+        assert (Path(b.path) / "updates" / job / "checkpoint").read_text() == "epoch 2\n"
+        b.finish_job()

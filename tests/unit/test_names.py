@@ -140,3 +140,17 @@ def test_scrub_keeps_user_names_that_are_not_secrets():
 def test_scrub_keeps_plain_urls():
     assert scrub_url("git@github.com:a/b.git") == "git@github.com:a/b.git"
     assert scrub_url("https://example.com/a.git") == "https://example.com/a.git"
+
+
+def test_tree_patterns_keep_the_raw_folder_of_a_name_that_encodes_differently():
+    from distribute.core.names import tree_patterns
+
+    assert tree_patterns(None) == ["/*", "!/updates/*/"]
+    assert tree_patterns("plain-1") == ["/*", "!/updates/*/", "/updates/plain-1/"]
+    assert tree_patterns("lr=0.1 [a]*?!#\\") == [
+        "/*", "!/updates/*/", "/updates/lr%3D0.1%20%5Ba%5D%2A%3F%21%23%5C/",
+        "/updates/lr=0.1\\ \\[a\\]\\*\\?\\!\\#\\\\/",
+    ]
+    # a name with a slash is nested folders, not one: only its encoded folder is kept
+    assert tree_patterns("a/b") == ["/*", "!/updates/*/", "/updates/a%2Fb/"]
+    assert tree_patterns("x", all_jobs=True) == ["/*"]
