@@ -75,11 +75,17 @@ def public_url(url: str) -> str:
     return split_secret(url).public
 
 
-def git_options(secret: str | None) -> list[str]:
-    """git's global options that hand it ``secret`` when it asks (none without one)."""
+def git_config(secret: str | None) -> list[str]:
+    """The ``name=value`` settings that hand git ``secret`` when it asks (none without
+    one): the helpers configured elsewhere are cleared, then ours is named."""
     if not secret:
         return []
-    return ["-c", "credential.helper=", "-c", f"credential.helper={HELPER}"]
+    return ["credential.helper=", f"credential.helper={HELPER}"]
+
+
+def git_options(secret: str | None) -> list[str]:
+    """git's global options for :func:`git_config`: ``-c`` before each setting."""
+    return [arg for setting in git_config(secret) for arg in ("-c", setting)]
 
 
 def git_env(secret: str | None) -> dict[str, str]:
@@ -109,6 +115,7 @@ __all__ = [
     "HELPER",
     "SECRET_ENV",
     "SplitURL",
+    "git_config",
     "git_env",
     "git_options",
     "private_folder",

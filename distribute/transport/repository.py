@@ -39,7 +39,7 @@ from git.exc import InvalidGitRepositoryError, NoSuchPathError
 
 from distribute.core.errors import TransportError, UsageError
 from distribute.core.names import is_valid_ref_component
-from distribute.credentials import git_env, git_options
+from distribute.credentials import git_config, git_env, git_options
 from distribute.transport.base import (
     MergeResult,
     Oid,
@@ -165,7 +165,7 @@ class _Repository:
         env.update(self._auth_env)
         self._repo.git.update_environment(**env)
         self._repo.git.set_persistent_git_options(
-            c=[_CONFIG[1], _CONFIG[3], *self._auth[1::2]])
+            c=[_CONFIG[1], _CONFIG[3], *git_config(secret)])
         self._objects_lock = threading.Lock()
         with self._repo.config_reader("repository") as config:
             formats = config.get_value("extensions", "objectformat", "sha1")
