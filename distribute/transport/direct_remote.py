@@ -55,11 +55,12 @@ from distribute.transport.process import (
     _tail,
     pack_when_piled_up,
 )
+from distribute.transport.repository import PARTIAL_CLONE_SETTINGS
 
 _ZERO_OID = "0" * 40
 #: Settings that only widen what ``upload-pack`` serves to a fetch (partial clones and
 #: the fetches of their missing objects); writing directly does not depend on them.
-_SERVING_KEYS = frozenset({"uploadpack.allowfilter", "uploadpack.allowanysha1inwant"})
+_SERVING_KEYS = frozenset(key.lower() for key in PARTIAL_CLONE_SETTINGS)
 _NOT_PLAIN_KEYS = (
     "receive.",
     "transfer.",

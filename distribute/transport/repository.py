@@ -103,6 +103,11 @@ def is_remote_name(remote: str) -> bool:
     return bool(_REMOTE_NAME.fullmatch(remote) and is_valid_ref_component(remote))
 
 
+#: The settings with which a repository serves partial clones: filters, and the fetch of
+#: a missing object by its id (GitHub and GitLab allow both).
+PARTIAL_CLONE_SETTINGS = ("uploadpack.allowFilter", "uploadpack.allowAnySHA1InWant")
+
+
 def init_bare_repo(
     path: str | os.PathLike[str], branch: str = "main", *, timeout: float = 60,
     serve_partial_clones: bool = False,
@@ -111,8 +116,7 @@ def init_bare_repo(
 
     ``serve_partial_clones``: for a remote that workers clone; it lets a clone over a
     URL (``file://``, ssh, HTTP) leave large files behind and fetch them by id when
-    needed (``uploadpack.allowFilter``, ``uploadpack.allowAnySHA1InWant``), as
-    GitHub and GitLab do.
+    needed (:data:`PARTIAL_CLONE_SETTINGS`), as GitHub and GitLab do.
 
     Raises:
         UsageError: ``branch`` is not a valid branch name.
@@ -133,7 +137,7 @@ def init_bare_repo(
         timeout=timeout,
     )
     if serve_partial_clones:
-        for key in ("uploadpack.allowFilter", "uploadpack.allowAnySHA1InWant"):
+        for key in PARTIAL_CLONE_SETTINGS:
             _run_outside(["--git-dir", str(target), "config", key, "true"],
                          f"git config of {target}", timeout=timeout)
     return target

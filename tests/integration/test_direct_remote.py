@@ -29,6 +29,7 @@ from distribute.transport.base import Oid, RefUpdate
 from distribute.transport.direct import ObjectStore, copy_objects, read_ref_files
 from distribute.transport.git import GitTransport
 from distribute.transport.local_copy import GitLocalCopy
+from distribute.transport.repository import PARTIAL_CLONE_SETTINGS
 
 MAIN = "refs/heads/main"
 WORKERS = "refs/distribute/workers/"
@@ -625,6 +626,15 @@ def test_hidden_refs_keep_the_pack_protocol(
 ) -> None:
     run_git("--git-dir", bare_remote, "config", "uploadpack.hideRefs", "refs/secret")
     assert not clone(str(bare_remote), "w").direct
+
+
+def test_a_remote_that_serves_partial_clones_is_still_written_directly(
+    bare_remote: Path, clone: Callable[[str, str], GitTransport], run_git: RunGit
+) -> None:
+    """Those settings only widen what a fetch may ask for; `distribute init` sets them."""
+    for key in PARTIAL_CLONE_SETTINGS:
+        run_git("--git-dir", bare_remote, "config", key, "true")
+    assert clone(str(bare_remote), "w").direct
 
 
 def test_a_lock_file_left_by_a_dead_git_is_a_clear_error_a_fresh_one_a_lost_race(

@@ -11,6 +11,7 @@ import pytest
 
 from distribute.core.errors import RemoteStateError
 from distribute.doctor import diagnose, require_ready
+from distribute.transport.repository import PARTIAL_CLONE_SETTINGS
 
 PY = sys.executable
 
@@ -112,7 +113,7 @@ def test_an_unreachable_remote_fails_every_check_with_a_reason(tmp_path):
 def test_partial_clones_are_advice_named_with_their_fix(tmp_path):
     plain = bare(tmp_path)  # git's defaults serve no filters
     served = bare(tmp_path, "served.git")
-    for key in ("uploadpack.allowFilter", "uploadpack.allowAnySHA1InWant"):
+    for key in PARTIAL_CLONE_SETTINGS:
         git("--git-dir", str(served), "config", key, "true")
     for version in ("0", "2"):  # the features are read from either protocol's answer
         os.environ["GIT_CONFIG_PARAMETERS"] = f"'protocol.version={version}'"

@@ -22,6 +22,7 @@ from conftest import make_bare_remote
 from distribute.dist import LAZY_BLOB_BYTES, worker_from_url
 from distribute.doctor import diagnose
 from distribute.remote import init_remote
+from distribute.transport.repository import PARTIAL_CLONE_SETTINGS
 
 BIG = LAZY_BLOB_BYTES + 1024
 
@@ -103,7 +104,7 @@ def test_a_retried_job_finds_its_large_checkpoint_on_disk(tmp_path):
 def test_a_retried_job_fetches_its_checkpoint_from_a_hosted_remote(request, tmp_path, kind):
     url, path = request.getfixturevalue(kind)
     assert not advice(url).ok  # the server's git defaults serve no filters
-    for key in ("uploadpack.allowFilter", "uploadpack.allowAnySHA1InWant"):
+    for key in PARTIAL_CLONE_SETTINGS:
         git("--git-dir", str(path), "config", key, "true")
     assert advice(url).ok  # `distribute doctor` tells
     init_remote(url)
