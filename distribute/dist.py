@@ -77,10 +77,10 @@ from distribute.core.plan import CallNextJobFunction, GiveUp, Retry, others_runn
 from distribute.credentials import split_secret
 from distribute.jobfolder import secure_job_folder
 from distribute.orphans import kill_git_left_in, reap_leftover_command
-from distribute.remote import is_local_path
 from distribute.shared_peeks import SharedPeeks
 from distribute.sources import decides_from_files, is_repo_only
 from distribute.transport.base import Transport
+from distribute.transport.git import DirectGitTransport
 from distribute.transport.local_copy import GitLocalCopy
 from distribute.transport.shared_objects import refresh_shared_objects
 
@@ -215,11 +215,14 @@ class Worker:
         try:
             self.copy = GitLocalCopy.open(self.path, secret=secret)
             self.transport: Transport = self.copy.transport()
+            # a remote written directly is peeked at by reading its ref files, which
+            # costs less than sharing; every other way of reaching it asks git
+            ref_files = isinstance(self.transport, DirectGitTransport)
             if wrap_transport is not None:
                 self.transport = wrap_transport(self.transport)
             self.branch = branch or self.copy.default_branch() or "main"
             check_name(self.branch, "branch")
-            self._shared_peeks = self._share_peeks(share_peeks)
+            self._shared_peeks = self._share_peeks(share_peeks and not ref_files)
             self._recover_from_crash()
             self._housekeeping()
         except BaseException:
@@ -271,15 +274,11 @@ class Worker:
             self._beat_thread.start()
 
     def _share_peeks(self, share: bool) -> SharedPeeks | None:
-        """Shared peeks for a remote reached over the network (a remote on this machine
-        is peeked at by reading its ref files, which costs less than sharing)."""
+        """The peeks this worker shares with the others of this machine, if ``share``."""
         if not share:
             return None
-        url = self.copy.remote_url()
-        if is_local_path(url) or url.startswith("file:"):
-            return None
         try:
-            return SharedPeeks(url, self.branch)
+            return SharedPeeks(self.copy.remote_url(), self.branch)
         except OSError:
             return None  # no private temporary folder: every worker peeks for itself
 

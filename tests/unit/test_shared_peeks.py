@@ -119,8 +119,9 @@ def test_a_worker_waits_for_a_peek_under_way_instead_of_peeking_too(tmp_path):
 @pytest.mark.daemon
 def test_workers_waiting_on_one_machine_share_their_peeks(daemon, tmp_path):
     """Two workers on a git:// remote wait while another holds the lock: their peeks at
-    the refs are shared, and both still claim once the lock is free.  A third on the
-    remote's path peeks by reading its ref files and shares nothing."""
+    the refs are shared, and both still claim once the lock is free.  A worker on the
+    remote's path peeks by reading its ref files and shares nothing; one on its
+    file:// URL asks git, and shares."""
     url, bare = daemon
     init_remote(url)
     add_jobs(url, ["a", "b"])
@@ -131,8 +132,13 @@ def test_workers_waiting_on_one_machine_share_their_peeks(daemon, tmp_path):
     git("--git-dir", str(bare), "update-ref", LOCK_REF, commit, lock)
     workers = [worker_from_url(url, path=tmp_path / f"copy-{n}", name=n, lease_seconds=60,
                                poll_seconds=0.05, heartbeat=False) for n in ("w1", "w2")]
-    assert worker_from_url(str(bare), path=tmp_path / "copy-p", name="p",
-                           heartbeat=False)._shared_peeks is None
+    with worker_from_url(str(bare), path=tmp_path / "copy-p", name="p",
+                         heartbeat=False) as by_path:
+        assert by_path._shared_peeks is None  # it reads the remote's ref files
+    # a file:// URL is reached through git's pack protocol: its peeks ask git, and share
+    with worker_from_url(bare.as_uri(), path=tmp_path / "copy-f", name="f",
+                         heartbeat=False) as by_url:
+        assert by_url._shared_peeks is not None
     got: dict[str, str | None] = {}
     threads = [threading.Thread(target=lambda w=w: got.update({w.name: w.get_next_job(
         QueueJobs())})) for w in workers]
