@@ -95,7 +95,8 @@ class GitLocalCopy:
             args.append("--no-checkout")
         if reference is not None:
             args.append(f"--reference-if-able={Path(reference).absolute()}")
-        if lazy_blobs_from is not None and not os.path.isdir(split.public):
+        if lazy_blobs_from is not None:
+            # git itself ignores it for a path (a local clone links the objects)
             args.append(f"--filter=blob:limit={int(lazy_blobs_from)}")
         args.append("--end-of-options")
         _run_outside([*args, split.public, str(target)], f"git clone of {scrub_url(url)}",

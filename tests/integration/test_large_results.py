@@ -69,6 +69,11 @@ def test_a_new_worker_leaves_other_jobs_large_files_on_the_remote(tmp_path):
         assert objects_bytes(copy) < BIG
         # the small files came along: the ledgers and logs read as before
         assert git("show", "HEAD:updates/one/log.txt", cwd=copy) == "one\n"
+    # a worker on the remote's path makes a local clone, which links every object:
+    # nothing to leave behind, and git does not filter it
+    with make(str(bare), tmp_path / "copy-c", "c") as c:
+        assert objects_bytes(Path(c.path)) > 2 * BIG
+        assert not list((Path(c.path) / ".git" / "objects" / "pack").glob("*.promisor"))
     # the finish that did not have the models did not lose them
     for job, seed in (("one", 1), ("two", 2)):
         shown = subprocess.run(["git", "show", f"main:updates/{job}/model.bin"], cwd=bare,
