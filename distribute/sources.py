@@ -162,14 +162,17 @@ class RandomJobs:
         return f"{self.prefix}{self.rng.getrandbits(63)}"
 
 
+_QUEUE = QueueJobs()
+
+
 @repo_only
 def queue_jobs_func(worker: Worker) -> str | None:
     """The ``jobs.txt`` queue as a plain function (a worker asks its
     ``next_job_from_files``, :meth:`QueueJobs.next_job_from_files`)."""
-    return QueueJobs()(worker)
+    return _QUEUE(worker)
 
 
-queue_jobs_func.next_job_from_files = QueueJobs().next_job_from_files  # type: ignore[attr-defined]
+queue_jobs_func.next_job_from_files = _QUEUE.next_job_from_files  # type: ignore[attr-defined]
 
 
 def whetlab_make_next_jobs_func(worker: Worker, experiment: Any) -> Any:
