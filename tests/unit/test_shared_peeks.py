@@ -102,3 +102,22 @@ def test_a_worker_waits_for_a_peek_under_way_instead_of_peeking_too(tmp_path):
     assert sorted(ours for _, ours in got) == [False, True]
     assert remote.calls == 1
 
+
+
+def test_a_peek_held_up_too_long_elsewhere_is_made_here(tmp_path, monkeypatch):
+    """The wait for another worker's peek is bounded (PEEK_WAIT_SECONDS): past it, this
+    worker asks the remote itself rather than wait on, say, a process stopped mid-peek."""
+    import filelock
+
+    import distribute.shared_peeks as shared_peeks
+
+    monkeypatch.setattr(shared_peeks, "PEEK_WAIT_SECONDS", 0.2)
+    shared = SharedPeeks(URL, "main", folder=tmp_path)
+    remote = Remote(REFS)
+    with filelock.FileLock(str(shared.path) + ".lock"):  # held by someone else
+        got: list[tuple[dict[str, str], bool]] = []
+        asker = threading.Thread(target=lambda: got.append(shared.get(remote.peek, 1.0)))
+        asker.start()
+        asker.join(5)
+    assert got == [(REFS, True)] and remote.calls == 1
+    assert not shared.path.exists()  # not under the lock: nothing written for others
