@@ -318,18 +318,22 @@ class Coordinator:
         return read_ledger(self.transport, commit, self.branch)
 
     def push(self, updates: Sequence[RefUpdate]) -> bool:
-        """Atomic CAS push; an unknown outcome is resolved by reading the refs."""
-        self.stats.pushes += 1
+        """Atomic CAS push; an unknown outcome is resolved by reading the refs.  The
+        counters are kept under :attr:`mutex`, the push itself is not."""
+        with self.mutex:
+            self.stats.pushes += 1
         try:
             ok = self.transport.push(updates)
         except OutcomeUnknown:
-            self.stats.unknown_outcomes += 1
+            with self.mutex:
+                self.stats.unknown_outcomes += 1
             ok = self.resolve_unknown(updates)
-        self.stats.answers += 1
         here = threading.get_ident()
-        self._answered_here[here] = self._answered_here.get(here, 0) + 1
-        if not ok:
-            self.stats.lost_races += 1
+        with self.mutex:
+            self.stats.answers += 1
+            self._answered_here[here] = self._answered_here.get(here, 0) + 1
+            if not ok:
+                self.stats.lost_races += 1
         return ok
 
     def answers_here(self) -> int:
@@ -349,7 +353,8 @@ class Coordinator:
         """
         first = updates[0]
         current = self.transport.fetch([first.ref]).get(first.ref)
-        self.stats.fetches += 1
+        with self.mutex:
+            self.stats.fetches += 1
         return self._holds(current, first.new)
 
     def _holds(self, current: Oid | None, commit: Oid | None) -> bool:
@@ -369,9 +374,12 @@ class Coordinator:
 
     # ---- observe -----------------------------------------------------------
     def observe(self) -> Snapshot:
-        """Fetch the main branch, the lock and the liveness refs; feed the lease watch."""
+        """Fetch the main branch, the lock and the liveness refs; feed the lease watch.
+
+        The fetch runs without :attr:`mutex`: it may download much, and the heartbeat
+        must not wait for it."""
+        values = self.transport.fetch([self.main_ref, LOCK_REF, WORKERS_PREFIX + "*"])
         with self.mutex:
-            values = self.transport.fetch([self.main_ref, LOCK_REF, WORKERS_PREFIX + "*"])
             self.stats.fetches += 1
             now = self.clock()
             main = values.get(self.main_ref)
@@ -1121,28 +1129,37 @@ class Coordinator:
             self.job = None
 
     def update(self, tip: Oid) -> None:
-        """Push a new tip of the job branch (fast-forward of our own branch)."""
+        """Push a new tip of the job branch (fast-forward of our own branch).
+
+        The push runs without :attr:`mutex`: a checkpoint may take minutes to upload,
+        and the heartbeat must keep this worker's liveness record moving meanwhile, or
+        another worker would take the job over mid-upload.  Only this worker's own
+        thread moves its job branch (and :attr:`job`), so the heartbeat cannot meet
+        it there; a revocation it learns of meanwhile is raised below."""
         with self.mutex:
             job = self._job()
-            for _ in range(3):
-                if self.push([RefUpdate(job.branch_ref, job.tip, tip)]):
-                    break
-                current = self.transport.fetch([job.branch_ref]).get(job.branch_ref)
+        for _ in range(3):
+            if self.push([RefUpdate(job.branch_ref, job.tip, tip)]):
+                break
+            current = self.transport.fetch([job.branch_ref]).get(job.branch_ref)
+            with self.mutex:
                 self.stats.fetches += 1
-                if current == tip:
-                    break
-                if current != job.tip:
+            if current == tip:
+                break
+            if current != job.tip:
+                with self.mutex:
                     self.job = None
-                    raise LeaseLost(
-                        f"the branch {job.branch} of job {job.job!r} was changed by someone else; "
-                        "this update was not pushed",
-                        job=job.job,
-                    )
-                # the branch is still at our last tip: the push just did not land
-            else:
-                raise TransportError(
-                    f"the update of branch {job.branch} was refused three times; retrying"
+                raise LeaseLost(
+                    f"the branch {job.branch} of job {job.job!r} was changed by someone else; "
+                    "this update was not pushed",
+                    job=job.job,
                 )
+            # the branch is still at our last tip: the push just did not land
+        else:
+            raise TransportError(
+                f"the update of branch {job.branch} was refused three times; retrying"
+            )
+        with self.mutex:
             job.tip = tip
             self.journal(ev.Update(job=job.job, token=job.token, tip=tip))
             if self.revoked:

@@ -1,0 +1,157 @@
+"""The heartbeat goes on while the worker's own thread waits on the network.
+
+A checkpoint can take minutes to upload, and a look at a busy remote minutes to
+download.  Were the coordinator's lock held across that wait, the heartbeat thread
+would queue behind it, the worker's liveness record would stop moving, and another
+worker would take its job over mid-upload.  These tests block the main thread's
+transfer and require the heartbeat to land meanwhile (in-memory remote, fake clock).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from distribute.coordination import Coordinator, JobHolding, prepare_remote
+from distribute.core.plan import CallNextJobFunction
+from distribute.transport.memory import MemoryRemote
+
+LEASE = 30.0
+BOUND = 10.0  # seconds any thread here may wait before the test gives up on it
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def running_worker() -> tuple[Coordinator, Clock, JobHolding]:
+    remote = MemoryRemote()
+    prepare_remote(remote.transport("init"), "main", {"jobs.txt": b"j1\n"})
+    clock = Clock()
+    a = Coordinator(remote.transport("a"), worker="a", session="a#1", branch="main",
+                    lease=LEASE, margin=5.0, max_attempts=3, clock=clock)
+    snap = a.observe()
+    assert a.try_acquire(snap)
+    job = a.claim(snap, CallNextJobFunction(), "j1", None)
+    assert isinstance(job, JobHolding)
+    return a, clock, job
+
+
+class Gate:
+    """Holds the calls ``blocks(...)`` picks until :meth:`open`; says when one waits."""
+
+    def __init__(self, blocks: Callable[..., bool]) -> None:
+        self.blocks = blocks
+        self.waiting = threading.Event()
+        self._open = threading.Event()
+
+    def wrap(self, call: Callable[..., Any]) -> Callable[..., Any]:
+        def gated(*args: Any, **kw: Any) -> Any:
+            if self.blocks(*args, **kw):
+                self.waiting.set()
+                assert self._open.wait(BOUND), "the gate was never opened"
+            return call(*args, **kw)
+        return gated
+
+    def open(self) -> None:
+        self._open.set()
+
+
+def renews_while_blocked(a: Coordinator, clock: Clock, gate: Gate,
+                         transfer: Callable[[], object]) -> tuple[bool, list[object]]:
+    """Run ``transfer`` in a thread, held at the gate; run one heartbeat tick meanwhile.
+    Returns whether the tick finished while the transfer still waited, and what the
+    transfer returned (or raised)."""
+    out: list[object] = []
+
+    def run() -> None:
+        try:
+            out.append(transfer())
+        except Exception as exc:  # noqa: BLE001 - handed to the test to look at
+            out.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    assert gate.waiting.wait(BOUND), "the transfer never reached the network"
+    clock.now += LEASE / 3 + 1  # the liveness record is due for renewal
+    before = a.stats.renewals
+    beat = threading.Thread(target=a.renew, daemon=True)
+    beat.start()
+    beat.join(BOUND)
+    done_meanwhile = not beat.is_alive() and a.stats.renewals == before + 1
+    gate.open()
+    beat.join(BOUND)
+    worker.join(BOUND)
+    assert not worker.is_alive()
+    return done_meanwhile, out
+
+
+def test_the_heartbeat_lands_while_an_update_uploads():
+    a, clock, job = running_worker()
+    tip = a.transport.write_commit(parents=[job.tip], message="checkpoint",
+                                   changes={"updates/j1/model.bin": b"weights"})
+    gate = Gate(lambda updates: any(u.ref == job.branch_ref for u in updates))
+    a.transport.push = gate.wrap(a.transport.push)  # type: ignore[method-assign]
+    meanwhile, out = renews_while_blocked(a, clock, gate, lambda: a.update(tip))
+    assert meanwhile, "the heartbeat waited for the upload"
+    assert out == [None] and a.job is job and job.tip == tip
+
+
+def test_the_heartbeat_lands_while_a_look_downloads():
+    a, clock, _ = running_worker()
+    looking = threading.get_ident
+    main_thread: list[int] = []
+
+    def blocks(refs: object) -> bool:
+        return looking() in main_thread
+
+    gate = Gate(blocks)
+    a.transport.fetch = gate.wrap(a.transport.fetch)  # type: ignore[method-assign]
+
+    def look() -> object:
+        main_thread.append(looking())
+        return a.observe()
+
+    meanwhile, out = renews_while_blocked(a, clock, gate, look)
+    assert meanwhile, "the heartbeat waited for the look"
+    assert len(out) == 1 and not isinstance(out[0], Exception)
+
+
+def test_an_update_that_finds_its_job_taken_over_still_says_so():
+    """Taking the lock off the upload must not lose the fencing: a revocation seen by
+    the heartbeat during the upload makes the update raise ``LeaseLost``."""
+    from distribute.core.errors import LeaseLost
+
+    a, clock, job = running_worker()
+    tip = a.transport.write_commit(parents=[job.tip], message="checkpoint",
+                                   changes={"updates/j1/model.bin": b"weights"})
+    gate = Gate(lambda updates: any(u.ref == job.branch_ref for u in updates))
+    a.transport.push = gate.wrap(a.transport.push)  # type: ignore[method-assign]
+    out: list[object] = []
+
+    def run() -> None:
+        try:
+            a.update(tip)
+            out.append(None)
+        except LeaseLost as exc:
+            out.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    assert gate.waiting.wait(BOUND)
+    a.revoked = True  # what the heartbeat records when it finds its record revoked
+    gate.open()
+    t.join(BOUND)
+    assert len(out) == 1 and isinstance(out[0], LeaseLost)
+    assert a.job is None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    pytest.main([__file__, "-q"])
