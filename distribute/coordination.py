@@ -42,6 +42,18 @@ the ledgers under the lock), :func:`break_lock` (``unlock``), :func:`new_lock`
 :meth:`Coordinator.release_leftovers` (what a stopped worker process still
 holds).  Other modules read through it or call it; none builds an update of
 those refs.
+
+Threads
+-------
+A worker's heartbeat renews the lock and the liveness ref from its own thread.
+:attr:`Coordinator.mutex` guards the coordinator's fields, and serialises the
+worker's writes to those two refs (each a compare-and-swap from the value this
+worker last wrote, so two threads writing one of them must take turns).  It is
+never held while results travel: a look's fetch and a job branch's upload run
+without it, so a checkpoint that takes minutes to push does not stop the
+heartbeat and lose its job.  The pushes it is held across carry no results
+(the lock, liveness records, and main-branch commits whose result objects the
+job branch's push already brought).
 """
 
 from __future__ import annotations
