@@ -22,7 +22,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import enum
-import inspect
 import json
 import os
 import platform
@@ -31,6 +30,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -78,7 +78,7 @@ from distribute.credentials import split_secret
 from distribute.jobfolder import secure_job_folder
 from distribute.orphans import kill_git_left_in, reap_leftover_command
 from distribute.shared_peeks import SharedPeeks
-from distribute.sources import decides_from_files, is_repo_only
+from distribute.sources import call_next_job_function, decides_from_files, is_repo_only
 from distribute.transport.base import Transport
 from distribute.transport.git import DirectGitTransport
 from distribute.transport.local_copy import GitLocalCopy
@@ -117,6 +117,29 @@ class _Step(enum.Enum):
     WAIT = "no job now, but other jobs run (one may come back): wait and ask again"
     LOST = "another worker claimed or finished first: look again almost at once"
     AGAIN = "our holding of the lock was lost: start over at once"
+
+
+@dataclass(frozen=True, slots=True)
+class _Pause:
+    """Sleep this long before the next look or peek (``None``: not at all)."""
+
+    seconds: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Leave:
+    """No job, and no other job running to wait for; ``snap`` is the last look."""
+
+    snap: Snapshot
+
+
+@dataclass(slots=True)
+class _Waiting:
+    """The state of one :meth:`Worker.get_next_job` call's wait."""
+
+    backoff: Backoff  # while the queue is empty and others' jobs run
+    watch: Watch | None = None  # set while waiting with peeks instead of full looks
+    idle_main: str | None = None  # the main branch on which the function had no job
 
 
 def default_worker_name() -> str:
@@ -565,6 +588,30 @@ class Worker:
             DirtyWorkingTree: the local copy has uncommitted changes.
             InvalidName: the function returned a name a ledger cannot hold.
         """
+        self._ready_to_ask()
+        waiting = _Waiting(
+            # while the queue is empty and others' jobs run: from poll_seconds up to the
+            # idle ceiling, so a short wait ends fast and a long one costs few requests
+            Backoff(self.poll_seconds, self.idle_poll_seconds, self._rng, spread=0.25)
+        )
+        self._waiting_since = self._clock()
+        self._pacer.new_wait()
+        while True:
+            snap = self._wait_for_turn(waiting)
+            got = snap if isinstance(snap, _Pause) else self._try_for_job(snap, next_job_func,
+                                                                          waiting)
+            if isinstance(got, JobHolding):
+                return self._begin(got)
+            if isinstance(got, _Leave):
+                if self._leave(got.snap, next_job_func):
+                    return None
+                # the main branch moved: look again, then fold what is left
+            elif got.seconds is not None:
+                self._sleep(got.seconds)
+
+    def _ready_to_ask(self) -> None:
+        """Refuse to ask for a job while one runs or the copy has changes; take up what an
+        earlier life of this worker left (:meth:`_recover_own_job`)."""
         if self.coord.job is not None:
             raise JobAlreadyRunning(
                 f"this worker still runs {self.coord.job.job!r}; call finish_job() or "
@@ -579,90 +626,97 @@ class Worker:
                 "asking for a job",
                 paths=changed,
             )
-        # while the queue is empty and others' jobs run: from poll_seconds up to the idle
-        # ceiling, so a short wait ends fast and a long one costs few requests
-        backoff = Backoff(self.poll_seconds, self.idle_poll_seconds, self._rng, spread=0.25)
-        self._waiting_since = self._clock()
-        self._pacer.new_wait()
-        watch: Watch | None = None  # set while waiting with peeks instead of full looks
-        idle_main: str | None = None  # the main branch on which the function had no job
-        while True:
-            if watch is not None:
-                watch = self._peek(watch)
-                if watch is not None:
-                    continue
+
+    def _wait_for_turn(self, waiting: _Waiting) -> Snapshot | _Pause:
+        """Peek or look once: the snapshot on which to try for a job, or how long to
+        pause first (waiting for our turn, or for the queue to change)."""
+        if waiting.watch is not None:
+            waiting.watch, delay = self._peek(waiting.watch)
+            if waiting.watch is not None:
+                return _Pause(delay)
+        snap = self._look()
+        if (
+            snap.main == waiting.idle_main
+            and isinstance(self.coord.plan(snap), CallNextJobFunction)
+            and others_running(snap.view, self.name)
+        ):
+            # draining: the function had no job on this very main branch, and no job is
+            # orphaned; ask it again only once something changed (finishes parked
+            # meanwhile are folded in, so done.txt does not wait for a claim)
+            self._fold_parked(snap)
+            return _Pause(waiting.backoff.next())
+        if not self.coord.registered(snap):
+            # a liveness record saying we are here, so that waiting workers count this
+            # one in turn
+            self._retrying(self.coord.renew_beat)
             snap = self._look()
-            if (
-                snap.main == idle_main
-                and isinstance(self.coord.plan(snap), CallNextJobFunction)
-                and others_running(snap.view, self.name)
-            ):
-                # draining: the function had no job on this very main branch, and no
-                # job is orphaned; ask it again only once something changed (finishes
-                # parked meanwhile are folded in, so done.txt does not wait for a claim)
-                self._fold_parked(snap)
-                self._sleep(backoff.next())
-                continue
-            if not self.coord.registered(snap):
-                # a liveness record saying we are here, so that waiting workers count
-                # this one in turn
-                self._retrying(self.coord.renew_beat)
-                snap = self._look()
-            ahead = self.coord.ahead_in_turn(snap)
-            watching = Watch(
-                lock_free=snap.lock.free, lock_oid=snap.lock_oid, latest=snap.lock_oid,
-                ahead=tuple(ahead), ahead_oids={r: snap.refs.get(r, "") for r in ahead},
-            )
-            verdict = after_look(watching, self._turn_wait(len(ahead)))
-            if isinstance(verdict, KeepWatching):
-                # idle workers take turns at a free lock; ours comes after those ``ahead``
-                watch = verdict.watch
-                self._sleep(min(verdict.wake_by or 0.0, self._poll_delay(len(ahead))))
-                continue
-            if self.coord.others_finishing(snap):
-                # a finish that kept losing races asked for its turn: claim nothing (nor
-                # move the main branch otherwise) until it has landed
-                self._sleep(self._poll_delay(0))
-                continue
-            if self._may_claim_unlocked(snap, next_job_func):
-                started = snap.at
-                outcome = self._claim_unlocked(snap, next_job_func)
-                if isinstance(outcome, JobHolding):
-                    # how long a claim takes here, from the fetch to the landed push
-                    self._pacer.claimed(self._clock() - started)
-            elif self._retrying(partial(self.coord.try_acquire, snap)):
-                outcome = self._under_lock(snap, next_job_func)
-            else:
-                # a held lock is watched cheaply; a free one (a lost race, a torn read)
-                # is looked at in full again
-                watch = after_failed_try(watching)
-                self._sleep(self._poll_delay(len(ahead)))
-                continue
+        return snap
+
+    def _try_for_job(
+        self, snap: Snapshot, func: NextJobFunction, waiting: _Waiting
+    ) -> JobHolding | _Leave | _Pause:
+        """Try once, on ``snap``, to claim a job when it is our turn: the job, that there
+        is none to wait for, or how long to pause before the next look."""
+        ahead = self.coord.ahead_in_turn(snap)
+        watching = Watch(
+            lock_free=snap.lock.free, lock_oid=snap.lock_oid, latest=snap.lock_oid,
+            ahead=tuple(ahead), ahead_oids={r: snap.refs.get(r, "") for r in ahead},
+        )
+        verdict = after_look(watching, self._turn_wait(len(ahead)))
+        if isinstance(verdict, KeepWatching):
+            # idle workers take turns at a free lock; ours comes after those ``ahead``
+            waiting.watch = verdict.watch
+            return _Pause(min(verdict.wake_by or 0.0, self._poll_delay(len(ahead))))
+        if self.coord.others_finishing(snap):
+            # a finish that kept losing races asked for its turn: claim nothing (nor move
+            # the main branch otherwise) until it has landed
+            return _Pause(self._poll_delay(0))
+        if self._may_claim_unlocked(snap, func):
+            started = snap.at
+            outcome = self._claim_unlocked(snap, func)
             if isinstance(outcome, JobHolding):
-                self._retrying(partial(self._checkout_clean, outcome.tip, outcome.branch,
-                                       outcome.job))
-                # links the remote put in the job's folder would lead writes out of the copy
-                self.removed_links = secure_job_folder(self.path, self.job_dir, create=False)
-                self._mark_job()
-                return outcome.job
-            if outcome is _Step.NONE:
-                if not self._fold_parked(snap, everyone=True):
-                    continue  # the main branch moved: look again, then fold what is left
-                if decides_from_files(next_job_func):
-                    # as after a function that ran on the working tree: it holds the
-                    # main branch the last look saw
-                    self._retrying(partial(self._checkout_clean, snap.main, None, None))
-                self._say_gone()
-                return None
-            if outcome is _Step.WAIT:
-                idle_main = snap.main
-                self._fold_parked(snap)
-                self._sleep(backoff.next())
-            elif outcome is _Step.LOST:
-                # someone claimed or finished first; if the lock did not move it is still
-                # our turn, so look again almost at once
-                self._sleep(self._rng.uniform(0, self.poll_seconds / 4))
-            # _Step.AGAIN: the holding was lost; start over at once
+                # how long a claim takes here, from the fetch to the landed push
+                self._pacer.claimed(self._clock() - started)
+        elif self._retrying(partial(self.coord.try_acquire, snap)):
+            outcome = self._under_lock(snap, func)
+        else:
+            # a held lock is watched cheaply; a free one (a lost race, a torn read) is
+            # looked at in full again
+            waiting.watch = after_failed_try(watching)
+            return _Pause(self._poll_delay(len(ahead)))
+        if isinstance(outcome, JobHolding):
+            return outcome
+        if outcome is _Step.NONE:
+            return _Leave(snap)
+        if outcome is _Step.WAIT:
+            waiting.idle_main = snap.main
+            self._fold_parked(snap)
+            return _Pause(waiting.backoff.next())
+        if outcome is _Step.LOST:
+            # someone claimed or finished first; if the lock did not move it is still our
+            # turn, so look again almost at once
+            return _Pause(self._rng.uniform(0, self.poll_seconds / 4))
+        return _Pause(None)  # _Step.AGAIN: the holding was lost; start over at once
+
+    def _begin(self, job: JobHolding) -> str:
+        """Check out the claimed job's branch and make its folder safe to write."""
+        self._retrying(partial(self._checkout_clean, job.tip, job.branch, job.job))
+        # links the remote put in the job's folder would lead writes out of the copy
+        self.removed_links = secure_job_folder(self.path, self.job_dir, create=False)
+        self._mark_job()
+        return job.job
+
+    def _leave(self, snap: Snapshot, func: NextJobFunction) -> bool:
+        """No job, and none to wait for: fold every parked finish seen and say this worker
+        is gone.  ``False``: the main branch moved first (look again)."""
+        if not self._fold_parked(snap, everyone=True):
+            return False
+        if decides_from_files(func):
+            # as after a function that ran on the working tree: it holds the main branch
+            # the last look saw
+            self._retrying(partial(self._checkout_clean, snap.main, None, None))
+        self._say_gone()
+        return True
 
     def _fold_parked(self, snap: Snapshot, everyone: bool = False) -> bool:
         """Fold the finishes parked on liveness records into the main branch (see
@@ -679,9 +733,10 @@ class Worker:
         self._pacer.looked(self._clock() - looked)
         return snap
 
-    def _peek(self, watch: Watch) -> Watch | None:
-        """One peek while waiting (:func:`~distribute.core.pacing.after_peek`): sleep and
-        return the updated watch, or ``None`` when a full look is due."""
+    def _peek(self, watch: Watch) -> tuple[Watch | None, float | None]:
+        """One peek while waiting (:func:`~distribute.core.pacing.after_peek`): the updated
+        watch and how long to sleep before the next peek, or ``None`` when a full look
+        is due at once."""
         looked = self._clock()
         refs, asked = self._peek_refs(len(watch.ahead))
         now = self._clock()
@@ -694,12 +749,11 @@ class Worker:
             wait=self._turn_wait(len(still_ahead(watch, refs))),
         )
         if isinstance(verdict, LookAgain):
-            return None
+            return None, None
         delay = self._poll_delay(len(verdict.watch.ahead))
         if verdict.wake_by is not None:
             delay = min(delay, verdict.wake_by)  # wake when it is our turn
-        self._sleep(delay)
-        return verdict.watch
+        return verdict.watch, delay
 
     def _peek_refs(self, ahead: int) -> tuple[dict[str, str], bool]:
         """The refs a peek reads, and whether this worker asked the remote: workers of this
@@ -818,7 +872,7 @@ class Worker:
         self._function_marker().touch()
         job = None
         try:
-            job = _call_next_job_function(func, self)
+            job = call_next_job_function(func, self)
             if job is not None:
                 job = check_name(str(job) if not isinstance(job, str) else job, "job")
             edits = None
@@ -972,19 +1026,6 @@ class Worker:
                                clock=self._clock, sleep=self._sleep,
                                failed="the remote stayed unreachable",
                                answered=self.coord.answers_here)
-
-
-def _call_next_job_function(func: NextJobFunction, worker: Worker) -> Any:
-    """Call ``func()`` (the seed's style) or ``func(worker)`` if it takes one argument."""
-    try:
-        params = [
-            p for p in inspect.signature(func).parameters.values()
-            if p.default is inspect.Parameter.empty
-            and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
-    except (TypeError, ValueError):
-        params = []
-    return func(worker) if params else func()
 
 
 def worker_from_url(

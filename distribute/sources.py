@@ -21,6 +21,7 @@ taken as before when a job must be retried or the lock is held.
 
 from __future__ import annotations
 
+import inspect
 import os
 import random
 from collections.abc import Callable, Mapping
@@ -31,6 +32,20 @@ from distribute.core.names import check_name
 
 if TYPE_CHECKING:
     from distribute.dist import Worker
+
+
+def call_next_job_function(func: Callable[..., Any], worker: Any) -> Any:
+    """Call a next-job function as a worker does: ``func(worker)`` when it takes a
+    positional argument without a default, else ``func()`` (the seed's style)."""
+    try:
+        required = [
+            p for p in inspect.signature(func).parameters.values()
+            if p.default is inspect.Parameter.empty
+            and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+    except (TypeError, ValueError):  # a builtin or a callable without a signature
+        required = []
+    return func(worker) if required else func()
 
 JOBS_FILE = "jobs.txt"
 

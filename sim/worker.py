@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import inspect
 import json
 import os
 import random
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from distribute.core.names import scrub_url
+from distribute.sources import call_next_job_function
 
 from .faults import FaultPlan, FaultyTransport
 from .journal import Journal
@@ -230,7 +230,7 @@ class SimWorker:
         )
 
         def next_job_func(w: Any) -> Any:
-            return self.op("next_job", lambda: _call(next_job, w))
+            return self.op("next_job", lambda: call_next_job_function(next_job, w))
 
         reason = "no more jobs"
         try:
@@ -271,19 +271,6 @@ class SimWorker:
         if worker.running_job is not None:
             raise AssertionError(f"the worker still runs {worker.running_job!r} after LeaseLost")
         self.op("discard_changes", worker.discard_changes, job=job)
-
-
-def _call(func: Callable[..., Any], worker: Any) -> Any:
-    """Call a next-job function as the Worker would: ``func()`` or ``func(worker)``."""
-    try:
-        required = [
-            p for p in inspect.signature(func).parameters.values()
-            if p.default is inspect.Parameter.empty
-            and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
-    except (TypeError, ValueError):
-        required = []
-    return func(worker) if required else func()
 
 
 def _jsonable(value: Any) -> Any:
