@@ -1820,10 +1820,18 @@ class FencedEdit:
         raise RemoteStateError("the lock kept being broken while editing; try again")
 
     def _acquire(self) -> tuple[Oid, LockState]:
+        """Take a free lock, waiting while it is held; give up, naming ``distribute
+        unlock``, once the holding has been seen unchanged for :attr:`wait` (the same
+        expiry by observation, :class:`LeaseWatch`, that workers use).
+
+        Unlike a worker (:func:`decide_acquire`), an edit never takes a holding over:
+        it does not know the holder's lease (the lock record does not say it), and
+        its holder name is per process, not per edit, so two edits of one process
+        must not read each other's holdings as an earlier life's."""
         transport = self.view.transport
         backoff = Backoff(0.05, 1.0)
-        seen: str | None = None
-        since = started = self._clock()
+        watch = LeaseWatch(self.wait, 0.0)
+        started = self._clock()
         while True:
             if self._clock() - started > 5 * self.wait:
                 raise RemoteStateError(
@@ -1840,9 +1848,8 @@ class FencedEdit:
                     return new, held
                 continue
             now = self._clock()
-            if oid != seen:
-                seen, since = oid, now
-            elif now - since >= self.wait:
+            watch.observe(LOCK_REF, oid, now)
+            if watch.expired(LOCK_REF, now):
                 raise RemoteStateError(
                     f"the lock is held by {state.holder!r} (token {state.token}) and has not "
                     f"changed for {self.wait:.0f} s; if that worker is dead, break the lock "

@@ -266,6 +266,26 @@ def test_fenced_edit_gives_up_on_a_lock_that_never_changes():
     assert remote.get_ref(LOCK_REF) == held
 
 
+def test_a_fenced_edit_never_takes_over_a_holding_of_its_own_name():
+    """A worker takes its own name's holding from another session over at once (its
+    earlier life); an edit must not: two edits of one process share a holder name."""
+    remote, view = memory_view()
+    t = remote.transport()
+    old = remote.get_ref(LOCK_REF)
+    held = t.write_commit(parents=[old], message=lock_message(LockState(3, "cli", "other")),
+                          changes={})
+    assert t.push([RefUpdate(LOCK_REF, old, held)])
+    now = [0.0]
+
+    def sleep(s):
+        now[0] += s
+
+    edit = FencedEdit(view, "cli", wait=5, sleep=sleep, clock=lambda: now[0])
+    with pytest.raises(RemoteStateError, match="held by 'cli'"):
+        edit.apply(queue_edit(["a"], {}))
+    assert remote.get_ref(LOCK_REF) == held and now[0] >= 5
+
+
 def test_fenced_edit_releases_the_lock_when_the_edit_refuses():
     remote, view = memory_view()
     with pytest.raises(UsageError):
