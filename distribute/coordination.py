@@ -1344,10 +1344,11 @@ class Coordinator:
         With ``park_instead``, a branch that merges cleanly is not pushed: ``READY``
         says it is to be parked (:meth:`park_step`)."""
         job = self._job()
+        # the parked finishes go first (as at any move of the main branch): a finish that
+        # lands after them is merged onto their results.  The fetch may bring much (what
+        # others finished meanwhile), so the heartbeat does not wait for it
+        values = self.transport.fetch([self.main_ref, WORKERS_PREFIX + "*"])
         with self.mutex:
-            # the parked finishes go first (as at any move of the main branch): a finish
-            # that lands after them is merged onto their results
-            values = self.transport.fetch([self.main_ref, WORKERS_PREFIX + "*"])
             self.stats.fetches += 1
             main = values.get(self.main_ref)
             if main is None:
@@ -1464,8 +1465,8 @@ class Coordinator:
     def fail_step(self, reason: str, interrupted: bool = False) -> ev.FailOutcome | None:
         """One try of :meth:`fail`: ``None`` when the push lost a race."""
         job = self._job()
+        main = self.transport.fetch([self.main_ref]).get(self.main_ref)  # not under the mutex
         with self.mutex:
-            main = self.transport.fetch([self.main_ref]).get(self.main_ref)
             if main is None:
                 raise RemoteStateError(f"the remote lost its branch {self.branch!r}")
             ledger = self.read_ledger(main)

@@ -104,24 +104,32 @@ def test_the_heartbeat_lands_while_an_update_uploads():
     assert out == [None] and a.job is job and job.tip == tip
 
 
-def test_the_heartbeat_lands_while_a_look_downloads():
-    a, clock, _ = running_worker()
-    looking = threading.get_ident
-    main_thread: list[int] = []
-
-    def blocks(refs: object) -> bool:
-        return looking() in main_thread
-
-    gate = Gate(blocks)
+def fetches_held(a: Coordinator, step: Callable[[], object]) -> tuple[Gate, Callable[[], object]]:
+    """A gate on the fetches that ``step`` makes from its own thread (the heartbeat's
+    are let through), and the step to hand to :func:`renews_while_blocked`."""
+    stepping: list[int] = []
+    gate = Gate(lambda refs: threading.get_ident() in stepping)
     a.transport.fetch = gate.wrap(a.transport.fetch)  # type: ignore[method-assign]
 
-    def look() -> object:
-        main_thread.append(looking())
-        return a.observe()
+    def run() -> object:
+        stepping.append(threading.get_ident())
+        return step()
 
-    meanwhile, out = renews_while_blocked(a, clock, gate, look)
-    assert meanwhile, "the heartbeat waited for the look"
-    assert len(out) == 1 and not isinstance(out[0], Exception)
+    return gate, run
+
+
+@pytest.mark.parametrize("step", ["look", "finish", "fail"])
+def test_the_heartbeat_lands_while_a_step_downloads(step: str):
+    """A look, a finish and a fail each start with a fetch of the main branch, which
+    brings what other workers finished meanwhile: possibly much."""
+    a, clock, _ = running_worker()
+    steps: dict[str, Callable[[], object]] = {
+        "look": a.observe, "finish": a.finish_step, "fail": lambda: a.fail_step("boom"),
+    }
+    gate, run = fetches_held(a, steps[step])
+    meanwhile, out = renews_while_blocked(a, clock, gate, run)
+    assert meanwhile, f"the heartbeat waited for the {step}'s fetch"
+    assert len(out) == 1 and out[0] is not None and not isinstance(out[0], Exception)
 
 
 def test_an_update_that_finds_its_job_taken_over_still_says_so():
