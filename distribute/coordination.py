@@ -49,11 +49,18 @@ A worker's heartbeat renews the lock and the liveness ref from its own thread.
 :attr:`Coordinator.mutex` guards the coordinator's fields, and serialises the
 worker's writes to those two refs (each a compare-and-swap from the value this
 worker last wrote, so two threads writing one of them must take turns).  It is
-never held while results travel: a look's fetch and a job branch's upload run
+not held while a running job's results travel: the reads of the remote (a look,
+a peek, the fetch a finish or a fail starts with) and a job branch's upload run
 without it, so a checkpoint that takes minutes to push does not stop the
-heartbeat and lose its job.  The pushes it is held across carry no results
-(the lock, liveness records, and main-branch commits whose result objects the
-job branch's push already brought).
+heartbeat and lose its job.  The pushes it is held across carry no results (the
+lock, liveness records, and main-branch commits whose result objects the job
+branch's push already brought).  The heartbeat reads back its own pushes with a
+listing of refs, which downloads nothing and waits for no fetch.  Two rare reads
+still run under it: within a claim, when no job runs yet, an earlier attempt's
+branch that a retry resumes (a lock renewal it delays is safe: the claim's
+compare-and-swap names the lock's value); and within a look, a parked finish's
+branch that the fetch of the liveness records did not bring (its record was
+rewritten by a revocation).
 """
 
 from __future__ import annotations
@@ -364,10 +371,21 @@ class Coordinator:
         reached the remote.
         """
         first = updates[0]
-        current = self.transport.fetch([first.ref]).get(first.ref)
+        # a listing first: it downloads nothing and does not wait for a fetch under way in
+        # the other thread (the heartbeat reads back its own pushes holding the mutex)
+        listed = self._listed(first.ref)
+        if listed == first.new:
+            return True
+        if listed == first.old:
+            return False
+        current = self.transport.fetch([first.ref]).get(first.ref)  # another's write
         with self.mutex:
             self.stats.fetches += 1
         return self._holds(current, first.new)
+
+    def _listed(self, ref: str) -> Oid | None:
+        """``ref``'s value on the remote, from a listing of refs (an ``ls-remote``)."""
+        return self.transport.list_refs(ref).get(ref)
 
     def _holds(self, current: Oid | None, commit: Oid | None) -> bool:
         """:func:`~distribute.transport.base.holds`; objects not known locally: no."""
@@ -623,13 +641,10 @@ class Coordinator:
         lease watch sees the lock's value, so its expiry is judged exactly as by
         :meth:`observe`.  ``shared``: what another worker of this machine just peeked
         (:mod:`distribute.shared_peeks`), taken instead of asking the remote."""
+        # the ls-remote goes without the mutex, like every read of the remote
+        values = self.transport.list_refs("refs/distribute/") if shared is None else dict(shared)
         with self.mutex:
-            if shared is None:
-                values = self.transport.list_refs("refs/distribute/")
-                self.stats.count("peeks")
-            else:
-                values = dict(shared)
-                self.stats.count("shared_peeks")
+            self.stats.count("peeks" if shared is None else "shared_peeks")
             self.watch.observe(LOCK_REF, values.get(LOCK_REF), self.clock())
             return values
 
@@ -688,10 +703,9 @@ class Coordinator:
             raise TransportError("the lock's release was refused three times; retrying")
 
     def _forget_if_lock_moved(self, h: Holding) -> bool:
-        """After a push on the lock did not land: forget ``h`` if the lock moved on."""
-        current = self.transport.fetch([LOCK_REF]).get(LOCK_REF)
-        self.stats.fetches += 1
-        if current == h.oid:
+        """After a push on the lock did not land: forget ``h`` if the lock moved on (a
+        listing tells; nothing needs downloading)."""
+        if self._listed(LOCK_REF) == h.oid:
             return False
         self.holding = None
         self.journal(ev.LockLost(token=h.state.token))

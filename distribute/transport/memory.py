@@ -307,7 +307,8 @@ class MemoryTransport:
     @property
     def mirror(self) -> dict[str, Oid]:
         """The ref values this transport has fetched (a copy), like git's mirror refs."""
-        return dict(self._mirror)
+        with self.remote.lock:
+            return dict(self._mirror)
 
     # ---- remote refs -----------------------------------------------------------
     def fetch(self, refs: Sequence[str]) -> dict[str, Oid]:
@@ -320,9 +321,11 @@ class MemoryTransport:
         )
         with remote.lock:
             remote.stats.fetches += 1
-        for ref in [ref for ref in self._mirror if any(_matches(ref, p) for p in patterns)]:
-            del self._mirror[ref]
-        self._mirror.update(found)
+            # one worker's threads fetch at once (its heartbeat beside its steps), as git
+            # does for the mirror refs under the transport's fetch lock
+            kept = {ref: oid for ref, oid in self._mirror.items()
+                    if not any(_matches(ref, p) for p in patterns)}
+            self._mirror = {**kept, **found}
         return found
 
     def list_refs(self, prefix: str) -> dict[str, Oid]:

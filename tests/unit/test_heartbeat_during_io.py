@@ -104,12 +104,14 @@ def test_the_heartbeat_lands_while_an_update_uploads():
     assert out == [None] and a.job is job and job.tip == tip
 
 
-def fetches_held(a: Coordinator, step: Callable[[], object]) -> tuple[Gate, Callable[[], object]]:
-    """A gate on the fetches that ``step`` makes from its own thread (the heartbeat's
-    are let through), and the step to hand to :func:`renews_while_blocked`."""
+def reads_held(a: Coordinator, step: Callable[[], object]) -> tuple[Gate, Callable[[], object]]:
+    """A gate on the reads of the remote (fetches, ref listings) that ``step`` makes
+    from its own thread (the heartbeat's are let through), and the step to hand to
+    :func:`renews_while_blocked`."""
     stepping: list[int] = []
     gate = Gate(lambda refs: threading.get_ident() in stepping)
     a.transport.fetch = gate.wrap(a.transport.fetch)  # type: ignore[method-assign]
+    a.transport.list_refs = gate.wrap(a.transport.list_refs)  # type: ignore[method-assign]
 
     def run() -> object:
         stepping.append(threading.get_ident())
@@ -118,17 +120,18 @@ def fetches_held(a: Coordinator, step: Callable[[], object]) -> tuple[Gate, Call
     return gate, run
 
 
-@pytest.mark.parametrize("step", ["look", "finish", "fail"])
+@pytest.mark.parametrize("step", ["look", "peek", "finish", "fail"])
 def test_the_heartbeat_lands_while_a_step_downloads(step: str):
     """A look, a finish and a fail each start with a fetch of the main branch, which
-    brings what other workers finished meanwhile: possibly much."""
+    brings what other workers finished meanwhile: possibly much; a peek reads refs."""
     a, clock, _ = running_worker()
     steps: dict[str, Callable[[], object]] = {
-        "look": a.observe, "finish": a.finish_step, "fail": lambda: a.fail_step("boom"),
+        "look": a.observe, "peek": a.peek, "finish": a.finish_step,
+        "fail": lambda: a.fail_step("boom"),
     }
-    gate, run = fetches_held(a, steps[step])
+    gate, run = reads_held(a, steps[step])
     meanwhile, out = renews_while_blocked(a, clock, gate, run)
-    assert meanwhile, f"the heartbeat waited for the {step}'s fetch"
+    assert meanwhile, f"the heartbeat waited for the {step}'s read"
     assert len(out) == 1 and out[0] is not None and not isinstance(out[0], Exception)
 
 
@@ -163,3 +166,63 @@ def test_an_update_that_finds_its_job_taken_over_still_says_so():
 
 if __name__ == "__main__":  # pragma: no cover
     pytest.main([__file__, "-q"])
+
+
+def test_looks_and_heartbeats_at_once_keep_the_in_memory_mirror_whole():
+    """Found in review: with looks no longer under the coordinator's lock, a look and a
+    heartbeat's read-back of a push whose answer was lost fetch at once, and the
+    in-memory transport's mirror changed size under one of them."""
+    import sys
+
+    remote = MemoryRemote()
+    seed = remote.transport("init")
+    prepare_remote(seed, "main", {"jobs.txt": b"j1\n"})
+    empty = seed.write_commit(parents=[], message="x", changes={})
+    for i in range(300):  # other workers' records: a long mirror to rebuild
+        remote.set_ref(f"refs/distribute/workers/other{i}", empty)
+    clock = Clock()
+    a = Coordinator(remote.transport("a"), worker="a", session="a#1", branch="main",
+                    lease=LEASE, margin=5.0, max_attempts=3, clock=clock)
+    snap = a.observe()
+    assert a.try_acquire(snap)
+    assert isinstance(a.claim(snap, CallNextJobFunction(), "j1", None), JobHolding)
+    # every push of a's record lands but its answer is lost: read back with a fetch
+    remote.fault_hook = lambda name, ups: (
+        "unknown-applied" if any(u.ref == a.own_ref for u in ups) else None)
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def heartbeat() -> None:
+        while not stop.is_set():
+            clock.now += LEASE / 3 + 1
+            try:
+                a.renew()
+            except (RuntimeError, KeyError) as exc:
+                errors.append(f"heartbeat: {exc!r}")
+                stop.set()
+            except Exception:  # noqa: BLE001, S112 - the library's own errors: tick again
+                continue
+
+    def looks() -> None:
+        for _ in range(200):
+            if stop.is_set():
+                return
+            try:
+                a.observe()
+            except (RuntimeError, KeyError) as exc:
+                errors.append(f"look: {exc!r}")
+                stop.set()
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        threads = [threading.Thread(target=heartbeat, daemon=True),
+                   threading.Thread(target=looks, daemon=True)]
+        for t in threads:
+            t.start()
+        threads[1].join(60)
+        stop.set()
+        threads[0].join(BOUND)
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
