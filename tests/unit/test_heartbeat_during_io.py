@@ -135,6 +135,33 @@ def test_the_heartbeat_lands_while_a_step_downloads(step: str):
     assert len(out) == 1 and out[0] is not None and not isinstance(out[0], Exception)
 
 
+def test_the_heartbeat_reads_back_a_lost_answer_without_waiting_for_a_look():
+    """Found in review: git fetches one at a time (the transport's fetch lock), so a
+    heartbeat that read back its push with a fetch waited for a look's download.  The
+    answer of the heartbeat's push is lost here; its read-back must not wait."""
+    a, clock, _ = running_worker()
+    fetching = threading.Lock()  # as GitTransport's fetch lock
+    stepping: list[int] = []
+    gate = Gate(lambda refs: threading.get_ident() in stepping)
+    fetch = gate.wrap(a.transport.fetch)
+
+    def one_at_a_time(refs: object) -> object:
+        with fetching:
+            return fetch(refs)
+
+    a.transport.fetch = one_at_a_time  # type: ignore[method-assign,assignment]
+    a.transport.remote.fault_hook = lambda name, ups: (  # type: ignore[attr-defined]
+        "unknown-applied" if any(u.ref == a.own_ref for u in ups) else None)
+
+    def look() -> object:
+        stepping.append(threading.get_ident())
+        return a.observe()
+
+    meanwhile, out = renews_while_blocked(a, clock, gate, look)
+    assert meanwhile, "the heartbeat's read-back waited for the look's fetch"
+    assert len(out) == 1 and not isinstance(out[0], Exception)
+
+
 def test_an_update_that_finds_its_job_taken_over_still_says_so():
     """Taking the lock off the upload must not lose the fencing: a revocation seen by
     the heartbeat during the upload makes the update raise ``LeaseLost``."""
