@@ -116,7 +116,8 @@ class FaultyTransport:
             self._record("push", **fields)
 
     def _done(self, push_id: int, outcome: str) -> None:
-        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+        with self._lock:  # the worker's heartbeat pushes from a thread of its own
+            self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
         self._log(phase="done", id=push_id, outcome=outcome)
 
     # ---- remote refs ---------------------------------------------------------
