@@ -247,11 +247,14 @@ def test_fenced_edit_commits_queue_and_releases_lock_in_one_push():
     assert lock_state(remote).free
 
 
-def test_fenced_edit_gives_up_on_a_lock_that_never_changes():
+def held_lock_and_edit(holder: str, session: str):
+    """A memory remote whose lock ``holder`` holds (never renewed), and a fenced edit by
+    ``cli`` that waits 5 s of a fake clock for it; returns the remote, the held lock
+    commit, the edit and the clock."""
     remote, view = memory_view()
     t = remote.transport()
     old = remote.get_ref(LOCK_REF)
-    held = t.write_commit(parents=[old], message=lock_message(LockState(3, "ghost", "s")),
+    held = t.write_commit(parents=[old], message=lock_message(LockState(3, holder, session)),
                           changes={})
     assert t.push([RefUpdate(LOCK_REF, old, held)])
     now = [0.0]
@@ -259,7 +262,11 @@ def test_fenced_edit_gives_up_on_a_lock_that_never_changes():
     def sleep(s):
         now[0] += s
 
-    edit = FencedEdit(view, "cli", wait=5, sleep=sleep, clock=lambda: now[0])
+    return remote, held, FencedEdit(view, "cli", wait=5, sleep=sleep, clock=lambda: now[0]), now
+
+
+def test_fenced_edit_gives_up_on_a_lock_that_never_changes():
+    remote, held, edit, _ = held_lock_and_edit("ghost", "s")
     with pytest.raises(RemoteStateError, match="held by 'ghost'.*distribute unlock"):
         edit.apply(queue_edit(["a"], {}))
     assert read(remote, "jobs.txt") == b""
@@ -269,18 +276,7 @@ def test_fenced_edit_gives_up_on_a_lock_that_never_changes():
 def test_a_fenced_edit_never_takes_over_a_holding_of_its_own_name():
     """A worker takes its own name's holding from another session over at once (its
     earlier life); an edit must not: two edits of one process share a holder name."""
-    remote, view = memory_view()
-    t = remote.transport()
-    old = remote.get_ref(LOCK_REF)
-    held = t.write_commit(parents=[old], message=lock_message(LockState(3, "cli", "other")),
-                          changes={})
-    assert t.push([RefUpdate(LOCK_REF, old, held)])
-    now = [0.0]
-
-    def sleep(s):
-        now[0] += s
-
-    edit = FencedEdit(view, "cli", wait=5, sleep=sleep, clock=lambda: now[0])
+    remote, held, edit, now = held_lock_and_edit("cli", "other")
     with pytest.raises(RemoteStateError, match="held by 'cli'"):
         edit.apply(queue_edit(["a"], {}))
     assert remote.get_ref(LOCK_REF) == held and now[0] >= 5
