@@ -18,7 +18,9 @@ before anything is written or started (:func:`split_secret`):
   (:func:`git_env`).  Neither the helper's text nor any command line holds the
   secret, and a process's environment is readable only by its owner.  The
   helper list is reset first, so a password the user wrote in the URL wins
-  over a stale one in a credential store.
+  over a stale one in a credential store.  The same environment gives git the
+  password as a header for the remote's host, sent with the first request, so
+  that git does not wait for two refusals before asking the helper.
 
 Only ``http`` and ``https`` URLs carry passwords this way; an ssh URL's user
 name is no secret and stays where it is.  A local copy made by an earlier
@@ -28,6 +30,7 @@ version, whose config still holds a password, is cleaned when it is opened
 
 from __future__ import annotations
 
+import base64
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,9 +91,53 @@ def git_options(secret: str | None) -> list[str]:
     return [arg for setting in git_config(secret) for arg in ("-c", setting)]
 
 
-def git_env(secret: str | None) -> dict[str, str]:
-    """The environment entries for one git process that needs ``secret``."""
-    return {SECRET_ENV: secret} if secret else {}
+def git_env(secret: str | None, url: str | None = None) -> dict[str, str]:
+    """The environment entries for one git process that needs ``secret``.
+
+    With the remote's public ``url`` (``http(s)://user@host/...``), they also set
+    ``http.<scheme>://<host>/.extraHeader`` to a basic ``Authorization`` header, in
+    git's environment-only configuration (``GIT_CONFIG_COUNT``, after any entries the
+    caller's environment has): git then sends the password with its first request
+    instead of after two refusals (401) per command, which halves the requests a
+    hosted remote sees and saves two round trips per git command.  Scoped to the
+    remote's host, so no other host gets it; a refused header falls back to the
+    credential helper, which says the same.
+    """
+    if not secret:
+        return {}
+    env = {SECRET_ENV: secret}
+    header = _auth_header(url, secret)
+    if header is not None:
+        key, value = header
+        try:
+            count = max(0, int(os.environ.get("GIT_CONFIG_COUNT", "0") or 0))
+        except ValueError:
+            count = 0  # git refuses such a count itself, and says so
+        env.update({
+            "GIT_CONFIG_COUNT": str(count + 1),
+            f"GIT_CONFIG_KEY_{count}": key,
+            f"GIT_CONFIG_VALUE_{count}": value,
+        })
+    return env
+
+
+def _auth_header(url: str | None, secret: str) -> tuple[str, str] | None:
+    """The config key and value of the ``Authorization`` header for ``url`` (see
+    :func:`git_env`); ``None`` for a URL that is not http(s) or names no user."""
+    if url is None:
+        return None
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in _SECRET_SCHEMES or "@" not in parts.netloc:
+        return None
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = unquote(userinfo.partition(":")[0])
+    if not user or not hostport:
+        return None
+    token = base64.b64encode(f"{user}:{secret}".encode()).decode("ascii")
+    return f"http.{parts.scheme.lower()}://{hostport}/.extraHeader", f"Authorization: Basic {token}"
 
 
 def private_folder(path: str | os.PathLike[str]) -> Path:

@@ -500,7 +500,8 @@ def open_transport(
     """
     split = split_secret(remote)
     remote, secret = split.public, secret or split.secret
-    repo = _Repository(repo_path, timeout=timeout, secret=secret)
+    repo = _Repository(repo_path, timeout=timeout, secret=secret,
+                       url=None if is_remote_name(remote) else remote)
     folder = None if direct is False else remote_folder(repo, remote)
     if folder is None:
         if direct:

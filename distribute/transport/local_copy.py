@@ -100,7 +100,7 @@ class GitLocalCopy:
             args.append(f"--filter=blob:limit={int(lazy_blobs_from)}")
         args.append("--end-of-options")
         _run_outside([*args, split.public, str(target)], f"git clone of {scrub_url(url)}",
-                     timeout=timeout, secret=split.secret)
+                     timeout=timeout, secret=split.secret, url=split.public)
         copy = cls.open(target, secret=split.secret)
         if checkout and patterns is not None:
             try:

@@ -156,11 +156,13 @@ def _failure(what: str, result: _Result, timeout: float, **context: object) -> T
 
 
 def _run_outside(
-    args: Sequence[str], what: str, *, timeout: float, secret: str | None = None
+    args: Sequence[str], what: str, *, timeout: float, secret: str | None = None,
+    url: str | None = None,
 ) -> _Result:
     """Run a git command that needs no repository (init, clone); ``secret`` is handed to
-    git on request (:mod:`distribute.credentials`), never on its command line."""
-    env = dict(_ENV, **git_env(secret))
+    git (:mod:`distribute.credentials`; ``url``: the public URL it is for), never on its
+    command line."""
+    env = dict(_ENV, **git_env(secret, url))
     result = _execute(git.Git(), [*git_options(secret), *args], stdin=None, env=env,
                       timeout=timeout)
     if result.status != 0:

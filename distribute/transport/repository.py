@@ -147,16 +147,21 @@ class _Repository:
     """A GitPython ``Repo`` and the one way git is run in it."""
 
     def __init__(
-        self, path: str | os.PathLike[str], *, timeout: float, secret: str | None = None
+        self, path: str | os.PathLike[str], *, timeout: float, secret: str | None = None,
+        url: str | None = None,
     ) -> None:
-        # the remote's password, if its URL had one: given to the git commands run here
-        # through a credential helper and their environment, never stored or in argv
-        self._auth = git_options(secret)
-        self._auth_env = git_env(secret)
         try:
             self._repo = git.Repo(os.fspath(path))
         except (InvalidGitRepositoryError, NoSuchPathError) as err:
             raise UsageError(f"{os.fspath(path)} is not a git repository", path=str(path)) from err
+        # the remote's password, if its URL had one: given to the git commands run here
+        # through a credential helper and their environment, never stored or in argv;
+        # ``url`` (by default the origin's, which holds no password) scopes its header
+        if secret is not None and url is None:
+            with self._repo.config_reader() as config:
+                url = str(config.get_value('remote "origin"', "url", ""))
+        self._auth = git_options(secret)
+        self._auth_env = git_env(secret, url)
         self.timeout = timeout
         self.git_dir = Path(self._repo.git_dir).resolve()
         tree = self._repo.working_tree_dir

@@ -105,6 +105,7 @@ def refresh_shared_objects(
                  "--no-write-fetch-head", "--end-of-options", split.public,
                  f"+{source}:{kept}"],
                 "git fetch into the shared object store", timeout=timeout, secret=split.secret,
+                url=split.public,
             )
         except TransportError:
             if not (target / kept).exists() and not _packed(target, kept):

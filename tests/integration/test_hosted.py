@@ -160,6 +160,42 @@ def test_a_wrong_password_fails_fast_and_is_never_shown(
     assert "401" in (http_server.workdir / "access.log").read_text()
 
 
+def access_log_lines(server: HttpServer, settle: float = 5.0) -> list[str]:
+    """The server's access log, once it has stopped growing (lighttpd writes it a little
+    after each answer); bounded by ``settle`` seconds."""
+    log = server.workdir / "access.log"
+    seen, deadline = -1, time.monotonic() + settle
+    while True:
+        lines = log.read_text().splitlines() if log.exists() else []
+        if len(lines) == seen or time.monotonic() > deadline:
+            return lines
+        seen = len(lines)
+        time.sleep(0.3)
+
+
+@hosted
+def test_a_worker_sends_its_password_with_the_first_request(
+    http_server: HttpServer, http_remote: tuple[str, Path], tmp_path: Path
+) -> None:
+    """git asks for a password only after two refusals (401) per command; a worker gives
+    it with the first request instead, so a job over HTTP meets no refusal at all."""
+    url, _ = http_remote
+    init_remote(url, jobs=["a", "b"])
+    before = len(access_log_lines(http_server))
+    with worker_from_url(url, tmp_path / "copy", "w", heartbeat=False) as worker:
+        from distribute.sources import queue_jobs_func
+
+        while worker.get_next_job(queue_jobs_func) is not None:
+            Path(worker.job_dir).mkdir(parents=True, exist_ok=True)
+            Path(worker.job_dir, "log.txt").write_text("ok\n")
+            worker.finish_job()
+    lines = access_log_lines(http_server)[before:]
+    assert len(lines) >= 10  # the clone, the claims and finishes all went over HTTP
+    refused = [line for line in lines if '" 401 ' in line]
+    assert refused == [], refused[:3]
+    assert http_server.password not in "\n".join(lines)
+
+
 @hosted
 def test_an_unknown_or_changed_ssh_host_key_fails_fast(
     ssh_server: SshServer,

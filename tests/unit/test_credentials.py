@@ -71,6 +71,48 @@ def test_the_helper_answers_get_with_the_secret_and_ignores_the_rest():
     assert SECRET_ENV in git_env("x")
 
 
+def test_the_password_goes_with_the_first_request_as_a_header_for_the_remotes_host(
+    monkeypatch,
+):
+    """Read back through git's own config reader: the header is configured for the
+    remote's host only, from the environment alone."""
+    import base64
+
+    monkeypatch.delenv("GIT_CONFIG_COUNT", raising=False)
+    env = git_env("pa:ss", "https://alice@example.com:8443/team/r.git")
+    assert env[SECRET_ENV] == "pa:ss" and env["GIT_CONFIG_COUNT"] == "1"
+
+    def header_for(url: str) -> str:
+        out = subprocess.run(
+            ["git", "config", "--get-urlmatch", "http.extraHeader", url],
+            env={**os.environ, **env}, capture_output=True, text=True, check=False)
+        return out.stdout.strip()
+
+    expected = "Authorization: Basic " + base64.b64encode(b"alice:pa:ss").decode()
+    assert header_for("https://alice@example.com:8443/team/r.git") == expected
+    assert header_for("https://example.com:8443/other.git") == expected  # same host
+    assert header_for("https://example.org/team/r.git") == ""  # another host: nothing
+    assert header_for("https://example.com/team/r.git") == ""  # another port: nothing
+
+
+def test_the_header_is_added_after_the_callers_own_environment_config(monkeypatch):
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "2")
+    env = git_env("pw", "http://bob@127.0.0.1:8080/r.git")
+    assert env["GIT_CONFIG_COUNT"] == "3"
+    assert env["GIT_CONFIG_KEY_2"] == "http.http://127.0.0.1:8080/.extraHeader"
+    assert "GIT_CONFIG_KEY_0" not in env and "GIT_CONFIG_KEY_1" not in env
+
+
+@pytest.mark.parametrize(
+    "url",
+    [None, "https://example.com/r.git", "ssh://git@host/r.git", "git@github.com:o/r.git",
+     "/srv/remote.git"],
+)
+def test_no_header_without_a_user_name_or_for_other_schemes(url):
+    """Without a user name the helper answers as before (git asks it after a 401)."""
+    assert git_env("pw", url) == {SECRET_ENV: "pw"}
+
+
 def test_private_folders_are_for_this_user_only(tmp_path):
     made = private_folder(tmp_path / "a" / "b")
     for folder in (tmp_path / "a", made):
