@@ -32,6 +32,7 @@ Usage:
     python bench/bench.py --remote ssh       # sshd on 127.0.0.1 (tests/servers.py)
     python bench/bench.py --remote http      # smart HTTP: lighttpd + git http-backend
     python bench/bench.py --remote ssh-latency --latency-ms 40   # ssh over a slow line
+    python bench/bench.py --remote http-latency --latency-ms 40  # HTTP over a slow line
     python bench/bench.py --remote git@host:me/scratch.git       # a remote you own:
         # REWRITTEN before each run (main branch replaced by force, refs/distribute/* and
         # refs/heads/jobs/* deleted); asks first unless --yes is given
@@ -168,7 +169,7 @@ LEASE = 30.0
 BRANCH = "main"
 MAIN = f"refs/heads/{BRANCH}"
 #: the kinds of --remote that are not a URL
-KINDS = ("path", "file-url", "daemon", "ssh", "http", "ssh-latency")
+KINDS = ("path", "file-url", "daemon", "ssh", "http", "ssh-latency", "http-latency")
 #: seconds after which a server started here stops by itself, even if this script was
 #: killed without a chance to stop it (it is stopped at the end in any other case)
 SERVER_LIFETIME = 3 * 3600.0
@@ -566,11 +567,27 @@ class Remotes:
             self._new = served
         elif kind in ("ssh", "ssh-latency"):
             self._open_ssh(latency_ms if kind == "ssh-latency" else None)
-        elif kind == "http":
-            server = _servers().HttpServer(work / "http", lifetime=SERVER_LIFETIME)
-            http = self.stack.enter_context(server)
-            self.label = "http: smart HTTP (lighttpd + git http-backend, basic auth) on 127.0.0.1"
+        elif kind in ("http", "http-latency"):
+            self._open_http(latency_ms if kind == "http-latency" else None)
+
+    def _open_http(self, latency_ms: float | None) -> None:
+        servers = _servers()
+        server = servers.HttpServer(self.work / "http", lifetime=SERVER_LIFETIME)
+        http = self.stack.enter_context(server)
+        self.label = "http: smart HTTP (lighttpd + git http-backend, basic auth) on 127.0.0.1"
+        if latency_ms is None:
             self._new = lambda name, jobs: http.remote(f"{name}.git", init=_prepared(jobs))[0]
+            return
+        proxy = self.stack.enter_context(
+            servers.LatencyProxy(http.port, latency_ms, lifetime=SERVER_LIFETIME))
+        self.label = (f"http-latency: smart HTTP on 127.0.0.1 behind a proxy adding "
+                      f"{latency_ms:g} ms each way")
+
+        def slow(name: str, jobs: int) -> str:
+            http.remote(f"{name}.git", init=_prepared(jobs))
+            return http.url(f"{name}.git", port=proxy.port)
+
+        self._new = slow
 
     def _open_ssh(self, latency_ms: float | None) -> None:
         servers = _servers()
@@ -677,11 +694,13 @@ def main() -> int:
                     help="path: the bare repository's path (written directly); file-url: its "
                          "file:// URL (git push and fetch);\ndaemon: git daemon on 127.0.0.1; "
                          "ssh: sshd on 127.0.0.1; http: smart HTTP (lighttpd) on 127.0.0.1;\n"
-                         "ssh-latency: ssh through a proxy adding --latency-ms each way;\n"
+                         "ssh-latency, http-latency: ssh or HTTP through a proxy adding "
+                         "--latency-ms each way;\n"
                          "or a git URL of a remote you own (ssh://, https://, git@host:path): "
                          "one remote for all runs,\nREWRITTEN before each (see --yes)")
     ap.add_argument("--latency-ms", type=float, default=40.0,
-                    help="ssh-latency: delay added in each direction (default 40)")
+                    help="ssh-latency, http-latency: delay added in each direction "
+                         "(default 40)")
     ap.add_argument("--yes", action="store_true",
                     help="with a URL: rewrite that remote without asking")
     ap.add_argument("--poll", type=float, nargs=2, default=list(POLL), metavar=("FIRST", "MAX"),
