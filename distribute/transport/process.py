@@ -46,6 +46,7 @@ import git
 from distribute.core.errors import TransportError
 from distribute.core.names import scrub_url
 from distribute.credentials import git_env, git_options
+from distribute.transport.ssh_sharing import ssh_env
 
 __all__ = ["IDENTITY"]
 
@@ -114,6 +115,8 @@ def _execute(
     environment = dict(os.environ, LANGUAGE="C", LC_ALL="C")
     environment.update(runner.environment())
     environment.update(env or {})
+    # its commands share one ssh connection (see distribute.transport.ssh_sharing)
+    environment.update(ssh_env(environment))
     cwd = runner.working_dir
     if cwd is not None and not os.access(cwd, os.X_OK):
         cwd = None

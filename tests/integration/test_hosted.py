@@ -197,6 +197,34 @@ def test_a_worker_sends_its_password_with_the_first_request(
 
 
 @hosted
+def test_a_workers_git_commands_share_one_ssh_login(
+    ssh_server: SshServer, ssh_remote: tuple[str, Path], tmp_path: Path
+) -> None:
+    """Each git command over ssh used to log in anew; a worker's commands now share one
+    connection (OpenSSH's ControlMaster), so a whole run logs in a few times only."""
+    url, _ = ssh_remote
+    init_remote(url, jobs=["a", "b", "c"])
+    def logins_so_far() -> int:
+        return ssh_server.log_path.read_text(errors="replace").count("Accepted publickey")
+
+    before = logins_so_far()
+    commands = 0
+    with worker_from_url(url, tmp_path / "copy", "w", heartbeat=False) as worker:
+        from distribute.sources import queue_jobs_func
+
+        while worker.get_next_job(queue_jobs_func) is not None:
+            Path(worker.job_dir).mkdir(parents=True, exist_ok=True)
+            Path(worker.job_dir, "log.txt").write_text("ok\n")
+            worker.finish_job()
+        stats = worker.coord.stats
+        commands = stats.pushes + stats.fetches
+    logins = logins_so_far() - before
+    assert commands >= 10  # many git commands went over ssh
+    # (the connection init_remote opened in this process may serve them all: 0 is fine)
+    assert logins <= 3, (logins, commands)
+
+
+@hosted
 def test_an_unknown_or_changed_ssh_host_key_fails_fast(
     ssh_server: SshServer,
     ssh_remote: tuple[str, Path],
