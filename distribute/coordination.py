@@ -378,14 +378,20 @@ class Coordinator:
             return True
         if listed == first.old:
             return False
-        current = self.transport.fetch([first.ref]).get(first.ref)  # another's write
-        with self.mutex:
-            self.stats.fetches += 1
+        current = self._fetch([first.ref]).get(first.ref)  # another's write
         return self._holds(current, first.new)
 
     def _listed(self, ref: str) -> Oid | None:
         """``ref``'s value on the remote, from a listing of refs (an ``ls-remote``)."""
         return self.transport.list_refs(ref).get(ref)
+
+    def _fetch(self, refs: Sequence[str]) -> dict[str, Oid]:
+        """Fetch ``refs`` and count it: the count under :attr:`mutex`, the fetch without
+        taking it (see the module docstring on what runs under it)."""
+        values = self.transport.fetch(refs)
+        with self.mutex:
+            self.stats.fetches += 1
+        return values
 
     def _holds(self, current: Oid | None, commit: Oid | None) -> bool:
         """:func:`~distribute.transport.base.holds`; objects not known locally: no."""
@@ -408,9 +414,8 @@ class Coordinator:
 
         The fetch runs without :attr:`mutex`: it may download much, and the heartbeat
         must not wait for it."""
-        values = self.transport.fetch([self.main_ref, LOCK_REF, WORKERS_PREFIX + "*"])
+        values = self._fetch([self.main_ref, LOCK_REF, WORKERS_PREFIX + "*"])
         with self.mutex:
-            self.stats.fetches += 1
             now = self.clock()
             main = values.get(self.main_ref)
             if main is None:
@@ -754,8 +759,7 @@ class Coordinator:
     def _own_record(self) -> tuple[Oid | None, Beat | None]:
         """This worker's liveness ref as the remote holds it, and the record there when it
         says that this session was revoked (a takeover of its job wrote it)."""
-        current = self.transport.fetch([self.own_ref]).get(self.own_ref)
-        self.stats.fetches += 1
+        current = self._fetch([self.own_ref]).get(self.own_ref)
         if current is None:
             return None, None
         self._carry_parked(current)
@@ -1086,8 +1090,7 @@ class Coordinator:
             return new_main, None
         branch = job_branch(holder, previous.job, previous.token)
         ref = "refs/heads/" + branch
-        tip = self.transport.fetch([ref]).get(ref)
-        self.stats.fetches += 1
+        tip = self._fetch([ref]).get(ref)
         if tip is None or self._holds(new_main, tip):
             return new_main, None
         merged = self.transport.merge(new_main, tip)
@@ -1167,9 +1170,7 @@ class Coordinator:
         for _ in range(3):
             if self.push([RefUpdate(job.branch_ref, job.tip, tip)]):
                 break
-            current = self.transport.fetch([job.branch_ref]).get(job.branch_ref)
-            with self.mutex:
-                self.stats.fetches += 1
+            current = self._fetch([job.branch_ref]).get(job.branch_ref)
             if current == tip:
                 break
             if current != job.tip:
@@ -1361,9 +1362,8 @@ class Coordinator:
         # the parked finishes go first (as at any move of the main branch): a finish that
         # lands after them is merged onto their results.  The fetch may bring much (what
         # others finished meanwhile), so the heartbeat does not wait for it
-        values = self.transport.fetch([self.main_ref, WORKERS_PREFIX + "*"])
+        values = self._fetch([self.main_ref, WORKERS_PREFIX + "*"])
         with self.mutex:
-            self.stats.fetches += 1
             main = values.get(self.main_ref)
             if main is None:
                 raise RemoteStateError(f"the remote lost its branch {self.branch!r}")
@@ -1374,8 +1374,7 @@ class Coordinator:
                 # liveness refs sort before the main branch: a push of both (our own
                 # claim, say) can show here with the main branch from before it.  The
                 # verdict (refused, or landed earlier) is made on the main branch alone
-                main = self.transport.fetch([self.main_ref]).get(self.main_ref) or main
-                self.stats.fetches += 1
+                main = self._fetch([self.main_ref]).get(self.main_ref) or main
                 raw = self.read_ledger(main)
             if self._recorded(raw.done, job):
                 # an earlier try landed though its answer was lost
