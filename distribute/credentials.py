@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import base64
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 #: The environment variable through which one git process gets the secret.
 SECRET_ENV = "DISTRIBUTE_GIT_PASSWORD"  # noqa: S105 - a variable name, not a password
@@ -58,19 +59,36 @@ def split_secret(url: str) -> SplitURL:
     Anything else (ssh, a path, ``git://``, a URL with a user name only) comes
     back unchanged with no secret.
     """
+    login = _http_login(url)
+    if login is None or login.password is None:
+        return SplitURL(url)
+    parts, user, hostport = login.parts, login.user, login.hostport
+    netloc = f"{user}@{hostport}" if user else hostport
+    public = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return SplitURL(public, unquote(login.password))
+
+
+@dataclass(frozen=True, slots=True)
+class _Login:
+    """The user part of an http(s) URL, as written (still %-encoded)."""
+
+    parts: SplitResult
+    user: str
+    password: str | None  # None: no colon, a user name only
+    hostport: str
+
+
+def _http_login(url: str) -> _Login | None:
+    """The user part of an http(s) URL that has one; ``None`` for anything else."""
     try:
         parts = urlsplit(url)
     except ValueError:
-        return SplitURL(url)
+        return None
     if parts.scheme.lower() not in _SECRET_SCHEMES or "@" not in parts.netloc:
-        return SplitURL(url)
+        return None
     userinfo, _, hostport = parts.netloc.rpartition("@")
     user, colon, password = userinfo.partition(":")
-    if not colon:
-        return SplitURL(url)
-    netloc = f"{user}@{hostport}" if user else hostport
-    public = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    return SplitURL(public, unquote(password))
+    return _Login(parts, user, password if colon else None, hostport)
 
 
 def public_url(url: str) -> str:
@@ -124,20 +142,18 @@ def git_env(secret: str | None, url: str | None = None) -> dict[str, str]:
 def _auth_header(url: str | None, secret: str) -> tuple[str, str] | None:
     """The config key and value of the ``Authorization`` header for ``url`` (see
     :func:`git_env`); ``None`` for a URL that is not http(s) or names no user."""
-    if url is None:
+    login = _http_login(url) if url is not None else None
+    if login is None or not login.user or not login.hostport:
         return None
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return None
-    if parts.scheme.lower() not in _SECRET_SCHEMES or "@" not in parts.netloc:
-        return None
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user = unquote(userinfo.partition(":")[0])
-    if not user or not hostport:
-        return None
-    token = base64.b64encode(f"{user}:{secret}".encode()).decode("ascii")
-    return f"http.{parts.scheme.lower()}://{hostport}/.extraHeader", f"Authorization: Basic {token}"
+    token = base64.b64encode(f"{unquote(login.user)}:{secret}".encode()).decode("ascii")
+    key = f"http.{login.parts.scheme.lower()}://{login.hostport}/.extraHeader"
+    return key, f"Authorization: Basic {token}"
+
+
+def user_temp_folder(name: str) -> Path:
+    """``<temp>/distribute-<uid>/<name>``: where this user's processes on this machine
+    share small files (not made here; :func:`private_folder` makes it private)."""
+    return Path(tempfile.gettempdir()) / f"distribute-{os.getuid()}" / name
 
 
 def private_folder(path: str | os.PathLike[str]) -> Path:
@@ -166,6 +182,7 @@ __all__ = [
     "git_env",
     "git_options",
     "private_folder",
+    "user_temp_folder",
     "public_url",
     "split_secret",
 ]

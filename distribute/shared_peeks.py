@@ -32,7 +32,6 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -41,7 +40,7 @@ from pathlib import Path
 import filelock
 
 from distribute.core.names import scrub_url
-from distribute.credentials import private_folder, split_secret
+from distribute.credentials import private_folder, split_secret, user_temp_folder
 
 #: How long a worker waits for another worker's peek under way before it peeks itself.
 PEEK_WAIT_SECONDS = 5.0
@@ -105,7 +104,7 @@ class SharedPeeks:
 
 def default_folder() -> Path:
     """``<temp>/distribute-<uid>/peeks``: per user, readable by that user only."""
-    return Path(tempfile.gettempdir()) / f"distribute-{os.getuid()}" / "peeks"
+    return user_temp_folder("peeks")
 
 
 __all__ = ["PEEK_WAIT_SECONDS", "SharedPeeks", "default_folder"]

@@ -35,7 +35,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from distribute.credentials import private_folder
+from distribute.credentials import private_folder, user_temp_folder
 
 #: Seconds a shared connection stays open after its last git command.
 PERSIST_SECONDS = 60
@@ -93,7 +93,7 @@ def _configured_command() -> str:
 def _socket_folder() -> Path | None:
     """``<temp>/distribute-<uid>/ssh``, private to this user; ``None`` if it cannot be."""
     try:
-        return private_folder(Path(tempfile.gettempdir()) / f"distribute-{os.getuid()}" / "ssh")
+        return private_folder(user_temp_folder("ssh"))
     except OSError:
         return None
 
