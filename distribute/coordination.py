@@ -326,6 +326,13 @@ class Coordinator:
         #: the last observation: whether other workers are about (see :meth:`finish`)
         self.last_seen: Snapshot | None = None
         self._finish_main: Oid = ""  # the main branch the last finish try read
+        self._finish_read: dict[str, Oid] = {}  # and every ref its fetch read
+        #: what a finish that just landed left this worker knowing of the remote: the
+        #: main branch, the lock and the liveness records its fetch read, with what it
+        #: pushed since.  The worker's next wait for a job starts from it instead of a
+        #: look of its own when it comes at once (see ``Worker._look``): a view that
+        #: went stale meanwhile costs a refused push, never a wrong step.
+        self.after_finish: Snapshot | None = None
 
     # ---- small helpers -----------------------------------------------------
     def journal(self, event: ev.Event) -> None:
@@ -405,8 +412,16 @@ class Coordinator:
 
     def _beat_commit(self, beat: Beat) -> Oid:
         """A liveness record's commit: its parked finishes' tips are its parents, so the
-        results travel with every fetch of the liveness refs."""
-        return self._empty_commit(beat_message(beat), record_parents(beat))
+        results travel with every fetch of the liveness refs.  So is the main branch
+        commit this worker saw last, which every other worker has or soon will: a fetch
+        that brings the record then finds common history at once.  A commit with no
+        parent never does, and git's negotiation goes on for more rounds, one round trip
+        (over HTTP, one request) each, before the server sends anything."""
+        parents = record_parents(beat)
+        seen = self.last_seen
+        if seen is not None and seen.main not in parents:
+            parents.append(seen.main)
+        return self._empty_commit(beat_message(beat), parents)
 
     # ---- observe -----------------------------------------------------------
     def observe(self) -> Snapshot:
@@ -416,36 +431,42 @@ class Coordinator:
         must not wait for it."""
         values = self._fetch([self.main_ref, LOCK_REF, WORKERS_PREFIX + "*"])
         with self.mutex:
-            now = self.clock()
-            main = values.get(self.main_ref)
-            if main is None:
-                raise RemoteStateError(
-                    f"the remote has no branch {self.branch!r}; prepare it with "
-                    "`distribute init REMOTE` or pass branch=... naming its main branch",
-                    branch=self.branch,
-                )
-            ledger = self.read_ledger(main)
-            lock_oid = values.get(LOCK_REF)
-            try:
-                lock = (
-                    parse_lock_message(self.transport.commit_message(lock_oid))
-                    if lock_oid
-                    else LockState()
-                )
-            except RemoteStateError as exc:
-                raise bad_lock(str(exc)) from None
-            self.watch.observe(LOCK_REF, lock_oid, now)
-            holders = {worker_ref(w) for w in ledger.holders()}
-            listed = {r for r in values if r.startswith(WORKERS_PREFIX)}
-            self.watch.observe_all(values, holders | listed, now)
-            gone = frozenset(
-                b.worker for b in (self.beat_at(values[r]) for r in listed)
-                if b is not None and b.gone
+            return self._snapshot(values)
+
+    def _snapshot(self, values: Mapping[str, Oid]) -> Snapshot:
+        """A :class:`Snapshot` of what one fetch of the main branch, the lock and the
+        liveness refs read (``values``); feeds the lease watch.  Called under
+        :attr:`mutex`."""
+        now = self.clock()
+        main = values.get(self.main_ref)
+        if main is None:
+            raise RemoteStateError(
+                f"the remote has no branch {self.branch!r}; prepare it with "
+                "`distribute init REMOTE` or pass branch=... naming its main branch",
+                branch=self.branch,
             )
-            _, folds = self._folds_at(values, main, ledger)
-            snap = Snapshot(main, ledger, lock_oid, lock, values, now, gone, folds)
-            self.last_seen = snap
-            return snap
+        ledger = self.read_ledger(main)
+        lock_oid = values.get(LOCK_REF)
+        try:
+            lock = (
+                parse_lock_message(self.transport.commit_message(lock_oid))
+                if lock_oid
+                else LockState()
+            )
+        except RemoteStateError as exc:
+            raise bad_lock(str(exc)) from None
+        self.watch.observe(LOCK_REF, lock_oid, now)
+        holders = {worker_ref(w) for w in ledger.holders()}
+        listed = {r for r in values if r.startswith(WORKERS_PREFIX)}
+        self.watch.observe_all(values, holders | listed, now)
+        gone = frozenset(
+            b.worker for b in (self.beat_at(values[r]) for r in listed)
+            if b is not None and b.gone
+        )
+        _, folds = self._folds_at(values, main, ledger)
+        snap = Snapshot(main, ledger, lock_oid, lock, dict(values), now, gone, folds)
+        self.last_seen = snap
+        return snap
 
     # ---- parked finishes -------------------------------------------------------
     def parked_in(self, refs: Mapping[str, Oid], ledger: Ledger) -> list[tuple[str, Parked]]:
@@ -1233,6 +1254,7 @@ class Coordinator:
             if not isinstance(tried, _Lost):
                 return ev.FinishOutcome.MERGED  # an earlier try had landed
             if tried is _Lost.READY and self._park():
+                self._remember_after_finish()
                 return ev.FinishOutcome.PARKED
 
         def step() -> ev.FinishOutcome | None:
@@ -1240,12 +1262,38 @@ class Coordinator:
             if landed is _Lost.PARKED:
                 return ev.FinishOutcome.PARKED
             if not isinstance(landed, _Lost):
+                self._remember_after_finish(landed)
                 return ev.FinishOutcome.MERGED
             if landed is _Lost.MAIN and park and self._park():
                 return ev.FinishOutcome.PARKED
             return None
 
         return self._until_landed(step, sleep, delays)
+
+    def _remember_after_finish(self, main: Oid | None = None) -> None:
+        """Keep what the finish that just landed leaves this worker knowing of the
+        remote (:attr:`after_finish`): the refs its fetch read, with what it pushed
+        since (the main branch it moved to, ``main``, or its own record)."""
+        with self.mutex:
+            values = dict(self._finish_read)
+            if main is not None:
+                values[self.main_ref] = main
+            if self.beat_oid is not None:
+                values[self.own_ref] = self.beat_oid
+            try:
+                self.after_finish = self._snapshot(values)
+            except DistributeError:  # the finish landed; the next wait looks for itself
+                self.after_finish = None
+
+    def take_after_finish(self, max_age: float) -> Snapshot | None:
+        """:attr:`after_finish` if it is at most ``max_age`` seconds old; once either
+        way (the next caller gets ``None``)."""
+        with self.mutex:
+            snap, self.after_finish = self.after_finish, None
+            if snap is None or self.clock() - snap.at > max_age:
+                return None
+            self.stats.count("views_reused")
+            return snap
 
     def _park(self) -> bool:
         """:meth:`park_step`, a few times: ``False`` when our record kept moving (an
@@ -1362,12 +1410,14 @@ class Coordinator:
         # the parked finishes go first (as at any move of the main branch): a finish that
         # lands after them is merged onto their results.  The fetch may bring much (what
         # others finished meanwhile), so the heartbeat does not wait for it
-        values = self._fetch([self.main_ref, WORKERS_PREFIX + "*"])
+        # (the lock too, so that what it read can serve the next wait: see after_finish)
+        values = self._fetch([self.main_ref, LOCK_REF, WORKERS_PREFIX + "*"])
         with self.mutex:
             main = values.get(self.main_ref)
             if main is None:
                 raise RemoteStateError(f"the remote lost its branch {self.branch!r}")
             self._finish_main = main
+            self._finish_read = values
             raw = self.read_ledger(main)
             if not runs(raw, job.job, self.worker, job.token):
                 # not ours by this read; but a fetch reads refs one at a time, and the

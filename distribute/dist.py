@@ -70,6 +70,7 @@ from distribute.core.pacing import (
     after_failed_try,
     after_look,
     after_peek,
+    looks_in_full,
     still_ahead,
     turn_wait,
 )
@@ -631,9 +632,13 @@ class Worker:
         """Peek or look once: the snapshot on which to try for a job, or how long to
         pause first (waiting for our turn, or for the queue to change)."""
         if waiting.watch is not None:
-            waiting.watch, delay = self._peek(waiting.watch)
-            if waiting.watch is not None:
-                return _Pause(delay)
+            pacer = self._pacer
+            if looks_in_full(waiting.watch, pacer.observe_seconds, pacer.peek_seconds):
+                waiting.watch = None  # the next in turn: a look tells it all at once
+            else:
+                waiting.watch, delay = self._peek(waiting.watch)
+                if waiting.watch is not None:
+                    return _Pause(delay)
         snap = self._look()
         if (
             snap.main == waiting.idle_main
@@ -727,7 +732,17 @@ class Worker:
         return self._retrying(partial(self.coord.fold, snap, everyone))
 
     def _look(self) -> Snapshot:
-        """A full look at the remote, timed for the pacer."""
+        """A full look at the remote, timed for the pacer.
+
+        Right after a finish of this worker's own (the usual loop: finish, then ask
+        again), the finish's view serves instead
+        (:attr:`~distribute.coordination.Coordinator.after_finish`): it is the fetch
+        that finish made, with what it pushed since, no older than a look would take
+        here.  A worker alone thus claims its next job without a fetch of its own, and
+        one among others learns its place in turn without one."""
+        recent = self.coord.take_after_finish(max(self.poll_seconds, self._pacer.observe_seconds))
+        if recent is not None:
+            return recent
         looked = self._clock()
         snap = self._retrying(self.coord.observe)
         self._pacer.looked(self._clock() - looked)

@@ -135,6 +135,26 @@ def after_peek(
     return LookAgain("our turn")
 
 
+def looks_in_full(watch: Watch, look_seconds: float, peek_seconds: float) -> bool:
+    """Whether a waiting worker's next look should be a full one rather than a peek.
+
+    At a free lock with one idle worker left before it in turn, what this worker
+    waits for is that worker's claim, and a peek that shows it must be followed by
+    a full look before this one can claim: two trips to the remote where one does.
+    Over a network a full look that finds nothing new costs about what a peek costs
+    (a fetch with nothing to bring only lists refs), so there the next in line looks
+    in full, and claims on the look that shows the turn taken.  Where looks cost
+    more than twice what peeks do (``look_seconds`` and ``peek_seconds`` as timed
+    here; a remote on this machine, whose refs a peek reads as files), it peeks, as
+    does everyone further back and a worker watching a held lock (its holder may
+    keep it for as long as its next-job function takes).
+    """
+    return (
+        watch.lock_free and len(watch.ahead) == 1
+        and 0 < look_seconds <= 2 * peek_seconds
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Try:
     """Try now: take the lock (or take it over), or claim with it free."""
@@ -201,9 +221,13 @@ class Pacer:
         """The time one worker's turn takes: noticing the free lock (``poll``), a full
         look and a claim, with a margin: twice what claims, or else looks, take here.
         Both grow on a loaded machine or with a slow remote, so those further back give
-        those ahead longer instead of stampeding."""
+        those ahead longer instead of stampeding.  At most ``ceiling``, but never less
+        than half as much again as a look and a claim take here: a turn judged shorter
+        than that (a slow remote under a low ceiling) sends the next in turn to race a
+        claim still under way."""
         work = max(2 * self.claim_seconds, 2 * self.observe_seconds)
-        return min(self.poll + self.observe_seconds + work, self.ceiling)
+        floor = 1.5 * (self.observe_seconds + self.claim_seconds)
+        return max(min(self.poll + self.observe_seconds + work, self.ceiling), floor)
 
     def count_turns(self, refs: Mapping[str, str], now: float, prefix: str) -> None:
         """Learn how fast turns go: a claim moves its worker's liveness record (under
@@ -255,6 +279,7 @@ __all__ = [
     "after_look",
     "after_peek",
     "average",
+    "looks_in_full",
     "still_ahead",
     "turn_wait",
 ]

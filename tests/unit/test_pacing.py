@@ -14,6 +14,7 @@ from distribute.core.pacing import (
     after_failed_try,
     after_look,
     after_peek,
+    looks_in_full,
     still_ahead,
     turn_wait,
 )
@@ -81,15 +82,28 @@ def test_turn_wait_counts_at_most_four_turns_from_when_the_wait_began():
     assert turn_wait(2, 0.5, unchanged_for=100.0, waiting_for=0.25) == 0.75
 
 
-def test_the_pacer_learns_and_stays_under_its_ceiling():
+def test_the_pacer_learns_and_stays_under_its_ceiling_unless_a_turn_takes_longer():
     pacer = Pacer(poll=0.1, ceiling=1.0)
     assert pacer.slot() == pytest.approx(0.1)
     pacer.looked(0.2)
     pacer.claimed(0.3)
     assert pacer.slot() == pytest.approx(0.1 + 0.2 + 0.6)
-    pacer.looked(5.0)
-    assert pacer.slot() == 1.0  # never past the ceiling
+    pacer.looked(0.8)  # looks now average 0.35 s
+    assert pacer.slot() == 1.0  # never past the ceiling...
+    pacer.looked(5.0)  # ...unless a look and a claim alone take longer
+    assert pacer.slot() == pytest.approx(1.5 * (pacer.observe_seconds + 0.3))
     assert pacer.poll_delay(0) <= 0.1 and pacer.poll_delay(9) <= 1.0
     pacer.count_turns({A: "r0", B: "r0"}, 0.0, "refs/distribute/workers/")
     pacer.count_turns({A: "r1", B: "r1"}, 1.0, "refs/distribute/workers/")
     assert pacer.turn_pace() == pytest.approx(0.5)
+
+
+def test_only_the_next_in_turn_at_a_free_lock_looks_in_full_instead_of_peeking():
+    over_a_network = (0.5, 0.35)  # a fetch, and a listing of refs, timed here
+    assert looks_in_full(free(ahead=(A,)), *over_a_network)
+    assert not looks_in_full(free(ahead=(A, B)), *over_a_network)  # further back: peeks
+    assert not looks_in_full(free(), *over_a_network)  # nobody ahead: it tries at once
+    assert not looks_in_full(held(ahead=(A,)), *over_a_network)  # a holder may keep it long
+    # a remote on this machine: a peek reads ref files, far cheaper than a look
+    assert not looks_in_full(free(ahead=(A,)), 0.02, 0.001)
+    assert not looks_in_full(free(ahead=(A,)), 0.5, 0.0)  # no peek timed yet
