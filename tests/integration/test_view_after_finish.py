@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_parked_finish import pop_queue  # a next-job function that edits jobs.txt
 
 from distribute.dist import Worker, worker_from_url
 from distribute.remote import add_jobs, init_remote
@@ -26,15 +27,6 @@ def done(remote: Path) -> list[str]:
     text = subprocess.run(["git", "show", f"{MAIN}:done.txt"], cwd=remote,
                           capture_output=True, text=True, check=True).stdout
     return sorted(line.split("\t")[0] for line in text.splitlines())
-
-
-def pop_queue(worker: Worker) -> str | None:
-    path = Path(worker.path) / "jobs.txt"
-    lines = path.read_text().splitlines()
-    if not lines:
-        return None
-    path.write_text("".join(line + "\n" for line in lines[1:]))
-    return lines[0]
 
 
 @pytest.fixture
