@@ -779,14 +779,25 @@ class Coordinator:
 
     def _own_record(self) -> tuple[Oid | None, Beat | None]:
         """This worker's liveness ref as the remote holds it, and the record there when it
-        says that this session was revoked (a takeover of its job wrote it)."""
+        says that this session was revoked (a takeover of its job wrote it).
+
+        A takeover revokes the record value it saw, which may be an earlier life's: a
+        restarted worker that took up that life's job (:meth:`adopt`) meets a revocation
+        naming another session.  It counts when it names the job this worker holds, or
+        no session at all (the taker could not read the record it replaced): this
+        worker holds one job, and the ledger gave that one away."""
         current = self._fetch([self.own_ref]).get(self.own_ref)
         if current is None:
             return None, None
         self._carry_parked(current)
         seen = self.beat_at(current)  # an unreadable record is no revocation: overwritten
-        revoked = seen is not None and seen.revoked and seen.session == self.session
-        return current, seen if revoked else None
+        if seen is None or not seen.revoked:
+            return current, None
+        held = self.job
+        mine = seen.session == self.session or (
+            held is not None and (seen.session == "" or held.job in seen.jobs)
+        )
+        return current, seen if mine else None
 
     def say_gone(self) -> bool:
         """Write this worker's last liveness record (``Beat.gone``): it runs no job and
