@@ -329,10 +329,11 @@ class Coordinator:
         self._finish_read: dict[str, Oid] = {}  # and every ref its fetch read
         #: what a finish that just landed left this worker knowing of the remote: the
         #: main branch, the lock and the liveness records its fetch read, with what it
-        #: pushed since.  The worker's next wait for a job starts from it instead of a
-        #: look of its own when it comes at once (see ``Worker._look``): a view that
-        #: went stale meanwhile costs a refused push, never a wrong step.
-        self.after_finish: Snapshot | None = None
+        #: pushed since, and when it landed.  The worker's next wait for a job starts
+        #: from it instead of a look of its own when it comes at once (see
+        #: ``Worker._look``): a view that went stale meanwhile costs a refused push,
+        #: never a wrong step.
+        self.after_finish: tuple[dict[str, Oid], float] | None = None
 
     # ---- small helpers -----------------------------------------------------
     def journal(self, event: ev.Event) -> None:
@@ -1284,24 +1285,30 @@ class Coordinator:
     def _remember_after_finish(self, main: Oid | None = None) -> None:
         """Keep what the finish that just landed leaves this worker knowing of the
         remote (:attr:`after_finish`): the refs its fetch read, with what it pushed
-        since (the main branch it moved to, ``main``, or its own record)."""
+        since (the main branch it moved to, ``main``, or its own record).  Only the
+        values: the snapshot is made if and when the next wait takes them, so the
+        finish returns as soon as it has landed."""
         with self.mutex:
             values = dict(self._finish_read)
             if main is not None:
                 values[self.main_ref] = main
             if self.beat_oid is not None:
                 values[self.own_ref] = self.beat_oid
-            try:
-                self.after_finish = self._snapshot(values)
-            except DistributeError:  # the finish landed; the next wait looks for itself
-                self.after_finish = None
+            self.after_finish = (values, self.clock())
 
     def take_after_finish(self, max_age: float) -> Snapshot | None:
-        """:attr:`after_finish` if it is at most ``max_age`` seconds old; once either
-        way (the next caller gets ``None``)."""
+        """A snapshot of :attr:`after_finish` if it is at most ``max_age`` seconds old;
+        once either way (the next caller gets ``None``)."""
         with self.mutex:
-            snap, self.after_finish = self.after_finish, None
-            if snap is None or self.clock() - snap.at > max_age:
+            kept, self.after_finish = self.after_finish, None
+            if kept is None or self.clock() - kept[1] > max_age:
+                return None
+            values = kept[0]
+            if self.beat_oid is not None:  # a renewal since the finish
+                values[self.own_ref] = self.beat_oid
+            try:
+                snap = self._snapshot(values)
+            except DistributeError:  # the next wait looks for itself
                 return None
             self.stats.count("views_reused")
             return snap

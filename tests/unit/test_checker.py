@@ -193,6 +193,18 @@ def test_double_completion_by_two_finish_events():
     assert {"double-finish", "stale-write"} <= rules(r)
 
 
+def test_a_restarted_life_reporting_its_earlier_lifes_finish_is_one_finish():
+    """w0 is killed after its finish of job-a landed, before it noted so; its restart
+    completes the finish, finds it landed, and reports it: the same holding (token 1)."""
+    h, final = good_history()
+    h.fault(0.65, "w0#0", "kill")
+    h.fault(0.66, "w0#1", "restart")
+    h.finish(0.67, "w0#1", "job-a", 1, "a1")
+    assert "double-finish" not in rules(run_check(h, final))
+    h.finish(0.68, "w1#0", "job-a", 1, "a1")  # another worker, the same token: not one holding
+    assert "double-finish" in rules(run_check(h, final))
+
+
 def test_double_finish_commits_on_main():
     h, final = good_history()
     final["main_subjects"].append("distribute: finish job-a by w1 (token 2, attempt 1)")
