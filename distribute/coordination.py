@@ -325,8 +325,8 @@ class Coordinator:
         self._settled: set[Parked] = set()
         #: the last observation: whether other workers are about (see :meth:`finish`)
         self.last_seen: Snapshot | None = None
-        self._finish_main: Oid = ""  # the main branch the last finish try read
-        self._finish_read: dict[str, Oid] = {}  # and every ref its fetch read
+        #: the refs the last finish try read, its main branch the one it decided on
+        self._finish_read: dict[str, Oid] = {}
         #: what a finish that just landed left this worker knowing of the remote: the
         #: main branch, the lock and the liveness records its fetch read, with what it
         #: pushed since, and when it landed.  The worker's next wait for a job starts
@@ -1284,16 +1284,14 @@ class Coordinator:
 
     def _remember_after_finish(self, main: Oid | None = None) -> None:
         """Keep what the finish that just landed leaves this worker knowing of the
-        remote (:attr:`after_finish`): the refs its fetch read, with what it pushed
-        since (the main branch it moved to, ``main``, or its own record).  Only the
-        values: the snapshot is made if and when the next wait takes them, so the
-        finish returns as soon as it has landed."""
+        remote (:attr:`after_finish`): the refs its fetch read, with the main branch it
+        moved to (``main``; its own record, which a park moved, is filled in when the
+        view is taken).  Only the values: the snapshot is made if and when the next
+        wait takes them, so the finish returns as soon as it has landed."""
         with self.mutex:
             values = dict(self._finish_read)
             if main is not None:
                 values[self.main_ref] = main
-            if self.beat_oid is not None:
-                values[self.own_ref] = self.beat_oid
             self.after_finish = (values, self.clock())
 
     def take_after_finish(self, max_age: float) -> Snapshot | None:
@@ -1304,7 +1302,7 @@ class Coordinator:
             if kept is None or self.clock() - kept[1] > max_age:
                 return None
             values = kept[0]
-            if self.beat_oid is not None:  # a renewal since the finish
+            if self.beat_oid is not None:  # the park's record, or a renewal since
                 values[self.own_ref] = self.beat_oid
             try:
                 snap = self._snapshot(values)
@@ -1416,7 +1414,7 @@ class Coordinator:
         ``None`` when the push lost a race."""
         landed = self._finish_try()
         if landed is _Lost.PARKED:
-            return self._finish_main  # finished: the main branch it saw
+            return self._finish_read[self.main_ref]  # finished: the main branch it saw
         return None if isinstance(landed, _Lost) else landed
 
     def _finish_try(self, park_instead: bool = False) -> Oid | _Lost:
@@ -1434,7 +1432,6 @@ class Coordinator:
             main = values.get(self.main_ref)
             if main is None:
                 raise RemoteStateError(f"the remote lost its branch {self.branch!r}")
-            self._finish_main = main
             self._finish_read = values
             raw = self.read_ledger(main)
             if not runs(raw, job.job, self.worker, job.token):
@@ -1443,6 +1440,7 @@ class Coordinator:
                 # claim, say) can show here with the main branch from before it.  The
                 # verdict (refused, or landed earlier) is made on the main branch alone
                 main = self._fetch([self.main_ref]).get(self.main_ref) or main
+                values[self.main_ref] = main
                 raw = self.read_ledger(main)
             if self._recorded(raw.done, job):
                 # an earlier try landed though its answer was lost

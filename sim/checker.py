@@ -440,7 +440,7 @@ def _check_finishes(
     for job, events in finishes.items():
         # a token names one holding: a restarted life that completes the finish its
         # earlier life had begun, and finds it landed, reports that same finish again
-        holdings = {(p.split("#")[0], r.get("token")) for p, r in events}
+        holdings = {(r.get("worker"), r.get("token")) for _, r in events}
         if len(holdings) > 1:
             who = ", ".join(f"{p} (token {r.get('token')})" for p, r in events)
             result.add("double-finish", f"{job!r} was finished {len(events)} times: {who}", job)
