@@ -59,7 +59,7 @@ from distribute.core.names import (
     check_name,
     job_dir,
     scrub_url,
-    tree_patterns,
+    view_folders,
 )
 from distribute.core.pacing import (
     TURNS_WAITED,
@@ -415,8 +415,9 @@ class Worker:
 
     def _checkout(self, commit: str, branch: str | None, job: str | None) -> None:
         """Check out ``commit`` with ``job``'s folder and no other job's on disk (every
-        job's with ``all_results``; see :func:`~distribute.core.names.tree_patterns`)."""
-        self.copy.narrow(tree_patterns(job, all_jobs=self.all_results))
+        job's with ``all_results``; see :func:`~distribute.core.names.view_folders` and
+        :meth:`~distribute.transport.local_copy.GitLocalCopy.show`)."""
+        self.copy.show(None if self.all_results else view_folders(job))
         self.copy.checkout(commit, branch)
 
     def _checkout_clean(self, commit: str, branch: str | None, job: str | None) -> None:
@@ -1060,13 +1061,13 @@ def worker_from_url(
     if not target.exists() or (target.is_dir() and not any(target.iterdir())):
         # the first checkout already leaves other jobs' folders out (see ``all_results``)
         everything = bool(options.get("all_results", False))
-        patterns = tree_patterns(None, all_jobs=everything)
+        shown = None if everything else view_folders(None)
         if shared_objects is None:
             lazy = None if everything else LAZY_BLOB_BYTES
-            GitLocalCopy.clone(url, target, patterns=patterns, lazy_blobs_from=lazy).close()
+            GitLocalCopy.clone(url, target, shown=shown, lazy_blobs_from=lazy).close()
         else:
             with refresh_shared_objects(url, shared_objects, branch=options.get("branch")) as got:
-                GitLocalCopy.clone(url, target, reference=got, patterns=patterns).close()
+                GitLocalCopy.clone(url, target, reference=got, shown=shown).close()
     else:
         # opening cleans a password an older copy kept in its config
         copy = GitLocalCopy.open(target, secret=split.secret)

@@ -176,38 +176,18 @@ def job_dir(job: str) -> str:
     return f"{JOBS_FOLDER}/{encode_component(job)}"
 
 
-def tree_patterns(job: str | None, *, all_jobs: bool = False) -> list[str]:
-    """The sparse-checkout patterns of a worker's working tree: every file of the
-    remote except the folders under ``updates/``, of which only ``job``'s is kept
-    (with ``all_jobs``, every file).
-
-    Non-cone patterns in the syntax of ``.gitignore``: ``/*`` takes everything at the
-    top, ``!/updates/*/`` leaves out each folder directly under ``updates/`` (files
-    directly in it stay), and ``/updates/<encoded job>/`` takes that one back.  An
-    encoded component holds only letters, digits and ``._-%``, none of which a pattern
-    reads specially, so no job name can widen or break the patterns.  A name that
-    encodes to something else and is one path component also keeps ``updates/<name>``,
-    every special character escaped.
+def view_folders(job: str | None) -> list[str]:
+    """The folders of ``updates/`` a worker's working tree holds while it runs ``job``
+    (none between jobs): the job's own, ``encode_component(job)``, and, for a name that
+    encodes to something else and is one path component, the raw name too, which code
+    in the original project's style builds its folder from (``updates/<job>``).
     """
-    if all_jobs:
-        return ["/*"]
-    patterns = ["/*", f"!/{JOBS_FOLDER}/*/"]
-    if job is not None:
-        patterns.append(f"/{job_dir(job)}/")
-        if encode_component(job) != job and "/" not in job and job not in (".", ".."):
-            # code in the original project's style builds the folder from the raw name
-            # (``updates/<job>``); that folder is kept too, its name escaped
-            patterns.append(f"/{JOBS_FOLDER}/{_escape_pattern(job)}/")
-    return patterns
-
-
-def _escape_pattern(text: str) -> str:
-    """``text`` matched literally by a ``.gitignore``-style pattern: every character a
-    pattern reads specially (``\\ * ? [ ] !  #`` and spaces) gets a backslash."""
-    return "".join(f"\\{c}" if c in _PATTERN_SPECIAL else c for c in text)
-
-
-_PATTERN_SPECIAL = frozenset("\\*?[]!# ")
+    if job is None:
+        return []
+    folders = [encode_component(job)]
+    if folders[0] != job and "/" not in job and job not in (".", ".."):
+        folders.append(job)
+    return folders
 
 
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")

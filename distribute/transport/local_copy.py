@@ -8,10 +8,23 @@ password, if any, is kept in memory, never in the clone's config.  Snapshots
 of the working tree are written with a temporary index (``git add`` and
 ``git write-tree``), so the user's ``HEAD``, branches and index stay as they
 are; checking out, advancing and cleaning use git's own ``checkout``,
-``update-ref``/``reset`` and ``reset --hard``/``clean``.  A copy may hold less than
-the whole tree on disk (:meth:`GitLocalCopy.narrow`, git's sparse checkout in
-non-cone mode): the paths left out stay in the index, marked skip-worktree, so
-every commit made from the working tree keeps them as they are.  Git is run in it
+``update-ref``/``reset`` and ``reset --hard``/``clean``.
+
+Views
+    A remote that ran many jobs holds a folder per job under ``updates/``.  With
+    :meth:`GitLocalCopy.show`, the copy checks out a *view* instead of the commit
+    itself: a commit made here and never pushed, whose tree is the real one
+    with ``updates/`` cut down to the folders named, and whose one parent is
+    the real commit (its message names it too).  Index and working tree then
+    hold only what is on disk, so ``checkout``, ``status`` and snapshots cost
+    what they cost on a young remote.  A snapshot is grafted back onto the real
+    tree: the entries outside ``updates/`` are the working tree's, each folder
+    shown is replaced by the working tree's, and a folder written that was not
+    shown (another job's) is laid over the real one, file by file, so nothing
+    the view left out is lost; the large ``updates`` tree is spliced, not
+    parsed (:mod:`.trees`).  :meth:`GitLocalCopy.head` answers the real commit.
+
+Git is run in it
 as in any repository (:class:`~.repository._Repository`), and its refs and
 objects are reached through a transport made by :meth:`GitLocalCopy.transport`
 with :func:`~distribute.transport.git.open_transport`, which picks the class
@@ -21,10 +34,13 @@ module imports :mod:`.git`; :mod:`.git` does not import it.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -34,7 +50,7 @@ from distribute.credentials import private_folder, split_secret
 from distribute.transport.base import Oid, check_oid, check_ref_name
 from distribute.transport.git import GitTransport, open_transport
 from distribute.transport.process import _PROTOCOL_V2, _run_outside, pack_when_piled_up
-from distribute.transport.repository import _check_branch, _Repository
+from distribute.transport.repository import _MODE_TREE, _check_branch, _Entry, _Repository
 from distribute.transport.shared_objects import missing_alternates
 
 __all__ = ["COPY_LOOSE_LIMIT", "COPY_PACK_LIMIT", "GitLocalCopy"]
@@ -42,6 +58,21 @@ __all__ = ["COPY_LOOSE_LIMIT", "COPY_PACK_LIMIT", "GitLocalCopy"]
 #: Loose objects and packs (git's own ``gc.auto`` and ``gc.autoPackLimit`` defaults) past
 #: which a local copy is packed (:meth:`GitLocalCopy.housekeeping`).
 COPY_LOOSE_LIMIT, COPY_PACK_LIMIT = 6700, 50
+
+#: The folder whose sub-folders a view leaves out, but for those it shows.
+VIEW_FOLDER = "updates"
+_VIEW_MESSAGE = re.compile(
+    r"distribute: a worker's view of ([0-9a-f]{40,64})\n\nshows: updates/ (\[.*\])\n")
+
+
+@dataclass(frozen=True, slots=True)
+class _View:
+    """A view commit checked out here: which real commit it shows, and how."""
+
+    commit: Oid  # the view itself (a local commit, never pushed)
+    real: Oid  # the commit it shows
+    tree: Oid  # the view's tree: the index's, when it is checked out
+    shown: tuple[str, ...]  # the folders of updates/ it keeps
 
 
 class GitLocalCopy:
@@ -57,13 +88,18 @@ class GitLocalCopy:
         self._repo = repo
         self._work_tree = repo.work_tree
         self._secret = secret
-        self._sparse: bool | None = None  # core.sparseCheckout, once read
+        self._shown: tuple[str, ...] | None = None  # see show(); None: whole trees
+        self._sparse_checked = False  # has a sparse checkout of an older version been left?
+        self._leave_sparse = False  # turn sparse checkout off after the next checkout
+        self._head: tuple[Oid | None, _View | None] | None = None  # HEAD and its view, once read
+        # the last snapshot made under a view: its commit, the working tree's tree, shown
+        self._made: tuple[Oid, Oid, tuple[str, ...]] | None = None
 
     @classmethod
     def clone(
         cls, url: str, path: str | os.PathLike[str], *, timeout: float = 600,
         checkout: bool = True, reference: str | os.PathLike[str] | None = None,
-        patterns: Sequence[str] | None = None, lazy_blobs_from: int | None = None,
+        shown: Sequence[str] | None = None, lazy_blobs_from: int | None = None,
     ) -> GitLocalCopy:
         """Clone only the remote's default branch of ``url`` into ``path`` and check it out
         (unless ``checkout`` is false: a copy that is only read through its transport
@@ -76,7 +112,8 @@ class GitLocalCopy:
         the clone's config holds the URL without it.  ``reference``: a repository on
         this machine whose objects the copy borrows instead of downloading them
         (:mod:`~distribute.transport.shared_objects`); ignored when it is not one.
-        ``patterns``: check out only the paths they take (:meth:`narrow`).
+        ``shown``: check out a view that shows only these folders of ``updates/``
+        (:meth:`show`).
         ``lazy_blobs_from``: a partial clone (``--filter=blob:limit=``) where the
         remote allows it: files of that many bytes or more are left on the remote
         until a checkout or a merge needs them, and git then fetches them itself
@@ -91,7 +128,7 @@ class GitLocalCopy:
         split = split_secret(url)
         target = private_folder(Path(path).absolute())
         args = ["clone", "--quiet", "--single-branch", "--no-tags"]
-        if not checkout or patterns is not None:
+        if not checkout or shown is not None:
             args.append("--no-checkout")
         if reference is not None:
             args.append(f"--reference-if-able={Path(reference).absolute()}")
@@ -102,12 +139,12 @@ class GitLocalCopy:
         _run_outside([*args, split.public, str(target)], f"git clone of {scrub_url(url)}",
                      timeout=timeout, secret=split.secret, url=split.public)
         copy = cls.open(target, secret=split.secret)
-        if checkout and patterns is not None:
+        if checkout and shown is not None:
             try:
-                copy.narrow(patterns)
-                if copy.head() is not None:  # an empty remote has nothing to check out
-                    copy._repo.check(["reset", "--quiet", "--hard", "HEAD", "--"],
-                                     "git reset --hard (first checkout)")
+                copy.show(shown)
+                head = copy.head()
+                if head is not None:  # an empty remote has nothing to check out
+                    copy.checkout(head, None)
             except BaseException:
                 copy.close()
                 raise
@@ -190,52 +227,168 @@ class GitLocalCopy:
             if entry
         ]
 
-    def narrow(self, patterns: Sequence[str]) -> None:
-        """From the next checkout on, keep on disk only the paths ``patterns`` take:
-        git's sparse checkout, in non-cone mode (the syntax of ``.gitignore``; ``["/*"]``
-        takes everything).  Paths left out stay in the index, marked skip-worktree, and
-        every commit made here keeps them as the checked-out commit has them.  Patterns
-        that did not change cost no write.
-        """
-        text = "".join(f"{p}\n" for p in patterns)
-        if any("\n" in p or "\r" in p for p in patterns):
-            raise UsageError(f"a sparse-checkout pattern holds a line break: {patterns!r}")
-        if self._sparse is None:
+    def show(self, folders: Sequence[str] | None) -> None:
+        """From the next checkout on, check out views that show only ``folders`` among the
+        folders of ``updates/`` (each one path component), or, with ``None``, whole
+        commits.  A copy an older version narrowed with git's sparse checkout is
+        widened back (its next checkout leaves no path out, then sparse checkout is
+        turned off)."""
+        if folders is not None:
+            for folder in folders:
+                if (not isinstance(folder, str) or not folder or "/" in folder
+                        or folder in (".", "..") or any(ord(c) < 32 for c in folder)):
+                    raise UsageError(f"{folder!r} is not the name of a folder in updates/")
+        self._shown = tuple(folders) if folders is not None else None
+        if not self._sparse_checked:
+            self._sparse_checked = True
             found = self._repo.run(["config", "--type=bool", "--get", "core.sparseCheckout"])
-            cone = self._repo.run(["config", "--type=bool", "--get", "core.sparseCheckoutCone"])
-            self._sparse = (found.stdout.strip() == b"true"
-                            and cone.stdout.strip() == b"false")
-        target = self._repo.git_dir / "info" / "sparse-checkout"
-        try:
-            if target.read_text(encoding="utf-8") == text and self._sparse:
-                return
-        except (FileNotFoundError, UnicodeDecodeError):
-            pass
-        target.parent.mkdir(parents=True, exist_ok=True)
-        scratch = target.with_name(f"sparse-checkout.{uuid.uuid4().hex}.new")
-        scratch.write_text(text, encoding="utf-8")
-        os.replace(scratch, target)
-        if not self._sparse:
-            self._repo.check(["config", "core.sparseCheckoutCone", "false"], "git config")
-            self._repo.check(["config", "core.sparseCheckout", "true"], "git config")
-            self._sparse = True
+            if found.stdout.strip() == b"true":
+                target = self._repo.git_dir / "info" / "sparse-checkout"
+                scratch = target.with_name(f"sparse-checkout.{uuid.uuid4().hex}.new")
+                scratch.write_text("/*\n", encoding="utf-8")
+                os.replace(scratch, target)
+                self._leave_sparse = True
 
     def snapshot(self, parent: Oid, message: str, *, only: str | None = None) -> Oid:
         """Commit the whole working tree (tracked and untracked, not ignored) onto ``parent``.
 
         With ``only`` (a folder of the working tree), just the changes under it.
         Uses a temporary index: ``HEAD``, branches and the real index stay as they are.
+        When a view is checked out, the commit holds what the view left out as
+        ``parent`` has it (see the module's notes).
         """
         tree = self._tree_of_working_tree(parent, only)
-        return self._repo.write_commit(tree, [parent], message)
+        view = self._current_view()
+        if view is None:
+            self._made = None
+            return self._repo.write_commit(tree, [parent], message)
+        commit = self._repo.write_commit(self._graft(parent, view, tree), [parent], message)
+        self._made = (commit, tree, view.shown)
+        return commit
 
     def edits(self, parent: Oid, message: str) -> Oid | None:
         """:meth:`snapshot`, or ``None`` when the working tree equals ``parent``'s tree
         (ignored files aside): one ``git status`` fewer than asking first."""
         tree = self._tree_of_working_tree(parent)
-        if tree == self._repo.commit_tree(parent):
+        view = self._current_view()
+        self._made = None
+        if view is None:
+            if tree == self._repo.commit_tree(parent):
+                return None
+            return self._repo.write_commit(tree, [parent], message)
+        if tree == view.tree and view.real == parent:
             return None
-        return self._repo.write_commit(tree, [parent], message)
+        return self._repo.write_commit(self._graft(parent, view, tree), [parent], message)
+
+    # ---- views ----------------------------------------------------------------------
+    def _current(self) -> tuple[Oid | None, _View | None]:
+        """``HEAD`` and the view it is (``None``: a whole commit), read once and then
+        kept as this object moves it."""
+        if self._head is None:
+            result = self._repo.run(["rev-parse", "--quiet", "--verify", "HEAD^{commit}"])
+            oid = result.stdout.decode("ascii").strip() if result.status == 0 else None
+            self._head = (oid, self._read_view(oid) if oid else None)
+        return self._head
+
+    def _current_view(self) -> _View | None:
+        return self._current()[1]
+
+    def _read_view(self, commit: Oid) -> _View | None:
+        kind, data = self._repo.read_object(commit)
+        head, _, message = data.partition(b"\n\n")
+        found = _VIEW_MESSAGE.fullmatch(message.decode("utf-8", errors="replace"))
+        if kind != "commit" or found is None:
+            return None
+        lines = head.split(b"\n")
+        parents = [line[7:].decode("ascii") for line in lines if line.startswith(b"parent ")]
+        if parents != [found.group(1)]:
+            return None
+        shown = json.loads(found.group(2))
+        return _View(commit, found.group(1), lines[0][5:].decode("ascii"), tuple(shown))
+
+    def _write_view(self, real: Oid, tree: Oid, shown: tuple[str, ...]) -> _View:
+        message = (f"distribute: a worker's view of {real}\n\n"
+                   f"shows: {VIEW_FOLDER}/ {json.dumps(list(shown))}\n")
+        return _View(self._repo.write_commit(tree, [real], message), real, tree, shown)
+
+    def _view_of(self, real: Oid, shown: tuple[str, ...]) -> _View | None:
+        """A view of ``real`` showing ``shown``; ``None`` when it would leave nothing out."""
+        entries = self._repo.tree_entries(self._repo.commit_tree(real))
+        folder = entries.get(VIEW_FOLDER.encode())
+        if folder is None or not folder.is_tree:
+            return None
+        kept: dict[bytes, _Entry] = {}
+        for name in shown:
+            found = self._repo.lookup(folder.oid, name)
+            if found is None:
+                continue
+            key = name.encode("utf-8")
+            if found[0] == "tree":
+                kept[key] = _Entry(_MODE_TREE, found[1])
+            else:  # a file (or link) where the folder belongs: rare, so read the mode the slow way
+                kept[key] = self._repo.tree_entries(folder.oid)[key]
+        if kept:
+            entries[VIEW_FOLDER.encode()] = _Entry(_MODE_TREE, self._repo.write_tree(kept))
+        else:
+            del entries[VIEW_FOLDER.encode()]
+        return self._write_view(real, self._repo.write_tree(entries), shown)
+
+    def _graft(self, parent: Oid, view: _View, tree: Oid) -> Oid:
+        """The tree of ``parent`` with the working tree's ``tree`` (made under ``view``)
+        laid in: see the module's notes."""
+        whole = self._repo.commit_tree(parent)
+        if tree == view.tree and view.real == parent:
+            return whole
+        name = VIEW_FOLDER.encode()
+        real = self._repo.tree_entries(whole)
+        new = self._repo.tree_entries(tree)
+        out = {key: entry for key, entry in new.items() if key != name}
+        hidden, written = real.get(name), new.get(name)
+        if hidden is None or not hidden.is_tree:  # the parent has nothing a view leaves out
+            if written is not None:
+                out[name] = written
+            return self._repo.write_tree(out)
+        if written is not None and not written.is_tree:
+            raise UsageError(
+                f"{VIEW_FOLDER}/ was replaced by a file in the local copy; it holds every "
+                "job's results on the remote, so it must stay a folder", path=VIEW_FOLDER)
+        before = self._repo.tree_entries(view.tree).get(name)
+        old = self._repo.tree_entries(before.oid) if before and before.is_tree else {}
+        now = self._repo.tree_entries(written.oid) if written else {}
+        shown = {folder.encode("utf-8") for folder in view.shown}
+        changes: dict[bytes, _Entry | None] = {}
+        for key in old.keys() | now.keys():
+            was, entry = old.get(key), now.get(key)
+            if was == entry:
+                continue
+            if key in shown:
+                changes[key] = entry
+            elif entry is not None:
+                # another job's folder (or a file beside the folders), which the view left
+                # out: what was written is laid over what the remote has, never replacing it
+                changes[key] = self._overlay(hidden.oid, key, entry)
+            # a file written there earlier and deleted since: the remote's copy stays
+        folder = self._repo.splice_tree(hidden.oid, changes) if changes else hidden.oid
+        if folder is not None:
+            out[name] = _Entry(_MODE_TREE, folder)
+        return self._repo.write_tree(out)
+
+    def _overlay(self, tree: Oid, key: bytes, entry: _Entry) -> _Entry:
+        """``entry`` laid over what ``tree`` holds at ``key``: a folder over a folder is
+        merged file by file, anything else replaces."""
+        if not entry.is_tree:
+            return entry
+        try:
+            found = self._repo.lookup(tree, key.decode("utf-8"))
+        except UnicodeDecodeError:
+            existing = self._repo.tree_entries(tree).get(key)
+            found = (existing.kind, existing.oid) if existing else None
+        if found is None or found[0] != "tree":
+            return entry
+        below = self._repo.tree_entries(found[1])
+        for name, sub in self._repo.tree_entries(entry.oid).items():
+            below[name] = self._overlay(found[1], name, sub)
+        return _Entry(_MODE_TREE, self._repo.write_tree(below))
 
     def _tree_of_working_tree(self, parent: Oid, only: str | None = None) -> Oid:
         check_oid(parent)
@@ -268,13 +421,25 @@ class GitLocalCopy:
         are removed; untracked files are kept unless ``commit`` has them.
         """
         check_oid(commit)
+        view = self._view_of(commit, self._shown) if self._shown is not None else None
+        target = view.commit if view is not None else commit
         args = ["-c", "advice.detachedHead=false", "checkout", "--quiet", "--force"]
         args.append("--no-recurse-submodules")
         if branch is None:
-            args += ["--detach", commit, "--"]
+            args += ["--detach", target, "--"]
         else:
-            args += ["--no-track", "-B", _check_branch(branch), commit, "--"]
+            args += ["--no-track", "-B", _check_branch(branch), target, "--"]
+        self._head = None
         self._repo.check(args, "git checkout")
+        self._head, self._made = (target, view), None
+        self._widened()
+
+    def _widened(self) -> None:
+        """After a checkout with every path taken: turn off an older version's sparse
+        checkout, whose skip-worktree marks that checkout cleared."""
+        if self._leave_sparse:
+            self._repo.check(["config", "core.sparseCheckout", "false"], "git config")
+            self._leave_sparse = False
 
     def advance(self, commit: Oid, branch: str) -> None:
         """Point local ``branch``, ``HEAD`` and the index at ``commit``; leave the files alone.
@@ -285,9 +450,17 @@ class GitLocalCopy:
         """
         check_oid(commit)
         ref = "refs/heads/" + _check_branch(branch)
-        self._repo.check(["update-ref", "-m", "distribute: update", ref, commit], "git update-ref")
+        view: _View | None = None
+        if self._made is not None and self._made[0] == commit:
+            view = self._write_view(commit, self._made[1], self._made[2])
+        elif self._shown is not None:
+            view = self._view_of(commit, self._shown)
+        target = view.commit if view is not None else commit
+        self._head = None
+        self._repo.check(["update-ref", "-m", "distribute: update", ref, target], "git update-ref")
         self._repo.check(["symbolic-ref", "HEAD", ref], "git symbolic-ref")
-        self._repo.check(["reset", "--quiet", "--mixed", commit, "--"], "git reset")
+        self._repo.check(["reset", "--quiet", "--mixed", target, "--"], "git reset")
+        self._head, self._made = (target, view), None
 
     def discard_changes(self) -> None:
         """Make the working tree and index equal ``HEAD``: tracked files restored, untracked
@@ -296,9 +469,10 @@ class GitLocalCopy:
         self._repo.check(["clean", "--quiet", "-d", "--force", "--", "."], "git clean")
 
     def head(self) -> Oid | None:
-        """The commit ``HEAD`` points at, ``None`` before the first commit."""
-        result = self._repo.run(["rev-parse", "--quiet", "--verify", "HEAD^{commit}"])
-        return result.stdout.decode("ascii").strip() if result.status == 0 else None
+        """The commit ``HEAD`` points at (the commit a view shows, when a view is checked
+        out), ``None`` before the first commit."""
+        oid, view = self._current()
+        return view.real if view is not None else oid
 
     def set_upstream(self, branch: str, remote_ref: str) -> None:
         """Let plain ``git pull``/``git push`` on ``branch`` use ``remote_ref`` of origin."""

@@ -57,6 +57,7 @@ from distribute.transport.process import (
     _Result,
     _run_outside,
 )
+from distribute.transport.trees import splice_tree
 
 __all__ = ["init_bare_repo"]
 
@@ -288,6 +289,29 @@ class _Repository:
         parsed = tree_entries(data, len(tree) // 2)
         return {name: _Entry(mode, oid) for name, (mode, oid) in parsed.items()}
 
+    def lookup(self, tree: Oid, path: str) -> tuple[str, Oid] | None:
+        """Kind and id of what ``path`` names below ``tree``, ``None`` when nothing: git's
+        own lookup, through the persistent ``cat-file --batch-check``, so a folder of
+        100,000 entries is searched in git, not parsed here."""
+        check_oid(tree)
+        if not path or any(c in path for c in "\n\r\0"):
+            raise UsageError(f"{path!r} cannot be looked up in a tree", path=path)
+        with self._objects_lock:
+            for attempt in (1, 2):
+                try:
+                    oid, kind, _ = self._repo.git.get_object_header(f"{tree}:{path}")
+                except ValueError:  # "<name> missing"
+                    return None
+                except (OSError, git.GitCommandError) as err:
+                    self._repo.git.clear_cache()
+                    if attempt == 2:
+                        raise TransportError(f"git cat-file failed: {err}", oid=tree) from err
+                    continue
+                kind = kind.decode("ascii") if isinstance(kind, bytes) else kind
+                oid = oid.decode("ascii") if isinstance(oid, bytes) else oid
+                return kind, oid
+        raise AssertionError("unreachable")
+
     def _store(self, kind: str, data: bytes) -> Oid:
         """Write one loose object in this process (gitdb), without starting git: what git
         itself would write.  Only for SHA-1 repositories."""
@@ -342,6 +366,27 @@ class _Repository:
         args.append(check_oid(tree))
         out = self.check(args, "git commit-tree", stdin=check_message(message).encode("utf-8"))
         return out.decode("ascii").strip()
+
+    def splice_tree(self, tree: Oid, changes: Mapping[bytes, _Entry | None]) -> Oid | None:
+        """``tree`` with the entries ``changes`` names replaced (``None`` removes one);
+        ``None`` when it ends up empty.  Only the changed entries are looked at
+        (:func:`~distribute.transport.trees.splice_tree`), so a tree of 100,000 job
+        folders costs a scan of its bytes, not a parse of every entry."""
+        if not self.sha1:
+            entries = self.tree_entries(tree)
+            for name, entry in changes.items():
+                if entry is None:
+                    entries.pop(name, None)
+                else:
+                    entries[name] = entry
+            return self.write_tree(entries) if entries else None
+        kind, data = self.read_object(tree)
+        if kind != "tree":
+            raise TransportError(f"{tree} is a {kind}, not a tree", oid=tree)
+        raw = {name: None if entry is None else (entry.mode, bytes.fromhex(entry.oid))
+               for name, entry in changes.items()}
+        body = splice_tree(data, len(tree) // 2, raw)
+        return self._store("tree", body) if body else None
 
     def edit_tree(
         self, tree: Oid | None, changes: Mapping[tuple[bytes, ...], Oid | None], where: bytes

@@ -67,8 +67,9 @@ def test_a_new_worker_leaves_other_jobs_large_files_on_the_remote(tmp_path):
         assert objects_bytes(copy) < BIG  # neither model was downloaded
         run_job(b, "three", {"log.txt": b"three\n"})
         assert objects_bytes(copy) < BIG
-        # the small files came along: the ledgers and logs read as before
-        assert git("show", "HEAD:updates/one/log.txt", cwd=copy) == "one\n"
+        # the small files came along: the ledgers and logs read as before (from the
+        # commit the worker's view shows: the view itself holds only its own job)
+        assert git("show", f"{b.copy.head()}:updates/one/log.txt", cwd=copy) == "one\n"
     # a worker on the remote's path makes a local clone, which links every object:
     # nothing to leave behind, and git does not filter it
     with make(str(bare), tmp_path / "copy-c", "c") as c:

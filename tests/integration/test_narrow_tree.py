@@ -1,10 +1,11 @@
 """A worker's working tree holds the remote's files except other jobs' folders.
 
 Every finished job's folder (``updates/<job>/``) is merged into the main branch, so a
-remote that ran thousands of jobs has thousands of folders.  A worker checks out
-only its own job's folder among them (git's sparse checkout): the others stay in
-the index and on the main branch, untouched, but are never written to its disk, so
-checkouts, ``git status`` and snapshots cost what they cost on a young remote.
+remote that ran thousands of jobs has thousands of folders.  A worker checks out a
+*view* of each commit that holds, of ``updates/``, only its own job's folder: the
+others are neither on its disk nor in its index, and stay on the main branch
+untouched, so checkouts, ``git status`` and snapshots cost what they cost on a young
+remote.
 These tests check both halves: what is on disk, and that nothing is lost on the
 remote because a worker did not have it on disk.
 """
@@ -82,7 +83,7 @@ def test_a_worker_has_its_own_job_folder_on_disk_and_no_other(remote, tmp_path):
     assert git("show", "main:updates/first/log.txt", cwd=remote) == "result of first\n"
 
 
-def test_the_next_job_function_sees_every_file_outside_the_job_folders(remote, tmp_path):
+def test_the_next_job_function_sees_every_file_outside_updates(remote, tmp_path):
     with make(remote, tmp_path, "a") as a:
         run_one(a, "done-before")
     # an experiment's own files, committed to main by a person
@@ -107,9 +108,11 @@ def test_the_next_job_function_sees_every_file_outside_the_job_folders(remote, t
     with make(remote, tmp_path, "b") as b:
         assert b.get_next_job(next_job) == "next"
         b.finish_job()
+    # updates/ holds the jobs' results: of what is in it, a worker has only its own job's
     assert seen == {"jobs.txt": True, "done.txt": True, "experiment/grid.json": True,
-                    "updates/README": True, "updates/done-before/log.txt": False}
-    assert "updates/done-before/log.txt" in files_on_main(remote)
+                    "updates/README": False, "updates/done-before/log.txt": False}
+    # and what it did not have is still on the main branch after its finish
+    assert {"updates/done-before/log.txt", "updates/README"} <= files_on_main(remote)
 
 
 def test_a_retried_job_has_what_its_last_attempt_wrote_on_disk(remote, tmp_path):

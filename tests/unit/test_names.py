@@ -142,15 +142,13 @@ def test_scrub_keeps_plain_urls():
     assert scrub_url("https://example.com/a.git") == "https://example.com/a.git"
 
 
-def test_tree_patterns_keep_the_raw_folder_of_a_name_that_encodes_differently():
-    from distribute.core.names import tree_patterns
+def test_a_view_keeps_the_raw_folder_of_a_name_that_encodes_differently():
+    from distribute.core.names import view_folders
 
-    assert tree_patterns(None) == ["/*", "!/updates/*/"]
-    assert tree_patterns("plain-1") == ["/*", "!/updates/*/", "/updates/plain-1/"]
-    assert tree_patterns("lr=0.1 [a]*?!#\\") == [
-        "/*", "!/updates/*/", "/updates/lr%3D0.1%20%5Ba%5D%2A%3F%21%23%5C/",
-        "/updates/lr=0.1\\ \\[a\\]\\*\\?\\!\\#\\\\/",
-    ]
+    assert view_folders(None) == []
+    assert view_folders("plain-1") == ["plain-1"]
+    assert view_folders("lr=0.1 [a]*?!#\\") == [
+        "lr%3D0.1%20%5Ba%5D%2A%3F%21%23%5C", "lr=0.1 [a]*?!#\\"]
     # a name with a slash is nested folders, not one: only its encoded folder is kept
-    assert tree_patterns("a/b") == ["/*", "!/updates/*/", "/updates/a%2Fb/"]
-    assert tree_patterns("x", all_jobs=True) == ["/*"]
+    assert view_folders("a/b") == ["a%2Fb"]
+    assert view_folders("..") == ["%2E%2E"]

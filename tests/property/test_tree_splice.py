@@ -1,0 +1,83 @@
+"""splice_tree gives the same tree body as parsing every entry, editing and re-sorting.
+
+The reference below is the slow, obvious way (a dict of every entry, sorted as git
+sorts them); the property is that the fast splice agrees with it on any tree and
+any set of changes, including a name that changes from file to folder (whose place
+in the order moves) and names that sort next to each other (``a``, ``a.b``, ``a/``).
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from distribute.transport.direct import tree_entries
+from distribute.transport.trees import TREE_MODE, splice_tree
+
+MODES = [TREE_MODE, 0o100644, 0o100755, 0o120000]
+# few letters, so names collide and sort next to each other
+names = st.binary(min_size=1, max_size=4).map(
+    lambda b: bytes(b"ab.-c"[x % 5] for x in b)).filter(lambda n: n not in (b".", b".."))
+entries = st.tuples(st.sampled_from(MODES), st.binary(min_size=20, max_size=20))
+
+
+def body(tree: dict[bytes, tuple[int, bytes]]) -> bytes:
+    """What git writes for these entries."""
+    ordered = sorted(tree.items(), key=lambda kv: kv[0] + b"/" if kv[1][0] == TREE_MODE else kv[0])
+    return b"".join(b"%o %s\0" % (mode, name) + oid for name, (mode, oid) in ordered)
+
+
+def reference(data: bytes, changes: dict[bytes, tuple[int, bytes] | None]) -> bytes:
+    parsed = tree_entries(data, 20)
+    tree = {name: (mode, bytes.fromhex(oid)) for name, (mode, oid) in parsed.items()}
+    for name, new in changes.items():
+        if new is None:
+            tree.pop(name, None)
+        else:
+            tree[name] = new
+    return body(tree)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(names, entries, max_size=12),
+       st.dictionaries(names, st.none() | entries, max_size=5))
+def test_the_splice_agrees_with_rebuilding_the_whole_tree(tree, changes):
+    data = body(tree)
+    assert splice_tree(data, 20, changes) == reference(data, changes)
+
+
+def test_a_name_turning_from_file_to_folder_moves_past_its_neighbours():
+    oid = bytes(20)
+    data = body({b"a": (0o100644, oid), b"a.b": (0o100644, oid), b"b": (0o100644, oid)})
+    out = splice_tree(data, 20, {b"a": (TREE_MODE, oid)})
+    assert list(tree_entries(out, 20)) == [b"a.b", b"a", b"b"]
+
+
+def test_the_result_is_the_tree_git_itself_writes(tmp_path):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    blob = subprocess.run(["git", "-C", str(tmp_path), "hash-object", "-w", "--stdin"],
+                          input=b"x", capture_output=True, check=True).stdout.strip()
+    raw = bytes.fromhex(blob.decode())
+    data = body({b"job-%03d" % i: (0o100644, raw) for i in range(0, 50, 2)})
+    out = splice_tree(data, 20, {b"job-007": (0o100644, raw), b"job-010": None})
+    listing = b"".join(b"100644 blob %s\t%s\n" % (blob, name) for name in tree_entries(out, 20))
+    tree = subprocess.run(["git", "-C", str(tmp_path), "mktree"], input=listing,
+                          capture_output=True, check=True).stdout.strip()
+    written = subprocess.run(["git", "-C", str(tmp_path), "cat-file", "tree", tree.decode()],
+                             capture_output=True, check=True).stdout
+    assert written == out
+
+
+@pytest.mark.parametrize("bad", [b"", b"a/b", b".", b"..", b"a\0"])
+def test_a_name_that_is_not_one_component_is_refused(bad):
+    with pytest.raises(ValueError):
+        splice_tree(b"", 20, {bad: None})
+
+
+def test_a_torn_tree_is_refused():
+    data = body({b"a": (0o100644, bytes(20))})
+    with pytest.raises(ValueError):
+        splice_tree(data[:-3], 20, {b"b": None})
