@@ -64,6 +64,7 @@ from gitdb.db.pack import PackedDB
 
 from distribute.core.errors import TransportError
 from distribute.transport.base import Oid
+from distribute.transport.trees import new_entries
 
 __all__ = [
     "ObjectStore",
@@ -489,19 +490,20 @@ def copy_objects(source: ObjectStore, target: ObjectStore, tips: Iterable[Oid]) 
             stack.append((_Visit(tree, "tree", like), False))
         elif kind == "tree":
             size = len(visit.oid) // 2
-            old: dict[bytes, tuple[int, Oid]] = {}
+            old, like = b"", None
             if visit.like is not None:
                 with contextlib.suppress(KeyError):
-                    old = tree_entries(target.read(visit.like)[1], size)
-            for name, (mode, oid) in tree_entries(data, size).items():
-                if mode == _MODE_GITLINK or old.get(name) == (mode, oid):
+                    old, like = target.read(visit.like)[1], visit.like
+            # the entries the like tree lacks, found by comparing bytes: a folder of
+            # 100,000 jobs with one new is not parsed entry by entry
+            for _, mode, raw, before in new_entries(data, old, size, (visit.oid, like)):
+                if mode == _MODE_GITLINK:
                     continue
                 if mode == _MODE_TREE:
-                    before = old.get(name)
-                    like = before[1] if before and before[0] == _MODE_TREE else None
-                    stack.append((_Visit(oid, "tree", like), False))
+                    like = before[1].hex() if before and before[0] == _MODE_TREE else None
+                    stack.append((_Visit(raw.hex(), "tree", like), False))
                 else:
-                    stack.append((_Visit(oid, "blob"), False))
+                    stack.append((_Visit(raw.hex(), "blob"), False))
     for oid in order:
         target.copy_from(source, oid)
     return len(order)

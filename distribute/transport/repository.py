@@ -385,7 +385,7 @@ class _Repository:
             raise TransportError(f"{tree} is a {kind}, not a tree", oid=tree)
         raw = {name: None if entry is None else (entry.mode, bytes.fromhex(entry.oid))
                for name, entry in changes.items()}
-        body = splice_tree(data, len(tree) // 2, raw)
+        body = splice_tree(data, len(tree) // 2, raw, tree)
         return self._store("tree", body) if body else None
 
     def edit_tree(

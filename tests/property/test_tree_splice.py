@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from distribute.transport.direct import tree_entries
-from distribute.transport.trees import TREE_MODE, splice_tree
+from distribute.transport.trees import TREE_MODE, new_entries, splice_tree
 
 MODES = [TREE_MODE, 0o100644, 0o100755, 0o120000]
 # few letters, so names collide and sort next to each other
@@ -81,3 +81,19 @@ def test_a_torn_tree_is_refused():
     data = body({b"a": (0o100644, bytes(20))})
     with pytest.raises(ValueError):
         splice_tree(data[:-3], 20, {b"b": None})
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(names, entries, max_size=12), st.dictionaries(names, entries, max_size=12))
+def test_new_entries_are_those_the_old_tree_lacks(new, old):
+    data, before = body(new), body(old)
+    expected = {(name, mode, oid, old.get(name)) for name, (mode, oid) in new.items()
+                if old.get(name) != (mode, oid)}
+    assert set(new_entries(data, before, 20)) == expected
+    # a large tree is kept by its id once cut; asking again by id gives the same answer
+    # (the padding's names cannot collide with the few letters above)
+    padding = {b"pad-%05d" % i: (0o100644, bytes(20)) for i in range(3000)}
+    big_new, big_old = body({**padding, **new}), body({**padding, **old})
+    ids = ("new-" + data.hex(), "old-" + before.hex())
+    for _ in range(2):
+        assert set(new_entries(big_new, big_old, 20, ids)) == expected
