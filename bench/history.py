@@ -16,8 +16,10 @@ real sweep of 10,000 jobs would take hours to make the same state):
 For each history size, in the same run, interleaved so a shared machine's drift hits
 every size alike, it measures:
 
-* one worker's milliseconds per no-op job (``get_next_job`` + ``finish_job``, the
-  local copy already made), and the ratio to the empty remote;
+* one worker's milliseconds per job (``get_next_job`` + ``finish_job``, the local copy
+  already made), and the ratio to the empty remote; a job writes nothing, or, with
+  ``--job-log``, a ``log.txt`` in its folder, as every real job does (its finish then
+  commits it, and the commit is grafted onto the tree of every job's results);
 * a fresh worker's start: clone, open and its first job, from the remote's path
   (a local clone, which links the objects) and from its ``file://`` URL (the pack
   protocol, as a worker on another machine clones it);
@@ -35,6 +37,7 @@ Usage:
     python bench/history.py --no-logs              # ledgers and refs only
     python bench/history.py --sizes 0 10000 --big 100 5   # and 500 MB of results
     python bench/history.py --ssh                  # a new worker's start over ssh too
+    python bench/history.py --job-log              # each measured job writes a log.txt
 """
 
 from __future__ import annotations
@@ -104,13 +107,17 @@ def make_history(remote: Path, done: int, queued: int, logs: bool,
     git("--git-dir", str(remote), "gc", "--quiet")
 
 
-def per_job_ms(remote: Path, copy: Path, jobs: int) -> float:
+def per_job_ms(remote: Path, copy: Path, jobs: int, log: bool = False) -> float:
     with worker_from_url(str(remote), path=copy, name="bench", branch=BRANCH) as worker:
         source = QueueJobs()
         start = time.perf_counter()
         for _ in range(jobs):
             if worker.get_next_job(source) is None:
                 raise SystemExit(f"{remote}: the queue ran dry; raise --queue")
+            if log:
+                os.makedirs(worker.job_dir, exist_ok=True)
+                with open(os.path.join(worker.job_dir, "log.txt"), "w") as out:
+                    out.write(f"what {worker.running_job} printed\n")
             worker.finish_job()
         return (time.perf_counter() - start) / jobs * 1000
 
@@ -147,6 +154,8 @@ def main() -> int:
     ap.add_argument("--ssh", action="store_true",
                     help="also time a new worker's start over ssh (the test suite's sshd on "
                          "127.0.0.1, tests/servers.py)")
+    ap.add_argument("--job-log", action="store_true",
+                    help="each measured job writes updates/<job>/log.txt (default: no-op jobs)")
     ap.add_argument("--gc", action="store_true",
                     help="delete the done jobs' branches (distribute gc, timed) first")
     args = ap.parse_args()
@@ -184,7 +193,7 @@ def main() -> int:
         for k in range(args.rounds):
             for n in sizes:
                 print(f"round {k + 1}/{args.rounds}: {n} done", file=sys.stderr, flush=True)
-                ms[n].append(per_job_ms(remotes[n], work / f"copy-{n}", args.jobs))
+                ms[n].append(per_job_ms(remotes[n], work / f"copy-{n}", args.jobs, args.job_log))
                 fresh = work / f"fresh-{n}-{k}"
                 starts[n].append(fresh_start_s(remotes[n], fresh))
                 shutil.rmtree(fresh, ignore_errors=True)
@@ -199,6 +208,7 @@ def main() -> int:
         su = {key: statistics.median(found) for key, found in urls.items()}
         logs = ("with" if args.logs else "without") + " a log.txt per done job"
         logs += ", their branches deleted by distribute gc" if args.gc else ""
+        logs += "; each measured job writes a log.txt" if args.job_log else ""
         if args.big[0]:
             logs += f", {int(args.big[0])} of them with a {args.big[1]:g} MB model.bin"
         print(f"\nhistory growth ({logs}; medians of {args.rounds} "

@@ -183,11 +183,12 @@ class Worker:
             100 MB); a larger one is refused, naming it, before anything is
             pushed.  ``None`` for no limit.
         all_results: keep every job's folder under ``updates/`` on disk.  By
-            default the working tree holds every file of the remote except other
-            jobs' folders there: only the running job's own is checked out, so a
-            remote with thousands of finished jobs costs a worker what a young one
-            does.  The folders left out stay on the main branch and in the index;
-            nothing a job commits loses them.
+            default the working tree holds every file of the remote outside
+            ``updates/`` and, in it, only the running job's own folder: a view of
+            each commit (see :meth:`~distribute.transport.local_copy.GitLocalCopy.show`),
+            so a remote with thousands of finished jobs costs a worker what a young
+            one does.  The folders left out stay on the main branch; every commit a
+            job makes is grafted back onto the whole tree, and loses none of them.
         share_peeks: workers of this machine on the same remote share what their
             peeks at it read while they wait for a turn (see
             :mod:`distribute.shared_peeks`), so several workers on one machine cost

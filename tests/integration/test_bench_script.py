@@ -166,10 +166,11 @@ HISTORY = BENCH.with_name("history.py")
 def test_the_growth_table_prints_a_row_per_history_size():
     out = subprocess.run(
         [sys.executable, str(HISTORY), "--sizes", "0", "30", "--big", "2", "0.1", "--jobs", "2",
-         "--rounds", "1", "--gc"],
+         "--rounds", "1", "--gc", "--job-log"],
         capture_output=True, text=True, timeout=300, check=True,
     ).stdout
     assert "2 of them with a 0.1 MB model.bin" in out, out
+    assert "each measured job writes a log.txt" in out, out
     header = re.search(r"done +ms/job +ratio +start s +ratio +file:// s +ratio +status s +ratio "
                        r"+refs +MB", out)
     assert header, out
