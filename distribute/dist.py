@@ -379,7 +379,7 @@ class Worker:
                 head, f"what attempt {holding.attempt} of {job} left when its worker died",
                 only=folder,
             )
-            self.copy.advance(head, holding.branch)
+            self.copy.advance(head, None)
         holding.tip = tip
         self.coord.adopt(holding)
         try:
@@ -410,20 +410,22 @@ class Worker:
         leaves it as it was, and the worker goes on)."""
         with contextlib.suppress(DistributeError):
             self.copy.housekeeping()
+        with contextlib.suppress(DistributeError):
+            self.copy.drop_branches("jobs")  # one per job, left by earlier versions
 
     def _function_marker(self) -> Path:
         return Path(self.path) / ".git" / _FUNCTION_MARKER
 
-    def _checkout(self, commit: str, branch: str | None, job: str | None) -> None:
+    def _checkout(self, commit: str, job: str | None) -> None:
         """Check out ``commit`` with ``job``'s folder and no other job's on disk (every
         job's with ``all_results``; see :func:`~distribute.core.names.view_folders` and
         :meth:`~distribute.transport.local_copy.GitLocalCopy.show`)."""
         self.copy.show(None if self.all_results else view_folders(job))
-        self.copy.checkout(commit, branch)
+        self.copy.checkout(commit, None)
 
-    def _checkout_clean(self, commit: str, branch: str | None, job: str | None) -> None:
+    def _checkout_clean(self, commit: str, job: str | None) -> None:
         """Check out ``commit``, replacing any next-job function edits, and say so."""
-        self._checkout(commit, branch, job)
+        self._checkout(commit, job)
         self._function_marker().unlink(missing_ok=True)
 
     def _recover_from_crash(self) -> None:
@@ -707,7 +709,9 @@ class Worker:
 
     def _begin(self, job: JobHolding) -> str:
         """Check out the claimed job's branch and make its folder safe to write."""
-        self._retrying(partial(self._checkout_clean, job.tip, job.branch, job.job))
+        # detached: a local branch per job would pile up, and git reads them all at each
+        # fetch (the job's branch is on the remote)
+        self._retrying(partial(self._checkout_clean, job.tip, job.job))
         # links the remote put in the job's folder would lead writes out of the copy
         self.removed_links = secure_job_folder(self.path, self.job_dir, create=False)
         self._mark_job()
@@ -721,7 +725,7 @@ class Worker:
         if decides_from_files(func):
             # as after a function that ran on the working tree: it holds the main branch
             # the last look saw
-            self._retrying(partial(self._checkout_clean, snap.main, None, None))
+            self._retrying(partial(self._checkout_clean, snap.main, None))
         self._say_gone()
         return True
 
@@ -836,7 +840,7 @@ class Worker:
             return self._retrying(claim)
         finally:
             if self.coord.job is None and not decides_from_files(func):
-                self._checkout_clean(snap.main, None, None)
+                self._checkout_clean(snap.main, None)
 
     def _under_lock(self, snap: Snapshot, func: NextJobFunction) -> JobHolding | _Step:
         coord = self.coord
@@ -885,7 +889,7 @@ class Worker:
                 message="distribute: next-job function edits",
             )
             return name, commit
-        self._checkout(snap.main, None, None)
+        self._checkout(snap.main, None)
         self._function_marker().touch()
         job = None
         try:
@@ -900,7 +904,7 @@ class Worker:
             if job is None:
                 # no claim follows (none, or an error): undo the function's edits now;
                 # after a claim, checking out the job branch does it
-                self._checkout_clean(snap.main, None, None)
+                self._checkout_clean(snap.main, None)
 
     def commit_update(self, message: str | None = None) -> bool:
         """Commit the working tree's changes to the job branch and push them.
@@ -923,7 +927,7 @@ class Worker:
             self._check_sizes(changed)
             tip = self.copy.snapshot(job.tip, message or f"update {job.job}")
             # move the branch, HEAD and index only: files the job keeps open stay as they are
-            self.copy.advance(tip, job.branch)
+            self.copy.advance(tip, None)
             self._retrying(partial(self.coord.update, tip))
             return True
         finally:

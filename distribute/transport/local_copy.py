@@ -441,15 +441,16 @@ class GitLocalCopy:
             self._repo.check(["config", "core.sparseCheckout", "false"], "git config")
             self._leave_sparse = False
 
-    def advance(self, commit: Oid, branch: str) -> None:
-        """Point local ``branch``, ``HEAD`` and the index at ``commit``; leave the files alone.
+    def advance(self, commit: Oid, branch: str | None) -> None:
+        """Point local ``branch`` (``None``: a detached ``HEAD``), ``HEAD`` and the index at
+        ``commit``; leave the files alone.
 
         For a commit just made from the working tree by :meth:`snapshot`: the
         files already hold what it holds, and a job may still be writing to
         them, so nothing in the working tree is rewritten.
         """
         check_oid(commit)
-        ref = "refs/heads/" + _check_branch(branch)
+        ref = "refs/heads/" + _check_branch(branch) if branch is not None else None
         view: _View | None = None
         if self._made is not None and self._made[0] == commit:
             view = self._write_view(commit, self._made[1], self._made[2])
@@ -457,10 +458,31 @@ class GitLocalCopy:
             view = self._view_of(commit, self._shown)
         target = view.commit if view is not None else commit
         self._head = None
-        self._repo.check(["update-ref", "-m", "distribute: update", ref, target], "git update-ref")
-        self._repo.check(["symbolic-ref", "HEAD", ref], "git symbolic-ref")
+        if ref is not None:
+            self._repo.check(["update-ref", "-m", "distribute: update", ref, target],
+                             "git update-ref")
+            self._repo.check(["symbolic-ref", "HEAD", ref], "git symbolic-ref")
+        else:
+            self._repo.check(["update-ref", "--no-deref", "-m", "distribute: update", "HEAD",
+                              target], "git update-ref HEAD")
         self._repo.check(["reset", "--quiet", "--mixed", target, "--"], "git reset")
         self._head, self._made = (target, view), None
+
+    def drop_branches(self, prefix: str) -> int:
+        """Delete the local branches below ``refs/heads/<prefix>`` but the one checked
+        out; return how many.  (Earlier versions kept one per job run here, and git
+        reads every local branch at each fetch.)"""
+        below = "refs/heads/" + prefix.strip("/") + "/"
+        check_ref_name(below + "x")
+        out = self._repo.check(["for-each-ref", "--format=%(refname)", "--end-of-options",
+                                below], "git for-each-ref")
+        current = self._repo.run(["symbolic-ref", "--quiet", "HEAD"]).stdout.decode().strip()
+        names = [n for n in out.decode("utf-8", "surrogateescape").split("\n")
+                 if n and n != current]
+        if names:
+            lines = "".join(f"delete {name}\n" for name in names).encode("utf-8", "surrogateescape")
+            self._repo.check(["update-ref", "--stdin"], "git update-ref (delete)", stdin=lines)
+        return len(names)
 
     def discard_changes(self) -> None:
         """Make the working tree and index equal ``HEAD``: tracked files restored, untracked

@@ -76,9 +76,11 @@ def test_a_claim_from_the_files_checks_out_only_the_job(tmp_path, func):
     add_jobs(str(bare), ["one", "two", "three"])
     with worker_from_url(str(bare), path=tmp_path / "copy", name="w", lease_seconds=5,
                          poll_seconds=0.05, wait_for_running=False) as w:
+        # each checkout, as the job held then (None: the main branch, between jobs)
         checkouts: list[str | None] = []
         real = w.copy.checkout
-        w.copy.checkout = lambda commit, branch: (checkouts.append(branch), real(commit, branch))
+        w.copy.checkout = lambda commit, branch: (
+            checkouts.append(w.coord.job.job if w.coord.job else None), real(commit, branch))
         got = []
         while (job := w.get_next_job(func)) is not None:
             got.append(job)
@@ -90,7 +92,7 @@ def test_a_claim_from_the_files_checks_out_only_the_job(tmp_path, func):
     assert got == ["one", "two", "three"]
     assert git("show", "main:jobs.txt", cwd=bare) == ""
     job_checkouts = [b for b in checkouts if b is not None]
-    assert len(job_checkouts) == 3
+    assert job_checkouts == ["one", "two", "three"]
     if func is hand_written_queue:
         # the main branch before each call, for the function to read
         assert checkouts.count(None) >= 4
