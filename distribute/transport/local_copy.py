@@ -23,9 +23,10 @@ Views
     shown (another job's) is laid over the real one, file by file, so nothing
     the view left out is lost; the large ``updates`` tree is spliced, not
     parsed (:mod:`.trees`).  :meth:`GitLocalCopy.head` answers the real commit.
+    A copy narrowed by an earlier version (git's sparse checkout, non-cone
+    mode) is widened at its first checkout and then checks out views too.
 
-Git is run in it
-as in any repository (:class:`~.repository._Repository`), and its refs and
+Git is run in it as in any repository (:class:`~.repository._Repository`), and its refs and
 objects are reached through a transport made by :meth:`GitLocalCopy.transport`
 with :func:`~distribute.transport.git.open_transport`, which picks the class
 for the way ``origin`` is reached (see :mod:`distribute.transport.git`).  This
@@ -402,9 +403,9 @@ class GitLocalCopy:
                 # would look unchanged and be left out
                 shutil.copy2(self._repo.index_file, index)
             env = {"GIT_INDEX_FILE": str(index)}
-            # --sparse: files written where the copy's patterns leave paths out (say, a
-            # job's folder before it was checked out) are taken too; paths left out and
-            # not written keep their skip-worktree entries, so the tree keeps them
+            # --sparse: in a copy still narrowed by an earlier version (until its next
+            # checkout), files written where its patterns leave paths out are taken too;
+            # paths left out and not written keep their skip-worktree entries
             self._repo.check(["add", "--all", "--sparse", *pathspec], "git add (snapshot)",
                              env=env)
             tree = self._repo.check(["write-tree"], "git write-tree", env=env).decode().strip()
