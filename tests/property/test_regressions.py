@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 
 import pytest
+from fake_clock import Clock
 from hypothesis import Phase
 from hypothesis.stateful import run_state_machine_as_test
 from protocol_machine import KNOWN_BUGS, MAIN_REF, MemoryWorld, ProtocolMachine, machine_settings
@@ -22,14 +23,6 @@ from distribute.sources import JOBS_FILE, format_queue, read_queue
 from distribute.transport.base import RefUpdate
 
 LEASE, MARGIN = 10.0, 2.5
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def coordinator(world: MemoryWorld, name: str, clock: Clock) -> Coordinator:
@@ -48,7 +41,7 @@ def claim(c: Coordinator, job: str):
 
 
 def test_an_update_whose_push_did_not_land_is_not_lease_lost():
-    world, clock = MemoryWorld(["j1"]), Clock()
+    world, clock = MemoryWorld(["j1"]), Clock(100.0)
     c = coordinator(world, "w", clock)
     job = claim(c, "j1")
     tip = c.transport.write_commit(parents=[job.tip], base=job.tip, message="update",
@@ -60,7 +53,7 @@ def test_an_update_whose_push_did_not_land_is_not_lease_lost():
 
 @pytest.mark.parametrize("step", ["claim", "finish"])
 def test_a_push_that_landed_is_known_even_if_main_moved_before_the_read_back(step):
-    world, clock = MemoryWorld(["j1", "j2", "j3"]), Clock()
+    world, clock = MemoryWorld(["j1", "j2", "j3"]), Clock(100.0)
     a, b = coordinator(world, "a", clock), coordinator(world, "b", clock)
     claim(a, "j1")
     if step == "finish":
@@ -94,7 +87,7 @@ def test_a_push_that_landed_is_known_even_if_main_moved_before_the_read_back(ste
 
 
 def test_an_acquire_from_an_old_snapshot_does_not_revive_an_expired_holding():
-    world, clock = MemoryWorld(["j1"]), Clock()
+    world, clock = MemoryWorld(["j1"]), Clock(100.0)
     a, b = coordinator(world, "a", clock), coordinator(world, "b", clock)
     old = a.observe()
     assert a.try_acquire(old)
@@ -109,7 +102,7 @@ def test_an_acquire_from_an_old_snapshot_does_not_revive_an_expired_holding():
 
 @pytest.mark.parametrize("step", ["renew", "release"])
 def test_a_lock_push_that_did_not_land_does_not_strand_the_lock(step):
-    world, clock = MemoryWorld(["j1"]), Clock()
+    world, clock = MemoryWorld(["j1"]), Clock(100.0)
     c = coordinator(world, "w", clock)
     assert c.try_acquire(c.observe())
     clock.now += LEASE / 2  # a renewal is due
@@ -126,7 +119,7 @@ def test_the_worker_does_not_run_the_next_job_function_on_an_expired_holding(tmp
     from distribute.remote import init_remote
 
     url = init_remote(tmp_path / "remote.git", jobs=["j1"])
-    clock = Clock()
+    clock = Clock(100.0)
 
     class PauseAfterAcquire:
         """The process stops for two leases right after its acquire lands."""
@@ -164,7 +157,7 @@ def test_a_torn_observe_is_seen_and_never_blames_the_next_job_function():
     """A fetch that shows a claim's released lock but not its main branch (git's files
     backend renames an atomic push's refs one at a time) is recognised as torn: no
     acquire from it, and a claim decided on it starts over instead of raising."""
-    world, clock = MemoryWorld(["j1", "j2"]), Clock()
+    world, clock = MemoryWorld(["j1", "j2"]), Clock(100.0)
     a, b = coordinator(world, "a", clock), coordinator(world, "b", clock)
     b.observe()
     claim(a, "j1")  # the latest push: lock released, job branch, a's liveness, main
@@ -197,7 +190,7 @@ def test_the_machine_passes_with_torn_reads():
 
 def test_known_bug_helpers_hold_their_assumptions():
     """The reproductions above rely on these (so an xfail cannot pass for another reason)."""
-    world, clock = MemoryWorld(["j1"]), Clock()
+    world, clock = MemoryWorld(["j1"]), Clock(100.0)
     c = coordinator(world, "w", clock)
     job = claim(c, "j1")
     assert c.job is job and world.refs()[job.branch_ref] == job.tip
@@ -212,7 +205,7 @@ def test_a_claim_whose_answer_came_after_a_takeover_is_dropped_not_run():
     claim landed, its answer took longer than a lease, and b meanwhile took the job over
     (legally: a's record stood still for a lease and a margin).  Reading back that its
     claim landed, a must not start the job: its record says it was revoked."""
-    world, clock = MemoryWorld(["j1"]), Clock()
+    world, clock = MemoryWorld(["j1"]), Clock(100.0)
     a, b = coordinator(world, "a", clock), coordinator(world, "b", clock)
     snap = a.observe()
     assert a.try_acquire(snap)
@@ -245,7 +238,7 @@ def test_a_late_claim_whose_renewal_fails_is_still_held_not_retried():
     """Found in review: the renewal that confirms a late claim (above) met a transport
     error, the caller retried the whole claim, found its holding expired and got None,
     while the coordinator held the job: a job held but never run."""
-    world, clock = MemoryWorld(["j1", "j2"]), Clock()
+    world, clock = MemoryWorld(["j1", "j2"]), Clock(100.0)
     a = coordinator(world, "a", clock)
     snap = a.observe()
     assert a.try_acquire(snap)
@@ -268,7 +261,7 @@ def test_a_torn_read_at_finish_does_not_make_a_live_holder_drop_its_job():
     sort first, so a read torn by the holder's own claim shows its new record beside the
     main branch from before the claim, where the job is not its own.  That read must not
     become a ``LeaseLost``: the verdict is made on the main branch alone."""
-    world, clock = MemoryWorld(["j1"]), Clock()
+    world, clock = MemoryWorld(["j1"]), Clock(100.0)
     c = coordinator(world, "w", clock)
     job = claim(c, "j1")
     world.tear_next_read(c.transport)

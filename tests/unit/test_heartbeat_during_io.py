@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from fake_clock import Clock
 
 from distribute.coordination import Coordinator, JobHolding, prepare_remote
 from distribute.core.plan import CallNextJobFunction
@@ -21,14 +22,6 @@ from distribute.transport.memory import MemoryRemote
 
 LEASE = 30.0
 BOUND = 10.0  # seconds any thread here may wait before the test gives up on it
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def running_worker() -> tuple[Coordinator, Clock, JobHolding]:

@@ -14,6 +14,7 @@ kills and pauses (double-finish, stale-write and lost-write on one job).
 from __future__ import annotations
 
 import pytest
+from fake_clock import Clock
 
 from distribute.coordination import Coordinator, JobHolding, prepare_remote
 from distribute.core.errors import LeaseLost
@@ -21,14 +22,6 @@ from distribute.core.plan import CallNextJobFunction, Retry
 from distribute.transport.memory import MemoryRemote
 
 LEASE, MARGIN = 30.0, 5.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def coordinator(remote: MemoryRemote, worker: str, session: str, clock: Clock) -> Coordinator:
