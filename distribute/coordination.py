@@ -1434,7 +1434,8 @@ class Coordinator:
                 raise RemoteStateError(f"the remote lost its branch {self.branch!r}")
             self._finish_read = values
             raw = self.read_ledger(main)
-            if not runs(raw, job.job, self.worker, job.token):
+            ours = runs(raw, job.job, self.worker, job.token)
+            if not ours:
                 # not ours by this read; but a fetch reads refs one at a time, and the
                 # liveness refs sort before the main branch: a push of both (our own
                 # claim, say) can show here with the main branch from before it.  The
@@ -1442,7 +1443,10 @@ class Coordinator:
                 main = self._fetch([self.main_ref]).get(self.main_ref) or main
                 values[self.main_ref] = main
                 raw = self.read_ledger(main)
-            if self._recorded(raw.done, job):
+                ours = runs(raw, job.job, self.worker, job.token)
+            # a job is in one ledger at a time: while it runs as ours it is not done, and
+            # done.txt (a line per finished job) need not be searched
+            if not ours and self._recorded(raw.done, job):
                 # an earlier try landed though its answer was lost
                 self.journal(ev.Finish(job=job.job, token=job.token, tip=job.tip))
                 self.merged.append((job.branch_ref, job.tip))

@@ -102,6 +102,9 @@ def ahead_in_turn(idle: Iterable[str], me: str, ledger: Ledger) -> list[str]:
     keeps waiting workers from colliding, and the one that just finished a
     job from overtaking those that waited.
     """
+    others = set(idle) - {me}
+    if not others:
+        return []  # alone: nothing to order, and no ledger to scan
     served: dict[str, int] = {}
     for entry in (*ledger.done, *ledger.failed, *ledger.running):
         if entry.token > served.get(entry.worker, -1):
@@ -111,4 +114,4 @@ def ahead_in_turn(idle: Iterable[str], me: str, ledger: Ledger) -> list[str]:
         return (served.get(name, -1), name)
 
     mine = key(me)
-    return sorted((w for w in set(idle) if w != me and key(w) < mine), key=key)
+    return sorted((w for w in others if key(w) < mine), key=key)
