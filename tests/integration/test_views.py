@@ -54,6 +54,14 @@ def repo(tmp_path: Path) -> tuple[GitLocalCopy, str]:
     copy.close()
 
 
+def write(copy: GitLocalCopy, texts: dict[str, str]) -> dict[str, str]:
+    """Write ``texts`` (path -> text) into the working tree; return path -> blob id."""
+    for rel, text in texts.items():
+        (copy.path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (copy.path / rel).write_text(text)
+    return {rel: blob(text, copy.path) for rel, text in texts.items()}
+
+
 def files(path: Path) -> set[str]:
     return {str(p.relative_to(path)) for p in path.rglob("*")
             if p.is_file() and ".git" not in p.relative_to(path).parts}
@@ -73,14 +81,10 @@ def test_a_snapshot_is_the_real_tree_with_the_edits_laid_in(repo):
     copy, start = repo
     copy.show(["a"])
     copy.checkout(start, "jobs/w/a")
-    (copy.path / "updates" / "a" / "log.txt").write_text("a, again\n")
-    (copy.path / "updates" / "a" / "model.txt").write_text("weights\n")
-    (copy.path / "jobs.txt").write_text("b\nc\n")
+    written = write(copy, {"updates/a/log.txt": "a, again\n",
+                           "updates/a/model.txt": "weights\n", "jobs.txt": "b\nc\n"})
     commit = copy.snapshot(start, "update a")
-    expected = listing(start, copy.path)
-    expected.update({"updates/a/log.txt": blob("a, again\n", copy.path),
-                     "updates/a/model.txt": blob("weights\n", copy.path),
-                     "jobs.txt": blob("b\nc\n", copy.path)})
+    expected = {**listing(start, copy.path), **written}
     assert listing(commit, copy.path) == expected
     assert git("rev-parse", f"{commit}^", cwd=copy.path).strip() == start
     copy.advance(commit, "jobs/w/a")
@@ -108,23 +112,18 @@ def test_writing_into_a_folder_the_view_left_out_adds_to_it(repo):
     copy, start = repo
     copy.show(["a"])
     copy.checkout(start, "jobs/w/a")
-    (copy.path / "updates" / "b" / "deep").mkdir(parents=True)
-    (copy.path / "updates" / "b" / "deep" / "y.txt").write_text("y\n")
-    (copy.path / "updates" / "b" / "log.txt").write_text("b, overwritten by a\n")
-    (copy.path / "updates" / "new-file").write_text("beside the folders\n")
+    written = write(copy, {"updates/b/deep/y.txt": "y\n",
+                           "updates/b/log.txt": "b, overwritten by a\n",
+                           "updates/new-file": "beside the folders\n"})
     commit = copy.snapshot(start, "a writes into b")
-    expected = listing(start, copy.path)
-    expected.update({"updates/b/deep/y.txt": blob("y\n", copy.path),
-                     "updates/b/log.txt": blob("b, overwritten by a\n", copy.path),
-                     "updates/new-file": blob("beside the folders\n", copy.path)})
+    expected = {**listing(start, copy.path), **written}
     assert listing(commit, copy.path) == expected
     # the next snapshot, after the view moved to that commit, loses none of b's files
     # (its view now holds b's two written files, not b's others) and adds a third
     copy.advance(commit, "jobs/w/a")
     assert copy.changed_paths() == []
-    (copy.path / "updates" / "b" / "z.txt").write_text("z\n")
+    expected.update(write(copy, {"updates/b/z.txt": "z\n"}))
     second = copy.snapshot(commit, "a writes into b again")
-    expected["updates/b/z.txt"] = blob("z\n", copy.path)
     assert listing(second, copy.path) == expected
 
 
