@@ -177,14 +177,66 @@ def parse_ledger_text(data: bytes, source: str) -> tuple[Entry, ...]:
             more = _parse_lines(tail, source, first=lines + 1)
             result = entries + more
             _PARSED[source] = (data, result, lines + tail.count(b"\n"))
+            _index(source, result, entries)
             return result
     result = _parse_lines(data, source, first=1)
     _PARSED[source] = (data, result, data.count(b"\n"))
+    _index(source, result, None)
     return result
 
 
 #: per ledger source name: the last text parsed, its entries, and its count of newlines
 _PARSED: dict[str, tuple[bytes, tuple[Entry, ...], int]] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class _Index:
+    """What the questions a worker asks at every step need from the last entries parsed
+    for one ledger source, kept along with the parse (:func:`parse_ledger_text`), so a
+    done.txt of 100,000 lines is not scanned at each step."""
+
+    chain: tuple[Entry, ...]  # the entries indexed
+    #: job -> the position of its first entry in ``chain``.  Only ever added to, when
+    #: the chain grows: so it answers for every prefix of the chain as well (a job is in
+    #: a prefix of length n when its position is below n)
+    first: dict[str, int]
+    served: dict[str, int]  # worker -> highest fencing token in the whole chain
+
+
+_INDEXED: dict[str, _Index] = {}
+
+
+def _index(source: str, entries: tuple[Entry, ...], grew_from: tuple[Entry, ...] | None) -> None:
+    last = _INDEXED.get(source)
+    if grew_from is not None and last is not None and last.chain is grew_from:
+        first, served, start = last.first, dict(last.served), len(grew_from)
+    else:
+        first, served, start = {}, {}, 0
+    for position in range(start, len(entries)):
+        entry = entries[position]
+        first.setdefault(entry.job, position)
+        if entry.token > served.get(entry.worker, -1):
+            served[entry.worker] = entry.token
+    _INDEXED[source] = _Index(entries, first, served)
+
+
+def _indexed(entries: tuple[Entry, ...], source: str) -> _Index | None:
+    """The index of ``source`` if ``entries`` is its chain or a prefix of it (compared
+    element by element, which for the same objects costs a pointer compare each)."""
+    found = _INDEXED.get(source)
+    if found is None or len(entries) > len(found.chain):
+        return None
+    if found.chain is not entries and found.chain[: len(entries)] != entries:
+        return None
+    return found
+
+
+def _holds(entries: tuple[Entry, ...], source: str, job: str) -> bool:
+    """Is ``job`` among ``entries`` (read from ``source``)?"""
+    found = _indexed(entries, source)
+    if found is not None:
+        return found.first.get(job, len(entries)) < len(entries)
+    return any(e.job == job for e in entries)
 
 
 def _parse_lines(data: bytes, source: str, first: int) -> tuple[Entry, ...]:
@@ -275,16 +327,28 @@ class Ledger:
         return next((e for e in self.running if e.job == job), None)
 
     def is_done(self, job: str) -> bool:
-        return any(e.job == job for e in self.done)
+        return _holds(self.done, DONE, job)
 
     def state_of(self, job: str) -> str | None:
         if self.running_entry(job) is not None:
             return "running"
         if self.is_done(job):
             return "done"
-        if any(e.job == job for e in self.failed):
+        if _holds(self.failed, FAILED, job):
             return "failed"
         return None
+
+    def served(self) -> dict[str, int]:
+        """Each worker's highest fencing token among all the entries."""
+        found = _indexed(self.done, DONE)
+        if found is not None and len(found.chain) == len(self.done):
+            served, rest = dict(found.served), (*self.failed, *self.running)
+        else:
+            served, rest = {}, (*self.done, *self.failed, *self.running)
+        for entry in rest:
+            if entry.token > served.get(entry.worker, -1):
+                served[entry.worker] = entry.token
+        return served
 
     def held_by(self, worker: str) -> tuple[Entry, ...]:
         return tuple(e for e in self.running if e.worker == worker)

@@ -105,10 +105,7 @@ def ahead_in_turn(idle: Iterable[str], me: str, ledger: Ledger) -> list[str]:
     others = set(idle) - {me}
     if not others:
         return []  # alone: nothing to order, and no ledger to scan
-    served: dict[str, int] = {}
-    for entry in (*ledger.done, *ledger.failed, *ledger.running):
-        if entry.token > served.get(entry.worker, -1):
-            served[entry.worker] = entry.token
+    served = ledger.served()
 
     def key(name: str) -> tuple[int, str]:
         return (served.get(name, -1), name)

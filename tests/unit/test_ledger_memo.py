@@ -95,3 +95,47 @@ def test_equal_but_different_entries_are_rendered_from_their_own_fields():
     format_ledger_text(first)
     other = (Entry(job="a", worker="w", token=2),)
     assert format_ledger_text(other) == plain_render(other)
+
+
+def scan_served(entries) -> dict[str, int]:
+    served: dict[str, int] = {}
+    for e in entries:
+        served[e.worker] = max(served.get(e.worker, -1), e.token)
+    return served
+
+
+few_jobs = st.sampled_from(["j1", "j2", "j3", "j4"])  # so a job recurs, as a re-run does
+few_entries = st.lists(st.builds(Entry, job=few_jobs, worker=st.sampled_from(["w1", "w2"]),
+                                 token=st.integers(0, 99)), max_size=6)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["grow", "grow", "replace", "edit"]), few_entries),
+                min_size=1, max_size=8),
+       st.lists(few_jobs, max_size=4))
+def test_the_index_kept_with_the_parse_answers_as_a_scan_does(steps, asked):
+    """Every ledger parsed so far (the index grew since, in place) and the latest one get
+    the answers a scan of their own entries gives."""
+    text, seen = b"", []
+    for kind, more in steps:
+        added = plain_render(tuple(more))
+        text = text + added if kind == "grow" else added if kind == "replace" else (
+            b"x" + text[1:] if text else text)
+        try:
+            seen.append(parse_ledger_text(text, "index.txt"))
+        except RemoteStateError:
+            continue  # the edit damaged a line: nothing parsed, nothing indexed
+        for entries in seen:
+            for job in [*asked, *(e.job for e in entries[:3])]:
+                assert ledger_module._holds(entries, "index.txt", job) == any(
+                    e.job == job for e in entries)
+        latest = seen[-1]
+        found = ledger_module._indexed(latest, "index.txt")
+        assert found is not None and found.served == scan_served(latest)
+
+
+def test_a_ledger_not_from_the_last_parse_is_scanned():
+    parse_ledger_text(plain_render((Entry(job="a", worker="w", token=1),)), "other.txt")
+    made = (Entry(job="b", worker="w", token=2),)  # built, never parsed
+    assert ledger_module._indexed(made, "other.txt") is None
+    assert ledger_module._holds(made, "other.txt", "b")
+    assert not ledger_module._holds(made, "other.txt", "a")
