@@ -30,9 +30,10 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import git
 from git.exc import InvalidGitRepositoryError, NoSuchPathError
@@ -60,6 +61,8 @@ from distribute.transport.process import (
 from distribute.transport.trees import splice_tree
 
 __all__ = ["init_bare_repo"]
+
+_T = TypeVar("_T")
 
 _EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 
@@ -261,20 +264,29 @@ class _Repository:
             loose = self.objects().read_loose(oid)
             if loose is not None:
                 return loose
+        try:
+            _, kind, _, data = self._ask_cat_file(self._repo.git.get_object_data, oid, oid)
+        except ValueError as err:  # cat-file answered "<oid> missing"
+            raise TransportError(
+                f"object {oid} is not in the local repository (fetch it first)", oid=oid
+            ) from err
+        return _text(kind), data
+
+    def _ask_cat_file(self, ask: Callable[[str], _T], name: str, oid: Oid) -> _T:
+        """``ask(name)`` of one of GitPython's persistent ``cat-file`` processes, under the
+        objects lock; one that died is started again once.  ``ValueError`` (cat-file
+        answered "missing") goes to the caller; a second failure is a ``TransportError``
+        about ``oid``."""
         with self._objects_lock:
-            for attempt in (1, 2):
-                try:
-                    _, kind, _, data = self._repo.git.get_object_data(oid)
-                    return kind.decode("ascii") if isinstance(kind, bytes) else kind, data
-                except ValueError as err:  # cat-file answered "<oid> missing"
-                    raise TransportError(
-                        f"object {oid} is not in the local repository (fetch it first)", oid=oid
-                    ) from err
-                except (OSError, git.GitCommandError) as err:
-                    self._repo.git.clear_cache()
-                    if attempt == 2:
-                        raise TransportError(f"git cat-file failed: {err}", oid=oid) from err
-        raise AssertionError("unreachable")
+            try:
+                return ask(name)
+            except (OSError, git.GitCommandError):
+                self._repo.git.clear_cache()
+            try:
+                return ask(name)
+            except (OSError, git.GitCommandError) as err:
+                self._repo.git.clear_cache()
+                raise TransportError(f"git cat-file failed: {err}", oid=oid) from err
 
     def commit_tree(self, commit: Oid) -> Oid:
         kind, data = self.read_object(check_oid(commit))
@@ -296,21 +308,12 @@ class _Repository:
         check_oid(tree)
         if not path or any(c in path for c in "\n\r\0"):
             raise UsageError(f"{path!r} cannot be looked up in a tree", path=path)
-        with self._objects_lock:
-            for attempt in (1, 2):
-                try:
-                    oid, kind, _ = self._repo.git.get_object_header(f"{tree}:{path}")
-                except ValueError:  # "<name> missing"
-                    return None
-                except (OSError, git.GitCommandError) as err:
-                    self._repo.git.clear_cache()
-                    if attempt == 2:
-                        raise TransportError(f"git cat-file failed: {err}", oid=tree) from err
-                    continue
-                kind = kind.decode("ascii") if isinstance(kind, bytes) else kind
-                oid = oid.decode("ascii") if isinstance(oid, bytes) else oid
-                return kind, oid
-        raise AssertionError("unreachable")
+        try:
+            oid, kind, _ = self._ask_cat_file(self._repo.git.get_object_header,
+                                              f"{tree}:{path}", tree)
+        except ValueError:  # "<name> missing"
+            return None
+        return _text(kind), _text(oid)
 
     def _store(self, kind: str, data: bytes) -> Oid:
         """Write one loose object in this process (gitdb), without starting git: what git
@@ -477,6 +480,11 @@ class _Repository:
         if result.status in (0, 1):
             return result.status == 0
         raise _failure("git merge-base --is-ancestor", result, self.timeout)
+
+
+def _text(value: str | bytes) -> str:
+    """A field of a ``cat-file`` answer (GitPython gives bytes or text by version)."""
+    return value.decode("ascii") if isinstance(value, bytes) else value
 
 
 def _clash(path: bytes) -> UsageError:
