@@ -242,8 +242,8 @@ class GitLocalCopy:
         self._shown = tuple(folders) if folders is not None else None
         if not self._sparse_checked:
             self._sparse_checked = True
-            found = self._repo.run(["config", "--type=bool", "--get", "core.sparseCheckout"])
-            if found.stdout.strip() == b"true":
+            found = self._repo.config_value("core", "sparsecheckout")
+            if found is not None and found.strip().lower() in ("true", "yes", "on", "1"):
                 target = self._repo.git_dir / "info" / "sparse-checkout"
                 scratch = target.with_name(f"sparse-checkout.{uuid.uuid4().hex}.new")
                 scratch.write_text("/*\n", encoding="utf-8")
@@ -472,14 +472,19 @@ class GitLocalCopy:
     def drop_branches(self, prefix: str) -> int:
         """Delete the local branches below ``refs/heads/<prefix>`` but the one checked
         out; return how many.  (Earlier versions kept one per job run here, and git
-        reads every local branch at each fetch.)"""
-        below = "refs/heads/" + prefix.strip("/") + "/"
-        check_ref_name(below + "x")
-        out = self._repo.check(["for-each-ref", "--format=%(refname)", "--end-of-options",
-                                below], "git for-each-ref")
-        current = self._repo.run(["symbolic-ref", "--quiet", "HEAD"]).stdout.decode().strip()
-        names = [n for n in out.decode("utf-8", "surrogateescape").split("\n")
-                 if n and n != current]
+        reads every local branch at each fetch.)  The refs are read here, so a copy
+        with none to drop, the usual case, starts no git command."""
+        below = "refs/heads/" + prefix.strip("/")
+        check_ref_name(below)
+        found = self._repo.read_refs([below])
+        if found is None:  # not stored as files: ask git
+            out = self._repo.check(["for-each-ref", "--format=%(refname)", "--end-of-options",
+                                    below + "/"], "git for-each-ref")
+            found = dict.fromkeys(out.decode("utf-8", "surrogateescape").split("\n"), "")
+        names = [name for name in found if name.startswith(below + "/")]
+        if names:
+            current = self._repo.run(["symbolic-ref", "--quiet", "HEAD"]).stdout.decode().strip()
+            names = [name for name in names if name != current]
         if names:
             lines = "".join(f"delete {name}\n" for name in names).encode("utf-8", "surrogateescape")
             self._repo.check(["update-ref", "--stdin"], "git update-ref (delete)", stdin=lines)

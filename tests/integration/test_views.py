@@ -235,8 +235,10 @@ def test_a_worker_keeps_no_local_branch_per_job(tmp_path):
             worker.finish_job()
         assert git("for-each-ref", "refs/heads/jobs/", cwd=copy) == ""
     head = git("rev-parse", "HEAD", cwd=copy).strip()
-    for name in ("jobs/w/old-1/1", "jobs/w/old-2/2", "jobs/w/current/3"):
+    for name in ("jobs/w/old-1/1", "jobs/w/current/3"):
         git("update-ref", f"refs/heads/{name}", head, cwd=copy)
+    git("pack-refs", "--all", cwd=copy)  # the old branches are in packed-refs, or loose:
+    git("update-ref", "refs/heads/jobs/w/old-2/2", head, cwd=copy)
     git("symbolic-ref", "HEAD", "refs/heads/jobs/w/current/3", cwd=copy)
     with worker_from_url(str(bare), copy, "w", **options):
         left = git("for-each-ref", "--format=%(refname)", "refs/heads/jobs/", cwd=copy)
