@@ -490,13 +490,13 @@ def copy_objects(source: ObjectStore, target: ObjectStore, tips: Iterable[Oid]) 
             stack.append((_Visit(tree, "tree", like), False))
         elif kind == "tree":
             size = len(visit.oid) // 2
-            old, like = b"", None
+            old, old_id = b"", None
             if visit.like is not None:
                 with contextlib.suppress(KeyError):
-                    old, like = target.read(visit.like)[1], visit.like
+                    old, old_id = target.read(visit.like)[1], visit.like
             # the entries the like tree lacks, found by comparing bytes: a folder of
             # 100,000 jobs with one new is not parsed entry by entry
-            for _, mode, raw, before in new_entries(data, old, size, (visit.oid, like)):
+            for _, mode, raw, before in new_entries(data, old, size, (visit.oid, old_id)):
                 if mode == _MODE_GITLINK:
                     continue
                 if mode == _MODE_TREE:

@@ -2,10 +2,11 @@
 
 A remote that ran thousands of jobs has as many folders in ``updates/``, and each
 job's snapshot replaces one of them.  :func:`splice_tree` makes the new tree object's
-body from the old one: C-speed scans (a regular expression and a running sum) find
-where each entry starts, and only the entries that change are touched.  The result
-is byte for byte what git writes for the same entries (sorted as git sorts them: a
-folder's name as if it ended in ``/``).
+body from the old one: one regular expression (C speed) cuts the body into entries, a
+binary search finds each changed name, reading a few names only, and only the
+entries that change are touched.  The result is byte for byte what git writes for
+the same entries (sorted as git sorts them: a folder's name as if it ended in ``/``).
+:func:`new_entries` compares two trees the same way, entry bytes against entry bytes.
 """
 
 from __future__ import annotations
