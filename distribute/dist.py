@@ -374,12 +374,14 @@ class Worker:
             path.unlink()
             return
         folder = job_dir(job)
-        if any(p == folder or p.startswith(folder + "/") for p in self.copy.changed_paths()):
+        left = [p for p in self.copy.changed_paths() if p == folder or p.startswith(folder + "/")]
+        if left:
             head = self.copy.snapshot(
                 head, f"what attempt {holding.attempt} of {job} left when its worker died",
                 only=folder,
             )
             self.copy.advance(head, None)
+            self._upload_large(head, left)
         holding.tip = tip
         self.coord.adopt(holding)
         try:
@@ -928,6 +930,7 @@ class Worker:
             tip = self.copy.snapshot(job.tip, message or f"update {job.job}")
             # move the branch, HEAD and index only: files the job keeps open stay as they are
             self.copy.advance(tip, None)
+            self._upload_large(tip, changed)
             self._retrying(partial(self.coord.update, tip))
             return True
         finally:
@@ -935,7 +938,9 @@ class Worker:
                 self._mark_job()
 
     def _check_sizes(self, paths: list[str]) -> None:
-        """Refuse files over ``max_file_bytes`` before anything is committed or pushed."""
+        """Refuse files over ``max_file_bytes`` before anything is committed or pushed;
+        files routed through Git LFS are exempt where git-lfs is installed (git stores a
+        pointer of about 130 bytes for each), refused where it is not."""
         if self.max_file_bytes is None:
             return
         big = []
@@ -946,16 +951,39 @@ class Worker:
                 continue  # deleted: nothing to push
             if size > self.max_file_bytes:
                 big.append((path, size))
+        if not big:
+            return
+        routed = set(self.copy.lfs_routed([p for p, _ in big]))
+        if routed and not self.copy.lfs:
+            raise FileTooLarge(
+                f"{', '.join(sorted(routed)[:5])}: .gitattributes routes "
+                f"{'it' if len(routed) == 1 else 'them'} through Git LFS, but git-lfs is not "
+                "installed on this machine; nothing was committed or pushed. Install it "
+                "(apt-get install git-lfs, dnf install git-lfs, brew install git-lfs, or "
+                "https://git-lfs.com) and run the job again",
+                paths=sorted(routed),
+            )
+        big = [(p, size) for p, size in big if p not in routed]
         if big:
             names = ", ".join(f"{p} ({size / 1e6:.1f} MB)" for p, size in big[:5])
             raise FileTooLarge(
                 f"{names} {'is' if len(big) == 1 else 'are'} larger than max_file_bytes "
                 f"({self.max_file_bytes / 1e6:.1f} MB); nothing was committed or pushed. "
-                "Git hosts refuse files over 100 MB: write large outputs outside the local "
-                "copy (or list them in .gitignore) and commit a small summary, or raise "
-                "max_file_bytes if your remote takes them",
+                "Git hosts refuse files over 100 MB: route such files through Git LFS "
+                "(git lfs track '*.pt' in a clone, then commit and push .gitattributes to "
+                "the main branch), or write them outside the local copy (or list them in "
+                ".gitignore) and commit a small summary, or raise max_file_bytes if your "
+                "remote takes them",
                 paths=[p for p, _ in big],
             )
+
+    def _upload_large(self, commit: str, paths: list[str]) -> None:
+        """Upload the Git LFS objects that ``paths`` of ``commit`` point to, before the
+        commit is pushed (git's own pre-push hook never runs here), and drop the copy's
+        own copies of them (after ``advance``, whose index refresh may store them again)."""
+        objects = self.copy.lfs_objects(commit, paths)
+        if objects:
+            self._retrying(partial(self.copy.upload_lfs, objects))
 
     def discard_changes(self) -> None:
         """Throw away the local copy's uncommitted changes and untracked files.

@@ -230,6 +230,14 @@ def http_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Http
 
 
 @pytest.fixture
+def http_lfs_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HttpServer]:
+    """:func:`http_server` with a Git LFS server at each repository's ``/info/lfs``."""
+    _hosted(request, HttpServer.check_available)
+    with _running(HttpServer(tmp_path / "http", lfs=True)) as server:
+        yield server
+
+
+@pytest.fixture
 def http_remote(http_server: HttpServer) -> tuple[str, Path]:
     """``(http://USER:PASSWORD@127.0.0.1:PORT/remote.git, path on disk)`` of a bare remote."""
     return http_server.remote("remote.git", init=make_bare_remote)

@@ -46,6 +46,7 @@ import shlex
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -469,9 +470,15 @@ class HttpServer(_Server):
         password: str | None = None,
         start_seconds: float = START_SECONDS,
         lifetime: float = LIFETIME,
+        lfs: bool = False,
     ) -> None:
         super().__init__(workdir, start_seconds=start_seconds, lifetime=lifetime)
         self.lighttpd = _find("lighttpd", HTTP_PACKAGES, sbin=True)
+        #: with ``lfs``: a Git LFS server (``tests/lfs_cgi.py``) at each repository's
+        #: ``/info/lfs``; its objects in ``lfs_store``, one line per request in ``lfs_log``
+        self.lfs = lfs
+        self.lfs_store = self.workdir / "lfs-objects"
+        self.lfs_log = self.workdir / "lfs.log"
         self.backend = self._backend()
         self.user = user
         self.password = password or secrets.token_hex(12)
@@ -540,9 +547,39 @@ auth.backend.plain.userfile = {q(users)}
 auth.require = ("/" => ("method" => "basic", "realm" => "distribute tests",
                         "require" => "valid-user"))
 """
+        if self.lfs:
+            config += self._lfs_config()
         self.config_path.write_text(config)
         # -D: stay in the foreground
         return [self.lighttpd, "-D", "-f", str(self.config_path)]
+
+    def _lfs_config(self) -> str:
+        q = self._quote
+        self.lfs_store.mkdir(parents=True, exist_ok=True)
+        self.lfs_log.touch()
+        program = self.workdir / "lfs-server"  # no suffix: run as it is, like the backend
+        script = Path(__file__).with_name("lfs_cgi.py")
+        program.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} "
+                           f"{shlex.quote(str(script))}\n")
+        program.chmod(0o755)
+        token = secrets.token_hex(8)
+        return f"""
+$HTTP["url"] =~ "(^/lfs-content/|/info/lfs/)" {{
+    alias.url = ("/" => {q(str(program) + "/")})
+    setenv.add-environment = (
+        "LFS_STORE" => {q(self.lfs_store)},
+        "LFS_TOKEN" => {q(token)},
+        "LFS_LOG" => {q(self.lfs_log)},
+    )
+}}
+$HTTP["url"] =~ "^/lfs-content/" {{
+    auth.require = ()
+}}
+"""
+
+    def lfs_requests(self) -> list[str]:
+        """The LFS server's requests so far, one ``<what> <oid>`` each."""
+        return self.lfs_log.read_text().splitlines() if self.lfs_log.exists() else []
 
     def start(self) -> HttpServer:
         super().start()

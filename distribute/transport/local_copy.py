@@ -50,6 +50,13 @@ from distribute.core.names import scrub_url
 from distribute.credentials import private_folder, split_secret
 from distribute.transport.base import Oid, check_oid, check_ref_name
 from distribute.transport.git import GitTransport, open_transport
+from distribute.transport.lfs import (
+    FILTER,
+    LfsPointer,
+    filter_config,
+    git_lfs_installed,
+    parse_pointer,
+)
 from distribute.transport.process import _PROTOCOL_V2, _run_outside, pack_when_piled_up
 from distribute.transport.repository import _MODE_TREE, _check_branch, _Entry, _Repository
 from distribute.transport.shared_objects import missing_alternates
@@ -95,6 +102,15 @@ class GitLocalCopy:
         self._head: tuple[Oid | None, _View | None] | None = None  # HEAD and its view, once read
         # the last snapshot made under a view: its commit, the working tree's tree, shown
         self._made: tuple[Oid, Oid, tuple[str, ...]] | None = None
+        # Git LFS: with git-lfs installed, its filter is in the copy's config (see .lfs)
+        self._lfs = git_lfs_installed()
+        # the copy's own LFS store, if it has one (see _drop_lfs_copies); None: not read yet
+        self._lfs_store: tuple[Path | None] | None = None
+        if self._lfs:
+            for key, value in filter_config().items():
+                section, option = key.rsplit(".", 1)
+                if repo.config_value('filter "lfs"', option) != value:
+                    repo.set_config(section, option, value)
 
     @classmethod
     def clone(
@@ -128,7 +144,10 @@ class GitLocalCopy:
         """
         split = split_secret(url)
         target = private_folder(Path(path).absolute())
-        args = ["clone", "--quiet", "--single-branch", "--no-tags"]
+        # with git-lfs here, a checkout made by the clone itself turns pointers into files
+        lfs = [arg for k, v in filter_config().items() for arg in ("-c", f"{k}={v}")
+               if git_lfs_installed()]
+        args = [*lfs, "clone", "--quiet", "--single-branch", "--no-tags"]
         if not checkout or shown is not None:
             args.append("--no-checkout")
         if reference is not None:
@@ -280,6 +299,76 @@ class GitLocalCopy:
         if tree == view.tree and view.real == parent:
             return None
         return self._repo.write_commit(self._graft(parent, view, tree), [parent], message)
+
+    # ---- Git LFS (see .lfs) -------------------------------------------------------------
+    @property
+    def lfs(self) -> bool:
+        """Whether files routed through Git LFS are stored as pointers here (git-lfs is
+        installed, and its filter is in the copy's config)."""
+        return self._lfs
+
+    def lfs_routed(self, paths: Sequence[str]) -> list[str]:
+        """Those of ``paths`` (relative to the working tree) that the attributes route
+        through Git LFS (``filter=lfs``), whether or not git-lfs is installed."""
+        if not paths:
+            return []
+        names = [p.encode("utf-8", errors="surrogateescape") for p in paths]
+        out = self._repo.check(["check-attr", "-z", "--stdin", "filter"], "git check-attr",
+                               stdin=b"".join(name + b"\0" for name in names))
+        fields = out.split(b"\0")
+        routed = {fields[i] for i in range(0, len(fields) - 2, 3)
+                  if fields[i + 2] == FILTER.encode()}
+        return [path for path, name in zip(paths, names, strict=True) if name in routed]
+
+    def lfs_objects(self, commit: Oid, paths: Sequence[str]) -> list[LfsPointer]:
+        """The LFS objects that the files ``paths`` of ``commit`` point to: files routed
+        through LFS whose blob is a pointer (gone or plain files name none)."""
+        if not self._lfs or not paths:
+            return []
+        tree = self._repo.commit_tree(commit)
+        found: dict[str, LfsPointer] = {}
+        for path in self.lfs_routed(paths):
+            if any(c in path for c in "\n\r\0"):
+                continue  # no such name can be looked up; git-lfs keeps it as a plain file
+            entry = self._repo.lookup(tree, path)
+            if entry is None or entry[0] != "blob":
+                continue
+            pointer = parse_pointer(self._repo.read_object(entry[1])[1])
+            if pointer is not None:
+                found.setdefault(pointer.oid, pointer)
+        return list(found.values())
+
+    def upload_lfs(self, objects: Sequence[LfsPointer]) -> None:
+        """Send ``objects`` from this copy's LFS store to ``origin``'s LFS server (those
+        it has already are skipped by git-lfs itself).  Given the copy's command timeout
+        plus a second per megabyte.
+
+        Raises:
+            TransportError: the upload failed (the message says git-lfs's reason).
+        """
+        if not objects:
+            return
+        for start in range(0, len(objects), 100):  # bounded command lines
+            batch = objects[start:start + 100]
+            megabytes = sum(o.size for o in batch) / 1e6
+            self._repo.check(["lfs", "push", "--object-id", "origin", *(o.oid for o in batch)],
+                             "git lfs push", timeout=self._repo.timeout + megabytes)
+            self._drop_lfs_copies(batch)
+
+    def _drop_lfs_copies(self, objects: Sequence[LfsPointer]) -> None:
+        """Delete this copy's own copies of ``objects``, which the LFS server now has:
+        git-lfs downloads one again if a checkout needs it, and a job that saves a
+        checkpoint every epoch does not keep each one on this disk twice.  Only from the
+        copy's own store (``.git/lfs/objects``): a store that ``lfs.storage`` shares with
+        other repositories is left alone."""
+        if self._lfs_store is None:
+            shared = self._repo.run(["config", "--get", "lfs.storage"]).status == 0
+            self._lfs_store = (None if shared else self._repo.git_dir / "lfs" / "objects",)
+        store = self._lfs_store[0]
+        if store is None:
+            return
+        for o in objects:
+            (store / o.oid[:2] / o.oid[2:4] / o.oid).unlink(missing_ok=True)
 
     # ---- views ----------------------------------------------------------------------
     def _current(self) -> tuple[Oid | None, _View | None]:

@@ -212,11 +212,12 @@ class _Repository:
         *,
         stdin: bytes | None = None,
         env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
     ) -> bytes:
         """Run ``args``; return standard output, raise ``TransportError`` on failure."""
-        result = self.run(args, stdin=stdin, env=env)
+        result = self.run(args, stdin=stdin, env=env, timeout=timeout)
         if result.status != 0:
-            raise _failure(what, result, self.timeout)
+            raise _failure(what, result, timeout or self.timeout)
         return result.stdout
 
     def close(self) -> None:
