@@ -352,7 +352,8 @@ class GitLocalCopy:
             batch = objects[start:start + 100]
             megabytes = sum(o.size for o in batch) / 1e6
             self._repo.check(["lfs", "push", "--object-id", "origin", *(o.oid for o in batch)],
-                             "git lfs push", timeout=self._repo.timeout + megabytes)
+                             "git lfs push to the remote's LFS server",
+                             timeout=self._repo.timeout + megabytes)
             self._drop_lfs_copies(batch)
 
     def _drop_lfs_copies(self, objects: Sequence[LfsPointer]) -> None:
