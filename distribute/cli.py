@@ -1723,8 +1723,10 @@ a parent of the finish commit), so its ref is only a cost: every ref is
 advertised on every fetch and push. Workers delete the branches of the jobs
 they finished as they go (a batch every 16 jobs, and when they stop); gc
 deletes what is left, for example the branches of a remote filled by an older
-version. Branches of running, failed and taken-over attempts are kept, and so
-is any branch that moved since the main branch merged it.""",
+version, and the branches of earlier attempts of a done job (a retry merged
+them). Branches of running and failed jobs are kept, and so is any branch
+whose tip the main branch does not hold (an update pushed after its job was
+taken over).""",
 )
 @_remote_argument()
 @click.option("--dry-run", is_flag=True, help="Only say how many branches would be deleted.")

@@ -113,7 +113,9 @@ from distribute.core.names import (
     LOCK_REF,
     WORKERS_PREFIX,
     decode_component,
+    encode_component,
     job_branch,
+    job_branch_ref,
     worker_ref,
 )
 from distribute.core.plan import (
@@ -231,6 +233,8 @@ class _Claim:
     own_old: Oid | None
     revoke: str
     folds: Folds | None = None
+    #: (branch ref, tip) of the released attempt this claim's branch starts from
+    superseded: tuple[str, Oid] | None = None
 
 
 #: pushes an unlocked claim tries while only finishes move the main branch under it
@@ -313,6 +317,9 @@ class Coordinator:
         #: (branch ref, tip) of the jobs this worker finished whose branch is still on the
         #: remote: the main branch holds each tip (a finish commit's second parent)
         self.merged: list[tuple[str, Oid]] = []
+        #: (branch ref, tip) of released attempts whose branch a retry claimed here starts
+        #: from (merged into its first commit), so no ref needs to keep them
+        self.superseded: list[tuple[str, Oid]] = []
         self._answered_here: dict[int, int] = {}  # thread id: answered pushes
         self.stats = Stats()
         self.mutex = threading.RLock()
@@ -1090,9 +1097,14 @@ class Coordinator:
             message=f"distribute: claim {name} by {self.worker} (token {token}, attempt {attempt})",
         )
         branch = job_branch(self.worker, name, token)
-        start, resumed = new_main, None
+        start, resumed, superseded = new_main, None, None
         if previous is not None and self.resume:
-            start, resumed = self._resume_from(new_main, previous)
+            start, resumed, tip = self._resume_from(new_main, previous)
+            if resumed is not None and tip is not None and previous.released:
+                # an attempt that ended (failed, or interrupted and given back): its worker
+                # pushes no more to that branch.  A taken-over holder may still, and a
+                # branch it is refused to push to would lose that update; so only these.
+                superseded = ("refs/heads/" + resumed, tip)
         # a new holding: a finish's request for its turn belongs to the holding it was
         # made for, even when this one is of the same job (run again); this worker's
         # parked finishes that this push folds in leave its record
@@ -1111,30 +1123,33 @@ class Coordinator:
             *self._revoke_updates(snap, revoke, token),
         ]
         job = JobHolding(name, token, attempt, branch, start, resumed)
-        return _Claim(updates, job, beat, beat_oid, own_old, revoke, snap.folds)
+        return _Claim(updates, job, beat, beat_oid, own_old, revoke, snap.folds, superseded)
 
-    def _resume_from(self, new_main: Oid, previous: Entry) -> tuple[Oid, str | None]:
+    def _resume_from(
+        self, new_main: Oid, previous: Entry
+    ) -> tuple[Oid, str | None, Oid | None]:
         """Where a retried job's branch starts: the claim's main branch commit merged with
         the previous attempt's branch, so that the new attempt finds what the last one
-        wrote (a checkpoint, say).  Without that branch, or when the two do not merge
-        cleanly, the claim's commit alone; the previous branch stays on the remote."""
+        wrote (a checkpoint, say); with that branch's name and the tip merged.  Without
+        that branch, or when the two do not merge cleanly, the claim's commit alone; the
+        previous branch stays on the remote."""
         holder = previous.worker or previous.was
         if not holder:
-            return new_main, None
+            return new_main, None, None
         branch = job_branch(holder, previous.job, previous.token)
         ref = "refs/heads/" + branch
         tip = self._fetch([ref]).get(ref)
         if tip is None or self._holds(new_main, tip):
-            return new_main, None
+            return new_main, None, None
         merged = self.transport.merge(new_main, tip)
         if not merged.clean:
             self.journal(ev.ResumeConflict(job=previous.job, branch=branch))
-            return new_main, None
+            return new_main, None, None
         start = self.transport.write_commit(
             parents=[new_main, tip], tree=merged.tree,
             message=f"distribute: resume {previous.job} from {branch}",
         )
-        return start, branch
+        return start, branch, tip
 
     def _push_claim(self, claim: _Claim, unlocked: bool = False) -> bool:
         """Push ``claim``; when it lands, this worker runs its job."""
@@ -1145,6 +1160,8 @@ class Coordinator:
         self.beat, self.beat_oid, self.beat_sent_at = claim.beat, claim.beat_oid, sent
         self.revoked = False
         self.job = job
+        if claim.superseded is not None:
+            self.superseded.append(claim.superseded)
         self._journal_folds(claim.folds)
         if unlocked:
             self.journal(ev.LockAcquire(token=job.token, takeover=False, previous="",
@@ -1493,24 +1510,34 @@ class Coordinator:
             return new_main
 
     def prune_merged(self, at_least: int = PRUNE_BATCH) -> int:
-        """Delete the remote branches of the jobs this worker finished, once ``at_least``
-        of them wait, in one atomic push of deletions (each from the tip it merged, so a
-        branch that moved stays); return how many went.
+        """Delete the remote branches of the jobs this worker finished, and of the released
+        attempts its retries started from, once ``at_least`` of them wait: the first in
+        one atomic push of deletions, the second in another (each from the tip merged,
+        so a branch that moved stays); return how many went.
 
         A finished job's commits stay on the remote: the main branch's finish commit
         has the branch's tip as its second parent, so the ref only costs (every ref is
-        advertised on every fetch and push).  Best effort: a refused or failed push
-        leaves that batch of branches in place (``distribute gc`` deletes them later).
+        advertised on every fetch and push).  A released attempt's commits are the
+        second parent of its retry's first commit, on the retry's branch.  Best effort:
+        a refused or failed push leaves that batch of branches in place (``distribute
+        gc`` deletes those of done jobs later).
         """
         with self.mutex:
-            if not self.merged or len(self.merged) < at_least:
+            waiting = len(self.merged) + len(self.superseded)
+            if not waiting or waiting < at_least:
                 return 0
-            batch, self.merged = list(dict.fromkeys(self.merged)), []
-            try:
-                landed = self.push([RefUpdate(ref, tip, None) for ref, tip in batch])
-            except DistributeError:
-                return 0
-            return len(batch) if landed else 0
+            batches = [list(dict.fromkeys(self.merged)), list(dict.fromkeys(self.superseded))]
+            self.merged, self.superseded = [], []
+            deleted = 0
+            for batch in batches:
+                if not batch:
+                    continue
+                try:
+                    landed = self.push([RefUpdate(ref, tip, None) for ref, tip in batch])
+                except DistributeError:
+                    continue
+                deleted += len(batch) if landed else 0
+            return deleted
 
     def _record_conflict(
         self, main: Oid, base: Oid, ledger: Ledger, job: JobHolding, conflicts: Sequence[str],
@@ -2026,18 +2053,21 @@ class FencedEdit:
 
 
 def merged_branches(transport: Transport, branch: str) -> dict[str, Oid]:
-    """The job branches on the remote whose job ``done.txt`` lists under that branch's
-    token and whose tip the main branch holds: what :func:`delete_merged_branches`
-    deletes (ref name: tip)."""
+    """The job branches on the remote whose job ``done.txt`` lists (the finished
+    attempt's branch, and those of earlier attempts a retry merged) and whose tip the
+    main branch holds: what :func:`delete_merged_branches` deletes (ref name: tip)."""
     main_ref = "refs/heads/" + branch
     main = transport.fetch([main_ref]).get(main_ref)
     if main is None:
         raise RemoteStateError(f"the remote has no branch {branch!r}")
     ledger = read_ledger(transport, main, branch)
-    done = {"refs/heads/" + job_branch(e.worker, e.job, e.token) for e in ledger.done}
+    done = {encode_component(e.job) for e in ledger.done}
+    held = {job_branch_ref(e.worker, e.job, e.token) for e in ledger.running if not e.released}
+    prefix = "refs/heads/" + JOB_BRANCH_PREFIX
     found = {}
-    for ref, tip in transport.list_refs("refs/heads/" + JOB_BRANCH_PREFIX).items():
-        if ref in done:
+    for ref, tip in transport.list_refs(prefix).items():
+        parts = ref[len(prefix):].split("/")
+        if len(parts) == 3 and parts[1] in done and ref not in held:
             with contextlib.suppress(DistributeError):  # a tip not in main's history: kept
                 if holds(transport, main, tip):
                     found[ref] = tip

@@ -17,12 +17,12 @@ from distribute.transport.memory import MemoryRemote
 MAIN = "refs/heads/main"
 
 
-def setup(jobs: list[str]) -> tuple[MemoryRemote, Coordinator]:
+def setup(jobs: list[str], max_attempts: int = 2) -> tuple[MemoryRemote, Coordinator]:
     remote = MemoryRemote()
     prepare_remote(remote.transport("init"), "main", {"jobs.txt": "".join(
         j + "\n" for j in jobs).encode()})
     c = Coordinator(remote.transport("w"), worker="w", session="s", branch="main", lease=10,
-                    margin=2, max_attempts=2, clock=lambda: 0.0)
+                    margin=2, max_attempts=max_attempts, clock=lambda: 0.0)
     return remote, c
 
 
@@ -71,3 +71,66 @@ def test_a_branch_that_moved_stays_and_gc_finds_only_merged_branches_of_done_job
     assert delete_merged_branches(t, found) == 1
     assert set(branches(remote)) == {ref_b}
     assert merged_branches(t, "main") == {}
+
+
+def fail_attempt(c: Coordinator, job: str, text: str, finish: bool = False) -> tuple[str, str]:
+    """Claim ``job`` (a retry when it was released), push ``text`` to its branch, fail it
+    (or finish it); return its branch ref and tip."""
+    snap = c.observe()
+    assert c.try_acquire(snap)
+    plan = c.plan(snap)
+    held = c.claim(snap, plan, None if not isinstance(plan, CallNextJobFunction) else job)
+    assert held is not None and held.job == job
+    tip = c.transport.write_commit(parents=[held.tip], base=held.tip, message="checkpoint",
+                                   changes={job_dir(job) + "/ckpt": text.encode()})
+    c.update(tip)
+    if finish:
+        assert c.finish_step() is not None
+    else:
+        assert c.fail_step("preempted") is not None
+    return held.branch_ref, tip
+
+
+def test_a_retry_deletes_the_branch_of_the_attempt_it_resumed_and_keeps_its_commits():
+    remote, c = setup(["a"], max_attempts=3)
+    first, first_tip = fail_attempt(c, "a", "epoch 1")
+    assert first in branches(remote)  # a released attempt keeps its branch for the retry
+    second, second_tip = fail_attempt(c, "a", "epoch 2")  # resumes from the first
+    assert c.superseded == [(first, first_tip)]
+    assert c.prune_merged(at_least=1) == 1
+    assert set(branches(remote)) == {second}
+    t = remote.transport("r")
+    assert holds(t, second_tip, first_tip)  # the retry's branch holds the first attempt
+    ref, _ = fail_attempt(c, "a", "done", finish=True)  # resumes from the second
+    assert c.prune_merged(at_least=1) == 2 and branches(remote) == {}
+    main = t.fetch([MAIN])[MAIN]
+    assert holds(t, main, first_tip) and holds(t, main, second_tip)
+    assert ref not in branches(remote)
+
+
+def test_a_taken_over_attempt_keeps_its_branch_and_gc_deletes_it_once_the_job_is_done():
+    remote, dead = setup(["a"])
+    snap = dead.observe()
+    assert dead.try_acquire(snap)
+    held = dead.claim(snap, CallNextJobFunction(), "a", None)
+    assert held is not None
+    now = [0.0]
+    c = Coordinator(remote.transport("b"), worker="b", session="s2", branch="main", lease=10,
+                    margin=2, max_attempts=2, clock=lambda: now[0])
+    c.observe()
+    now[0] = 100.0  # the dead worker's record stayed silent for longer than a lease
+    snap = c.observe()
+    assert c.try_acquire(snap)
+    plan = c.plan(snap)
+    assert not isinstance(plan, CallNextJobFunction) and plan.revoke == "w"
+    again = c.claim(snap, plan, None)
+    assert again is not None and c.superseded == []  # its holder may still push to it
+    t = remote.transport("admin")
+    # while the job runs, gc keeps both branches: the job is not done
+    assert merged_branches(t, "main") == {}
+    tip = c.transport.write_commit(parents=[again.tip], base=again.tip, message="r",
+                                   changes={job_dir("a") + "/out": b"x"})
+    c.update(tip)
+    assert c.finish_step() is not None
+    found = merged_branches(t, "main")
+    assert held.branch_ref in found and again.branch_ref in found
