@@ -6,16 +6,20 @@ body from the old one: one regular expression (C speed) cuts the body into entri
 binary search finds each changed name, reading a few names only, and only the
 entries that change are touched.  The result is byte for byte what git writes for
 the same entries (sorted as git sorts them: a folder's name as if it ended in ``/``).
-:func:`new_entries` compares two trees the same way, entry bytes against entry bytes.
+:func:`new_entries` compares two trees by their bytes: the two bodies' common start
+and common end are found by comparing slices (``memcmp``), and only the entries
+between them, where the two differ, are compared one by one.
 """
 
 from __future__ import annotations
 
 import bisect
 import collections
+import itertools
 import re
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import cache
 
 __all__ = ["TREE_MODE", "new_entries", "splice_tree"]
@@ -29,16 +33,29 @@ def _whole_entry(size: int) -> re.Pattern[bytes]:
     return re.compile(rb"[0-7]+ [^\0]*\0.{%d}" % size, re.S)
 
 
-#: Trees at least this large (in bytes) keep their cut into entries for the next use.
+#: Trees at least this large (in bytes) keep their cut into entries for the next use,
+#: and are compared by their common start and end (:func:`new_entries`).
 _KEEP_BYTES = 64 * 1024
 _KEPT = 8
-_kept: collections.OrderedDict[str, tuple[tuple[bytes, ...], frozenset[bytes]]] = (
-    collections.OrderedDict())
+#: Bytes compared at a time while looking for where two tree bodies start to differ.
+_STRIDE = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class _Cut:
+    """A tree body cut into entries: each entry's bytes, in order, and where each starts
+    (one more offset at the end: the body's length)."""
+
+    entries: tuple[bytes, ...]
+    starts: list[int] = field(repr=False)
+
+
+_kept: collections.OrderedDict[str, _Cut] = collections.OrderedDict()
 _kept_lock = threading.Lock()
 
 
-def _cut(data: bytes, size: int, oid: str | None) -> tuple[tuple[bytes, ...], frozenset[bytes]]:
-    """Each entry of the tree body ``data``, as its bytes, in order and as a set.
+def _cut(data: bytes, size: int, oid: str | None) -> _Cut:
+    """Each entry of the tree body ``data``, as its bytes, in order, and its offset.
 
     A large tree whose id ``oid`` is given is cut once and kept: a job's snapshot, its
     push and the finish's push all meet the same folder of every job's results.
@@ -51,9 +68,10 @@ def _cut(data: bytes, size: int, oid: str | None) -> tuple[tuple[bytes, ...], fr
                 _kept.move_to_end(keep)
                 return found
     entries = tuple(_whole_entry(size).findall(data))
-    if sum(map(len, entries)) != len(data):
+    starts = list(itertools.accumulate(map(len, entries), initial=0))
+    if starts[-1] != len(data):
         raise ValueError("not a well-formed tree")
-    cut = (entries, frozenset(entries))
+    cut = _Cut(entries, starts)
     if keep is not None:
         with _kept_lock:
             _kept[keep] = cut
@@ -73,21 +91,86 @@ def new_entries(
     """The entries of the tree body ``data`` that the tree body ``old`` lacks, as
     ``(name, mode, raw id, what old has under that name or None)``, in no set order.
 
-    Entries are compared as bytes, so a tree of 100,000 entries with one changed
-    costs two scans and a set difference, not a parse of each entry.  ``ids``: the
-    two trees' ids, if known (a large tree is then cut once for several uses).
+    Only the entries between the bytes both bodies start with and the bytes both end
+    with are cut out and compared, so a tree of 100,000 entries with one changed
+    costs a comparison of its bytes with the old ones (in C) and the cut of the old
+    body, which is kept for the next use when ``ids`` (the two trees' ids) are given.
 
     Raises:
         ValueError: either body is not a well-formed tree.
     """
-    (_, mine), (_, theirs) = _cut(data, size, ids[0]), _cut(old, size, ids[1])
-    added = mine - theirs
+    if data == old:
+        return []
+    theirs = _cut(old, size, ids[1])
+    new_part, old_part = _differing(data, old, size, theirs)
+    if new_part is None:  # the ends do not line up with entries: compare every entry
+        new_part, old_part = list(_cut(data, size, ids[0]).entries), theirs.entries
+    mine, before = set(new_part), set(old_part)
+    added = mine - before
     if not added:
         return []
     gone = {name: (mode, oid) for name, mode, oid in
-            (_parse(entry, size) for entry in theirs - mine)}
+            (_parse(entry, size) for entry in before - mine)}
     return [(name, mode, oid, gone.get(name)) for name, mode, oid in
             (_parse(entry, size) for entry in added)]
+
+
+def _differing(
+    data: bytes, old: bytes, size: int, theirs: _Cut
+) -> tuple[list[bytes] | None, tuple[bytes, ...]]:
+    """The entries of the body ``data`` and of the body ``old`` (cut as ``theirs``) that
+    lie between the bytes both start with and the bytes both end with: only there can
+    the two differ.  ``(None, ())`` when that stretch of ``data`` is not whole entries.
+
+    The entries of ``old`` that lie wholly in the common start are ``data``'s first
+    entries too (each body is cut from its start), so the stretch begins at an entry of
+    both.  It ends where ``old``'s first entry in the common end begins, at the same
+    distance from the end in ``data``: if ``data``'s stretch up to there cuts into whole
+    entries, the rest of ``data`` is cut the same way as the rest of ``old``.
+    """
+    limit = min(len(data), len(old))
+    start = _common_start(data, old, limit)
+    end = _common_end(data, old, limit - start)
+    first = bisect.bisect_right(theirs.starts, start) - 1  # the old entry holding ``start``
+    last = bisect.bisect_left(theirs.starts, len(old) - end)
+    low, high = theirs.starts[first], theirs.starts[last] - len(old) + len(data)
+    stretch = data[low:high]
+    entries = _whole_entry(size).findall(stretch)
+    if sum(map(len, entries)) != len(stretch):
+        return None, ()
+    return entries, theirs.entries[first:last]
+
+
+def _common_start(a: bytes, b: bytes, limit: int) -> int:
+    """How many bytes ``a`` and ``b`` start with alike (at most ``limit``)."""
+    low = 0
+    while low + _STRIDE <= limit and a[low : low + _STRIDE] == b[low : low + _STRIDE]:
+        low += _STRIDE
+    high = min(low + _STRIDE, limit)  # a[:low] == b[:low]; they differ before high, or end
+    while low < high:
+        mid = (low + high + 1) // 2
+        if a[low:mid] == b[low:mid]:
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def _common_end(a: bytes, b: bytes, limit: int) -> int:
+    """How many bytes ``a`` and ``b`` end with alike (at most ``limit``)."""
+    la, lb = len(a), len(b)
+    low = 0
+    while (low + _STRIDE <= limit
+           and a[la - low - _STRIDE : la - low] == b[lb - low - _STRIDE : lb - low]):
+        low += _STRIDE
+    high = min(low + _STRIDE, limit)
+    while low < high:
+        mid = (low + high + 1) // 2
+        if a[la - mid : la - low] == b[lb - mid : lb - low]:
+            low = mid
+        else:
+            high = mid - 1
+    return low
 
 
 def _key(name: bytes, mode: int) -> bytes:
@@ -112,7 +195,7 @@ def splice_tree(
     for name in changes:
         if not name or b"/" in name or b"\0" in name or name in (b".", b".."):
             raise ValueError(f"{name!r} is not a tree entry name")
-    entries = list(_cut(data, size, tree_id)[0])
+    entries = list(_cut(data, size, tree_id).entries)
 
     def key(entry: bytes) -> bytes:
         name = entry[entry.index(b" ") + 1 : -size - 1]

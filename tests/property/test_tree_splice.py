@@ -97,3 +97,52 @@ def test_new_entries_are_those_the_old_tree_lacks(new, old):
     ids = ("new-" + data.hex(), "old-" + before.hex())
     for _ in range(2):
         assert set(new_entries(big_new, big_old, 20, ids)) == expected
+    # large trees are compared by their common start and end: the entries that differ
+    # sit between two paddings ("0..." sorts after "-" and ".", before the letters)
+    around = {b"0pad-%05d" % i: (0o100644, bytes(20)) for i in range(3000)}
+    big_new, big_old = body({**around, **padding, **new}), body({**around, **padding, **old})
+    assert set(new_entries(big_new, big_old, 20)) == expected
+    assert set(new_entries(big_old, big_new, 20)) == {
+        (name, mode, oid, new.get(name)) for name, (mode, oid) in old.items()
+        if new.get(name) != (mode, oid)}
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(MODES), st.binary(min_size=20, max_size=20)),
+                min_size=1, max_size=40),
+       st.data())
+def test_new_entries_of_large_trees_that_differ_anywhere(pool, draw):
+    """Two large trees whose entries differ at the start, the end, in several places,
+    with ids that share bytes with their neighbours' (so that the common start and
+    end of the two bodies fall inside entries)."""
+    names = [b"job-%05d" % i for i in range(4000)]
+    old = {n: pool[i % len(pool)] for i, n in enumerate(names)}
+    new = dict(old)
+    for _ in range(draw.draw(st.integers(0, 6))):
+        name = names[draw.draw(st.integers(0, len(names) - 1))]
+        choice = draw.draw(st.sampled_from(["drop", "change", "add"]))
+        if choice == "drop":
+            new.pop(name, None)
+        elif choice == "change":
+            mode, oid = new.get(name, pool[0])
+            new[name] = (mode, oid[:-1] + bytes([(oid[-1] + 1) % 256]))
+        else:
+            new[name + b"x"] = draw.draw(st.sampled_from(pool))
+    expected = {(name, mode, oid, old.get(name)) for name, (mode, oid) in new.items()
+                if old.get(name) != (mode, oid)}
+    assert set(new_entries(body(new), body(old), 20)) == expected
+
+
+def test_a_common_end_that_starts_inside_an_old_entry_is_not_taken_for_shared_entries():
+    """The last 29 bytes of both bodies are alike, but in the old tree they are the end of
+    one entry (a name holding "100644 c"), not an entry of their own."""
+    oid, other = bytes(range(20)), bytes(range(1, 21))
+    new = {b"P": (0o100644, other), b"c": (0o100644, oid)}
+    old = {b"Q100644 c": (0o100644, oid)}
+    data, before = body(new), body(old)
+    assert data.endswith(b"100644 c\0" + oid) and before.endswith(b"100644 c\0" + oid)
+    expected = {(b"P", 0o100644, other, None), (b"c", 0o100644, oid, None)}
+    assert set(new_entries(data, before, 20)) == expected
+    # and the other way round: the old body's last entry lies in the common end, where
+    # the new body has the end of one entry
+    assert set(new_entries(before, data, 20)) == {(b"Q100644 c", 0o100644, oid, None)}
