@@ -323,7 +323,7 @@ class GitLocalCopy:
     def lfs_objects(self, commit: Oid, paths: Sequence[str]) -> list[LfsPointer]:
         """The LFS objects that the files ``paths`` of ``commit`` point to: files routed
         through LFS whose blob is a pointer (gone or plain files name none)."""
-        if not self._lfs or not paths:
+        if not self._lfs or not paths or not self._lfs_stored():
             return []
         tree = self._repo.commit_tree(commit)
         found: dict[str, LfsPointer] = {}
@@ -356,16 +356,31 @@ class GitLocalCopy:
                              timeout=self._repo.timeout + megabytes)
             self._drop_lfs_copies(batch)
 
+    def _lfs_stored(self) -> bool:
+        """Whether the copy's LFS store may hold content to upload.  git-lfs's filter puts
+        the content of each file it turns into a pointer there, and the upload takes it
+        out again (:meth:`_drop_lfs_copies`), so an empty store means no new pointer: a
+        job that writes no LFS file costs no ``git check-attr``.  A store shared through
+        ``lfs.storage`` cannot say, so then the answer is yes."""
+        store = self._own_lfs_store()
+        if store is None:
+            return True
+        return any(files for _, _, files in os.walk(store))
+
+    def _own_lfs_store(self) -> Path | None:
+        """``.git/lfs/objects``, unless ``lfs.storage`` puts the store elsewhere."""
+        if self._lfs_store is None:
+            shared = self._repo.run(["config", "--get", "lfs.storage"]).status == 0
+            self._lfs_store = (None if shared else self._repo.git_dir / "lfs" / "objects",)
+        return self._lfs_store[0]
+
     def _drop_lfs_copies(self, objects: Sequence[LfsPointer]) -> None:
         """Delete this copy's own copies of ``objects``, which the LFS server now has:
         git-lfs downloads one again if a checkout needs it, and a job that saves a
         checkpoint every epoch does not keep each one on this disk twice.  Only from the
         copy's own store (``.git/lfs/objects``): a store that ``lfs.storage`` shares with
         other repositories is left alone."""
-        if self._lfs_store is None:
-            shared = self._repo.run(["config", "--get", "lfs.storage"]).status == 0
-            self._lfs_store = (None if shared else self._repo.git_dir / "lfs" / "objects",)
-        store = self._lfs_store[0]
+        store = self._own_lfs_store()
         if store is None:
             return
         for o in objects:
