@@ -49,6 +49,7 @@ folder at its old path.  Nothing here creates a missing parent folder.
 from __future__ import annotations
 
 import bisect
+import collections
 import contextlib
 import hashlib
 import os
@@ -86,6 +87,29 @@ _REPOSITORY_PARTS = ("HEAD", "objects", "refs")
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 #: zlib level of a loose object, as git's ``core.looseCompression`` default
 _LOOSE_LEVEL = 1
+#: Objects at least this large that were read or written lately are kept, uncompressed
+#: (an object's id names its contents, so the copy is right in every store): a job's
+#: steps read the same large ``updates`` tree and ``done.txt`` several times each.
+_RECENT_BYTES, _RECENT_COUNT = 64 * 1024, 8
+_recent: collections.OrderedDict[Oid, tuple[str, bytes]] = collections.OrderedDict()
+_recent_lock = threading.Lock()
+
+
+def _remember(oid: Oid, kind: str, data: bytes) -> None:
+    if len(data) >= _RECENT_BYTES:
+        with _recent_lock:
+            _recent[oid] = (kind, data)
+            _recent.move_to_end(oid)
+            while len(_recent) > _RECENT_COUNT:
+                _recent.popitem(last=False)
+
+
+def _recalled(oid: Oid) -> tuple[str, bytes] | None:
+    with _recent_lock:
+        found = _recent.get(oid)
+        if found is not None:
+            _recent.move_to_end(oid)
+        return found
 
 
 class RepositoryFolder:
@@ -327,7 +351,12 @@ class ObjectStore:
 
     def read_loose(self, oid: Oid) -> tuple[str, bytes] | None:
         """Type and contents of ``oid`` if it is a whole loose object here, else ``None``
-        (not loose, or a file that does not decompress to what its header says)."""
+        (not loose, or a file that does not decompress to what its header says).  A
+        large object read or written lately, here or in another store, is answered from
+        memory: its contents are the same wherever it is (:meth:`has` says where)."""
+        recalled = _recalled(oid)
+        if recalled is not None:
+            return recalled
         raw = self.raw(oid)
         if raw is None:
             return None
@@ -335,6 +364,7 @@ class ObjectStore:
             header, _, body = zlib.decompress(raw).partition(b"\0")
             kind, _, size = header.partition(b" ")
             if int(size) == len(body) and kind in _KINDS:
+                _remember(oid, kind.decode("ascii"), body)
                 return kind.decode("ascii"), body
         return None
 
@@ -385,6 +415,7 @@ class ObjectStore:
                 os.stat(oid[2:], dir_fd=fan)
             except FileNotFoundError:
                 self._write_loose(fan, oid[2:], raw)
+        _remember(oid, kind, data)
         return oid
 
     def copy_from(self, source: ObjectStore, oid: Oid) -> None:

@@ -48,6 +48,7 @@ class _Cut:
 
     entries: tuple[bytes, ...]
     starts: list[int] = field(repr=False)
+    body: bytes = field(repr=False)
 
 
 _kept: collections.OrderedDict[str, _Cut] = collections.OrderedDict()
@@ -67,17 +68,37 @@ def _cut(data: bytes, size: int, oid: str | None) -> _Cut:
             if found is not None:
                 _kept.move_to_end(keep)
                 return found
-    entries = tuple(_whole_entry(size).findall(data))
-    starts = list(itertools.accumulate(map(len, entries), initial=0))
-    if starts[-1] != len(data):
-        raise ValueError("not a well-formed tree")
-    cut = _Cut(entries, starts)
+    cut = None
+    if keep is not None:
+        with _kept_lock:
+            last = next(reversed(_kept.values()), None)
+        if last is not None:
+            cut = _cut_like(data, size, last)
+    if cut is None:
+        entries = tuple(_whole_entry(size).findall(data))
+        starts = list(itertools.accumulate(map(len, entries), initial=0))
+        if starts[-1] != len(data):
+            raise ValueError("not a well-formed tree")
+        cut = _Cut(entries, starts, data)
     if keep is not None:
         with _kept_lock:
             _kept[keep] = cut
             while len(_kept) > _KEPT:
                 _kept.popitem(last=False)
     return cut
+
+
+def _cut_like(data: bytes, size: int, like: _Cut) -> _Cut | None:
+    """The cut of ``data`` made from the cut of a tree body ``like`` it mostly equals
+    (the next version of the same folder): its entries where the two bodies are alike,
+    and only the stretch between cut anew (see :func:`_stretch`).  ``None`` when the two
+    are not alike enough for that to pay, or the stretch is not whole entries."""
+    found = _stretch(data, size, like, least=len(data) // 2)
+    if found is None:
+        return None
+    first, last, middle = found
+    entries = like.entries[:first] + tuple(middle) + like.entries[last:]
+    return _Cut(entries, list(itertools.accumulate(map(len, entries), initial=0)), data)
 
 
 def _parse(entry: bytes, size: int) -> tuple[bytes, int, bytes]:
@@ -102,7 +123,7 @@ def new_entries(
     if data == old:
         return []
     theirs = _cut(old, size, ids[1])
-    new_part, old_part = _differing(data, old, size, theirs)
+    new_part, old_part = _differing(data, size, theirs)
     if new_part is None:  # the ends do not line up with entries: compare every entry
         new_part, old_part = list(_cut(data, size, ids[0]).entries), theirs.entries
     mine, before = set(new_part), set(old_part)
@@ -116,29 +137,47 @@ def new_entries(
 
 
 def _differing(
-    data: bytes, old: bytes, size: int, theirs: _Cut
+    data: bytes, size: int, theirs: _Cut
 ) -> tuple[list[bytes] | None, tuple[bytes, ...]]:
-    """The entries of the body ``data`` and of the body ``old`` (cut as ``theirs``) that
+    """The entries of the body ``data`` and of the body ``theirs`` was cut from that
     lie between the bytes both start with and the bytes both end with: only there can
-    the two differ.  ``(None, ())`` when that stretch of ``data`` is not whole entries.
+    the two differ.  ``(None, ())`` when that stretch of ``data`` is not whole entries."""
+    found = _stretch(data, size, theirs)
+    if found is None:
+        return None, ()
+    first, last, middle = found
+    return middle, theirs.entries[first:last]
 
-    The entries of ``old`` that lie wholly in the common start are ``data``'s first
+
+def _stretch(
+    data: bytes, size: int, theirs: _Cut, least: int = 0
+) -> tuple[int, int, list[bytes]] | None:
+    """Where the body ``data`` differs from the body ``theirs`` was cut from:
+    ``(first, last, entries)``, where ``theirs.entries[:first]`` are ``data``'s first
+    entries, ``theirs.entries[last:]`` its last ones, and ``entries`` those between.
+    ``None`` when the bytes both start and end with are fewer than ``least``, or the
+    stretch between is not whole entries.
+
+    The entries of ``theirs`` that lie wholly in the common start are ``data``'s first
     entries too (each body is cut from its start), so the stretch begins at an entry of
-    both.  It ends where ``old``'s first entry in the common end begins, at the same
-    distance from the end in ``data``: if ``data``'s stretch up to there cuts into whole
-    entries, the rest of ``data`` is cut the same way as the rest of ``old``.
+    both.  It ends where the first entry of ``theirs`` in the common end begins, at the
+    same distance from the end in ``data``: if ``data``'s stretch up to there cuts into
+    whole entries, the rest of ``data`` is cut the same way as the rest of ``theirs``.
     """
+    old = theirs.body
     limit = min(len(data), len(old))
     start = _common_start(data, old, limit)
     end = _common_end(data, old, limit - start)
+    if start + end < least:
+        return None
     first = bisect.bisect_right(theirs.starts, start) - 1  # the old entry holding ``start``
     last = bisect.bisect_left(theirs.starts, len(old) - end)
     low, high = theirs.starts[first], theirs.starts[last] - len(old) + len(data)
     stretch = data[low:high]
     entries = _whole_entry(size).findall(stretch)
     if sum(map(len, entries)) != len(stretch):
-        return None, ()
-    return entries, theirs.entries[first:last]
+        return None
+    return first, last, entries
 
 
 def _common_start(a: bytes, b: bytes, limit: int) -> int:

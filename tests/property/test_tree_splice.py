@@ -8,12 +8,15 @@ in the order moves) and names that sort next to each other (``a``, ``a.b``, ``a/
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import subprocess
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from distribute.transport import trees
 from distribute.transport.direct import tree_entries
 from distribute.transport.trees import TREE_MODE, new_entries, splice_tree
 
@@ -146,3 +149,31 @@ def test_a_common_end_that_starts_inside_an_old_entry_is_not_taken_for_shared_en
     # and the other way round: the old body's last entry lies in the common end, where
     # the new body has the end of one entry
     assert set(new_entries(before, data, 20)) == {(b"Q100644 c", 0o100644, oid, None)}
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(MODES), st.binary(min_size=20, max_size=20)),
+                min_size=1, max_size=40),
+       st.lists(st.tuples(st.integers(0, 3999), st.sampled_from(["drop", "change", "add"])),
+                max_size=6))
+def test_a_large_tree_cut_from_the_cut_of_its_previous_version_is_cut_right(pool, edits):
+    """A large tree is cut from the last one kept where the two are alike: the result
+    must be what cutting it whole gives, entries and offsets."""
+    names = [b"job-%05d" % i for i in range(4000)]
+    old = {n: pool[i % len(pool)] for i, n in enumerate(names)}
+    new = dict(old)
+    for at, choice in edits:
+        name = names[at]
+        if choice == "drop":
+            new.pop(name, None)
+        elif choice == "change":
+            mode, oid = new.get(name, pool[0])
+            new[name] = (mode, oid[:-1] + bytes([(oid[-1] + 1) % 256]))
+        else:
+            new[name + b"x"] = pool[at % len(pool)]
+    before, after = body(old), body(new)
+    trees._cut(before, 20, hashlib.sha1(b"old" + before).hexdigest())
+    cut = trees._cut(after, 20, hashlib.sha1(b"new" + after).hexdigest())
+    whole = trees._whole_entry(20).findall(after)
+    assert list(cut.entries) == whole
+    assert cut.starts == list(itertools.accumulate(map(len, whole), initial=0))
