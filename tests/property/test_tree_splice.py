@@ -110,27 +110,33 @@ def test_new_entries_are_those_the_old_tree_lacks(new, old):
         if new.get(name) != (mode, oid)}
 
 
-@settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(MODES), st.binary(min_size=20, max_size=20)),
-                min_size=1, max_size=40),
-       st.data())
-def test_new_entries_of_large_trees_that_differ_anywhere(pool, draw):
-    """Two large trees whose entries differ at the start, the end, in several places,
-    with ids that share bytes with their neighbours' (so that the common start and
-    end of the two bodies fall inside entries)."""
+@st.composite
+def large_tree_pairs(draw: st.DrawFn) -> tuple[dict, dict]:
+    """An old large tree (4,000 entries whose ids repeat from a small pool, so that
+    neighbours share bytes) and a new one with a few entries dropped, changed or added
+    anywhere: the common start and end of the two bodies may fall inside entries."""
+    pool = draw(st.lists(entries, min_size=1, max_size=40))
     names = [b"job-%05d" % i for i in range(4000)]
     old = {n: pool[i % len(pool)] for i, n in enumerate(names)}
     new = dict(old)
-    for _ in range(draw.draw(st.integers(0, 6))):
-        name = names[draw.draw(st.integers(0, len(names) - 1))]
-        choice = draw.draw(st.sampled_from(["drop", "change", "add"]))
+    for at, choice in draw(st.lists(st.tuples(st.integers(0, len(names) - 1),
+                                              st.sampled_from(["drop", "change", "add"])),
+                                    max_size=6)):
+        name = names[at]
         if choice == "drop":
             new.pop(name, None)
         elif choice == "change":
             mode, oid = new.get(name, pool[0])
             new[name] = (mode, oid[:-1] + bytes([(oid[-1] + 1) % 256]))
         else:
-            new[name + b"x"] = draw.draw(st.sampled_from(pool))
+            new[name + b"x"] = pool[at % len(pool)]
+    return old, new
+
+
+@settings(max_examples=100, deadline=None)
+@given(large_tree_pairs())
+def test_new_entries_of_large_trees_that_differ_anywhere(pair):
+    old, new = pair
     expected = {(name, mode, oid, old.get(name)) for name, (mode, oid) in new.items()
                 if old.get(name) != (mode, oid)}
     assert set(new_entries(body(new), body(old), 20)) == expected
@@ -152,25 +158,11 @@ def test_a_common_end_that_starts_inside_an_old_entry_is_not_taken_for_shared_en
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(MODES), st.binary(min_size=20, max_size=20)),
-                min_size=1, max_size=40),
-       st.lists(st.tuples(st.integers(0, 3999), st.sampled_from(["drop", "change", "add"])),
-                max_size=6))
-def test_a_large_tree_cut_from_the_cut_of_its_previous_version_is_cut_right(pool, edits):
+@given(large_tree_pairs())
+def test_a_large_tree_cut_from_the_cut_of_its_previous_version_is_cut_right(pair):
     """A large tree is cut from the last one kept where the two are alike: the result
     must be what cutting it whole gives, entries and offsets."""
-    names = [b"job-%05d" % i for i in range(4000)]
-    old = {n: pool[i % len(pool)] for i, n in enumerate(names)}
-    new = dict(old)
-    for at, choice in edits:
-        name = names[at]
-        if choice == "drop":
-            new.pop(name, None)
-        elif choice == "change":
-            mode, oid = new.get(name, pool[0])
-            new[name] = (mode, oid[:-1] + bytes([(oid[-1] + 1) % 256]))
-        else:
-            new[name + b"x"] = pool[at % len(pool)]
+    old, new = pair
     before, after = body(old), body(new)
     trees._cut(before, 20, hashlib.sha1(b"old" + before).hexdigest())
     cut = trees._cut(after, 20, hashlib.sha1(b"new" + after).hexdigest())
