@@ -286,6 +286,7 @@ class ObjectStore:
         self._folder = folder
         self._packs: PackedDB | None = None
         self._packs_lock = threading.Lock()
+        self._batch = threading.local()  # see writing()
 
     def __repr__(self) -> str:
         return f"ObjectStore({str(self.root)!r})"
@@ -312,6 +313,29 @@ class ObjectStore:
     def has(self, oid: Oid) -> bool:
         return self._loose_path(oid).is_file() or self._in_packs(oid)
 
+    def _open_objects(self) -> int:
+        if self._folder is not None:
+            return self._folder.open(self.root.name)
+        return os.open(self.root, _FOLDER)
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Within this block, this thread's writes here open the objects folder once, with
+        its checks (:meth:`RepositoryFolder.open`), and each fan-out folder once, instead
+        of for every object: for the many objects of one push."""
+        if getattr(self._batch, "objects", None) is not None:
+            yield  # already inside one
+            return
+        objects = self._open_objects()
+        self._batch.objects, self._batch.fans = objects, {}
+        try:
+            yield
+        finally:
+            fans = self._batch.fans
+            self._batch.objects = self._batch.fans = None
+            for fd in (*fans.values(), objects):
+                os.close(fd)
+
     @contextlib.contextmanager
     def _fan_out(self, oid: Oid, *, make: bool) -> Iterator[int]:
         """The open fan-out folder of ``oid`` (made first if missing and ``make``).
@@ -320,21 +344,30 @@ class ObjectStore:
             TransportError: ``folder`` is gone or replaced (see RepositoryFolder.open).
             OSError: the objects folder (or, unless ``make``, the fan-out one) is missing.
         """
-        if self._folder is not None:
-            objects = self._folder.open(self.root.name)
-        else:
-            objects = os.open(self.root, _FOLDER)
+        batch = getattr(self._batch, "objects", None)
+        if batch is not None:
+            fans: dict[str, int] = self._batch.fans
+            fan = fans.get(oid[:2])
+            if fan is None:
+                fan = fans[oid[:2]] = self._open_fan(batch, oid, make)
+            yield fan
+            return
+        objects = self._open_objects()
         try:
-            if make:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(oid[:2], dir_fd=objects)
-            fan = os.open(oid[:2], _FOLDER, dir_fd=objects)
+            fan = self._open_fan(objects, oid, make)
         finally:
             os.close(objects)
         try:
             yield fan
         finally:
             os.close(fan)
+
+    @staticmethod
+    def _open_fan(objects: int, oid: Oid, make: bool) -> int:
+        if make:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(oid[:2], dir_fd=objects)
+        return os.open(oid[:2], _FOLDER, dir_fd=objects)
 
     def freshen(self, oid: Oid) -> None:
         """Touch a loose object that a new ref is about to rely on, as git does, so a
@@ -535,6 +568,7 @@ def copy_objects(source: ObjectStore, target: ObjectStore, tips: Iterable[Oid]) 
                     stack.append((_Visit(raw.hex(), "tree", like), False))
                 else:
                     stack.append((_Visit(raw.hex(), "blob"), False))
-    for oid in order:
-        target.copy_from(source, oid)
+    with target.writing():
+        for oid in order:
+            target.copy_from(source, oid)
     return len(order)

@@ -351,6 +351,13 @@ class GitTransport:
         for path, data in edits.items():
             if data is not None and not isinstance(data, bytes):
                 raise UsageError(f"contents of {path!r} must be bytes", path=path)
+        with self._repo.writing():
+            return self._write_commit(root, edits, parents, message)
+
+    def _write_commit(
+        self, root: Oid | None, edits: Mapping[str, bytes | None], parents: Sequence[Oid],
+        message: str,
+    ) -> Oid:
         if edits:
             contents = list(dict.fromkeys(data for data in edits.values() if data is not None))
             blob_of = dict(zip(contents, self._repo.write_blobs(contents), strict=True))

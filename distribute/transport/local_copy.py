@@ -282,7 +282,8 @@ class GitLocalCopy:
         if view is None:
             self._made = None
             return self._repo.write_commit(tree, [parent], message)
-        commit = self._repo.write_commit(self._graft(parent, view, tree), [parent], message)
+        with self._repo.writing():
+            commit = self._repo.write_commit(self._graft(parent, view, tree), [parent], message)
         self._made = (commit, tree, view.shown)
         return commit
 

@@ -247,6 +247,11 @@ class _Repository:
             self._store_view = ObjectStore(Path(self._repo.common_dir) / "objects")
         return self._store_view
 
+    def writing(self) -> contextlib.AbstractContextManager[None]:
+        """A block in which this thread's object writes open the objects folder once
+        (:meth:`ObjectStore.writing`)."""
+        return self.objects().writing() if self.sha1 else contextlib.nullcontext()
+
     def config_value(self, section: str, option: str) -> str | None:
         """One value of the repository's own configuration file (read here, no git);
         ``section`` as GitPython names it (``remote "origin"``)."""
