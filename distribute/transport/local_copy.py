@@ -131,13 +131,17 @@ class GitLocalCopy:
         (:mod:`~distribute.transport.shared_objects`); ignored when it is not one.
         ``shown``: check out a view that shows only these folders of ``updates/``
         (:meth:`show`).
-        ``lazy_blobs_from``: a partial clone (``--filter=blob:limit=``) where the
-        remote allows it: files of that many bytes or more are left on the remote
-        until a checkout or a merge needs them, and git then fetches them itself
-        (with the password, if any: every git command here carries it).  A remote
-        that does not allow filters sends everything, as for a plain clone, and a
-        remote on this machine given as a path is copied whole (its objects are
-        linked, not copied, so there is nothing to save).
+        ``lazy_blobs_from``: a partial clone where the remote allows it.  The clone
+        brings no file at all (``--filter=blob:none``): a remote holding ten
+        thousand jobs' small results is joined as fast as an empty one, and the
+        first checkout brings what it shows, in one batch.  Later fetches bring the
+        files they reach except those of that many bytes or more
+        (``remote.origin.partialclonefilter``), so the ledgers a look reads are here
+        when read.  Whatever is left out, git fetches by itself when a checkout or a
+        merge needs it (with the password, if any: every git command here carries
+        it).  A remote that does not allow filters sends everything, as for a plain
+        clone, and a remote on this machine given as a path is copied whole (its
+        objects are linked, not copied, so there is nothing to save).
 
         Raises:
             TransportError: the clone failed (the URL in the message is scrubbed).
@@ -153,12 +157,19 @@ class GitLocalCopy:
         if reference is not None:
             args.append(f"--reference-if-able={Path(reference).absolute()}")
         if lazy_blobs_from is not None:
-            # git itself ignores it for a path (a local clone links the objects)
-            args.append(f"--filter=blob:limit={int(lazy_blobs_from)}")
+            # no file of the history: what the first checkout needs comes then, in one
+            # batch; git itself ignores it for a path (a local clone links the objects)
+            args.append("--filter=blob:none")
         args.append("--end-of-options")
         _run_outside([*args, split.public, str(target)], f"git clone of {scrub_url(url)}",
                      timeout=timeout, secret=split.secret, url=split.public)
         copy = cls.open(target, secret=split.secret)
+        if lazy_blobs_from is not None and copy._repo.config_value(
+                'remote "origin"', "partialclonefilter") is not None:
+            # from here on, fetches bring the files they reach but the large ones (the
+            # ledgers each look reads, other jobs' small results as they land)
+            copy._repo.set_config("remote.origin", "partialclonefilter",
+                                  f"blob:limit={int(lazy_blobs_from)}")
         if checkout and shown is not None:
             try:
                 copy.show(shown)

@@ -136,3 +136,34 @@ def test_a_remote_that_allows_no_filters_is_cloned_whole(tmp_path):
         assert objects_bytes(copy) > BIG
         run_job(b, "two", {"log.txt": b"two\n"})
     assert "two" in git("show", "main:done.txt", cwd=bare)
+
+
+def missing_in(copy: Path, commit: str) -> set[str]:
+    """The objects reachable from ``commit`` that ``copy`` does not have (a partial
+    clone's promised objects), without fetching any."""
+    out = git("rev-list", "--objects", "--missing=print", commit, cwd=copy)
+    return {line[1:] for line in out.splitlines() if line.startswith("?")}
+
+
+def test_a_new_worker_downloads_no_small_file_of_the_history_only_what_it_needs(tmp_path):
+    bare = tmp_path / "remote.git"
+    init_remote(bare)
+    with make(str(bare), tmp_path / "copy-a", "a") as a:
+        for job in ("one", "two", "three"):
+            run_job(a, job, {"log.txt": f"{job} printed this\n".encode()})
+    joined = git("rev-parse", "main", cwd=bare).strip()
+    logs = {job: git("rev-parse", f"main:updates/{job}/log.txt", cwd=bare).strip()
+            for job in ("one", "two", "three")}
+    copy = tmp_path / "copy-b"
+    with make(f"file://{bare}", copy, "b") as b:
+        run_job(b, "four", {"log.txt": b"four\n"})
+        # the history's small files stayed on the remote: b never needed them
+        assert set(logs.values()) <= missing_in(copy, joined)
+        with make(str(bare), tmp_path / "copy-a", "a") as a:
+            run_job(a, "five", {"log.txt": b"five printed this\n"})
+        # files that land later come with the fetches, as before (the ledgers each look
+        # reads among them): after b's next look, the new log is here
+        assert b.get_next_job(lambda: None) is None
+        five = git("rev-parse", "main:updates/five/log.txt", cwd=bare).strip()
+        assert five not in missing_in(copy, git("rev-parse", "main", cwd=bare).strip())
+    assert "four" in git("show", "main:done.txt", cwd=bare)
