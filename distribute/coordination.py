@@ -1539,6 +1539,19 @@ class Coordinator:
                 deleted += len(batch) if landed else 0
             return deleted
 
+    def queue_leftovers(self) -> int:
+        """Queue for deletion (:meth:`prune_merged`) this worker's branches of done jobs
+        that the main branch holds and this process did not finish: those an earlier life
+        left when it was killed before its batch of deletions.  One listing of this
+        worker's branches and one fetch of the main branch; return how many were queued."""
+        found = merged_branches(self.transport, self.main_ref[len("refs/heads/"):],
+                                self.worker)
+        with self.mutex:
+            known = {ref for ref, _ in (*self.merged, *self.superseded)}
+            new = [(ref, tip) for ref, tip in found.items() if ref not in known]
+            self.merged.extend(new)
+            return len(new)
+
     def _record_conflict(
         self, main: Oid, base: Oid, ledger: Ledger, job: JobHolding, conflicts: Sequence[str],
         folds: Folds | None = None,
@@ -2052,10 +2065,12 @@ class FencedEdit:
             transport.push([RefUpdate(LOCK_REF, held_oid, released)])
 
 
-def merged_branches(transport: Transport, branch: str) -> dict[str, Oid]:
+def merged_branches(transport: Transport, branch: str, worker: str | None = None
+                    ) -> dict[str, Oid]:  # fmt: skip
     """The job branches on the remote whose job ``done.txt`` lists (the finished
     attempt's branch, and those of earlier attempts a retry merged) and whose tip the
-    main branch holds: what :func:`delete_merged_branches` deletes (ref name: tip)."""
+    main branch holds: what :func:`delete_merged_branches` deletes (ref name: tip).
+    ``worker``: only that worker's branches."""
     main_ref = "refs/heads/" + branch
     main = transport.fetch([main_ref]).get(main_ref)
     if main is None:
@@ -2064,8 +2079,9 @@ def merged_branches(transport: Transport, branch: str) -> dict[str, Oid]:
     done = {encode_component(e.job) for e in ledger.done}
     held = {job_branch_ref(e.worker, e.job, e.token) for e in ledger.running if not e.released}
     prefix = "refs/heads/" + JOB_BRANCH_PREFIX
+    only = prefix if worker is None else f"{prefix}{encode_component(worker)}/"
     found = {}
-    for ref, tip in transport.list_refs(prefix).items():
+    for ref, tip in transport.list_refs(only).items():
         parts = ref[len(prefix):].split("/")
         if len(parts) == 3 and parts[1] in done and ref not in held:
             with contextlib.suppress(DistributeError):  # a tip not in main's history: kept

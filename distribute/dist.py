@@ -1027,8 +1027,13 @@ class Worker:
                 self._mark_job()
         # every few jobs, the branches of the jobs finished here leave the remote (their
         # commits stay: the main branch holds them), so refs do not grow with the sweep
-        self.coord.prune_merged()
         self._finished += 1
+        if self._finished == 1:
+            # what an earlier life of this worker, killed before its batch of deletions,
+            # left behind goes with this life's batches
+            with contextlib.suppress(DistributeError):
+                self.coord.queue_leftovers()
+        self.coord.prune_merged()
         if self._finished % _HOUSEKEEPING_EVERY == 0:
             self._housekeeping()
 

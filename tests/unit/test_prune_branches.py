@@ -134,3 +134,17 @@ def test_a_taken_over_attempt_keeps_its_branch_and_gc_deletes_it_once_the_job_is
     assert c.finish_step() is not None
     found = merged_branches(t, "main")
     assert held.branch_ref in found and again.branch_ref in found
+
+
+def test_a_restarted_worker_deletes_the_finished_branches_its_killed_life_left():
+    remote, c = setup(["a", "b", "c"])
+    refs = {run(c, "a"), run(c, "b")}  # finished; killed before its batch of deletions
+    again = Coordinator(remote.transport("w2"), worker="w", session="s2", branch="main",
+                        lease=10, margin=2, max_attempts=2, clock=lambda: 0.0)
+    other = Coordinator(remote.transport("x"), worker="x", session="x", branch="main",
+                        lease=10, margin=2, max_attempts=2, clock=lambda: 0.0)
+    kept = run(other, "c")  # another worker's finished branch is its own business
+    assert again.queue_leftovers() == 2
+    assert again.queue_leftovers() == 0  # already queued
+    assert again.prune_merged(at_least=1) == 2
+    assert set(branches(remote)) == {kept} and not refs & set(branches(remote))
