@@ -247,7 +247,11 @@ def test_a_killed_worker_restarts_at_once_saving_and_resuming_what_its_job_wrote
         assert again.attempt == 2 and again.resumed_from == first_branch
         assert Path(again.job_dir, "log.txt").read_text() == "half way\n"
         again.finish_job()
-    saved = git("show", f"{first_branch}:updates/a/log.txt", cwd=remote)
+    # the dead attempt's commit is in the main branch's history (its branch, merged,
+    # may be gone: the restarted worker deletes the branches of its earlier life's
+    # finished jobs)
+    saved = git("show", "main^{/what attempt 1 of a left when its worker died}:"
+                "updates/a/log.txt", cwd=remote)
     assert saved == "half way"
     done = git("show", "main:done.txt", cwd=remote)
     assert "attempt=2" in done and "interrupted=1" in done
