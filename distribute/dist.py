@@ -374,18 +374,20 @@ class Worker:
             path.unlink()
             return
         folder = job_dir(job)
-        left = [p for p in self.copy.changed_paths() if p == folder or p.startswith(folder + "/")]
-        if left:
+        if any(p == folder or p.startswith(folder + "/") for p in self.copy.changed_paths()):
             head = self.copy.snapshot(
                 head, f"what attempt {holding.attempt} of {job} left when its worker died",
                 only=folder,
             )
             self.copy.advance(head, None)
-            self._upload_large(head, left)
         holding.tip = tip
         self.coord.adopt(holding)
         try:
             if head != tip:
+                # commits the dead process made and did not push (it may have died between
+                # a snapshot and its upload), and the one just made: their LFS content
+                # goes first, as at every update
+                self._upload_large(head, self.copy.paths_changed(tip, head))
                 self._retrying(partial(self.coord.update, head))
             if finishing:
                 self._finish_adopted()

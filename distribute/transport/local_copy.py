@@ -312,6 +312,13 @@ class GitLocalCopy:
             return None
         return self._repo.write_commit(self._graft(parent, view, tree), [parent], message)
 
+    def paths_changed(self, old: Oid, new: Oid) -> list[str]:
+        """The files that differ between the commits ``old`` and ``new`` (added, changed
+        or deleted; git compares the trees, so unchanged folders are not walked)."""
+        out = self._repo.check(["diff-tree", "-r", "-z", "--no-renames", "--name-only",
+                                check_oid(old), check_oid(new), "--"], "git diff-tree")
+        return [p.decode("utf-8", errors="surrogateescape") for p in out.split(b"\0") if p]
+
     # ---- Git LFS (see .lfs) -------------------------------------------------------------
     @property
     def lfs(self) -> bool:

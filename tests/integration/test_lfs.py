@@ -200,3 +200,38 @@ def test_over_http_the_content_goes_to_the_lfs_server_with_the_urls_password(
         for path in (copy / ".git").rglob("*"):
             if path.is_file() and path.stat().st_size < 1_000_000:
                 assert password not in path.read_bytes(), path
+
+
+def test_a_worker_killed_between_its_snapshot_and_the_upload_uploads_when_restarted(
+    remote, tmp_path, monkeypatch
+):
+    data = content(30)
+    dead = make(str(remote), tmp_path / "a", "a", lease_seconds=60)
+    assert dead.get_next_job(lambda: "train") == "train"
+    Path(dead.job_dir).mkdir(parents=True)
+    (Path(dead.job_dir) / "ckpt.pt").write_bytes(data)
+
+    def killed(*_: object) -> None:
+        raise KeyboardInterrupt  # the process dies after the snapshot, before the upload
+
+    monkeypatch.setattr(type(dead), "_upload_large", killed)
+    with pytest.raises(KeyboardInterrupt):
+        dead.commit_update()
+    # left as kill -9 leaves it: nothing more reaches the remote
+    import atexit
+
+    dead._stop.set()
+    atexit.unregister(dead._at_exit)
+    dead._closed = True
+    dead._filelock.release()
+    monkeypatch.undo()
+    oid = sha(data)
+    stored = remote / "lfs" / "objects" / oid[:2] / oid[2:4] / oid
+    assert not stored.exists()
+    with make(str(remote), tmp_path / "a", "a", lease_seconds=60) as again:
+        # taking its job back, the restart pushes the dead process's commit, content first
+        assert again.get_next_job(lambda: None) == "train"
+        assert stored.read_bytes() == data
+        assert (Path(again.job_dir) / "ckpt.pt").read_bytes() == data
+        again.finish_job()
+    assert pointer_on_main(remote, "updates/train/ckpt.pt").oid == oid
