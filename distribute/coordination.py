@@ -1544,8 +1544,7 @@ class Coordinator:
         that the main branch holds and this process did not finish: those an earlier life
         left when it was killed before its batch of deletions.  One listing of this
         worker's branches and one fetch of the main branch; return how many were queued."""
-        found = merged_branches(self.transport, self.main_ref[len("refs/heads/"):],
-                                self.worker)
+        found = merged_branches(self.transport, self.branch, self.worker)
         with self.mutex:
             known = {ref for ref, _ in (*self.merged, *self.superseded)}
             new = [(ref, tip) for ref, tip in found.items() if ref not in known]

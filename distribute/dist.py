@@ -387,7 +387,7 @@ class Worker:
                 # commits the dead process made and did not push (it may have died between
                 # a snapshot and its upload), and the one just made: their LFS content
                 # goes first, as at every update
-                self._upload_large(head, self.copy.paths_changed(tip, head))
+                self._upload_large(head, self.copy.changed_between(tip, head))
                 self._retrying(partial(self.coord.update, head))
             if finishing:
                 self._finish_adopted()

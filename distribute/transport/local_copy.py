@@ -35,6 +35,7 @@ module imports :mod:`.git`; :mod:`.git` does not import it.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -104,8 +105,6 @@ class GitLocalCopy:
         self._made: tuple[Oid, Oid, tuple[str, ...]] | None = None
         # Git LFS: with git-lfs installed, its filter is in the copy's config (see .lfs)
         self._lfs = git_lfs_installed()
-        # the copy's own LFS store, if it has one (see _drop_lfs_copies); None: not read yet
-        self._lfs_store: tuple[Path | None] | None = None
         if self._lfs:
             for key, value in filter_config().items():
                 section, option = key.rsplit(".", 1)
@@ -149,8 +148,9 @@ class GitLocalCopy:
         split = split_secret(url)
         target = private_folder(Path(path).absolute())
         # with git-lfs here, a checkout made by the clone itself turns pointers into files
-        lfs = [arg for k, v in filter_config().items() for arg in ("-c", f"{k}={v}")
-               if git_lfs_installed()]
+        lfs: list[str] = []
+        if git_lfs_installed():
+            lfs = [arg for k, v in filter_config().items() for arg in ("-c", f"{k}={v}")]
         args = [*lfs, "clone", "--quiet", "--single-branch", "--no-tags"]
         if not checkout or shown is not None:
             args.append("--no-checkout")
@@ -312,7 +312,7 @@ class GitLocalCopy:
             return None
         return self._repo.write_commit(self._graft(parent, view, tree), [parent], message)
 
-    def paths_changed(self, old: Oid, new: Oid) -> list[str]:
+    def changed_between(self, old: Oid, new: Oid) -> list[str]:
         """The files that differ between the commits ``old`` and ``new`` (added, changed
         or deleted; git compares the trees, so unchanged folders are not walked)."""
         out = self._repo.check(["diff-tree", "-r", "-z", "--no-renames", "--name-only",
@@ -381,17 +381,17 @@ class GitLocalCopy:
         out again (:meth:`_drop_lfs_copies`), so an empty store means no new pointer: a
         job that writes no LFS file costs no ``git check-attr``.  A store shared through
         ``lfs.storage`` cannot say, so then the answer is yes."""
-        store = self._own_lfs_store()
+        store = self._own_lfs_store
         if store is None:
             return True
         return any(files for _, _, files in os.walk(store))
 
+    @functools.cached_property
     def _own_lfs_store(self) -> Path | None:
         """``.git/lfs/objects``, unless ``lfs.storage`` puts the store elsewhere."""
-        if self._lfs_store is None:
-            shared = self._repo.run(["config", "--get", "lfs.storage"]).status == 0
-            self._lfs_store = (None if shared else self._repo.git_dir / "lfs" / "objects",)
-        return self._lfs_store[0]
+        if self._repo.run(["config", "--get", "lfs.storage"]).status == 0:
+            return None
+        return self._repo.git_dir / "lfs" / "objects"
 
     def _drop_lfs_copies(self, objects: Sequence[LfsPointer]) -> None:
         """Delete this copy's own copies of ``objects``, which the LFS server now has:
@@ -399,7 +399,7 @@ class GitLocalCopy:
         checkpoint every epoch does not keep each one on this disk twice.  Only from the
         copy's own store (``.git/lfs/objects``): a store that ``lfs.storage`` shares with
         other repositories is left alone."""
-        store = self._own_lfs_store()
+        store = self._own_lfs_store
         if store is None:
             return
         for o in objects:

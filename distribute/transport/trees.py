@@ -123,10 +123,12 @@ def new_entries(
     if data == old:
         return []
     theirs = _cut(old, size, ids[1])
-    new_part, old_part = _differing(data, size, theirs)
-    if new_part is None:  # the ends do not line up with entries: compare every entry
-        new_part, old_part = list(_cut(data, size, ids[0]).entries), theirs.entries
-    mine, before = set(new_part), set(old_part)
+    found = _stretch(data, size, theirs)
+    if found is None:  # the ends do not line up with entries: compare every entry
+        mine, before = set(_cut(data, size, ids[0]).entries), set(theirs.entries)
+    else:  # only the entries between the common start and end can differ
+        first, last, middle = found
+        mine, before = set(middle), set(theirs.entries[first:last])
     added = mine - before
     if not added:
         return []
@@ -134,19 +136,6 @@ def new_entries(
             (_parse(entry, size) for entry in before - mine)}
     return [(name, mode, oid, gone.get(name)) for name, mode, oid in
             (_parse(entry, size) for entry in added)]
-
-
-def _differing(
-    data: bytes, size: int, theirs: _Cut
-) -> tuple[list[bytes] | None, tuple[bytes, ...]]:
-    """The entries of the body ``data`` and of the body ``theirs`` was cut from that
-    lie between the bytes both start with and the bytes both end with: only there can
-    the two differ.  ``(None, ())`` when that stretch of ``data`` is not whole entries."""
-    found = _stretch(data, size, theirs)
-    if found is None:
-        return None, ()
-    first, last, middle = found
-    return middle, theirs.entries[first:last]
 
 
 def _stretch(
