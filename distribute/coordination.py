@@ -239,6 +239,9 @@ class _Claim:
 
 #: pushes an unlocked claim tries while only finishes move the main branch under it
 UNLOCKED_TRIES = 3
+#: idle workers one unlocked claim may hand a queued job to besides its own (section 3,
+#: step 5 of docs/protocol.md): a fleet claims up to this many more jobs per lock move
+HANDOFF_MAX = 15
 #: lost races in a row after which a finish (or fail) asks the others to let it through
 FINISH_PRIORITY_AFTER = 3
 #: finished jobs whose branches a worker deletes together, in one push
@@ -330,6 +333,8 @@ class Coordinator:
         #: this worker's parked finishes known to be folded (or void): never taken up again
         #: from a record of ours that still lists them
         self._settled: set[Parked] = set()
+        #: (job, token) of the jobs handed to this process that it took up
+        self._taken_up: set[tuple[str, int]] = set()
         #: the last observation: whether other workers are about (see :meth:`finish`)
         self.last_seen: Snapshot | None = None
         #: the refs the last finish try read, its main branch the one it decided on
@@ -466,7 +471,9 @@ class Coordinator:
         self.watch.observe(LOCK_REF, lock_oid, now)
         holders = {worker_ref(w) for w in ledger.holders()}
         listed = {r for r in values if r.startswith(WORKERS_PREFIX)}
-        self.watch.observe_all(values, holders | listed, now)
+        # a record first listed by a later look was written since the first one
+        self.watch.observe_all(values, holders | listed, now,
+                               new_is_move=self.last_seen is not None)
         gone = frozenset(
             b.worker for b in (self.beat_at(values[r]) for r in listed)
             if b is not None and b.gone
@@ -879,8 +886,89 @@ class Coordinator:
     def plan(self, snap: Snapshot) -> ClaimPlan:
         return plan_claim(
             snap.view, self.worker, self.expired_workers(snap), self.max_attempts,
-            self.max_interruptions,
+            self.max_interruptions, self.session,
         )
+
+    # ---- hand-offs -------------------------------------------------------------
+    def handoff_targets(self, snap: Snapshot, limit: int = HANDOFF_MAX) -> list[Beat]:
+        """The idle workers an unlocked claim on ``snap`` may claim a queued job for, in
+        turn order (least recently served first), at most ``limit``.
+
+        A target's liveness record is readable, carries a session, and says it is
+        neither gone, revoked nor finishing; the ledger (with the parked finishes folded
+        in) lists no running job of that worker; this worker has seen its record
+        move (so it is not a dead worker's record first seen now, which would count as
+        live for a whole lease) and not seen it unchanged for a lease."""
+        if limit <= 0:
+            return []
+        now = self.clock()
+        running = snap.view.holders()
+        found: list[Beat] = []
+        for ref, oid in snap.refs.items():
+            if not ref.startswith(WORKERS_PREFIX) or ref == self.own_ref:
+                continue
+            beat = self.beat_at(oid)
+            if (beat is None or not beat.session or beat.gone or beat.revoked
+                    or beat.finishing or worker_ref(beat.worker) != ref
+                    or beat.worker in running):
+                continue
+            if self.watch.expired(ref, now) or not self.watch.seen_moving(ref):
+                continue
+            found.append(beat)
+        if not found:
+            return []
+        served = snap.view.served()
+        found.sort(key=lambda b: (served.get(b.worker, -1), b.worker))
+        return found[:limit]
+
+    def handed(self, snap: Snapshot) -> Entry | None:
+        """The job another worker claimed for this process on ``snap``, to take up
+        (:meth:`take_handed`), if this worker runs none."""
+        if self.job is not None:
+            return None
+        # the view: a finish of it that is parked (on our own record, say) is done
+        entry = snap.view.handed_to(self.worker, self.session)
+        if entry is None or (entry.job, entry.token) in self._taken_up:
+            return None  # taken up once already: a view older than its finish shows it
+        return entry
+
+    def take_handed(self, snap: Snapshot) -> JobHolding | None:
+        """Take up the job another worker's claim handed to this process (``snap``'s
+        ledger lists it under this worker and session; see :meth:`handoff_targets`).
+
+        Nothing moves the main branch: the claim was made under the claimer's lock
+        move, the job branch exists.  The liveness record is renewed first when the
+        heartbeat would be due (a third of the lease since it was sent), so a record
+        revoked meanwhile (the job was taken over after this worker fell silent for a
+        lease) drops the job before it runs.  ``None``: nothing to take up, or it was
+        taken over."""
+        with self.mutex:
+            entry = self.handed(snap)
+            if entry is None:
+                return None
+            ref = job_branch_ref(self.worker, entry.job, entry.token)
+            tip = self._fetch([ref]).get(ref)
+            if tip is None:
+                return None  # deleted by an administrator's gc: the ledger decides later
+            job = JobHolding(entry.job, entry.token, entry.attempt,
+                             job_branch(self.worker, entry.job, entry.token), tip)
+            self.job = job
+            self._taken_up.add((job.job, job.token))
+            self.journal(ev.Claim(job=job.job, token=job.token, attempt=job.attempt,
+                                  branch=job.branch, revoked="", by=entry.by))
+            self.stats.count("handed_taken")
+            if self.clock() - self.beat_sent_at >= self.lease / 3:
+                for _ in range(2):
+                    if self.renew_beat():
+                        break
+                    if self.revoked:
+                        self.job = None
+                        return None
+                else:
+                    if holder_verdict(self.beat_sent_at, self.clock(), self.lease) == "lost":
+                        self.job = None
+                        return None
+            return job
 
     def give_up(self, snap: Snapshot, plan: GiveUp) -> Snapshot:
         """Move a job with no attempts left to ``failed.txt`` (under the lock)."""
@@ -961,6 +1049,8 @@ class Coordinator:
                     return ev.NotClaimed.LOCK_LOST
                 h = self.holding
                 token = h.state.token
+                if self.handed(snap) is not None:
+                    return self._replan(snap)  # a job handed to us comes first
                 if isinstance(plan, Retry):
                     entry = snap.view.running_entry(plan.entry.job)
                     if entry is None or entry != plan.entry:
@@ -1012,14 +1102,16 @@ class Coordinator:
                     return self._replan(snap)
 
     def claim_unlocked(
-        self, snap: Snapshot, job: str, edits: Oid | None = None
+        self, snap: Snapshot, job: str, edits: Oid | None = None,
+        handed: Sequence[tuple[Beat, str]] = (),
     ) -> JobHolding | None:
         """:meth:`claim_unlocked_step`, for callers that only ask whether it claimed."""
-        got = self.claim_unlocked_step(snap, job, edits)
+        got = self.claim_unlocked_step(snap, job, edits, handed)
         return got if isinstance(got, JobHolding) else None
 
     def claim_unlocked_step(
-        self, snap: Snapshot, job: str, edits: Oid | None = None
+        self, snap: Snapshot, job: str, edits: Oid | None = None,
+        handed: Sequence[tuple[Beat, str]] = (),
     ) -> JobHolding | ev.NotClaimed:
         """Claim a new job with no separate acquire: a holding of zero length.
 
@@ -1037,6 +1129,13 @@ class Coordinator:
         :func:`distribute.sources.repo_only`): several workers may run them
         at once, and a run whose claim lost leaves no trace.
 
+        ``handed``: (liveness record, job) pairs: the same push claims each job for
+        that record's worker and session (:meth:`handoff_targets`), under the tokens
+        after this worker's own, and the free lock moves on past the last of them.
+        ``edits`` then holds the function's edits for all the jobs.  Each of those
+        workers takes its job up at its next look (:meth:`take_handed`); one that
+        never does (it died) loses it like any holder, when its lease expires.
+
         Returns:
             The new :class:`JobHolding`, or ``NotClaimed.TAKEN`` when someone else
             claimed first (or the replays ran out, or the edits no longer merge),
@@ -1046,28 +1145,39 @@ class Coordinator:
             if self.holding is not None or self.job is not None:
                 raise DistributeError("claim_unlocked needs a worker with no holding and no job")
             first = snap
+            names = [job, *(name for _, name in handed)]
             for _ in range(UNLOCKED_TRIES):
                 if snap.lock_oid != first.lock_oid or not snap.lock.free or self.torn(snap):
                     return ev.NotClaimed.TAKEN
+                if self.handed(snap) is not None:
+                    return ev.NotClaimed.TAKEN  # a job handed to us comes first
                 if snap is not first and (
-                    snap.view.state_of(job) is not None
+                    any(snap.view.state_of(name) is not None for name in names)
                     or not isinstance(self.plan(snap), CallNextJobFunction)
                 ):
                     return ev.NotClaimed.TAKEN  # the job is known by now, or an orphan first
                 token = snap.lock.token + 1
                 ledger = snap.view.claim(job, self.worker, token)
+                for n, (beat, name) in enumerate(handed, 1):
+                    ledger = ledger.claim(name, beat.worker, token + n, by=self.worker,
+                                          session=beat.session)
                 tree = self.transport.commit_tree(edits) if edits else None
                 if edits and snap.base != first.main:
                     merged = self.transport.merge(snap.base, edits)
                     if not merged.clean:
                         return ev.NotClaimed.TAKEN  # the function must see the new files
                     tree = merged.tree
-                freed = partial(snap.lock.claimed_unlocked, self.worker)
+                freed = partial(snap.lock.claimed_unlocked, self.worker, count=1 + len(handed))
+                others = [(beat.worker, name, token + n)
+                          for n, (beat, name) in enumerate(handed, 1)]
                 claim = self._build_claim(
-                    snap, ledger, job, token, 1, tree, "", snap.lock_oid, freed
+                    snap, ledger, job, token, 1, tree, "", snap.lock_oid, freed, handed=others
                 )
                 if self._push_claim(claim, unlocked=True):
                     self.stats.count("unlocked_claims")
+                    for worker, name, t in others:
+                        self.stats.count("handed_out")
+                        self.journal(ev.HandOff(job=name, token=t, to=worker))
                     return self.job or ev.NotClaimed.DROPPED
                 self.stats.count("unlocked_lost")
                 self.beat_oid = None  # a stale liveness value may have refused it: re-read
@@ -1087,14 +1197,18 @@ class Coordinator:
         lock_old: Oid | None,
         lock_after: Callable[[str], LockState],
         previous: Entry | None = None,
+        handed: Sequence[tuple[str, str, int]] = (),
     ) -> _Claim:
-        """The commits and ref updates of one claim (see :meth:`claim`)."""
+        """The commits and ref updates of one claim (see :meth:`claim`); ``handed``:
+        (worker, job, token) of the jobs claimed for other workers in the same push."""
+        also = "".join(f"; {j} for {w} (token {t})" for w, j, t in handed)
         new_main = self.transport.write_commit(
             parents=[snap.base],
             base=None if tree else snap.base,
             tree=tree,
             changes=ledger.changed_files(snap.view),
-            message=f"distribute: claim {name} by {self.worker} (token {token}, attempt {attempt})",
+            message=(f"distribute: claim {name} by {self.worker} (token {token}, "
+                     f"attempt {attempt}){also}"),
         )
         branch = job_branch(self.worker, name, token)
         start, resumed, superseded = new_main, None, None
@@ -1121,6 +1235,7 @@ class Coordinator:
             RefUpdate("refs/heads/" + branch, None, start),
             RefUpdate(self.own_ref, own_old, beat_oid),
             *self._revoke_updates(snap, revoke, token),
+            *(RefUpdate(job_branch_ref(w, j, t), None, new_main) for w, j, t in handed),
         ]
         job = JobHolding(name, token, attempt, branch, start, resumed)
         return _Claim(updates, job, beat, beat_oid, own_old, revoke, snap.folds, superseded)

@@ -53,6 +53,7 @@ from distribute.core.errors import (
 )
 from distribute.core.events import FailOutcome, NotClaimed
 from distribute.core.ledger import MAX_INTERRUPTIONS
+from distribute.core.lock import Beat
 from distribute.core.names import (
     LOCK_REF,
     WORKERS_PREFIX,
@@ -79,7 +80,12 @@ from distribute.credentials import split_secret
 from distribute.jobfolder import secure_job_folder
 from distribute.orphans import kill_git_left_in, reap_leftover_command
 from distribute.shared_peeks import SharedPeeks
-from distribute.sources import call_next_job_function, decides_from_files, is_repo_only
+from distribute.sources import (
+    DecidesFromFiles,
+    call_next_job_function,
+    decides_from_files,
+    is_repo_only,
+)
 from distribute.transport.base import Transport
 from distribute.transport.git import DirectGitTransport
 from distribute.transport.local_copy import GitLocalCopy
@@ -189,6 +195,11 @@ class Worker:
             so a remote with thousands of finished jobs costs a worker what a young
             one does.  The folders left out stay on the main branch; every commit a
             job makes is grafted back onto the whole tree, and loses none of them.
+        hand_off: a claim made from the queue's files (``jobs.txt``, see
+            :func:`~distribute.sources.queue_jobs_func`) also claims the next queued
+            jobs for the idle workers it sees waiting, in the same push; each takes
+            its job up at its next look instead of racing for a claim of its own, so
+            claims no longer go one at a time (``False``: each claims its own).
         share_peeks: workers of this machine on the same remote share what their
             peeks at it read while they wait for a turn (see
             :mod:`distribute.shared_peeks`), so several workers on one machine cost
@@ -219,6 +230,7 @@ class Worker:
         max_file_bytes: int | None = MAX_FILE_BYTES,
         all_results: bool = False,
         share_peeks: bool = True,
+        hand_off: bool = True,
         heartbeat: bool = True,
         margin_seconds: float | None = None,
         journal: Callable[..., None] | None = None,
@@ -260,6 +272,7 @@ class Worker:
             self.max_poll_seconds, idle_poll_seconds or min(20.0, lease_seconds / 6)
         )
         self.max_attempts = max_attempts
+        self.hand_off = hand_off
         self.wait_for_running = wait_for_running
         self.retry_seconds = retry_seconds
         self.max_file_bytes = max_file_bytes
@@ -670,6 +683,10 @@ class Worker:
     ) -> JobHolding | _Leave | _Pause:
         """Try once, on ``snap``, to claim a job when it is our turn: the job, that there
         is none to wait for, or how long to pause before the next look."""
+        if self.coord.handed(snap) is not None:
+            # another worker's claim gave us a job: take it up (no turn, no claim)
+            handed = self._retrying(partial(self.coord.take_handed, snap))
+            return handed if handed is not None else _Pause(None)
         ahead = self.coord.ahead_in_turn(snap)
         watching = Watch(
             lock_free=snap.lock.free, lock_oid=snap.lock_oid, latest=snap.lock_oid,
@@ -819,11 +836,15 @@ class Worker:
         )
 
     def _claim_unlocked(self, snap: Snapshot, func: NextJobFunction) -> JobHolding | _Step:
-        job, edits = self._run_next_job_function(snap, func)
+        targets = self.coord.handoff_targets(snap) if self.hand_off else []
+        if targets and decides_from_files(func):
+            job, edits, handed = self._next_jobs_from_files(snap, func, targets)
+        else:
+            (job, edits), handed = self._run_next_job_function(snap, func), []
         if job is None:
             return self._no_job(snap)
         got = self._claim_or_undo(
-            snap, func, partial(self.coord.claim_unlocked_step, snap, job, edits))
+            snap, func, partial(self.coord.claim_unlocked_step, snap, job, edits, handed))
         # not claimed: someone claimed first (look again at once: the lock may still be
         # free and ours in turn), or the claim landed too late to run
         return got if isinstance(got, JobHolding) else _Step.LOST
@@ -877,6 +898,34 @@ class Worker:
                 with contextlib.suppress(TransportError):  # else the lease expires
                     coord.release(snap.main)
             raise
+
+    def _next_jobs_from_files(
+        self, snap: Snapshot, func: DecidesFromFiles, targets: list[Beat]
+    ) -> tuple[str | None, str | None, list[tuple[Beat, str]]]:
+        """Ask a function that decides from files for this worker's job, then again for
+        one job per idle worker in ``targets`` (each answer reads the files as the
+        answers before it left them): this worker's job, one commit of all the edits,
+        and the (record, job) pairs to hand off (fewer when the queue runs out)."""
+        read = partial(self.transport.read_file, snap.main)
+        changes: dict[str, bytes | None] = {}
+
+        def current(path: str) -> bytes | None:
+            return changes[path] if path in changes else read(path)
+
+        names: list[str] = []
+        for _ in range(1 + len(targets)):
+            answer = func.next_job_from_files(current)
+            if answer is None:
+                break
+            names.append(check_name(answer[0], "job"))
+            changes.update(answer[1])
+        if not names:
+            return None, None, []
+        commit = self.transport.write_commit(
+            parents=[snap.main], base=snap.main, changes=changes,
+            message="distribute: next-job function edits",
+        )
+        return names[0], commit, list(zip(targets, names[1:], strict=False))
 
     def _run_next_job_function(
         self, snap: Snapshot, func: NextJobFunction

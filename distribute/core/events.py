@@ -141,7 +141,9 @@ class ResumeConflict(Event):
 
 @dataclass(frozen=True, slots=True)
 class Claim(Event):
-    """A claim landed (``revoked``: the worker whose job this one took over, or "")."""
+    """A claim landed (``revoked``: the worker whose job this one took over, or "";
+    ``by``: for a job another worker claimed for this one, that worker, reported when
+    this worker takes it up)."""
 
     kind: ClassVar[str] = "claim"
     job: str
@@ -149,6 +151,18 @@ class Claim(Event):
     attempt: int
     branch: str
     revoked: str
+    by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HandOff(Event):
+    """This worker's claim also claimed ``job`` for the idle worker ``to`` under
+    ``token``: the job is ``to``'s, which takes it up at its next look."""
+
+    kind: ClassVar[str] = "hand-off"
+    job: str
+    token: int
+    to: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +238,7 @@ class Fail(Event):
 EVENT_KINDS = frozenset({
     TornObserve.kind, LockAcquire.kind, LockRelease.kind, LockLost.kind, LockRenew.kind,
     Revoked.kind, Gone.kind, GiveUp.kind, StaleDecision.kind, ResumeConflict.kind,
-    Claim.kind, Adopt.kind, Update.kind, FinishPriority.kind, Finish.kind,
+    Claim.kind, HandOff.kind, Adopt.kind, Update.kind, FinishPriority.kind, Finish.kind,
     FinishRefused.kind, Fail.kind, Fold.kind,
 })
 
@@ -249,6 +263,7 @@ __all__ = [
     "Fold",
     "GiveUp",
     "Gone",
+    "HandOff",
     "LockAcquire",
     "LockLost",
     "LockRelease",

@@ -36,6 +36,7 @@ class LeaseWatch:
     lease: float
     margin: float
     _seen: dict[str, tuple[str, float]] = field(default_factory=dict)
+    _moved: set[str] = field(default_factory=set)
 
     def observe(self, ref: str, value: str | None, now: float) -> bool:
         """Record one observation; return ``True`` when the value changed."""
@@ -43,12 +44,25 @@ class LeaseWatch:
         previous = self._seen.get(ref)
         if previous is not None and previous[0] == value:
             return False
+        if previous is not None:
+            self._moved.add(ref)
         self._seen[ref] = (value, now)
         return True
 
-    def observe_all(self, values: Mapping[str, str], refs: Iterable[str], now: float) -> None:
-        """Observe every ref in ``refs``; those missing from ``values`` are absent."""
+    def seen_moving(self, ref: str) -> bool:
+        """Has this observer seen ``ref`` change (appear included) at least once?  A value
+        seen only as it is could belong to a worker long dead: a ref first seen now is
+        judged unexpired for a whole lease."""
+        return ref in self._moved
+
+    def observe_all(self, values: Mapping[str, str], refs: Iterable[str], now: float,
+                    new_is_move: bool = False) -> None:
+        """Observe every ref in ``refs``; those missing from ``values`` are absent.
+        ``new_is_move``: a ref never seen before counts as seen moving (it appeared
+        since an earlier observation that listed every ref of its kind)."""
         for ref in refs:
+            if new_is_move and ref not in self._seen:
+                self._moved.add(ref)
             self.observe(ref, values.get(ref), now)
 
     def unchanged_for(self, ref: str, now: float) -> float:
@@ -66,6 +80,7 @@ class LeaseWatch:
 
     def forget(self, ref: str) -> None:
         self._seen.pop(ref, None)
+        self._moved.discard(ref)
 
     def remaining(self, ref: str, now: float) -> float:
         """Seconds until ``ref`` would expire if it stays unchanged."""

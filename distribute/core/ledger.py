@@ -61,6 +61,11 @@ class Entry:
             rather than failed.
         was: on a released line, the worker whose attempt ended (its branch
             holds what that attempt wrote).
+        by: on a line claimed for ``worker`` by another worker (a hand-off:
+            one claim push gives queued jobs to idle workers too), that worker.
+        session: on a handed line, the session of ``worker`` it was handed to:
+            only that process takes it up; an earlier or later life of the same
+            worker treats it as its own interrupted attempt.
     """
 
     job: str
@@ -70,6 +75,8 @@ class Entry:
     reason: str = ""
     interrupted: int = 0
     was: str = ""
+    by: str = ""
+    session: str = ""
 
     @property
     def released(self) -> bool:
@@ -98,6 +105,10 @@ def format_line(entry: Entry) -> str:
         fields.append(f"interrupted={entry.interrupted}")
     if entry.was:
         fields.append(f"was={entry.was}")
+    if entry.by:
+        fields.append(f"by={entry.by}")
+    if entry.session:
+        fields.append(f"session={entry.session}")
     if entry.reason:
         fields.append(f"reason={_clean_reason(entry.reason)}")
     return "\t".join(fields)
@@ -136,7 +147,8 @@ def parse_line(line: str, source: str = "ledger") -> Entry:
             raise _damaged(source, f"cannot read field {f!r} (not key=value)", line)
         values[key] = value
     for what, name in (("the job name", job), ("worker=", values.get("worker", "")),
-                       ("was=", values.get("was", ""))):
+                       ("was=", values.get("was", "")), ("by=", values.get("by", "")),
+                       ("session=", values.get("session", ""))):
         bad = forbidden_character(name)
         if bad is not None:
             raise _damaged(source, f"{what} holds {bad}", line)
@@ -154,6 +166,8 @@ def parse_line(line: str, source: str = "ledger") -> Entry:
         reason=values.get("reason", ""),
         interrupted=numbers["interrupted"],
         was=values.get("was", ""),
+        by=values.get("by", ""),
+        session=values.get("session", ""),
     )
 
 
@@ -350,6 +364,14 @@ class Ledger:
                 served[entry.worker] = entry.token
         return served
 
+    def handed_to(self, worker: str, session: str) -> Entry | None:
+        """The running job another worker claimed for ``worker``'s process ``session``,
+        if any (see :class:`Entry`): one that process, idle, is to take up."""
+        return next(
+            (e for e in self.running if e.worker == worker and e.by and e.session == session),
+            None,
+        )
+
     def held_by(self, worker: str) -> tuple[Entry, ...]:
         return tuple(e for e in self.running if e.worker == worker)
 
@@ -357,8 +379,11 @@ class Ledger:
         return frozenset(e.worker for e in self.running if e.worker)
 
     # ---- transitions -------------------------------------------------------
-    def claim(self, job: str, worker: str, token: int) -> Ledger:
-        """Record a new job as running under ``token``.
+    def claim(
+        self, job: str, worker: str, token: int, *, by: str = "", session: str = ""
+    ) -> Ledger:
+        """Record a new job as running under ``token``; ``by`` and ``session`` for a job
+        another worker claims for ``worker`` (a hand-off, see :class:`Entry`).
 
         Raises:
             UsageError: the job is already running, done or failed.
@@ -373,7 +398,7 @@ class Ledger:
                 job=job,
                 state=state,
             )
-        entry = Entry(job=job, worker=worker, token=token, attempt=1)
+        entry = Entry(job=job, worker=worker, token=token, attempt=1, by=by, session=session)
         return replace(self, running=(*self.running, entry))
 
     def retry(self, job: str, worker: str, token: int, *, interrupted: bool = False) -> Ledger:
@@ -427,6 +452,7 @@ class Ledger:
     ) -> Ledger:
         if not entry.released:
             entry = replace(entry, interrupted=entry.interrupted + (1 if interrupted else 0))
+        entry = replace(entry, by="", session="")
         ended = replace(entry, worker="", was=entry.worker or entry.was)
         if ended.failures >= max_attempts or ended.interrupted >= max_interruptions:
             final = replace(entry, reason=_clean_reason(reason), was="")

@@ -72,10 +72,11 @@ class LockState:
     def released(self, main: str = "") -> LockState:
         return LockState(token=self.token, main=main, last=self.holder)
 
-    def claimed_unlocked(self, worker: str, main: str) -> LockState:
+    def claimed_unlocked(self, worker: str, main: str, count: int = 1) -> LockState:
         """The free lock after ``worker`` claimed a job with no separate acquire: the
-        next token, held for no time at all."""
-        return LockState(token=self.token + 1, main=main, last=worker)
+        next token, held for no time at all; ``count`` tokens when the same push claimed
+        jobs for other workers too (a hand-off), each under a token of its own."""
+        return LockState(token=self.token + count, main=main, last=worker)
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,7 +53,7 @@ ClaimPlan = Retry | GiveUp | CallNextJobFunction
 
 def plan_claim(
     ledger: Ledger, me: str, expired: Set[str], max_attempts: int,
-    max_interruptions: int = MAX_INTERRUPTIONS,
+    max_interruptions: int = MAX_INTERRUPTIONS, session: str = "",
 ) -> ClaimPlan:
     """Choose the holder's next move.
 
@@ -65,8 +65,12 @@ def plan_claim(
         expired: workers whose liveness the caller judged expired.
         max_attempts: failed attempts allowed per job.
         max_interruptions: interrupted attempts allowed per job.
+        session: this worker's process; a job another worker claimed for it
+            (``Entry.session``) is its to take up, not an orphan.
     """
     for entry in ledger.running:
+        if session and entry.worker == me and entry.by and entry.session == session:
+            continue
         if entry.released:
             if entry.failures >= max_attempts or entry.interrupted >= max_interruptions:
                 return GiveUp(entry, entry.reason or "attempts used up")

@@ -434,11 +434,12 @@ class UnlockedClaimIgnoresTheLock(Broken):
     seam = "Coordinator.claim_unlocked"
     _dropping = False
 
-    def claim_unlocked(self, snap: Any, job: str, edits: Oid | None = None) -> Any:
+    def claim_unlocked(self, snap: Any, job: str, edits: Oid | None = None,
+                       handed: Any = ()) -> Any:
         self.reached()
         self._dropping = True
         try:
-            return super().claim_unlocked(snap, job, edits)
+            return super().claim_unlocked(snap, job, edits, handed)
         finally:
             self._dropping = False
 
@@ -468,6 +469,24 @@ class RestartKeepsItsHolding(Broken):
         return super().try_acquire(snap)
 
 
+class HandedJobTakenUpAgain(Broken):
+    """(10) A worker takes up a job handed to it whenever a look shows the line running
+    under its session: it forgets the jobs it took up already, and reads the ledger
+    without the parked finishes folded in, so its own parked finish looks unfinished."""
+
+    seam = "Coordinator.handed"
+
+    def handed(self, snap: Snapshot) -> Any:
+        self.reached()
+        if self.job is not None:
+            return None
+        entry = snap.ledger.handed_to(self.worker, self.session)
+        if entry is not None and super().handed(snap) is None:
+            self.deviated()
+            self._taken_up.discard((entry.job, entry.token))
+        return entry
+
+
 VARIANTS: dict[str, type[Broken]] = {
     "1 claim without CAS": ClaimWithoutCas,
     "2 release before claim": ReleaseBeforeClaim,
@@ -482,4 +501,5 @@ VARIANTS: dict[str, type[Broken]] = {
     "7b resolve by equality": ResolveByEquality,
     "8 unlocked claim ignores the lock": UnlockedClaimIgnoresTheLock,
     "9 restart keeps its holding": RestartKeepsItsHolding,
+    "10 handed job taken up again": HandedJobTakenUpAgain,
 }

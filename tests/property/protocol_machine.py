@@ -504,6 +504,8 @@ class Model:
     landed: set[tuple[str, int]] = field(default_factory=set)
     #: (job, token) -> worker, for every finish whose worker believes it landed or parked
     believed: dict[tuple[str, int], str] = field(default_factory=dict)
+    #: (job, token) of every job a worker took up after another's claim handed it over
+    taken_up: set[tuple[str, int]] = field(default_factory=set)
 
     def state(self, job: str) -> tuple[str | None, Entry | None]:
         for kind, table in (("running", self.running), ("done", self.done),
@@ -515,6 +517,11 @@ class Model:
     def runs(self, job: str, worker: str, token: int) -> bool:
         e = self.running.get(job)
         return e is not None and e.worker == worker and e.token == token
+
+    def held(self, worker: str) -> bool:
+        """Does ``worker`` hold a running line (unfinished: its finish is not parked)?"""
+        return any(e.worker == worker and not self.parked_line(j)
+                   for j, e in self.running.items())
 
     def parked_line(self, job: str) -> bool:
         """Is ``job``'s running line one whose holder parked its finish?  Then the job is
@@ -541,7 +548,10 @@ def same_line(a: Entry | None, b: Entry | None) -> bool:
 
 def lock_step_ok(p: LockState, c: LockState) -> bool:
     """One commit of the lock's history: a new holding (token + 1), a renewal, a release, or
-    a holding of no length (an unlocked claim: free to free with the next token)."""
+    a holding of no length (an unlocked claim: free to free with the next token, or further
+    on by one token per job it handed to another worker)."""
+    if c.token > p.token + 1:
+        return c.free and p.free
     if c.token == p.token + 1:
         return (not c.free and c.renewal == 0) or (c.free and p.free)
     if c.token != p.token or p.free:
@@ -866,6 +876,10 @@ class ProtocolMachine(RuleBasedStateMachine):
                        or not same_line(real.state(j)[1], m.state(j)[1]))
         folded = [j for j in moved if m.parked_line(j)]
         rest = [j for j in moved if j not in folded]
+        # jobs this push claimed for other workers (a hand-off): audited with its own claim
+        handed = [j for j in rest if m.state(j)[0] == "queued" and real.state(j)[0] == "running"
+                  and real.running[j].by == ws.name and real.running[j].worker != ws.name]
+        rest = [j for j in rest if j not in handed]
         require(moved and len(rest) <= 1,
                 f"{who} changed the state of {len(rest)} jobs in one push besides folding "
                 f"parked finishes ({folded}): {rest}")
@@ -884,10 +898,16 @@ class ProtocolMachine(RuleBasedStateMachine):
         fenced = (not lock.free and (lock.holder, lock.session) == (ws.name, ws.session)
                   and pre.get(LOCK_REF) != post.get(LOCK_REF))
         after_lock = self.lock_at(post.get(LOCK_REF))
-        # a holding of no length: the same push moved a free lock to the next token
-        unlocked = (lock.free and after_lock.free and after_lock.token == lock.token + 1
+        # a holding of no length: the same push moved a free lock to the next token (past
+        # one token more per job it handed to another worker)
+        unlocked = (lock.free and after_lock.free
+                    and after_lock.token == lock.token + 1 + len(handed)
                     and after_lock.last == ws.name
                     and self.world.parents(post[LOCK_REF]) == (pre.get(LOCK_REF),))
+        require(not handed or (unlocked and not fenced and was == "queued"
+                               and now_kind == "running"),
+                f"{who} claimed {handed} for other workers, but not in an unlocked claim of "
+                "its own")
         story = f"{who} moved job {job!r} from {was} {before} to {now_kind} {after}"
         expected_queue = m.queue
         assert after is None or after.job == job
@@ -895,14 +915,15 @@ class ProtocolMachine(RuleBasedStateMachine):
             assert after is not None
             require(after.worker == ws.name and after.attempt == 1, story)
             require((fenced and after.token == lock.token)
-                    or (unlocked and after.token == after_lock.token),
+                    or (unlocked and after.token == lock.token + 1),
                     f"{story} while the lock was {lock}, not its holding under that token: "
                     "a claim must land fenced by the holding it was made under")
             if unlocked and not fenced:
-                self.unlocked_claim = (ws.session, after.token)
-            expected_queue = [j for j in m.queue if j != job]
+                self.unlocked_claim = (ws.session, after_lock.token)
+            expected_queue = [j for j in m.queue if j != job and j not in handed]
             self.record_claim(ws, job, after.token, new)
             self.count("claim")
+            self.audit_handed(who, handed, real, lock.token + 1, new)
         elif was == "running" and now_kind == "running":
             assert before is not None and after is not None
             if after.worker == "":  # this worker's own failed attempt, released for a retry
@@ -952,8 +973,28 @@ class ProtocolMachine(RuleBasedStateMachine):
             table.pop(job, None)
             if now_kind == kind:
                 table[job] = after  # type: ignore[assignment]
+        for j in handed:
+            m.running[j] = real.running[j]
         require((running, done, failed) == (m.running, m.done, m.failed),
                 f"after a push by {who} the ledgers differ from the model")
+
+    def audit_handed(self, who: str, handed: list[str], real: Model, own: int,
+                     new: Oid) -> None:
+        """The jobs an unlocked claim handed to other workers: each a new job, attempt 1,
+        under the tokens after the claimer's own (``own``), one each, for a live session
+        of a worker that held no job, recorded as that worker's claim."""
+        tokens = sorted(real.running[j].token for j in handed)
+        require(tokens == list(range(own + 1, own + 1 + len(handed))),
+                f"{who} handed {handed} under tokens {tokens}, not those after its own {own}")
+        for j in handed:
+            e = real.running[j]
+            target = self.by_name.get(e.worker)
+            require(target is not None and e.attempt == 1 and e.session.startswith(
+                        e.worker + "#") and not self.model.held(e.worker),
+                    f"{who} handed {j!r} to {e.worker!r} ({e}), which is no idle worker")
+            assert target is not None
+            self.record_claim_for(target.name, e.session, j, e.token, new)
+            self.count("hand-off")
 
     def audit_folds(self, who: str, folded: list[str], real: Model, new: Oid) -> None:
         """The jobs a push moved whose finish was parked: each must be folded in as its
@@ -1013,7 +1054,11 @@ class ProtocolMachine(RuleBasedStateMachine):
                     "which is not folded in yet: the finish is lost")
 
     def record_claim(self, ws: WorkerState, job: str, token: int, commit: Oid) -> None:
-        claim = Claim(ws.name, ws.session, commit)
+        self.record_claim_for(ws.name, ws.session, job, token, commit)
+
+    def record_claim_for(self, worker: str, session: str, job: str, token: int,
+                         commit: Oid) -> None:
+        claim = Claim(worker, session, commit)
         self.model.claims[(job, token)] = claim
         self.expect_branch[claim.branch(job, token)] = commit
         self.branch_job[claim.branch(job, token)] = (job, token)
@@ -1164,6 +1209,7 @@ class ProtocolMachine(RuleBasedStateMachine):
             "observe": c.holding is None and not ws.fresh,
             "acquire": c.holding is None and c.job is None and ws.fresh,
             "unlocked": c.holding is None and c.job is None and ws.fresh,
+            "adopt": c.holding is None and c.job is None and ws.fresh,
             "holder": c.holding is not None and ws.pending is None,
             "claim": c.holding is not None and ws.pending is not None,
             "release": c.holding is not None,
@@ -1207,19 +1253,47 @@ class ProtocolMachine(RuleBasedStateMachine):
             self.fold_idle(ws)
             return
         job, edits = pending
+        handed: list[tuple[Beat, str]] = []
+        targets = c.handoff_targets(snap)
+        if targets:
+            # as the Worker asks a queue that decides from files: one job each, in turn
+            more = self.next_job_function(ws, take=1 + len(targets))
+            assert more is not None
+            names, edits = more[0].split("\n"), more[1]
+            job, handed = names[0], list(zip(targets, names[1:], strict=False))
         refs = self.world.refs()
         current = (refs.get(MAIN_REF) == snap.main and refs.get(LOCK_REF) == snap.lock_oid
                    and refs.get(c.own_ref) == snap.refs.get(c.own_ref) and c.beat_oid in (
                        None, snap.refs.get(c.own_ref)))
         quiet = ws.fault is None
         replays = c.stats.replays
-        got = c.claim_unlocked(snap, job, edits)
+        got = c.claim_unlocked(snap, job, edits, handed)
         if c.stats.replays > replays:
             self.count("unlocked-replayed")
         if quiet and current:
             require(got is not None, f"{ws.name!r} failed an unlocked claim it could make")
         self.count("unlocked-claim" if got is not None else "unlocked-lost")
         self.claimed(ws, got)
+
+    def do_adopt(self, ws: WorkerState) -> None:
+        """Take up a job another worker's claim handed to this one (no push unless its
+        record is due for renewal).  From a current look the job is still this worker's,
+        unless it was taken over or cancelled since (its later pushes are fenced)."""
+        c = ws.coord
+        ws.fresh = False
+        got = c.take_handed(ws.snap)
+        if got is None:
+            self.count("handed-dropped")
+            return
+        require(self.model.runs(got.job, ws.name, got.token)
+                or (got.job, got.token) in self.model.taken_over,
+                f"{ws.name!r} took up {got}, which the ledger gives to "
+                f"{self.model.state(got.job)}")
+        require((got.job, got.token) not in self.model.taken_up,
+                f"{ws.name!r} took up {got.job!r} (token {got.token}) a second time: the job "
+                "runs twice under one holding")
+        self.model.taken_up.add((got.job, got.token))
+        self.count("handed-taken")
 
     def do_holder(self, ws: WorkerState) -> None:
         c = ws.coord
@@ -1254,18 +1328,20 @@ class ProtocolMachine(RuleBasedStateMachine):
         if main != snap.main:
             self.count("fold-alone" if landed else "fold-alone-lost")
 
-    def next_job_function(self, ws: WorkerState) -> tuple[str, Oid | None] | None:
-        """The queue's next-job function: take the first line of ``jobs.txt``."""
+    def next_job_function(self, ws: WorkerState, take: int = 1) -> tuple[str, Oid | None] | None:
+        """The queue's next-job function: take the first line of ``jobs.txt`` (the first
+        ``take`` lines, named one per line, for a claim that hands jobs off)."""
         t = ws.coord.transport
         main = ws.snap.main
         queue = read_queue((t.read_file(main, JOBS_FILE) or b"").decode())
         if not queue:
             return None
+        taken = queue[:take]
         edits = t.write_commit(
-            parents=[main], base=main, changes={JOBS_FILE: format_queue(queue[1:]).encode()},
-            message=f"next-job function: take {queue[0]}",
+            parents=[main], base=main, changes={JOBS_FILE: format_queue(queue[take:]).encode()},
+            message=f"next-job function: take {', '.join(taken)}",
         )
-        return queue[0], edits
+        return "\n".join(taken), edits
 
     def do_claim(self, ws: WorkerState) -> None:
         assert ws.pending is not None
@@ -1468,7 +1544,9 @@ class ProtocolMachine(RuleBasedStateMachine):
             step = "claim" if ws.pending is not None else "holder"
         else:
             step = "acquire" if ws.fresh else "observe"
-            if step == "acquire" and self.may_claim_unlocked(ws):
+            if step == "acquire" and c.handed(ws.snap) is not None:
+                step = "adopt"  # as the Worker does first after each look
+            elif step == "acquire" and self.may_claim_unlocked(ws):
                 step = "unlocked"
         if step == "update":
             if self.can(ws, "update"):
@@ -1862,9 +1940,12 @@ class ProtocolMachine(RuleBasedStateMachine):
             for e in m.running.values():
                 claim = m.claims.get((e.job, e.token))
                 mine = c.job is not None and (c.job.job, c.job.token) == (e.job, e.token)
+                # a job handed to it is its to take up at its next look
+                waiting = bool(e.by) and (e.job, e.token) not in c._taken_up
                 require(e.worker != ws.name or claim is None or claim.session != ws.session
-                        or mine or m.parked_line(e.job), f"{ws.name!r} holds {e.job!r} on the "
-                        f"remote (token {e.token}) but does not know it")
+                        or mine or m.parked_line(e.job) or waiting,
+                        f"{ws.name!r} holds {e.job!r} on the remote (token {e.token}) but does "
+                        "not know it")
             if c.holding is not None:
                 ws.believed.add(c.holding.oid)
                 require(self.world.is_ancestor(c.holding.oid, lock_oid),

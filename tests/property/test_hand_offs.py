@@ -1,0 +1,181 @@
+"""Hand-offs, step by step on the in-memory remote: one unlocked claim also claims queued
+jobs for idle workers (``Coordinator.handoff_targets``), each of which takes its job up
+at its next look (``Coordinator.take_handed``) without a claim of its own.
+
+What must hold: the push lands whole or not at all; each handed job gets a token of its
+own, after the claimer's, and the free lock moves past the last; only the process the
+line names takes the job up, once; a worker that never takes it up loses it like any
+holder, once its lease ran out; and only live, idle workers are handed anything."""
+
+from __future__ import annotations
+
+from fake_clock import Clock
+from protocol_machine import MAIN_REF, MemoryWorld
+
+from distribute.coordination import Coordinator
+from distribute.core.lock import parse_lock_message
+from distribute.core.names import LOCK_REF, job_branch_ref
+from distribute.core.plan import CallNextJobFunction, Retry
+from distribute.sources import JOBS_FILE, format_queue, read_queue
+
+LEASE, MARGIN = 10.0, 2.5
+
+
+def coordinator(world: MemoryWorld, name: str, clock: Clock, life: int = 1) -> Coordinator:
+    return Coordinator(
+        world.transport(f"{name}#{life}"), worker=name, session=f"{name}#s{life}",
+        branch="main", lease=LEASE, margin=MARGIN, max_attempts=2, clock=clock,
+    )
+
+
+def queue_edits(c: Coordinator, main: str, take: int) -> tuple[list[str], str]:
+    """The queue's next ``take`` jobs and one commit taking them off ``jobs.txt``."""
+    t = c.transport
+    queue = read_queue((t.read_file(main, JOBS_FILE) or b"").decode())
+    edits = t.write_commit(parents=[main], base=main, message="take",
+                           changes={JOBS_FILE: format_queue(queue[take:]).encode()})
+    return queue[:take], edits
+
+
+def claim_with_hand_offs(c: Coordinator):
+    """Observe, then claim the next job and one for each hand-off target."""
+    snap = c.observe()
+    targets = c.handoff_targets(snap)
+    names, edits = queue_edits(c, snap.main, 1 + len(targets))
+    handed = list(zip(targets, names[1:], strict=False))
+    return c.claim_unlocked(snap, names[0], edits, handed), handed
+
+
+def running(world: MemoryWorld) -> dict[str, str]:
+    text = (world.read_file(world.refs()[MAIN_REF], "running.txt") or b"").decode()
+    return {line.split("\t")[0]: line for line in text.splitlines()}
+
+
+def idle_pair(jobs: list[str]):
+    """Workers a and b, where a has seen b's record move: b ran a job and finished it."""
+    world, clock = MemoryWorld(jobs), Clock()
+    a, b = coordinator(world, "a", clock), coordinator(world, "b", clock)
+    a.observe()  # a sees the remote before b is there
+    got, _ = claim_with_hand_offs(b)
+    assert got is not None
+    assert b.finish_step() is not None
+    return world, clock, a, b
+
+
+def test_one_push_claims_for_the_idle_worker_and_it_takes_the_job_up_without_a_claim():
+    world, clock, a, b = idle_pair(["j1", "j2", "j3", "j4"])
+    pushes = a.stats.pushes
+    lock_before = parse_lock_message(world.message(world.refs()[LOCK_REF]))
+    got, handed = claim_with_hand_offs(a)
+    assert got is not None and got.job == "j2" and a.stats.pushes == pushes + 1
+    assert [(beat.worker, job) for beat, job in handed] == [("b", "j3")]
+    lock = parse_lock_message(world.message(world.refs()[LOCK_REF]))
+    assert lock.free and lock.token == lock_before.token + 2 and got.token == lock_before.token + 1
+    line = running(world)["j3"]
+    assert "worker=b" in line and "by=a" in line and f"session={b.session}" in line
+    assert f"token={got.token + 1}" in line
+    branch = job_branch_ref("b", "j3", got.token + 1)
+    assert world.refs()[branch] == world.refs()[MAIN_REF]
+    assert read_queue(world.read_file(world.refs()[MAIN_REF], JOBS_FILE).decode()) == ["j4"]
+
+    b_pushes, lock_oid = b.stats.pushes, world.refs()[LOCK_REF]
+    snap = b.observe()
+    assert b.plan(snap) == CallNextJobFunction()  # not an orphan of b's: b's to take up
+    taken = b.take_handed(snap)
+    assert taken is not None and (taken.job, taken.token) == ("j3", got.token + 1)
+    assert b.stats.pushes == b_pushes and world.refs()[LOCK_REF] == lock_oid
+    assert b.take_handed(b.observe()) is None  # once
+    assert b.finish_step() is not None
+    assert "j3" not in running(world)
+    # the next holding gets the token after the last one handed out
+    c = coordinator(world, "c", clock)
+    snap = c.observe()
+    assert c.try_acquire(snap) and c.holding is not None
+    assert c.holding.state.token == got.token + 2
+
+
+def test_a_worker_with_a_handed_job_claims_nothing_else_first():
+    world, clock, a, b = idle_pair(["j1", "j2", "j3", "j4"])
+    assert claim_with_hand_offs(a)[0] is not None
+    snap = b.observe()
+    names, edits = queue_edits(b, snap.main, 1)
+    assert b.claim_unlocked(snap, names[0], edits) is None
+    assert b.try_acquire(snap)
+    assert b.claim(snap, CallNextJobFunction(), names[0], edits) is None
+    assert set(running(world)) == {"j2", "j3"} and b.job is None
+    assert b.take_handed(b.observe()) is not None
+
+
+def test_a_handed_job_its_worker_never_takes_up_is_retried_once_the_lease_ran_out():
+    world, clock, a, b = idle_pair(["j1", "j2", "j3"])
+    got, _ = claim_with_hand_offs(a)
+    assert got is not None and a.finish_step() is not None
+    # b is gone without a word (killed): its record stays as it was
+    snap = a.observe()
+    assert isinstance(a.plan(snap), CallNextJobFunction)  # b's lease runs still
+    clock.now += LEASE + MARGIN + 1
+    snap = a.observe()
+    plan = a.plan(snap)
+    assert isinstance(plan, Retry) and plan.entry.job == "j3" and plan.revoke == "b"
+    assert a.try_acquire(snap)
+    retried = a.claim(snap, plan, None)
+    assert retried is not None and retried.attempt == 2
+    assert "interrupted=1" in running(world)["j3"]
+    # b comes back: the job is a's now
+    assert b.take_handed(b.observe()) is None and b.job is None
+
+
+def test_a_stale_view_after_a_takeover_drops_the_job():
+    world, clock, a, b = idle_pair(["j1", "j2", "j3"])
+    assert claim_with_hand_offs(a)[0] is not None
+    old = b.observe()  # b's look shows j3 handed to it...
+    clock.now += LEASE + MARGIN + 1
+    assert a.finish_step() is not None
+    snap = a.observe()
+    plan = a.plan(snap)
+    assert isinstance(plan, Retry) and a.try_acquire(snap)
+    assert a.claim(snap, plan, None) is not None  # ...then its lease ran out and a took it
+    assert b.take_handed(old) is None and b.revoked and b.job is None
+
+
+def test_a_restarted_worker_treats_a_job_handed_to_its_earlier_life_as_interrupted():
+    world, clock, a, b = idle_pair(["j1", "j2", "j3"])
+    assert claim_with_hand_offs(a)[0] is not None
+    b2 = coordinator(world, "b", clock, life=2)
+    snap = b2.observe()
+    assert b2.handed(snap) is None and b2.take_handed(snap) is None
+    plan = b2.plan(snap)
+    assert isinstance(plan, Retry) and plan.entry.job == "j3" and plan.interrupted
+
+
+def test_only_live_idle_workers_whose_record_moved_are_targets():
+    world, clock = MemoryWorld(["j1", "j2", "j3", "j4", "j5"]), Clock()
+    a, b, c = (coordinator(world, n, clock) for n in "abc")
+    assert claim_with_hand_offs(b)[0] is not None
+    assert claim_with_hand_offs(c)[0] is not None
+    # a first saw b and c as they are: a record first seen now may be a dead worker's
+    assert a.handoff_targets(a.observe()) == []
+    assert b.finish_step() is not None  # b's record does not move on a finish...
+    assert a.handoff_targets(a.observe()) == []
+    assert b.renew_beat()  # ...but on a renewal, say
+    snap = a.observe()
+    assert [t.worker for t in a.handoff_targets(snap)] == ["b"]  # c still runs its job
+    assert a.handoff_targets(snap, limit=0) == []
+    clock.now += LEASE + MARGIN + 1  # b fell silent for a lease
+    assert a.handoff_targets(a.observe()) == []
+    assert b.renew_beat() and b.say_gone()
+    assert a.handoff_targets(a.observe()) == []  # b left
+
+
+def test_the_push_is_refused_whole_when_the_lock_moved():
+    world, clock, a, b = idle_pair(["j1", "j2", "j3", "j4"])
+    snap = a.observe()
+    targets = a.handoff_targets(snap)
+    assert [t.worker for t in targets] == ["b"]
+    names, edits = queue_edits(a, snap.main, 2)
+    c = coordinator(world, "c", clock)
+    assert claim_with_hand_offs(c)[0] is not None  # the lock moved on
+    before = dict(world.refs())
+    handed = list(zip(targets, names[1:], strict=True))
+    assert a.claim_unlocked(snap, names[0], edits, handed) is None
+    assert world.refs() == before
