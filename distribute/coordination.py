@@ -936,15 +936,16 @@ class Coordinator:
         """Take up the job another worker's claim handed to this process (``snap``'s
         ledger lists it under this worker and session; see :meth:`handoff_targets`).
 
-        Nothing moves the main branch: the claim was made under the claimer's lock
-        move, the job branch exists.  The liveness record is renewed first when the
-        heartbeat would be due (a third of the lease since it was sent), so a record
-        revoked meanwhile (the job was taken over after this worker fell silent for a
-        lease) drops the job before it runs.  ``None``: nothing to take up, or it was
-        taken over."""
+        Nothing moves the main branch or the lock: the claim was made in the claimer's
+        push, with the job branch.  This worker's liveness record is renewed to name
+        the job, as its own claim would have written it: a record revoked meanwhile
+        (the job was taken over after this worker fell silent for a lease) refuses
+        the renewal, and the job is dropped before it runs; and a takeover later
+        revokes a record that names the job, which a restarted life of this worker
+        recognises as its own.  ``None``: nothing to take up, or it was taken over."""
         with self.mutex:
             entry = self.handed(snap)
-            if entry is None:
+            if entry is None or self.holding is not None:
                 return None
             ref = job_branch_ref(self.worker, entry.job, entry.token)
             tip = self._fetch([ref]).get(ref)
@@ -953,21 +954,19 @@ class Coordinator:
             job = JobHolding(entry.job, entry.token, entry.attempt,
                              job_branch(self.worker, entry.job, entry.token), tip)
             self.job = job
+            try:
+                # a second try when our record had moved (an earlier life of ours wrote it)
+                landed = self.renew_beat() or (not self.revoked and self.renew_beat())
+            except BaseException:
+                self.job = None
+                raise
+            if not landed:
+                self.job = None
+                return None
             self._taken_up.add((job.job, job.token))
+            self.stats.count("handed_taken")
             self.journal(ev.Claim(job=job.job, token=job.token, attempt=job.attempt,
                                   branch=job.branch, revoked="", by=entry.by))
-            self.stats.count("handed_taken")
-            if self.clock() - self.beat_sent_at >= self.lease / 3:
-                for _ in range(2):
-                    if self.renew_beat():
-                        break
-                    if self.revoked:
-                        self.job = None
-                        return None
-                else:
-                    if holder_verdict(self.beat_sent_at, self.clock(), self.lease) == "lost":
-                        self.job = None
-                        return None
             return job
 
     def give_up(self, snap: Snapshot, plan: GiveUp) -> Snapshot:
@@ -1177,7 +1176,7 @@ class Coordinator:
                     self.stats.count("unlocked_claims")
                     for worker, name, t in others:
                         self.stats.count("handed_out")
-                        self.journal(ev.HandOff(job=name, token=t, to=worker))
+                        self.journal(ev.HandOff(job=name, token=t, to=worker, with_token=token))
                     return self.job or ev.NotClaimed.DROPPED
                 self.stats.count("unlocked_lost")
                 self.beat_oid = None  # a stale liveness value may have refused it: re-read
@@ -1201,14 +1200,15 @@ class Coordinator:
     ) -> _Claim:
         """The commits and ref updates of one claim (see :meth:`claim`); ``handed``:
         (worker, job, token) of the jobs claimed for other workers in the same push."""
-        also = "".join(f"; {j} for {w} (token {t})" for w, j, t in handed)
+        also = "".join(f"\n{j}\tfor {w} (token {t})" for w, j, t in handed)
         new_main = self.transport.write_commit(
             parents=[snap.base],
             base=None if tree else snap.base,
             tree=tree,
             changes=ledger.changed_files(snap.view),
             message=(f"distribute: claim {name} by {self.worker} (token {token}, "
-                     f"attempt {attempt}){also}"),
+                     f"attempt {attempt})" + (f"\n\nand, handed to idle workers:{also}\n"
+                                              if handed else "")),
         )
         branch = job_branch(self.worker, name, token)
         start, resumed, superseded = new_main, None, None
@@ -1655,11 +1655,12 @@ class Coordinator:
             return deleted
 
     def queue_leftovers(self) -> int:
-        """Queue for deletion (:meth:`prune_merged`) this worker's branches of done jobs
-        that the main branch holds and this process did not finish: those an earlier life
+        """Queue for deletion (:meth:`prune_merged`) this worker's branches of the jobs it
+        finished (``done.txt`` lists them under this worker and the branch's token) that
+        the main branch holds and this process did not finish: those an earlier life
         left when it was killed before its batch of deletions.  One listing of this
         worker's branches and one fetch of the main branch; return how many were queued."""
-        found = merged_branches(self.transport, self.branch, self.worker)
+        found = merged_branches(self.transport, self.branch, self.worker, finished_only=True)
         with self.mutex:
             known = {ref for ref, _ in (*self.merged, *self.superseded)}
             new = [(ref, tip) for ref, tip in found.items() if ref not in known]
@@ -2179,24 +2180,29 @@ class FencedEdit:
             transport.push([RefUpdate(LOCK_REF, held_oid, released)])
 
 
-def merged_branches(transport: Transport, branch: str, worker: str | None = None
-                    ) -> dict[str, Oid]:  # fmt: skip
+def merged_branches(transport: Transport, branch: str, worker: str | None = None,
+                    finished_only: bool = False) -> dict[str, Oid]:  # fmt: skip
     """The job branches on the remote whose job ``done.txt`` lists (the finished
     attempt's branch, and those of earlier attempts a retry merged) and whose tip the
     main branch holds: what :func:`delete_merged_branches` deletes (ref name: tip).
-    ``worker``: only that worker's branches."""
+    ``worker``: only that worker's branches.  ``finished_only``: only the branches of
+    the attempts that finished (not of earlier ones: a taken-over holder may still
+    push to its branch, so only a person's ``distribute gc`` deletes those)."""
     main_ref = "refs/heads/" + branch
     main = transport.fetch([main_ref]).get(main_ref)
     if main is None:
         raise RemoteStateError(f"the remote has no branch {branch!r}")
     ledger = read_ledger(transport, main, branch)
     done = {encode_component(e.job) for e in ledger.done}
+    finished = {job_branch_ref(e.worker, e.job, e.token) for e in ledger.done}
     held = {job_branch_ref(e.worker, e.job, e.token) for e in ledger.running if not e.released}
     prefix = "refs/heads/" + JOB_BRANCH_PREFIX
     only = prefix if worker is None else f"{prefix}{encode_component(worker)}/"
     found = {}
     for ref, tip in transport.list_refs(only).items():
         parts = ref[len(prefix):].split("/")
+        if finished_only and ref not in finished:
+            continue
         if len(parts) == 3 and parts[1] in done and ref not in held:
             with contextlib.suppress(DistributeError):  # a tip not in main's history: kept
                 if holds(transport, main, tip):

@@ -242,20 +242,43 @@ class _History:
             for f in faults if f.get("fault") == "kill"
         }
         claims: list[_Claim] = []
+        # a job another worker's claim handed over is claimed when that push landed (the
+        # hand-off's journal); its worker's own claim event says when it took it up
+        handed: dict[tuple[str, int], _Claim] = {}
+        taken_up: list[tuple[str, Mapping[str, Any]]] = []
         for proc, recs in by_proc.items():
             last_push: dict[str, float] = {}
             for r in recs:
                 if r.get("kind") == "push" and r.get("phase") == "invoke":
                     for ref, *_ in r.get("refs", ()):
                         last_push[ref] = float(r["t"])
-                if r.get("kind") == "event" and r.get("event") == "claim":
-                    claims.append(_Claim(
-                        job=str(r["job"]), worker=str(r["worker"]), proc=proc,
+                if r.get("kind") != "event":
+                    continue
+                if r.get("event") == "claim" and r.get("by"):
+                    taken_up.append((proc, r))
+                elif r.get("event") in ("claim", "hand-off"):
+                    c = _Claim(
+                        job=str(r["job"]), worker=str(r.get("to") or r["worker"]), proc=proc,
                         token=int(r["token"]), attempt=int(r.get("attempt", 1)),
                         branch=str(r.get("branch", "")), t_event=float(r["t"]),
                         t_sent=last_push.get(LOCK_REF, float(r["t"])),
                         revoked=str(r.get("revoked", "")),
-                    ))
+                    )
+                    claims.append(c)
+                    if r.get("event") == "hand-off":
+                        c.proc = f"{c.worker}#handed"  # whichever life takes it up
+                        handed[(c.job, c.token)] = c
+        for proc, r in taken_up:
+            c = handed.get((str(r["job"]), int(r["token"])))
+            if c is not None and c.proc.endswith("#handed"):
+                c.proc, c.branch = proc, str(r.get("branch", ""))
+            else:  # no hand-off journalled (its claimer was killed at once), or taken twice
+                claims.append(_Claim(
+                    job=str(r["job"]), worker=str(r["worker"]), proc=proc,
+                    token=int(r["token"]), attempt=int(r.get("attempt", 1)),
+                    branch=str(r.get("branch", "")), t_event=float(r["t"]),
+                    t_sent=float(r["t"]), revoked="",
+                ))
         claims.sort(key=lambda c: c.token)
         return cls(dict(by_proc), faults, claims, kill_at)
 
@@ -642,17 +665,31 @@ def _check_writes_landed(hist: _History, final: Mapping[str, Any], result: Check
     """
     held: set[tuple[int, str]] = set()
     freed: set[int] = set()
+    # an unlocked claim moves a free lock to a free one, past its token and one per job it
+    # handed off: (worker, first token, last token) of each such move
+    unlocked: list[tuple[str, int, int]] = []
+    top = 0
     for message in final.get("lock_history") or ():
         rec = parse_lock_record(message)
         if rec is None:
             continue
+        token = int(rec.get("token", 0))
         if rec.get("holder"):
-            held.add((int(rec.get("token", 0)), str(rec["holder"])))
+            held.add((token, str(rec["holder"])))
         else:
-            freed.add(int(rec.get("token", 0)))
+            freed.add(token)
+            if token > top:
+                unlocked.append((str(rec.get("last", "")), top + 1, token))
+        top = max(top, token)
     if final.get("lock_history"):
         for proc, r in hist.events("lock-acquire"):
-            if (int(r["token"]), str(r.get("worker"))) not in held:
+            token, worker = int(r["token"]), str(r.get("worker"))
+            if r.get("unlocked"):
+                if not any(w == worker and lo <= token <= hi for w, lo, hi in unlocked):
+                    result.add("lost-write", f"{proc} journalled an unlocked claim under token "
+                               f"{token}, which the lock ref's history does not hold")
+                continue
+            if (token, worker) not in held:
                 result.add("lost-write", f"{proc} journalled acquiring the lock with token "
                            f"{r['token']}, which the lock ref's history does not hold")
         for proc, r in hist.events("lock-release"):
@@ -663,8 +700,17 @@ def _check_writes_landed(hist: _History, final: Mapping[str, Any], result: Check
     if not parsed:
         return
     on_main = {(p["what"], p["job"], p["worker"], p["token"]) for p in parsed}
+    claims_on_main = {(p["worker"], p["token"]) for p in parsed if p["what"] == "claim"}
+    for proc, r in hist.events("hand-off"):
+        # handed over in the push of its claimer's own claim, whose subject names that one
+        if (str(r.get("worker")), int(r["with_token"])) not in claims_on_main:
+            result.add("lost-write", f"{proc} journalled handing {r['job']!r} to {r['to']!r} "
+                       f"(token {r['token']}), but the main branch's history does not hold the "
+                       f"claim it rode on (token {r['with_token']})", str(r["job"]))
     for what in ("claim", "finish"):
         for proc, r in hist.events(what):
+            if what == "claim" and r.get("by"):
+                continue  # taken up after a hand-off: the hand-off's push is checked above
             key = (what, str(r["job"]), str(r.get("worker")), int(r["token"]))
             if key not in on_main:
                 result.add("lost-write", f"{proc} journalled the {what} of {r['job']!r} (token "

@@ -86,6 +86,9 @@ class SimConfig:
     workers: int = 8
     jobs: int = 80
     next_job_func: str = ""
+    #: the queue's function goes the locked way (acquire, call, claim) instead of deciding
+    #: from the files with the lock free and handing jobs to idle workers
+    locked_claims: bool = False
     job_func: str = ""
     job_seconds: float = 0.3
     job_fail_rate: float = 0.0
@@ -392,7 +395,7 @@ class _Fleet:
             poll=c.poll, max_attempts=c.max_attempts, deadline=self.deadline,
             job_seconds=c.job_seconds, job_fail_rate=c.job_fail_rate, job_func=c.job_func,
             next_job_func=c.next_job_func, latency=c.latency, push_fail_rate=c.push_fail_rate,
-            unknown_rate=c.unknown_rate, lie_rate=c.lie_rate,
+            unknown_rate=c.unknown_rate, lie_rate=c.lie_rate, locked_claims=c.locked_claims,
         )
         if c.clock_skew > 0:
             # a generator of its own, so that the fault schedule of a seed stays the same

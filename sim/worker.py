@@ -68,6 +68,7 @@ class WorkerConfig:
     job_fail_rate: float = 0.0
     job_func: str = ""
     next_job_func: str = ""
+    locked_claims: bool = False
     latency: float = 0.0
     push_fail_rate: float = 0.0
     unknown_rate: float = 0.0
@@ -231,6 +232,23 @@ class SimWorker:
 
         def next_job_func(w: Any) -> Any:
             return self.op("next_job", lambda: call_next_job_function(next_job, w))
+
+        if not c.next_job_func and not c.locked_claims:
+            queue, op = next_job, self.op
+
+            class FromFiles:
+                """The queue as the library's own: repo-only and answering from the files
+                (so claims go unlocked and hand jobs off), its answers journalled."""
+
+                repo_only = True
+
+                def __call__(self, w: Any) -> Any:
+                    return next_job_func(w)
+
+                def next_job_from_files(self, read: Any) -> Any:
+                    return op("next_job", lambda: queue.next_job_from_files(read))
+
+            next_job_func = FromFiles()  # type: ignore[assignment]
 
         reason = "no more jobs"
         try:

@@ -156,13 +156,15 @@ class Claim(Event):
 
 @dataclass(frozen=True, slots=True)
 class HandOff(Event):
-    """This worker's claim also claimed ``job`` for the idle worker ``to`` under
-    ``token``: the job is ``to``'s, which takes it up at its next look."""
+    """This worker's claim (of its own job under ``with_token``) also claimed ``job``
+    for the idle worker ``to`` under ``token``: the job is ``to``'s, which takes it up
+    at its next look."""
 
     kind: ClassVar[str] = "hand-off"
     job: str
     token: int
     to: str
+    with_token: int
 
 
 @dataclass(frozen=True, slots=True)

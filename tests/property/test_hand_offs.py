@@ -9,10 +9,12 @@ holder, once its lease ran out; and only live, idle workers are handed anything.
 
 from __future__ import annotations
 
+import pytest
 from fake_clock import Clock
 from protocol_machine import MAIN_REF, MemoryWorld
 
-from distribute.coordination import Coordinator
+from distribute.coordination import Coordinator, JobHolding
+from distribute.core.errors import LeaseLost
 from distribute.core.lock import parse_lock_message
 from distribute.core.names import LOCK_REF, job_branch_ref
 from distribute.core.plan import CallNextJobFunction, Retry
@@ -83,7 +85,9 @@ def test_one_push_claims_for_the_idle_worker_and_it_takes_the_job_up_without_a_c
     assert b.plan(snap) == CallNextJobFunction()  # not an orphan of b's: b's to take up
     taken = b.take_handed(snap)
     assert taken is not None and (taken.job, taken.token) == ("j3", got.token + 1)
-    assert b.stats.pushes == b_pushes and world.refs()[LOCK_REF] == lock_oid
+    # one push, of b's own record, which now names the job; the lock stays
+    assert b.stats.pushes == b_pushes + 1 and world.refs()[LOCK_REF] == lock_oid
+    assert b.beat.jobs == ("j3",) and world.refs()[b.own_ref] == b.beat_oid
     assert b.take_handed(b.observe()) is None  # once
     assert b.finish_step() is not None
     assert "j3" not in running(world)
@@ -179,3 +183,27 @@ def test_the_push_is_refused_whole_when_the_lock_moved():
     handed = list(zip(targets, names[1:], strict=True))
     assert a.claim_unlocked(snap, names[0], edits, handed) is None
     assert world.refs() == before
+
+
+def test_a_restarted_life_that_resumed_a_taken_up_job_learns_of_its_takeover():
+    """b takes up j3 and dies while running it; its next life resumes the job from its
+    local copy.  When a takes the job over meanwhile, the revocation names the record
+    that named j3, so b's new life counts it as its own and its finish is refused
+    (not parked over the takeover: the job would have run twice)."""
+    world, clock, a, b = idle_pair(["j1", "j2", "j3"])
+    assert claim_with_hand_offs(a)[0] is not None
+    taken = b.take_handed(b.observe())
+    assert taken is not None
+    b2 = coordinator(world, "b", clock, life=2)
+    b2.adopt(JobHolding(taken.job, taken.token, taken.attempt, taken.branch, taken.tip))
+    assert a.finish_step() is not None
+    a.observe()  # sees b's record as the take-up left it...
+    clock.now += LEASE + MARGIN + 1  # ...and unchanged for a lease
+    snap = a.observe()
+    plan = a.plan(snap)
+    assert isinstance(plan, Retry) and plan.revoke == "b" and a.try_acquire(snap)
+    assert a.claim(snap, plan, None) is not None
+    b2.observe()
+    with pytest.raises(LeaseLost):
+        b2.finish(lambda _: None, lambda: 0.0, park_first=True)
+    assert "worker=a" in running(world)["j3"]

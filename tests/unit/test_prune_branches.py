@@ -148,3 +148,29 @@ def test_a_restarted_worker_deletes_the_finished_branches_its_killed_life_left()
     assert again.queue_leftovers() == 0  # already queued
     assert again.prune_merged(at_least=1) == 2
     assert set(branches(remote)) == {kept} and not refs & set(branches(remote))
+
+
+def test_a_restarted_worker_leaves_its_taken_over_attempts_branch_to_gc():
+    """Its killed life's attempt was taken over, and the job finished by the taker (whose
+    retry merged that branch): the branch is the taken-over holder's, which may still push
+    to it (a later life that resumed the job, say), so only gc deletes it."""
+    remote, dead = setup(["a"])
+    snap = dead.observe()
+    assert dead.try_acquire(snap)
+    held = dead.claim(snap, CallNextJobFunction(), "a", None)
+    assert held is not None
+    now = [0.0]
+    c = Coordinator(remote.transport("b"), worker="b", session="s2", branch="main", lease=10,
+                    margin=2, max_attempts=2, clock=lambda: now[0])
+    c.observe()
+    now[0] = 100.0
+    snap = c.observe()
+    assert c.try_acquire(snap)
+    plan = c.plan(snap)
+    assert not isinstance(plan, CallNextJobFunction)
+    assert c.claim(snap, plan, None) is not None and c.finish_step() is not None
+    restarted = Coordinator(remote.transport("w2"), worker="w", session="s3", branch="main",
+                            lease=10, margin=2, max_attempts=2, clock=lambda: 0.0)
+    assert restarted.queue_leftovers() == 0
+    assert held.branch_ref in branches(remote)
+    assert held.branch_ref in merged_branches(remote.transport("admin"), "main")  # for gc
