@@ -125,6 +125,10 @@ COVERAGE: tuple[Item, ...] = (
          "liveness record", ("jobs", "workers"), 10),
     Item("folds_by_others", "a parked finish folded into the main branch by another worker's "
          "push", ("jobs", "workers"), 1),
+    Item("hand_offs", "a claim also claimed a queued job for an idle worker (jobs.txt queue "
+         "answered from the files)", ("jobs", "workers"), 0),
+    Item("handed_taken", "a worker took up a job another worker's claim handed to it",
+         ("jobs", "workers"), 0),
 )
 
 ITEMS: dict[str, Item] = {item.name: item for item in COVERAGE}
@@ -382,6 +386,9 @@ def count(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
                 event = r.get("event")
                 if event == "claim":
                     claims.append((int(r.get("token", 0)), proc, r))
+                    n["handed_taken"] += 1 if r.get("by") else 0
+                elif event == "hand-off":
+                    n["hand_offs"] += 1
                 elif event == "fail":
                     n["job_failures"] += 1
                     failed.add((str(r.get("job")), int(r.get("token", 0))))

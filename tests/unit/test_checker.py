@@ -586,3 +586,60 @@ def test_a_run_cut_short_by_its_cap_is_not_judged_on_its_tail():
     h.no_job(1.02 + STALL, "w1#0")
     final["timed_out"] = True
     assert rules(check_tail(h, final)) == {"unfinished"}
+
+
+def hand_off_history():
+    """w0 claims job-a with no acquire and hands job-b to w1 in the same push (tokens 1 and
+    2, the free lock moves to 2); w1 takes it up and finishes it."""
+    h = History()
+    done = h.push(0.0, "w0#0", [MAIN, LOCK, "refs/heads/jobs/w0/job-a/1",
+                               "refs/heads/jobs/w1/job-b/2", own("w0")])
+    h.rec(done, "w0#0", "event", event="lock-acquire", token=1, takeover=False, previous="",
+          unlocked=True)
+    h.rec(done, "w0#0", "event", event="claim", job="job-a", token=1, attempt=1,
+          branch="jobs/w0/job-a/1", revoked="")
+    h.rec(done, "w0#0", "event", event="hand-off", job="job-b", token=2, to="w1",
+          with_token=1)
+    body = json.dumps({"kind": "lock", "v": 1, "token": 2, "holder": "", "session": "",
+                       "renewal": 0, "last": "w0"})
+    h.lock.append(f"distribute lock: free (last token 2)\n\n{body}\n")
+    h.subjects.append("distribute: claim job-a by w0 (token 1, attempt 1)")
+    h.beat(0.3, "w1#0")
+    h.rec(0.33, "w1#0", "event", event="claim", job="job-b", token=2, attempt=1,
+          branch="jobs/w1/job-b/2", revoked="", by="w0")
+    h.finish(0.6, "w0#0", "job-a", 1, "a1")
+    h.finish(0.7, "w1#0", "job-b", 2, "b1")
+    final = h.final(
+        done="job-a\tworker=w0\ttoken=1\tattempt=1\njob-b\tworker=w1\ttoken=2\tattempt=1\n",
+        running="", failed="", jobs="",
+        branches={"jobs/w0/job-a/1": "a1", "jobs/w1/job-b/2": "b1"},
+        reachable={"a1": True, "b1": True}, timed_out=False, exits={"w0#0": 0, "w1#0": 0},
+    )
+    return h, final
+
+
+def test_a_hand_off_taken_up_once_passes():
+    h, final = hand_off_history()
+    result = run_check(h, final, expected_jobs=["job-a", "job-b"])
+    assert result.ok, result.violations
+
+
+def test_a_handed_job_taken_up_twice_is_a_double_claim():
+    h, final = hand_off_history()
+    h.rec(0.8, "w1#0", "event", event="claim", job="job-b", token=2, attempt=1,
+          branch="jobs/w1/job-b/2", revoked="", by="w0")
+    assert "double-claim" in rules(run_check(h, final, expected_jobs=["job-a", "job-b"]))
+
+
+def test_a_hand_off_whose_claim_is_not_on_main_is_a_lost_write():
+    h, final = hand_off_history()
+    final["main_subjects"] = [s for s in final["main_subjects"] if "claim job-a" not in s]
+    result = run_check(h, final, expected_jobs=["job-a", "job-b"])
+    assert any("handing 'job-b'" in v.message for v in result.violations)
+
+
+def test_an_unlocked_claim_the_lock_history_lacks_is_a_lost_write():
+    h, final = hand_off_history()
+    final["lock_history"] = final["lock_history"][:1]  # the free lock never moved
+    result = run_check(h, final, expected_jobs=["job-a", "job-b"])
+    assert any("unlocked claim under token 1" in v.message for v in result.violations)
