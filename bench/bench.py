@@ -210,7 +210,8 @@ def _quiet_child() -> None:
 
 
 def worker_loop(
-    url: str, path: str, name: str, start: float, out: mp.Queue, poll: tuple[float, float] = POLL
+    url: str, path: str, name: str, start: float, out: mp.Queue, poll: tuple[float, float] = POLL,
+    options: Mapping[str, Any] | None = None,
 ) -> None:
     _quiet_child()
     done = 0
@@ -218,7 +219,8 @@ def worker_loop(
     finished: list[float] = []  # when each finish had landed (finish_job returned)
     # the clone is set-up, not work: made before the clock starts
     with worker_from_url(url, path=path, name=name, branch=BRANCH, lease_seconds=LEASE,
-                         poll_seconds=poll[0], max_poll_seconds=poll[1]) as worker:
+                         poll_seconds=poll[0], max_poll_seconds=poll[1],
+                         **(options or {})) as worker:
         while time.time() < start:
             time.sleep(0.005)
         source = QueueJobs()
@@ -264,14 +266,15 @@ def collect(out: mp.Queue, procs: list[Any], timeout: float) -> list[Any]:
 
 
 def run_workers(
-    url: str, work: Path, n: int, poll: tuple[float, float] = POLL
+    url: str, work: Path, n: int, poll: tuple[float, float] = POLL,
+    options: Mapping[str, Any] | None = None,
 ) -> tuple[float, Counter[str], Counter[str], dict[str, float]]:
     ctx = mp.get_context("spawn")
     out: mp.Queue = ctx.Queue()
     start = time.time() + 3.0 + 0.3 * n  # time to start and clone
     procs = [
         ctx.Process(target=worker_loop, name=f"w{i}",
-                    args=(url, str(work / f"w{i}"), f"w{i}", start, out, poll))
+                    args=(url, str(work / f"w{i}"), f"w{i}", start, out, poll, options))
         for i in range(n)
     ]
     counts: Counter[str] = Counter()
@@ -705,6 +708,9 @@ def main() -> int:
                     help="with a URL: rewrite that remote without asking")
     ap.add_argument("--poll", type=float, nargs=2, default=list(POLL), metavar=("FIRST", "MAX"),
                     help="the workers' poll_seconds and max_poll_seconds")
+    ap.add_argument("--no-hand-off", action="store_true",
+                    help="workers claim only for themselves (Worker(hand_off=False)): the "
+                         "claims of several workers then go one at a time")
     ap.add_argument("--idle-seconds", type=float, default=30.0,
                     help="how long the idle measurement's one job runs (0: skip it)")
     ap.add_argument("--idle-workers", type=int, default=4,
@@ -804,7 +810,8 @@ def run(args: argparse.Namespace, remotes: Remotes, work: Path, idle: bool) -> N
     for n in args.workers:
         url = remotes.new(f"many{n}", args.jobs)
         before = raw.median(args.raw_samples // 2)
-        elapsed, counts, totals, shape = run_workers(url, work / f"many{n}", n, poll)
+        options = {"hand_off": False} if args.no_hand_off else None
+        elapsed, counts, totals, shape = run_workers(url, work / f"many{n}", n, poll, options)
         cycle = statistics.median([before, raw.median(args.raw_samples // 2)])
         total = sum(counts.values())
         rate = total / elapsed
