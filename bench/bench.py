@@ -798,13 +798,14 @@ def run(args: argparse.Namespace, remotes: Remotes, work: Path, idle: bool) -> N
           f"({1 / med:.1f} jobs/s)")
     print(f"    {ops_line(solo_stats, len(per_job), 'job')}")
     wire, own_wire = statistics.median(raw.wire), statistics.median(own.wire)
-    print(f"    ceiling: with other workers about a job moves the main branch once (its "
-          f"claim; the finish parks on the worker's own record and the next claim folds "
-          f"it in), by a worker that must first fetch it; a fetch and a push take "
+    print(f"    one claim at a time: with other workers about a job moves the main branch "
+          f"once (its claim; the finish parks on the worker's own record and the next claim "
+          f"folds it in), by a worker that must first fetch it; a fetch and a push take "
           f"{own_wire * 1000:.1f} ms through Distribute's transport "
-          f"({wire * 1000:.1f} ms with raw git), so at most {1 / own_wire:.1f} "
-          f"jobs/s ({1 / wire:.1f} with raw git) with any number of workers, even "
-          f"if nothing else took time (a worker alone moves it twice, claim and finish)")
+          f"({wire * 1000:.1f} ms with raw git), so claims one at a time carry at most "
+          f"{1 / own_wire:.1f} jobs/s ({1 / wire:.1f} with raw git) with any number of "
+          f"workers; a claim that hands jobs to idle workers claims for up to 16 at once "
+          f"(--no-hand-off: one at a time)")
     solo_rate, solo_per_cycle = 1 / med, cycle / med
 
     for n in args.workers:

@@ -279,6 +279,8 @@ class Coordinator:
             ``failed.txt`` (see :mod:`distribute.core.ledger`).
         resume: a retried job's branch starts from the previous attempt's
             branch (merged onto the main branch), so its files are there.
+        hand_offs: this worker's records say other workers' claims may hand it a
+            job (:meth:`handoff_targets`).
     """
 
     def __init__(
@@ -295,6 +297,7 @@ class Coordinator:
         journal: Callable[..., None] | None = None,
         max_interruptions: int = MAX_INTERRUPTIONS,
         resume: bool = True,
+        hand_offs: bool = True,
     ) -> None:
         self.transport = transport
         self.worker = worker
@@ -310,7 +313,8 @@ class Coordinator:
         self.watch = LeaseWatch(lease, margin)
         self.holding: Holding | None = None
         self.job: JobHolding | None = None
-        self.beat = Beat(worker=worker, session=session, lease=lease)
+        self.beat = Beat(worker=worker, session=session, lease=lease,
+                         takes_hand_offs=hand_offs)
         self.beat_oid: Oid | None = None
         self.beat_sent_at = float("-inf")
         self.revoked = False
@@ -895,10 +899,11 @@ class Coordinator:
         turn order (least recently served first), at most ``limit``.
 
         A target's liveness record is readable, carries a session, and says it is
-        neither gone, revoked nor finishing; the ledger (with the parked finishes folded
-        in) lists no running job of that worker; this worker has seen its record
-        move (so it is not a dead worker's record first seen now, which would count as
-        live for a whole lease) and not seen it unchanged for a lease."""
+        neither gone, revoked nor finishing, and that it takes hand-offs; the ledger
+        (with the parked finishes folded in) lists no running job of that worker; this
+        worker has seen its record move (so it is not a dead worker's record first seen
+        now, which would count as live for a whole lease) and not seen it unchanged for
+        a lease."""
         if limit <= 0:
             return []
         now = self.clock()
@@ -909,7 +914,8 @@ class Coordinator:
                 continue
             beat = self.beat_at(oid)
             if (beat is None or not beat.session or beat.gone or beat.revoked
-                    or beat.finishing or worker_ref(beat.worker) != ref
+                    or beat.finishing or not beat.takes_hand_offs
+                    or worker_ref(beat.worker) != ref
                     or beat.worker in running):
                 continue
             if self.watch.expired(ref, now) or not self.watch.seen_moving(ref):

@@ -199,7 +199,10 @@ class Worker:
             :func:`~distribute.sources.queue_jobs_func`) also claims the next queued
             jobs for the idle workers it sees waiting, in the same push; each takes
             its job up at its next look instead of racing for a claim of its own, so
-            claims no longer go one at a time (``False``: each claims its own).
+            claims no longer go one at a time.  ``False``: this worker neither hands
+            jobs off nor is handed any (for a loop that spends long between
+            ``finish_job()`` and its next ``get_next_job()``: a job handed to it
+            would wait that long, up to a lease, for it to look).
         share_peeks: workers of this machine on the same remote share what their
             peeks at it read while they wait for a turn (see
             :mod:`distribute.shared_peeks`), so several workers on one machine cost
@@ -293,6 +296,7 @@ class Worker:
             max_attempts=max_attempts,
             max_interruptions=max_interruptions,
             resume=resume,
+            hand_offs=hand_off,
             clock=clock,
             journal=journal,
         )

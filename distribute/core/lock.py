@@ -116,6 +116,9 @@ class Beat:
         parked: finishes this worker recorded here because the main branch moved
             under them (:class:`Parked`); kept in every record it writes until the
             main branch lists them.
+        takes_hand_offs: other workers' claims may claim a job for this one (a
+            hand-off), which it takes up at its next look; ``False`` for a worker
+            made with ``hand_off=False`` (written only then).
     """
 
     worker: str
@@ -128,6 +131,7 @@ class Beat:
     finishing: str = ""
     lease: float = 0.0
     parked: tuple[Parked, ...] = ()
+    takes_hand_offs: bool = True
 
     @property
     def revoked(self) -> bool:
@@ -136,7 +140,8 @@ class Beat:
     def next(self, jobs: tuple[str, ...]) -> Beat:
         finishing = self.finishing if self.finishing in jobs else ""
         return Beat(worker=self.worker, session=self.session, seq=self.seq + 1, jobs=jobs,
-                    finishing=finishing, lease=self.lease, parked=self.parked)
+                    finishing=finishing, lease=self.lease, parked=self.parked,
+                    takes_hand_offs=self.takes_hand_offs)
 
     def revoke(self, by: str, token: int) -> Beat:
         return replace(self, revoked_by=by, token=token, seq=self.seq + 1, gone=False,
@@ -254,6 +259,8 @@ def beat_message(beat: Beat) -> str:
         payload["parked"] = [[p.job, p.token, p.attempt, p.tip] for p in beat.parked]
     else:
         payload.pop("parked")  # records without parked finishes read as before
+    if beat.takes_hand_offs:
+        payload.pop("takes_hand_offs")  # so are those of workers that take hand-offs
     return _encode("worker", summary, payload)
 
 
@@ -298,6 +305,10 @@ def parse_beat_message(message: str) -> Beat:
     lease = data.get("lease", 0.0)
     if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not lease >= 0:
         raise RemoteStateError(f"not a worker record: {_wrong('lease', lease, 'seconds')}")
+    takes = data.get("takes_hand_offs", True)
+    if not isinstance(takes, bool):
+        raise RemoteStateError(
+            f"not a worker record: {_wrong('takes_hand_offs', takes, 'true or false')}")
     try:
         return Beat(
             worker=_str(data, "worker"),
@@ -310,6 +321,7 @@ def parse_beat_message(message: str) -> Beat:
             finishing=_str(data, "finishing", ""),
             lease=float(lease),
             parked=_parked(data),
+            takes_hand_offs=takes,
         )
     except RemoteStateError as exc:
         raise RemoteStateError(f"not a worker record: {exc}") from None

@@ -207,3 +207,15 @@ def test_a_restarted_life_that_resumed_a_taken_up_job_learns_of_its_takeover():
     with pytest.raises(LeaseLost):
         b2.finish(lambda _: None, lambda: 0.0, park_first=True)
     assert "worker=a" in running(world)["j3"]
+
+
+def test_a_worker_that_takes_no_hand_offs_is_never_handed_one():
+    world, clock = MemoryWorld(["j1", "j2", "j3"]), Clock()
+    a = coordinator(world, "a", clock)
+    b = Coordinator(world.transport("b#1"), worker="b", session="b#s1", branch="main",
+                    lease=LEASE, margin=MARGIN, max_attempts=2, clock=clock, hand_offs=False)
+    a.observe()
+    got, _ = claim_with_hand_offs(b)
+    assert got is not None and b.finish_step() is not None and b.renew_beat()
+    assert a.handoff_targets(a.observe()) == []
+    assert "takes_hand_offs" in world.message(world.refs()[b.own_ref])

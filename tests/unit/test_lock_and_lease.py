@@ -126,3 +126,15 @@ def test_a_dead_holder_is_judged_expired_within_a_bounded_time(skew, rate):
     # and no later than (lease + margin) / slowest rate
     assert real >= (lease + margin) / 1.1 - 0.25 >= lease * 1.0
     assert real <= (lease + margin) / 0.9 + 0.25
+
+
+def test_a_record_says_takes_hand_offs_only_when_it_takes_none():
+    plain = Beat(worker="w", session="s", seq=3)
+    assert "takes_hand_offs" not in beat_message(plain)  # records read as before
+    assert parse_beat_message(beat_message(plain)).takes_hand_offs
+    none = Beat(worker="w", session="s", seq=3, takes_hand_offs=False)
+    again = parse_beat_message(beat_message(none))
+    assert again == none and not again.next(()).takes_hand_offs
+    wrong = beat_message(none).replace('"takes_hand_offs": false', '"takes_hand_offs": "no"')
+    with pytest.raises(RemoteStateError, match="takes_hand_offs"):
+        parse_beat_message(wrong)
