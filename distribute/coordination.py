@@ -305,6 +305,9 @@ class Coordinator:
         self.branch = branch
         self.main_ref = "refs/heads/" + branch
         self.own_ref = worker_ref(worker)
+        #: this worker's job branches: a look brings them, so that a job another worker
+        #: handed to this one is taken up without a fetch of its own (:meth:`take_handed`)
+        self.own_branches = f"refs/heads/{JOB_BRANCH_PREFIX}{encode_component(worker)}/*"
         self.lease = lease
         self.max_attempts = max_attempts
         self.max_interruptions = max_interruptions
@@ -446,7 +449,7 @@ class Coordinator:
 
         The fetch runs without :attr:`mutex`: it may download much, and the heartbeat
         must not wait for it."""
-        values = self._fetch([self.main_ref, LOCK_REF, WORKERS_PREFIX + "*"])
+        values = self._fetch([self.main_ref, LOCK_REF, WORKERS_PREFIX + "*", self.own_branches])
         with self.mutex:
             return self._snapshot(values)
 
@@ -954,7 +957,8 @@ class Coordinator:
             if entry is None or self.holding is not None:
                 return None
             ref = job_branch_ref(self.worker, entry.job, entry.token)
-            tip = self._fetch([ref]).get(ref)
+            # the look brought it; unless it read the branch before the claim landed
+            tip = snap.refs.get(ref) or self._fetch([ref]).get(ref)
             if tip is None:
                 return None  # deleted by an administrator's gc: the ledger decides later
             job = JobHolding(entry.job, entry.token, entry.attempt,

@@ -83,7 +83,9 @@ def test_one_push_claims_for_the_idle_worker_and_it_takes_the_job_up_without_a_c
     b_pushes, lock_oid = b.stats.pushes, world.refs()[LOCK_REF]
     snap = b.observe()
     assert b.plan(snap) == CallNextJobFunction()  # not an orphan of b's: b's to take up
+    fetches = b.stats.fetches
     taken = b.take_handed(snap)
+    assert b.stats.fetches == fetches  # the look brought b's job branches
     assert taken is not None and (taken.job, taken.token) == ("j3", got.token + 1)
     # one push, of b's own record, which now names the job; the lock stays
     assert b.stats.pushes == b_pushes + 1 and world.refs()[LOCK_REF] == lock_oid
