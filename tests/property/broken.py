@@ -41,7 +41,7 @@ from distribute.core.errors import LeaseLost
 from distribute.core.lease import ABSENT, LeaseWatch
 from distribute.core.ledger import Entry, Ledger
 from distribute.core.lock import Beat, beat_message
-from distribute.core.names import LOCK_REF
+from distribute.core.names import LOCK_REF, WORKERS_PREFIX
 from distribute.transport.base import Oid, RefUpdate
 
 # ---- what a variant did, and the verdict ------------------------------------------------
@@ -487,6 +487,28 @@ class HandedJobTakenUpAgain(Broken):
         return entry
 
 
+class HandOffToBusyWorker(Broken):
+    """(10b) A claim hands jobs to every live worker it sees, busy or not: a worker already
+    running a job is given a second one, which it cannot run while the first runs."""
+
+    seam = "Coordinator.handoff_targets"
+
+    def handoff_targets(self, snap: Snapshot, limit: int = 15) -> Any:
+        self.reached()
+        idle = super().handoff_targets(snap, limit)
+        now = self.clock()
+        busy = [
+            beat for ref, oid in sorted(snap.refs.items())
+            if ref.startswith(WORKERS_PREFIX) and ref != self.own_ref
+            and (beat := self.beat_at(oid)) is not None and beat.session and not beat.gone
+            and not beat.revoked and beat.takes_hand_offs and beat.worker in snap.view.holders()
+            and not self.watch.expired(ref, now)
+        ]
+        if busy:
+            self.deviated()
+        return (idle + busy)[:limit]
+
+
 VARIANTS: dict[str, type[Broken]] = {
     "1 claim without CAS": ClaimWithoutCas,
     "2 release before claim": ReleaseBeforeClaim,
@@ -502,4 +524,5 @@ VARIANTS: dict[str, type[Broken]] = {
     "8 unlocked claim ignores the lock": UnlockedClaimIgnoresTheLock,
     "9 restart keeps its holding": RestartKeepsItsHolding,
     "10 handed job taken up again": HandedJobTakenUpAgain,
+    "10b hand-off to a busy worker": HandOffToBusyWorker,
 }

@@ -640,9 +640,12 @@ class ProtocolMachine(RuleBasedStateMachine):
         """Start a new process for worker ``ws`` (a new session; nothing local survives)."""
         ws.session = f"{ws.name}#s{next(self.sessions)}"
         wire = Wire(self.world.transport(ws.session), self, ws.name)
+        # a worker whose function needs the lock is made with hand_off=False: a mixed
+        # fleet, where hand-offs go only between the workers that take them
         ws.coord = self.coordinator_class(
             wire, worker=ws.name, session=ws.session, branch=BRANCH, lease=self.lease,
             margin=MARGIN * self.lease, max_attempts=self.max_attempts, clock=ws.host,
+            hand_offs=ws.unlocked,
         )
         ws.alive, ws.snap, ws.fresh, ws.pending, ws.fault = True, None, False, None, None
         ws.believed = set()
@@ -1254,7 +1257,7 @@ class ProtocolMachine(RuleBasedStateMachine):
             return
         job, edits = pending
         handed: list[tuple[Beat, str]] = []
-        targets = c.handoff_targets(snap)
+        targets = c.handoff_targets(snap) if c.beat.takes_hand_offs else []
         if targets:
             # as the Worker asks a queue that decides from files: one job each, in turn
             more = self.next_job_function(ws, take=1 + len(targets))
@@ -1998,12 +2001,13 @@ class AdminMachine(ProtocolMachine):
         self.finished: dict[tuple[str, int], int] = {}
 
     # ---- the base machine's audit, aware of re-runs -------------------------------------
-    def record_claim(self, ws: WorkerState, job: str, token: int, commit: Oid) -> None:
+    def record_claim_for(self, worker: str, session: str, job: str, token: int,
+                         commit: Oid) -> None:
         require((job, token) not in self.model.claims,
-                f"{ws.name!r} claimed {job!r} under token {token}, which an earlier claim of "
+                f"{worker!r} claimed {job!r} under token {token}, which an earlier claim of "
                 "it used already")
         self.claim_run[(job, token)] = self.runs_of.get(job, 0)
-        super().record_claim(ws, job, token, commit)
+        super().record_claim_for(worker, session, job, token, commit)
 
     def audit_main(self, ws: WorkerState | None, who: str, pre: dict[str, Oid],
                    post: dict[str, Oid]) -> None:

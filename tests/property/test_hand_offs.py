@@ -221,3 +221,15 @@ def test_a_worker_that_takes_no_hand_offs_is_never_handed_one():
     assert got is not None and b.finish_step() is not None and b.renew_beat()
     assert a.handoff_targets(a.observe()) == []
     assert "takes_hand_offs" in world.message(world.refs()[b.own_ref])
+
+
+def test_a_handed_job_whose_finish_is_parked_is_not_taken_up_again():
+    """The ledger lists a parked finish as running until someone folds it: the view (with
+    the parked finishes folded in) says done, and a job is taken up once per process."""
+    world, clock, a, b = idle_pair(["j1", "j2", "j3"])
+    assert claim_with_hand_offs(a)[0] is not None
+    assert b.take_handed(b.observe()) is not None
+    assert b.park_step() and b.job is None
+    snap = b.observe()
+    assert "j3" in running(world) and snap.ledger.handed_to("b", b.session) is not None
+    assert b.handed(snap) is None and b.take_handed(snap) is None and b.job is None
