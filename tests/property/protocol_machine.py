@@ -585,6 +585,8 @@ class ProtocolMachine(RuleBasedStateMachine):
     known_bugs: frozenset[str] = KNOWN_BUGS
     #: Disruptions and targeted scenarios allowed per run.
     budgets: dict[str, int] = BUDGET
+    #: Workers that claim without the lock hand jobs to each other (``False``: nobody does).
+    hand_offs: bool = True
 
     workers = Bundle("workers")
 
@@ -645,7 +647,7 @@ class ProtocolMachine(RuleBasedStateMachine):
         ws.coord = self.coordinator_class(
             wire, worker=ws.name, session=ws.session, branch=BRANCH, lease=self.lease,
             margin=MARGIN * self.lease, max_attempts=self.max_attempts, clock=ws.host,
-            hand_offs=ws.unlocked,
+            hand_offs=ws.unlocked and self.hand_offs,
         )
         ws.alive, ws.snap, ws.fresh, ws.pending, ws.fault = True, None, False, None, None
         ws.believed = set()

@@ -213,9 +213,10 @@ def test_the_machine_catches_a_fold_without_its_merge_parent():
 
 
 #: the administrator reruns finished jobs, so that a record can still list a finish of an
-#: earlier run of a job that runs again
+#: earlier run of a job that runs again (without hand-offs, which leave fewer finishes to
+#: park and fold)
 RERUNS = type("Reruns", (AdminMachine,), {
-    "admin_ops": ("requeue-done",), "admin_waits_for": "done"})
+    "admin_ops": ("requeue-done",), "admin_waits_for": "done", "hand_offs": False})
 
 
 def test_the_machine_catches_a_fold_under_another_token():
