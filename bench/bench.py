@@ -163,9 +163,12 @@ class OwnCycle:
 
 
 POLL = (0.05, 1.0)
-#: The workers' lease: long enough that nothing expires while the machine is busy, and that
-#: a worker stalled on a lease at the end stands out in the idle tail.
-LEASE = 30.0
+#: The workers' lease (``--lease``): by default long enough that nothing expires while the
+#: machine is busy, and that a worker stalled on a lease at the end stands out in the idle
+#: tail.  Worker processes, started by spawn, import this module again and read it from the
+#: environment the benchmark set.
+LEASE_VARIABLE = "DISTRIBUTE_BENCH_LEASE"
+LEASE = float(os.environ.get(LEASE_VARIABLE, "30"))
 BRANCH = "main"
 MAIN = f"refs/heads/{BRANCH}"
 #: the kinds of --remote that are not a URL
@@ -687,6 +690,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def main() -> int:
+    global LEASE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--raw-samples", type=int, default=20,
                     help="raw cycles measured around each multi-worker run")
@@ -711,6 +715,11 @@ def main() -> int:
     ap.add_argument("--no-hand-off", action="store_true",
                     help="workers claim only for themselves (Worker(hand_off=False)): the "
                          "claims of several workers then go one at a time")
+    ap.add_argument("--lease", type=float, default=LEASE,
+                    help=f"the workers' lease_seconds (default {LEASE:g}; a worker's longest "
+                         "wait between looks while others' jobs run is a sixth of it, at most "
+                         "20 s: the library's default lease, 120, gives the idle budget users "
+                         "get)")
     ap.add_argument("--idle-seconds", type=float, default=30.0,
                     help="how long the idle measurement's one job runs (0: skip it)")
     ap.add_argument("--idle-workers", type=int, default=4,
@@ -718,6 +727,10 @@ def main() -> int:
     ap.add_argument("--idle-warmup", type=float, default=20.0,
                     help="seconds of waiting left out of the idle figure")
     args = ap.parse_args()
+    if args.lease <= 0:
+        ap.error("--lease must be > 0")
+    LEASE = args.lease
+    os.environ[LEASE_VARIABLE] = repr(args.lease)  # for the worker processes
     if args.remote not in KINDS and is_local_path(args.remote):
         ap.error(f"--remote takes one of {', '.join(KINDS)} or a git URL (ssh://..., "
                  "https://..., git@host:path)")
