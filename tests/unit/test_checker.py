@@ -440,6 +440,17 @@ BOUND = idle_tail_bound(LEASE, 0.05)
 STALL = LEASE + lease_margin(LEASE) + 0.1
 
 
+def two_done(h):
+    """The remote at the end of a run in which w0 finished job-a (token 1, tip a1) and w1
+    job-b (token 2, tip b1), without faults."""
+    return h.final(
+        done="job-a\tworker=w0\ttoken=1\tattempt=1\njob-b\tworker=w1\ttoken=2\tattempt=1\n",
+        running="", failed="", jobs="",
+        branches={"jobs/w0/job-a/1": "a1", "jobs/w1/job-b/2": "b1"},
+        reachable={"a1": True, "b1": True}, timed_out=False, exits={"w0#0": 0, "w1#0": 0},
+    )
+
+
 def drained_history():
     """w0 and w1 run one job each, without faults; the last finish is journalled at 1.02."""
     h = History()
@@ -451,13 +462,7 @@ def drained_history():
     h.claim(0.4, "w1#0", "job-b", 2)
     h.finish(0.8, "w0#0", "job-a", 1, "a1")
     h.finish(1.0, "w1#0", "job-b", 2, "b1")
-    final = h.final(
-        done="job-a\tworker=w0\ttoken=1\tattempt=1\njob-b\tworker=w1\ttoken=2\tattempt=1\n",
-        running="", failed="", jobs="",
-        branches={"jobs/w0/job-a/1": "a1", "jobs/w1/job-b/2": "b1"},
-        reachable={"a1": True, "b1": True}, timed_out=False, exits={"w0#0": 0, "w1#0": 0},
-    )
-    return h, final
+    return h, two_done(h)
 
 
 def drain_under_lock(h, t, proc, token):
@@ -609,13 +614,7 @@ def hand_off_history():
           branch="jobs/w1/job-b/2", revoked="", by="w0")
     h.finish(0.6, "w0#0", "job-a", 1, "a1")
     h.finish(0.7, "w1#0", "job-b", 2, "b1")
-    final = h.final(
-        done="job-a\tworker=w0\ttoken=1\tattempt=1\njob-b\tworker=w1\ttoken=2\tattempt=1\n",
-        running="", failed="", jobs="",
-        branches={"jobs/w0/job-a/1": "a1", "jobs/w1/job-b/2": "b1"},
-        reachable={"a1": True, "b1": True}, timed_out=False, exits={"w0#0": 0, "w1#0": 0},
-    )
-    return h, final
+    return h, two_done(h)
 
 
 def test_a_hand_off_taken_up_once_passes():

@@ -108,7 +108,9 @@ def test_a_retry_deletes_the_branch_of_the_attempt_it_resumed_and_keeps_its_comm
     assert ref not in branches(remote)
 
 
-def test_a_taken_over_attempt_keeps_its_branch_and_gc_deletes_it_once_the_job_is_done():
+def take_over_from_the_dead():
+    """Worker w claims job "a" and falls silent; worker b takes the job over once w's
+    record stayed unchanged for a lease: the remote, w's holding, b and b's holding."""
     remote, dead = setup(["a"])
     snap = dead.observe()
     assert dead.try_acquire(snap)
@@ -124,7 +126,13 @@ def test_a_taken_over_attempt_keeps_its_branch_and_gc_deletes_it_once_the_job_is
     plan = c.plan(snap)
     assert not isinstance(plan, CallNextJobFunction) and plan.revoke == "w"
     again = c.claim(snap, plan, None)
-    assert again is not None and c.superseded == []  # its holder may still push to it
+    assert again is not None
+    return remote, held, c, again
+
+
+def test_a_taken_over_attempt_keeps_its_branch_and_gc_deletes_it_once_the_job_is_done():
+    remote, held, c, again = take_over_from_the_dead()
+    assert c.superseded == []  # its holder may still push to it
     t = remote.transport("admin")
     # while the job runs, gc keeps both branches: the job is not done
     assert merged_branches(t, "main") == {}
@@ -154,21 +162,8 @@ def test_a_restarted_worker_leaves_its_taken_over_attempts_branch_to_gc():
     """Its killed life's attempt was taken over, and the job finished by the taker (whose
     retry merged that branch): the branch is the taken-over holder's, which may still push
     to it (a later life that resumed the job, say), so only gc deletes it."""
-    remote, dead = setup(["a"])
-    snap = dead.observe()
-    assert dead.try_acquire(snap)
-    held = dead.claim(snap, CallNextJobFunction(), "a", None)
-    assert held is not None
-    now = [0.0]
-    c = Coordinator(remote.transport("b"), worker="b", session="s2", branch="main", lease=10,
-                    margin=2, max_attempts=2, clock=lambda: now[0])
-    c.observe()
-    now[0] = 100.0
-    snap = c.observe()
-    assert c.try_acquire(snap)
-    plan = c.plan(snap)
-    assert not isinstance(plan, CallNextJobFunction)
-    assert c.claim(snap, plan, None) is not None and c.finish_step() is not None
+    remote, held, c, _ = take_over_from_the_dead()
+    assert c.finish_step() is not None
     restarted = Coordinator(remote.transport("w2"), worker="w", session="s3", branch="main",
                             lease=10, margin=2, max_attempts=2, clock=lambda: 0.0)
     assert restarted.queue_leftovers() == 0
