@@ -906,7 +906,10 @@ class Coordinator:
         (with the parked finishes folded in) lists no running job of that worker; this
         worker has seen its record move (so it is not a dead worker's record first seen
         now, which would count as live for a whole lease) and not seen it unchanged for
-        a lease."""
+        half a lease: a handed job waits for its worker's next look, and is taken over
+        like any other once that worker's record stayed unchanged for a lease, so it goes
+        only to workers that have written their record lately (at a claim, a park or a
+        renewal)."""
         if limit <= 0:
             return []
         now = self.clock()
@@ -921,7 +924,10 @@ class Coordinator:
                     or worker_ref(beat.worker) != ref
                     or beat.worker in running):
                 continue
-            if self.watch.expired(ref, now) or not self.watch.seen_moving(ref):
+            # idle workers do not renew their records: one unchanged for half a lease
+            # belongs to a worker that has waited long (or died); it claims for itself
+            if (self.watch.unchanged_for(ref, now) >= self.lease / 2
+                    or not self.watch.seen_moving(ref)):
                 continue
             found.append(beat)
         if not found:

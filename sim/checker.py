@@ -267,6 +267,9 @@ class _History:
                     claims.append(c)
                     if r.get("event") == "hand-off":
                         c.proc = f"{c.worker}#handed"  # whichever life takes it up
+                        # the claimer's push is no sign of life of the worker it handed the
+                        # job to: that worker's lease runs from its own record's pushes
+                        c.t_sent = 0.0
                         handed[(c.job, c.token)] = c
         for proc, r in taken_up:
             c = handed.get((str(r["job"]), int(r["token"])))

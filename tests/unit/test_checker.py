@@ -642,3 +642,24 @@ def test_an_unlocked_claim_the_lock_history_lacks_is_a_lost_write():
     final["lock_history"] = final["lock_history"][:1]  # the free lock never moved
     result = run_check(h, final, expected_jobs=["job-a", "job-b"])
     assert any("unlocked claim under token 1" in v.message for v in result.violations)
+
+
+def handed_then_retried(after_beat: float):
+    """w1 last wrote its record at 0.0; w0 handed it job-b at 3.0, and w1 never took the job
+    up; w0 retries it ``after_beat`` seconds after w1's record."""
+    h = History()
+    h.beat(0.0, "w1#0")
+    done = h.push(3.0, "w0#0", [MAIN, LOCK])
+    h.rec(done, "w0#0", "event", event="hand-off", job="job-b", token=2, to="w1",
+          with_token=1)
+    h.acquire(after_beat - 0.1, "w0#0", 3)
+    h.claim(after_beat, "w0#0", "job-b", 3, attempt=2, revoked="w1")
+    return h
+
+
+def test_a_handed_job_is_retried_by_its_workers_record_not_by_the_hand_off():
+    """The claimer's push is no sign of life of the worker it handed a job to."""
+    late = handed_then_retried(LEASE + 0.5)
+    assert "early-reclaim" not in rules(run_check(late, late.final(), expected_jobs=None))
+    early = handed_then_retried(LEASE - 0.5)
+    assert "early-reclaim" in rules(run_check(early, early.final(), expected_jobs=None))
