@@ -793,6 +793,8 @@ class Worker:
             watch, refs, LOCK_REF,
             expired=self.coord.watch.expired(LOCK_REF, now),
             wait=self._turn_wait(len(still_ahead(watch, refs))),
+            # others hand jobs to workers whose record moved within half a lease
+            may_be_handed=self.hand_off and now - self.coord.beat_sent_at < self.lease_seconds / 2,
         )
         if isinstance(verdict, LookAgain):
             return None, None

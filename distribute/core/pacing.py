@@ -101,7 +101,8 @@ def still_ahead(watch: Watch, refs: Mapping[str, str]) -> tuple[str, ...]:
 
 
 def after_peek(
-    watch: Watch, refs: Mapping[str, str], lock_ref: str, *, expired: bool, wait: float
+    watch: Watch, refs: Mapping[str, str], lock_ref: str, *, expired: bool, wait: float,
+    may_be_handed: bool = False,
 ) -> PeekVerdict:
     """Decide what one peek means for a waiting worker.
 
@@ -112,6 +113,12 @@ def after_peek(
         expired: the lock has been seen unchanged for its lease and margin.
         wait: :func:`turn_wait` for the workers still ahead after this peek
             (the caller computes it for :func:`still_ahead`).
+        may_be_handed: a claim could hand this worker a job (its record moved
+            lately, see ``Coordinator.handoff_targets``): a free lock that moved
+            is then worth a full look even with workers still ahead, or the
+            take-ups of one claim's hand-offs would go down the line one peek at a
+            time (each handed worker drops out of the line only once it has
+            taken its job up).
 
     Returns:
         :class:`LookAgain` when the lock is worth a full look (it may be
@@ -129,7 +136,11 @@ def after_peek(
         return LookAgain("the held lock moved")
     if value != watch.latest:
         # a turn was taken (a claim moves the lock); those that took theirs dropped out
-        return KeepWatching(now) if ahead else LookAgain("those ahead have had their turns")
+        if not ahead:
+            return LookAgain("those ahead have had their turns")
+        if may_be_handed:
+            return LookAgain("a claim may have handed us a job")
+        return KeepWatching(now)
     if wait > 0:
         return KeepWatching(now, wake_by=wait)
     return LookAgain("our turn")

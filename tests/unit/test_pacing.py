@@ -107,3 +107,17 @@ def test_only_the_next_in_turn_at_a_free_lock_looks_in_full_instead_of_peeking()
     # a remote on this machine: a peek reads ref files, far cheaper than a look
     assert not looks_in_full(free(ahead=(A,)), 0.02, 0.001)
     assert not looks_in_full(free(ahead=(A,)), 0.5, 0.0)  # no peek timed yet
+
+
+def test_a_worker_that_may_have_been_handed_a_job_looks_when_a_free_lock_moves():
+    """A claim that hands jobs moves the lock; the handed workers drop out of the line only
+    once they take their jobs up.  A worker whose record moved lately could be one of
+    them, so it looks at once instead of waiting for those ahead to move."""
+    watch = free(ahead=(A, B))
+    refs = {LOCK: "l2", A: "r0", B: "r0"}  # the lock moved, nobody ahead moved yet
+    assert isinstance(after_peek(watch, refs, LOCK, expired=False, wait=1.0), KeepWatching)
+    verdict = after_peek(watch, refs, LOCK, expired=False, wait=1.0, may_be_handed=True)
+    assert isinstance(verdict, LookAgain)
+    unmoved = {LOCK: "l1", A: "r0", B: "r0"}  # nothing moved: keep watching either way
+    assert isinstance(after_peek(watch, unmoved, LOCK, expired=False, wait=1.0,
+                                 may_be_handed=True), KeepWatching)
