@@ -904,12 +904,13 @@ class Coordinator:
         A target's liveness record is readable, carries a session, and says it is
         neither gone, revoked nor finishing, and that it takes hand-offs; the ledger
         (with the parked finishes folded in) lists no running job of that worker; this
-        worker has seen its record move (so it is not a dead worker's record first seen
-        now, which would count as live for a whole lease) and not seen it unchanged for
-        half a lease: a handed job waits for its worker's next look, and is taken over
-        like any other once that worker's record stayed unchanged for a lease, so it goes
-        only to workers that have written their record lately (at a claim, a park or a
-        renewal)."""
+        worker saw its record change between two readings and knows it was written
+        within the last half lease (``LeaseWatch.written_within``; not a dead worker's
+        record first seen now, which would count as live for a whole lease, nor one
+        whose change this worker, busy elsewhere, noticed long after): a handed job
+        waits for its worker's next look, and is taken over like any other once that
+        worker's record stayed unchanged for a lease, so it goes only to workers that
+        have written their record lately (at a claim, a park or a renewal)."""
         if limit <= 0:
             return []
         now = self.clock()
@@ -924,10 +925,10 @@ class Coordinator:
                     or worker_ref(beat.worker) != ref
                     or beat.worker in running):
                 continue
-            # idle workers do not renew their records: one unchanged for half a lease
-            # belongs to a worker that has waited long (or died); it claims for itself
-            if (self.watch.unchanged_for(ref, now) >= self.lease / 2
-                    or not self.watch.seen_moving(ref)):
+            # idle workers do not renew their records: one not surely written within
+            # half a lease belongs to a worker that has waited long (or died, maybe while
+            # this one was not looking); it claims for itself
+            if not self.watch.written_within(ref, self.lease / 2, now):
                 continue
             found.append(beat)
         if not found:

@@ -36,34 +36,45 @@ class LeaseWatch:
     lease: float
     margin: float
     _seen: dict[str, tuple[str, float]] = field(default_factory=dict)
-    _moved: set[str] = field(default_factory=set)
+    #: ref -> when this observer last read it, whatever the value
+    _checked: dict[str, float] = field(default_factory=dict)
+    #: ref -> a time before which its current value cannot have been written: the
+    #: previous reading, when this observer saw the value change
+    _written_after: dict[str, float] = field(default_factory=dict)
+    _last_sweep: float | None = None  # the last :meth:`observe_all`
 
     def observe(self, ref: str, value: str | None, now: float) -> bool:
         """Record one observation; return ``True`` when the value changed."""
         value = value or ABSENT
         previous = self._seen.get(ref)
+        checked = self._checked.get(ref)
+        self._checked[ref] = now
         if previous is not None and previous[0] == value:
             return False
-        if previous is not None:
-            self._moved.add(ref)
+        if previous is not None and checked is not None:
+            self._written_after[ref] = checked
         self._seen[ref] = (value, now)
         return True
 
-    def seen_moving(self, ref: str) -> bool:
-        """Has this observer seen ``ref`` change (appear included) at least once?  A value
-        seen only as it is could belong to a worker long dead: a ref first seen now is
-        judged unexpired for a whole lease."""
-        return ref in self._moved
+    def written_within(self, ref: str, seconds: float, now: float) -> bool:
+        """Was ``ref``'s current value surely written less than ``seconds`` ago?  Only a
+        change this observer saw tells: the value was written after the reading before
+        it.  A value seen only as it is could be a dead worker's, written long ago (a
+        ref first seen now is judged unexpired for a whole lease), and one seen to change
+        after a long gap between readings may be as old as the gap."""
+        after = self._written_after.get(ref)
+        return after is not None and now - after < seconds
 
     def observe_all(self, values: Mapping[str, str], refs: Iterable[str], now: float,
                     new_is_move: bool = False) -> None:
         """Observe every ref in ``refs``; those missing from ``values`` are absent.
-        ``new_is_move``: a ref never seen before counts as seen moving (it appeared
-        since an earlier observation that listed every ref of its kind)."""
+        ``new_is_move``: ``values`` lists every ref of their kind, so a ref never seen
+        before was written since the previous call (it appeared)."""
         for ref in refs:
-            if new_is_move and ref not in self._seen:
-                self._moved.add(ref)
+            if new_is_move and ref not in self._seen and self._last_sweep is not None:
+                self._written_after[ref] = self._last_sweep
             self.observe(ref, values.get(ref), now)
+        self._last_sweep = now
 
     def unchanged_for(self, ref: str, now: float) -> float:
         """Seconds this observer has seen ``ref`` at its current value (0 if never seen)."""
@@ -80,7 +91,8 @@ class LeaseWatch:
 
     def forget(self, ref: str) -> None:
         self._seen.pop(ref, None)
-        self._moved.discard(ref)
+        self._checked.pop(ref, None)
+        self._written_after.pop(ref, None)
 
     def remaining(self, ref: str, now: float) -> float:
         """Seconds until ``ref`` would expire if it stays unchanged."""

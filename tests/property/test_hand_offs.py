@@ -233,3 +233,16 @@ def test_a_handed_job_whose_finish_is_parked_is_not_taken_up_again():
     snap = b.observe()
     assert "j3" in running(world) and snap.ledger.handed_to("b", b.session) is not None
     assert b.handed(snap) is None and b.take_handed(snap) is None and b.job is None
+
+
+def test_a_record_that_changed_while_the_claimer_was_not_looking_is_no_target():
+    """a ran a long job without looking: b's record changed at some time in that gap, so b
+    may have died long ago, and a hands it nothing."""
+    world, clock = MemoryWorld(["j1", "j2", "j3"]), Clock()
+    a, b = coordinator(world, "a", clock), coordinator(world, "b", clock)
+    a.observe()
+    clock.now += 3 * LEASE  # a is busy elsewhere
+    assert claim_with_hand_offs(b)[0] is not None and b.finish_step() is not None
+    assert a.handoff_targets(a.observe()) == []
+    assert b.renew_beat()  # written after a's last look, which was just now
+    assert [t.worker for t in a.handoff_targets(a.observe())] == ["b"]

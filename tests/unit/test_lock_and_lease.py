@@ -138,3 +138,20 @@ def test_a_record_says_takes_hand_offs_only_when_it_takes_none():
     wrong = beat_message(none).replace('"takes_hand_offs": false', '"takes_hand_offs": "no"')
     with pytest.raises(RemoteStateError, match="takes_hand_offs"):
         parse_beat_message(wrong)
+
+
+def test_a_value_is_known_recent_only_when_its_change_was_seen_between_close_readings():
+    w = LeaseWatch(lease=10, margin=2)
+    w.observe("r", "v1", now=0.0)
+    assert not w.written_within("r", 5, now=0.0)  # first seen: it may be old
+    w.observe("r", "v2", now=100.0)  # changed at some time after 0.0
+    assert not w.written_within("r", 5, now=100.0)
+    w.observe("r", "v2", now=101.0)
+    w.observe("r", "v3", now=101.5)  # written after 101.0
+    assert w.written_within("r", 5, now=102.0) and not w.written_within("r", 5, now=106.0)
+    # a ref that appears in a later sweep of every ref of its kind was written since the
+    # sweep before it; in the first sweep, nothing is known of it
+    w.observe_all({"a": "x"}, ["a"], now=200.0, new_is_move=True)
+    assert not w.written_within("a", 5, now=200.0)
+    w.observe_all({"a": "x", "b": "y"}, ["a", "b"], now=201.0, new_is_move=True)
+    assert w.written_within("b", 5, now=201.0) and not w.written_within("a", 5, now=201.0)
