@@ -84,14 +84,22 @@ class LookAgain:
 PeekVerdict = KeepWatching | LookAgain
 
 
+#: waits shorter than this are no wait (:func:`turn_wait`)
+TURN_RESOLUTION = 1e-6
+
+
 def turn_wait(ahead: int, slot: float, unchanged_for: float, waiting_for: float) -> float:
     """Seconds left before a free lock is ours to try.
 
     Each idle worker before us gets one ``slot``, up to :data:`TURNS_WAITED` of
     them, counted from when the lock took its current value, but never from
     before this wait began (a value seen long ago says nothing about turns).
+    Less than a microsecond counts as none: a rounding error's worth of wait is
+    no reason to sleep (on a clock that reads the same after so short a sleep,
+    the wait would never end).
     """
-    return min(ahead, TURNS_WAITED) * slot - min(unchanged_for, waiting_for)
+    left = min(ahead, TURNS_WAITED) * slot - min(unchanged_for, waiting_for)
+    return left if left >= TURN_RESOLUTION else min(left, 0.0)
 
 
 def still_ahead(watch: Watch, refs: Mapping[str, str]) -> tuple[str, ...]:

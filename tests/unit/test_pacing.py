@@ -121,3 +121,11 @@ def test_a_worker_that_may_have_been_handed_a_job_looks_when_a_free_lock_moves()
     unmoved = {LOCK: "l1", A: "r0", B: "r0"}  # nothing moved: keep watching either way
     assert isinstance(after_peek(watch, unmoved, LOCK, expired=False, wait=1.0,
                                  may_be_handed=True), KeepWatching)
+
+
+def test_a_rounding_errors_worth_of_turn_wait_is_no_wait():
+    # 3 turns of 0.1 s minus 0.3 s waited: 0 up to rounding (5.6e-17), which a clock that
+    # does not move after so short a sleep would wait for ever
+    assert 3 * 0.1 - 0.3 > 0.0
+    assert turn_wait(3, 0.1, 0.3, 10.0) <= 0.0
+    assert turn_wait(2, 1.0, 1.0, 10.0) == 1.0 and turn_wait(2, 1.0, 3.0, 10.0) == -1.0
