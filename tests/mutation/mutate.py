@@ -118,8 +118,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "turns-uncapped",
         "distribute/core/pacing.py",
-        "return min(ahead, TURNS_WAITED) * slot - min(unchanged_for, waiting_for)",
-        "return ahead * slot - min(unchanged_for, waiting_for)",
+        "left = min(ahead, TURNS_WAITED) * slot - min(unchanged_for, waiting_for)",
+        "left = ahead * slot - min(unchanged_for, waiting_for)",
         "turn_wait waits a turn for every idle worker ahead, not for four at most",
         ("tests/integration/test_worker_edges.py"
          "::test_a_worker_behind_gone_workers_waits_a_few_turns_only",
