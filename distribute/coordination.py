@@ -124,6 +124,7 @@ from distribute.core.plan import (
     GiveUp,
     Retry,
     ahead_in_turn,
+    in_turn,
     plan_claim,
 )
 from distribute.sources import JOBS_FILE, format_queue, read_queue
@@ -279,8 +280,9 @@ class Coordinator:
             ``failed.txt`` (see :mod:`distribute.core.ledger`).
         resume: a retried job's branch starts from the previous attempt's
             branch (merged onto the main branch), so its files are there.
-        hand_offs: this worker's records say other workers' claims may hand it a
-            job (:meth:`handoff_targets`).
+        hand_offs: this worker's claims hand queued jobs to idle workers, and its
+            records say other workers' claims may hand it one (:meth:`handoff_targets`);
+            ``False``: neither.
     """
 
     def __init__(
@@ -911,11 +913,11 @@ class Coordinator:
         waits for its worker's next look, and is taken over like any other once that
         worker's record stayed unchanged for a lease, so it goes only to workers that
         have written their record lately (at a claim, a park or a renewal)."""
-        if limit <= 0:
-            return []
+        if limit <= 0 or not self.beat.takes_hand_offs:
+            return []  # a worker that takes no hand-offs hands none out either
         now = self.clock()
         running = snap.view.holders()
-        found: list[Beat] = []
+        found: dict[str, Beat] = {}
         for ref, oid in snap.refs.items():
             if not ref.startswith(WORKERS_PREFIX) or ref == self.own_ref:
                 continue
@@ -930,12 +932,10 @@ class Coordinator:
             # this one was not looking); it claims for itself
             if not self.watch.written_within(ref, self.lease / 2, now):
                 continue
-            found.append(beat)
+            found[beat.worker] = beat
         if not found:
             return []
-        served = snap.view.served()
-        found.sort(key=lambda b: (served.get(b.worker, -1), b.worker))
-        return found[:limit]
+        return [found[w] for w in in_turn(found, snap.view)[:limit]]
 
     def handed(self, snap: Snapshot) -> Entry | None:
         """The job another worker claimed for this process on ``snap``, to take up

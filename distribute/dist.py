@@ -842,7 +842,7 @@ class Worker:
         )
 
     def _claim_unlocked(self, snap: Snapshot, func: NextJobFunction) -> JobHolding | _Step:
-        targets = self.coord.handoff_targets(snap) if self.hand_off else []
+        targets = self.coord.handoff_targets(snap)
         if targets and decides_from_files(func):
             job, edits, handed = self._next_jobs_from_files(snap, func, targets)
         else:

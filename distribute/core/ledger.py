@@ -82,6 +82,10 @@ class Entry:
     def released(self) -> bool:
         return self.worker == ""
 
+    def handed_to(self, worker: str, session: str) -> bool:
+        """Is this a line another worker claimed for ``worker``'s process ``session``?"""
+        return bool(self.by) and (self.worker, self.session) == (worker, session)
+
     @property
     def ended(self) -> int:
         """Attempts that have ended: all of them once released, else all but the current."""
@@ -367,10 +371,7 @@ class Ledger:
     def handed_to(self, worker: str, session: str) -> Entry | None:
         """The running job another worker claimed for ``worker``'s process ``session``,
         if any (see :class:`Entry`): one that process, idle, is to take up."""
-        return next(
-            (e for e in self.running if e.worker == worker and e.by and e.session == session),
-            None,
-        )
+        return next((e for e in self.running if e.handed_to(worker, session)), None)
 
     def held_by(self, worker: str) -> tuple[Entry, ...]:
         return tuple(e for e in self.running if e.worker == worker)

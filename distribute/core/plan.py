@@ -69,7 +69,7 @@ def plan_claim(
             (``Entry.session``) is its to take up, not an orphan.
     """
     for entry in ledger.running:
-        if session and entry.worker == me and entry.by and entry.session == session:
+        if session and entry.handed_to(me, session):
             continue
         if entry.released:
             if entry.failures >= max_attempts or entry.interrupted >= max_interruptions:
@@ -109,10 +109,12 @@ def ahead_in_turn(idle: Iterable[str], me: str, ledger: Ledger) -> list[str]:
     others = set(idle) - {me}
     if not others:
         return []  # alone: nothing to order, and no ledger to scan
+    order = in_turn(others | {me}, ledger)
+    return order[: order.index(me)]
+
+
+def in_turn(workers: Iterable[str], ledger: Ledger) -> list[str]:
+    """``workers`` least recently served first: by the highest fencing token each claimed
+    under (as ``ledger`` records it), then by name (:func:`ahead_in_turn`)."""
     served = ledger.served()
-
-    def key(name: str) -> tuple[int, str]:
-        return (served.get(name, -1), name)
-
-    mine = key(me)
-    return sorted((w for w in others if key(w) < mine), key=key)
+    return sorted(workers, key=lambda name: (served.get(name, -1), name))
