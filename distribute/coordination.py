@@ -2205,19 +2205,24 @@ def merged_branches(transport: Transport, branch: str, worker: str | None = None
     ``worker``: only that worker's branches.  ``finished_only``: only the branches of
     the attempts that finished (not of earlier ones: a taken-over holder may still
     push to its branch, so only a person's ``distribute gc`` deletes those)."""
+    prefix = "refs/heads/" + JOB_BRANCH_PREFIX
+    only = prefix if worker is None else f"{prefix}{encode_component(worker)}/"
+    branches = transport.list_refs(only)
+    if not branches:
+        return {}
     main_ref = "refs/heads/" + branch
     main = transport.fetch([main_ref]).get(main_ref)
     if main is None:
         raise RemoteStateError(f"the remote has no branch {branch!r}")
     ledger = read_ledger(transport, main, branch)
-    done = {encode_component(e.job) for e in ledger.done}
-    finished = {job_branch_ref(e.worker, e.job, e.token) for e in ledger.done}
+    parts_of = {ref: ref[len(prefix):].split("/") for ref in branches}
+    done_entries = _done_of(ledger, {parts[1] for parts in parts_of.values() if len(parts) == 3})
+    done = {encode_component(e.job) for e in done_entries}
+    finished = {job_branch_ref(e.worker, e.job, e.token) for e in done_entries}
     held = {job_branch_ref(e.worker, e.job, e.token) for e in ledger.running if not e.released}
-    prefix = "refs/heads/" + JOB_BRANCH_PREFIX
-    only = prefix if worker is None else f"{prefix}{encode_component(worker)}/"
     found = {}
-    for ref, tip in transport.list_refs(only).items():
-        parts = ref[len(prefix):].split("/")
+    for ref, tip in branches.items():
+        parts = parts_of[ref]
         if finished_only and ref not in finished:
             continue
         if len(parts) == 3 and parts[1] in done and ref not in held:
@@ -2225,6 +2230,21 @@ def merged_branches(transport: Transport, branch: str, worker: str | None = None
                 if holds(transport, main, tip):
                     found[ref] = tip
     return found
+
+
+def _done_of(ledger: Ledger, components: set[str]) -> list[Entry]:
+    """The lines of ``done.txt`` whose job encodes to one of ``components`` (job
+    components of branch names).  Cheap with many done jobs and few branches: the
+    components are decoded and matched by name (a match may still encode differently:
+    the caller compares encodings); a hashed (long) name's component cannot be decoded,
+    and then every line is encoded."""
+    if any("%%" in c for c in components):
+        return [e for e in ledger.done if encode_component(e.job) in components]
+    names = set()
+    for c in components:
+        with contextlib.suppress(ValueError, UnicodeDecodeError):
+            names.add(decode_component(c))
+    return [e for e in ledger.done if e.job in names]
 
 
 def delete_merged_branches(

@@ -75,6 +75,11 @@ def _describe(ch: str) -> str:
     return named.get(ch, f"the character U+{ord(ch):04X}")
 
 
+#: Names that encode to themselves: safe characters only, no leading ``.`` or ``-``,
+#: no ``..``, no trailing ``.`` or ``.lock``, and short.  Most job names are such.
+_PLAIN = re.compile(r"(?!.*\.\.)(?!.*\.lock$)[A-Za-z0-9_][A-Za-z0-9_.-]*(?<!\.)")
+
+
 def encode_component(name: str) -> str:
     """Encode ``name`` as one ref component and one path component.
 
@@ -83,6 +88,13 @@ def encode_component(name: str) -> str:
     follow another ``.``, end it, or begin a trailing ``.lock`` is escaped,
     as is a leading ``-``.
     """
+    if len(name) <= MAX_COMPONENT and _PLAIN.fullmatch(name):
+        return name
+    return _escaped(name)
+
+
+def _escaped(name: str) -> str:
+    """:func:`encode_component` byte by byte (any name)."""
     out: list[str] = []
     raw = name.encode("utf-8")
     for i, byte in enumerate(raw):

@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from distribute.core import names
 from distribute.core.errors import InvalidName
 from distribute.core.names import (
     MAX_COMPONENT,
@@ -44,6 +45,17 @@ def test_encoding_round_trips_or_is_hashed(name):
         assert len(enc.encode()) <= MAX_COMPONENT
     else:
         assert decode_component(enc) == name
+
+
+@given(st.one_of(st.text(min_size=1),
+                 st.text(alphabet="aZ09_-.lock", min_size=1, max_size=MAX_COMPONENT + 2)))
+def test_the_fast_path_for_plain_names_encodes_as_the_escaping_path_does(name):
+    assert encode_component(name) == names._escaped(name)
+
+
+@pytest.mark.parametrize("name", ["a", "lr0.1", "run_3-b", "x" * MAX_COMPONENT, "a.lockx"])
+def test_plain_names_encode_to_themselves(name):
+    assert encode_component(name) == name
 
 
 @given(st.text(min_size=1), st.text(min_size=1))

@@ -169,3 +169,19 @@ def test_a_restarted_worker_leaves_its_taken_over_attempts_branch_to_gc():
     assert restarted.queue_leftovers() == 0
     assert held.branch_ref in branches(remote)
     assert held.branch_ref in merged_branches(remote.transport("admin"), "main")  # for gc
+
+
+def test_gc_finds_the_branches_of_jobs_with_names_that_encode_differently():
+    # a long name is hashed in refs, "%41" and unicode are escaped: each must still be
+    # matched to its line of done.txt, and a job not done ("A", which "%41" decodes to) not
+    names = ["x" * 300, "%41", "ünï job", "plain", "A"]
+    remote, c = setup(names)
+    refs = {job: run(c, job) for job in names[:-1]}
+    t = remote.transport("admin")
+    snap = c.observe()
+    assert c.try_acquire(snap)
+    held = c.claim(snap, CallNextJobFunction(), "A", None)
+    assert held is not None
+    found = merged_branches(t, "main")
+    assert set(found) == set(refs.values())
+    assert set(merged_branches(t, "main", worker="w", finished_only=True)) == set(refs.values())
