@@ -89,11 +89,15 @@ from distribute.core.errors import (
 from distribute.core.lease import LeaseWatch
 from distribute.core.ledger import (
     DONE,
+    DONE_PARTS,
     LEDGER_FILES,
     MAX_INTERRUPTIONS,
     RUNNING,
     Entry,
     Ledger,
+    Parts,
+    parse_ledger_text,
+    parts_in_order,
 )
 from distribute.core.lock import (
     Acquire,
@@ -1906,9 +1910,36 @@ def _ledger_files(transport: Transport, commit: Oid) -> dict[str, bytes | None]:
     return {name: transport.read_file(commit, name) for name in LEDGER_FILES}
 
 
+#: sealed parts of ``done.txt`` parsed, by the id of their contents: a part is read and
+#: parsed once per process, however many looks see it
+_PARTS: dict[str, tuple[Entry, ...]] = {}
+_PARTS_KEPT = 4096
+_PARTS_LOCK = threading.Lock()
+
+
+def read_parts(transport: Transport, commit: Oid) -> Parts:
+    """The sealed parts of ``done.txt`` at ``commit`` (path, entries), in order."""
+    listing = transport.folder(commit, DONE_PARTS)
+    parts = []
+    for name in parts_in_order(listing):
+        path, oid = f"{DONE_PARTS}/{name}", listing[name]
+        with _PARTS_LOCK:
+            entries = _PARTS.get(oid)
+        if entries is None:
+            entries = parse_ledger_text(transport.read_file(commit, path) or b"", path, None)
+            with _PARTS_LOCK:
+                while len(_PARTS) >= _PARTS_KEPT:
+                    del _PARTS[next(iter(_PARTS))]
+                _PARTS[oid] = entries
+        parts.append((path, entries))
+    return tuple(parts)
+
+
 def read_ledger(transport: Transport, commit: Oid, branch: str) -> Ledger:
-    """The ledgers of the main branch ``branch`` at ``commit``."""
-    return Ledger.from_files(_ledger_files(transport, commit), branch)
+    """The ledgers of the main branch ``branch`` at ``commit``, ``done.txt`` with its
+    sealed parts."""
+    return Ledger.from_files(_ledger_files(transport, commit), branch,
+                             read_parts(transport, commit))
 
 
 def highest_token(transport: Transport, main: Oid, branch: str) -> int:
@@ -1920,7 +1951,7 @@ def highest_token(transport: Transport, main: Oid, branch: str) -> int:
     highest = 0
     files = _ledger_files(transport, main)
     if all(files.get(n) is not None for n in (RUNNING, DONE)):
-        ledger = Ledger.from_files(files, branch)
+        ledger = Ledger.from_files(files, branch, read_parts(transport, main))
         for entry in (*ledger.running, *ledger.done, *ledger.failed):
             highest = max(highest, entry.token)
     for ref in transport.list_refs("refs/heads/" + JOB_BRANCH_PREFIX):

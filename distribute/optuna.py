@@ -101,7 +101,15 @@ from distribute.core.errors import (
     TransportError,
     UsageError,
 )
-from distribute.core.ledger import DONE, FAILED, RUNNING, Ledger
+from distribute.core.ledger import (
+    DONE,
+    DONE_PARTS,
+    FAILED,
+    RUNNING,
+    Ledger,
+    parse_ledger_text,
+    parts_in_order,
+)
 from distribute.core.names import check_name, encode_component, scrub_url
 from distribute.transport.base import Oid, RefUpdate, Transport, holds
 from distribute.transport.git import GitTransport
@@ -835,7 +843,12 @@ def _ledger_in(worker: Worker) -> Ledger:
             files[name] = (Path(worker.path) / name).read_bytes()
         except FileNotFoundError:
             files[name] = None
-    return Ledger.from_files(files, worker.branch)
+    folder = Path(worker.path) / DONE_PARTS
+    names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+    parts = tuple((f"{DONE_PARTS}/{name}", parse_ledger_text(
+        (folder / name).read_bytes(), f"{DONE_PARTS}/{name}", None))
+        for name in parts_in_order(names))
+    return Ledger.from_files(files, worker.branch, parts)
 
 
 @contextmanager

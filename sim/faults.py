@@ -171,6 +171,9 @@ class FaultyTransport:
     def read_file(self, commit: Oid, path: str) -> bytes | None:
         return self.inner.read_file(commit, path)
 
+    def folder(self, commit: Oid, path: str) -> dict[str, str]:
+        return self.inner.folder(commit, path)
+
     def commit_message(self, commit: Oid) -> str:
         return self.inner.commit_message(commit)
 

@@ -50,6 +50,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from distribute.core.ledger import DONE, DONE_PARTS, parts_in_order
+
 from .checker import CheckResult, check, proc_key
 from .coverage import Coverage, check_spec, count, evaluate
 from .journal import Journal, read_journals
@@ -572,7 +574,7 @@ def read_final_state(
         str(r["tip"]) for r in records
         if r.get("kind") == "event" and r.get("event") in ("update", "finish") and r.get("tip")
     }
-    done = show("done.txt") or ""
+    done = done_text(remote, main)
     final: dict[str, Any] = {
         "done": done,
         "running": show("running.txt") or "",
@@ -593,12 +595,26 @@ def read_final_state(
     return final
 
 
+def done_text(remote: Path, main: str) -> str:
+    """Every line of ``done.txt`` at ``main``: its sealed parts in order (``done/``, see
+    :data:`distribute.core.ledger.DONE_PARTS`), then ``done.txt`` itself."""
+    listed = subprocess.run(
+        ["git", "--git-dir", str(remote), "ls-tree", "--name-only", "-z", main, "--",
+         f"{DONE_PARTS}/"], capture_output=True, text=True, timeout=30,
+    ).stdout.split("\0")
+    names = [p.rpartition("/")[2] for p in listed if p]
+    paths = [f"{DONE_PARTS}/{name}" for name in parts_in_order(names)]
+    texts = []
+    for path in [*paths, DONE]:
+        out = subprocess.run(["git", "--git-dir", str(remote), "show", f"{main}:{path}"],
+                             capture_output=True, text=True, timeout=60)
+        texts.append(out.stdout if out.returncode == 0 else "")
+    return "".join(texts)
+
+
 def count_done(remote: Path) -> int:
-    out = subprocess.run(
-        ["git", "--git-dir", str(remote), "show", f"refs/heads/{BRANCH}:done.txt"],
-        capture_output=True, text=True, timeout=30,
-    )
-    return sum(1 for line in out.stdout.splitlines() if line.strip())
+    text = done_text(remote, f"refs/heads/{BRANCH}")
+    return sum(1 for line in text.splitlines() if line.strip())
 
 
 def run(config: SimConfig, progress: Progress | None = None) -> RunOutcome:

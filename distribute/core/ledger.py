@@ -30,8 +30,10 @@ that ended, so the failures are the ended attempts less those.
 from __future__ import annotations
 
 import collections
+import itertools
 import operator
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from distribute.core.errors import LeaseLost, RemoteStateError, UsageError
@@ -42,6 +44,14 @@ DONE = "done.txt"
 FAILED = "failed.txt"
 LEDGER_FILES = (RUNNING, DONE, FAILED)
 REQUIRED_FILES = (RUNNING, DONE)
+#: The folder of ``done.txt``'s sealed parts: ``done/000001.txt``, ``done/000002.txt``, ...
+#: hold the oldest lines, in order, and ``done.txt`` the lines since (see
+#: :meth:`Ledger.to_files`).  The whole list is the parts in the order of their numbers,
+#: then ``done.txt``: ``cat done/*.txt done.txt``.
+DONE_PARTS = "done"
+#: How many lines ``done.txt`` gathers before they are sealed into a part of their own.
+DONE_PART_LINES = 1000
+_PART_NAME = re.compile(r"[0-9]{1,9}\.txt")
 #: Default cap on interrupted attempts of one job (see the module docstring).
 MAX_INTERRUPTIONS = 10
 
@@ -175,17 +185,40 @@ def parse_line(line: str, source: str = "ledger") -> Entry:
     )
 
 
-def parse_ledger_text(data: bytes, source: str) -> tuple[Entry, ...]:
+def part_path(number: int) -> str:
+    """The path of sealed part ``number`` (from 1) of ``done.txt``."""
+    return f"{DONE_PARTS}/{number:06d}.txt"
+
+
+def part_number(name: str) -> int | None:
+    """The number of the part a file named ``name`` in :data:`DONE_PARTS` holds, ``None``
+    for a file that is not a part (a person's note, say), which readers leave alone."""
+    return int(name[:-4]) if _PART_NAME.fullmatch(name) else None
+
+
+def parts_in_order(names: Iterable[str]) -> list[str]:
+    """The names among ``names`` (of files in :data:`DONE_PARTS`) that are parts, in the
+    order of their numbers: the order of their lines."""
+    numbered = [(number, name) for name in names if (number := part_number(name)) is not None]
+    return [name for _, name in sorted(numbered)]
+
+
+def parse_ledger_text(data: bytes, source: str, key: str | None = "") -> tuple[Entry, ...]:
     """The entries of one ledger file; a damaged line raises :class:`RemoteStateError`
     naming the file and the line's number (a line ending in ``\\r\\n`` reads as one
     ending in ``\\n``).
 
     Ledgers grow at their end (``done.txt`` gains a line per finished job), so the last
-    text parsed for each ``source`` is remembered: a text that merely extends it is
-    parsed from where the last one ended, and a claim or finish costs the same with
-    100,000 jobs done as with none.  The result is the same as a full parse.
+    text parsed for each ``key`` (by default ``source``) is remembered: a text that
+    merely extends it is parsed from where the last one ended, and a claim or finish
+    costs the same with 100,000 jobs done as with none.  The result is the same as a
+    full parse.  ``key=None``: parse and remember nothing (a sealed part, which its
+    reader keeps by its id).
     """
-    last = _PARSED.get(source)
+    if key is None:
+        return _parse_lines(data, source, first=1)
+    key = key or source
+    last = _PARSED.get(key)
     if last is not None:
         old, entries, lines = last
         if data == old:
@@ -194,13 +227,40 @@ def parse_ledger_text(data: bytes, source: str) -> tuple[Entry, ...]:
             tail = data[len(old):]
             more = _parse_lines(tail, source, first=lines + 1)
             result = entries + more
-            _PARSED[source] = (data, result, lines + tail.count(b"\n"))
-            _index(source, result, entries)
+            _PARSED[key] = (data, result, lines + tail.count(b"\n"))
+            _index(key, result, entries)
             return result
     result = _parse_lines(data, source, first=1)
-    _PARSED[source] = (data, result, data.count(b"\n"))
-    _index(source, result, None)
+    _PARSED[key] = (data, result, data.count(b"\n"))
+    _index(key, result, None)
     return result
+
+
+#: the key ``done.txt`` is parsed under when it has sealed parts: the index under
+#: :data:`DONE` is then of the whole list (:func:`_joined`)
+_DONE_TAIL = "done.txt after its parts"
+Parts = tuple[tuple[str, tuple[Entry, ...]], ...]
+#: the last whole list of done entries joined from parts and ``done.txt``: the parts, the
+#: entries of ``done.txt``, and the whole list
+_JOINED: list[tuple[Parts, tuple[Entry, ...], tuple[Entry, ...]]] = []
+
+
+def _joined(parts: Parts, tail: tuple[Entry, ...]) -> tuple[Entry, ...]:
+    """The entries of ``parts`` then ``tail``, indexed under :data:`DONE`.  When the
+    parts are the same objects as last time and ``tail`` extends the last one (a finish
+    appends a line to ``done.txt``), the last list is extended and its index grows,
+    instead of joining and indexing 100,000 entries again."""
+    last = _JOINED[0] if _JOINED else None
+    if (last is not None and len(last[0]) == len(parts)
+            and all(a[1] is b[1] for a, b in zip(last[0], parts, strict=True))
+            and len(last[1]) <= len(tail) and tail[: len(last[1])] == last[1]):
+        whole = last[2] + tail[len(last[1]):]
+        _index(DONE, whole, last[2])
+    else:
+        whole = tuple(itertools.chain.from_iterable(e for _, e in parts)) + tail
+        _index(DONE, whole, None)
+    _JOINED[:] = [(parts, tail, whole)]
+    return whole
 
 
 #: per ledger source name: the last text parsed, its entries, and its count of newlines
@@ -302,11 +362,19 @@ class Ledger:
     done: tuple[Entry, ...] = ()
     failed: tuple[Entry, ...] = ()
     has_failed_file: bool = field(default=False, compare=False)
+    #: the sealed parts of ``done.txt`` read with it (path, entries), in order: ``done``
+    #: starts with their entries.  What :meth:`to_files` compares against, so that it
+    #: writes only the parts that change
+    parts: Parts = field(default=(), compare=False, repr=False)
 
     # ---- reading and writing -----------------------------------------------
     @classmethod
-    def from_files(cls, files: Mapping[str, bytes | None], branch: str = "main") -> Ledger:
-        """Build a ledger from the files of a commit.
+    def from_files(
+        cls, files: Mapping[str, bytes | None], branch: str = "main", parts: Parts = ()
+    ) -> Ledger:
+        """Build a ledger from the files of a commit, and the sealed ``parts`` of its
+        ``done.txt`` (path, entries; in the order of their numbers, see
+        :data:`DONE_PARTS`).
 
         Raises:
             RemoteStateError: ``running.txt`` or ``done.txt`` is missing.
@@ -319,26 +387,62 @@ class Ledger:
                 missing=missing,
             )
         failed_data = files.get(FAILED)
+        if parts:
+            done = _joined(parts, parse_ledger_text(files[DONE] or b"", DONE, _DONE_TAIL))
+        else:
+            done = parse_ledger_text(files[DONE] or b"", DONE)
         return cls(
             running=parse_ledger_text(files[RUNNING] or b"", RUNNING),
-            done=parse_ledger_text(files[DONE] or b"", DONE),
+            done=done,
             failed=parse_ledger_text(failed_data or b"", FAILED),
             has_failed_file=failed_data is not None,
+            parts=parts,
         )
 
     def to_files(self) -> dict[str, bytes | None]:
-        files: dict[str, bytes | None] = {
-            RUNNING: format_ledger_text(self.running),
-            DONE: format_ledger_text(self.done),
-        }
+        """The ledger files to write for this ledger, over the files it was read from:
+        ``running.txt``, ``done.txt``, ``failed.txt`` (when there is one), and the sealed
+        parts of ``done.txt`` that are new or change (``None``: a part to delete).
+
+        ``done.txt`` holds fewer than :data:`DONE_PART_LINES` lines: once it has that
+        many, they are sealed into the next part, and ``done.txt`` starts empty.  So a
+        finish writes a small ``done.txt`` however many jobs are done, and a part, once
+        written, stays as it is.  Only taking a done job's line out (``distribute
+        requeue --done``) changes a sealed part: that part and those after it are
+        written anew.
+        """
+        files: dict[str, bytes | None] = {RUNNING: format_ledger_text(self.running)}
+        files.update(self._done_files())
         if self.failed or self.has_failed_file:
             files[FAILED] = format_ledger_text(self.failed)
         return files
 
+    def _done_files(self) -> dict[str, bytes | None]:
+        done, start, kept = self.done, 0, 0
+        for _, entries in self.parts:  # the parts still in place, compared by identity
+            if done[start : start + len(entries)] != entries:
+                break
+            start, kept = start + len(entries), kept + 1
+        numbers = [part_number(path.rpartition("/")[2]) or 0 for path, _ in self.parts]
+        number = numbers[kept - 1] + 1 if kept else 1
+        files: dict[str, bytes | None] = {}
+        while len(done) - start >= DONE_PART_LINES:
+            files[part_path(number)] = format_ledger_text(done[start : start + DONE_PART_LINES])
+            start, number = start + DONE_PART_LINES, number + 1
+        for path, _ in self.parts[kept:]:
+            files.setdefault(path, None)
+        files[DONE] = format_ledger_text(done[start:])
+        return files
+
     def changed_files(self, before: Ledger) -> dict[str, bytes | None]:
-        """Only the ledger files whose contents differ from ``before``."""
-        old = before.to_files()
-        return {k: v for k, v in self.to_files().items() if old.get(k) != v}
+        """Only the ledger files whose contents differ from ``before`` (which this ledger
+        was made from), and every part :meth:`to_files` writes, with ``done.txt``."""
+        old, new = before.to_files(), self.to_files()
+        parts = [k for k in new if k.startswith(DONE_PARTS + "/")]
+        changed = {k: v for k, v in new.items() if k in parts or old.get(k) != v}
+        if parts:
+            changed[DONE] = new[DONE]
+        return changed
 
     # ---- queries -------------------------------------------------------------
     def running_entry(self, job: str) -> Entry | None:

@@ -125,6 +125,12 @@ class Transport(Protocol):
         """Contents of ``path`` in ``commit``, ``None`` when absent."""
         ...
 
+    def folder(self, commit: Oid, path: str) -> dict[str, str]:
+        """The files directly in folder ``path`` of ``commit``: name -> an id of the
+        file's contents (the same id, the same contents: git's blob id).  Empty when
+        there is no such folder; subfolders are left out."""
+        ...
+
     def commit_message(self, commit: Oid) -> str:
         ...
 

@@ -313,6 +313,17 @@ class GitTransport:
             tree = entry.oid
         return None
 
+    def folder(self, commit: Oid, path: str) -> dict[str, str]:
+        tree = self._repo.commit_tree(commit)
+        for part in check_tree_path(path).split("/"):
+            entry = self._repo.tree_entries(tree).get(part.encode("utf-8"))
+            if entry is None or not entry.is_tree:
+                return {}
+            tree = entry.oid
+        return {name.decode("utf-8", errors="surrogateescape"): entry.oid
+                for name, entry in self._repo.tree_entries(tree).items()
+                if entry.kind == "blob"}
+
     def commit_message(self, commit: Oid) -> str:
         kind, data = self._repo.read_object(check_oid(commit))
         if kind != "commit":

@@ -143,6 +143,11 @@ def _field(data: bytes) -> bytes:
     return b"%d:%s" % (len(data), data)
 
 
+def _blob_id(data: bytes) -> str:
+    """git's id of a blob holding ``data``."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
 def _tree_id(files: Mapping[str, bytes]) -> Oid:
     digest = hashlib.sha1(b"tree\0", usedforsecurity=False)
     for path in sorted(files):
@@ -373,6 +378,15 @@ class MemoryTransport:
         check_tree_path(path)
         remote = self.remote
         return remote._tree(remote._commit(check_oid(commit)).tree).get(path)
+
+    def folder(self, commit: Oid, path: str) -> dict[str, str]:
+        prefix = check_tree_path(path) + "/"
+        remote = self.remote
+        return {
+            name[len(prefix):]: _blob_id(data)
+            for name, data in remote._tree(remote._commit(check_oid(commit)).tree).items()
+            if name.startswith(prefix) and "/" not in name[len(prefix):]
+        }
 
     def commit_message(self, commit: Oid) -> str:
         return self.remote._commit(check_oid(commit)).message

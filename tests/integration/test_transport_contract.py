@@ -438,6 +438,25 @@ class TestLocalObjects:
         assert not t.is_ancestor(three, one)
         assert t.is_ancestor(one, one)
 
+    def test_folder_lists_the_files_of_a_folder_with_ids_of_their_contents(
+        self, backend: Backend
+    ) -> None:
+        t = backend.transport()
+        main = main_of(t)
+        one = child(t, main, "parts", **{"done/000001.txt": b"a\n", "done/000002.txt": b"b\n",
+                                         "done/sub/x.txt": b"a\n", "done.txt": b"c\n",
+                                         "upd ates/jöb/π.txt": b"a\n"})
+        listing = t.folder(one, "done")
+        assert sorted(listing) == ["000001.txt", "000002.txt"]  # no subfolder
+        assert listing["000001.txt"] != listing["000002.txt"]
+        assert t.folder(one, "upd ates/jöb") == {"π.txt": listing["000001.txt"]}  # same contents
+        assert t.folder(one, "missing") == {} and t.folder(one, "done.txt") == {}
+        two = child(t, one, "change", **{"done/000002.txt": b"d\n", "done/000003.txt": b"b\n"})
+        again = t.folder(two, "done")
+        assert again["000001.txt"] == listing["000001.txt"]
+        assert again["000002.txt"] != listing["000002.txt"]
+        assert again["000003.txt"] == listing["000002.txt"]
+
     def test_ancestry_over_long_and_merged_histories(self, backend: Backend) -> None:
         """Near and far ancestors, through either parent of a merge; unrelated and newer
         commits are not ancestors (the git transport walks short histories itself)."""
