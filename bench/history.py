@@ -3,7 +3,8 @@
 A remote with N jobs done is made synthetically, in one `git fast-import` stream (a
 real sweep of 10,000 jobs would take hours to make the same state):
 
-* ``done.txt`` on the main branch lists N finished jobs, in the format workers write;
+* ``done.txt`` on the main branch lists N finished jobs, in the format and layout the
+  version measured writes (its older lines in sealed parts ``done/000001.txt``, ...);
 * each of those jobs has a folder ``updates/<job>/`` with a small ``log.txt`` (as
   every job run by ``distribute work`` has), unless ``--no-logs``;
 * each has its job branch ``refs/heads/jobs/w/<job>/<token>`` (as an older version
@@ -55,7 +56,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from distribute.core.ledger import Entry, format_line
+from distribute.core.ledger import DONE, Entry, Ledger
 from distribute.core.names import encode_component, job_branch_ref
 from distribute.dist import worker_from_url
 from distribute.sources import QueueJobs
@@ -76,8 +77,12 @@ def make_history(remote: Path, done: int, queued: int, logs: bool,
                    check=True, capture_output=True)
     base = git("--git-dir", str(remote), "rev-parse", BRANCH)
     names = [f"done-{i:06d}" for i in range(done)]
-    ledger = "".join(format_line(Entry(job=j, worker="w", token=i + 1)) + "\n"
-                     for i, j in enumerate(names)).encode()
+    # done.txt as the version measured writes it: with its sealed parts, where it has them
+    files = Ledger(done=tuple(Entry(job=j, worker="w", token=i + 1)
+                              for i, j in enumerate(names))).to_files()
+    ledger = files.pop(DONE) or b""
+    sealed = {path: data for path, data in files.items()
+              if path.startswith("done/") and data is not None}
     queue = "".join(f"job-{i:05d}\n" for i in range(queued)).encode()
     parts: list[bytes] = []
 
@@ -87,12 +92,16 @@ def make_history(remote: Path, done: int, queued: int, logs: bool,
     blob(1, b"one line of a job's log\n")
     blob(2, ledger)
     blob(3, queue)
+    for number, data in enumerate(sealed.values(), 10**7):
+        blob(number, data)
     message = b"a synthetic history"
     parts.append(
         f"commit refs/heads/{BRANCH}\ncommitter bench <bench@invalid> {int(time.time())} +0000\n"
         f"data {len(message)}\n".encode() + message + f"\nfrom {base}\n".encode()
     )
     parts.append(b"M 100644 :2 done.txt\nM 100644 :3 jobs.txt\n")
+    parts += [f"M 100644 :{number} {path}\n".encode()
+              for number, path in enumerate(sealed, 10**7)]
     if logs:
         parts += [f"M 100644 :1 updates/{encode_component(j)}/log.txt\n".encode() for j in names]
     count, mb = big

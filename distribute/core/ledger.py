@@ -419,10 +419,15 @@ class Ledger:
 
     def _done_files(self) -> dict[str, bytes | None]:
         done, start, kept = self.done, 0, 0
-        for _, entries in self.parts:  # the parts still in place, compared by identity
-            if done[start : start + len(entries)] != entries:
+        for _, entries in self.parts:
+            # still in place: its first and last entries are the same objects at the same
+            # places.  Lines only ever join the end or leave (each entry an object of its
+            # own), so any line that left this part or an earlier one moves its last entry
+            end = start + len(entries)
+            if not entries or end > len(done) or not (
+                    done[start] is entries[0] and done[end - 1] is entries[-1]):
                 break
-            start, kept = start + len(entries), kept + 1
+            start, kept = end, kept + 1
         numbers = [part_number(path.rpartition("/")[2]) or 0 for path, _ in self.parts]
         number = numbers[kept - 1] + 1 if kept else 1
         files: dict[str, bytes | None] = {}
@@ -532,7 +537,7 @@ class Ledger:
         return replace(
             self,
             running=tuple(e for e in self.running if e.job != job),
-            done=(*self.done, done),
+            done=self.done + (done,),  # one copy of the pointers, not one push per entry
         )
 
     def fail(
