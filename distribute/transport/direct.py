@@ -544,20 +544,25 @@ def copy_objects(source: ObjectStore, target: ObjectStore, tips: Iterable[Oid]) 
             head = data.split(b"\n\n", 1)[0].split(b"\n")
             tree = head[0][5:].decode("ascii")
             parents = [line[7:].decode("ascii") for line in head if line.startswith(b"parent ")]
+            # the tree to compare with: a parent's that ``target`` holds, else the first
+            # parent's, which this walk copies too (a claim and the finish on it, fetched
+            # together: without it, the finish's tree would be compared with nothing)
+            held = [parent for parent in parents if target.has(parent)]
             like = None
-            for parent in parents:
-                if target.has(parent):
-                    pkind, pdata = target.read(parent)
-                    like = pdata[5 : pdata.index(b"\n")].decode("ascii")
-                    break
-            stack.extend((_Visit(parent, "commit"), False) for parent in parents)
+            if parents:
+                pdata = (target if held else source).read((held or parents)[0])[1]
+                like = pdata[5 : pdata.index(b"\n")].decode("ascii")
+            # the parents are walked first (the stack's top): what the tree shares with the
+            # like tree is then written before the tree, wherever the like tree comes from
             stack.append((_Visit(tree, "tree", like), False))
+            stack.extend((_Visit(parent, "commit"), False) for parent in parents)
         elif kind == "tree":
             size = len(visit.oid) // 2
             old, old_id = b"", None
             if visit.like is not None:
-                with contextlib.suppress(KeyError):
-                    old, old_id = target.read(visit.like)[1], visit.like
+                with contextlib.suppress(KeyError):  # from ``target``, or from this walk
+                    store = target if target.has(visit.like) else source
+                    old, old_id = store.read(visit.like)[1], visit.like
             # the entries the like tree lacks, found by comparing bytes: a folder of
             # 100,000 jobs with one new is not parsed entry by entry
             for _, mode, raw, before in new_entries(data, old, size, (visit.oid, old_id)):

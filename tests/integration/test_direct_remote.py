@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from distribute.core.errors import RemoteStateError, TransportError, UsageError
+from distribute.transport import direct as direct_module
 from distribute.transport.base import Oid, RefUpdate
 from distribute.transport.direct import ObjectStore, copy_objects, read_ref_files
 from distribute.transport.git import GitTransport
@@ -423,6 +424,37 @@ def test_a_copy_cut_short_leaves_no_commit_or_tree_without_what_it_names(
     # so a second copy, which stops at what the target holds, completes the closure
     assert copy_objects(scene.source, ObjectStore(target), [scene.tip]) == scene.total - k
     assert all(ObjectStore(target).has(oid) for oid in scene.closure)
+
+
+def test_a_commit_whose_parent_is_copied_with_it_is_compared_with_the_parents_tree(
+    bare_remote: Path, tmp_path: Path, clone: Callable[[str, str], GitTransport],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A claim and the finish on it, fetched together: the finish's tree is compared with
+    the claim's (which the same copy brings), not with nothing, so a folder of many jobs
+    is not read entry by entry; and the copy is whole."""
+    t = clone(str(bare_remote), "w")
+    main = t.fetch([MAIN])[MAIN]
+    many = {f"updates/job-{i:03d}/log.txt": b"%d" % i for i in range(200)}
+    base = child(t, main, "base", **many)
+    target = tmp_path / "target"
+    shutil.copytree(bare_remote / "objects", target)
+    copy_objects(ObjectStore(local_dir(t) / "objects"), ObjectStore(target), [base])
+    claim = child(t, base, "claim", **{"jobs.txt": b"b\n"})
+    finish = t.write_commit(parents=[claim, claim], message="finish", base=claim,
+                            changes={"done.txt": b"a\n"})
+    compared: list[tuple[int, int]] = []
+    real = direct_module.new_entries
+
+    def spy(data: bytes, old: bytes, size: int, ids: tuple[str | None, str | None] = (
+            None, None)) -> list[tuple[bytes, int, bytes, tuple[int, bytes] | None]]:
+        compared.append((len(data), len(old)))
+        return real(data, old, size, ids)
+
+    monkeypatch.setattr(direct_module, "new_entries", spy)
+    assert copy_objects(ObjectStore(local_dir(t) / "objects"), ObjectStore(target),
+                        [finish]) == 6  # two commits, their root trees, two blobs
+    assert compared and all(old for _, old in compared), compared
 
 
 def test_the_closure_check_catches_a_copy_written_parents_first(scene: Scene) -> None:
