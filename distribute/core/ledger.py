@@ -236,9 +236,11 @@ def parse_ledger_text(data: bytes, source: str, key: str | None = "") -> tuple[E
     return result
 
 
-#: the key ``done.txt`` is parsed under when it has sealed parts: the index under
-#: :data:`DONE` is then of the whole list (:func:`_joined`)
+#: the key ``done.txt`` is parsed under when it has sealed parts, and the key the whole
+#: list is indexed under then (:func:`_joined`; a ``done.txt`` without parts is indexed
+#: under :data:`DONE`, so a process reading both kinds keeps both indexes)
 _DONE_TAIL = "done.txt after its parts"
+_DONE_JOINED = "done.txt with its parts"
 Parts = tuple[tuple[str, tuple[Entry, ...]], ...]
 #: the last whole list of done entries joined from parts and ``done.txt``: the parts, the
 #: entries of ``done.txt``, and the whole list
@@ -246,7 +248,7 @@ _JOINED: list[tuple[Parts, tuple[Entry, ...], tuple[Entry, ...]]] = []
 
 
 def _joined(parts: Parts, tail: tuple[Entry, ...]) -> tuple[Entry, ...]:
-    """The entries of ``parts`` then ``tail``, indexed under :data:`DONE`.  When the
+    """The entries of ``parts`` then ``tail``, indexed.  When the
     parts are the same objects as last time and ``tail`` extends the last one (a finish
     appends a line to ``done.txt``), the last list is extended and its index grows,
     instead of joining and indexing 100,000 entries again."""
@@ -255,10 +257,10 @@ def _joined(parts: Parts, tail: tuple[Entry, ...]) -> tuple[Entry, ...]:
             and all(a[1] is b[1] for a, b in zip(last[0], parts, strict=True))
             and len(last[1]) <= len(tail) and tail[: len(last[1])] == last[1]):
         whole = last[2] + tail[len(last[1]):]
-        _index(DONE, whole, last[2])
+        _index(_DONE_JOINED, whole, last[2])
     else:
         whole = tuple(itertools.chain.from_iterable(e for _, e in parts)) + tail
-        _index(DONE, whole, None)
+        _index(_DONE_JOINED, whole, None)
     _JOINED[:] = [(parts, tail, whole)]
     return whole
 
@@ -454,7 +456,7 @@ class Ledger:
         return next((e for e in self.running if e.job == job), None)
 
     def is_done(self, job: str) -> bool:
-        return _holds(self.done, DONE, job)
+        return _holds(self.done, _DONE_JOINED if self.parts else DONE, job)
 
     def state_of(self, job: str) -> str | None:
         if self.running_entry(job) is not None:
@@ -467,7 +469,7 @@ class Ledger:
 
     def served(self) -> dict[str, int]:
         """Each worker's highest fencing token among all the entries."""
-        found = _indexed(self.done, DONE)
+        found = _indexed(self.done, _DONE_JOINED if self.parts else DONE)
         if found is not None and len(found.chain) == len(self.done):
             served, rest = dict(found.served), (*self.failed, *self.running)
         else:

@@ -162,3 +162,10 @@ def test_reading_again_with_the_same_parts_and_a_longer_done_txt_sees_every_line
     assert [e.job for e in second.done] == ["a", "b", "c", "d"]
     assert [e.job for e in third.done] == ["a", "b", "e"]
     assert second.is_done("d") and not third.is_done("d") and third.is_done("a")
+    # and is indexed, so that questions about 100,000 done jobs are not a scan each
+    fourth = Ledger.from_files({RUNNING: b"", DONE: b"e\nf\n"}, "main", parts)
+    assert ledger_module._indexed(fourth.done, ledger_module._DONE_JOINED) is not None
+    # a done.txt without parts, read meanwhile by the same process, keeps its own index
+    Ledger.from_files({RUNNING: b"", DONE: b"x\n"}, "main")
+    fifth = Ledger.from_files({RUNNING: b"", DONE: b"e\nf\ng\n"}, "main", parts)
+    assert ledger_module._indexed(fifth.done, ledger_module._DONE_JOINED) is not None
