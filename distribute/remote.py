@@ -43,7 +43,9 @@ Workers coordinate through it and store their results in it.
 
 - `jobs.txt`: jobs waiting to run, one per line (the queue).
 - `running.txt`: jobs being run: name, worker, fencing token, attempt.
-- `done.txt`: finished jobs; their results are merged into this branch.
+- `done.txt`: finished jobs; their results are merged into this branch.  It
+  holds the latest; the older ones are in `done/000001.txt`, `done/000002.txt`,
+  ... in order, 1,000 a part (all of them: `cat done/*.txt done.txt`).
 - `failed.txt`: jobs that failed on every attempt, with the last reason.
 - `updates/<job>/`: what each job wrote.
 - branches `jobs/<worker>/<job>/<token>`: each job's own history.
