@@ -55,6 +55,9 @@ def parser() -> argparse.ArgumentParser:
                    help="ask the jobs.txt queue under the lock, as a function that is not "
                    "repo-only; by default it answers from the files with the lock free and "
                    "each claim hands jobs to idle workers")
+    p.add_argument("--done-part-lines", type=int, default=d.done_part_lines, metavar="N",
+                   help="seal done.txt into a part every N lines (default: the library's "
+                   "1,000), so that a short run seals parts under faults")
     p.add_argument("--job-func", default="", metavar="MODULE:FUNCTION",
                    help="job function called as f(worker, job); default sleeps")
     p.add_argument("--job-seconds", type=float, default=d.job_seconds,
@@ -108,7 +111,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**6)
     config = SimConfig(
         workers=args.workers, jobs=args.jobs, next_job_func=args.next_job_func,
-        locked_claims=args.locked_claims,
+        locked_claims=args.locked_claims, done_part_lines=args.done_part_lines,
         job_func=args.job_func, job_seconds=args.job_seconds, job_fail_rate=args.job_fail_rate,
         seed=seed, duration=args.duration, remote=args.remote, keep=args.keep, lease=args.lease,
         poll=args.poll, max_attempts=args.max_attempts, kill_rate=args.kill_rate,

@@ -91,6 +91,9 @@ class SimConfig:
     #: the queue's function goes the locked way (acquire, call, claim) instead of deciding
     #: from the files with the lock free and handing jobs to idle workers
     locked_claims: bool = False
+    #: lines of done.txt sealed into a part (0: the library's 1,000); a few, so that a
+    #: short run seals parts all the time
+    done_part_lines: int = 0
     job_func: str = ""
     job_seconds: float = 0.3
     job_fail_rate: float = 0.0
@@ -130,6 +133,8 @@ class SimConfig:
             raise ValueError("fault rates must be >= 0 (push and job rates at most 1)")
         if self.max_faults < 0:
             raise ValueError("--max-faults must be >= 0 (0: no cap)")
+        if self.done_part_lines < 0:
+            raise ValueError("--done-part-lines must be >= 0 (0: the library's default)")
         if not 0 <= self.clock_skew <= MAX_CLOCK_SKEW:
             raise ValueError(f"--clock-skew must be between 0 and {MAX_CLOCK_SKEW:g} seconds")
         check_spec(self.min_coverage)
@@ -398,6 +403,7 @@ class _Fleet:
             job_seconds=c.job_seconds, job_fail_rate=c.job_fail_rate, job_func=c.job_func,
             next_job_func=c.next_job_func, latency=c.latency, push_fail_rate=c.push_fail_rate,
             unknown_rate=c.unknown_rate, lie_rate=c.lie_rate, locked_claims=c.locked_claims,
+            done_part_lines=c.done_part_lines,
         )
         if c.clock_skew > 0:
             # a generator of its own, so that the fault schedule of a seed stays the same

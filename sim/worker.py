@@ -33,6 +33,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from distribute.core import ledger
 from distribute.core.names import scrub_url
 from distribute.sources import call_next_job_function
 
@@ -69,6 +70,7 @@ class WorkerConfig:
     job_func: str = ""
     next_job_func: str = ""
     locked_claims: bool = False
+    done_part_lines: int = 0  # 0: the library's default
     latency: float = 0.0
     push_fail_rate: float = 0.0
     unknown_rate: float = 0.0
@@ -303,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = WorkerConfig.from_json(Path(args.config).read_text(encoding="utf-8"))
     skew_wall_clock(config.clock_offset, config.clock_rate)
+    if config.done_part_lines:
+        ledger.DONE_PART_LINES = config.done_part_lines
     sim = SimWorker(config)
     try:
         return sim.run()

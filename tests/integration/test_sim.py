@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
+import subprocess
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -90,6 +92,25 @@ def test_checker_catches_an_update_missing_from_main(faulty_run):
     result = recheck(faulty_run, final)
     assert set(result.by_rule()) == {"lost-update"}
     assert result.violations[0].job == finishes[0]["job"]
+
+
+def test_done_txt_sealed_every_few_lines_under_kills_and_pauses(tmp_path):
+    # workers seal done.txt into parts all the time while they are killed and paused,
+    # and the checker reads every part back
+    outcome = run(SimConfig(workers=4, jobs=30, lease=1.5, kill_rate=0.3, pause_rate=0.3,
+                            push_fail_rate=0.05, unknown_rate=0.05, job_seconds=0.2,
+                            done_part_lines=3, seed=11, duration=90, keep=True,
+                            min_coverage="off"))
+    try:
+        assert outcome.ok, explain(outcome)
+        assert outcome.result.stats["jobs_done"] == 30
+        listed = subprocess.run(
+            ["git", "--git-dir", str(outcome.workdir / "remote.git"), "ls-tree", "--name-only",
+             "main", "done/"], capture_output=True, text=True, check=True).stdout.split()
+        assert len(listed) == 10, listed  # 30 lines, three a part
+        assert "--done-part-lines 3" in outcome.config.command()
+    finally:
+        shutil.rmtree(outcome.workdir, ignore_errors=True)
 
 
 def test_checker_catches_a_transport_that_reports_unsent_pushes_as_applied(tmp_path):
