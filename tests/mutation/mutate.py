@@ -167,6 +167,23 @@ MUTATIONS: tuple[Mutation, ...] = (
         "a takeover of a dead worker's job does not revoke its liveness record",
         (MACHINE,),
     ),
+    Mutation(
+        "seal-drops-a-line",
+        "distribute/core/ledger.py",
+        "format_ledger_text(done[start : start + DONE_PART_LINES])",
+        "format_ledger_text(done[start + 1 : start + DONE_PART_LINES])",
+        "sealing done.txt into a part leaves the first of its lines out",
+        ("tests/unit/test_done_parts.py", "tests/property/test_sealed_parts.py"),
+    ),
+    Mutation(
+        "rewritten-parts-kept",
+        "distribute/core/ledger.py",
+        "files.setdefault(path, None)",
+        "files.get(path, None)",
+        "a part no longer needed after a rewrite (the list got shorter) stays, so its lines "
+        "are listed twice",
+        ("tests/unit/test_done_parts.py", "tests/integration/test_done_parts_git.py"),
+    ),
 )
 
 
