@@ -115,7 +115,7 @@ from distribute.core.errors import (
     TransportError,
     UsageError,
 )
-from distribute.core.ledger import LEDGER_FILES
+from distribute.core.ledger import DONE_PARTS, LEDGER_FILES, parts_in_order
 from distribute.jobfolder import secure_job_folder
 from distribute.orphans import (
     ChildRecord,
@@ -560,6 +560,9 @@ class JobRunner:
         self._clock: Callable[[], float] = time.monotonic
         self._sleep: Callable[[float], None] = time.sleep
         self._worked = False  # the command has once succeeded or run past breaker_seconds
+        #: parameter names in each sealed part of done.txt read, by (name, size, mtime):
+        #: a part does not change, so each is read once
+        self._part_keys: dict[tuple[str, int, int], frozenset[str]] = {}
         self._at_once: list[str] = []  # jobs that failed at once since then, in a row
         self._tripped: str | None = None
         self._said_waiting: float | None = None
@@ -792,17 +795,39 @@ class JobRunner:
 
     def _sweep_keys(self) -> set[str]:
         """Parameter names of the jobs in the local copy's queue and ledgers (the main
-        branch as of this job's claim): the names that are placeholders in the command."""
+        branch as of this job's claim), ``done.txt``'s sealed parts included: the names
+        that are placeholders in the command."""
         keys: set[str] = set()
         for name in (JOBS_FILE, *LEDGER_FILES):
-            try:  # never through a link from the remote (it could name any file)
-                with open(_open_nofollow(os.path.join(self.worker.path, name), os.O_RDONLY),
-                          encoding="utf-8") as f:
-                    text = f.read()
-            except (OSError, UnicodeDecodeError):
+            keys.update(self._keys_in(name))
+        folder = os.path.join(self.worker.path, DONE_PARTS)
+        try:  # a link from the remote where the folder belongs is not followed either
+            names = [] if os.path.islink(folder) else [
+                e.name for e in os.scandir(folder) if e.is_file(follow_symlinks=False)]
+        except OSError:
+            names = []
+        for name in parts_in_order(names):
+            try:
+                info = os.stat(os.path.join(folder, name), follow_symlinks=False)
+            except OSError:
                 continue
-            for line in text.split("\n"):
-                keys.update(parse_job(line.split("\t", 1)[0].strip()))
+            seen = (name, info.st_size, info.st_mtime_ns)
+            if seen not in self._part_keys:
+                self._part_keys[seen] = frozenset(self._keys_in(f"{DONE_PARTS}/{name}"))
+            keys.update(self._part_keys[seen])
+        return keys
+
+    def _keys_in(self, name: str) -> set[str]:
+        """Parameter names of the jobs listed in file ``name`` of the local copy."""
+        keys: set[str] = set()
+        try:  # never through a link from the remote (it could name any file)
+            with open(_open_nofollow(os.path.join(self.worker.path, name), os.O_RDONLY),
+                      encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError):
+            return keys
+        for line in text.split("\n"):
+            keys.update(parse_job(line.split("\t", 1)[0].strip()))
         return keys
 
     # ---- the breaker --------------------------------------------------------------

@@ -169,3 +169,20 @@ def test_reading_again_with_the_same_parts_and_a_longer_done_txt_sees_every_line
     Ledger.from_files({RUNNING: b"", DONE: b"x\n"}, "main")
     fifth = Ledger.from_files({RUNNING: b"", DONE: b"e\nf\ng\n"}, "main", parts)
     assert ledger_module._indexed(fifth.done, ledger_module._DONE_JOINED) is not None
+
+
+def test_a_commands_placeholders_know_the_parameters_of_jobs_in_sealed_parts(tmp_path):
+    from types import SimpleNamespace
+
+    from distribute.runner import JobRunner
+
+    (tmp_path / "jobs.txt").write_text("seed=3\n")
+    (tmp_path / DONE).write_text("seed=2\tworker=w\ttoken=2\n")
+    (tmp_path / DONE_PARTS).mkdir()
+    (tmp_path / part_path(1)).write_text("lr=0.1,seed=1\tworker=w\ttoken=1\n")
+    (tmp_path / DONE_PARTS / "notes.md").write_text("depth=9\n")  # not a part
+    runner = JobRunner(SimpleNamespace(path=str(tmp_path)), ["train", "{lr}"],  # type: ignore
+                       lambda: None)
+    assert runner._sweep_keys() == {"seed", "lr"}
+    (tmp_path / part_path(2)).write_text("depth=4\tworker=w\ttoken=4\n")
+    assert runner._sweep_keys() == {"seed", "lr", "depth"}
