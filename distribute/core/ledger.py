@@ -51,7 +51,7 @@ REQUIRED_FILES = (RUNNING, DONE)
 DONE_PARTS = "done"
 #: How many lines ``done.txt`` gathers before they are sealed into a part of their own.
 DONE_PART_LINES = 1000
-_PART_NAME = re.compile(r"[0-9]{1,9}\.txt")
+_PART_NAME = re.compile(r"[0-9]{6,9}\.txt")
 #: Default cap on interrupted attempts of one job (see the module docstring).
 MAX_INTERRUPTIONS = 10
 
@@ -192,7 +192,8 @@ def part_path(number: int) -> str:
 
 def part_number(name: str) -> int | None:
     """The number of the part a file named ``name`` in :data:`DONE_PARTS` holds, ``None``
-    for a file that is not a part (a person's note, say), which readers leave alone."""
+    for a file that is not a part (a person's note, say, or ``1.txt``: a part's name has
+    six digits or more), which readers leave alone."""
     return int(name[:-4]) if _PART_NAME.fullmatch(name) else None
 
 

@@ -124,6 +124,7 @@ def test_a_reader_leaves_other_files_in_the_parts_folder_alone():
     files = {RUNNING: b"", DONE: b"b\n", part_path(1): b"a\n", DONE_PARTS + "/README.md": b"x"}
     assert [e.job for e in read(files).done] == ["a", "b"]
     assert part_number("README.md") is None and part_number("000012.txt") == 12
+    assert part_number("12.txt") is None and part_number("1234567.txt") == 1234567
 
 
 def test_is_done_answers_for_jobs_in_sealed_parts():
