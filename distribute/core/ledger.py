@@ -136,6 +136,8 @@ _REPAIR = (
     "workers stop rather than guess"
 )
 _NUMBER_FIELDS = {"token": 0, "attempt": 1, "interrupted": 0}
+#: what the message calls each name a line holds, in the order they are checked
+_NAME_FIELDS = ("the job name", "worker=", "was=", "by=", "session=")
 
 
 def _damaged(source: str, what: str, line: str | bytes) -> RemoteStateError:
@@ -160,12 +162,13 @@ def parse_line(line: str, source: str = "ledger") -> Entry:
         if not sep:
             raise _damaged(source, f"cannot read field {f!r} (not key=value)", line)
         values[key] = value
-    for what, name in (("the job name", job), ("worker=", values.get("worker", "")),
-                       ("was=", values.get("was", "")), ("by=", values.get("by", "")),
-                       ("session=", values.get("session", ""))):
-        bad = forbidden_character(name)
-        if bad is not None:
-            raise _damaged(source, f"{what} holds {bad}", line)
+    names = (job, values.get("worker", ""), values.get("was", ""), values.get("by", ""),
+             values.get("session", ""))
+    if forbidden_character("".join(names)) is not None:  # one check for a sound line
+        for what, name in zip(_NAME_FIELDS, names, strict=True):
+            bad = forbidden_character(name)
+            if bad is not None:
+                raise _damaged(source, f"{what} holds {bad}", line)
     numbers: dict[str, int] = {}
     for key, least in _NUMBER_FIELDS.items():
         text = values.get(key, str(least))

@@ -61,9 +61,21 @@ def check_name(name: str, what: str = "job") -> str:
     return name
 
 
+#: The characters of :data:`_FORBIDDEN_CATEGORIES` that ASCII holds: its control characters.
+_ASCII_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def forbidden_character(name: str) -> str | None:
     """The first character of ``name`` that no name may hold (a control character, a
     line or paragraph separator), described in words; ``None`` when there is none."""
+    if name.isascii():  # most names: one search in C instead of a lookup per character
+        found = _ASCII_FORBIDDEN.search(name)
+        return _describe(found.group()) if found else None
+    return _forbidden_slowly(name)
+
+
+def _forbidden_slowly(name: str) -> str | None:
+    """:func:`forbidden_character` character by character (any name)."""
     for ch in name:
         if unicodedata.category(ch) in _FORBIDDEN_CATEGORIES:
             return _describe(ch)

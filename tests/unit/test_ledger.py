@@ -1,3 +1,5 @@
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -53,6 +55,18 @@ def test_missing_ledgers_name_the_fix():
 def test_damaged_line_is_reported():
     with pytest.raises(RemoteStateError, match="running.txt"):
         Ledger.from_files({RUNNING: b"job\tnonsense\n", DONE: b""})
+
+
+@pytest.mark.parametrize(("line", "what"), [
+    ("jo\x01b\tworker=w\ttoken=1", "the job name holds the character U+0001"),
+    ("job\tworker=w\x7f\ttoken=1", "worker= holds the character U+007F"),
+    ("job\tworker=\twas=w\u2028x\ttoken=1", "was= holds the character U+2028"),
+    ("job\tworker=w\ttoken=1\tby=\x00", "by= holds a NUL byte"),
+    ("job\tworker=w\ttoken=1\tsession=s\rs", "session= holds a carriage return"),
+])
+def test_a_name_a_ledger_cannot_hold_is_reported_by_its_field(line, what):
+    with pytest.raises(RemoteStateError, match=re.escape(what)):
+        Ledger.from_files({RUNNING: line.encode() + b"\n", DONE: b""})
 
 
 def fresh():

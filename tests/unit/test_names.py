@@ -53,6 +53,11 @@ def test_the_fast_path_for_plain_names_encodes_as_the_escaping_path_does(name):
     assert encode_component(name) == names._escaped(name)
 
 
+@given(st.one_of(st.text(), st.text(alphabet=st.characters(max_codepoint=0x7F))))
+def test_the_fast_check_of_ascii_names_finds_what_the_slow_one_finds(name):
+    assert names.forbidden_character(name) == names._forbidden_slowly(name)
+
+
 @pytest.mark.parametrize("name", ["a", "lr0.1", "run_3-b", "x" * MAX_COMPONENT, "a.lockx"])
 def test_plain_names_encode_to_themselves(name):
     assert encode_component(name) == name
