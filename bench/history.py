@@ -56,7 +56,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from distribute.core.ledger import DONE, Entry, Ledger
+from distribute.core.ledger import DONE, DONE_PARTS, Entry, Ledger
 from distribute.core.names import encode_component, job_branch_ref
 from distribute.dist import worker_from_url
 from distribute.sources import QueueJobs
@@ -82,7 +82,7 @@ def make_history(remote: Path, done: int, queued: int, logs: bool,
                               for i, j in enumerate(names))).to_files()
     ledger = files.pop(DONE) or b""
     sealed = {path: data for path, data in files.items()
-              if path.startswith("done/") and data is not None}
+              if path.startswith(DONE_PARTS + "/") and data is not None}
     queue = "".join(f"job-{i:05d}\n" for i in range(queued)).encode()
     parts: list[bytes] = []
 

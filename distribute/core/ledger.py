@@ -434,8 +434,8 @@ class Ledger:
                     done[start] is entries[0] and done[end - 1] is entries[-1]):
                 break
             start, kept = end, kept + 1
-        numbers = [part_number(path.rpartition("/")[2]) or 0 for path, _ in self.parts]
-        number = numbers[kept - 1] + 1 if kept else 1
+        last = (part_number(self.parts[kept - 1][0].rpartition("/")[2]) or 0) if kept else 0
+        number = last + 1  # after the last part kept
         files: dict[str, bytes | None] = {}
         while len(done) - start >= DONE_PART_LINES:
             files[part_path(number)] = format_ledger_text(done[start : start + DONE_PART_LINES])
@@ -459,8 +459,13 @@ class Ledger:
     def running_entry(self, job: str) -> Entry | None:
         return next((e for e in self.running if e.job == job), None)
 
+    @property
+    def _done_index(self) -> str:
+        """The key the index of ``done`` is kept under (see :func:`_joined`)."""
+        return _DONE_JOINED if self.parts else DONE
+
     def is_done(self, job: str) -> bool:
-        return _holds(self.done, _DONE_JOINED if self.parts else DONE, job)
+        return _holds(self.done, self._done_index, job)
 
     def state_of(self, job: str) -> str | None:
         if self.running_entry(job) is not None:
@@ -473,7 +478,7 @@ class Ledger:
 
     def served(self) -> dict[str, int]:
         """Each worker's highest fencing token among all the entries."""
-        found = _indexed(self.done, _DONE_JOINED if self.parts else DONE)
+        found = _indexed(self.done, self._done_index)
         if found is not None and len(found.chain) == len(self.done):
             served, rest = dict(found.served), (*self.failed, *self.running)
         else:
