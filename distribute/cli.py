@@ -1717,6 +1717,7 @@ def unlock(ctx: click.Context, remote: str, branch: str | None) -> None:
 Examples:
   distribute gc ./remote.git --dry-run     # what would go
   distribute gc git@host:me/runs.git
+  distribute gc ./remote.git --keep-failed # delete only done jobs' branches
 
 Every finished job's branch is merged into the main branch (its last commit is
 a parent of the finish commit), so its ref is only a cost: every ref is
@@ -1724,33 +1725,61 @@ advertised on every fetch and push. Workers delete the branches of the jobs
 they finished as they go (a batch every 16 jobs, and when they stop); gc
 deletes what is left, for example the branches of a remote filled by an older
 version, and the branches of earlier attempts of a done job (a retry merged
-them). Branches of running and failed jobs are kept, and so is any branch
-whose tip the main branch does not hold (an update pushed after its job was
-taken over).""",
+them).
+
+\b
+The branches of failed jobs, and those of a done job that the main branch
+does not hold (an attempt before a requeue, an update pushed after a
+takeover), are archived: their tips become parents of a commit on
+refs/distribute/archive, whose file archived.txt lists each branch with its
+tip, and their refs go. Nothing they hold is lost, `distribute results` and
+`distribute logs` still read them, and a branch is brought back with
+`git push origin <tip>:refs/heads/<branch>`. Kept as they are: branches of
+running jobs and of jobs waiting for a retry (a retry starts from the last
+attempt's branch), of jobs queued again, and of jobs that failed on a merge
+conflict (their reason names the branch to merge by hand).""",
 )
 @_remote_argument()
-@click.option("--dry-run", is_flag=True, help="Only say how many branches would be deleted.")
+@click.option("--dry-run", is_flag=True,
+              help="Only say how many branches would be deleted and archived.")
+@click.option("--keep-failed", is_flag=True,
+              help="Archive nothing: keep the branches of failed jobs as they are.")
 @_branch_option()
 @click.pass_context
-def gc(ctx: click.Context, remote: str, dry_run: bool, branch: str | None) -> None:
-    """Delete the branches of done jobs (the main branch holds their commits)."""
+def gc(ctx: click.Context, remote: str, dry_run: bool, keep_failed: bool,
+       branch: str | None) -> None:
+    """Delete the branches of done jobs; archive those of failed jobs."""
     out = _output(ctx)
     with open_remote(remote, branch) as view:
         found = coordination.merged_branches(view.transport, view.branch)
-        if not found:
-            out.result("no branch of a done job is left on the remote; nothing to do")
+        kept = ({} if keep_failed
+                else coordination.archivable_branches(view.transport, view.branch))
+        if not found and not kept:
+            out.result("no branch of a done or failed job is left on the remote; nothing to do")
             return
         if dry_run:
-            out.result(f"{len(found)} branch(es) of done jobs would be deleted")
+            out.result(f"{len(found)} branch(es) of done jobs would be deleted, "
+                       f"{len(kept)} archived")
             return
-        total = len(found)
+        deleted = archived = 0
+        if found:
+            total = len(found)
 
-        def say(done: int) -> None:
-            out.info(f"deleted {done} of {total} branches")
+            def say(done: int) -> None:
+                out.info(f"deleted {done} of {total} branches")
 
-        deleted = coordination.delete_merged_branches(view.transport, found, progress=say)
-    out.result(f"deleted {deleted} branch(es) of done jobs"
-               + (f"; {total - deleted} moved meanwhile and were kept" if deleted < total else ""))
+            deleted = coordination.delete_merged_branches(view.transport, found, progress=say)
+        if kept:
+            count = len(kept)
+
+            def said(done: int) -> None:
+                out.info(f"archived {done} of {count} branches")
+
+            archived = coordination.archive_branches(view.transport, kept, progress=said)
+    moved = len(found) - deleted + len(kept) - archived
+    out.result(f"deleted {deleted} branch(es) of done jobs, archived {archived} under "
+               f"{coordination.ARCHIVE_REF}"
+               + (f"; {moved} moved meanwhile and were kept" if moved else ""))
 
 
 # ---- results ---------------------------------------------------------------------------

@@ -85,6 +85,7 @@ from distribute.core.errors import (
     OutcomeUnknown,
     RemoteStateError,
     TransportError,
+    UsageError,
 )
 from distribute.core.lease import LeaseWatch
 from distribute.core.ledger import (
@@ -132,7 +133,7 @@ from distribute.core.plan import (
     plan_claim,
 )
 from distribute.sources import JOBS_FILE, format_queue, read_queue
-from distribute.transport.base import Oid, RefUpdate, Transport, holds
+from distribute.transport.base import Oid, RefUpdate, Transport, check_oid, holds
 
 T = TypeVar("T")
 
@@ -1833,9 +1834,13 @@ def fold_parked(
     return Folds(tip, ledger, tuple(entries))
 
 
+#: how the reason ``failed.txt`` gives for a finish whose branch did not merge begins
+CONFLICT_REASON = "merge conflict in "
+
+
 def conflict_reason(conflicts: Sequence[str], branch: str) -> str:
     """The reason ``failed.txt`` gives for a finish whose branch did not merge."""
-    return f"merge conflict in {', '.join(conflicts)}; results kept on branch {branch}"
+    return f"{CONFLICT_REASON}{', '.join(conflicts)}; results kept on branch {branch}"
 
 
 def parked_valid(ledger: Ledger, worker: str, parked: Parked) -> bool:
@@ -1954,7 +1959,8 @@ def highest_token(transport: Transport, main: Oid, branch: str) -> int:
         ledger = Ledger.from_files(files, branch, read_parts(transport, main))
         for entry in (*ledger.running, *ledger.done, *ledger.failed):
             highest = max(highest, entry.token)
-    for ref in transport.list_refs("refs/heads/" + JOB_BRANCH_PREFIX):
+    archived = read_archive(transport)[1]
+    for ref in (*transport.list_refs("refs/heads/" + JOB_BRANCH_PREFIX), *archived):
         last = ref.rsplit("/", 1)[-1]
         if last.isascii() and last.isdigit() and len(last) <= 18:
             highest = max(highest, int(last))
@@ -2299,6 +2305,148 @@ def delete_merged_branches(
     return deleted
 
 
+# ---- the archive of job branches ----------------------------------------------------------
+#: the archive: job branches kept without a ref each.  A chain of commits, each with the
+#: chain's commit before it as first parent and up to :data:`ARCHIVE_PARENTS` archived
+#: tips as the others, so everything the branches held stays reachable; the last
+#: commit's :data:`ARCHIVE_FILE` lists every archived branch with its tip
+ARCHIVE_REF = "refs/distribute/archive"
+ARCHIVE_FILE = "archived.txt"
+ARCHIVE_PARENTS = 16
+_ARCHIVE_TRIES = 5
+
+
+def read_archive(transport: Transport) -> tuple[Oid | None, dict[str, Oid]]:
+    """The archive's last commit (fetched, with every archived tip) and what it lists:
+    branch ref -> tip, in the order archived; ``(None, {})`` with no archive."""
+    head = transport.fetch([ARCHIVE_REF]).get(ARCHIVE_REF)
+    if head is None:
+        return None, {}
+    return head, parse_archive(transport.read_file(head, ARCHIVE_FILE) or b"")
+
+
+def parse_archive(data: bytes) -> dict[str, Oid]:
+    """``archived.txt``: one ``<branch><TAB><tip>`` line per archived branch (its short
+    name, ``jobs/<worker>/<job>/<token>``); lines of another shape are skipped."""
+    found: dict[str, Oid] = {}
+    for line in data.decode("utf-8", "surrogateescape").splitlines():
+        name, tab, tip = line.partition("\t")
+        if tab and name.startswith(JOB_BRANCH_PREFIX):
+            with contextlib.suppress(UsageError):
+                found["refs/heads/" + name] = check_oid(tip)
+    return found
+
+
+def format_archive(branches: Mapping[str, Oid]) -> bytes:
+    """The text of ``archived.txt`` listing ``branches`` (ref: tip), in their order."""
+    return "".join(f"{ref.removeprefix('refs/heads/')}\t{tip}\n"
+                   for ref, tip in branches.items()).encode("utf-8", "surrogateescape")
+
+
+def archivable_branches(transport: Transport, branch: str) -> dict[str, Oid]:
+    """The job branches ``distribute gc`` archives (ref name: tip): every branch of a job
+    ``failed.txt`` lists, and the branches of a done job whose tip the main branch does
+    not hold (an attempt before a ``requeue``, an update pushed after a takeover).
+    Kept: every branch of a job that runs or waits for a retry (a retry starts from
+    the last attempt's branch), of a job neither done nor failed (queued again), and of
+    a job that failed on a merge conflict (its reason names the branch to merge by
+    hand).  The tips are fetched."""
+    prefix = "refs/heads/" + JOB_BRANCH_PREFIX
+    branches = transport.list_refs(prefix)
+    if not branches:
+        return {}
+    main_ref = "refs/heads/" + branch
+    main = transport.fetch([main_ref]).get(main_ref)
+    if main is None:
+        raise RemoteStateError(f"the remote has no branch {branch!r}")
+    ledger = read_ledger(transport, main, branch)
+    parts_of = {ref: ref[len(prefix):].split("/") for ref in branches}
+    branches = {ref: tip for ref, tip in branches.items() if len(parts_of[ref]) == 3}
+    jobs = {parts_of[ref][1] for ref in branches}
+    failed = {encode_component(e.job): e for e in ledger.failed}
+    done = {encode_component(e.job) for e in _done_of(ledger, jobs)}
+    wanted = {}
+    for ref, tip in branches.items():
+        job = parts_of[ref][1]
+        entry = failed.get(job)
+        # a conflict's branch is to be merged by hand; a job neither failed nor done
+        # runs, waits for a retry or is queued again
+        kept = entry.reason.startswith(CONFLICT_REASON) if entry else job not in done
+        if not kept:
+            wanted[ref] = tip
+    if not wanted:
+        return {}
+    tips = transport.fetch(sorted(wanted))
+    found = {}
+    for ref, tip in sorted(tips.items()):
+        if parts_of[ref][1] in done:
+            with contextlib.suppress(DistributeError):
+                if holds(transport, main, tip):
+                    continue  # merged: gc deletes it (merged_branches)
+        found[ref] = tip
+    return found
+
+
+def archive_branches(
+    transport: Transport, branches: Mapping[str, Oid], *,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Archive ``branches`` (ref name: tip, from :func:`archivable_branches`) under
+    :data:`ARCHIVE_REF` and delete their refs, :data:`GC_BATCH` to a push: the archive's
+    move (a fast-forward from the value read) and the deletions (each from the tip
+    archived) land together or not at all, so a branch leaves only once the archive
+    holds its tip.  A branch that moved meanwhile is left as it is; a push refused
+    because another run archived meanwhile is built again.  Return how many went."""
+    items = sorted(branches.items())
+    archived = 0
+    for start in range(0, len(items), GC_BATCH):
+        archived += _archive_batch(transport, items[start:start + GC_BATCH])
+        if progress is not None:
+            progress(archived)
+    return archived
+
+
+def _archive_batch(transport: Transport, batch: Sequence[tuple[str, Oid]]) -> int:
+    for _ in range(_ARCHIVE_TRIES):
+        now = transport.fetch([ref for ref, _ in batch])
+        batch = [(ref, tip) for ref, tip in batch if now.get(ref) == tip]
+        if not batch:
+            return 0
+        head, listed = read_archive(transport)
+        new = _archive_commits(transport, head, listed, batch)
+        if transport.push([RefUpdate(ARCHIVE_REF, head, new),
+                           *(RefUpdate(ref, tip, None) for ref, tip in batch)]):
+            return len(batch)
+    return 0
+
+
+def _archive_commits(
+    transport: Transport, head: Oid | None, listed: Mapping[str, Oid],
+    batch: Sequence[tuple[str, Oid]],
+) -> Oid:
+    """The archive's new last commit: a chain from ``head`` whose commits take the tips
+    of ``batch`` as parents, :data:`ARCHIVE_PARENTS` at a time; the last one lists
+    ``listed`` and ``batch``."""
+    tips = list(dict.fromkeys(tip for _, tip in batch))
+    names = {tip: [ref for ref, t in batch if t == tip] for tip in tips}
+    tree = transport.commit_tree(head) if head is not None else None
+    chunks = [tips[i:i + ARCHIVE_PARENTS] for i in range(0, len(tips), ARCHIVE_PARENTS)]
+    parent = head
+    for number, chunk in enumerate(chunks, 1):
+        lines = "".join(f"{ref.removeprefix('refs/heads/')} {tip}\n"
+                        for tip in chunk for ref in names[tip])
+        last = number == len(chunks)
+        changes = {ARCHIVE_FILE: format_archive({**listed, **dict(batch)})} if last else None
+        parent = transport.write_commit(
+            parents=[*([parent] if parent is not None else []), *chunk],
+            tree=tree, changes=changes,
+            message=f"distribute: archive {sum(len(names[t]) for t in chunk)} job "
+                    f"branch(es)\n\n{lines}",
+        )
+    assert parent is not None
+    return parent
+
+
 def _same_holding(entry: Entry | None, held: Entry) -> bool:
     return entry is not None and (entry.worker, entry.token) == (held.worker, held.token)
 
@@ -2321,6 +2469,9 @@ __all__ = [
     "LostHolding",
     "Snapshot",
     "Stats",
+    "ARCHIVE_REF",
+    "archivable_branches",
+    "archive_branches",
     "break_lock",
     "delete_merged_branches",
     "highest_token",

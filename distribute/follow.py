@@ -129,6 +129,21 @@ def locate_log(view: RemoteView, job: str, *, earlier_runs: bool = True) -> LogL
             watched = watch or name
             return LogLook(state, data, name, watched, worker, attempt, reason,
                            (main, tips.get(watched)))
+    if state in ENDED:
+        # its branches may be archived (`distribute gc`): the last attempt's first
+        from distribute.coordination import read_archive
+
+        archived = read_archive(transport)[1]
+        names = [*candidates[:1], *sorted(
+            (ref[len("refs/heads/"):] for ref in archived
+             if ref.split("/")[-2:-1] == [encoded] and ref.rsplit("/", 1)[-1].isdigit()),
+            key=lambda name: int(name.rsplit("/", 1)[-1]), reverse=True)]
+        for name in dict.fromkeys(names):
+            tip = archived.get("refs/heads/" + name)
+            data = transport.read_file(tip, path) if tip is not None else None
+            if data is not None:
+                return LogLook(state, data, name, watch or name, worker, attempt, reason,
+                               (main, None))
     # the values read, not read again: a move after the reading is seen by the next look
     return LogLook(state, None, None, watch, worker, attempt, reason,
                    (main, tips.get(watch) if watch else None))

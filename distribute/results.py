@@ -116,6 +116,12 @@ def collect_from_view(
     if live and wanted:
         try:
             tips = view.transport.fetch(wanted)
+            if set(wanted) - set(tips):  # archived by `distribute gc`, perhaps
+                from distribute.coordination import read_archive
+
+                archived = read_archive(view.transport)[1]
+                tips.update({ref: archived[ref] for ref in wanted
+                             if ref not in tips and ref in archived})
         except TransportError:
             tips = {}  # the branches are a bonus; the main branch was read
     sources: list[str] = []

@@ -3,12 +3,24 @@ a worker deletes them in batches, and `distribute gc` deletes what is left."""
 
 from __future__ import annotations
 
+import pytest
+
 from distribute.coordination import (
+    ARCHIVE_FILE,
+    ARCHIVE_REF,
     Coordinator,
+    _archive_commits,
+    archivable_branches,
+    archive_branches,
     delete_merged_branches,
+    format_archive,
+    highest_token,
     merged_branches,
+    parse_archive,
     prepare_remote,
+    read_archive,
 )
+from distribute.core.errors import MergeConflict
 from distribute.core.names import job_dir
 from distribute.core.plan import CallNextJobFunction
 from distribute.transport.base import RefUpdate, holds
@@ -185,3 +197,126 @@ def test_gc_finds_the_branches_of_jobs_with_names_that_encode_differently():
     found = merged_branches(t, "main")
     assert set(found) == set(refs.values())
     assert set(merged_branches(t, "main", worker="w", finished_only=True)) == set(refs.values())
+
+
+# ---- the archive: failed jobs' branches kept without a ref each --------------------------
+def conflicting_failure(c: Coordinator, job: str) -> str:
+    """Claim ``job``, write ``shared.txt`` on its branch while another commit on the main
+    branch writes it too, finish: the finish records a merge conflict.  Its branch ref."""
+    snap = c.observe()
+    assert c.try_acquire(snap)
+    held = c.claim(snap, CallNextJobFunction(), job, None)
+    assert held is not None
+    t = c.transport
+    c.update(t.write_commit(parents=[held.tip], base=held.tip, message="r",
+                            changes={"shared.txt": b"mine"}))
+    main = t.fetch([MAIN])[MAIN]
+    theirs = t.write_commit(parents=[main], base=main, message="edit",
+                            changes={"shared.txt": b"theirs"})
+    assert t.push([RefUpdate(MAIN, main, theirs)])
+    with pytest.raises(MergeConflict):
+        c.finish_step()
+    return held.branch_ref
+
+
+def test_gc_archives_the_branches_of_failed_jobs_and_their_commits_stay_reachable():
+    remote, c = setup(["a", "b", "c", "d", "e"], max_attempts=1)
+    failed_a, tip_a = fail_attempt(c, "a", "epoch 3")
+    merged = run(c, "b")
+    kept = conflicting_failure(c, "c")
+    t = remote.transport("admin")
+    # b's branch is merged (deleted by gc, not archived); c's is named by its reason
+    assert archivable_branches(t, "main") == {failed_a: tip_a}
+    assert set(merged_branches(t, "main")) == {merged}
+    assert archive_branches(t, {failed_a: tip_a}) == 1
+    assert set(branches(remote)) == {merged, kept}
+    head, listed = read_archive(t)
+    assert listed == {failed_a: tip_a} and head is not None and holds(t, head, tip_a)
+    assert t.read_file(head, ARCHIVE_FILE) == (
+        failed_a.removeprefix("refs/heads/") + "\t" + tip_a + "\n").encode()
+    assert archivable_branches(t, "main") == {}
+    # a later run adds to the chain: the earlier archive is the first parent, both listed
+    failed_d, tip_d = fail_attempt(c, "d", "epoch 1")
+    assert archive_branches(t, archivable_branches(t, "main")) == 1
+    again, listed = read_archive(t)
+    assert listed == {failed_a: tip_a, failed_d: tip_d}
+    assert again is not None and holds(t, again, head) and holds(t, again, tip_d)
+    assert failed_d.removeprefix("refs/heads/") in t.commit_message(again)
+
+
+def test_gc_keeps_the_branches_of_running_jobs_and_of_jobs_waiting_for_a_retry():
+    remote, c = setup(["a", "b"], max_attempts=2)
+    released, _ = fail_attempt(c, "a", "epoch 1")  # one attempt left: a retry resumes it
+    snap = c.observe()
+    assert c.try_acquire(snap)
+    held = c.claim(snap, c.plan(snap), None)
+    assert held is not None
+    t = remote.transport("admin")
+    assert {released, held.branch_ref} <= set(branches(remote))
+    assert archivable_branches(t, "main") == {}
+
+
+def test_the_branch_of_a_done_job_that_the_main_branch_does_not_hold_is_archived():
+    remote, held, c, again = take_over_from_the_dead()
+    t = remote.transport("admin")
+    late = held.tip
+    zombie = t.write_commit(parents=[late], base=late, message="after the takeover",
+                            changes={job_dir("a") + "/late": b"x"})
+    assert t.push([RefUpdate(held.branch_ref, late, zombie)])
+    assert c.finish_step() is not None
+    assert merged_branches(t, "main") == {again.branch_ref: again.tip}
+    assert archivable_branches(t, "main") == {held.branch_ref: zombie}
+
+
+def test_an_archive_run_builds_again_on_a_moved_archive_and_leaves_a_moved_branch():
+    remote, c = setup(["a", "b", "x"], max_attempts=1)
+    found = dict([fail_attempt(c, "a", "1"), fail_attempt(c, "b", "1")])
+    other = dict([fail_attempt(c, "x", "1")])
+    t = remote.transport("admin")
+
+    class Racing:
+        """A transport whose first archive push is preceded by another gc's run, and
+        whose branch "b" moves before its second."""
+
+        def __init__(self) -> None:
+            self.pushes = 0
+
+        def __getattr__(self, name: str):
+            return getattr(t, name)
+
+        def push(self, updates):
+            self.pushes += 1
+            if self.pushes == 1:
+                assert archive_branches(remote.transport("gc2"), other) == 1
+            return t.push(updates)
+
+    racing = Racing()
+    assert archive_branches(racing, found) == 2  # type: ignore[arg-type]
+    assert racing.pushes == 2  # refused once: the archive had moved
+    assert read_archive(t)[1] == {**other, **found}
+    assert branches(remote) == {}
+    # a branch that moved after it was found is left where it is
+    remote, c = setup(["a", "b"], max_attempts=1)
+    found = dict([fail_attempt(c, "a", "1"), fail_attempt(c, "b", "1")])
+    t = remote.transport("admin")
+    ref_b = next(ref for ref in found if "/b/" in ref)
+    moved = t.write_commit(parents=[found[ref_b]], message="later", changes={})
+    assert t.push([RefUpdate(ref_b, found[ref_b], moved)])
+    assert archive_branches(t, found) == 1
+    assert branches(remote) == {ref_b: moved} and ref_b not in read_archive(t)[1]
+
+
+def test_the_highest_token_counts_archived_branches():
+    remote, _ = setup(["a"])
+    t = remote.transport("admin")
+    main = t.fetch([MAIN])[MAIN]
+    head = _archive_commits(t, None, {}, [("refs/heads/jobs/w/gone/999", main)])
+    assert t.push([RefUpdate(ARCHIVE_REF, None, head)])
+    assert highest_token(t, main, "main") == 999
+
+
+def test_the_archive_file_reads_back_what_was_written_and_skips_other_lines():
+    listed = {"refs/heads/jobs/w/a%20b/3": "a" * 40, "refs/heads/jobs/x/c/12": "b" * 64}
+    text = format_archive(listed)
+    assert parse_archive(text) == listed
+    assert parse_archive(text + b"notes\tabc\njobs/w/d/1\tnot-an-id\n\n") == listed
