@@ -1728,12 +1728,14 @@ version, and the branches of earlier attempts of a done job (a retry merged
 them).
 
 \b
-The branches of failed jobs, and those of a done job that the main branch
-does not hold (an attempt before a requeue, an update pushed after a
-takeover), are archived: their tips become parents of a commit on
-refs/distribute/archive, whose file archived.txt lists each branch with its
-tip, and their refs go. Nothing they hold is lost, `distribute results` and
-`distribute logs` still read them, and a branch is brought back with
+The branches of failed jobs (workers archive those of the jobs that failed
+for good under them; gc archives what is left, for example from an older
+version) and those of a done job that the main branch does not hold (an
+attempt before a requeue, an update pushed after a takeover) are archived:
+their tips become parents of a commit on refs/distribute/archive/<worker>,
+whose file archived.txt lists each branch with its tip, and their refs go.
+Nothing they hold is lost, `distribute results` and `distribute logs` still
+read them, and a branch is brought back with
 `git push origin <tip>:refs/heads/<branch>`. Kept as they are: branches of
 running jobs and of jobs waiting for a retry (a retry starts from the last
 attempt's branch), of jobs queued again, and of jobs that failed on a merge
@@ -1778,7 +1780,7 @@ def gc(ctx: click.Context, remote: str, dry_run: bool, keep_failed: bool,
             archived = coordination.archive_branches(view.transport, kept, progress=said)
     moved = len(found) - deleted + len(kept) - archived
     out.result(f"deleted {deleted} branch(es) of done jobs, archived {archived} under "
-               f"{coordination.ARCHIVE_REF}"
+               f"{coordination.ARCHIVE_PREFIX}"
                + (f"; {moved} moved meanwhile and were kept" if moved else ""))
 
 

@@ -337,6 +337,9 @@ class Coordinator:
         #: (branch ref, tip) of released attempts whose branch a retry claimed here starts
         #: from (merged into its first commit), so no ref needs to keep them
         self.superseded: list[tuple[str, Oid]] = []
+        #: (branch ref, tip) of the jobs whose last attempt failed here: archived in this
+        #: worker's archive (:func:`archive_branches`), so no ref needs to keep them
+        self.failed_here: list[tuple[str, Oid]] = []
         self._answered_here: dict[int, int] = {}  # thread id: answered pushes
         self.stats = Stats()
         self.mutex = threading.RLock()
@@ -1648,9 +1651,11 @@ class Coordinator:
 
     def prune_merged(self, at_least: int = PRUNE_BATCH) -> int:
         """Delete the remote branches of the jobs this worker finished, and of the released
-        attempts its retries started from, once ``at_least`` of them wait: the first in
-        one atomic push of deletions, the second in another (each from the tip merged,
-        so a branch that moved stays); return how many went.
+        attempts its retries started from, once ``at_least`` of them (or of the branches
+        to archive) wait: the first in one atomic push of deletions, the second in
+        another (each from the tip merged, so a branch that moved stays); archive the
+        branches of the jobs that failed here for good (:func:`archive_branches`, in
+        this worker's archive, the deletions in the same push); return how many went.
 
         A finished job's commits stay on the remote: the main branch's finish commit
         has the branch's tip as its second parent, so the ref only costs (every ref is
@@ -1660,11 +1665,12 @@ class Coordinator:
         gc`` deletes those of done jobs later).
         """
         with self.mutex:
-            waiting = len(self.merged) + len(self.superseded)
+            waiting = len(self.merged) + len(self.superseded) + len(self.failed_here)
             if not waiting or waiting < at_least:
                 return 0
             batches = [list(dict.fromkeys(self.merged)), list(dict.fromkeys(self.superseded))]
-            self.merged, self.superseded = [], []
+            failed = dict(self.failed_here)
+            self.merged, self.superseded, self.failed_here = [], [], []
             deleted = 0
             for batch in batches:
                 if not batch:
@@ -1674,6 +1680,9 @@ class Coordinator:
                 except DistributeError:
                     continue
                 deleted += len(batch) if landed else 0
+            if failed:
+                with contextlib.suppress(DistributeError):  # left for `distribute gc`
+                    deleted += archive_branches(self.transport, failed, push=self.push)
             return deleted
 
     def queue_leftovers(self) -> int:
@@ -1733,6 +1742,8 @@ class Coordinator:
             landed = self._landed_fail(ledger, job)
             if landed is not None:
                 self.journal(ev.Fail(job=job.job, token=job.token, reason=reason, outcome=landed))
+                if landed is ev.FailOutcome.FAILED:
+                    self.failed_here.append((job.branch_ref, job.tip))
                 self.job = None
                 return landed
             try:
@@ -1752,6 +1763,8 @@ class Coordinator:
             if not self.push([RefUpdate(self.main_ref, main, new_main)]):
                 return None
             self.journal(ev.Fail(job=job.job, token=job.token, reason=reason, outcome=outcome))
+            if outcome is ev.FailOutcome.FAILED:
+                self.failed_here.append((job.branch_ref, job.tip))
             self.job = None
             return outcome
 
@@ -1959,7 +1972,7 @@ def highest_token(transport: Transport, main: Oid, branch: str) -> int:
         ledger = Ledger.from_files(files, branch, read_parts(transport, main))
         for entry in (*ledger.running, *ledger.done, *ledger.failed):
             highest = max(highest, entry.token)
-    archived = read_archive(transport)[1]
+    archived = read_archive(transport)
     for ref in (*transport.list_refs("refs/heads/" + JOB_BRANCH_PREFIX), *archived):
         last = ref.rsplit("/", 1)[-1]
         if last.isascii() and last.isdigit() and len(last) <= 18:
@@ -2306,23 +2319,40 @@ def delete_merged_branches(
 
 
 # ---- the archive of job branches ----------------------------------------------------------
-#: the archive: job branches kept without a ref each.  A chain of commits, each with the
-#: chain's commit before it as first parent and up to :data:`ARCHIVE_PARENTS` archived
-#: tips as the others, so everything the branches held stays reachable; the last
-#: commit's :data:`ARCHIVE_FILE` lists every archived branch with its tip
-ARCHIVE_REF = "refs/distribute/archive"
+#: the archives: job branches kept without a ref each, one archive per worker that made
+#: them (``<prefix><encoded worker>``, so their number follows the fleet's size, as the
+#: liveness records do).  An archive is a chain of commits, each with the chain's commit
+#: before it as first parent and up to :data:`ARCHIVE_PARENTS` archived tips as the
+#: others, so everything the branches held stays reachable; the last commit's
+#: :data:`ARCHIVE_FILE` lists every branch archived there with its tip.
+ARCHIVE_PREFIX = "refs/distribute/archive/"
 ARCHIVE_FILE = "archived.txt"
 ARCHIVE_PARENTS = 16
 _ARCHIVE_TRIES = 5
 
 
-def read_archive(transport: Transport) -> tuple[Oid | None, dict[str, Oid]]:
-    """The archive's last commit (fetched, with every archived tip) and what it lists:
-    branch ref -> tip, in the order archived; ``(None, {})`` with no archive."""
-    head = transport.fetch([ARCHIVE_REF]).get(ARCHIVE_REF)
-    if head is None:
-        return None, {}
-    return head, parse_archive(transport.read_file(head, ARCHIVE_FILE) or b"")
+def archive_ref(branch_ref: str) -> str:
+    """The archive a job branch (``refs/heads/jobs/<worker>/<job>/<token>``) goes to:
+    its worker's."""
+    worker = branch_ref[len("refs/heads/" + JOB_BRANCH_PREFIX):].split("/", 1)[0]
+    return ARCHIVE_PREFIX + worker
+
+
+def read_archive(
+    transport: Transport, branches: Sequence[str] | None = None,
+) -> dict[str, Oid]:
+    """What the archives list: branch ref -> tip (the tips fetched).  ``branches``: read
+    only the archives those branches would be in; ``None``: every archive."""
+    if branches is None:
+        refs = sorted(transport.list_refs(ARCHIVE_PREFIX))
+    else:
+        refs = sorted({archive_ref(ref) for ref in branches})
+    if not refs:
+        return {}
+    found: dict[str, Oid] = {}
+    for head in transport.fetch(refs).values():
+        found.update(parse_archive(transport.read_file(head, ARCHIVE_FILE) or b""))
+    return found
 
 
 def parse_archive(data: bytes) -> dict[str, Oid]:
@@ -2390,32 +2420,42 @@ def archivable_branches(transport: Transport, branch: str) -> dict[str, Oid]:
 def archive_branches(
     transport: Transport, branches: Mapping[str, Oid], *,
     progress: Callable[[int], None] | None = None,
+    push: Callable[[Sequence[RefUpdate]], bool] | None = None,
 ) -> int:
-    """Archive ``branches`` (ref name: tip, from :func:`archivable_branches`) under
-    :data:`ARCHIVE_REF` and delete their refs, :data:`GC_BATCH` to a push: the archive's
+    """Archive ``branches`` (ref name: tip, from :func:`archivable_branches`), each in its
+    worker's archive, and delete their refs, :data:`GC_BATCH` to a push: an archive's
     move (a fast-forward from the value read) and the deletions (each from the tip
-    archived) land together or not at all, so a branch leaves only once the archive
+    archived) land together or not at all, so a branch leaves only once an archive
     holds its tip.  A branch that moved meanwhile is left as it is; a push refused
-    because another run archived meanwhile is built again.  Return how many went."""
-    items = sorted(branches.items())
+    because someone else archived meanwhile is built again.  ``push``: how to push
+    (the transport's own by default).  Return how many went."""
+    by_archive: dict[str, list[tuple[str, Oid]]] = {}
+    for ref, tip in sorted(branches.items()):
+        by_archive.setdefault(archive_ref(ref), []).append((ref, tip))
     archived = 0
-    for start in range(0, len(items), GC_BATCH):
-        archived += _archive_batch(transport, items[start:start + GC_BATCH])
-        if progress is not None:
-            progress(archived)
+    for ref, items in sorted(by_archive.items()):
+        for start in range(0, len(items), GC_BATCH):
+            archived += _archive_batch(transport, ref, items[start:start + GC_BATCH],
+                                       push or transport.push)
+            if progress is not None:
+                progress(archived)
     return archived
 
 
-def _archive_batch(transport: Transport, batch: Sequence[tuple[str, Oid]]) -> int:
+def _archive_batch(
+    transport: Transport, ref: str, batch: Sequence[tuple[str, Oid]],
+    push: Callable[[Sequence[RefUpdate]], bool],
+) -> int:
     for _ in range(_ARCHIVE_TRIES):
-        now = transport.fetch([ref for ref, _ in batch])
-        batch = [(ref, tip) for ref, tip in batch if now.get(ref) == tip]
+        now = transport.fetch([ref, *(branch for branch, _ in batch)])
+        batch = [(branch, tip) for branch, tip in batch if now.get(branch) == tip]
         if not batch:
             return 0
-        head, listed = read_archive(transport)
+        head = now.get(ref)
+        listed = parse_archive(transport.read_file(head, ARCHIVE_FILE) or b"") if head else {}
         new = _archive_commits(transport, head, listed, batch)
-        if transport.push([RefUpdate(ARCHIVE_REF, head, new),
-                           *(RefUpdate(ref, tip, None) for ref, tip in batch)]):
+        if push([RefUpdate(ref, head, new),
+                 *(RefUpdate(branch, tip, None) for branch, tip in batch)]):
             return len(batch)
     return 0
 
@@ -2424,7 +2464,7 @@ def _archive_commits(
     transport: Transport, head: Oid | None, listed: Mapping[str, Oid],
     batch: Sequence[tuple[str, Oid]],
 ) -> Oid:
-    """The archive's new last commit: a chain from ``head`` whose commits take the tips
+    """An archive's new last commit: a chain from ``head`` whose commits take the tips
     of ``batch`` as parents, :data:`ARCHIVE_PARENTS` at a time; the last one lists
     ``listed`` and ``batch``."""
     tips = list(dict.fromkeys(tip for _, tip in batch))
@@ -2469,7 +2509,7 @@ __all__ = [
     "LostHolding",
     "Snapshot",
     "Stats",
-    "ARCHIVE_REF",
+    "ARCHIVE_PREFIX",
     "archivable_branches",
     "archive_branches",
     "break_lock",

@@ -1117,12 +1117,16 @@ class Worker:
             reason = f"{reason} (not committed: {', '.join(exc.context['paths'][:3])} too large)"
         backoff = Backoff(self.poll_seconds / 4, self.max_poll_seconds, self._rng)
         try:
-            return self._retrying(
+            outcome = self._retrying(
                 partial(self.coord.fail, reason, self._sleep, backoff.next, interrupted)
             )
         finally:
             if self.coord.job is None:
                 self._mark_job()
+        # a job failed for good: its branch goes to this worker's archive with the next
+        # batch of deletions (the archive's commits keep what it held)
+        self.coord.prune_merged()
+        return outcome
 
     # ---- plumbing --------------------------------------------------------------
     def _job(self) -> JobHolding:

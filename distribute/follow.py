@@ -133,7 +133,7 @@ def locate_log(view: RemoteView, job: str, *, earlier_runs: bool = True) -> LogL
         # its branches may be archived (`distribute gc`): the last attempt's first
         from distribute.coordination import read_archive
 
-        archived = read_archive(transport)[1]
+        archived = read_archive(transport)
         names = [*candidates[:1], *sorted(
             (ref[len("refs/heads/"):] for ref in archived
              if ref.split("/")[-2:-1] == [encoded] and ref.rsplit("/", 1)[-1].isdigit()),

@@ -51,8 +51,8 @@ Workers coordinate through it and store their results in it.
 - branches `jobs/<worker>/<job>/<token>`: each job's own history.
 - `refs/distribute/lock`: the lock; its history lists every holding.
 - `refs/distribute/workers/<worker>`: each worker's liveness record.
-- `refs/distribute/archive`: failed jobs' branches archived by `distribute gc`
-  (`archived.txt` in it lists each branch with its last commit).
+- `refs/distribute/archive/<worker>`: the branches of jobs that failed for
+  good, archived (`archived.txt` in it lists each branch with its last commit).
 
 Edit the ledgers only through `distribute` (requeue, unlock), so that every
 change is fenced against running workers.

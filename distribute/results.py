@@ -119,7 +119,7 @@ def collect_from_view(
             if set(wanted) - set(tips):  # archived by `distribute gc`, perhaps
                 from distribute.coordination import read_archive
 
-                archived = read_archive(view.transport)[1]
+                archived = read_archive(view.transport, [r for r in wanted if r not in tips])
                 tips.update({ref: archived[ref] for ref in wanted
                              if ref not in tips and ref in archived})
         except TransportError:

@@ -57,6 +57,8 @@ RULES = {
     "early-reclaim": "a job was re-claimed before its previous holder's lease could expire",
     "lost-update": "an update of a finished job is not reachable from the main branch",
     "branch-lost": "the branch of a refused finish is gone from the remote",
+    "failed-lost": "an update of a job that failed for good is on neither its branch nor "
+    "an archive",
     "unfinished": "a job did not finish, or the ledgers are not empty at the end",
     "lost-write": "a push its worker saw succeed is missing from the remote's history",
     "crash": "a worker process ended with an unexpected error",
@@ -346,6 +348,7 @@ def check(
     _check_finishes(hist, final, done, result)
     _check_reclaims(hist, lease, result)
     _check_updates(hist, final, done, result)
+    _check_failed_kept(hist, final, failed, result)
     _check_liveness(hist, final, done, running, failed, expected_jobs, allow_failed, result)
     _check_writes_landed(hist, final, result)
     _check_crashes(hist, final, result)
@@ -614,6 +617,24 @@ def _check_updates(
         elif branch and pushed_last(tips.get(key, []), proc) not in (None, branches[branch]):
             result.add("branch-lost", f"{proc}'s finish of {key[0]!r} was refused and its branch "
                        f"{branch} no longer points at its last update", key[0])
+
+
+def _check_failed_kept(
+    hist: _History, final: Mapping[str, Any], failed: list[dict[str, Any]], result: CheckResult
+) -> None:
+    """Every update of a job ``failed.txt`` lists (under the token it lists) is kept: by a
+    job branch, the main branch, or an archive (``kept``: tip -> whether it is)."""
+    kept: Mapping[str, bool] | None = final.get("kept")
+    if kept is None:  # a final state read before archives existed
+        return
+    listed = {(str(e["job"]), int(e.get("token", -1))) for e in failed}
+    for proc, r in hist.events("update"):
+        key = (str(r["job"]), int(r["token"]))
+        if key in listed and not kept.get(str(r["tip"]), True):
+            result.add("failed-lost", f"{proc} pushed {str(r['tip'])[:12]} for {key[0]!r} "
+                       f"(token {key[1]}), which failed for good, and neither its branch nor "
+                       "an archive holds it", key[0])
+            listed.discard(key)
 
 
 def _token_of(done: list[dict[str, Any]], job: str) -> int:

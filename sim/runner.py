@@ -576,6 +576,9 @@ def read_final_state(
         oid, _, ref = line.partition(" ")
         branches[ref[len("refs/heads/"):]] = oid
     on_main = set(git(remote, "rev-list", main).split())
+    # what job branches and the archives of failed jobs' branches keep
+    on_kept = set(git(remote, "rev-list", "--glob=refs/heads/jobs/*",
+                      "--glob=refs/distribute/archive/*").split())
     tips = {
         str(r["tip"]) for r in records
         if r.get("kind") == "event" and r.get("event") in ("update", "finish") and r.get("tip")
@@ -590,6 +593,7 @@ def read_final_state(
         "main_subjects": subjects,
         "branches": branches,
         "reachable": {tip: tip in on_main for tip in tips},
+        "kept": {tip: tip in on_main or tip in on_kept for tip in tips},
     }
     if with_results:
         from distribute.core.names import job_dir

@@ -158,17 +158,22 @@ def test_a_wrong_password_fails_fast_and_is_never_shown(
         assert "authentication failed" in str(err).lower(), err
         assert wrong not in shown(err) and http_server.password not in shown(err)
     # lighttpd writes its log a little after each answer: read it once it has settled
-    assert "401" in "\n".join(access_log_lines(http_server))
+    lines = access_log_lines(http_server, until=lambda lines: any(" 401 " in x for x in lines))
+    assert any(" 401 " in line for line in lines), lines
 
 
-def access_log_lines(server: HttpServer, settle: float = 5.0) -> list[str]:
+def access_log_lines(
+    server: HttpServer, settle: float = 5.0, until: Callable[[list[str]], bool] | None = None,
+) -> list[str]:
     """The server's access log, once it has stopped growing (lighttpd writes it a little
-    after each answer); bounded by ``settle`` seconds."""
+    after each answer), or once ``until`` says it holds what is awaited (a busy machine
+    can delay a write past a pause in the growth); bounded by ``settle`` seconds."""
     log = server.workdir / "access.log"
     seen, deadline = -1, time.monotonic() + settle
     while True:
         lines = log.read_text().splitlines() if log.exists() else []
-        if len(lines) == seen or time.monotonic() > deadline:
+        done = until(lines) if until is not None else len(lines) == seen
+        if done or time.monotonic() > deadline:
             return lines
         seen = len(lines)
         time.sleep(0.3)

@@ -184,6 +184,15 @@ MUTATIONS: tuple[Mutation, ...] = (
         "are listed twice",
         ("tests/unit/test_done_parts.py", "tests/integration/test_done_parts_git.py"),
     ),
+    Mutation(
+        "archive-drops-the-tips",
+        "distribute/coordination.py",
+        "parents=[*([parent] if parent is not None else []), *chunk],",
+        "parents=[parent] if parent is not None else [],",
+        "an archive commit lists the archived branches but does not take their tips as "
+        "parents, so once their refs are deleted, git may collect what they held",
+        ("tests/unit/test_prune_branches.py",),
+    ),
 )
 
 

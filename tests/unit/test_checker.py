@@ -272,6 +272,18 @@ def test_done_job_whose_result_file_is_not_on_main_is_a_lost_update():
     assert rules(r) == {"lost-update"} and r.violations[0].job == "job-b"
 
 
+def test_a_job_that_failed_for_good_must_keep_its_updates_on_a_branch_or_an_archive():
+    h, final = good_history()
+    h.update(6.3, "w1#1", "job-f", 6, "f1")  # its claim left out: no rule here reads it
+    final["failed"] = "job-f\tworker=w0\ttoken=6\tattempt=1\treason=boom\n"
+    final["kept"] = {"a1": True, "c2": True, "b5": True, "b-stale": True, "f1": True}
+    kw = {"expected_jobs": ["job-a", "job-b", "job-c", "job-f"], "allow_failed": True}
+    assert run_check(h, final, **kw).ok, run_check(h, final, **kw).violations
+    final["kept"]["f1"] = False  # its branch deleted, and no archive holds it
+    r = run_check(h, final, **kw)
+    assert rules(r) == {"failed-lost"} and r.violations[0].job == "job-f"
+
+
 def test_refused_finish_must_keep_its_branch():
     h, final = good_history()
     del final["branches"]["jobs/w0/job-b/3"]
@@ -415,8 +427,8 @@ def test_without_faults_every_job_is_claimed_once():
 def test_every_rule_is_described():
     assert set(RULES) == {
         "lock-overlap", "lock-token", "double-finish", "double-claim", "finish-missing",
-        "stale-write", "early-reclaim", "lost-update", "branch-lost", "unfinished",
-        "lost-write", "crash", "idle-tail",
+        "stale-write", "early-reclaim", "lost-update", "branch-lost", "failed-lost",
+        "unfinished", "lost-write", "crash", "idle-tail",
     }
 
 

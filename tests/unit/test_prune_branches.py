@@ -7,7 +7,7 @@ import pytest
 
 from distribute.coordination import (
     ARCHIVE_FILE,
-    ARCHIVE_REF,
+    ARCHIVE_PREFIX,
     Coordinator,
     _archive_commits,
     archivable_branches,
@@ -230,18 +230,41 @@ def test_gc_archives_the_branches_of_failed_jobs_and_their_commits_stay_reachabl
     assert set(merged_branches(t, "main")) == {merged}
     assert archive_branches(t, {failed_a: tip_a}) == 1
     assert set(branches(remote)) == {merged, kept}
-    head, listed = read_archive(t)
-    assert listed == {failed_a: tip_a} and head is not None and holds(t, head, tip_a)
+    archive = ARCHIVE_PREFIX + "w"  # the archive of the worker that made the branch
+    assert t.list_refs(ARCHIVE_PREFIX).keys() == {archive}
+    head = t.fetch([archive])[archive]
+    assert read_archive(t) == {failed_a: tip_a} and holds(t, head, tip_a)
     assert t.read_file(head, ARCHIVE_FILE) == (
         failed_a.removeprefix("refs/heads/") + "\t" + tip_a + "\n").encode()
     assert archivable_branches(t, "main") == {}
     # a later run adds to the chain: the earlier archive is the first parent, both listed
     failed_d, tip_d = fail_attempt(c, "d", "epoch 1")
     assert archive_branches(t, archivable_branches(t, "main")) == 1
-    again, listed = read_archive(t)
-    assert listed == {failed_a: tip_a, failed_d: tip_d}
-    assert again is not None and holds(t, again, head) and holds(t, again, tip_d)
+    again = t.fetch([archive])[archive]
+    assert read_archive(t) == {failed_a: tip_a, failed_d: tip_d}
+    assert read_archive(t, [failed_d]) == read_archive(t)
+    assert holds(t, again, head) and holds(t, again, tip_d)
     assert failed_d.removeprefix("refs/heads/") in t.commit_message(again)
+
+
+def test_a_worker_archives_the_branches_of_the_jobs_that_failed_for_good_here():
+    remote, c = setup(["a", "b", "c", "d"], max_attempts=1)
+    failed_a, tip_a = fail_attempt(c, "a", "epoch 3")
+    assert c.failed_here == [(failed_a, tip_a)]
+    conflicting_failure(c, "b")  # its branch is for a person to merge: not archived
+    assert c.failed_here == [(failed_a, tip_a)]
+    merged = run(c, "c")
+    assert c.prune_merged(at_least=3) == 0  # two wait
+    assert c.prune_merged(at_least=2) == 2
+    assert failed_a not in branches(remote) and merged not in branches(remote)
+    t = remote.transport("r")
+    assert read_archive(t) == {failed_a: tip_a}
+    assert holds(t, t.fetch([ARCHIVE_PREFIX + "w"])[ARCHIVE_PREFIX + "w"], tip_a)
+    assert c.failed_here == []
+    # an attempt with attempts left is released for a retry, which starts from its branch
+    remote, c = setup(["a"], max_attempts=2)
+    released, _ = fail_attempt(c, "a", "epoch 1")
+    assert c.failed_here == [] and released in branches(remote)
 
 
 def test_gc_keeps_the_branches_of_running_jobs_and_of_jobs_waiting_for_a_retry():
@@ -293,7 +316,7 @@ def test_an_archive_run_builds_again_on_a_moved_archive_and_leaves_a_moved_branc
     racing = Racing()
     assert archive_branches(racing, found) == 2  # type: ignore[arg-type]
     assert racing.pushes == 2  # refused once: the archive had moved
-    assert read_archive(t)[1] == {**other, **found}
+    assert read_archive(t) == {**other, **found}
     assert branches(remote) == {}
     # a branch that moved after it was found is left where it is
     remote, c = setup(["a", "b"], max_attempts=1)
@@ -303,7 +326,7 @@ def test_an_archive_run_builds_again_on_a_moved_archive_and_leaves_a_moved_branc
     moved = t.write_commit(parents=[found[ref_b]], message="later", changes={})
     assert t.push([RefUpdate(ref_b, found[ref_b], moved)])
     assert archive_branches(t, found) == 1
-    assert branches(remote) == {ref_b: moved} and ref_b not in read_archive(t)[1]
+    assert branches(remote) == {ref_b: moved} and ref_b not in read_archive(t)
 
 
 def test_the_highest_token_counts_archived_branches():
@@ -311,7 +334,7 @@ def test_the_highest_token_counts_archived_branches():
     t = remote.transport("admin")
     main = t.fetch([MAIN])[MAIN]
     head = _archive_commits(t, None, {}, [("refs/heads/jobs/w/gone/999", main)])
-    assert t.push([RefUpdate(ARCHIVE_REF, None, head)])
+    assert t.push([RefUpdate(ARCHIVE_PREFIX + "w", None, head)])
     assert highest_token(t, main, "main") == 999
 
 
