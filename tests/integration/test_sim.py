@@ -113,6 +113,29 @@ def test_done_txt_sealed_every_few_lines_under_kills_and_pauses(tmp_path):
         shutil.rmtree(outcome.workdir, ignore_errors=True)
 
 
+def test_failed_jobs_branches_are_archived_under_kills_and_pauses(tmp_path):
+    # jobs fail for good while workers are killed and paused; their workers archive the
+    # branches, and the checker finds every update of a failed job on a branch or in an
+    # archive (failed-lost)
+    outcome = run(SimConfig(workers=3, jobs=16, lease=1.5, kill_rate=0.3, pause_rate=0.3,
+                            push_fail_rate=0.05, unknown_rate=0.05, job_seconds=0.1,
+                            job_fail_rate=0.5, max_attempts=2, seed=12, duration=90, keep=True,
+                            min_coverage="off"))
+    try:
+        assert outcome.ok, explain(outcome)
+        assert outcome.result.stats["jobs_failed"] > 0
+        remote = str(outcome.workdir / "remote.git")
+        archives = subprocess.run(
+            ["git", "--git-dir", remote, "for-each-ref", "--format=%(refname)",
+             "refs/distribute/archive/"], capture_output=True, text=True, check=True).stdout.split()
+        listed = [line for ref in archives for line in subprocess.run(
+            ["git", "--git-dir", remote, "show", ref + ":archived.txt"],
+            capture_output=True, text=True, check=True).stdout.splitlines()]
+        assert listed, "no failed job's branch was archived"
+    finally:
+        shutil.rmtree(outcome.workdir, ignore_errors=True)
+
+
 def test_checker_catches_a_transport_that_reports_unsent_pushes_as_applied(tmp_path):
     # FaultyTransport's lie_rate breaks the transport contract on purpose.  A lie about a
     # push that changed nothing lasting (a liveness beat) leaves no trace, so the run
