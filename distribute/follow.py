@@ -130,10 +130,12 @@ def locate_log(view: RemoteView, job: str, *, earlier_runs: bool = True) -> LogL
             return LogLook(state, data, name, watched, worker, attempt, reason,
                            (main, tips.get(watched)))
     if state in ENDED:
-        # its branches may be archived (`distribute gc`): the last attempt's first
+        # its branches may be archived (by their worker, or `distribute gc`): the last
+        # attempt's first, from its worker's archive (every archive when the line names no
+        # worker)
         from distribute.coordination import read_archive
 
-        archived = read_archive(transport)
+        archived = read_archive(transport, [f"refs/heads/{b}" for b in candidates[:1]] or None)
         names = [*candidates[:1], *sorted(
             (ref[len("refs/heads/"):] for ref in archived
              if ref.split("/")[-2:-1] == [encoded] and ref.rsplit("/", 1)[-1].isdigit()),
