@@ -147,6 +147,11 @@ def init_bare_repo(
     return target
 
 
+#: trees of up to this many bytes are kept parsed, up to :data:`_TREES_KEPT` of them
+_SMALL_TREE = 16 * 1024
+_TREES_KEPT = 512
+
+
 class _Repository:
     """A GitPython ``Repo`` and the one way git is run in it."""
 
@@ -187,6 +192,10 @@ class _Repository:
         self.ref_storage = str(storage).lower()
         # GitPython's own object database starts `git hash-object` for every write
         self._store_view: ObjectStore | None = None
+        # small trees parsed, by id (a tree never changes): the folder of done.txt's
+        # sealed parts, say, is read at every look and changes once in a thousand jobs
+        self._trees: dict[Oid, dict[bytes, _Entry]] = {}
+        self._trees_lock = threading.Lock()
 
     @property
     def index_file(self) -> Path:
@@ -301,11 +310,22 @@ class _Repository:
         return data[5 : data.index(b"\n")].decode("ascii")
 
     def tree_entries(self, tree: Oid) -> dict[bytes, _Entry]:
+        """The entries of ``tree`` (a dict of the caller's own, free to change)."""
+        with self._trees_lock:
+            known = self._trees.get(tree)
+        if known is not None:
+            return dict(known)
         kind, data = self.read_object(tree)
         if kind != "tree":
             raise TransportError(f"{tree} is a {kind}, not a tree", oid=tree)
         parsed = tree_entries(data, len(tree) // 2)
-        return {name: _Entry(mode, oid) for name, (mode, oid) in parsed.items()}
+        entries = {name: _Entry(mode, oid) for name, (mode, oid) in parsed.items()}
+        if len(data) <= _SMALL_TREE:
+            with self._trees_lock:
+                while len(self._trees) >= _TREES_KEPT:
+                    del self._trees[next(iter(self._trees))]
+                self._trees[tree] = dict(entries)
+        return entries
 
     def lookup(self, tree: Oid, path: str) -> tuple[str, Oid] | None:
         """Kind and id of what ``path`` names below ``tree``, ``None`` when nothing: git's

@@ -40,3 +40,23 @@ def test_reads_and_lookups_survive_a_killed_cat_file(tmp_path):
         assert repo.lookup(tree, "missing") is None
     finally:
         repo.close()
+
+
+def test_a_small_tree_is_parsed_once_and_each_caller_gets_its_own_entries(tmp_path):
+    git("init", "-q", str(tmp_path), cwd=tmp_path)
+    (tmp_path / "a.txt").write_text("a\n")
+    git("add", "-A", cwd=tmp_path)
+    git("commit", "-qm", "one", cwd=tmp_path)
+    tree = git("rev-parse", "HEAD^{tree}", cwd=tmp_path)
+    repo = _Repository(tmp_path, timeout=30)
+    try:
+        first = repo.tree_entries(tree)
+        assert list(first) == [b"a.txt"]
+        first[b"b.txt"] = first.pop(b"a.txt")  # a caller editing what it got
+        reads = []
+        read = repo.read_object
+        repo.read_object = lambda oid: reads.append(oid) or read(oid)  # type: ignore[method-assign]
+        assert list(repo.tree_entries(tree)) == [b"a.txt"]
+        assert reads == []  # kept parsed: a tree never changes
+    finally:
+        repo.close()
