@@ -1755,7 +1755,7 @@ def gc(ctx: click.Context, remote: str, dry_run: bool, keep_failed: bool,
     with open_remote(remote, branch) as view:
         found = coordination.merged_branches(view.transport, view.branch)
         kept = ({} if keep_failed
-                else coordination.archivable_branches(view.transport, view.branch))
+                else coordination.archivable_branches(view.transport, view.branch, skip=found))
         if not found and not kept:
             out.result("no branch of a done or failed job is left on the remote; nothing to do")
             return

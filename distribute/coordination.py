@@ -69,7 +69,7 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from functools import partial
@@ -2373,16 +2373,19 @@ def format_archive(branches: Mapping[str, Oid]) -> bytes:
                    for ref, tip in branches.items()).encode("utf-8", "surrogateescape")
 
 
-def archivable_branches(transport: Transport, branch: str) -> dict[str, Oid]:
+def archivable_branches(
+    transport: Transport, branch: str, skip: Collection[str] = (),
+) -> dict[str, Oid]:
     """The job branches ``distribute gc`` archives (ref name: tip): every branch of a job
     ``failed.txt`` lists, and the branches of a done job whose tip the main branch does
     not hold (an attempt before a ``requeue``, an update pushed after a takeover).
     Kept: every branch of a job that runs or waits for a retry (a retry starts from
     the last attempt's branch), of a job neither done nor failed (queued again), and of
     a job that failed on a merge conflict (its reason names the branch to merge by
-    hand).  The tips are fetched."""
+    hand).  ``skip``: refs left out (those :func:`merged_branches` found, say).  The tips
+    are fetched."""
     prefix = "refs/heads/" + JOB_BRANCH_PREFIX
-    branches = transport.list_refs(prefix)
+    branches = {ref: tip for ref, tip in transport.list_refs(prefix).items() if ref not in skip}
     if not branches:
         return {}
     main_ref = "refs/heads/" + branch

@@ -105,6 +105,8 @@ def _path_parts(path: str) -> tuple[bytes, ...]:
     return tuple(part.encode("utf-8") for part in path.split("/"))
 
 
+#: refs fetched by one command (:meth:`GitTransport.fetch` splits longer lists)
+_FETCH_BATCH = 500
 #: A packet git received, as ``GIT_TRACE_PACKET`` shows it (``packet:  ls-remote< ...``).
 _RECEIVED_PACKET = re.compile(r"packet:\s+\S+< (.*)$")
 
@@ -192,10 +194,13 @@ class GitTransport:
             TransportError: the remote could not be reached or git failed.
         """
         patterns = list(dict.fromkeys(check_ref_pattern(ref) for ref in refs))
-        if not patterns:
-            return {}
-        with self._fetch_lock:
-            return self._fetch_refs(patterns)
+        found: dict[str, Oid] = {}
+        # a few hundred refs to a command: thousands would pass the system's limit on the
+        # length of a command line (each ref is named twice there)
+        for start in range(0, len(patterns), _FETCH_BATCH):
+            with self._fetch_lock:
+                found.update(self._fetch_refs(patterns[start:start + _FETCH_BATCH]))
+        return found
 
     def list_refs(self, prefix: str) -> dict[str, Oid]:
         """Values of the remote refs whose names start with ``prefix`` (one ``ls-remote``)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -26,6 +27,7 @@ from hypothesis import strategies as st
 
 from distribute.core.errors import RemoteStateError, TransportError, UsageError
 from distribute.transport import direct as direct_module
+from distribute.transport import git as git_transport_module
 from distribute.transport.base import Oid, RefUpdate
 from distribute.transport.direct import ObjectStore, copy_objects, read_ref_files
 from distribute.transport.git import GitTransport
@@ -1020,3 +1022,24 @@ def test_the_remote_stays_packed_when_lost_races_leave_objects_behind(
     one = run_git("--git-dir", bare_remote, "hash-object", "--stdin",
                   input=b"what a lost race wrote 7\n")
     assert run_git("--git-dir", bare_remote, "cat-file", "-t", one) == "blob"
+
+
+def test_a_long_list_of_refs_is_fetched_a_few_hundred_to_a_command(
+    bare_remote: Path, clone: Callable[[str, str], GitTransport], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # thousands of refs on one command line would pass the system's limit; the split
+    # is shown with batches of two
+    t = clone(bare_remote.as_uri(), "w")
+    main = t.fetch([MAIN])[MAIN]
+    names = [f"refs/heads/jobs/w/j{i}/{i}" for i in range(5)]
+    lines = "".join(f"create {name} {main}\n" for name in names[:4])
+    subprocess.run(["git", "--git-dir", str(bare_remote), "update-ref", "--stdin"],
+                   input=lines.encode(), check=True)
+    monkeypatch.setattr(git_transport_module, "_FETCH_BATCH", 2)
+    fetches = []
+    run = t._repo.run
+    monkeypatch.setattr(t._repo, "run", lambda args, **kw: (
+        fetches.append(args) if "fetch" in args else None) or run(args, **kw))
+    assert t.fetch([*names, MAIN]) == {**dict.fromkeys(names[:4], main), MAIN: main}
+    assert len(fetches) >= 3 and all(len([a for a in f if a.startswith("+refs/")]) <= 2
+                                      for f in fetches)
