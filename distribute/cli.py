@@ -1754,14 +1754,14 @@ def gc(ctx: click.Context, remote: str, dry_run: bool, keep_failed: bool,
     out = _output(ctx)
     with open_remote(remote, branch) as view:
         found = coordination.merged_branches(view.transport, view.branch)
-        kept = ({} if keep_failed
-                else coordination.archivable_branches(view.transport, view.branch, skip=found))
-        if not found and not kept:
+        doomed = ({} if keep_failed
+                  else coordination.archivable_branches(view.transport, view.branch, skip=found))
+        if not found and not doomed:
             out.result("no branch of a done or failed job is left on the remote; nothing to do")
             return
         if dry_run:
             out.result(f"{len(found)} branch(es) of done jobs would be deleted, "
-                       f"{len(kept)} archived")
+                       f"{len(doomed)} archived")
             return
         deleted = archived = 0
         if found:
@@ -1771,14 +1771,14 @@ def gc(ctx: click.Context, remote: str, dry_run: bool, keep_failed: bool,
                 out.info(f"deleted {done} of {total} branches")
 
             deleted = coordination.delete_merged_branches(view.transport, found, progress=say)
-        if kept:
-            count = len(kept)
+        if doomed:
+            count = len(doomed)
 
             def said(done: int) -> None:
                 out.info(f"archived {done} of {count} branches")
 
-            archived = coordination.archive_branches(view.transport, kept, progress=said)
-    moved = len(found) - deleted + len(kept) - archived
+            archived = coordination.archive_branches(view.transport, doomed, progress=said)
+    moved = len(found) - deleted + len(doomed) - archived
     out.result(f"deleted {deleted} branch(es) of done jobs, archived {archived} under "
                f"{coordination.ARCHIVE_PREFIX}"
                + (f"; {moved} moved meanwhile and were kept" if moved else ""))

@@ -34,8 +34,9 @@ The clock and sleep are passed in; the caller decides how long to wait.
 The one writer
 --------------
 This module is the only code that writes the remote's coordination state: the
-lock ref, the liveness refs and the ledgers.  Besides a worker's steps that is
-the writing done from outside any worker's steps, at the end of this file:
+lock ref, the liveness refs and the ledgers (and the archives of job branches).
+Besides a worker's steps that is the writing done from outside any worker's steps,
+at the end of this file:
 :class:`FencedEdit` (``add``, ``requeue``, ``cancel``: an edit of the queue and
 the ledgers under the lock), :func:`break_lock` (``unlock``), :func:`new_lock`
 (a lock written anew by ``init`` or by the repair of a damaged one), and
@@ -2470,8 +2471,10 @@ def _archive_commits(
     """An archive's new last commit: a chain from ``head`` whose commits take the tips
     of ``batch`` as parents, :data:`ARCHIVE_PARENTS` at a time; the last one lists
     ``listed`` and ``batch``."""
-    tips = list(dict.fromkeys(tip for _, tip in batch))
-    names = {tip: [ref for ref, t in batch if t == tip] for tip in tips}
+    names: dict[Oid, list[str]] = {}
+    for ref, tip in batch:
+        names.setdefault(tip, []).append(ref)
+    tips = list(names)
     tree = transport.commit_tree(head) if head is not None else None
     chunks = [tips[i:i + ARCHIVE_PARENTS] for i in range(0, len(tips), ARCHIVE_PARENTS)]
     parent = head
