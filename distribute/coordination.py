@@ -2261,11 +2261,7 @@ def merged_branches(transport: Transport, branch: str, worker: str | None = None
     branches = transport.list_refs(only)
     if not branches:
         return {}
-    main_ref = "refs/heads/" + branch
-    main = transport.fetch([main_ref]).get(main_ref)
-    if main is None:
-        raise RemoteStateError(f"the remote has no branch {branch!r}")
-    ledger = read_ledger(transport, main, branch)
+    main, ledger = _main_ledger(transport, branch)
     parts_of = {ref: ref[len(prefix):].split("/") for ref in branches}
     done_entries = _done_of(ledger, {parts[1] for parts in parts_of.values() if len(parts) == 3})
     done = {encode_component(e.job) for e in done_entries}
@@ -2281,6 +2277,15 @@ def merged_branches(transport: Transport, branch: str, worker: str | None = None
                 if holds(transport, main, tip):
                     found[ref] = tip
     return found
+
+
+def _main_ledger(transport: Transport, branch: str) -> tuple[Oid, Ledger]:
+    """The main branch ``branch`` (fetched) and its ledgers."""
+    main_ref = "refs/heads/" + branch
+    main = transport.fetch([main_ref]).get(main_ref)
+    if main is None:
+        raise RemoteStateError(f"the remote has no branch {branch!r}")
+    return main, read_ledger(transport, main, branch)
 
 
 def _done_of(ledger: Ledger, components: set[str]) -> list[Entry]:
@@ -2389,11 +2394,7 @@ def archivable_branches(
     branches = {ref: tip for ref, tip in transport.list_refs(prefix).items() if ref not in skip}
     if not branches:
         return {}
-    main_ref = "refs/heads/" + branch
-    main = transport.fetch([main_ref]).get(main_ref)
-    if main is None:
-        raise RemoteStateError(f"the remote has no branch {branch!r}")
-    ledger = read_ledger(transport, main, branch)
+    main, ledger = _main_ledger(transport, branch)
     parts_of = {ref: ref[len(prefix):].split("/") for ref in branches}
     branches = {ref: tip for ref, tip in branches.items() if len(parts_of[ref]) == 3}
     jobs = {parts_of[ref][1] for ref in branches}
