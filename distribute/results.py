@@ -116,7 +116,7 @@ def collect_from_view(
     if live and wanted:
         try:
             tips = view.transport.fetch(wanted)
-            if set(wanted) - set(tips):  # archived by `distribute gc`, perhaps
+            if set(wanted) - set(tips):  # archived (by their worker or gc), perhaps
                 from distribute.coordination import read_archive
 
                 archived = read_archive(view.transport, [r for r in wanted if r not in tips])
