@@ -119,7 +119,7 @@ def test_failed_jobs_branches_are_archived_under_kills_and_pauses(tmp_path):
     # archive (failed-lost)
     outcome = run(SimConfig(workers=3, jobs=16, lease=1.5, kill_rate=0.3, pause_rate=0.3,
                             push_fail_rate=0.05, unknown_rate=0.05, job_seconds=0.1,
-                            job_fail_rate=0.5, max_attempts=2, seed=12, duration=90, keep=True,
+                            job_fail_rate=0.5, max_attempts=1, seed=12, duration=90, keep=True,
                             min_coverage="off"))
     try:
         assert outcome.ok, explain(outcome)
