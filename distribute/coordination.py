@@ -1689,15 +1689,20 @@ class Coordinator:
     def queue_leftovers(self) -> int:
         """Queue for deletion (:meth:`prune_merged`) this worker's branches of the jobs it
         finished (``done.txt`` lists them under this worker and the branch's token) that
-        the main branch holds and this process did not finish: those an earlier life
-        left when it was killed before its batch of deletions.  One listing of this
-        worker's branches and one fetch of the main branch; return how many were queued."""
+        the main branch holds and this process did not finish, and for archiving those
+        of the jobs that failed for good under it (``failed.txt`` lists them so, not on
+        a merge conflict): those an earlier life left when it was killed before its
+        batch.  Two listings of this worker's branches and a fetch of the main branch;
+        return how many were queued."""
         found = merged_branches(self.transport, self.branch, self.worker, finished_only=True)
+        failed = archivable_branches(self.transport, self.branch, worker=self.worker)
         with self.mutex:
-            known = {ref for ref, _ in (*self.merged, *self.superseded)}
+            known = {ref for ref, _ in (*self.merged, *self.superseded, *self.failed_here)}
             new = [(ref, tip) for ref, tip in found.items() if ref not in known]
             self.merged.extend(new)
-            return len(new)
+            lost = [(ref, tip) for ref, tip in failed.items() if ref not in known]
+            self.failed_here.extend(lost)
+            return len(new) + len(lost)
 
     def _record_conflict(
         self, main: Oid, base: Oid, ledger: Ledger, job: JobHolding, conflicts: Sequence[str],
@@ -2380,7 +2385,7 @@ def format_archive(branches: Mapping[str, Oid]) -> bytes:
 
 
 def archivable_branches(
-    transport: Transport, branch: str, skip: Collection[str] = (),
+    transport: Transport, branch: str, skip: Collection[str] = (), worker: str | None = None,
 ) -> dict[str, Oid]:
     """The job branches ``distribute gc`` archives (ref name: tip): every branch of a job
     ``failed.txt`` lists, and the branches of a done job whose tip the main branch does
@@ -2388,10 +2393,13 @@ def archivable_branches(
     Kept: every branch of a job that runs or waits for a retry (a retry starts from
     the last attempt's branch), of a job neither done nor failed (queued again), and of
     a job that failed on a merge conflict (its reason names the branch to merge by
-    hand).  ``skip``: refs left out (those :func:`merged_branches` found, say).  The tips
-    are fetched."""
+    hand).  ``skip``: refs left out (those :func:`merged_branches` found, say).
+    ``worker``: only the branches of the jobs that failed for good under that worker,
+    each the attempt ``failed.txt`` lists (what a worker archives itself).  The tips are
+    fetched."""
     prefix = "refs/heads/" + JOB_BRANCH_PREFIX
-    branches = {ref: tip for ref, tip in transport.list_refs(prefix).items() if ref not in skip}
+    only = prefix if worker is None else f"{prefix}{encode_component(worker)}/"
+    branches = {ref: tip for ref, tip in transport.list_refs(only).items() if ref not in skip}
     if not branches:
         return {}
     main, ledger = _main_ledger(transport, branch)
@@ -2399,7 +2407,7 @@ def archivable_branches(
     branches = {ref: tip for ref, tip in branches.items() if len(parts_of[ref]) == 3}
     jobs = {parts_of[ref][1] for ref in branches}
     failed = {encode_component(e.job): e for e in ledger.failed}
-    done = {encode_component(e.job) for e in _done_of(ledger, jobs)}
+    done = {encode_component(e.job) for e in _done_of(ledger, jobs)} if worker is None else set()
     wanted = {}
     for ref, tip in branches.items():
         job = parts_of[ref][1]
@@ -2407,6 +2415,9 @@ def archivable_branches(
         # a conflict's branch is to be merged by hand; a job neither failed nor done
         # runs, waits for a retry or is queued again
         kept = entry.reason.startswith(CONFLICT_REASON) if entry else job not in done
+        if entry and worker is not None:
+            kept = (kept or entry.worker != worker
+                    or ref != job_branch_ref(entry.worker, entry.job, entry.token))
         if not kept:
             wanted[ref] = tip
     if not wanted:

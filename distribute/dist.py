@@ -302,6 +302,7 @@ class Worker:
         )
         self._closed = False
         self._finished = 0  # jobs finished by this worker object
+        self._leftovers_queued = False  # an earlier life's branches: see _prune
         #: links that came with the running job's folder and were removed at its claim
         #: (paths relative to the copy), for a runner to report
         self.removed_links: list[str] = []
@@ -1082,15 +1083,8 @@ class Worker:
         finally:
             if self.coord.job is None:
                 self._mark_job()
-        # every few jobs, the branches of the jobs finished here leave the remote (their
-        # commits stay: the main branch holds them), so refs do not grow with the sweep
         self._finished += 1
-        if self._finished == 1:
-            # what an earlier life of this worker, killed before its batch of deletions,
-            # left behind goes with this life's batches
-            with contextlib.suppress(DistributeError):
-                self.coord.queue_leftovers()
-        self.coord.prune_merged()
+        self._prune()
         if self._finished % _HOUSEKEEPING_EVERY == 0:
             self._housekeeping()
 
@@ -1125,8 +1119,21 @@ class Worker:
                 self._mark_job()
         # a job failed for good: its branch goes to this worker's archive with the next
         # batch of deletions (the archive's commits keep what it held)
-        self.coord.prune_merged()
+        self._prune()
         return outcome
+
+    def _prune(self) -> None:
+        """After a job's end: every few jobs, the branches of the jobs finished here leave
+        the remote (their commits stay: the main branch holds them), and those of the
+        jobs that failed for good go to this worker's archive, so refs do not grow with
+        the sweep."""
+        if not self._leftovers_queued:
+            # what an earlier life of this worker, killed before its batch, left behind
+            # goes with this life's batches
+            self._leftovers_queued = True
+            with contextlib.suppress(DistributeError):
+                self.coord.queue_leftovers()
+        self.coord.prune_merged()
 
     # ---- plumbing --------------------------------------------------------------
     def _job(self) -> JobHolding:

@@ -343,3 +343,33 @@ def test_the_archive_file_reads_back_what_was_written_and_skips_other_lines():
     text = format_archive(listed)
     assert parse_archive(text) == listed
     assert parse_archive(text + b"notes\tabc\njobs/w/d/1\tnot-an-id\n\n") == listed
+
+
+def test_a_restarted_worker_archives_the_failed_branches_its_killed_life_left():
+    remote, c = setup(["a", "b", "c", "d"], max_attempts=1)
+    failed_a, tip_a = fail_attempt(c, "a", "epoch 3")  # killed before its batch
+    conflicting_failure(c, "b")  # to be merged by hand: stays
+    other = Coordinator(remote.transport("x"), worker="x", session="x", branch="main",
+                        lease=10, margin=2, max_attempts=1, clock=lambda: 0.0)
+    failed_c, _ = fail_attempt(other, "c", "1")  # another worker's: its own business
+    again = Coordinator(remote.transport("w2"), worker="w", session="s2", branch="main",
+                        lease=10, margin=2, max_attempts=1, clock=lambda: 0.0)
+    assert again.queue_leftovers() == 1 and again.failed_here == [(failed_a, tip_a)]
+    assert again.queue_leftovers() == 0  # already queued
+    assert again.prune_merged(at_least=1) == 1
+    t = remote.transport("r")
+    assert read_archive(t) == {failed_a: tip_a}
+    assert failed_a not in branches(remote) and failed_c in branches(remote)
+
+
+def test_a_restarted_worker_leaves_its_taken_over_unmerged_branch_to_gc():
+    remote, held, c, _ = take_over_from_the_dead()
+    t = remote.transport("admin")
+    late = t.write_commit(parents=[held.tip], base=held.tip, message="after the takeover",
+                          changes={job_dir("a") + "/late": b"x"})
+    assert t.push([RefUpdate(held.branch_ref, held.tip, late)])
+    assert c.finish_step() is not None  # done by the taker; w's branch holds more
+    restarted = Coordinator(remote.transport("w2"), worker="w", session="s3", branch="main",
+                            lease=10, margin=2, max_attempts=2, clock=lambda: 0.0)
+    assert restarted.queue_leftovers() == 0 and restarted.failed_here == []
+    assert archivable_branches(t, "main") == {held.branch_ref: late}  # for gc
