@@ -1692,10 +1692,17 @@ class Coordinator:
         the main branch holds and this process did not finish, and for archiving those
         of the jobs that failed for good under it (``failed.txt`` lists them so, not on
         a merge conflict): those an earlier life left when it was killed before its
-        batch.  Two listings of this worker's branches and a fetch of the main branch;
-        return how many were queued."""
+        batch.  A listing of this worker's branches and a fetch of the main branch (and
+        a second of each when ``failed.txt`` names this worker); return how many were
+        queued."""
         found = merged_branches(self.transport, self.branch, self.worker, finished_only=True)
-        failed = archivable_branches(self.transport, self.branch, worker=self.worker)
+        with self.mutex:
+            seen = self.after_finish[0].get(self.main_ref) if self.after_finish else None
+        failed: dict[str, Oid] = {}
+        # what the finish just read tells whether failed.txt names this worker at all:
+        # most often not, and then a listing and a fetch are saved
+        if seen is None or any(e.worker == self.worker for e in self.read_ledger(seen).failed):
+            failed = archivable_branches(self.transport, self.branch, worker=self.worker)
         with self.mutex:
             known = {ref for ref, _ in (*self.merged, *self.superseded, *self.failed_here)}
             new = [(ref, tip) for ref, tip in found.items() if ref not in known]

@@ -354,12 +354,20 @@ def test_a_restarted_worker_archives_the_failed_branches_its_killed_life_left():
     failed_c, _ = fail_attempt(other, "c", "1")  # another worker's: its own business
     again = Coordinator(remote.transport("w2"), worker="w", session="s2", branch="main",
                         lease=10, margin=2, max_attempts=1, clock=lambda: 0.0)
+    snap = again.observe()
+    assert again.try_acquire(snap)
+    held = again.claim(snap, CallNextJobFunction(), "d", None)
+    assert held is not None
+    finished = held.branch_ref
+    # its first job's end: what the finish read names this worker in failed.txt
+    assert again.finish(lambda _s: None, lambda: 0.0) is not None
+    assert again.after_finish is not None
     assert again.queue_leftovers() == 1 and again.failed_here == [(failed_a, tip_a)]
     assert again.queue_leftovers() == 0  # already queued
-    assert again.prune_merged(at_least=1) == 1
+    assert again.prune_merged(at_least=1) == 2
     t = remote.transport("r")
     assert read_archive(t) == {failed_a: tip_a}
-    assert failed_a not in branches(remote) and failed_c in branches(remote)
+    assert not {failed_a, finished} & set(branches(remote)) and failed_c in branches(remote)
 
 
 def test_a_restarted_worker_leaves_its_taken_over_unmerged_branch_to_gc():
