@@ -1663,7 +1663,7 @@ class Coordinator:
         advertised on every fetch and push).  A released attempt's commits are the
         second parent of its retry's first commit, on the retry's branch.  Best effort:
         a refused or failed push leaves that batch of branches in place (``distribute
-        gc`` deletes those of done jobs later).
+        gc`` deletes those of done jobs later, and archives those of failed ones).
         """
         with self.mutex:
             waiting = len(self.merged) + len(self.superseded) + len(self.failed_here)
@@ -1681,10 +1681,11 @@ class Coordinator:
                 except DistributeError:
                     continue
                 deleted += len(batch) if landed else 0
-            if failed:
-                with contextlib.suppress(DistributeError):  # left for `distribute gc`
-                    deleted += archive_branches(self.transport, failed, push=self.push)
-            return deleted
+        if failed:
+            # its fetch of the archive runs without the mutex, as every read of the remote
+            with contextlib.suppress(DistributeError):  # else left for `distribute gc`
+                deleted += archive_branches(self.transport, failed, push=self.push)
+        return deleted
 
     def queue_leftovers(self) -> int:
         """Queue for deletion (:meth:`prune_merged`) this worker's branches of the jobs it
