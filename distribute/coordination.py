@@ -2404,7 +2404,9 @@ def archivable_branches(
     hand).  ``skip``: refs left out (those :func:`merged_branches` found, say).
     ``worker``: only the branches of the jobs that failed for good under that worker,
     each the attempt ``failed.txt`` lists (what a worker archives itself).  The tips are
-    fetched."""
+    as listed; those of done jobs' branches are fetched, to tell whether the main branch
+    holds them (:func:`archive_branches` fetches every one again, to leave those that
+    moved)."""
     prefix = "refs/heads/" + JOB_BRANCH_PREFIX
     only = prefix if worker is None else f"{prefix}{encode_component(worker)}/"
     branches = {ref: tip for ref, tip in transport.list_refs(only).items() if ref not in skip}
@@ -2428,12 +2430,14 @@ def archivable_branches(
                     or ref != job_branch_ref(entry.worker, entry.job, entry.token))
         if not kept:
             wanted[ref] = tip
-    if not wanted:
-        return {}
-    tips = transport.fetch(sorted(wanted))
+    tips = transport.fetch(sorted(ref for ref in wanted if parts_of[ref][1] in done))
     found = {}
-    for ref, tip in sorted(tips.items()):
+    for ref, tip in sorted(wanted.items()):
         if parts_of[ref][1] in done:
+            fetched = tips.get(ref)
+            if fetched is None:
+                continue  # gone meanwhile
+            tip = fetched
             with contextlib.suppress(DistributeError):
                 if holds(transport, main, tip):
                     continue  # merged: gc deletes it (merged_branches)
