@@ -41,6 +41,7 @@ from git.exc import InvalidGitRepositoryError, NoSuchPathError
 from distribute.core.errors import TransportError, UsageError
 from distribute.core.names import is_valid_ref_component
 from distribute.credentials import git_config, git_env, git_options
+from distribute.transport import trees
 from distribute.transport.base import (
     MergeResult,
     Oid,
@@ -58,7 +59,6 @@ from distribute.transport.process import (
     _Result,
     _run_outside,
 )
-from distribute.transport.trees import splice_tree
 
 __all__ = ["init_bare_repo"]
 
@@ -150,6 +150,8 @@ def init_bare_repo(
 #: trees of up to this many bytes are kept parsed, up to :data:`_TREES_KEPT` of them
 _SMALL_TREE = 16 * 1024
 _TREES_KEPT = 512
+#: Large trees git was asked about lately (see :meth:`_Repository.lookup`).
+_ASKED_KEPT = 16
 
 
 class _Repository:
@@ -195,6 +197,7 @@ class _Repository:
         # small trees parsed, by id (a tree never changes): the folder of done.txt's
         # sealed parts, say, is read at every look and changes once in a thousand jobs
         self._trees: dict[Oid, dict[bytes, _Entry]] = {}
+        self._asked: dict[Oid, None] = {}
         self._trees_lock = threading.Lock()
 
     @property
@@ -328,18 +331,43 @@ class _Repository:
         return entries
 
     def lookup(self, tree: Oid, path: str) -> tuple[str, Oid] | None:
-        """Kind and id of what ``path`` names below ``tree``, ``None`` when nothing: git's
-        own lookup, through the persistent ``cat-file --batch-check``, so a folder of
-        100,000 entries is searched in git, not parsed here."""
+        """Kind and id of what ``path`` names below ``tree``, ``None`` when nothing.
+
+        One name in a large tree (a job's folder among every job's results) is answered
+        here when what is kept tells (:func:`~distribute.transport.trees.find`): the
+        tree's cut, or the splices made here since one.  A large tree asked about a
+        second time is read and cut then: a worker whose jobs write nothing meets the
+        same tree at every claim.  Any other lookup is git's own, through the persistent
+        ``cat-file --batch-check``, which scans a tree without parsing it here."""
         check_oid(tree)
         if not path or any(c in path for c in "\n\r\0"):
             raise UsageError(f"{path!r} cannot be looked up in a tree", path=path)
+        if "/" not in path:
+            name, size = path.encode("utf-8"), len(tree) // 2
+            known, entry = trees.find(tree, name, size)
+            if not known and self._asked_before(tree):
+                kind, data = self.read_object(tree)
+                if kind == "tree":
+                    trees.keep(tree, data, size)
+                    known, entry = trees.find(tree, name, size)
+            if known:
+                return None if entry is None else (_kind(entry[0]), entry[1].hex())
         try:
             oid, kind, _ = self._ask_cat_file(self._repo.git.get_object_header,
                                               f"{tree}:{path}", tree)
         except ValueError:  # "<name> missing"
             return None
         return _text(kind), _text(oid)
+
+    def _asked_before(self, tree: Oid) -> bool:
+        """Whether git was asked about ``tree`` lately (and remember it was now)."""
+        with self._trees_lock:
+            if tree in self._asked:
+                return True
+            self._asked[tree] = None
+            while len(self._asked) > _ASKED_KEPT:
+                del self._asked[next(iter(self._asked))]
+            return False
 
     def _store(self, kind: str, data: bytes) -> Oid:
         """Write one loose object in this process (gitdb), without starting git: what git
@@ -414,8 +442,12 @@ class _Repository:
             raise TransportError(f"{tree} is a {kind}, not a tree", oid=tree)
         raw = {name: None if entry is None else (entry.mode, bytes.fromhex(entry.oid))
                for name, entry in changes.items()}
-        body = splice_tree(data, len(tree) // 2, raw, tree)
-        return self._store("tree", body) if body else None
+        body = trees.splice_tree(data, len(tree) // 2, raw, tree)
+        if not body:
+            return None
+        made = self._store("tree", body)
+        trees.remember_splice(made, tree, raw)
+        return made
 
     def edit_tree(
         self, tree: Oid | None, changes: Mapping[tuple[bytes, ...], Oid | None], where: bytes
@@ -506,6 +538,13 @@ class _Repository:
         if result.status in (0, 1):
             return result.status == 0
         raise _failure("git merge-base --is-ancestor", result, self.timeout)
+
+
+def _kind(mode: int) -> str:
+    """The kind of object a tree entry of ``mode`` names."""
+    if mode == _MODE_TREE:
+        return "tree"
+    return "commit" if mode == _MODE_GITLINK else "blob"
 
 
 def _text(value: str | bytes) -> str:

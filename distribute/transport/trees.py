@@ -9,6 +9,16 @@ the same entries (sorted as git sorts them: a folder's name as if it ended in ``
 :func:`new_entries` compares two trees by their bytes: the two bodies' common start
 and common end are found by comparing slices (``memcmp``), and only the entries
 between them, where the two differ, are compared one by one.
+
+Looking one name up in such a tree costs git a scan of the whole object, a few
+milliseconds at 100,000 entries, and a worker does it at every claim (its job's folder,
+for the view it checks out).  :func:`find` answers without the tree's bytes where it
+can: from a kept cut (a binary search), or through the splices made here
+(:func:`remember_splice`): the tree a splice made holds what the splice put under a
+name, and what the tree it was made from holds under every other name.  A job that
+writes its results makes the next tree of every job's results by a splice, and that
+tree becomes the main branch's when its finish lands, so a lone worker's lookups
+follow one splice back to a tree it has cut.
 """
 
 from __future__ import annotations
@@ -18,11 +28,11 @@ import collections
 import itertools
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 
-__all__ = ["TREE_MODE", "new_entries", "splice_tree"]
+__all__ = ["TREE_MODE", "find", "keep", "new_entries", "remember_splice", "splice_tree"]
 
 TREE_MODE = 0o040000
 
@@ -53,6 +63,13 @@ class _Cut:
 
 _kept: collections.OrderedDict[str, _Cut] = collections.OrderedDict()
 _kept_lock = threading.Lock()
+
+#: Trees made by a splice here: id -> (the id of the tree spliced, the changes).
+_made: collections.OrderedDict[str, tuple[str, dict[bytes, tuple[int, bytes] | None]]] = (
+    collections.OrderedDict())
+_MADE_KEPT = 256
+#: Splices followed back by one lookup before it gives up (and git is asked).
+_HOPS = 32
 
 
 def _cut(data: bytes, size: int, oid: str | None) -> _Cut:
@@ -205,6 +222,63 @@ def _key(name: bytes, mode: int) -> bytes:
     return name + b"/" if mode == TREE_MODE else name
 
 
+def _sort_key(size: int) -> Callable[[bytes], bytes]:
+    """The order of a tree's entries (given as their bytes): git's, a folder's name as if
+    it ended in ``/``."""
+    def key(entry: bytes) -> bytes:
+        name = entry[entry.index(b" ") + 1 : -size - 1]
+        return name + b"/" if entry.startswith(b"40000 ") else name
+    return key
+
+
+def _find_in(cut: _Cut, name: bytes, size: int) -> tuple[int, bytes] | None:
+    key = _sort_key(size)
+    for wanted in (name, name + b"/"):  # a file, or a folder, of that name
+        at = bisect.bisect_left(cut.entries, wanted, key=key)
+        if at < len(cut.entries) and key(cut.entries[at]) == wanted:
+            _, mode, oid = _parse(cut.entries[at], size)
+            return mode, oid
+    return None
+
+
+def keep(tree_id: str, data: bytes, size: int) -> None:
+    """Cut the body ``data`` of the tree ``tree_id`` into entries and keep the cut (a
+    tree too small to be kept is left alone: git scans it fast)."""
+    _cut(data, size, tree_id)
+
+
+def remember_splice(
+    made: str, spliced: str, changes: Mapping[bytes, tuple[int, bytes] | None]
+) -> None:
+    """Remember that the tree ``made`` is the tree ``spliced`` with ``changes`` applied
+    (:func:`splice_tree`'s arguments), for :func:`find`."""
+    if made == spliced:  # a splice that changed nothing
+        return
+    with _kept_lock:
+        _made[made] = (spliced, dict(changes))
+        _made.move_to_end(made)
+        while len(_made) > _MADE_KEPT:
+            _made.popitem(last=False)
+
+
+def find(tree_id: str, name: bytes, size: int) -> tuple[bool, tuple[int, bytes] | None]:
+    """``(True, (mode, raw id))`` of the entry ``name`` of the tree ``tree_id``, or
+    ``(True, None)`` when it has none, answered from what is kept here (see the
+    module's notes); ``(False, None)`` when that does not tell."""
+    at = tree_id
+    for _ in range(_HOPS):
+        with _kept_lock:
+            cut, made = _kept.get(at), _made.get(at)
+        if cut is not None:
+            return True, _find_in(cut, name, size)
+        if made is None:
+            break
+        at, changes = made
+        if name in changes:
+            return True, changes[name]
+    return False, None
+
+
 def splice_tree(
     data: bytes, size: int, changes: Mapping[bytes, tuple[int, bytes] | None],
     tree_id: str | None = None,
@@ -224,10 +298,7 @@ def splice_tree(
         if not name or b"/" in name or b"\0" in name or name in (b".", b".."):
             raise ValueError(f"{name!r} is not a tree entry name")
     entries = list(_cut(data, size, tree_id).entries)
-
-    def key(entry: bytes) -> bytes:
-        name = entry[entry.index(b" ") + 1 : -size - 1]
-        return name + b"/" if entry.startswith(b"40000 ") else name
+    key = _sort_key(size)
 
     for name, new in changes.items():
         for wanted in (name, name + b"/"):  # the entry, as a file or as a folder

@@ -169,3 +169,45 @@ def test_a_large_tree_cut_from_the_cut_of_its_previous_version_is_cut_right(pair
     whole = trees._whole_entry(20).findall(after)
     assert list(cut.entries) == whole
     assert cut.starts == list(itertools.accumulate(map(len, whole), initial=0))
+
+
+@st.composite
+def splice_chains(draw: st.DrawFn) -> tuple[dict, list[dict]]:
+    """A large tree and a few rounds of changes, each spliced onto the last result."""
+    pool = draw(st.lists(entries, min_size=1, max_size=8))
+    first = {b"job-%04d" % i: pool[i % len(pool)] for i in range(0, 6000, 2)}  # kept: large
+    rounds = draw(st.lists(st.dictionaries(
+        st.integers(0, 6010).map(lambda i: b"job-%04d" % i), st.none() | entries, max_size=3),
+        min_size=1, max_size=6))
+    return first, rounds
+
+
+def _id(data: bytes) -> str:
+    return hashlib.sha1(b"tree %d\0" % len(data) + data).hexdigest()
+
+
+@settings(max_examples=60, deadline=None)
+@given(splice_chains(), st.lists(st.integers(0, 6010), min_size=1, max_size=20))
+def test_a_lookup_through_remembered_splices_agrees_with_the_whole_tree(chain, asked):
+    """A tree made by splices is looked up without its bytes: each name is answered by
+    the last splice that changed it, or by the cut of the tree the chain started from;
+    the answer must be the entry the final tree's bytes hold."""
+    first, rounds = chain
+    data = body(first)
+    base = _id(data)
+    assert trees.find(_id(data + b"?"), b"job-0000", 20) == (False, None)  # unknown tree
+    trees.keep(base, data, 20)
+    tip = base
+    for changes in rounds:
+        out = splice_tree(data, 20, changes)  # no id: only the first tree's cut is kept
+        made = _id(out)
+        trees.remember_splice(made, tip, changes)
+        data, tip = out, made
+    final = tree_entries(data, 20)
+    changed = {name for changes in rounds for name in changes}
+    for name in sorted(changed) + [b"job-%04d" % number for number in asked]:
+        known, found = trees.find(tip, name, 20)
+        assert known
+        expected = final.get(name)
+        assert found == (None if expected is None
+                         else (expected[0], bytes.fromhex(expected[1])))
