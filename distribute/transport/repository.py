@@ -197,7 +197,7 @@ class _Repository:
         # small trees parsed, by id (a tree never changes): the folder of done.txt's
         # sealed parts, say, is read at every look and changes once in a thousand jobs
         self._trees: dict[Oid, dict[bytes, _Entry]] = {}
-        self._asked: dict[Oid, None] = {}
+        self._asked: dict[Oid, bool] = {}
         self._trees_lock = threading.Lock()
 
     @property
@@ -350,6 +350,9 @@ class _Repository:
                 if kind == "tree":
                     trees.keep(tree, data, size)
                     known, entry = trees.find(tree, name, size)
+                if not known:  # too small to keep: git scans it fast
+                    with self._trees_lock:
+                        self._asked[tree] = False
             if known:
                 return None if entry is None else (_kind(entry[0]), entry[1].hex())
         try:
@@ -360,11 +363,12 @@ class _Repository:
         return _text(kind), _text(oid)
 
     def _asked_before(self, tree: Oid) -> bool:
-        """Whether git was asked about ``tree`` lately (and remember it was now)."""
+        """Whether git was asked about ``tree`` lately, and the tree may be worth keeping
+        cut (and remember it was asked now)."""
         with self._trees_lock:
             if tree in self._asked:
-                return True
-            self._asked[tree] = None
+                return self._asked[tree]
+            self._asked[tree] = True
             while len(self._asked) > _ASKED_KEPT:
                 del self._asked[next(iter(self._asked))]
             return False

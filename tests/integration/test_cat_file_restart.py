@@ -102,3 +102,23 @@ def test_a_large_folder_is_looked_up_here_once_git_has_been_asked_about_it_once(
         assert asked == []
     finally:
         repo.close()
+
+
+def test_a_small_tree_asked_about_again_is_read_once_then_left_to_git(tmp_path):
+    git("init", "-q", str(tmp_path), cwd=tmp_path)
+    (tmp_path / "a.txt").write_text("a\n")
+    git("add", "-A", cwd=tmp_path)
+    git("commit", "-qm", "one", cwd=tmp_path)
+    tree = git("rev-parse", "HEAD^{tree}", cwd=tmp_path)
+    blob = git("rev-parse", "HEAD:a.txt", cwd=tmp_path)
+    repo = _Repository(tmp_path, timeout=30)
+    reads: list[str] = []
+    read = repo.read_object
+    repo.read_object = lambda oid: reads.append(oid) or read(oid)  # type: ignore[method-assign]
+    try:
+        for _ in range(4):
+            assert repo.lookup(tree, "a.txt") == ("blob", blob)
+            assert repo.lookup(tree, "b.txt") is None
+        assert reads == [tree]  # read once to learn it is small, then git scans it
+    finally:
+        repo.close()
