@@ -304,23 +304,37 @@ def _index(source: str, entries: tuple[Entry, ...], grew_from: tuple[Entry, ...]
     _INDEXED[source] = _Index(entries, first, served)
 
 
-def _indexed(entries: tuple[Entry, ...], source: str) -> _Index | None:
-    """The index of ``source`` if ``entries`` is its chain or a prefix of it (compared
-    element by element, which for the same objects costs a pointer compare each)."""
+def _indexed(entries: tuple[Entry, ...], source: str) -> tuple[_Index, int] | None:
+    """The index of ``source`` and how many of the first ``entries`` it answers for:
+    ``entries`` and its chain agree up to the end of the shorter one, so ``entries`` is
+    a prefix of the chain (a ledger read before the chain grew), or the chain a prefix
+    of ``entries`` (a view with parked finishes folded in, which adds a few done lines
+    to the ledger read).  Compared element by element, in C, with an identity check
+    before each equality, so for the same objects a pointer compare each."""
     found = _INDEXED.get(source)
-    if found is None or len(entries) > len(found.chain):
+    if found is None:
         return None
-    if found.chain is not entries and found.chain[: len(entries)] != entries:
+    chain = found.chain
+    if chain is entries:
+        return found, len(entries)
+    shared = min(len(chain), len(entries))
+    if shared and entries[shared - 1] != chain[shared - 1]:
         return None
-    return found
+    if (entries if shared == len(entries) else entries[:shared]) != (
+            chain if shared == len(chain) else chain[:shared]):
+        return None
+    return found, shared
 
 
 def _holds(entries: tuple[Entry, ...], source: str, job: str) -> bool:
     """Is ``job`` among ``entries`` (read from ``source``)?"""
     found = _indexed(entries, source)
-    if found is not None:
-        return found.first.get(job, len(entries)) < len(entries)
-    return any(e.job == job for e in entries)
+    if found is None:
+        return any(e.job == job for e in entries)
+    index, shared = found
+    if index.first.get(job, shared) < shared:
+        return True
+    return any(e.job == job for e in entries[shared:])
 
 
 def _parse_lines(data: bytes, source: str, first: int) -> tuple[Entry, ...]:
@@ -479,8 +493,9 @@ class Ledger:
     def served(self) -> dict[str, int]:
         """Each worker's highest fencing token among all the entries."""
         found = _indexed(self.done, self._done_index)
-        if found is not None and len(found.chain) == len(self.done):
-            served, rest = dict(found.served), (*self.failed, *self.running)
+        if found is not None and found[1] == len(found[0].chain):  # the whole chain
+            index, shared = found
+            served, rest = dict(index.served), (*self.done[shared:], *self.failed, *self.running)
         else:
             served, rest = {}, (*self.done, *self.failed, *self.running)
         for entry in rest:
