@@ -146,13 +146,16 @@ def new_entries(
     else:  # only the entries between the common start and end can differ
         first, last, middle = found
         mine, before = set(middle), set(theirs.entries[first:last])
-    added = mine - before
-    if not added:
-        return []
+    added = [_parse(entry, size) for entry in mine - before]
     gone = {name: (mode, oid) for name, mode, oid in
             (_parse(entry, size) for entry in before - mine)}
-    return [(name, mode, oid, gone.get(name)) for name, mode, oid in
-            (_parse(entry, size) for entry in added)]
+    if ids[0] is not None and ids[1] is not None:
+        # what tells the two apart is all that differs: a later lookup in the new tree
+        # goes through it to the old tree's cut (see :func:`find`)
+        changes: dict[bytes, tuple[int, bytes] | None] = dict.fromkeys(gone)
+        changes.update((name, (mode, oid)) for name, mode, oid in added)
+        remember_splice(ids[0], ids[1], changes)
+    return [(name, mode, oid, gone.get(name)) for name, mode, oid in added]
 
 
 def _stretch(

@@ -100,6 +100,12 @@ def test_new_entries_are_those_the_old_tree_lacks(new, old):
     ids = ("new-" + data.hex(), "old-" + before.hex())
     for _ in range(2):
         assert set(new_entries(big_new, big_old, 20, ids)) == expected
+    # compared by ids, the new tree is then looked up through the old one's cut: every
+    # name, the removed ones too, answers what the new tree's bytes hold
+    if data != before:
+        for name in {*new, *old, b"pad-00007", b"zz"}:
+            want = {**padding, **new}.get(name)
+            assert trees.find(ids[0], name, 20) == (True, want)
     # large trees are compared by their common start and end: the entries that differ
     # sit between two paddings ("0..." sorts after "-" and ".", before the letters)
     around = {b"0pad-%05d" % i: (0o100644, bytes(20)) for i in range(3000)}
