@@ -18,7 +18,9 @@ can: from a kept cut (a binary search), or through the splices made here
 name, and what the tree it was made from holds under every other name.  A job that
 writes its results makes the next tree of every job's results by a splice, and that
 tree becomes the main branch's when its finish lands, so a lone worker's lookups
-follow one splice back to a tree it has cut.
+follow one splice back to a tree it has cut.  A comparison by :func:`new_entries`
+of two trees given by id is remembered the same way, so the trees other workers'
+finishes made, as a fetch brings them, are looked up through the tree before.
 """
 
 from __future__ import annotations
@@ -132,7 +134,8 @@ def new_entries(
     Only the entries between the bytes both bodies start with and the bytes both end
     with are cut out and compared, so a tree of 100,000 entries with one changed
     costs a comparison of its bytes with the old ones (in C) and the cut of the old
-    body, which is kept for the next use when ``ids`` (the two trees' ids) are given.
+    body, which is kept for the next use when ``ids`` (the two trees' ids) are given;
+    what differs is then remembered too (:func:`remember_splice`), for :func:`find`.
 
     Raises:
         ValueError: either body is not a well-formed tree.
