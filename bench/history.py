@@ -25,6 +25,9 @@ every size alike, it measures:
   (a local clone, which links the objects) and from its ``file://`` URL (the pack
   protocol, as a worker on another machine clones it);
 * ``distribute status`` (a separate process, as a person runs it);
+* with ``--fleet N``, N worker processes at once on the same remote (each warmed up
+  by two jobs, as a long-running worker is): the fleet's wall milliseconds per job,
+  where finishes meet each other's results in the tree of every job's results;
 * the refs on the remote and its size on disk.
 
 With ``--gc`` each history's job branches are first deleted with ``distribute gc``
@@ -39,12 +42,14 @@ Usage:
     python bench/history.py --sizes 0 10000 --big 100 5   # and 500 MB of results
     python bench/history.py --ssh                  # a new worker's start over ssh too
     python bench/history.py --job-log              # each measured job writes a log.txt
+    python bench/history.py --fleet 2 --job-log    # and two workers at once
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import multiprocessing as mp
 import os
 import random
 import shutil
@@ -55,6 +60,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from distribute.core.ledger import DONE, DONE_PARTS, Entry, Ledger
 from distribute.core.names import encode_component, job_branch_ref
@@ -131,6 +137,46 @@ def per_job_ms(remote: Path, copy: Path, jobs: int, log: bool = False) -> float:
         return (time.perf_counter() - start) / jobs * 1000
 
 
+def _fleet_member(remote: str, copy: str, name: str, jobs: int, log: bool,
+                  ready: Any, out: Any) -> None:
+    """One worker of :func:`fleet_ms`: two jobs to warm up (a new process parses the
+    sealed parts of done.txt once), then ``jobs`` timed from when every member is ready."""
+    with worker_from_url(remote, path=copy, name=name, branch=BRANCH) as worker:
+        source = QueueJobs()
+        for number in range(jobs + 2):
+            if number == 2:
+                ready.wait()
+            if worker.get_next_job(source) is None:
+                out.put(("dry", time.time()))
+                return
+            if log:
+                os.makedirs(worker.job_dir, exist_ok=True)
+                with open(os.path.join(worker.job_dir, "log.txt"), "w") as file:
+                    file.write(f"what {worker.running_job} printed\n")
+            worker.finish_job()
+    out.put(("done", time.time()))
+
+
+def fleet_ms(remote: Path, work: Path, workers: int, jobs: int, log: bool) -> float:
+    """``workers`` worker processes at once, ``jobs`` each: wall milliseconds per job of
+    the whole fleet, from when all are warm to when the last one ends."""
+    context = mp.get_context("spawn")
+    ready, out = context.Barrier(workers + 1), context.Queue()
+    procs = [context.Process(target=_fleet_member, args=(
+        str(remote), str(work / f"fleet-{i}"), f"fleet-{i}", jobs, log, ready, out))
+        for i in range(workers)]
+    for proc in procs:
+        proc.start()
+    ready.wait(timeout=600)
+    start = time.time()
+    ends = [out.get(timeout=600) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=60)
+    if any(kind == "dry" for kind, _ in ends):
+        raise SystemExit(f"{remote}: the queue ran dry during the fleet's run")
+    return (max(end for _, end in ends) - start) / (workers * jobs) * 1000
+
+
 def fresh_start_s(remote: Path | str, copy: Path) -> float:
     start = time.perf_counter()
     with worker_from_url(str(remote), path=copy, name="fresh", branch=BRANCH) as worker:
@@ -167,6 +213,9 @@ def main() -> int:
                     help="each measured job writes updates/<job>/log.txt (default: no-op jobs)")
     ap.add_argument("--gc", action="store_true",
                     help="delete the done jobs' branches (distribute gc, timed) first")
+    ap.add_argument("--fleet", type=int, default=0, metavar="N",
+                    help="also run N worker processes at once, --jobs each after two to "
+                         "warm up, and print the fleet's wall ms per job")
     args = ap.parse_args()
     sizes = sorted(set(args.sizes))
     work = Path(tempfile.mkdtemp(prefix="distribute-history-"))
@@ -184,7 +233,9 @@ def main() -> int:
         for n in sizes:
             print(f"making a history of {n} done jobs ...", file=sys.stderr, flush=True)
             remotes[n] = work / f"remote-{n}.git"
-            make_history(remotes[n], n, queued=args.jobs * (args.rounds + 2) + 10,
+            queued = args.jobs * (args.rounds + 2) + 10
+            queued += args.rounds * args.fleet * (args.jobs + 2)
+            make_history(remotes[n], n, queued=queued,
                          logs=args.logs, big=(min(n, int(args.big[0])), args.big[1]))
             if args.gc:
                 start = time.perf_counter()
@@ -199,6 +250,7 @@ def main() -> int:
         starts: dict[int, list[float]] = {n: [] for n in sizes}
         urls: dict[tuple[str, int], list[float]] = {(k, n): [] for k in via for n in sizes}
         status: dict[int, list[float]] = {n: [] for n in sizes}
+        fleet: dict[int, list[float]] = {n: [] for n in sizes}
         for k in range(args.rounds):
             for n in sizes:
                 print(f"round {k + 1}/{args.rounds}: {n} done", file=sys.stderr, flush=True)
@@ -210,6 +262,9 @@ def main() -> int:
                     urls[kind, n].append(fresh_start_s(url(remotes[n]), fresh))
                     shutil.rmtree(fresh, ignore_errors=True)
                 status[n].append(status_s(remotes[n]))
+                if args.fleet:
+                    fleet[n].append(fleet_ms(remotes[n], work / f"fleet-{n}", args.fleet,
+                                             args.jobs, args.job_log))
         base = sizes[0]
         med = {n: statistics.median(ms[n]) for n in sizes}
         st = {n: statistics.median(starts[n]) for n in sizes}
@@ -230,6 +285,12 @@ def main() -> int:
             print(f"{n:>8} {med[n]:>8.0f} {med[n] / med[base]:>6.2f} {st[n]:>8.2f} "
                   f"{st[n] / st[base]:>6.2f}{cells} "
                   f"{ss[n]:>9.2f} {ss[n] / ss[base]:>6.2f} {refs[n]:>7} {size[n]:>7.1f}")
+        if args.fleet:
+            fm = {n: statistics.median(fleet[n]) for n in sizes}
+            print(f"\n{args.fleet} workers at once ({args.jobs} jobs each, after two to warm "
+                  "up): wall ms per job of the fleet")
+            for n in sizes:
+                print(f"{n:>8} {fm[n]:>8.0f} {fm[n] / fm[base]:>6.2f}")
     finally:
         stack.close()
         shutil.rmtree(work, ignore_errors=True)
