@@ -18,6 +18,15 @@ def git(*args: str, cwd: Path) -> str:
                           cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
 
 
+def one_file_repository(path: Path) -> str:
+    """A repository at ``path`` whose one commit holds ``a.txt``; its tree's id."""
+    git("init", "-q", str(path), cwd=path)
+    (path / "a.txt").write_text("a\n")
+    git("add", "-A", cwd=path)
+    git("commit", "-qm", "one", cwd=path)
+    return git("rev-parse", "HEAD^{tree}", cwd=path)
+
+
 def test_reads_and_lookups_survive_a_killed_cat_file(tmp_path):
     git("init", "-q", str(tmp_path), cwd=tmp_path)
     (tmp_path / "folder").mkdir()
@@ -43,11 +52,7 @@ def test_reads_and_lookups_survive_a_killed_cat_file(tmp_path):
 
 
 def test_a_small_tree_is_parsed_once_and_each_caller_gets_its_own_entries(tmp_path):
-    git("init", "-q", str(tmp_path), cwd=tmp_path)
-    (tmp_path / "a.txt").write_text("a\n")
-    git("add", "-A", cwd=tmp_path)
-    git("commit", "-qm", "one", cwd=tmp_path)
-    tree = git("rev-parse", "HEAD^{tree}", cwd=tmp_path)
+    tree = one_file_repository(tmp_path)
     repo = _Repository(tmp_path, timeout=30)
     try:
         first = repo.tree_entries(tree)
@@ -105,11 +110,7 @@ def test_a_large_folder_is_looked_up_here_once_git_has_been_asked_about_it_once(
 
 
 def test_a_small_tree_asked_about_again_is_read_once_then_left_to_git(tmp_path):
-    git("init", "-q", str(tmp_path), cwd=tmp_path)
-    (tmp_path / "a.txt").write_text("a\n")
-    git("add", "-A", cwd=tmp_path)
-    git("commit", "-qm", "one", cwd=tmp_path)
-    tree = git("rev-parse", "HEAD^{tree}", cwd=tmp_path)
+    tree = one_file_repository(tmp_path)
     blob = git("rev-parse", "HEAD:a.txt", cwd=tmp_path)
     repo = _Repository(tmp_path, timeout=30)
     reads: list[str] = []
