@@ -320,8 +320,7 @@ def _indexed(entries: tuple[Entry, ...], source: str) -> tuple[_Index, int] | No
     shared = min(len(chain), len(entries))
     if shared and entries[shared - 1] != chain[shared - 1]:
         return None
-    if (entries if shared == len(entries) else entries[:shared]) != (
-            chain if shared == len(chain) else chain[:shared]):
+    if entries[:shared] != chain[:shared]:  # a whole tuple's slice is the tuple itself
         return None
     return found, shared
 

@@ -354,7 +354,10 @@ class _Repository:
                     with self._trees_lock:
                         self._asked[tree] = False
             if known:
-                return None if entry is None else (_kind(entry[0]), entry[1].hex())
+                if entry is None:
+                    return None
+                found = _Entry(entry[0], entry[1].hex())
+                return found.kind, found.oid
         try:
             oid, kind, _ = self._ask_cat_file(self._repo.git.get_object_header,
                                               f"{tree}:{path}", tree)
@@ -542,13 +545,6 @@ class _Repository:
         if result.status in (0, 1):
             return result.status == 0
         raise _failure("git merge-base --is-ancestor", result, self.timeout)
-
-
-def _kind(mode: int) -> str:
-    """The kind of object a tree entry of ``mode`` names."""
-    if mode == _MODE_TREE:
-        return "tree"
-    return "commit" if mode == _MODE_GITLINK else "blob"
 
 
 def _text(value: str | bytes) -> str:

@@ -30,7 +30,7 @@ import collections
 import itertools
 import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -237,11 +237,17 @@ def _sort_key(size: int) -> Callable[[bytes], bytes]:
     return key
 
 
+def _at(entries: Sequence[bytes], wanted: bytes, key: Callable[[bytes], bytes]) -> int | None:
+    """Where in ``entries`` (in ``key``'s order) the entry whose key is ``wanted`` is."""
+    at = bisect.bisect_left(entries, wanted, key=key)
+    return at if at < len(entries) and key(entries[at]) == wanted else None
+
+
 def _find_in(cut: _Cut, name: bytes, size: int) -> tuple[int, bytes] | None:
     key = _sort_key(size)
     for wanted in (name, name + b"/"):  # a file, or a folder, of that name
-        at = bisect.bisect_left(cut.entries, wanted, key=key)
-        if at < len(cut.entries) and key(cut.entries[at]) == wanted:
+        at = _at(cut.entries, wanted, key)
+        if at is not None:
             _, mode, oid = _parse(cut.entries[at], size)
             return mode, oid
     return None
@@ -308,8 +314,8 @@ def splice_tree(
 
     for name, new in changes.items():
         for wanted in (name, name + b"/"):  # the entry, as a file or as a folder
-            at = bisect.bisect_left(entries, wanted, key=key)
-            if at < len(entries) and key(entries[at]) == wanted:
+            at = _at(entries, wanted, key)
+            if at is not None:
                 del entries[at]
         if new is not None:
             mode, oid = new
