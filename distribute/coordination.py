@@ -24,10 +24,10 @@ interleave the steps of several workers in any order.
   token, so a holder whose job was taken over is refused.
 * ``park_step`` records a finish on the worker's own liveness ref instead (a
   CAS from its last value, which a takeover's revocation also CASes from), when
-  other workers are about or the finish lost its race; ``observe`` folds every
-  valid parked finish onto the main branch it read (:class:`Folds`), and every
-  step that moves the main branch builds on that and pushes the folds with its
-  own change (docs/protocol.md, steps 8 and 9).
+  other workers are about or the finish lost its race; ``observe`` finds every
+  valid parked finish, every step that moves the main branch folds them onto the
+  main branch it read (:class:`Folds`, merged when first asked for) and pushes
+  the folds with its own change (docs/protocol.md, steps 8 and 9).
 
 The clock and sleep are passed in; the caller decides how long to wait.
 
@@ -151,6 +151,44 @@ class Folds:
     entries: tuple[tuple[str, Parked, bool], ...]
 
 
+class FoldsOnDemand:
+    """The folds of one observation's parked finishes, written when first asked for.
+
+    Folding runs a merge per parked finish.  Most looks only wait (their worker's turn
+    has not come, or it takes up a job handed to it), and what they decide by, the
+    running lines and the tokens, does not depend on how those merges go; so the merges
+    are left to the look that moves the main branch (a claim, a fold), which asks for
+    :attr:`Snapshot.folds`.  ``make`` writes them; a failure is not kept, so the next
+    ask tries again."""
+
+    __slots__ = ("_make", "_folds", "_outlook", "_ledger", "_parked")
+
+    def __init__(self, make: Callable[[], Folds], ledger: Ledger,
+                 parked: Sequence[tuple[str, Parked]]) -> None:
+        self._make, self._ledger, self._parked = make, ledger, tuple(parked)
+        self._folds: Folds | None = None
+        self._outlook: Ledger | None = None
+
+    def folds(self) -> Folds:
+        if self._folds is None:
+            self._folds = self._make()
+        return self._folds
+
+    def outlook(self) -> Ledger:
+        """The ledger as if every parked finish merged cleanly (each moved to
+        ``done.txt``): no merge is run.  Its running lines and every entry's token are
+        those of the real folds (a parked finish whose branch conflicts leaves the
+        running lines too, for ``failed.txt``, under the same token)."""
+        if self._folds is not None:
+            return self._folds.ledger
+        if self._outlook is None:
+            ledger = self._ledger
+            for worker, p in self._parked:
+                ledger = ledger.finish(p.job, worker, p.token)
+            self._outlook = ledger
+        return self._outlook
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """What one ``observe`` saw on the remote.
@@ -158,7 +196,9 @@ class Snapshot:
     ``main`` and ``ledger`` are the main branch as the remote holds it (what a push
     names as the old value); :attr:`base` and :attr:`view` are the same with the
     parked finishes folded in (:class:`Folds`), which is what any step that moves
-    the main branch builds on and decides by.
+    the main branch builds on and decides by.  :attr:`outlook` is what a worker that
+    only waits decides by: the same running lines and tokens as :attr:`view`, with no
+    merge run to learn them.
     """
 
     main: Oid
@@ -168,17 +208,32 @@ class Snapshot:
     refs: dict[str, Oid]
     at: float
     gone: frozenset[str] = frozenset()  # workers whose record says they left
-    folds: Folds | None = None
+    pending: FoldsOnDemand | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def folds(self) -> Folds | None:
+        """The parked finishes folded onto ``main`` (merged when first asked for), or
+        ``None`` when there are none."""
+        return self.pending.folds() if self.pending is not None else None
 
     @property
     def base(self) -> Oid:
         """The commit a move of the main branch builds on: the folds' tip, or ``main``."""
-        return self.folds.tip if self.folds else self.main
+        folds = self.folds
+        return folds.tip if folds else self.main
 
     @property
     def view(self) -> Ledger:
-        """The ledgers once the parked finishes are folded in: parked jobs are done."""
-        return self.folds.ledger if self.folds else self.ledger
+        """The ledgers once the parked finishes are folded in: parked jobs are done (or,
+        a branch that did not merge, failed)."""
+        folds = self.folds
+        return folds.ledger if folds else self.ledger
+
+    @property
+    def outlook(self) -> Ledger:
+        """:attr:`view` as far as its running lines and tokens go (who runs what, who
+        was served last), without the merges: see :meth:`FoldsOnDemand.outlook`."""
+        return self.pending.outlook() if self.pending is not None else self.ledger
 
 
 @dataclass(slots=True)
@@ -496,8 +551,11 @@ class Coordinator:
             b.worker for b in (self.beat_at(values[r]) for r in listed)
             if b is not None and b.gone
         )
-        _, folds = self._folds_at(values, main, ledger)
-        snap = Snapshot(main, ledger, lock_oid, lock, dict(values), now, gone, folds)
+        self._sync_parked(values.get(self.own_ref), ledger)
+        parked = self.parked_in(values, ledger)
+        on_demand = (FoldsOnDemand(partial(self._fold_locked, main, ledger, parked), ledger,
+                                   parked) if parked else None)
+        snap = Snapshot(main, ledger, lock_oid, lock, dict(values), now, gone, on_demand)
         self.last_seen = snap
         return snap
 
@@ -567,6 +625,14 @@ class Coordinator:
                 self._folded.clear()
             self._folded[key] = folds
         return folds
+
+    def _fold_locked(
+        self, main: Oid, ledger: Ledger, parked: Sequence[tuple[str, Parked]],
+    ) -> Folds:
+        """:meth:`_fold` under :attr:`mutex` (a snapshot's folds are written when first
+        asked for, by whichever step asks)."""
+        with self.mutex:
+            return self._fold(main, ledger, parked)
 
     def _journal_folds(self, folds: Folds | None) -> None:
         """After a push with ``folds`` landed: report them, and forget this worker's own
@@ -647,7 +713,7 @@ class Coordinator:
         moved within the last lease period (so the dead drop out), and no running job.
         Each of them moves its ref when it claims, so a :meth:`peek` tells who is left."""
         now = self.clock()
-        running = {e.worker for e in snap.view.running}
+        running = {e.worker for e in snap.outlook.running}
         listed = (
             name
             for ref in snap.refs
@@ -655,7 +721,7 @@ class Coordinator:
             for name in _worker_name(ref)
         )
         idle = [w for w in listed if w not in running and w not in snap.gone]
-        return [worker_ref(w) for w in ahead_in_turn(idle, self.worker, snap.view)]
+        return [worker_ref(w) for w in ahead_in_turn(idle, self.worker, snap.outlook)]
 
     def expired_workers(self, snap: Snapshot) -> set[str]:
         """Holders of running jobs whose lease is over: their liveness record was seen
@@ -663,7 +729,7 @@ class Coordinator:
         giving its job back makes no one wait a lease for it)."""
         now = self.clock()
         return {
-            w for w in snap.view.holders()
+            w for w in snap.outlook.holders()
             if w != self.worker and (self.watch.expired(worker_ref(w), now) or w in snap.gone)
         }
 
@@ -903,7 +969,7 @@ class Coordinator:
     # ---- claiming ----------------------------------------------------------
     def plan(self, snap: Snapshot) -> ClaimPlan:
         return plan_claim(
-            snap.view, self.worker, self.expired_workers(snap), self.max_attempts,
+            snap.outlook, self.worker, self.expired_workers(snap), self.max_attempts,
             self.max_interruptions, self.session,
         )
 
@@ -925,7 +991,7 @@ class Coordinator:
         if limit <= 0 or not self.beat.takes_hand_offs:
             return []  # a worker that takes no hand-offs hands none out either
         now = self.clock()
-        running = snap.view.holders()
+        running = snap.outlook.holders()
         found: dict[str, Beat] = {}
         for ref, oid in snap.refs.items():
             if not ref.startswith(WORKERS_PREFIX) or ref == self.own_ref:
@@ -944,7 +1010,7 @@ class Coordinator:
             found[beat.worker] = beat
         if not found:
             return []
-        return [found[w] for w in in_turn(found, snap.view)[:limit]]
+        return [found[w] for w in in_turn(found, snap.outlook)[:limit]]
 
     def handed(self, snap: Snapshot) -> Entry | None:
         """The job another worker claimed for this process on ``snap``, to take up
@@ -952,7 +1018,7 @@ class Coordinator:
         if self.job is not None:
             return None
         # the view: a finish of it that is parked (on our own record, say) is done
-        entry = snap.view.handed_to(self.worker, self.session)
+        entry = snap.outlook.handed_to(self.worker, self.session)
         if entry is None or (entry.job, entry.token) in self._taken_up:
             return None  # taken up once already: a view older than its finish shows it
         return entry

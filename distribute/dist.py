@@ -669,7 +669,7 @@ class Worker:
         if (
             snap.main == waiting.idle_main
             and isinstance(self.coord.plan(snap), CallNextJobFunction)
-            and others_running(snap.view, self.name)
+            and others_running(snap.outlook, self.name)
         ):
             # draining: the function had no job on this very main branch, and no job is
             # orphaned; ask it again only once something changed (finishes parked
@@ -859,7 +859,7 @@ class Worker:
     def _no_job(self, snap: Snapshot) -> _Step:
         """The function had no job: wait while other workers still run one (it may come
         back), else none."""
-        waiting = self.wait_for_running and others_running(snap.view, self.name)
+        waiting = self.wait_for_running and others_running(snap.outlook, self.name)
         return _Step.WAIT if waiting else _Step.NONE
 
     def _claim_or_undo(

@@ -1,0 +1,125 @@
+"""Parked finishes are merged only by a look that moves the main branch.
+
+A waiting worker decides by the running lines and the tokens (whose turn it is, who
+holds what, whether a job was handed to it, whether anyone still runs one), and those
+come out of the folds the same whichever way each merge goes.  So a look finds the
+parked finishes without merging them (``Snapshot.outlook``), and the merges run when a
+step asks for ``Snapshot.folds`` (``base``, ``view``): a claim, a fold.
+
+These tests count the merges a look makes, and check that the outlook and the folded
+view agree wherever a waiting worker reads, with a parked finish that merges and one
+that does not.
+"""
+
+from __future__ import annotations
+
+import pytest
+from protocol_machine import MAIN_REF, MemoryWorld
+from test_parked_finishes import lose_the_next_race
+from test_regressions import Clock, claim, coordinator
+
+from distribute.coordination import Coordinator
+from distribute.core import events as ev
+from distribute.core.plan import in_turn, plan_claim
+from distribute.transport.base import RefUpdate
+
+
+def count_merges(c: Coordinator) -> list[int]:
+    """Count the merges ``c``'s transport runs from now on (one element per merge)."""
+    merges: list[int] = []
+    real = c.transport.merge
+
+    def counted(ours, theirs):
+        merges.append(1)
+        return real(ours, theirs)
+
+    c.transport.merge = counted  # type: ignore[method-assign]
+    return merges
+
+
+def run(c: Coordinator, job: str, path: str) -> None:
+    """``c`` claims ``job`` and writes ``path`` on its branch."""
+    held = claim(c, job)
+    tip = c.transport.write_commit(parents=[held.tip], base=held.tip, message="work",
+                                   changes={path: f"{job} by {c.worker}\n".encode()})
+    c.update(tip)
+
+
+def park(world: MemoryWorld, c: Coordinator) -> None:
+    """``c``'s finish loses its race for the main branch, and parks."""
+    lose_the_next_race(world, c.worker)
+    assert c.finish(lambda s: None, lambda: 0.0) == ev.FinishOutcome.PARKED
+
+
+def edit_main(world: MemoryWorld, path: str) -> None:
+    """An administrator writes ``path`` on the main branch."""
+    main = world.refs()[MAIN_REF]
+    new = world.auditor.write_commit(parents=[main], base=main, message=f"edit {path}",
+                                     changes={path: b"the administrator's\n"})
+    assert world.auditor.push([RefUpdate(MAIN_REF, main, new)])
+
+
+@pytest.mark.parametrize("conflict", [False, True], ids=["merges", "conflicts"])
+def test_a_waiting_look_merges_nothing_and_decides_as_the_folded_view_would(conflict):
+    world, clock = MemoryWorld(["j0", "j1", "j2", "j3"]), Clock()
+    a, c, b = (coordinator(world, name, clock) for name in ("a", "c", "b"))
+    run(a, "j0", "shared.txt" if conflict else "a.txt")
+    run(c, "j1", "c.txt")
+    park(world, a)
+    park(world, c)
+    if conflict:
+        edit_main(world, "shared.txt")  # a's branch no longer merges onto the main branch
+    merges = count_merges(b)
+
+    snap = b.observe()
+    # everything a waiting worker asks of one look
+    ahead = b.ahead_in_turn(snap)
+    expired = b.expired_workers(snap)
+    plan = b.plan(snap)
+    handed = b.handed(snap)
+    targets = b.handoff_targets(snap)
+    outlook = snap.outlook
+    assert merges == []
+
+    view = snap.view  # asks for the folds
+    assert len(merges) == 2
+    assert snap.ledger.state_of("j0") == "running"
+    assert view.state_of("j0") == ("failed" if conflict else "done")
+    assert outlook.state_of("j0") == "done"
+    assert view.running == outlook.running
+    assert view.served() == outlook.served()
+    assert in_turn(["a", "b", "c"], view) == in_turn(["a", "b", "c"], outlook)
+    assert plan == plan_claim(view, "b", expired, b.max_attempts, b.max_interruptions,
+                              b.session)
+    assert (ahead, handed, targets) == (b.ahead_in_turn(snap), b.handed(snap),
+                                       b.handoff_targets(snap))
+    # asked again: the folds are kept, and the outlook is the folded view from now on
+    assert snap.base == snap.folds.tip and snap.outlook is snap.view
+    assert len(merges) == 2
+
+
+def test_a_claim_folds_what_its_look_left_unmerged():
+    world, clock = MemoryWorld(["j0", "j1"]), Clock()
+    a, b = coordinator(world, "a", clock), coordinator(world, "b", clock)
+    run(a, "j0", "a.txt")
+    park(world, a)
+    merges = count_merges(b)
+    snap = b.observe()
+    assert merges == []
+    before = world.refs()[MAIN_REF]
+    assert b.try_acquire(snap)
+    assert b.claim(snap, b.plan(snap), "j1", None) is not None
+    assert merges  # the claim asked for the folds
+    main = world.refs()[MAIN_REF]
+    (fold,) = world.parents(main)
+    assert world.parents(fold)[0] == before
+    done = (world.read_file(main, "done.txt") or b"").decode()
+    assert any(line.startswith("j0\t") and "worker=a\t" in line for line in done.splitlines())
+
+
+def test_a_look_with_nothing_parked_has_no_folds():
+    world, clock = MemoryWorld(["j0"]), Clock()
+    b = coordinator(world, "b", clock)
+    snap = b.observe()
+    assert snap.folds is None and snap.pending is None
+    assert snap.view is snap.ledger and snap.outlook is snap.ledger and snap.base == snap.main
