@@ -52,27 +52,34 @@ def ssh_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     if environ.get(SWITCH, "1").strip() == "0" or environ.get("GIT_SSH"):
         return {}
     command = environ.get("GIT_SSH_COMMAND") or _configured_command() or "ssh"
+    return dict(_sharing(command, os.getpid()))
+
+
+@functools.lru_cache(maxsize=16)
+def _sharing(command: str, pid: int) -> tuple[tuple[str, str], ...]:
+    """:func:`ssh_env` for one ssh command in process ``pid``: worked out once (every git
+    command a worker runs asks, and splitting the command line is not free)."""
     try:
         words = shlex.split(command)
     except ValueError:
-        return {}
+        return ()
     if not words or os.path.basename(words[0]) != "ssh":
-        return {}
+        return ()
     if "-S" in words or any("controlmaster" in w.lower() or "controlpath" in w.lower()
                             for w in words):
-        return {}  # the user's own choice of sharing (-S is ControlPath)
+        return ()  # the user's own choice of sharing (-S is ControlPath)
     folder = _socket_folder()
     if folder is None:
-        return {}
+        return ()
     # another ssh command (another key, other trusted host keys) gets a connection of its
     # own: a shared connection is not logged in or checked again
     kind = hashlib.sha256(command.encode()).hexdigest()[:8]
-    socket = f"{folder}/{os.getpid()}-{kind}-%C"
+    socket = f"{folder}/{pid}-{kind}-%C"
     if len(socket) - 2 + 40 > _MAX_SOCKET_PATH:  # %C becomes 40 hex digits
-        return {}
+        return ()
     options = (f"-o ControlMaster=auto -o ControlPersist={PERSIST_SECONDS} "
                f"-o ControlPath={shlex.quote(socket)}")
-    return {"GIT_SSH_COMMAND": f"{command} {options}"}
+    return (("GIT_SSH_COMMAND", f"{command} {options}"),)
 
 
 @functools.lru_cache(maxsize=1)

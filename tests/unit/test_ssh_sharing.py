@@ -65,3 +65,18 @@ def test_what_is_not_ours_to_change_is_left_alone(environ):
 def test_a_command_that_already_shares_is_not_extended_twice():
     once = ssh_env({})["GIT_SSH_COMMAND"]
     assert ssh_env({"GIT_SSH_COMMAND": once}) == {}
+
+
+def test_a_command_is_worked_out_once_per_process_and_the_switch_still_counts(monkeypatch):
+    command = "ssh -i /keys/once -o BatchMode=yes -o ServerAliveInterval=11"
+    splits: list[str] = []
+    real = shlex.split
+    monkeypatch.setattr(ssh_sharing.shlex, "split", lambda s: splits.append(s) or real(s))
+    first = ssh_env({"GIT_SSH_COMMAND": command})
+    assert ssh_env({"GIT_SSH_COMMAND": command}) == first and first
+    assert splits == [command]  # every git command asks; the line is split once
+    assert ssh_env({"GIT_SSH_COMMAND": command, SWITCH: "0"}) == {}
+    assert ssh_env({"GIT_SSH_COMMAND": command, "GIT_SSH": "/bin/my-ssh"}) == {}
+    # what is handed back is the caller's to change
+    first["GIT_SSH_COMMAND"] = "changed"
+    assert ssh_env({"GIT_SSH_COMMAND": command})["GIT_SSH_COMMAND"] != "changed"
