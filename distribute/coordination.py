@@ -115,11 +115,13 @@ from distribute.core.lock import (
     parse_lock_message,
 )
 from distribute.core.names import (
+    HANDED_PREFIX,
     JOB_BRANCH_PREFIX,
     LOCK_REF,
     WORKERS_PREFIX,
     decode_component,
     encode_component,
+    handed_ref,
     job_branch,
     job_branch_ref,
     worker_ref,
@@ -511,11 +513,13 @@ class Coordinator:
 
     # ---- observe -----------------------------------------------------------
     def observe(self) -> Snapshot:
-        """Fetch the main branch, the lock and the liveness refs; feed the lease watch.
+        """Fetch the main branch, the lock, the liveness refs and the hand-off markers
+        (:func:`~distribute.core.names.handed_ref`); feed the lease watch.
 
         The fetch runs without :attr:`mutex`: it may download much, and the heartbeat
         must not wait for it."""
-        values = self._fetch([self.main_ref, LOCK_REF, WORKERS_PREFIX + "*", self.own_branches])
+        values = self._fetch([self.main_ref, LOCK_REF, WORKERS_PREFIX + "*", HANDED_PREFIX + "*",
+                              self.own_branches])
         with self.mutex:
             return self._snapshot(values)
 
@@ -1328,6 +1332,9 @@ class Coordinator:
             RefUpdate(self.own_ref, own_old, beat_oid),
             *self._revoke_updates(snap, revoke, token),
             *(RefUpdate(job_branch_ref(w, j, t), None, new_main) for w, j, t in handed),
+            # and each one's marker, so that its peeks see it has a job to take up
+            *(RefUpdate(handed_ref(w), snap.refs.get(handed_ref(w)), new_main)
+              for w in dict.fromkeys(w for w, _, _ in handed)),
         ]
         job = JobHolding(name, token, attempt, branch, start, resumed)
         return _Claim(updates, job, beat, beat_oid, own_old, revoke, snap.folds, superseded)
@@ -1651,7 +1658,7 @@ class Coordinator:
         # lands after them is merged onto their results.  The fetch may bring much (what
         # others finished meanwhile), so the heartbeat does not wait for it
         # (the lock too, so that what it read can serve the next wait: see after_finish)
-        values = self._fetch([self.main_ref, LOCK_REF, WORKERS_PREFIX + "*"])
+        values = self._fetch([self.main_ref, LOCK_REF, WORKERS_PREFIX + "*", HANDED_PREFIX + "*"])
         with self.mutex:
             main = values.get(self.main_ref)
             if main is None:

@@ -58,6 +58,7 @@ from distribute.core.names import (
     LOCK_REF,
     WORKERS_PREFIX,
     check_name,
+    handed_ref,
     job_dir,
     scrub_url,
     view_folders,
@@ -696,6 +697,7 @@ class Worker:
         watching = Watch(
             lock_free=snap.lock.free, lock_oid=snap.lock_oid, latest=snap.lock_oid,
             ahead=tuple(ahead), ahead_oids={r: snap.refs.get(r, "") for r in ahead},
+            handed=snap.refs.get(handed_ref(self.coord.worker)),
         )
         verdict = after_look(watching, self._turn_wait(len(ahead)))
         if isinstance(verdict, KeepWatching):
@@ -794,8 +796,7 @@ class Worker:
             watch, refs, LOCK_REF,
             expired=self.coord.watch.expired(LOCK_REF, now),
             wait=self._turn_wait(len(still_ahead(watch, refs))),
-            # others hand jobs to workers whose record moved within half a lease
-            may_be_handed=self.hand_off and now - self.coord.beat_sent_at < self.lease_seconds / 2,
+            handed_ref=handed_ref(self.coord.worker) if self.hand_off else None,
         )
         if isinstance(verdict, LookAgain):
             return None, None

@@ -51,6 +51,8 @@ Workers coordinate through it and store their results in it.
 - branches `jobs/<worker>/<job>/<token>`: each job's own history.
 - `refs/distribute/lock`: the lock; its history lists every holding.
 - `refs/distribute/workers/<worker>`: each worker's liveness record.
+- `refs/distribute/handed/<worker>`: moved by each claim that hands that
+  worker a job, so its waits notice at once.
 - `refs/distribute/archive/<worker>`: the branches of jobs that failed for
   good, archived (`archived.txt` in it lists each branch with its last commit).
 

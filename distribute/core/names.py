@@ -33,6 +33,8 @@ _FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
 
 LOCK_REF = "refs/distribute/lock"
 WORKERS_PREFIX = "refs/distribute/workers/"
+#: Where a claim that hands a worker a job says so (:func:`handed_ref`).
+HANDED_PREFIX = "refs/distribute/handed/"
 JOB_BRANCH_PREFIX = "jobs/"
 
 
@@ -189,6 +191,13 @@ def job_branch_ref(worker: str, job: str, token: int) -> str:
 def worker_ref(worker: str) -> str:
     """The worker's liveness ref, which only that worker writes."""
     return WORKERS_PREFIX + encode_component(worker)
+
+
+def handed_ref(worker: str) -> str:
+    """The ref a claim that hands ``worker`` a job moves (to the claim's commit), in the
+    same push: a peek, which lists ``refs/distribute/``, tells that worker it has a job
+    to take up, and everyone else that it has not."""
+    return HANDED_PREFIX + encode_component(worker)
 
 
 #: The folder holding one folder per job (:func:`job_dir`).

@@ -57,6 +57,8 @@ class Watch:
         ahead: liveness refs of the idle workers still before this one in turn.
         ahead_oids: their values at the full look; a record that moved since
             belongs to a worker that has taken its turn.
+        handed: this worker's hand-off marker at the full look (``None``: none); a
+            claim that hands it a job moves it.
     """
 
     lock_free: bool
@@ -64,6 +66,7 @@ class Watch:
     latest: str | None
     ahead: tuple[str, ...] = ()
     ahead_oids: Mapping[str, str] = field(default_factory=dict)
+    handed: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +113,7 @@ def still_ahead(watch: Watch, refs: Mapping[str, str]) -> tuple[str, ...]:
 
 def after_peek(
     watch: Watch, refs: Mapping[str, str], lock_ref: str, *, expired: bool, wait: float,
-    may_be_handed: bool = False,
+    handed_ref: str | None = None,
 ) -> PeekVerdict:
     """Decide what one peek means for a waiting worker.
 
@@ -121,12 +124,13 @@ def after_peek(
         expired: the lock has been seen unchanged for its lease and margin.
         wait: :func:`turn_wait` for the workers still ahead after this peek
             (the caller computes it for :func:`still_ahead`).
-        may_be_handed: a claim could hand this worker a job (its record moved
-            lately, see ``Coordinator.handoff_targets``): a free lock that moved
-            is then worth a full look even with workers still ahead, or the
-            take-ups of one claim's hand-offs would go down the line one peek at a
-            time (each handed worker drops out of the line only once it has
-            taken its job up).
+        handed_ref: this worker's hand-off marker (``None``: it takes no
+            hand-offs).  A claim that hands it a job moves the marker in the same
+            push, and the peek that shows it moved sends it to a full look, with
+            workers still ahead or not (each handed worker drops out of the line
+            only once it has taken its job up, so the take-ups of one claim would
+            otherwise go down the line one peek at a time).  A worker whose marker
+            did not move has nothing to take up, whatever else moved.
 
     Returns:
         :class:`LookAgain` when the lock is worth a full look (it may be
@@ -138,6 +142,8 @@ def after_peek(
     now = replace(watch, latest=value, ahead=ahead)
     if expired:
         return LookAgain("the lock has not moved for a lease")
+    if handed_ref is not None and refs.get(handed_ref) != watch.handed:
+        return LookAgain("a claim handed us a job")
     if not watch.lock_free:
         if value == watch.lock_oid:
             return KeepWatching(now)
@@ -146,8 +152,6 @@ def after_peek(
         # a turn was taken (a claim moves the lock); those that took theirs dropped out
         if not ahead:
             return LookAgain("those ahead have had their turns")
-        if may_be_handed:
-            return LookAgain("a claim may have handed us a job")
         return KeepWatching(now)
     if wait > 0:
         return KeepWatching(now, wake_by=wait)

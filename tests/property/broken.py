@@ -41,7 +41,7 @@ from distribute.core.errors import LeaseLost
 from distribute.core.lease import ABSENT, LeaseWatch
 from distribute.core.ledger import Entry, Ledger
 from distribute.core.lock import Beat, beat_message
-from distribute.core.names import LOCK_REF, WORKERS_PREFIX
+from distribute.core.names import HANDED_PREFIX, LOCK_REF, WORKERS_PREFIX
 from distribute.transport.base import Oid, RefUpdate
 
 # ---- what a variant did, and the verdict ------------------------------------------------
@@ -509,6 +509,22 @@ class HandOffToBusyWorker(Broken):
         return (idle + busy)[:limit]
 
 
+class HandOffWithoutMarker(Broken):
+    """(10c) A claim hands jobs without moving the handed workers' markers: a handed
+    worker's peeks show nothing for it, so it learns of its job only when its turn to
+    look comes, and the jobs of one claim are taken up one turn apart."""
+
+    seam = "Coordinator._build_claim"
+
+    def _build_claim(self, *args: Any, **kwargs: Any) -> Any:
+        self.reached()
+        claim = super()._build_claim(*args, **kwargs)
+        kept = [u for u in claim.updates if not u.ref.startswith(HANDED_PREFIX)]
+        if len(kept) != len(claim.updates):
+            self.deviated()
+        return replace(claim, updates=kept)
+
+
 VARIANTS: dict[str, type[Broken]] = {
     "1 claim without CAS": ClaimWithoutCas,
     "2 release before claim": ReleaseBeforeClaim,
@@ -525,4 +541,5 @@ VARIANTS: dict[str, type[Broken]] = {
     "9 restart keeps its holding": RestartKeepsItsHolding,
     "10 handed job taken up again": HandedJobTakenUpAgain,
     "10b hand-off to a busy worker": HandOffToBusyWorker,
+    "10c hand-off without its marker": HandOffWithoutMarker,
 }

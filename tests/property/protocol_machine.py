@@ -115,7 +115,15 @@ from distribute.core.lock import (
     parse_beat_message,
     parse_lock_message,
 )
-from distribute.core.names import LOCK_REF, WORKERS_PREFIX, job_branch_ref, job_dir, worker_ref
+from distribute.core.names import (
+    HANDED_PREFIX,
+    LOCK_REF,
+    WORKERS_PREFIX,
+    handed_ref,
+    job_branch_ref,
+    job_dir,
+    worker_ref,
+)
 from distribute.core.plan import CallNextJobFunction, GiveUp, Retry
 from distribute.sources import JOBS_FILE, format_queue, read_queue
 from distribute.transport.base import Oid, RefUpdate
@@ -607,6 +615,7 @@ class ProtocolMachine(RuleBasedStateMachine):
         self.events: dict[str, int] = {}
         self.expect_revoke: set[str] = set()
         self.expect_branch: dict[str, Oid] = {}
+        self.expect_marker: dict[str, Oid] = {}
         self.branch_job: dict[str, tuple[str, int]] = {}
 
     # ---- setup ------------------------------------------------------------------
@@ -826,7 +835,7 @@ class ProtocolMachine(RuleBasedStateMachine):
     def audit_push(self, ws: WorkerState | None, pre: dict[str, Oid], post: dict[str, Oid]) -> None:
         changed = sorted(r for r in set(pre) | set(post) if pre.get(r) != post.get(r))
         who = "the administrator" if ws is None else f"worker {ws.name!r} ({ws.session})"
-        self.expect_revoke, self.expect_branch = set(), {}
+        self.expect_revoke, self.expect_branch, self.expect_marker = set(), {}, {}
         self.unlocked_claim: tuple[str, int] | None = None
         if MAIN_REF in changed:
             self.audit_main(ws, who, pre, post)
@@ -845,8 +854,14 @@ class ProtocolMachine(RuleBasedStateMachine):
                 self.audit_beat(ws, who, ref, new)  # type: ignore[arg-type]
             elif ref.startswith("refs/heads/jobs/"):
                 self.audit_branch(ws, who, ref, old, new)  # type: ignore[arg-type]
+            elif ref.startswith(HANDED_PREFIX):
+                require(self.expect_marker.get(ref) == new,
+                        f"{who} moved {ref} to {new}, but handed that worker no job in this "
+                        "claim (a marker moves to the claim commit)")
             else:
                 violation(f"{who} changed {ref}, which the protocol never writes")
+        unmarked = sorted(r for r, oid in self.expect_marker.items() if post.get(r) != oid)
+        require(not unmarked, f"{who} handed jobs but did not move the markers {unmarked}")
         missing = self.expect_revoke - set(changed)
         require(not missing, f"{who} took over a job without revoking {sorted(missing)}")
         for ref, oid in self.expect_branch.items():
@@ -999,6 +1014,7 @@ class ProtocolMachine(RuleBasedStateMachine):
                     f"{who} handed {j!r} to {e.worker!r} ({e}), which is no idle worker")
             assert target is not None
             self.record_claim_for(target.name, e.session, j, e.token, new)
+            self.expect_marker[handed_ref(e.worker)] = new
             self.count("hand-off")
 
     def audit_folds(self, who: str, folded: list[str], real: Model, new: Oid) -> None:

@@ -42,7 +42,9 @@ MINIMUMS: dict[str, int] = {
     "finish-refused": 16,  # (48) a late finish refused by the fence
     "stale-wake-after-takeover": 13,  # (39) a holder woke after its job was taken over
     "lost-answer-hit": 7,  # (21) a main-branch push landed with its answer lost
-    "phantom-holding": 3,  # (107) a lock holding landed that its pusher never learned of
+    # swings with reseeding too: 107 when set, 2 to 3 since hand-offs moved claims off the
+    # lock
+    "phantom-holding": 1,  # (107) a lock holding landed that its pusher never learned of
     "finish-conflict": 14,  # (44) a finish lost a race and was retried
     "claim-conflict": 1,  # (5) a claim lost a race
     # swings too: 6 when set, 1 since hand-offs (a handed worker takes no lock holding;

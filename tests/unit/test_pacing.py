@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from distribute.core.pacing import (
@@ -109,18 +111,28 @@ def test_only_the_next_in_turn_at_a_free_lock_looks_in_full_instead_of_peeking()
     assert not looks_in_full(free(ahead=(A,)), 0.5, 0.0)  # no peek timed yet
 
 
-def test_a_worker_that_may_have_been_handed_a_job_looks_when_a_free_lock_moves():
-    """A claim that hands jobs moves the lock; the handed workers drop out of the line only
-    once they take their jobs up.  A worker whose record moved lately could be one of
-    them, so it looks at once instead of waiting for those ahead to move."""
-    watch = free(ahead=(A, B))
-    refs = {LOCK: "l2", A: "r0", B: "r0"}  # the lock moved, nobody ahead moved yet
-    assert isinstance(after_peek(watch, refs, LOCK, expired=False, wait=1.0), KeepWatching)
-    verdict = after_peek(watch, refs, LOCK, expired=False, wait=1.0, may_be_handed=True)
-    assert isinstance(verdict, LookAgain)
-    unmoved = {LOCK: "l1", A: "r0", B: "r0"}  # nothing moved: keep watching either way
-    assert isinstance(after_peek(watch, unmoved, LOCK, expired=False, wait=1.0,
-                                 may_be_handed=True), KeepWatching)
+def test_a_worker_looks_when_its_hand_off_marker_moves_and_only_then():
+    """A claim that hands jobs moves the lock and each handed worker's marker; the handed
+    workers drop out of the line only once they take their jobs up.  So a worker whose
+    marker moved looks at once, with workers still ahead; one whose marker did not has
+    nothing to take up, and keeps its place in line."""
+    watch = replace(free(ahead=(A, B)), handed="m1")
+    mine = "refs/distribute/handed/me"
+    handed = {LOCK: "l2", A: "r0", B: "r0", mine: "m2"}  # nobody ahead moved yet
+    verdict = after_peek(watch, handed, LOCK, expired=False, wait=1.0, handed_ref=mine)
+    assert isinstance(verdict, LookAgain) and "handed" in verdict.why
+    others = {LOCK: "l2", A: "r0", B: "r0", mine: "m1"}  # the claim handed jobs to others
+    assert isinstance(after_peek(watch, others, LOCK, expired=False, wait=1.0,
+                                 handed_ref=mine), KeepWatching)
+    # a worker that takes no hand-offs does not read a marker
+    assert isinstance(after_peek(watch, handed, LOCK, expired=False, wait=1.0), KeepWatching)
+    # the first marker ever written for this worker counts as a move
+    first = {LOCK: "l2", A: "r0", B: "r0", mine: "m1"}
+    assert isinstance(after_peek(free(ahead=(A, B)), first, LOCK, expired=False, wait=1.0,
+                                 handed_ref=mine), LookAgain)
+    # a held lock: the marker tells all the same
+    assert isinstance(after_peek(replace(held(ahead=(A,)), handed="m1"), handed, LOCK,
+                                 expired=False, wait=1.0, handed_ref=mine), LookAgain)
 
 
 def test_a_rounding_errors_worth_of_turn_wait_is_no_wait():
