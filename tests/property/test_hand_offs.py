@@ -16,7 +16,7 @@ from protocol_machine import MAIN_REF, MemoryWorld
 from distribute.coordination import Coordinator, JobHolding
 from distribute.core.errors import LeaseLost
 from distribute.core.lock import parse_lock_message
-from distribute.core.names import LOCK_REF, job_branch_ref
+from distribute.core.names import LOCK_REF, handed_ref, job_branch_ref
 from distribute.core.plan import CallNextJobFunction, Retry
 from distribute.sources import JOBS_FILE, format_queue, read_queue
 
@@ -246,3 +246,26 @@ def test_a_record_that_changed_while_the_claimer_was_not_looking_is_no_target():
     assert a.handoff_targets(a.observe()) == []
     assert b.renew_beat()  # written after a's last look, which was just now
     assert [t.worker for t in a.handoff_targets(a.observe())] == ["b"]
+
+
+def test_a_hand_off_moves_the_handed_workers_marker_and_no_other():
+    """The claim's push moves ``refs/distribute/handed/<worker>`` of each worker it handed
+    a job, to the claim commit: the one ref that worker's peeks watch for a job to take
+    up.  A second claim that hands it another job moves the marker again (from the value
+    the claimer read); the claimer's own marker and those of workers handed nothing stay."""
+    world, clock, a, b = idle_pair(["j1", "j2", "j3", "j4", "j5", "j6"])
+    got, handed = claim_with_hand_offs(a)
+    assert got is not None and [beat.worker for beat, _ in handed] == ["b"]
+    refs = world.refs()
+    first = refs[handed_ref("b")]
+    assert first == refs[MAIN_REF] and handed_ref("a") not in refs
+    # b takes its job up and finishes it; a finishes too, and claims again for both
+    snap = b.observe()
+    assert b.take_handed(snap) is not None and b.finish_step() is not None
+    assert a.finish_step() is not None
+    clock.now += 1.0
+    got, handed = claim_with_hand_offs(a)
+    assert got is not None and [beat.worker for beat, _ in handed] == ["b"]
+    refs = world.refs()
+    assert refs[handed_ref("b")] == refs[MAIN_REF] != first
+    assert handed_ref("a") not in refs
