@@ -1021,7 +1021,7 @@ class Coordinator:
         (:meth:`take_handed`), if this worker runs none."""
         if self.job is not None:
             return None
-        # the view: a finish of it that is parked (on our own record, say) is done
+        # the outlook: a finish of it that is parked (on our own record, say) is done
         entry = snap.outlook.handed_to(self.worker, self.session)
         if entry is None or (entry.job, entry.token) in self._taken_up:
             return None  # taken up once already: a view older than its finish shows it
