@@ -124,6 +124,7 @@ from distribute.core.names import (
     handed_ref,
     job_branch,
     job_branch_ref,
+    job_dir,
     worker_ref,
 )
 from distribute.core.plan import (
@@ -257,6 +258,10 @@ class JobHolding:
     branch: str
     tip: Oid
     resumed_from: str | None = None  # the earlier attempt's branch it starts from
+    #: the commit the branch started at, when every commit on it since then is known to
+    #: have written the job's own folder and nothing else (``None``: not known; see
+    #: :meth:`Coordinator.update`)
+    confined_from: Oid | None = None
 
     @property
     def branch_ref(self) -> str:
@@ -569,16 +574,6 @@ class Coordinator:
         lists as running under that worker and token (a parked finish is folded in once;
         after that, or once its job was given to someone else, it is stale and ignored)."""
         return find_parked(refs, ledger, self.beat_at)
-
-    def _folds_at(
-        self, refs: Mapping[str, Oid], main: Oid, ledger: Ledger,
-    ) -> tuple[list[tuple[str, Parked]], Folds | None]:
-        """The parked finishes the records among ``refs`` hold that ``ledger`` (at
-        ``main``) still lists as running, and those folded onto ``main``; this worker's
-        own parked finishes are brought in step with them first."""
-        self._sync_parked(refs.get(self.own_ref), ledger)
-        parked = self.parked_in(refs, ledger)
-        return parked, self._fold(main, ledger, parked) if parked else None
 
     def _sync_parked(self, own: Oid | None, ledger: Ledger) -> None:
         """Keep this worker's parked finishes in step with the remote: take up those its
@@ -1048,7 +1043,8 @@ class Coordinator:
             if tip is None:
                 return None  # deleted by an administrator's gc: the ledger decides later
             job = JobHolding(entry.job, entry.token, entry.attempt,
-                             job_branch(self.worker, entry.job, entry.token), tip)
+                             job_branch(self.worker, entry.job, entry.token), tip,
+                             confined_from=tip)
             self.job = job
             try:
                 # a second try when our record had moved (an earlier life of ours wrote it)
@@ -1336,7 +1332,8 @@ class Coordinator:
             *(RefUpdate(handed_ref(w), snap.refs.get(handed_ref(w)), new_main)
               for w in dict.fromkeys(w for w, _, _ in handed)),
         ]
-        job = JobHolding(name, token, attempt, branch, start, resumed)
+        job = JobHolding(name, token, attempt, branch, start, resumed,
+                         confined_from=start if resumed is None else None)
         return _Claim(updates, job, beat, beat_oid, own_old, revoke, snap.folds, superseded)
 
     def _resume_from(
@@ -1421,8 +1418,12 @@ class Coordinator:
         with self.mutex:
             self.job = None
 
-    def update(self, tip: Oid) -> None:
+    def update(self, tip: Oid, within_folder: bool = False) -> None:
         """Push a new tip of the job branch (fast-forward of our own branch).
+
+        ``within_folder``: ``tip`` changes nothing but files in the job's own folder (the
+        caller knows what it committed); a finish that parks then needs no merge to know
+        its branch merges cleanly (:meth:`_merges_alone`).
 
         The push runs without :attr:`mutex`: a checkpoint may take minutes to upload,
         and the heartbeat must keep this worker's liveness record moving meanwhile, or
@@ -1431,6 +1432,8 @@ class Coordinator:
         it there; a revocation it learns of meanwhile is raised below."""
         with self.mutex:
             job = self._job()
+            if not within_folder:
+                job.confined_from = None
         for _ in range(3):
             if self.push([RefUpdate(job.branch_ref, job.tip, tip)]):
                 break
@@ -1683,7 +1686,8 @@ class Coordinator:
                 self.merged.append((job.branch_ref, job.tip))
                 self.job = None
                 return main
-            parked, folds = self._folds_at(values, main, raw)
+            self._sync_parked(values.get(self.own_ref), raw)
+            parked = self.parked_in(values, raw)
             if any(w == self.worker and (p.job, p.token) == (job.job, job.token)
                    for w, p in parked):
                 # an earlier try parked it, and the answer was lost: it is finished
@@ -1692,6 +1696,10 @@ class Coordinator:
                                        outcome=ev.FinishOutcome.PARKED))
                 self.job = None
                 return _Lost.PARKED
+            # a park that is known to merge cleanly needs no merge: the folds are written
+            # by the step that pushes them
+            alone = park_instead and self._merges_alone(job, main, parked)
+            folds = self._fold(main, raw, parked) if parked and not alone else None
             base, ledger = (folds.tip, folds.ledger) if folds else (main, raw)
             try:
                 done = ledger.finish(job.job, self.worker, job.token)
@@ -1699,6 +1707,8 @@ class Coordinator:
                 self.journal(ev.FinishRefused(job=job.job, token=job.token))
                 self.job = None
                 raise
+            if alone:
+                return _Lost.READY
             merged = self.transport.merge(base, job.tip)
             if not merged.clean:
                 self._record_conflict(main, base, ledger, job, merged.conflicts, folds)
@@ -1722,6 +1732,32 @@ class Coordinator:
             self.merged.append((job.branch_ref, job.tip))
             self.job = None
             return new_main
+
+    def _merges_alone(
+        self, job: JobHolding, main: Oid, parked: Sequence[tuple[str, Parked]],
+    ) -> bool:
+        """Is ``job``'s branch known to merge cleanly onto ``main`` with ``parked`` folded
+        in, without running a merge?  It is when every commit on the branch since it
+        started (``confined_from``) wrote nothing but the job's own folder, and the main
+        branch and every parked tip hold that folder exactly as the branch started with
+        it, with folders (not files) on the way to it: then nothing on the other side
+        touches what the branch changed, and the merges are clean whatever else they
+        hold.  In a fleet most finishes park, and checking by merging would merge every
+        parked finish again at each one.  ``False``: not known; a merge tells."""
+        start = job.confined_from
+        if start is None:
+            return False
+        folder = job_dir(job.job)
+        above = [folder[:i] for i, c in enumerate(folder) if c == "/"]
+        want = self.transport.entry(start, folder)
+        for commit in dict.fromkeys((main, *(p.tip for _, p in parked))):
+            if self.transport.entry(commit, folder) != want:
+                return False
+            for path in above:
+                found = self.transport.entry(commit, path)
+                if found is not None and found[0] != "folder":
+                    return False
+        return True
 
     def prune_merged(self, at_least: int = PRUNE_BATCH) -> int:
         """Delete the remote branches of the jobs this worker finished, and of the released

@@ -990,7 +990,9 @@ class Worker:
             # move the branch, HEAD and index only: files the job keeps open stay as they are
             self.copy.advance(tip, None)
             self._upload_large(tip, changed)
-            self._retrying(partial(self.coord.update, tip))
+            inside = job_dir(job.job) + "/"
+            self._retrying(partial(self.coord.update, tip,
+                                   all(path.startswith(inside) for path in changed)))
             return True
         finally:
             if self.coord.job is None:

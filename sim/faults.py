@@ -174,6 +174,9 @@ class FaultyTransport:
     def folder(self, commit: Oid, path: str) -> dict[str, str]:
         return self.inner.folder(commit, path)
 
+    def entry(self, commit: Oid, path: str) -> tuple[str, str] | None:
+        return self.inner.entry(commit, path)
+
     def commit_message(self, commit: Oid) -> str:
         return self.inner.commit_message(commit)
 

@@ -131,6 +131,12 @@ class Transport(Protocol):
         there is no such folder; subfolders are left out."""
         ...
 
+    def entry(self, commit: Oid, path: str) -> tuple[str, str] | None:
+        """What ``path`` names in ``commit``: ``("file", id)``, ``("folder", id)`` (the
+        folder with everything below it), or another kind (a link to a submodule); the
+        same id, the same contents.  ``None`` when nothing."""
+        ...
+
     def commit_message(self, commit: Oid) -> str:
         ...
 

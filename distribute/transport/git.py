@@ -329,6 +329,14 @@ class GitTransport:
                 for name, entry in self._repo.tree_entries(tree).items()
                 if entry.kind == "blob"}
 
+    def entry(self, commit: Oid, path: str) -> tuple[str, str] | None:
+        found = self._repo.lookup(self._repo.commit_tree(check_oid(commit)),
+                                  check_tree_path(path))
+        if found is None:
+            return None
+        kind, oid = found
+        return {"blob": "file", "tree": "folder"}.get(kind, kind), oid
+
     def commit_message(self, commit: Oid) -> str:
         kind, data = self._repo.read_object(check_oid(commit))
         if kind != "commit":

@@ -388,6 +388,17 @@ class MemoryTransport:
             if name.startswith(prefix) and "/" not in name[len(prefix):]
         }
 
+    def entry(self, commit: Oid, path: str) -> tuple[str, str] | None:
+        path = check_tree_path(path)
+        remote = self.remote
+        files = remote._tree(remote._commit(check_oid(commit)).tree)
+        if path in files:
+            return "file", _blob_id(files[path])
+        prefix = path + "/"
+        inside = {name[len(prefix):]: data for name, data in files.items()
+                  if name.startswith(prefix)}
+        return ("folder", _tree_id(inside)) if inside else None
+
     def commit_message(self, commit: Oid) -> str:
         return self.remote._commit(check_oid(commit)).message
 

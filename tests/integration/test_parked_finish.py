@@ -269,3 +269,34 @@ def test_a_restart_whose_dead_life_parked_its_finish_does_not_call_it_refused(re
     again.close()
     b.close()
     assert git(remote, "for-each-ref", "refs/heads/jobs/a/") == ""  # merged, then pruned
+
+
+def test_a_finish_that_wrote_only_its_folder_parks_without_a_merge(remote, tmp_path):
+    """Jobs that write only their own folders (``two_running``'s do): the second finish
+    parks knowing its branch merges cleanly onto the first one's, and runs no merge to
+    learn it; a job that also wrote a file elsewhere is checked by merging."""
+    a, b = two_running(remote, tmp_path)
+    b.finish_job()  # parked (a is about)
+    a.coord.observe()
+    merges: list[str] = []
+    real = a.coord.transport.merge
+
+    def counted(ours: str, theirs: str) -> Any:
+        merges.append(theirs)
+        return real(ours, theirs)
+
+    a.coord.transport.merge = counted  # type: ignore[method-assign]
+    a.finish_job()
+    assert merges == [] and [p.job for p in record(remote, "a").parked] == ["job-a"]
+    # the next job of each writes outside its folder too: checked by merging
+    assert a.get_next_job(pop_queue) == "job-c"
+    Path(a.path, a.job_dir).mkdir(parents=True, exist_ok=True)
+    Path(a.path, a.job_dir, "result.txt").write_text("c\n")
+    Path(a.path, "notes.txt").write_text("written beside the results\n")
+    a.coord.observe()
+    merges.clear()  # the claim folded what was parked
+    a.finish_job()
+    assert len(merges) == 1  # its branch, merged to check it
+    assert [p.job for p in record(remote, "a").parked] == ["job-c"]
+    a.close()
+    b.close()

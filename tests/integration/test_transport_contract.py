@@ -457,6 +457,27 @@ class TestLocalObjects:
         assert again["000002.txt"] != listing["000002.txt"]
         assert again["000003.txt"] == listing["000002.txt"]
 
+    def test_entry_names_a_file_or_a_folder_with_an_id_of_what_it_holds(
+        self, backend: Backend
+    ) -> None:
+        t = backend.transport()
+        main = main_of(t)
+        one = child(t, main, "results", **{"updates/a/x.txt": b"1\n", "updates/a/deep/y": b"2\n",
+                                           "updates/b/x.txt": b"1\n", "top.txt": b"1\n"})
+        kind, a = t.entry(one, "updates/a") or ("", "")
+        assert kind == "folder" and t.entry(one, "updates/b")[0] == "folder"  # type: ignore[index]
+        assert t.entry(one, "updates/b") != (kind, a)  # other contents below
+        assert t.entry(one, "top.txt")[0] == "file"  # type: ignore[index]
+        assert t.entry(one, "top.txt") == t.entry(one, "updates/a/x.txt")  # same contents
+        assert t.entry(one, "missing") is None and t.entry(one, "updates/c") is None
+        assert t.entry(one, "top.txt/below") is None
+        # another commit: the same folder, the same id; a change deep below, another id
+        two = child(t, one, "more", **{"updates/b/x.txt": b"3\n", "other.txt": b"o\n"})
+        assert t.entry(two, "updates/a") == ("folder", a)
+        three = child(t, two, "deeper", **{"updates/a/deep/y": b"4\n"})
+        assert t.entry(three, "updates/a")[0] == "folder"  # type: ignore[index]
+        assert t.entry(three, "updates/a") != ("folder", a)
+
     def test_ancestry_over_long_and_merged_histories(self, backend: Backend) -> None:
         """Near and far ancestors, through either parent of a merge; unrelated and newer
         commits are not ancestors (the git transport walks short histories itself)."""
