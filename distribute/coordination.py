@@ -161,20 +161,20 @@ class FoldsOnDemand:
     has not come, or it takes up a job handed to it), and what they decide by, the
     running lines and the tokens, does not depend on how those merges go; so the merges
     are left to the look that moves the main branch (a claim, a fold), which asks for
-    :attr:`Snapshot.folds`.  ``make`` writes them; a failure is not kept, so the next
-    ask tries again."""
+    :attr:`Snapshot.folds`.  ``fold`` writes them (``Coordinator._fold``); a failure is
+    not kept, so the next ask tries again."""
 
-    __slots__ = ("_make", "_folds", "_outlook", "_ledger", "_parked")
+    __slots__ = ("_fold", "_main", "_ledger", "_parked", "_folds", "_outlook")
 
-    def __init__(self, make: Callable[[], Folds], ledger: Ledger,
-                 parked: Sequence[tuple[str, Parked]]) -> None:
-        self._make, self._ledger, self._parked = make, ledger, tuple(parked)
+    def __init__(self, fold: Callable[[Oid, Ledger, Sequence[tuple[str, Parked]]], Folds],
+                 main: Oid, ledger: Ledger, parked: Sequence[tuple[str, Parked]]) -> None:
+        self._fold, self._main, self._ledger, self._parked = fold, main, ledger, tuple(parked)
         self._folds: Folds | None = None
         self._outlook: Ledger | None = None
 
     def folds(self) -> Folds:
         if self._folds is None:
-            self._folds = self._make()
+            self._folds = self._fold(self._main, self._ledger, self._parked)
         return self._folds
 
     def outlook(self) -> Ledger:
@@ -560,10 +560,8 @@ class Coordinator:
             b.worker for b in (self.beat_at(values[r]) for r in listed)
             if b is not None and b.gone
         )
-        self._sync_parked(values.get(self.own_ref), ledger)
-        parked = self.parked_in(values, ledger)
-        on_demand = (FoldsOnDemand(partial(self._fold_locked, main, ledger, parked), ledger,
-                                   parked) if parked else None)
+        parked = self._parked_at(values, ledger)
+        on_demand = FoldsOnDemand(self._fold, main, ledger, parked) if parked else None
         snap = Snapshot(main, ledger, lock_oid, lock, dict(values), now, gone, on_demand)
         self.last_seen = snap
         return snap
@@ -574,6 +572,12 @@ class Coordinator:
         lists as running under that worker and token (a parked finish is folded in once;
         after that, or once its job was given to someone else, it is stale and ignored)."""
         return find_parked(refs, ledger, self.beat_at)
+
+    def _parked_at(self, refs: Mapping[str, Oid], ledger: Ledger) -> list[tuple[str, Parked]]:
+        """:meth:`parked_in`, this worker's own parked finishes brought in step with the
+        record among ``refs`` first (:meth:`_sync_parked`)."""
+        self._sync_parked(refs.get(self.own_ref), ledger)
+        return self.parked_in(refs, ledger)
 
     def _sync_parked(self, own: Oid | None, ledger: Ledger) -> None:
         """Keep this worker's parked finishes in step with the remote: take up those its
@@ -614,24 +618,18 @@ class Coordinator:
             self.beat = replace(self.beat, parked=self.beat.parked + extra)
 
     def _fold(self, main: Oid, ledger: Ledger, parked: Sequence[tuple[str, Parked]]) -> Folds:
-        """Write the commits that fold ``parked`` onto ``main`` (cached: a waiting worker
-        looks at the same parked finishes again and again)."""
+        """Write the commits that fold ``parked`` onto ``main`` (cached: a finish's read and
+        the view it leaves for the next wait fold the same finishes), under :attr:`mutex`: a
+        snapshot's folds are written when first asked for, by whichever step asks."""
         key = (main, tuple(parked))
-        folds = self._folded.get(key)
-        if folds is None:
-            folds = fold_parked(self.transport, main, ledger, parked)
-            if len(self._folded) > 64:
-                self._folded.clear()
-            self._folded[key] = folds
-        return folds
-
-    def _fold_locked(
-        self, main: Oid, ledger: Ledger, parked: Sequence[tuple[str, Parked]],
-    ) -> Folds:
-        """:meth:`_fold` under :attr:`mutex` (a snapshot's folds are written when first
-        asked for, by whichever step asks)."""
         with self.mutex:
-            return self._fold(main, ledger, parked)
+            folds = self._folded.get(key)
+            if folds is None:
+                folds = fold_parked(self.transport, main, ledger, parked)
+                if len(self._folded) > 64:
+                    self._folded.clear()
+                self._folded[key] = folds
+            return folds
 
     def _journal_folds(self, folds: Folds | None) -> None:
         """After a push with ``folds`` landed: report them, and forget this worker's own
@@ -1330,7 +1328,7 @@ class Coordinator:
             *(RefUpdate(job_branch_ref(w, j, t), None, new_main) for w, j, t in handed),
             # and each one's marker, so that its peeks see it has a job to take up
             *(RefUpdate(handed_ref(w), snap.refs.get(handed_ref(w)), new_main)
-              for w in dict.fromkeys(w for w, _, _ in handed)),
+              for w, _, _ in handed),
         ]
         job = JobHolding(name, token, attempt, branch, start, resumed,
                          confined_from=start if resumed is None else None)
@@ -1686,8 +1684,7 @@ class Coordinator:
                 self.merged.append((job.branch_ref, job.tip))
                 self.job = None
                 return main
-            self._sync_parked(values.get(self.own_ref), raw)
-            parked = self.parked_in(values, raw)
+            parked = self._parked_at(values, raw)
             if any(w == self.worker and (p.job, p.token) == (job.job, job.token)
                    for w, p in parked):
                 # an earlier try parked it, and the answer was lost: it is finished

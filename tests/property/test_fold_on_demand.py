@@ -39,12 +39,13 @@ def count_merges(c: Coordinator) -> list[int]:
     return merges
 
 
-def run(c: Coordinator, job: str, path: str) -> None:
-    """``c`` claims ``job`` and writes ``path`` on its branch."""
+def run(c: Coordinator, job: str, path: str, within_folder: bool = False) -> None:
+    """``c`` claims ``job``, commits ``path`` and pushes it, saying whether the commit
+    wrote only the job's own folder (as ``Worker.commit_update`` knows)."""
     held = claim(c, job)
     tip = c.transport.write_commit(parents=[held.tip], base=held.tip, message="work",
                                    changes={path: f"{job} by {c.worker}\n".encode()})
-    c.update(tip)
+    c.update(tip, within_folder)
 
 
 def park(world: MemoryWorld, c: Coordinator) -> None:
@@ -127,20 +128,11 @@ def test_a_look_with_nothing_parked_has_no_folds():
     assert snap.view is snap.ledger and snap.outlook is snap.ledger and snap.base == snap.main
 
 
-def written(c: Coordinator, job: str, path: str, within_folder: bool) -> None:
-    """``c`` claims ``job``, commits ``path`` and pushes it, saying whether the commit
-    wrote only the job's own folder (as ``Worker.commit_update`` knows)."""
-    held = claim(c, job)
-    tip = c.transport.write_commit(parents=[held.tip], base=held.tip, message="work",
-                                   changes={path: f"{job} by {c.worker}\n".encode()})
-    c.update(tip, within_folder)
-
-
 def test_a_park_that_wrote_only_its_folder_is_checked_without_a_merge():
     world, clock = MemoryWorld(["j0", "j1", "j2"]), Clock()
     a, c, b = (coordinator(world, name, clock) for name in ("a", "c", "b"))
-    written(a, "j0", job_dir("j0") + "/out.txt", True)
-    written(c, "j1", job_dir("j1") + "/out.txt", True)
+    run(a, "j0", job_dir("j0") + "/out.txt", True)
+    run(c, "j1", job_dir("j1") + "/out.txt", True)
     park(world, a)
     merges = count_merges(c)
     assert c.finish(lambda s: None, lambda: 0.0, park_first=True) == ev.FinishOutcome.PARKED
@@ -158,9 +150,9 @@ def test_a_park_not_known_to_merge_is_checked_by_merging_and_a_conflict_raises(h
     mine = job_dir("j1") + "/out.txt"
     # a's job writes into c's job's folder (and says it wrote only its own), or c's
     # update does not say it wrote only its folder
-    written(a, "j0", mine if how == "another wrote into it" else job_dir("j0") + "/o.txt",
+    run(a, "j0", mine if how == "another wrote into it" else job_dir("j0") + "/o.txt",
             True)
-    written(c, "j1", mine, how != "not said")
+    run(c, "j1", mine, how != "not said")
     park(world, a)
     merges = count_merges(c)
     if how == "another wrote into it":
@@ -174,8 +166,8 @@ def test_a_park_not_known_to_merge_is_checked_by_merging_and_a_conflict_raises(h
 def test_a_file_where_the_results_folder_should_be_is_not_taken_for_a_clean_merge():
     world, clock = MemoryWorld(["j0", "j1"]), Clock()
     a, c = coordinator(world, "a", clock), coordinator(world, "c", clock)
-    written(a, "j0", "updates", False)  # a file named like the folder of every job's results
-    written(c, "j1", job_dir("j1") + "/out.txt", True)
+    run(a, "j0", "updates", False)  # a file named like the folder of every job's results
+    run(c, "j1", job_dir("j1") + "/out.txt", True)
     park(world, a)
     merges = count_merges(c)
     with pytest.raises(MergeConflict):
