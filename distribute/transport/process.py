@@ -53,8 +53,11 @@ __all__ = ["IDENTITY"]
 #: Author and committer of every commit the git transport writes.
 IDENTITY = ("distribute", "distribute@localhost")
 
-#: In front of every git command: no hooks, no file system monitor.
-_CONFIG = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false")
+#: In front of every git command: no hooks, no file system monitor, and no automatic
+#: maintenance after a fetch or a commit (a process each time, which mostly finds nothing
+#: to do; a worker packs its copy itself, ``Worker._housekeeping``).
+_CONFIG = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false",
+           "-c", "maintenance.auto=false")
 #: In front of the commands that ask a remote for refs (``fetch``, ``ls-remote``).
 _PROTOCOL_V2 = ("-c", "protocol.version=2")
 #: The fixed part of every git command's environment.

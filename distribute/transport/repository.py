@@ -185,7 +185,7 @@ class _Repository:
         env.update(self._auth_env)
         self._repo.git.update_environment(**env)
         self._repo.git.set_persistent_git_options(
-            c=[_CONFIG[1], _CONFIG[3], *git_config(secret)])
+            c=[*_CONFIG[1::2], *git_config(secret)])
         self._objects_lock = threading.Lock()
         with self._repo.config_reader("repository") as config:
             formats = config.get_value("extensions", "objectformat", "sha1")
