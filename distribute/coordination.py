@@ -873,16 +873,17 @@ class Coordinator:
             self.beat_oid = current
             return False
 
-    def _own_record(self) -> tuple[Oid | None, Beat | None]:
-        """This worker's liveness ref as the remote holds it, and the record there when it
-        says that this session was revoked (a takeover of its job wrote it).
+    def _own_record(self, seen_at: Oid | None = None) -> tuple[Oid | None, Beat | None]:
+        """This worker's liveness ref as the remote holds it (fetched, or ``seen_at``: its
+        value as a look just read it), and the record there when it says that this
+        session was revoked (a takeover of its job wrote it).
 
         A takeover revokes the record value it saw, which may be an earlier life's: a
         restarted worker that took up that life's job (:meth:`adopt`) meets a revocation
         naming another session.  It counts when it names the job this worker holds, or
         no session at all (the taker could not read the record it replaced): this
         worker holds one job, and the ledger gave that one away."""
-        current = self._fetch([self.own_ref]).get(self.own_ref)
+        current = seen_at or self._fetch([self.own_ref]).get(self.own_ref)
         if current is None:
             return None, None
         self._carry_parked(current)
@@ -1044,6 +1045,13 @@ class Coordinator:
                              job_branch(self.worker, entry.job, entry.token), tip,
                              confined_from=tip)
             self.job = job
+            seen = snap.refs.get(self.own_ref)
+            if self.beat_oid is None and seen is not None:
+                # a lost claim left the record to be read again, and this look read it:
+                # adopted unless it revokes us (then the push below is refused, and says so)
+                current, revoked = self._own_record(seen)
+                if revoked is None:
+                    self.beat_oid = current
             try:
                 # a second try when our record had moved (an earlier life of ours wrote it)
                 landed = self.renew_beat() or (not self.revoked and self.renew_beat())

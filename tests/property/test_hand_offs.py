@@ -269,3 +269,43 @@ def test_a_hand_off_moves_the_handed_workers_marker_and_no_other():
     refs = world.refs()
     assert refs[handed_ref("b")] == refs[MAIN_REF] != first
     assert handed_ref("a") not in refs
+
+
+def test_a_job_handed_while_the_workers_own_claim_lost_is_taken_up_in_one_push():
+    """b's unlocked claim loses to a's, which hands b a job.  The lost claim left b to
+    read its record again; the look that shows the job read it, so the take-up is one
+    push of b's record, not a refused push, a fetch of the record and a second push."""
+    world, clock, a, b = idle_pair(["j1", "j2", "j3", "j4", "j5"])
+    stale = b.observe()
+    names, edits = queue_edits(b, stale.main, 1)
+    got, handed = claim_with_hand_offs(a)
+    assert got is not None and [beat.worker for beat, _ in handed] == ["b"]
+    assert b.claim_unlocked(stale, names[0], edits) is None  # lost to a's claim
+    pushes, fetches, record = b.stats.pushes, b.stats.fetches, world.refs()[b.own_ref]
+    taken = b.take_handed(b.observe())
+    assert taken is not None and taken.job == handed[0][1]
+    assert b.stats.pushes == pushes + 1  # no refused push
+    assert b.stats.fetches == fetches + 1  # the look only
+    assert world.refs()[b.own_ref] == b.beat_oid != record
+
+
+def test_a_take_up_after_a_lost_claim_still_learns_of_a_revocation():
+    """As above, but b's record was revoked meanwhile (a took over the job b held, whose
+    end b never saw): the record the look read is not adopted, the take-up's push is
+    refused and b learns it was revoked; the handed job is dropped."""
+    world, clock, a, b = idle_pair(["j1", "j2", "j3", "j4", "j5"])
+    stale = b.observe()
+    names, edits = queue_edits(b, stale.main, 1)
+    got, handed = claim_with_hand_offs(a)
+    assert got is not None and [beat.worker for beat, _ in handed] == ["b"]
+    assert b.claim_unlocked(stale, names[0], edits) is None
+    snap = b.observe()
+    clock.now += LEASE + MARGIN + 1
+    assert a.finish_step() is not None
+    a.observe()
+    clock.now += LEASE + MARGIN + 1
+    retry = a.observe()
+    plan = a.plan(retry)
+    assert isinstance(plan, Retry) and plan.revoke == "b" and a.try_acquire(retry)
+    assert a.claim(retry, plan, None) is not None  # b's handed job, taken over
+    assert b.take_handed(snap) is None and b.revoked and b.job is None
