@@ -19,6 +19,11 @@ Prints:
     pushes, peeks: an ls-remote, or a read of ref files on a path) and lost races per
     job, counted by the workers themselves, and each run's jobs/s as a multiple of the
     single worker's;
+  * CPU per job, for the single worker and each multi-worker run: the whole machine's
+    busy CPU time (every process: workers, git, ssh, the server on 127.0.0.1) per job.
+    Where the workers and the server share this machine, a run whose CPU is all busy
+    does at most (CPUs / CPU per job) jobs/s, whatever the number of workers: that is
+    what a loopback ratio of 16 workers to 1 measures once one worker keeps a CPU busy;
   * idle workers: one worker runs a job of --idle-seconds while --idle-workers others
     wait for it; their git operations per idle worker-minute once the first
     --idle-warmup seconds of waiting are over (what a hosted remote's request budget
@@ -308,6 +313,7 @@ def run_workers(
     gaps = [b - a for a, b in zip(claims, claims[1:], strict=False)]
     busy = (cpu_after[0] - cpu_before[0]) / max(1, cpu_after[1] - cpu_before[1])
     shape = {"gap": statistics.median(gaps) if gaps else float("nan"), "busy": busy,
+             "cpu_ms": busy_ms(cpu_after[0] - cpu_before[0]),
              "first": claims[0] - start if claims else float("nan"),
              "last": claims[-1] - start if claims else float("nan")}
     # the idle tail: from the last job's finish landing (or, with no finish, the last
@@ -435,6 +441,15 @@ def cpu_ticks() -> tuple[int, int]:
     except (OSError, ValueError):
         return 0, 0
     return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+
+
+def busy_ms(ticks: int) -> float:
+    """Busy CPU ticks (:func:`cpu_ticks`, summed over the machine's CPUs) in milliseconds."""
+    try:
+        per_second = os.sysconf("SC_CLK_TCK")
+    except (AttributeError, OSError, ValueError):
+        per_second = 100
+    return ticks * 1000.0 / per_second
 
 
 # ---- where each run's remote comes from ----------------------------------------------------
@@ -778,21 +793,23 @@ def run(args: argparse.Namespace, remotes: Remotes, work: Path, idle: bool) -> N
     raw.median(3)  # warm up, not counted
     raw.wire.clear()
     per_job, cycles, own_cycles = [], [], []
+    solo_ticks = 0  # the machine's busy CPU while the worker's calls ran (not the samples')
     with worker_from_url(url, path=work / "single", name="solo", branch=BRANCH,
                          lease_seconds=30) as w:
         source = QueueJobs()
         while True:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), cpu_ticks()[0]
             if w.get_next_job(source) is None:
                 break
-            claimed = time.perf_counter() - t0
+            claimed, solo_ticks = time.perf_counter() - t0, solo_ticks + cpu_ticks()[0] - c0
             # interleaved, while the job "runs": all three see the machine as it is now,
             # and the worker asks for its next job right after its finish, as a loop does
             cycles.append(raw.sample())
             own_cycles.append(own.sample())
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), cpu_ticks()[0]
             w.finish_job()
             per_job.append(claimed + time.perf_counter() - t1)
+            solo_ticks += cpu_ticks()[0] - c1
         solo_stats = stats_counts(w.coord.stats)
     own.transport.close()
     own.copy.close()
@@ -820,6 +837,11 @@ def run(args: argparse.Namespace, remotes: Remotes, work: Path, idle: bool) -> N
           f"workers; a claim that hands jobs to idle workers claims for up to 16 at once "
           f"(--no-hand-off: one at a time)")
     solo_rate, solo_per_cycle = 1 / med, cycle / med
+    solo_cpu = busy_ms(solo_ticks) / max(1, len(per_job))
+    cores = os.cpu_count() or 1
+    print(f"    CPU per job: {solo_cpu:.0f} ms, every process of the machine counted (the "
+          f"worker's, git's, ssh's, the server's); this machine has {cores} "
+          f"CPU{'s' if cores != 1 else ''}")
 
     for n in args.workers:
         url = remotes.new(f"many{n}", args.jobs)
@@ -842,6 +864,12 @@ def run(args: argparse.Namespace, remotes: Remotes, work: Path, idle: bool) -> N
               f"raw cycles of its own run)")
         print(f"    a claim landed every {shape['gap']:.3f} s (median); the machine's CPU "
               f"was {shape['busy']:.0%} busy")
+        cpu = shape["cpu_ms"] / max(1, total)
+        print(f"    CPU per job: {cpu:.0f} ms ({cpu / max(solo_cpu, 1e-9):.2f}x one worker's); "
+              f"with all {cores} CPU{'s' if cores != 1 else ''} busy this machine could do "
+              f"{cores * 1000 / max(cpu, 1e-9):.1f} jobs/s at that cost (where workers, git "
+              "and the server share the machine, that bounds the jobs/s of any number of "
+              "workers)")
         print(f"    first claim {shape['first']:.2f} s after the start, last claim at "
               f"{shape['last']:.2f} s, every worker done at {elapsed:.2f} s")
         print(f"    idle tail {shape['tail']:.2f} s: the last finish landed at "

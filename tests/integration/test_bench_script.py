@@ -35,6 +35,12 @@ def check_operation_lines(out: str, workers: int) -> None:
     assert many and many["unit"] == "job", out
     assert re.search(rf"{workers} workers / 1 worker: {NUMBER}x the jobs/s \({NUMBER}x in jobs "
                      r"per raw cycle", out), out
+    # the machine's CPU per job, for the single worker and for the run
+    assert re.search(rf"1 worker: .*\n(    .*\n)*?    CPU per job: {NUMBER} ms, every process",
+                     out), out
+    assert re.search(rf"{workers} workers: .*\n(    .*\n)*?    CPU per job: {NUMBER} ms "
+                     rf"\({NUMBER}x one worker's\); with all \d+ CPUs? busy this machine could "
+                     rf"do {NUMBER} jobs/s", out), out
     assert re.search(r"idle workers: 1 worker ran one job for 2 s while 1 other waited for it "
                      rf"\(lease {NUMBER} s, poll {NUMBER}-{NUMBER} s", out), out
     idle = re.search(rf"after the first 1 s of waiting: {ops}, over {NUMBER} worker-minutes",
