@@ -390,6 +390,10 @@ class Coordinator:
                          takes_hand_offs=hand_offs)
         self.beat_oid: Oid | None = None
         self.beat_sent_at = float("-inf")
+        #: something calls :meth:`renew` while a job runs (the Worker's heartbeat thread):
+        #: a handed job is then taken up without a push while the record is fresh
+        #: (:meth:`take_handed`); without one, the take-up always renews the record
+        self.renewed_in_background = True
         self.revoked = False
         #: who revoked this worker's record (a worker that took its job over, or the
         #: lock holder name of an admin command such as ``distribute cancel``)
@@ -1026,12 +1030,18 @@ class Coordinator:
         ledger lists it under this worker and session; see :meth:`handoff_targets`).
 
         Nothing moves the main branch or the lock: the claim was made in the claimer's
-        push, with the job branch.  This worker's liveness record is renewed to name
-        the job, as its own claim would have written it: a record revoked meanwhile
-        (the job was taken over after this worker fell silent for a lease) refuses
-        the renewal, and the job is dropped before it runs; and a takeover later
-        revokes a record that names the job, which a restarted life of this worker
-        recognises as its own.  ``None``: nothing to take up, or it was taken over."""
+        push, with the job branch.  Nor, mostly, this worker's liveness record: a
+        hand-off goes only to a worker whose record was written lately (at its last
+        claim, park or renewal), and the record is renewed here only when the heartbeat
+        would be due (a third of the lease since it was sent), so it moves no later
+        than it would for a job this worker claimed itself; the heartbeat and the
+        finish move it next, naming the job.  A renewal made here that is refused
+        because the record was revoked meanwhile (the job was taken over after this
+        worker fell silent for a lease) drops the job before it runs.  A takeover that
+        finds the record not yet naming the job names it in the revocation
+        (:meth:`Beat.revoking`), so a restarted life of this worker that resumed the
+        job recognises the revocation as its own.  ``None``: nothing to take up, or it
+        was taken over."""
         with self.mutex:
             entry = self.handed(snap)
             if entry is None or self.holding is not None:
@@ -1045,6 +1055,8 @@ class Coordinator:
                              job_branch(self.worker, entry.job, entry.token), tip,
                              confined_from=tip)
             self.job = job
+            due = (self.revoked or not self.renewed_in_background
+                   or self.clock() - self.beat_sent_at >= self.lease / 3)
             seen = snap.refs.get(self.own_ref)
             if self.beat_oid is None and seen is not None:
                 # a lost claim left the record to be read again, and this look read it:
@@ -1052,9 +1064,12 @@ class Coordinator:
                 current, revoked = self._own_record(seen)
                 if revoked is None:
                     self.beat_oid = current
+                else:
+                    due = True
             try:
                 # a second try when our record had moved (an earlier life of ours wrote it)
-                landed = self.renew_beat() or (not self.revoked and self.renew_beat())
+                landed = not due or self.renew_beat() or (
+                    not self.revoked and self.renew_beat())
             except BaseException:
                 self.job = None
                 raise
@@ -1086,7 +1101,7 @@ class Coordinator:
             updates = [
                 RefUpdate(self.main_ref, snap.main, new_main),
                 RefUpdate(LOCK_REF, h.oid, lock_oid),
-                *self._revoke_updates(snap, plan.revoke, h.state.token),
+                *self._revoke_updates(snap, plan.revoke, h.state.token, plan.entry.job),
             ]
             sent = self.clock()
             if self.push(updates):
@@ -1098,13 +1113,16 @@ class Coordinator:
                 self.holding = None
             return snap
 
-    def _revoke_updates(self, snap: Snapshot, dead: str, token: int) -> list[RefUpdate]:
+    def _revoke_updates(self, snap: Snapshot, dead: str, token: int, job: str) -> list[RefUpdate]:
+        """Revoke ``dead``'s record, which ``job`` is taken from (nothing when ``dead`` is
+        empty)."""
         if not dead:
             return []
         ref = worker_ref(dead)
         old = snap.refs.get(ref)
         # an unreadable record is replaced all the same: the push still names its value
-        revoked = Beat.revoking(self.beat_at(old) if old else None, dead, self.worker, token)
+        revoked = Beat.revoking(self.beat_at(old) if old else None, dead, self.worker, token,
+                                taken=(job,))
         return [RefUpdate(ref, old, self._beat_commit(revoked))]
 
     def claim(
@@ -1332,7 +1350,7 @@ class Coordinator:
             RefUpdate(LOCK_REF, lock_old, lock_new),
             RefUpdate("refs/heads/" + branch, None, start),
             RefUpdate(self.own_ref, own_old, beat_oid),
-            *self._revoke_updates(snap, revoke, token),
+            *self._revoke_updates(snap, revoke, token, name),
             *(RefUpdate(job_branch_ref(w, j, t), None, new_main) for w, j, t in handed),
             # and each one's marker, so that its peeks see it has a job to take up
             *(RefUpdate(handed_ref(w), snap.refs.get(handed_ref(w)), new_main)
@@ -2358,7 +2376,9 @@ class FencedEdit:
             if old is not None:
                 with contextlib.suppress(DistributeError):
                     record = parse_beat_message(transport.commit_message(old))
-            revoked = Beat.revoking(record, worker, self.who, token)
+            jobs = tuple(sorted({e.job for e in before.running if e.worker == worker
+                                 and not _same_holding(after.running_entry(e.job), e)}))
+            revoked = Beat.revoking(record, worker, self.who, token, taken=jobs)
             new = transport.write_commit(
                 parents=record_parents(revoked), message=beat_message(revoked), changes={}
             )

@@ -73,6 +73,7 @@ from distribute.core.pacing import (
     after_look,
     after_peek,
     looks_in_full,
+    marker_of,
     still_ahead,
     turn_wait,
 )
@@ -301,6 +302,9 @@ class Worker:
             clock=clock,
             journal=journal,
         )
+        # without the heartbeat thread nothing renews the record while a job runs: a
+        # handed job's take-up then renews it at once, as a claim would have written it
+        self.coord.renewed_in_background = heartbeat
         self._closed = False
         self._finished = 0  # jobs finished by this worker object
         self._leftovers_queued = False  # an earlier life's branches: see _prune
@@ -696,7 +700,11 @@ class Worker:
         ahead = self.coord.ahead_in_turn(snap)
         watching = Watch(
             lock_free=snap.lock.free, lock_oid=snap.lock_oid, latest=snap.lock_oid,
-            ahead=tuple(ahead), ahead_oids={r: snap.refs.get(r, "") for r in ahead},
+            ahead=tuple(ahead), ahead_oids={
+                **{r: snap.refs.get(r, "") for r in ahead},
+                **{marker_of(r): snap.refs[marker_of(r)] for r in ahead
+                   if marker_of(r) in snap.refs},
+            },
             handed=snap.refs.get(handed_ref(self.coord.worker)),
         )
         verdict = after_look(watching, self._turn_wait(len(ahead)))

@@ -148,11 +148,18 @@ class Beat:
                        finishing="")
 
     @staticmethod
-    def revoking(record: Beat | None, worker: str, by: str, token: int) -> Beat:
+    def revoking(record: Beat | None, worker: str, by: str, token: int,
+                 taken: tuple[str, ...] = ()) -> Beat:
         """The record that revokes ``worker``'s liveness (its current ``record``, or
         ``None`` when it has none or it cannot be read): written by whoever takes a job
-        from that worker, a worker's takeover or an admin edit."""
-        return (record or Beat(worker=worker, session="")).revoke(by=by, token=token)
+        from that worker, a worker's takeover or an admin edit.  It names the jobs
+        ``taken`` from it besides those the record named: a worker takes up a job handed
+        to it without writing its record (unless a renewal is due), and a restarted
+        life of that worker, which resumed the job, recognises the revocation as its own
+        by the job's name."""
+        revoked = (record or Beat(worker=worker, session="")).revoke(by=by, token=token)
+        extra = tuple(job for job in taken if job not in revoked.jobs)
+        return replace(revoked, jobs=revoked.jobs + extra) if extra else revoked
 
     def left(self) -> Beat:
         """The worker's last beat: it holds nothing and asks for nothing any more."""

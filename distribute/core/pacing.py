@@ -40,6 +40,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
+from distribute.core.names import HANDED_PREFIX, WORKERS_PREFIX
+
 #: At a free lock, a worker waits for at most this many workers before it in turn.
 TURNS_WAITED = 4
 #: How long what a waiting worker saw of the pace of turns keeps counting.
@@ -55,8 +57,11 @@ class Watch:
         lock_oid: the lock ref's value at the full look.
         latest: the lock ref's value at the latest peek.
         ahead: liveness refs of the idle workers still before this one in turn.
-        ahead_oids: their values at the full look; a record that moved since
-            belongs to a worker that has taken its turn.
+        ahead_oids: their values at the full look, and those of their hand-off markers
+            (:func:`marker_of`) that existed then; a record or a marker that moved since
+            belongs to a worker that has taken its turn (a claim moves the claimer's
+            record, a hand-off the marker of the worker it serves, which may take the
+            job up without writing its record).
         handed: this worker's hand-off marker at the full look (``None``: none); a
             claim that hands it a job moves it.
     """
@@ -105,10 +110,19 @@ def turn_wait(ahead: int, slot: float, unchanged_for: float, waiting_for: float)
     return left if left >= TURN_RESOLUTION else min(left, 0.0)
 
 
+def marker_of(record_ref: str) -> str:
+    """The hand-off marker of the worker whose liveness ref is ``record_ref``."""
+    return HANDED_PREFIX + record_ref.removeprefix(WORKERS_PREFIX)
+
+
 def still_ahead(watch: Watch, refs: Mapping[str, str]) -> tuple[str, ...]:
-    """The workers of ``watch.ahead`` whose liveness records have not moved: those that
-    have not taken their turn yet."""
-    return tuple(r for r in watch.ahead if refs.get(r) == watch.ahead_oids.get(r))
+    """The workers of ``watch.ahead`` whose liveness records and hand-off markers have not
+    moved: those that have not taken their turn yet."""
+    return tuple(
+        r for r in watch.ahead
+        if refs.get(r) == watch.ahead_oids.get(r)
+        and refs.get(marker_of(r)) == watch.ahead_oids.get(marker_of(r))
+    )
 
 
 def after_peek(
@@ -303,6 +317,7 @@ __all__ = [
     "after_peek",
     "average",
     "looks_in_full",
+    "marker_of",
     "still_ahead",
     "turn_wait",
 ]

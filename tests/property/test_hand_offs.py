@@ -15,7 +15,7 @@ from protocol_machine import MAIN_REF, MemoryWorld
 
 from distribute.coordination import Coordinator, JobHolding
 from distribute.core.errors import LeaseLost
-from distribute.core.lock import parse_lock_message
+from distribute.core.lock import parse_beat_message, parse_lock_message
 from distribute.core.names import LOCK_REF, handed_ref, job_branch_ref
 from distribute.core.plan import CallNextJobFunction, Retry
 from distribute.sources import JOBS_FILE, format_queue, read_queue
@@ -87,9 +87,9 @@ def test_one_push_claims_for_the_idle_worker_and_it_takes_the_job_up_without_a_c
     taken = b.take_handed(snap)
     assert b.stats.fetches == fetches  # the look brought b's job branches
     assert taken is not None and (taken.job, taken.token) == ("j3", got.token + 1)
-    # one push, of b's own record, which now names the job; the lock stays
-    assert b.stats.pushes == b_pushes + 1 and world.refs()[LOCK_REF] == lock_oid
-    assert b.beat.jobs == ("j3",) and world.refs()[b.own_ref] == b.beat_oid
+    # no push: b's record was written lately (its park); the lock stays
+    assert b.stats.pushes == b_pushes and world.refs()[LOCK_REF] == lock_oid
+    assert world.refs()[b.own_ref] == b.beat_oid
     assert b.take_handed(b.observe()) is None  # once
     assert b.finish_step() is not None
     assert "j3" not in running(world)
@@ -98,6 +98,28 @@ def test_one_push_claims_for_the_idle_worker_and_it_takes_the_job_up_without_a_c
     snap = c.observe()
     assert c.try_acquire(snap) and c.holding is not None
     assert c.holding.state.token == got.token + 2
+
+
+@pytest.mark.parametrize("waited", [LEASE / 3 - 0.5, LEASE / 3])
+def test_a_take_up_renews_the_record_when_the_heartbeat_would_be_due(waited):
+    """A handed job is taken up without a push while b's record is fresh; once a third of
+    the lease has passed since b sent it, the take-up renews it, naming the job (b would
+    renew it at the next heartbeat tick anyway)."""
+    world, clock, a, b = idle_pair(["j1", "j2", "j3", "j4"])
+    assert claim_with_hand_offs(a)[0] is not None
+    clock.now += waited
+    pushes, record = b.stats.pushes, world.refs()[b.own_ref]
+    taken = b.take_handed(b.observe())
+    assert taken is not None and taken.job == "j3"
+    if waited < LEASE / 3:
+        assert b.stats.pushes == pushes and world.refs()[b.own_ref] == record
+    else:
+        assert b.stats.pushes == pushes + 1 and world.refs()[b.own_ref] != record
+        assert b.beat.jobs == ("j3",) and world.refs()[b.own_ref] == b.beat_oid
+    # either way the heartbeat renews it in time, naming the job
+    clock.now += LEASE / 3
+    b.renew()
+    assert b.beat.jobs == ("j3",) and world.refs()[b.own_ref] == b.beat_oid != record
 
 
 def test_a_worker_with_a_handed_job_claims_nothing_else_first():
@@ -211,6 +233,39 @@ def test_a_restarted_life_that_resumed_a_taken_up_job_learns_of_its_takeover():
     assert "worker=a" in running(world)["j3"]
 
 
+def test_a_park_after_a_takeover_of_a_job_taken_up_without_a_push_is_refused():
+    """b takes up j3 without writing its record (it was fresh) and dies; its next life
+    resumes the job and reads the ledger for its finish (still its own), then a takes
+    the job over, revoking b's record, which never named j3.  The revocation names the
+    job it takes, so the new life's park counts it as its own and is refused; else the
+    park would be written over the revocation, and finish_job() would return for
+    results that no fold will ever merge (the ledger gives the job to a)."""
+    world, clock, a, b = idle_pair(["j1", "j2", "j3"])
+    assert claim_with_hand_offs(a)[0] is not None
+    pushes = b.stats.pushes
+    taken = b.take_handed(b.observe())
+    assert taken is not None and b.stats.pushes == pushes  # no push: the record is fresh
+    b2 = coordinator(world, "b", clock, life=2)
+    b2.adopt(JobHolding(taken.job, taken.token, taken.attempt, taken.branch, taken.tip))
+    assert a.finish_step() is not None
+    a.observe()
+    clock.now += LEASE + MARGIN + 1
+    b2.observe()
+    assert b2._finish_try(park_instead=True).name == "READY"  # the ledger: still b's
+    snap = a.observe()
+    plan = a.plan(snap)
+    assert isinstance(plan, Retry) and plan.revoke == "b" and a.try_acquire(snap)
+    assert a.claim(snap, plan, None) is not None
+    revocation = parse_beat_message(world.message(world.refs()[b.own_ref]))
+    assert revocation.revoked and "j3" in revocation.jobs
+    with pytest.raises(LeaseLost):
+        for _ in range(3):
+            if b2.park_step():
+                break  # landed over the revocation
+    assert "worker=a" in running(world)["j3"]
+    assert parse_beat_message(world.message(world.refs()[b.own_ref])).revoked
+
+
 def test_a_worker_that_takes_no_hand_offs_is_never_handed_one():
     world, clock = MemoryWorld(["j1", "j2", "j3"]), Clock()
     a = coordinator(world, "a", clock)
@@ -273,14 +328,16 @@ def test_a_hand_off_moves_the_handed_workers_marker_and_no_other():
 
 def test_a_job_handed_while_the_workers_own_claim_lost_is_taken_up_in_one_push():
     """b's unlocked claim loses to a's, which hands b a job.  The lost claim left b to
-    read its record again; the look that shows the job read it, so the take-up is one
-    push of b's record, not a refused push, a fetch of the record and a second push."""
+    read its record again; the look that shows the job read it, so the take-up (whose
+    renewal is due) is one push of b's record, not a refused push, a fetch of the record
+    and a second push."""
     world, clock, a, b = idle_pair(["j1", "j2", "j3", "j4", "j5"])
     stale = b.observe()
     names, edits = queue_edits(b, stale.main, 1)
     got, handed = claim_with_hand_offs(a)
     assert got is not None and [beat.worker for beat, _ in handed] == ["b"]
     assert b.claim_unlocked(stale, names[0], edits) is None  # lost to a's claim
+    clock.now += LEASE / 3  # b's record is due for renewal: the take-up pushes it
     pushes, fetches, record = b.stats.pushes, b.stats.fetches, world.refs()[b.own_ref]
     taken = b.take_handed(b.observe())
     assert taken is not None and taken.job == handed[0][1]

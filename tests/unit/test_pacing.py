@@ -17,6 +17,7 @@ from distribute.core.pacing import (
     after_look,
     after_peek,
     looks_in_full,
+    marker_of,
     still_ahead,
     turn_wait,
 )
@@ -58,6 +59,22 @@ def test_at_a_free_lock_the_waiter_wakes_by_its_turn():
     assert isinstance(verdict, KeepWatching) and verdict.wake_by == 0.3
     assert isinstance(after_peek(free(ahead=(A,)), {LOCK: "l1", A: "r0"}, LOCK,
                                  expired=False, wait=0.0), LookAgain)
+
+
+def test_a_worker_handed_a_job_drops_out_of_line_by_its_marker():
+    """A worker a claim handed a job may take it up without writing its record: its
+    hand-off marker, which the claim moved (or made), tells those behind it."""
+    mark_a, mark_b = marker_of(A), marker_of(B)
+    assert mark_a == "refs/distribute/handed/a"
+    watch = replace(free(ahead=(A, B)), ahead_oids={A: "r0", B: "r0", mark_a: "m0"})
+    unmoved = {LOCK: "l1", A: "r0", B: "r0", mark_a: "m0"}
+    assert still_ahead(watch, unmoved) == (A, B)
+    moved = {LOCK: "l2", A: "r0", B: "r0", mark_a: "m1"}  # a claim handed a a job
+    assert still_ahead(watch, moved) == (B,)
+    made = {**moved, mark_a: "m0", mark_b: "m1"}  # b's first hand-off makes its marker
+    assert still_ahead(watch, made) == (A,)
+    verdict = after_peek(watch, {**made, mark_a: "m1"}, LOCK, expired=False, wait=1.0)
+    assert isinstance(verdict, LookAgain)  # nobody is ahead any more
 
 
 def test_turns_taken_at_a_free_lock_drop_those_who_took_them():
