@@ -57,7 +57,7 @@ import re
 import threading
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +85,9 @@ _FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _REPOSITORY_PARTS = ("HEAD", "objects", "refs")
 #: How a scratch file is made: only a new one, in a folder that must exist.
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+#: Tries at writing into a fan-out folder that ``git gc`` keeps removing (see
+#: :meth:`ObjectStore._in_fan`); git itself tries twice.
+FAN_OUT_TRIES = 3
 #: zlib level of a loose object, as git's ``core.looseCompression`` default
 _LOOSE_LEVEL = 1
 #: Objects at least this large that were read or written lately are kept, uncompressed
@@ -336,6 +339,31 @@ class ObjectStore:
             for fd in (*fans.values(), objects):
                 os.close(fd)
 
+    def _forget_fan(self, oid: Oid) -> None:
+        """Close the batch's open fan-out folder of ``oid``, if any (it was removed)."""
+        fans: dict[str, int] | None = getattr(self._batch, "fans", None)
+        fan = None if fans is None else fans.pop(oid[:2], None)
+        if fan is not None:
+            os.close(fan)
+
+    def _in_fan(self, oid: Oid, write: Callable[[int], None]) -> None:
+        """Run ``write`` on the open fan-out folder of ``oid``, made if missing.
+
+        ``git gc`` (its ``prune-packed``) removes a fan-out folder once it has packed
+        every loose object there; a write that opened the folder just before then finds
+        it gone (FileNotFoundError on a new file).  As git does, the folder is made
+        again and the write tried again, up to :data:`FAN_OUT_TRIES` times in all.
+        """
+        for attempt in range(1, FAN_OUT_TRIES + 1):
+            try:
+                with self._fan_out(oid, make=True) as fan:
+                    write(fan)
+                    return
+            except FileNotFoundError:
+                if attempt == FAN_OUT_TRIES:
+                    raise
+                self._forget_fan(oid)
+
     @contextlib.contextmanager
     def _fan_out(self, oid: Oid, *, make: bool) -> Iterator[int]:
         """The open fan-out folder of ``oid`` (made first if missing and ``make``).
@@ -436,18 +464,20 @@ class ObjectStore:
 
     def put_raw(self, oid: Oid, raw: bytes) -> None:
         """Store a loose object file's bytes under ``oid`` (write, then rename into place)."""
-        with self._fan_out(oid, make=True) as fan:
-            self._write_loose(fan, oid[2:], raw)
+        self._in_fan(oid, lambda fan: self._write_loose(fan, oid[2:], raw))
 
     def put(self, kind: str, data: bytes) -> Oid:
         """Write one loose object (compressed, named by its SHA-1) unless it is loose here
         already; return its id."""
         oid, raw = loose_object(kind, data)
-        with self._fan_out(oid, make=True) as fan:
+
+        def write(fan: int) -> None:
             try:
                 os.stat(oid[2:], dir_fd=fan)
             except FileNotFoundError:
                 self._write_loose(fan, oid[2:], raw)
+
+        self._in_fan(oid, write)
         _remember(oid, kind, data)
         return oid
 
@@ -455,14 +485,15 @@ class ObjectStore:
         """Copy ``oid``: a loose object is hard-linked when both stores share a file system
         (one file-system operation; object files never change, as ``git clone --local``
         relies on too), else copied byte for byte; a packed one is read and written loose."""
-        with self._fan_out(oid, make=True) as fan:
-            name = oid[2:]
+        name = oid[2:]
+
+        def write(fan: int) -> None:
             try:
                 os.link(source._loose_path(oid), name, dst_dir_fd=fan)
             except FileExistsError:
                 return
             except OSError:
-                pass  # not loose there, another file system, or links not allowed
+                pass  # not loose there, another file system, links not allowed, no folder
             else:
                 # the link keeps the source file's time: an old object would look old and
                 # unreachable to a concurrent git gc until the ref naming it lands
@@ -476,6 +507,8 @@ class ObjectStore:
                 if written != oid:  # pragma: no cover - a corrupt pack
                     raise KeyError(oid)
             self._write_loose(fan, name, raw)
+
+        self._in_fan(oid, write)
 
 
 @dataclass(frozen=True, slots=True)
