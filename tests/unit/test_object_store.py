@@ -60,25 +60,40 @@ def test_a_fan_out_folder_removed_inside_a_batch_is_made_again(objects: Path) ->
     assert _stored(objects, second_oid, second)
 
 
-def test_a_fan_out_folder_removed_between_opening_and_writing_is_made_again(
-    objects: Path, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    store = ObjectStore(objects)
-    data, oid = _blob_with_prefix("cd", set())
+def _losing_fans(monkeypatch: pytest.MonkeyPatch, times: int) -> list[str]:
+    """Make the first ``times`` openings of a fan-out folder remove it right after (as
+    a concurrent ``git gc`` would); give the list of the folders removed."""
     opened = ObjectStore._open_fan
-    removals = []
+    removals: list[str] = []
 
     def open_then_lose(objects_fd: int, oid: str, make: bool) -> int:
         fan = opened(objects_fd, oid, make)
-        if not removals:  # once: the first try loses its folder, the second keeps it
+        if len(removals) < times:
             removals.append(oid[:2])
             os.rmdir(oid[:2], dir_fd=objects_fd)
         return fan
 
     monkeypatch.setattr(ObjectStore, "_open_fan", staticmethod(open_then_lose))
-    assert store.put("blob", data) == oid
-    assert removals == ["cd"]
-    assert _stored(objects, oid, data)
+    return removals
+
+
+@pytest.mark.parametrize("losses", [1, direct_module.FAN_OUT_TRIES - 1, 1000])
+def test_a_fan_out_folder_removed_between_opening_and_writing_is_made_again(
+    objects: Path, monkeypatch: pytest.MonkeyPatch, losses: int,
+) -> None:
+    """...a bounded number of times: a folder that vanishes every time is reported, not
+    looped on."""
+    store = ObjectStore(objects)
+    data, oid = _blob_with_prefix("cd", set())
+    removals = _losing_fans(monkeypatch, times=losses)
+    if losses < direct_module.FAN_OUT_TRIES:
+        assert store.put("blob", data) == oid
+        assert _stored(objects, oid, data)
+        assert removals == ["cd"] * losses
+    else:
+        with pytest.raises(FileNotFoundError):
+            store.put("blob", data)
+        assert removals == ["cd"] * direct_module.FAN_OUT_TRIES
 
 
 def test_a_copy_into_a_removed_fan_out_folder_is_made_again(tmp_path: Path) -> None:
@@ -95,24 +110,3 @@ def test_a_copy_into_a_removed_fan_out_folder_is_made_again(tmp_path: Path) -> N
         _emptied(target_dir, "ef")
         target.copy_from(source, second_oid)
     assert _stored(target_dir, second_oid, second)
-
-
-def test_a_folder_that_cannot_be_made_is_still_an_error(
-    objects: Path, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The retry is bounded: a folder that vanishes every time is reported, not looped on."""
-    store = ObjectStore(objects)
-    data, _ = _blob_with_prefix("12", set())
-    opened = ObjectStore._open_fan
-    removals = []
-
-    def always_lose(objects_fd: int, oid: str, make: bool) -> int:
-        fan = opened(objects_fd, oid, make)
-        removals.append(oid[:2])
-        os.rmdir(oid[:2], dir_fd=objects_fd)
-        return fan
-
-    monkeypatch.setattr(ObjectStore, "_open_fan", staticmethod(always_lose))
-    with pytest.raises(FileNotFoundError):
-        store.put("blob", data)
-    assert 1 < len(removals) <= direct_module.FAN_OUT_TRIES
