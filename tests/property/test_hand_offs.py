@@ -210,10 +210,11 @@ def test_the_push_is_refused_whole_when_the_lock_moved():
 
 
 def test_a_restarted_life_that_resumed_a_taken_up_job_learns_of_its_takeover():
-    """b takes up j3 and dies while running it; its next life resumes the job from its
-    local copy.  When a takes the job over meanwhile, the revocation names the record
-    that named j3, so b's new life counts it as its own and its finish is refused
-    (not parked over the takeover: the job would have run twice)."""
+    """b takes up j3 and dies inside its finish; its next life adopts the job from its
+    local copy to complete that finish (a Worker killed elsewhere drops the job).  When
+    a takes the job over meanwhile, the revocation names the record that named j3, so
+    b's new life counts it as its own and its finish is refused (not parked over the
+    takeover: the job would have run twice)."""
     world, clock, a, b = idle_pair(["j1", "j2", "j3"])
     assert claim_with_hand_offs(a)[0] is not None
     taken = b.take_handed(b.observe())
@@ -234,9 +235,9 @@ def test_a_restarted_life_that_resumed_a_taken_up_job_learns_of_its_takeover():
 
 
 def test_a_park_after_a_takeover_of_a_job_taken_up_without_a_push_is_refused():
-    """b takes up j3 without writing its record (it was fresh) and dies; its next life
-    resumes the job and reads the ledger for its finish (still its own), then a takes
-    the job over, revoking b's record, which never named j3.  The revocation names the
+    """b takes up j3 without writing its record (it was fresh) and dies inside its finish;
+    its next life adopts the job and reads the ledger for its finish (still its own),
+    then a takes the job over, revoking b's record, which never named j3.  The revocation names the
     job it takes, so the new life's park counts it as its own and is refused; else the
     park would be written over the revocation, and finish_job() would return for
     results that no fold will ever merge (the ledger gives the job to a)."""
