@@ -62,9 +62,9 @@ from typing import Any
 import pytest
 from broken import Broken, hunt
 from hypothesis import strategies as st
-from hypothesis.stateful import precondition, rule, run_state_machine_as_test
-from protocol_machine import EVENTS, STEP_SECONDS, WorkerState, machine_settings
-from test_restart_races import JUMP, RestartRaceMachine
+from hypothesis.stateful import precondition, rule
+from protocol_machine import STEP_SECONDS, WorkerState
+from test_restart_races import JUMP, RestartRaceMachine, run_counting
 
 from distribute.coordination import JobHolding, Snapshot
 from distribute.core.lock import Beat, parse_beat_message
@@ -314,19 +314,13 @@ class RevocationWithoutTheJob(Broken):
         return [RefUpdate(ref, old, self._beat_commit(revoked))]
 
 
-def handed_restart_counts(before: dict[str, int]) -> dict[str, int]:
-    """The story's events counted since ``before`` (a copy of ``EVENTS``), with those of
-    the restart race machinery it uses."""
-    return {name: count - before.get(name, 0) for name, count in sorted(EVENTS.items())
-            if name.startswith(("handed-restart", "restart-race", "scenario-" + SCENARIO))
-            and count > before.get(name, 0)}
+#: The names of the story's events, and of those of the restart race machinery it uses.
+STORY_EVENTS = ("handed-restart", "restart-race", "scenario-" + SCENARIO)
 
 
 def test_handed_restart_races_find_nothing_on_the_real_coordinator():
-    before = dict(EVENTS)
-    run_state_machine_as_test(HandedRestartMachine, settings=machine_settings(
-        max_examples=EXAMPLES, stateful_step_count=STEPS, derandomize=True, database=None))
-    counts = handed_restart_counts(before)
+    counts = run_counting(HandedRestartMachine, STORY_EVENTS, derandomized=True,
+                          examples=EXAMPLES, steps=STEPS)
     hits = counts.get(HANDED_TAKEN_BEFORE_PARK, 0)
     assert hits >= MIN_HITS, (
         f"a job taken up without a push was taken over between its restarted worker's "
@@ -346,7 +340,6 @@ def test_handed_restart_races_catch_a_revocation_without_the_taken_job():
 @pytest.mark.slow
 def test_handed_restart_races_find_nothing_on_the_real_coordinator_at_length():
     """Five times the examples, drawn as the loaded profile says (derandomized in ``ci``)."""
-    before = dict(EVENTS)
-    run_state_machine_as_test(HandedRestartMachine, settings=machine_settings(
-        max_examples=5 * EXAMPLES, stateful_step_count=STEPS))
-    assert handed_restart_counts(before).get(HANDED_TAKEN_BEFORE_PARK, 0) >= MIN_HITS
+    counts = run_counting(HandedRestartMachine, STORY_EVENTS, derandomized=False,
+                          examples=5 * EXAMPLES, steps=STEPS)
+    assert counts.get(HANDED_TAKEN_BEFORE_PARK, 0) >= MIN_HITS

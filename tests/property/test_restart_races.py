@@ -364,17 +364,22 @@ class RevocationOfAnEarlierLifeIgnored(Broken):
         return current, revoked
 
 
-def restart_race_counts(before: dict[str, int]) -> dict[str, int]:
-    """The restart race's events counted since ``before`` (a copy of ``EVENTS``)."""
+def run_counting(machine: type[ProtocolMachine], prefixes: tuple[str, ...], *,
+                 derandomized: bool, examples: int = EXAMPLES,
+                 steps: int = STEPS) -> dict[str, int]:
+    """Run ``machine`` for ``examples`` examples of ``steps`` steps (``derandomized``, or
+    as the loaded profile says) and give the events it counted whose names begin with
+    one of ``prefixes``."""
+    before = dict(EVENTS)
+    fixed = {"derandomize": True, "database": None} if derandomized else {}
+    run_state_machine_as_test(machine, settings=machine_settings(
+        max_examples=examples, stateful_step_count=steps, **fixed))
     return {name: count - before.get(name, 0) for name, count in sorted(EVENTS.items())
-            if name.startswith("restart-race") and count > before.get(name, 0)}
+            if name.startswith(prefixes) and count > before.get(name, 0)}
 
 
 def test_restart_races_find_nothing_on_the_real_coordinator():
-    before = dict(EVENTS)
-    run_state_machine_as_test(RestartRaceMachine, settings=machine_settings(
-        max_examples=EXAMPLES, stateful_step_count=STEPS, derandomize=True, database=None))
-    counts = restart_race_counts(before)
+    counts = run_counting(RestartRaceMachine, ("restart-race",), derandomized=True)
     hits = counts.get(TAKEN_BEFORE_PARK, 0)
     assert hits >= MIN_HITS, (
         f"the job was taken over between an adopted finish's fetch and its park {hits} times "
@@ -393,7 +398,6 @@ def test_restart_races_catch_a_revocation_of_an_earlier_life_taken_as_not_ours()
 @pytest.mark.slow
 def test_restart_races_find_nothing_on_the_real_coordinator_at_length():
     """Five times the examples, drawn as the loaded profile says (derandomized in ``ci``)."""
-    before = dict(EVENTS)
-    run_state_machine_as_test(RestartRaceMachine, settings=machine_settings(
-        max_examples=5 * EXAMPLES, stateful_step_count=STEPS))
-    assert restart_race_counts(before).get(TAKEN_BEFORE_PARK, 0) >= MIN_HITS
+    counts = run_counting(RestartRaceMachine, ("restart-race",), derandomized=False,
+                          examples=5 * EXAMPLES)
+    assert counts.get(TAKEN_BEFORE_PARK, 0) >= MIN_HITS
