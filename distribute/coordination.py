@@ -2363,22 +2363,20 @@ class FencedEdit:
         """The liveness records to revoke: those of workers whose live holding of a job
         ``after`` no longer shows (compare-and-swap from their values in ``current``,
         the read the edit was decided on)."""
-        taken = sorted({
-            e.worker for e in before.running
-            if not e.released and not _same_holding(after.running_entry(e.job), e)
-        })
+        taken: dict[str, set[str]] = {}  # the jobs taken, by worker
+        for e in before.running:
+            if not e.released and not _same_holding(after.running_entry(e.job), e):
+                taken.setdefault(e.worker, set()).add(e.job)
         transport = self.view.transport
         updates = []
-        for worker in taken:
+        for worker, jobs in sorted(taken.items()):
             ref = worker_ref(worker)
             old = current.get(ref)
             record = None
             if old is not None:
                 with contextlib.suppress(DistributeError):
                     record = parse_beat_message(transport.commit_message(old))
-            jobs = tuple(sorted({e.job for e in before.running if e.worker == worker
-                                 and not _same_holding(after.running_entry(e.job), e)}))
-            revoked = Beat.revoking(record, worker, self.who, token, taken=jobs)
+            revoked = Beat.revoking(record, worker, self.who, token, taken=tuple(sorted(jobs)))
             new = transport.write_commit(
                 parents=record_parents(revoked), message=beat_message(revoked), changes={}
             )

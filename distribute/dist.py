@@ -702,8 +702,7 @@ class Worker:
             lock_free=snap.lock.free, lock_oid=snap.lock_oid, latest=snap.lock_oid,
             ahead=tuple(ahead), ahead_oids={
                 **{r: snap.refs.get(r, "") for r in ahead},
-                **{marker_of(r): snap.refs[marker_of(r)] for r in ahead
-                   if marker_of(r) in snap.refs},
+                **{m: snap.refs[m] for r in ahead if (m := marker_of(r)) in snap.refs},
             },
             handed=snap.refs.get(handed_ref(self.coord.worker)),
         )

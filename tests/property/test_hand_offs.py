@@ -267,6 +267,26 @@ def test_a_park_after_a_takeover_of_a_job_taken_up_without_a_push_is_refused():
     assert parse_beat_message(world.message(world.refs()[b.own_ref])).revoked
 
 
+def test_an_admin_cancel_of_a_job_taken_up_without_a_push_names_it_in_the_revocation():
+    """As a takeover does: ``distribute cancel`` revokes the record of the worker whose
+    job it takes, and the record, not yet renewed since the take-up, never named j3."""
+    from test_parked_races import AdminView
+
+    from distribute.coordination import FencedEdit
+    from distribute.fenced import cancel_edit
+
+    world, clock, a, b = idle_pair(["j1", "j2", "j3"])
+    assert claim_with_hand_offs(a)[0] is not None
+    pushes = b.stats.pushes
+    assert b.take_handed(b.observe()) is not None and b.stats.pushes == pushes
+    assert "j3" not in parse_beat_message(world.message(world.refs()[b.own_ref])).jobs
+    FencedEdit(AdminView(world), "cli@admin", 30.0, sleep=lambda s: None,
+               clock=clock).apply(cancel_edit(["j3"], {}, "cli@admin"))
+    revocation = parse_beat_message(world.message(world.refs()[b.own_ref]))
+    assert revocation.revoked and "j3" in revocation.jobs
+    assert "j3" not in running(world)
+
+
 def test_a_worker_that_takes_no_hand_offs_is_never_handed_one():
     world, clock = MemoryWorld(["j1", "j2", "j3"]), Clock()
     a = coordinator(world, "a", clock)
