@@ -1039,9 +1039,9 @@ class Coordinator:
         because the record was revoked meanwhile (the job was taken over after this
         worker fell silent for a lease) drops the job before it runs.  A takeover that
         finds the record not yet naming the job names it in the revocation
-        (:meth:`Beat.revoking`), so a restarted life of this worker that resumed the
-        job recognises the revocation as its own.  ``None``: nothing to take up, or it
-        was taken over."""
+        (:meth:`Beat.revoking`), so a restarted life of this worker that adopted the
+        job to complete its finish recognises the revocation as its own.  ``None``:
+        nothing to take up, or it was taken over."""
         with self.mutex:
             entry = self.handed(snap)
             if entry is None or self.holding is not None:

@@ -155,8 +155,8 @@ class Beat:
         from that worker, a worker's takeover or an admin edit.  It names the jobs
         ``taken`` from it besides those the record named: a worker takes up a job handed
         to it without writing its record (unless a renewal is due), and a restarted
-        life of that worker, which resumed the job, recognises the revocation as its own
-        by the job's name."""
+        life of that worker, which adopted the job to complete its finish, recognises
+        the revocation as its own by the job's name."""
         revoked = (record or Beat(worker=worker, session="")).revoke(by=by, token=token)
         extra = tuple(job for job in taken if job not in revoked.jobs)
         return replace(revoked, jobs=revoked.jobs + extra) if extra else revoked
